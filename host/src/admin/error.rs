@@ -1,0 +1,54 @@
+//! JSON error answers: `{"error": "..."}` with the right status.
+
+use axum::Json;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::runtime::LoadError;
+use crate::services::ServiceError;
+
+/// An admin API error: a status and a message meant for the user.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        let status = match &error {
+            ServiceError::InvalidName(_) | ServiceError::Manifest(_) => StatusCode::BAD_REQUEST,
+            ServiceError::Load(LoadError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::Load(_) => StatusCode::BAD_REQUEST,
+            ServiceError::RouteConflict { .. } => StatusCode::CONFLICT,
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(%error, "admin request failed");
+        }
+        ApiError::new(status, error.to_string())
+    }
+}
+
+/// Answer for paths the admin API does not have.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no admin endpoint at `{}`", uri.path()))
+}

@@ -1,0 +1,18 @@
+//! Host-side bindings of the `shoal:platform` interfaces the host implements.
+//!
+//! The `wasi:*` interfaces come from `wasmtime-wasi` and `wasmtime-wasi-http`; only
+//! Shoal's own interfaces are generated here, from the same WIT the guests use.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    inline: "
+        package shoal:host;
+        world host {
+            import shoal:platform/config@0.1.0;
+            import shoal:platform/log@0.1.0;
+        }
+    ",
+    world: "shoal:host/host",
+});
+
+pub use shoal::platform::{config, log};

@@ -1,0 +1,253 @@
+//! `shoal deploy`, `ls`, `rm`: a small client of the admin API.
+
+use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+
+use super::AdminArgs;
+use crate::admin::TOKEN_FILE;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Upload chunk size; also the progress bar's granularity.
+const CHUNK: usize = 64 * 1024;
+
+struct AdminClient {
+    base: String,
+    token: String,
+    http: Client<HttpConnector, Body>,
+}
+
+impl AdminClient {
+    fn new(args: &AdminArgs) -> Result<Self> {
+        let token = match &args.token {
+            Some(token) => token.clone(),
+            None => {
+                let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+                let path = dir.join(TOKEN_FILE);
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "no admin token: pass --token or SHOAL_ADMIN_TOKEN, or --data-dir of \
+                             a local host (tried {})",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        Ok(Self {
+            base: args.url.trim_end_matches('/').to_owned(),
+            token,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Body,
+    ) -> Result<(StatusCode, serde_json::Value)> {
+        let url = format!("{}{path}", self.base);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let request = request.body(body).with_context(|| format!("invalid URL {url}"))?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::json!({ "error": String::from_utf8_lossy(&bytes) })
+            })
+        };
+        if !status.is_success() {
+            let message = json["error"].as_str().unwrap_or("no details");
+            bail!("{status}: {message}");
+        }
+        Ok((status, json))
+    }
+}
+
+/// Deploy the component at `path` (building it first when `path` is a directory).
+pub async fn deploy(
+    args: &AdminArgs,
+    path: &Path,
+    name: Option<String>,
+    manifest: Option<&Path>,
+) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let wasm = if path.is_dir() {
+        let dir = path.to_path_buf();
+        tokio::task::spawn_blocking(move || super::build::build(&dir)).await??
+    } else {
+        path.to_path_buf()
+    };
+    let name = match name {
+        Some(name) => name,
+        None => name_from_path(if path.is_dir() { path } else { &wasm })?,
+    };
+    let component = tokio::fs::read(&wasm)
+        .await
+        .with_context(|| format!("reading {}", wasm.display()))?;
+    let (content_type, payload) = match manifest {
+        Some(manifest) => {
+            let text = tokio::fs::read_to_string(manifest)
+                .await
+                .with_context(|| format!("reading {}", manifest.display()))?;
+            let boundary = format!("shoal-{:032x}", rand::random::<u128>());
+            (
+                format!("multipart/form-data; boundary={boundary}"),
+                multipart(&boundary, &component, &text),
+            )
+        }
+        None => ("application/wasm".to_owned(), component),
+    };
+
+    let progress = indicatif::ProgressBar::new(payload.len() as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "uploading {msg} [{bar:30}] {bytes}/{total_bytes}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    progress.set_message(name.clone());
+    let chunks: Vec<Bytes> = Bytes::from(payload)
+        .chunks(CHUNK)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let bar = progress.clone();
+    let stream = futures::StreamExt::map(futures::stream::iter(chunks), move |chunk| {
+        bar.inc(chunk.len() as u64);
+        Ok::<_, Infallible>(Frame::data(chunk))
+    });
+    let body = http_body_util::BodyExt::boxed(StreamBody::new(stream));
+    let result = client
+        .send(
+            Method::PUT,
+            &format!("/v1/services/{name}"),
+            Some(&content_type),
+            body,
+        )
+        .await;
+    progress.finish_and_clear();
+    let (status, json) = result?;
+    let verb = if status == StatusCode::CREATED {
+        "deployed"
+    } else {
+        "updated"
+    };
+    println!(
+        "{verb} {} version {} (sha256 {}) at route {}",
+        json["name"].as_str().unwrap_or(&name),
+        json["version"].as_str().unwrap_or("?"),
+        json["digest"].as_str().map(|d| &d[..d.len().min(12)]).unwrap_or("?"),
+        json["route"].as_str().unwrap_or("?"),
+    );
+    Ok(())
+}
+
+/// Print the services of a host as a table.
+pub async fn list(args: &AdminArgs) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let (_, json) = client.send(Method::GET, "/v1/services", None, empty()).await?;
+    let services = json["services"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{:<24} {:<16} {:<14} {:<24} {:<9} DEPLOYED",
+        "NAME", "VERSION", "DIGEST", "ROUTE", "STATE"
+    );
+    for service in services {
+        let digest = service["digest"].as_str().unwrap_or("");
+        println!(
+            "{:<24} {:<16} {:<14} {:<24} {:<9} {}",
+            service["name"].as_str().unwrap_or(""),
+            service["version"].as_str().unwrap_or(""),
+            &digest[..digest.len().min(12)],
+            service["route"].as_str().unwrap_or(""),
+            service["state"].as_str().unwrap_or(""),
+            service["deployed_at"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+/// Remove a service.
+pub async fn remove(args: &AdminArgs, name: &str) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    client
+        .send(Method::DELETE, &format!("/v1/services/{name}"), None, empty())
+        .await?;
+    println!("removed {name}");
+    Ok(())
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new()).boxed()
+}
+
+/// `target/.../hello_world.wasm` → `hello-world`.
+fn name_from_path(path: &Path) -> Result<String> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .with_context(|| format!("cannot derive a service name from {}; pass --name", path.display()))?;
+    Ok(stem.to_ascii_lowercase().replace(['_', '.', ' '], "-"))
+}
+
+fn multipart(boundary: &str, component: &[u8], manifest: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(component.len() + manifest.len() + 512);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"manifest\"\r\n\
+             Content-Type: application/toml\r\n\r\n{manifest}\r\n--{boundary}\r\n\
+             Content-Disposition: form-data; name=\"component\"; filename=\"component.wasm\"\r\n\
+             Content-Type: application/wasm\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(component);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+fn default_data_dir() -> PathBuf {
+    dirs::data_local_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("shoal")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_paths() {
+        assert_eq!(
+            name_from_path(Path::new("target/x/hello_world.wasm")).expect("name"),
+            "hello-world"
+        );
+        assert_eq!(name_from_path(Path::new("guests/hello")).expect("name"), "hello");
+    }
+}

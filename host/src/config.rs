@@ -1,0 +1,60 @@
+//! `shoal serve` settings: every flag also reads an environment variable.
+
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Settings of a running host.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Directory for deployed components, records, compiled code and the admin token.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+
+    /// Address of the gateway that serves the services (port 0 picks a free port).
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin API (port 0 picks a free port).
+    #[arg(long, env = "SHOAL_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    pub admin_listen: SocketAddr,
+
+    /// Token the admin API requires. When unset, one is generated into the data
+    /// directory on first start and printed once.
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Largest component upload accepted, in bytes.
+    #[arg(long, env = "SHOAL_MAX_UPLOAD_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+
+    /// Linear memory per instance when a manifest sets none, in MiB.
+    #[arg(long, env = "SHOAL_DEFAULT_MEMORY_MB", default_value_t = 128)]
+    pub default_memory_mb: u32,
+
+    /// Largest linear memory a manifest may ask for, in MiB.
+    #[arg(long, env = "SHOAL_MAX_MEMORY_MB", default_value_t = 1024)]
+    pub max_memory_mb: u32,
+
+    /// Deadline per request when a manifest sets none, in milliseconds.
+    #[arg(long, env = "SHOAL_DEFAULT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub default_timeout_ms: u64,
+
+    /// Instances that may run at once across all services (pooling allocator size).
+    #[arg(long, env = "SHOAL_MAX_INSTANCES", default_value_t = 1000)]
+    pub max_instances: u32,
+
+    /// Allocate instances on demand instead of from a pre-reserved pool.
+    #[arg(long, env = "SHOAL_NO_POOLING")]
+    pub no_pooling: bool,
+
+    /// How long SIGTERM waits for in-flight requests before exiting, in seconds.
+    #[arg(long, env = "SHOAL_DRAIN_SECS", default_value_t = 30)]
+    pub drain_secs: u64,
+}
+
+fn default_data_dir() -> PathBuf {
+    dirs::data_local_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("shoal")
+}

@@ -1,0 +1,176 @@
+//! From uploaded bytes to a service ready to instantiate.
+//!
+//! Every check a deploy needs happens here, before anything is swapped in: the bytes
+//! are WebAssembly, they are a component (not a core module), every import is one
+//! the host provides, and the component exports `wasi:http/incoming-handler`.
+
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use wasmtime::component::Component;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use super::{GuestState, Runtime};
+
+/// Why an upload cannot become a running service. Every variant is the user's
+/// to fix, except [`LoadError::Internal`].
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The body does not start with the WebAssembly magic number.
+    #[error("the upload is not WebAssembly: it does not start with the `\\0asm` magic number")]
+    NotWasm,
+    /// A core module was uploaded where a component is required.
+    #[error(
+        "the upload is a core WebAssembly module, not a component: build a component \
+         (for Rust, `cargo build --target wasm32-wasip2` or `shoal build`; for other \
+         languages, their component tooling such as componentize-py or jco)"
+    )]
+    CoreModule,
+    /// The component failed validation or compilation.
+    #[error("the component is invalid: {0}")]
+    Invalid(String),
+    /// The component imports interfaces this host does not provide.
+    #[error("the component imports interfaces this host does not provide: {}", .0.join(", "))]
+    MissingImports(Vec<String>),
+    /// An import exists on the host but with an incompatible type.
+    #[error("the component's imports do not match what this host provides: {0}")]
+    IncompatibleImports(String),
+    /// The component does not export an HTTP handler.
+    #[error(
+        "the component does not export `wasi:http/incoming-handler` (0.2.x), so it cannot \
+         serve requests: {0}"
+    )]
+    NotAService(String),
+    /// A host-side failure (disk, threads).
+    #[error("internal error while loading the component: {0:#}")]
+    Internal(anyhow::Error),
+}
+
+/// A compiled, linked component, ready to be instantiated per request.
+#[derive(Clone)]
+pub struct Loaded {
+    /// Pre-instantiated component, typed as a `wasi:http/proxy`.
+    pub pre: ProxyPre<GuestState>,
+}
+
+impl Runtime {
+    /// Validate, compile (or load from cache) and link `bytes`, whose SHA-256 is `digest`.
+    ///
+    /// CPU-heavy: call from a blocking thread.
+    pub fn load(&self, bytes: &[u8], digest: &str) -> Result<Loaded, LoadError> {
+        check_format(bytes)?;
+        let component = self.compile_cached(bytes, digest)?;
+        self.link(&component)
+    }
+
+    fn compile_cached(&self, bytes: &[u8], digest: &str) -> Result<Component, LoadError> {
+        let cached = self.cache_path(digest);
+        if cached.exists() {
+            // SAFETY-relevant: the cache directory belongs to this host and only ever
+            // holds output of `precompile_component` from an engine with the same
+            // fingerprint. A file that fails to load is recompiled below.
+            match deserialize(&self.engine, &cached) {
+                Ok(component) => return Ok(component),
+                Err(error) => {
+                    tracing::warn!(path = %cached.display(), %error, "discarding unusable cached code");
+                    let _ = std::fs::remove_file(&cached);
+                }
+            }
+        }
+        let started = std::time::Instant::now();
+        let compiled = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|error| LoadError::Invalid(format!("{error:#}")))?;
+        tracing::info!(
+            digest,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "compiled component"
+        );
+        crate::storage::write_durably(&cached, &compiled).map_err(LoadError::Internal)?;
+        deserialize(&self.engine, &cached).map_err(LoadError::Internal)
+    }
+
+    fn cache_path(&self, digest: &str) -> PathBuf {
+        self.cache_dir.join(format!("{digest}.cwasm"))
+    }
+
+    fn link(&self, component: &Component) -> Result<Loaded, LoadError> {
+        let instance_pre = match self.linker.instantiate_pre(component) {
+            Ok(pre) => pre,
+            Err(error) => {
+                let missing = self.missing_imports(component);
+                return Err(if missing.is_empty() {
+                    LoadError::IncompatibleImports(format!("{error:#}"))
+                } else {
+                    LoadError::MissingImports(missing)
+                });
+            }
+        };
+        let pre = ProxyPre::new(instance_pre)
+            .map_err(|error| LoadError::NotAService(format!("{error:#}")))?;
+        Ok(Loaded { pre })
+    }
+
+    /// Names of the component's imports that the linker has no definition for.
+    ///
+    /// The linker has no lookup API, so each import name is probed on a copy: defining
+    /// a name succeeds exactly when the linker does not already provide it (semver-
+    /// compatible versions count as provided).
+    fn missing_imports(&self, component: &Component) -> Vec<String> {
+        let mut probe = (*self.linker).clone();
+        let ty = component.component_type();
+        let mut missing = Vec::new();
+        for (name, _) in ty.imports(&self.engine) {
+            if probe.root().func_new(name, |_, _, _, _| Ok(())).is_ok() {
+                missing.push(name.to_owned());
+            }
+        }
+        missing
+    }
+}
+
+/// Reject bytes that are not WebAssembly, or are a core module.
+fn check_format(bytes: &[u8]) -> Result<(), LoadError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(LoadError::NotWasm);
+    }
+    if wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(LoadError::CoreModule);
+    }
+    if !wasmparser::Parser::is_component(bytes) {
+        return Err(LoadError::Invalid(
+            "unsupported WebAssembly binary version or layer".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn deserialize(engine: &wasmtime::Engine, path: &Path) -> anyhow::Result<Component> {
+    // SAFETY: `path` is in this host's private compile cache and was written by
+    // `Engine::precompile_component` of a compatible engine (see `compile_cached`);
+    // wasmtime additionally checks the engine compatibility header on load.
+    unsafe { Component::deserialize_file(engine, path) }.map_err(anyhow::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_not_wasm() {
+        assert!(matches!(check_format(b"hello"), Err(LoadError::NotWasm)));
+    }
+
+    #[test]
+    fn empty_core_module_is_rejected_as_core() {
+        let module = b"\0asm\x01\0\0\0";
+        assert!(matches!(check_format(module), Err(LoadError::CoreModule)));
+    }
+
+    #[test]
+    fn component_header_passes_the_format_check() {
+        let component = b"\0asm\x0d\0\x01\0";
+        assert!(check_format(component).is_ok());
+    }
+}

@@ -1,0 +1,108 @@
+//! The wasmtime engine and linker shared by every service on the host.
+
+use anyhow::{Context as _, Result};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::GuestState;
+
+/// How often the epoch advances; the granularity of execution deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Engine-wide settings, from the host's command line.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where compiled code is cached, keyed by content hash.
+    pub cache_dir: PathBuf,
+    /// Instances the pooling allocator can hold at once, across all services.
+    pub max_instances: u32,
+    /// Largest linear memory any instance may have, in bytes.
+    pub max_memory_bytes: usize,
+    /// Use the pooling allocator (fast instantiation) instead of on-demand allocation.
+    pub pooling: bool,
+}
+
+/// The engine, the linker every component is checked against, and the compile cache.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Arc<Linker<GuestState>>,
+    pub(crate) cache_dir: PathBuf,
+}
+
+impl Runtime {
+    /// Build the engine and linker, and start the epoch ticker that enforces deadlines.
+    pub fn new(options: &RuntimeOptions) -> Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        if options.pooling {
+            let mut pooling = PoolingAllocationConfig::default();
+            pooling
+                .total_component_instances(options.max_instances)
+                .total_core_instances(options.max_instances.saturating_mul(4))
+                .total_memories(options.max_instances.saturating_mul(2))
+                .total_tables(options.max_instances.saturating_mul(4))
+                .total_stacks(options.max_instances)
+                .max_memory_size(options.max_memory_bytes);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        }
+        let engine = Engine::new(&config).map_err(anyhow::Error::from).context(
+            "cannot create the wasmtime engine (lower --max-instances or --max-memory-mb, \
+             or pass --no-pooling)",
+        )?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http")?;
+        crate::capabilities::add_to_linker(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking shoal:platform")?;
+
+        let cache_dir = options.cache_dir.join(engine_fingerprint(&engine));
+        std::fs::create_dir_all(&cache_dir)
+            .with_context(|| format!("creating the compile cache {}", cache_dir.display()))?;
+
+        start_epoch_ticker(&engine);
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir,
+        })
+    }
+}
+
+/// A short name for "code compiled by this engine": compiled artefacts of another
+/// wasmtime version or configuration land in another directory and are never loaded.
+fn engine_fingerprint(engine: &Engine) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    env!("CARGO_PKG_VERSION").hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] on a thread of its own, so deadlines
+/// fire even when every runtime worker is busy running guest code.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("shoal-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the epoch ticker; guest deadlines will not fire");
+    }
+}

@@ -1,0 +1,130 @@
+//! Run one HTTP request through a fresh instance of a service.
+
+use http::StatusCode;
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use super::{GuestState, ServiceContext};
+
+/// How a request to a guest failed. A failure ends that request only.
+#[derive(Debug, Error)]
+pub enum GuestFailure {
+    /// No instance could be created (e.g. the instance pool is exhausted).
+    #[error("could not start an instance: {0}")]
+    Instantiate(String),
+    /// The guest trapped (including Rust panics, which abort as a trap).
+    #[error("the service trapped: {0}")]
+    Trap(String),
+    /// The guest ran past its execution deadline.
+    #[error("the service exceeded its execution time limit of {0:?}")]
+    Deadline(Duration),
+    /// The guest returned without ever sending a response.
+    #[error("the service returned without sending a response")]
+    NoResponse,
+    /// The guest answered with a `wasi:http` error code instead of a response.
+    #[error("the service answered with an error: {0:?}")]
+    ErrorCode(ErrorCode),
+}
+
+impl GuestFailure {
+    /// The status the gateway answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GuestFailure::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GuestFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+            GuestFailure::ErrorCode(_) => StatusCode::BAD_GATEWAY,
+            GuestFailure::Trap(_) | GuestFailure::NoResponse => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Marker error raised from the epoch callback when a request's time is up.
+#[derive(Debug, Error)]
+#[error("execution deadline exceeded")]
+struct DeadlineExceeded;
+
+/// Instantiate `pre` in a fresh store and hand it `request`.
+///
+/// Returns as soon as the guest has sent its response head; the body streams from a
+/// task that keeps the instance alive until the guest finishes (or the deadline hits).
+pub async fn handle(
+    pre: &ProxyPre<GuestState>,
+    service: Arc<ServiceContext>,
+    request_id: Arc<str>,
+    timeout: Duration,
+    request: hyper::Request<Incoming>,
+) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure> {
+    let deadline = Instant::now() + timeout;
+    let mut store = Store::new(pre.engine(), GuestState::new(service, request_id));
+    store.limiter(|state| &mut state.limits);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(DeadlineExceeded.into())
+        } else {
+            // Yield to the executor on every tick so a busy guest never starves
+            // other requests on the same worker thread.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (incoming, outparam) = {
+        let mut http = store.data_mut().http();
+        let incoming = http
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
+        let outparam = http
+            .new_response_outparam(sender)
+            .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
+        (incoming, outparam)
+    };
+
+    let pre = pre.clone();
+    let task = tokio::spawn(async move {
+        let run = async {
+            let proxy = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, outparam)
+                .await
+                .map_err(|error| classify(error, timeout))
+        };
+        match tokio::time::timeout_at(deadline.into(), run).await {
+            Ok(result) => result,
+            Err(_) => Err(GuestFailure::Deadline(timeout)),
+        }
+    });
+
+    match receiver.await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(code)) => Err(GuestFailure::ErrorCode(code)),
+        // The outparam was dropped unset: the task's outcome says why.
+        Err(_) => match task.await {
+            Ok(Ok(())) => Err(GuestFailure::NoResponse),
+            Ok(Err(failure)) => Err(failure),
+            Err(join_error) => Err(GuestFailure::Trap(format!("host task failed: {join_error}"))),
+        },
+    }
+}
+
+fn classify(error: wasmtime::Error, timeout: Duration) -> GuestFailure {
+    if error.downcast_ref::<DeadlineExceeded>().is_some() {
+        return GuestFailure::Deadline(timeout);
+    }
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        return GuestFailure::Trap(trap.to_string());
+    }
+    // The root cause without the (long) wasm backtrace context.
+    GuestFailure::Trap(error.root_cause().to_string())
+}

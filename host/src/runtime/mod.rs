@@ -1,0 +1,17 @@
+//! The runtime core: the wasmtime engine, the linker every service is checked
+//! against, compiled-code caching, and per-request instantiation.
+//!
+//! - [`engine`] builds the engine (component model, pooling allocator, epochs).
+//! - [`compile`] turns uploaded bytes into a ready-to-instantiate service, with a
+//!   content-addressed on-disk cache of compiled code.
+//! - [`state`] is the per-request store data handed to capabilities.
+//! - [`invoke`] runs one HTTP request through a fresh instance.
+
+pub mod compile;
+pub mod engine;
+pub mod invoke;
+pub mod state;
+
+pub use compile::{LoadError, Loaded};
+pub use engine::{Runtime, RuntimeOptions};
+pub use state::{GuestState, ServiceContext};

@@ -1,0 +1,117 @@
+//! `shoal serve`: wire storage, runtime, services, gateway and admin API together.
+
+use anyhow::{Context as _, Result};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState, AdminToken};
+use crate::config::ServeConfig;
+use crate::runtime::{Runtime, RuntimeOptions};
+use crate::services::{ServiceDefaults, Services};
+use crate::storage::Storage;
+
+/// Run a host until SIGTERM or SIGINT, then drain and return.
+pub async fn run(config: ServeConfig) -> Result<()> {
+    if config.default_memory_mb == 0 || config.default_memory_mb > config.max_memory_mb {
+        anyhow::bail!(
+            "--default-memory-mb ({}) must be between 1 and --max-memory-mb ({})",
+            config.default_memory_mb,
+            config.max_memory_mb
+        );
+    }
+    let storage = Storage::open(&config.data_dir)?;
+    let token = match &config.admin_token {
+        Some(token) if !token.trim().is_empty() => token.trim().to_owned(),
+        Some(_) => anyhow::bail!("--admin-token / SHOAL_ADMIN_TOKEN is empty"),
+        None => {
+            let (token, created) = admin::load_or_create_token(storage.root())?;
+            if created {
+                println!(
+                    "admin token (saved to {}): {token}",
+                    storage.root().join(admin::TOKEN_FILE).display()
+                );
+            }
+            token
+        }
+    };
+
+    let runtime = Runtime::new(&RuntimeOptions {
+        cache_dir: storage.root().join("cache"),
+        max_instances: config.max_instances,
+        max_memory_bytes: config.max_memory_mb as usize * 1024 * 1024,
+        pooling: !config.no_pooling,
+    })?;
+    let services = Arc::new(Services::new(
+        runtime,
+        storage.clone(),
+        ServiceDefaults {
+            memory_mb: config.default_memory_mb,
+            max_memory_mb: config.max_memory_mb,
+            timeout: Duration::from_millis(config.default_timeout_ms),
+        },
+    ));
+    let restored = services.restore().await?;
+
+    let gateway_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the gateway to {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin API to {}", config.admin_listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    tracing::info!(%gateway_addr, %admin_addr, restored, data_dir = %storage.root().display(), "shoal is up");
+    println!("gateway listening on http://{gateway_addr}");
+    println!("admin API listening on http://{admin_addr}");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let drain = Duration::from_secs(config.drain_secs);
+
+    let gateway = tokio::spawn(crate::gateway::serve(
+        gateway_listener,
+        services.clone(),
+        stopped(stop_rx.clone()),
+        drain,
+    ));
+    let app = admin::router(
+        AdminState {
+            services: services.clone(),
+            token: Arc::new(AdminToken::new(token)),
+        },
+        config.max_upload_bytes,
+    );
+    let admin_server = tokio::spawn(
+        axum::serve(admin_listener, app)
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let _ = gateway.await;
+    match tokio::time::timeout(drain, admin_server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "admin API ended with an error"),
+        Ok(Err(error)) => tracing::warn!(%error, "admin API task failed"),
+        Err(_) => tracing::warn!("admin API did not drain in time"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! The services this host runs: the live table the gateway routes through, and the
+//! deploy / remove / restore operations that change it.
+
+mod table;
+
+pub use table::{Deployment, ServiceTable};
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use thiserror::Error;
+
+use crate::manifest::{Manifest, ManifestError};
+use crate::runtime::{LoadError, Runtime, ServiceContext};
+use crate::storage::{ServiceRecord, Storage, sha256_hex};
+
+/// Host-wide defaults for what a manifest leaves unset.
+#[derive(Debug, Clone)]
+pub struct ServiceDefaults {
+    /// Linear memory per instance, in MiB.
+    pub memory_mb: u32,
+    /// Ceiling a manifest may ask for, in MiB.
+    pub max_memory_mb: u32,
+    /// Deadline per request.
+    pub timeout: Duration,
+}
+
+/// Why a deploy or removal was refused.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// The service name is not acceptable.
+    #[error(
+        "invalid service name `{0}`: use 1 to 63 lower-case letters, digits and `-`, \
+         starting with a letter and not ending with `-`"
+    )]
+    InvalidName(String),
+    /// The manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The component cannot be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Another service already owns the route.
+    #[error("route `{route}` is already used by service `{owner}`")]
+    RouteConflict {
+        /// The contested route.
+        route: String,
+        /// The service that has it.
+        owner: String,
+    },
+    /// No such service.
+    #[error("no service named `{0}`")]
+    NotFound(String),
+    /// The data directory could not be written.
+    #[error("storage failure: {0:#}")]
+    Storage(anyhow::Error),
+}
+
+/// Whether a deploy created a service or replaced a running one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployKind {
+    /// The name was new.
+    Created,
+    /// A running version was replaced.
+    Replaced,
+}
+
+/// Deploys, removes and restores services; owns the live table.
+pub struct Services {
+    runtime: Runtime,
+    storage: Storage,
+    table: ServiceTable,
+    defaults: ServiceDefaults,
+    /// Serialises changes so the table and the data directory never disagree.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Services {
+    /// An empty set of services backed by `storage`.
+    pub fn new(runtime: Runtime, storage: Storage, defaults: ServiceDefaults) -> Self {
+        Self {
+            runtime,
+            storage,
+            table: ServiceTable::default(),
+            defaults,
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The live table (read by the gateway).
+    pub fn table(&self) -> &ServiceTable {
+        &self.table
+    }
+
+    /// Host defaults.
+    pub fn defaults(&self) -> &ServiceDefaults {
+        &self.defaults
+    }
+
+    /// Validate, compile, persist and swap in a new version of `name`.
+    ///
+    /// Nothing changes unless every step succeeds; requests already running on the
+    /// previous version finish on it.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        component: Bytes,
+        manifest: Manifest,
+    ) -> Result<(Arc<Deployment>, DeployKind), ServiceError> {
+        validate_name(name)?;
+        manifest.validate(self.defaults.max_memory_mb)?;
+        let digest = sha256_hex(&component);
+        let record = ServiceRecord {
+            name: name.to_owned(),
+            version: manifest
+                .version
+                .clone()
+                .unwrap_or_else(|| format!("sha256-{}", &digest[..12])),
+            digest,
+            deployed_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            manifest,
+        };
+        // Compile before taking the lock: a slow compile must not block other deploys.
+        let deployment = self.build(record, component.clone()).await?;
+
+        let _guard = self.changes.lock().await;
+        if let Some(owner) = self.table.route_owner(&deployment.route)
+            && owner != name
+        {
+            return Err(ServiceError::RouteConflict {
+                route: deployment.route.clone(),
+                owner,
+            });
+        }
+        let digest = deployment.record.digest.clone();
+        let storage = self.storage.clone();
+        let record = deployment.record.clone();
+        let bytes = component;
+        tokio::task::spawn_blocking(move || {
+            storage.put_blob(&digest, &bytes)?;
+            storage.put_record(&record)
+        })
+        .await
+        .map_err(|error| ServiceError::Storage(error.into()))?
+        .map_err(ServiceError::Storage)?;
+
+        let deployment = Arc::new(deployment);
+        let kind = match self.table.insert(deployment.clone()) {
+            Some(_) => DeployKind::Replaced,
+            None => DeployKind::Created,
+        };
+        tracing::info!(
+            service = name,
+            version = %deployment.record.version,
+            digest = %deployment.record.digest,
+            route = %deployment.route,
+            "deployed"
+        );
+        Ok((deployment, kind))
+    }
+
+    /// Stop routing to `name` and forget it. Running requests finish.
+    pub async fn remove(&self, name: &str) -> Result<(), ServiceError> {
+        validate_name(name)?;
+        let _guard = self.changes.lock().await;
+        if self.table.get(name).is_none() {
+            return Err(ServiceError::NotFound(name.to_owned()));
+        }
+        let storage = self.storage.clone();
+        let owned = name.to_owned();
+        tokio::task::spawn_blocking(move || storage.remove_record(&owned))
+            .await
+            .map_err(|error| ServiceError::Storage(error.into()))?
+            .map_err(ServiceError::Storage)?;
+        self.table.remove(name);
+        tracing::info!(service = name, "removed");
+        Ok(())
+    }
+
+    /// Load every persisted service. Returns how many are running; a service that
+    /// fails to load is logged and left on disk.
+    pub async fn restore(&self) -> anyhow::Result<usize> {
+        let storage = self.storage.clone();
+        let (records, broken) = tokio::task::spawn_blocking(move || storage.records()).await??;
+        for (path, error) in broken {
+            tracing::error!(path = %path.display(), error = %format!("{error:#}"), "unreadable service record");
+        }
+        let mut restored = 0;
+        for record in records {
+            let name = record.name.clone();
+            let storage = self.storage.clone();
+            let digest = record.digest.clone();
+            let bytes = match tokio::task::spawn_blocking(move || storage.read_blob(&digest)).await? {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(error) => {
+                    tracing::error!(service = %name, error = %format!("{error:#}"), "cannot restore");
+                    continue;
+                }
+            };
+            match self.build(record, bytes).await {
+                Ok(deployment) => {
+                    self.table.insert(Arc::new(deployment));
+                    restored += 1;
+                }
+                Err(error) => tracing::error!(service = %name, %error, "cannot restore"),
+            }
+        }
+        Ok(restored)
+    }
+
+    async fn build(&self, record: ServiceRecord, component: Bytes) -> Result<Deployment, ServiceError> {
+        let runtime = self.runtime.clone();
+        let digest = record.digest.clone();
+        let loaded = tokio::task::spawn_blocking(move || runtime.load(&component, &digest))
+            .await
+            .map_err(|error| ServiceError::Storage(error.into()))??;
+        let memory_mb = record.manifest.limits.memory_mb.unwrap_or(self.defaults.memory_mb);
+        let timeout = record
+            .manifest
+            .limits
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.defaults.timeout);
+        let route = record
+            .manifest
+            .route
+            .clone()
+            .unwrap_or_else(|| format!("/{}", record.name));
+        let context = Arc::new(ServiceContext {
+            name: record.name.as_str().into(),
+            version: record.version.as_str().into(),
+            config: record.manifest.config.clone(),
+            memory_limit_bytes: memory_mb as usize * 1024 * 1024,
+        });
+        Ok(Deployment {
+            record,
+            route,
+            context,
+            loaded,
+            timeout,
+        })
+    }
+}
+
+/// Service names double as DNS labels (`http://<service>/` in later releases).
+pub fn validate_name(name: &str) -> Result<(), ServiceError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ServiceError::InvalidName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["a", "hello", "order-service", "b2"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Hello", "2b", "a_b", "a-", "a.b", &"x".repeat(64), "v1/x"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}

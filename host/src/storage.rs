@@ -1,0 +1,235 @@
+//! Durable state in the data directory.
+//!
+//! ```text
+//! <data-dir>/blobs/<sha256>.wasm     uploaded components, content-addressed
+//! <data-dir>/services/<name>.json    one record per deployed service
+//! <data-dir>/cache/<engine>/...      compiled code (see runtime::compile)
+//! <data-dir>/admin-token             generated admin token (mode 0600)
+//! ```
+//!
+//! Every write goes to a temporary file that is fsynced and then renamed into place,
+//! and the directory is fsynced after the rename: a crash leaves either the old or
+//! the new file, never a torn one. A deploy writes the blob before the record, so a
+//! record never points at a missing blob.
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::manifest::Manifest;
+
+/// What is persisted about one deployed service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// Service name.
+    pub name: String,
+    /// Version label (from the manifest, or derived from the digest).
+    pub version: String,
+    /// SHA-256 of the component, lower-case hex.
+    pub digest: String,
+    /// When this version was deployed, RFC 3339.
+    pub deployed_at: String,
+    /// The manifest it was deployed with.
+    pub manifest: Manifest,
+}
+
+/// The data directory.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+impl Storage {
+    /// Open (creating if needed) the data directory at `root`, and clear temporary
+    /// files left by an interrupted write.
+    pub fn open(root: &Path) -> Result<Self> {
+        for dir in [root.to_path_buf(), root.join("blobs"), root.join("services")] {
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("creating data directory {}", dir.display()))?;
+        }
+        let storage = Self {
+            root: root.to_path_buf(),
+        };
+        for dir in ["blobs", "services"] {
+            for entry in fs::read_dir(root.join(dir))? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|ext| ext == "tmp") {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(storage)
+    }
+
+    /// The data directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Store a component by digest (no-op when already stored).
+    pub fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.blob_path(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        write_durably(&path, bytes)
+    }
+
+    /// Read a component back, checking that its content still matches its digest.
+    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let actual = sha256_hex(&bytes);
+        if actual != digest {
+            bail!("{} is corrupt: its digest is {actual}", path.display());
+        }
+        Ok(bytes)
+    }
+
+    /// Persist a service record, replacing the previous one of that name.
+    pub fn put_record(&self, record: &ServiceRecord) -> Result<()> {
+        let json = serde_json::to_vec_pretty(record)?;
+        write_durably(&self.record_path(&record.name), &json)
+    }
+
+    /// Delete a service record. Returns whether one existed.
+    pub fn remove_record(&self, name: &str) -> Result<bool> {
+        let path = self.record_path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                sync_dir(&self.root.join("services"))?;
+                Ok(true)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+
+    /// Every persisted record, with the files that could not be read reported apart.
+    pub fn records(&self) -> Result<(Vec<ServiceRecord>, Vec<(PathBuf, anyhow::Error)>)> {
+        let mut records = Vec::new();
+        let mut broken = Vec::new();
+        for entry in fs::read_dir(self.root.join("services"))? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
+            let parsed = fs::read(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| Ok(serde_json::from_slice::<ServiceRecord>(&bytes)?));
+            match parsed {
+                Ok(record) => records.push(record),
+                Err(error) => broken.push((path, error)),
+            }
+        }
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((records, broken))
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs").join(format!("{digest}.wasm"))
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.root.join("services").join(format!("{name}.json"))
+    }
+}
+
+/// SHA-256 of `bytes` as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Atomically replace `path` with `bytes`: temp file, fsync, rename, fsync directory.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{:016x}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        rand::random::<u64>()
+    ));
+    let result = (|| -> Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> ServiceRecord {
+        ServiceRecord {
+            name: name.into(),
+            version: "1".into(),
+            digest: sha256_hex(b"x"),
+            deployed_at: "2026-01-01T00:00:00Z".into(),
+            manifest: Manifest::default(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_delete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        storage.put_record(&record("b")).expect("put b");
+        storage.put_record(&record("a")).expect("put a");
+        let (records, broken) = storage.records().expect("list");
+        assert!(broken.is_empty());
+        assert_eq!(
+            records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(storage.remove_record("a").expect("remove"));
+        assert!(!storage.remove_record("a").expect("remove again"));
+        assert_eq!(storage.records().expect("list").0.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_blob_is_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        let digest = sha256_hex(b"component");
+        storage.put_blob(&digest, b"component").expect("put");
+        assert_eq!(storage.read_blob(&digest).expect("read"), b"component");
+        fs::write(dir.path().join("blobs").join(format!("{digest}.wasm")), b"evil")
+            .expect("tamper");
+        assert!(storage.read_blob(&digest).is_err());
+    }
+
+    #[test]
+    fn broken_records_and_leftover_temp_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(dir.path().join("services")).expect("mkdir");
+        fs::write(dir.path().join("services/.x.json.1.tmp"), b"partial").expect("tmp");
+        fs::write(dir.path().join("services/bad.json"), b"{").expect("bad");
+        let storage = Storage::open(dir.path()).expect("open");
+        assert!(!dir.path().join("services/.x.json.1.tmp").exists());
+        let (records, broken) = storage.records().expect("list");
+        assert!(records.is_empty());
+        assert_eq!(broken.len(), 1);
+    }
+}
