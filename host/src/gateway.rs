@@ -67,8 +67,14 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("gateway draining in-flight requests");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain, "gateway drain timed out; closing remaining connections");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "gateway drain timed out; closing remaining connections"
+        );
     }
 }
 

@@ -145,7 +145,9 @@ fn validate_route(route: &str) -> Result<(), &'static str> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'));
         if segment.is_empty() || segment == "." || segment == ".." || !safe {
-            return Err("segments must be non-empty and use only letters, digits, `-`, `_`, `.`, `~`");
+            return Err(
+                "segments must be non-empty and use only letters, digits, `-`, `_`, `.`, `~`",
+            );
         }
     }
     Ok(())
@@ -170,7 +172,10 @@ mod tests {
 
     #[test]
     fn empty_manifest_is_valid() {
-        assert_eq!(Manifest::parse("", 256).expect("empty"), Manifest::default());
+        assert_eq!(
+            Manifest::parse("", 256).expect("empty"),
+            Manifest::default()
+        );
     }
 
     #[test]

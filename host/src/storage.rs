@@ -35,6 +35,9 @@ pub struct ServiceRecord {
     pub manifest: Manifest,
 }
 
+/// A record file that could not be read, and why.
+pub type BrokenRecord = (PathBuf, anyhow::Error);
+
 /// The data directory.
 #[derive(Debug, Clone)]
 pub struct Storage {
@@ -45,7 +48,11 @@ impl Storage {
     /// Open (creating if needed) the data directory at `root`, and clear temporary
     /// files left by an interrupted write.
     pub fn open(root: &Path) -> Result<Self> {
-        for dir in [root.to_path_buf(), root.join("blobs"), root.join("services")] {
+        for dir in [
+            root.to_path_buf(),
+            root.join("blobs"),
+            root.join("services"),
+        ] {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("creating data directory {}", dir.display()))?;
         }
@@ -108,7 +115,7 @@ impl Storage {
     }
 
     /// Every persisted record, with the files that could not be read reported apart.
-    pub fn records(&self) -> Result<(Vec<ServiceRecord>, Vec<(PathBuf, anyhow::Error)>)> {
+    pub fn records(&self) -> Result<(Vec<ServiceRecord>, Vec<BrokenRecord>)> {
         let mut records = Vec::new();
         let mut broken = Vec::new();
         for entry in fs::read_dir(self.root.join("services"))? {
@@ -215,8 +222,11 @@ mod tests {
         let digest = sha256_hex(b"component");
         storage.put_blob(&digest, b"component").expect("put");
         assert_eq!(storage.read_blob(&digest).expect("read"), b"component");
-        fs::write(dir.path().join("blobs").join(format!("{digest}.wasm")), b"evil")
-            .expect("tamper");
+        fs::write(
+            dir.path().join("blobs").join(format!("{digest}.wasm")),
+            b"evil",
+        )
+        .expect("tamper");
         assert!(storage.read_blob(&digest).is_err());
     }
 

@@ -1,1 +1,9 @@
-fn main(){}
+//! End-to-end tests: the real `shoal` binary, real components, real HTTP.
+//!
+//! Needs the host (`cargo build -p shoal`) and the guests (`cargo build --release
+//! --target wasm32-wasip2` in `guests/`); `scripts/test.sh` builds both.
+
+mod bad_input;
+mod cli;
+mod deploy;
+mod lifecycle;

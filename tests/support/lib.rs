@@ -1,1 +1,338 @@
+//! Test support: start the real `shoal` binary on free ports with a fresh data
+//! directory, talk to it over real HTTP, and find the example guests.
+#![allow(missing_docs)]
 
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Admin token every test host uses.
+pub const TOKEN: &str = "test-admin-token";
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `shoal` binary under test: `$SHOAL_BIN`, or the one next to this test's
+/// target directory.
+pub fn shoal_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SHOAL_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/shoal
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .join("shoal");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build the host first (cargo build -p shoal)",
+        bin.display()
+    );
+    bin
+}
+
+/// Bytes of an example guest built by `cargo build --release --target wasm32-wasip2`
+/// in `guests/` (the test script does that first).
+pub fn guest(name: &str) -> Vec<u8> {
+    let dir = std::env::var_os("SHOAL_GUESTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("guests/target/wasm32-wasip2/release"));
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|error| {
+        panic!(
+            "cannot read {}: {error}; build the guests first (scripts/test.sh does)",
+            path.display()
+        )
+    })
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.body))
+    }
+}
+
+/// A blocking HTTP client that returns every status as a [`Reply`].
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+fn reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut response = response.expect("HTTP request failed");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    Reply {
+        status,
+        body,
+        headers,
+    }
+}
+
+/// A running `shoal serve` process with its own data directory.
+pub struct Host {
+    child: Option<Child>,
+    pub gateway: String,
+    pub admin: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    agent: ureq::Agent,
+}
+
+impl Host {
+    /// Start a host on free ports with its data in `root/data`, its log in
+    /// `root/host.log` (appended across restarts), and extra `args`.
+    pub fn start(root: &Path, args: &[&str]) -> Host {
+        Self::start_with_env(
+            &root.join("data"),
+            &root.join("host.log"),
+            args,
+            &[("SHOAL_ADMIN_TOKEN", TOKEN)],
+        )
+    }
+
+    /// Start a host with explicit environment variables (no token unless given).
+    pub fn start_with_env(
+        data_dir: &Path,
+        log_path: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Host {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("open host log");
+        let mut command = Command::new(shoal_bin());
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--max-instances", "64"])
+            .args(args)
+            .env_remove("SHOAL_ADMIN_TOKEN")
+            .env("SHOAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn shoal");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut gateway, mut admin) = (None, None);
+        let mut seen = Vec::new();
+        while gateway.is_none() || admin.is_none() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(remaining) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("gateway listening on ") {
+                        gateway = Some(url.to_owned());
+                    } else if let Some(url) = line.strip_prefix("admin API listening on ") {
+                        admin = Some(url.to_owned());
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                    panic!("host did not start; stdout: {seen:?}\nlog:\n{log}");
+                }
+            }
+        }
+        // Keep draining stdout so the host never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Host {
+            child: Some(child),
+            gateway: gateway.expect("gateway"),
+            admin: admin.expect("admin"),
+            data_dir: data_dir.to_path_buf(),
+            log_path: log_path.to_path_buf(),
+            agent: agent(),
+        }
+    }
+
+    /// GET a gateway path.
+    pub fn get(&self, path: &str) -> Reply {
+        reply(self.agent.get(format!("{}{path}", self.gateway)).call())
+    }
+
+    /// POST to a gateway path.
+    pub fn post(&self, path: &str, body: &str) -> Reply {
+        reply(
+            self.agent
+                .post(format!("{}{path}", self.gateway))
+                .send(body),
+        )
+    }
+
+    /// Deploy raw bytes as `name` (`application/wasm`), with the test token.
+    pub fn deploy(&self, name: &str, wasm: &[u8]) -> Reply {
+        reply(
+            self.agent
+                .put(format!("{}/v1/services/{name}", self.admin))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("content-type", "application/wasm")
+                .send(wasm),
+        )
+    }
+
+    /// Deploy with a manifest, as multipart.
+    pub fn deploy_with_manifest(&self, name: &str, wasm: &[u8], manifest: &str) -> Reply {
+        let boundary = "shoal-test-boundary-7f3a";
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"manifest\"\r\n\r\n{manifest}\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"component\"; filename=\"c.wasm\"\r\n\
+             Content-Type: application/wasm\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(wasm);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        reply(
+            self.agent
+                .put(format!("{}/v1/services/{name}", self.admin))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .send(&body[..]),
+        )
+    }
+
+    /// An admin call with the test token.
+    pub fn admin(&self, method: &str, path: &str) -> Reply {
+        self.admin_with_token(method, path, Some(TOKEN))
+    }
+
+    /// An admin call with a chosen token (or none).
+    pub fn admin_with_token(&self, method: &str, path: &str, token: Option<&str>) -> Reply {
+        let url = format!("{}{path}", self.admin);
+        let mut request = ureq::http::Request::builder().method(method).uri(url);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(()).expect("request");
+        reply(self.agent.run(request))
+    }
+
+    /// Everything the host has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Send a signal to the host process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY-free: `kill` on our own child's pid.
+        let rc = unsafe_kill(pid, signal);
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Wait for the host to exit, up to `timeout`; returns its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` the host, as a crash would.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_kill(pid: i32, signal: i32) -> i32 {
+    // SAFETY: plain syscall wrapper with no memory arguments.
+    unsafe { libc::kill(pid, signal) }
+}
+
+/// A fresh temporary directory for one host (data and log).
+pub fn temp_root() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("shoal-e2e-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// Run the `shoal` CLI with `args` and environment; returns (success, stdout, stderr).
+pub fn shoal_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(shoal_bin());
+    command.args(args).stdin(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run shoal");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

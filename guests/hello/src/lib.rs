@@ -23,7 +23,9 @@ fn handle(req: Request) -> Response {
 
 fn greet(req: &Request) -> Response {
     let greeting = shoal_sdk::config::get("greeting").unwrap_or_else(|| "Hello".to_owned());
-    let name = req.query_param("name").unwrap_or_else(|| "world".to_owned());
+    let name = req
+        .query_param("name")
+        .unwrap_or_else(|| "world".to_owned());
     shoal_sdk::log::info("greeted", &[("name", &name)]);
     let version = shoal_sdk::config::get("release").unwrap_or_default();
     Response::text(200, format!("{greeting}, {name}!\n")).with_header("x-hello-release", &version)
@@ -37,7 +39,10 @@ fn echo(req: &Request) -> Response {
         req.query().unwrap_or("")
     );
     for (name, value) in req.headers() {
-        out.push_str(&format!("header {name}: {}\n", String::from_utf8_lossy(value)));
+        out.push_str(&format!(
+            "header {name}: {}\n",
+            String::from_utf8_lossy(value)
+        ));
     }
     out.push_str(&format!("body: {}\n", req.body_text()));
     Response::text(200, out)

@@ -14,7 +14,11 @@ impl Guest for PlainHttp {
         let headers = Fields::new();
         let _ = headers.append("content-type", b"text/plain");
         let response = OutgoingResponse::new(headers);
-        let status = if path.starts_with("/missing") { 404 } else { 200 };
+        let status = if path.starts_with("/missing") {
+            404
+        } else {
+            200
+        };
         let _ = response.set_status_code(status);
         let Ok(body) = response.body() else { return };
         ResponseOutparam::set(response_out, Ok(response));

@@ -41,7 +41,11 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<(String, bool)> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
     }
-    let token = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+    let token = format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -50,5 +50,8 @@ impl From<ServiceError> for ApiError {
 
 /// Answer for paths the admin API does not have.
 pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("no admin endpoint at `{}`", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no admin endpoint at `{}`", uri.path()),
+    )
 }

@@ -67,7 +67,9 @@ impl AdminClient {
         if let Some(content_type) = content_type {
             request = request.header(header::CONTENT_TYPE, content_type);
         }
-        let request = request.body(body).with_context(|| format!("invalid URL {url}"))?;
+        let request = request
+            .body(body)
+            .with_context(|| format!("invalid URL {url}"))?;
         let response = self
             .http
             .request(request)
@@ -78,9 +80,8 @@ impl AdminClient {
         let json = if bytes.is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                serde_json::json!({ "error": String::from_utf8_lossy(&bytes) })
-            })
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }))
         };
         if !status.is_success() {
             let message = json["error"].as_str().unwrap_or("no details");
@@ -127,11 +128,9 @@ pub async fn deploy(
 
     let progress = indicatif::ProgressBar::new(payload.len() as u64);
     progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "uploading {msg} [{bar:30}] {bytes}/{total_bytes}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("uploading {msg} [{bar:30}] {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     progress.set_message(name.clone());
     let chunks: Vec<Bytes> = Bytes::from(payload)
@@ -163,7 +162,10 @@ pub async fn deploy(
         "{verb} {} version {} (sha256 {}) at route {}",
         json["name"].as_str().unwrap_or(&name),
         json["version"].as_str().unwrap_or("?"),
-        json["digest"].as_str().map(|d| &d[..d.len().min(12)]).unwrap_or("?"),
+        json["digest"]
+            .as_str()
+            .map(|d| &d[..d.len().min(12)])
+            .unwrap_or("?"),
         json["route"].as_str().unwrap_or("?"),
     );
     Ok(())
@@ -172,7 +174,9 @@ pub async fn deploy(
 /// Print the services of a host as a table.
 pub async fn list(args: &AdminArgs) -> Result<()> {
     let client = AdminClient::new(args)?;
-    let (_, json) = client.send(Method::GET, "/v1/services", None, empty()).await?;
+    let (_, json) = client
+        .send(Method::GET, "/v1/services", None, empty())
+        .await?;
     let services = json["services"].as_array().cloned().unwrap_or_default();
     println!(
         "{:<24} {:<16} {:<14} {:<24} {:<9} DEPLOYED",
@@ -197,7 +201,12 @@ pub async fn list(args: &AdminArgs) -> Result<()> {
 pub async fn remove(args: &AdminArgs, name: &str) -> Result<()> {
     let client = AdminClient::new(args)?;
     client
-        .send(Method::DELETE, &format!("/v1/services/{name}"), None, empty())
+        .send(
+            Method::DELETE,
+            &format!("/v1/services/{name}"),
+            None,
+            empty(),
+        )
         .await?;
     println!("removed {name}");
     Ok(())
@@ -209,10 +218,12 @@ fn empty() -> Body {
 
 /// `target/.../hello_world.wasm` → `hello-world`.
 fn name_from_path(path: &Path) -> Result<String> {
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .with_context(|| format!("cannot derive a service name from {}; pass --name", path.display()))?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).with_context(|| {
+        format!(
+            "cannot derive a service name from {}; pass --name",
+            path.display()
+        )
+    })?;
     Ok(stem.to_ascii_lowercase().replace(['_', '.', ' '], "-"))
 }
 
@@ -248,6 +259,9 @@ mod tests {
             name_from_path(Path::new("target/x/hello_world.wasm")).expect("name"),
             "hello-world"
         );
-        assert_eq!(name_from_path(Path::new("guests/hello")).expect("name"), "hello");
+        assert_eq!(
+            name_from_path(Path::new("guests/hello")).expect("name"),
+            "hello"
+        );
     }
 }

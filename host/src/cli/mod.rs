@@ -58,7 +58,11 @@ enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
     /// Admin API address.
-    #[arg(long = "admin", env = "SHOAL_ADMIN_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long = "admin",
+        env = "SHOAL_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub url: String,
     /// Admin token; defaults to the token file in --data-dir.
     #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]

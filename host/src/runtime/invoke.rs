@@ -113,7 +113,9 @@ pub async fn handle(
         Err(_) => match task.await {
             Ok(Ok(())) => Err(GuestFailure::NoResponse),
             Ok(Err(failure)) => Err(failure),
-            Err(join_error) => Err(GuestFailure::Trap(format!("host task failed: {join_error}"))),
+            Err(join_error) => Err(GuestFailure::Trap(format!(
+                "host task failed: {join_error}"
+            ))),
         },
     }
 }

@@ -190,7 +190,9 @@ impl Services {
             let name = record.name.clone();
             let storage = self.storage.clone();
             let digest = record.digest.clone();
-            let bytes = match tokio::task::spawn_blocking(move || storage.read_blob(&digest)).await? {
+            let bytes = match tokio::task::spawn_blocking(move || storage.read_blob(&digest))
+                .await?
+            {
                 Ok(bytes) => Bytes::from(bytes),
                 Err(error) => {
                     tracing::error!(service = %name, error = %format!("{error:#}"), "cannot restore");
@@ -208,13 +210,21 @@ impl Services {
         Ok(restored)
     }
 
-    async fn build(&self, record: ServiceRecord, component: Bytes) -> Result<Deployment, ServiceError> {
+    async fn build(
+        &self,
+        record: ServiceRecord,
+        component: Bytes,
+    ) -> Result<Deployment, ServiceError> {
         let runtime = self.runtime.clone();
         let digest = record.digest.clone();
         let loaded = tokio::task::spawn_blocking(move || runtime.load(&component, &digest))
             .await
             .map_err(|error| ServiceError::Storage(error.into()))??;
-        let memory_mb = record.manifest.limits.memory_mb.unwrap_or(self.defaults.memory_mb);
+        let memory_mb = record
+            .manifest
+            .limits
+            .memory_mb
+            .unwrap_or(self.defaults.memory_mb);
         let timeout = record
             .manifest
             .limits
@@ -267,7 +277,16 @@ mod tests {
         for good in ["a", "hello", "order-service", "b2"] {
             assert!(validate_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "Hello", "2b", "a_b", "a-", "a.b", &"x".repeat(64), "v1/x"] {
+        for bad in [
+            "",
+            "Hello",
+            "2b",
+            "a_b",
+            "a-",
+            "a.b",
+            &"x".repeat(64),
+            "v1/x",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }

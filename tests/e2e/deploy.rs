@@ -1,0 +1,131 @@
+//! Deploy, call, list, show and remove services.
+
+use shoal_tests::{Host, guest, temp_root};
+
+#[test]
+fn sdk_service_with_manifest_serves_config_and_logs_tagged_lines() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "version = \"1.2.3\"\n[config]\ngreeting = \"Howdy\"\nrelease = \"r1\"\n";
+    let deployed = host.deploy_with_manifest("hello", &guest("hello"), manifest);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let view = deployed.json();
+    assert_eq!(view["name"], "hello");
+    assert_eq!(view["version"], "1.2.3");
+    assert_eq!(view["route"], "/hello");
+    assert_eq!(view["digest"].as_str().map(str::len), Some(64));
+
+    let reply = host.get("/hello/?name=Ann");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body, "Howdy, Ann!\n");
+    assert_eq!(reply.header("x-hello-release"), Some("r1"));
+    let request_id = reply.header("x-request-id").expect("request id").to_owned();
+    assert_eq!(request_id.len(), 32);
+
+    // The guest's log line carries service, version and the request id.
+    let log = host.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("greeted") && line.contains(&request_id))
+        .unwrap_or_else(|| panic!("no tagged guest log line in:\n{log}"));
+    assert!(line.contains("service=\"hello\""), "{line}");
+    assert!(line.contains("version=\"1.2.3\""), "{line}");
+    assert!(
+        line.contains("name=\\\"Ann\\\"") || line.contains("name=\"Ann\""),
+        "{line}"
+    );
+
+    let config = host.get("/hello/config");
+    assert_eq!(config.body, "greeting=Howdy\nrelease=r1\n");
+}
+
+#[test]
+fn guest_sees_method_path_query_headers_and_body_without_the_route_prefix() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    let reply = host.post("/hello/echo?a=1&b=two", "payload bytes");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains("method: POST\n"), "{}", reply.body);
+    assert!(reply.body.contains("path: /echo\n"), "{}", reply.body);
+    assert!(reply.body.contains("query: a=1&b=two\n"), "{}", reply.body);
+    assert!(
+        reply.body.contains("header x-forwarded-prefix: /hello\n"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("body: payload bytes\n"),
+        "{}",
+        reply.body
+    );
+    // A client's own request id is passed to the guest and returned.
+    let agent = shoal_tests::agent();
+    let mut response = agent
+        .get(format!("{}/hello/echo", host.gateway))
+        .header("x-request-id", "client-id-42")
+        .call()
+        .expect("call");
+    assert_eq!(response.headers()["x-request-id"], "client-id-42");
+    let body = response.body_mut().read_to_string().expect("body");
+    assert!(body.contains("header x-request-id: client-id-42"), "{body}");
+}
+
+#[test]
+fn plain_wasi_http_component_runs_unchanged_and_streams() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let deployed = host.deploy("plain", &guest("plain_http"));
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let reply = host.get("/plain/some/path?x=1");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "plain wasi:http here\npath: /some/path?x=1\n");
+    assert_eq!(host.get("/plain/missing").status, 404);
+}
+
+#[test]
+fn custom_route_list_show_and_delete() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "route = \"/api/greeter\"\n";
+    assert_eq!(
+        host.deploy_with_manifest("hello", &guest("hello"), manifest)
+            .status,
+        201
+    );
+    assert_eq!(host.deploy("plain", &guest("plain_http")).status, 201);
+    assert_eq!(host.get("/api/greeter/").body, "Hello, world!\n");
+    assert_eq!(host.get("/api/greeter").body, "Hello, world!\n");
+    // The default route is replaced by the manifest's.
+    assert_eq!(host.get("/hello/").status, 404);
+
+    let listed = host.admin("GET", "/v1/services").json();
+    let names: Vec<&str> = listed["services"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["hello", "plain"]);
+
+    let shown = host.admin("GET", "/v1/services/hello");
+    assert_eq!(shown.status, 200);
+    assert_eq!(shown.json()["route"], "/api/greeter");
+    assert_eq!(shown.json()["state"], "running");
+    assert!(
+        shown.json()["deployed_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+
+    // A second service may not take a route that is already in use.
+    let conflict = host.deploy_with_manifest("other", &guest("hello"), manifest);
+    assert_eq!(conflict.status, 409, "{}", conflict.body);
+    assert!(conflict.body.contains("hello"), "{}", conflict.body);
+
+    assert_eq!(host.admin("DELETE", "/v1/services/hello").status, 204);
+    assert_eq!(host.get("/api/greeter/").status, 404);
+    assert_eq!(host.admin("GET", "/v1/services/hello").status, 404);
+    assert_eq!(host.admin("DELETE", "/v1/services/hello").status, 404);
+    assert_eq!(host.get("/plain/").status, 200);
+}

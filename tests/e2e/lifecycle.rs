@@ -1,0 +1,185 @@
+//! Hot redeploys under load, restarts (graceful and `kill -9`), draining on SIGTERM.
+
+use shoal_tests::{Host, agent, guest, temp_root};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[test]
+fn redeploys_under_load_drop_no_request() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let hello = guest("hello");
+    let plain = guest("plain_http");
+    let v1 = "version = \"1\"\n[config]\ngreeting = \"one\"\n";
+    assert_eq!(host.deploy_with_manifest("svc", &hello, v1).status, 201);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(parking_failures());
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+        let url = format!("{}/svc/", host.gateway);
+        workers.push(std::thread::spawn(move || {
+            let agent = agent();
+            while !stop.load(Ordering::Relaxed) {
+                match agent.get(&url).call() {
+                    Ok(mut response) if response.status() == 200 => {
+                        let body = response.body_mut().read_to_string().unwrap_or_default();
+                        if body.starts_with("one,")
+                            || body.starts_with("two,")
+                            || body.starts_with("plain")
+                        {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failures.lock().push(format!("unexpected body {body:?}"));
+                        }
+                    }
+                    Ok(response) => failures
+                        .lock()
+                        .push(format!("status {}", response.status())),
+                    Err(error) => failures.lock().push(format!("error {error}")),
+                }
+            }
+        }));
+    }
+
+    // Ten swaps: different manifests and different components.
+    for round in 0..10 {
+        let reply = match round % 3 {
+            0 => host.deploy_with_manifest(
+                "svc",
+                &hello,
+                "version = \"2\"\n[config]\ngreeting = \"two\"\n",
+            ),
+            1 => host.deploy("svc", &plain),
+            _ => host.deploy_with_manifest("svc", &hello, v1),
+        };
+        assert_eq!(reply.status, 200, "round {round}: {}", reply.body);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.join().expect("worker");
+    }
+    let failures = failures.lock();
+    assert!(
+        failures.is_empty(),
+        "failed requests: {:?}",
+        &failures[..failures.len().min(10)]
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 30,
+        "too few requests: {}",
+        ok.load(Ordering::Relaxed)
+    );
+}
+
+fn parking_failures() -> Mutex<Vec<String>> {
+    Mutex::default()
+}
+
+/// A poison-free mutex wrapper for test bookkeeping.
+#[derive(Default)]
+struct Mutex<T>(std::sync::Mutex<T>);
+
+impl<T> Mutex<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[test]
+fn acknowledged_deploys_survive_kill_9_and_graceful_restart() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    let manifest = "version = \"7\"\nroute = \"/greet\"\n[config]\ngreeting = \"Persisted\"\n";
+    assert_eq!(
+        host.deploy_with_manifest("hello", &guest("hello"), manifest)
+            .status,
+        201
+    );
+    assert_eq!(host.deploy("plain", &guest("plain_http")).status, 201);
+    assert_eq!(host.deploy("gone", &guest("plain_http")).status, 201);
+    assert_eq!(host.admin("DELETE", "/v1/services/gone").status, 204);
+    host.crash();
+
+    let mut host = Host::start(root.path(), &[]);
+    assert_eq!(host.get("/greet/").body, "Persisted, world!\n");
+    assert_eq!(host.get("/plain/").status, 200);
+    assert_eq!(host.get("/gone/").status, 404);
+    let shown = host.admin("GET", "/v1/services/hello").json();
+    assert_eq!(shown["version"], "7");
+    // The restart reused the compiled code instead of compiling again.
+    let log = host.log();
+    assert_eq!(log.matches("compiled component").count(), 2, "{log}");
+
+    host.signal(libc::SIGTERM);
+    assert_eq!(
+        host.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        host.log()
+    );
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.get("/greet/").body, "Persisted, world!\n");
+    let listed = host.admin("GET", "/v1/services").json();
+    assert_eq!(listed["services"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("faulty", &guest("faulty")).status, 201);
+    let url = format!("{}/faulty/sleep?ms=1500", host.gateway);
+    let slow = std::thread::spawn(move || {
+        let mut response = agent().get(&url).call().expect("slow request");
+        (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    host.signal(libc::SIGTERM);
+    let (status, body) = slow.join().expect("join");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "slept 1500 ms\n");
+    assert_eq!(
+        host.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        host.log()
+    );
+    // Once stopped, it accepts nothing.
+    assert!(
+        agent()
+            .get(format!("{}/faulty/ok", host.gateway))
+            .call()
+            .is_err()
+    );
+}
+
+#[test]
+fn generated_admin_token_is_private_and_printed_once() {
+    let root = temp_root();
+    let data = root.path().join("data");
+    let log = root.path().join("host.log");
+    let host = Host::start_with_env(&data, &log, &[], &[]);
+    let token = std::fs::read_to_string(data.join("admin-token")).expect("token file");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(data.join("admin-token"))
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        host.admin_with_token("GET", "/v1/services", Some(&token))
+            .status,
+        200
+    );
+    assert_eq!(host.admin("GET", "/v1/services").status, 401);
+}
