@@ -3,7 +3,7 @@
 //! A service is a WebAssembly component that answers HTTP requests. With this crate a
 //! service is a plain function:
 //!
-//! ```ignore
+//! ```no_run
 //! use shoal_sdk::http::{Request, Response};
 //!
 //! fn handle(req: Request) -> Response {

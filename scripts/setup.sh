@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install what building and testing Shoal needs. Idempotent; safe to run again.
+# Sourced by demo.sh and test.sh, or run on its own.
+set -euo pipefail
+
+shoal_setup() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "error: cargo not found: install Rust with rustup (https://rustup.rs) first" >&2
+        return 1
+    fi
+    # Guests compile to WebAssembly components.
+    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+        echo "== rustup target add wasm32-wasip2"
+        rustup target add wasm32-wasip2
+    fi
+    for component in rustfmt clippy; do
+        if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+            rustup component add "$component"
+        fi
+    done
+    # curl drives the demo.
+    local missing=()
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "== apt-get install ${missing[*]}"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    shoal_setup
+fi

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up and run every test: formatting, lints, unit tests, the SDK's tests, and the
+# end-to-end tests that drive the real `shoal` binary with real components.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+shoal_setup
+
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+guests_target="${CARGO_TARGET_DIR:-$PWD/guests/target}"
+export SHOAL_GUESTS_DIR="$guests_target/wasm32-wasip2/release"
+
+echo "== guests (wasm32-wasip2)"
+(cd guests && cargo build --release --target wasm32-wasip2)
+
+echo "== formatting"
+cargo fmt --all --check
+(cd guests && cargo fmt --all --check)
+cargo fmt --manifest-path sdk/Cargo.toml --check
+
+echo "== lints"
+cargo clippy --all-targets -- -D warnings
+(cd guests && cargo clippy --release --target wasm32-wasip2 -- -D warnings)
+
+echo "== host unit tests"
+cargo test -p shoal
+
+echo "== SDK tests"
+cargo test --manifest-path sdk/Cargo.toml --target-dir "$guests_target"
+
+echo "== end-to-end tests"
+cargo build -p shoal
+SHOAL_BIN="$target_dir/debug/shoal" cargo test -p shoal-tests
