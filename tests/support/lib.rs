@@ -114,6 +114,8 @@ pub struct Host {
     pub admin: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// What the host printed on stdout while starting.
+    pub startup_output: Vec<String>,
     agent: ureq::Agent,
 }
 
@@ -196,6 +198,7 @@ impl Host {
             admin: admin.expect("admin"),
             data_dir: data_dir.to_path_buf(),
             log_path: log_path.to_path_buf(),
+            startup_output: seen,
             agent: agent(),
         }
     }

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The main job, end to end: build the host and the example guests, start a host on
+# embedded defaults, deploy the examples over HTTP, call them, restart the host and
+# show that the deploys survived. Prints what happened and how to continue.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+shoal_setup
+
+profile="${SHOAL_PROFILE:-debug}"
+cargo_profile=()
+[ "$profile" = "release" ] && cargo_profile=(--release)
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+guests_dir="${CARGO_TARGET_DIR:-$PWD/guests/target}/wasm32-wasip2/release"
+shoal="$target_dir/$profile/shoal"
+data_dir="$PWD/.shoal-demo"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '$ %s\n' "$*"; "$@"; echo; }
+
+step "building the example guests (wasm32-wasip2 components)"
+(cd guests && cargo build --release --target wasm32-wasip2)
+ls -l "$guests_dir"/*.wasm
+
+step "building the host ($profile)"
+cargo build -p shoal "${cargo_profile[@]}"
+
+start_host() {
+    SHOAL_DATA_DIR="$data_dir" SHOAL_LISTEN=127.0.0.1:0 SHOAL_ADMIN_LISTEN=127.0.0.1:0 \
+        "$shoal" serve >"$data_dir.out" 2>"$data_dir.log" &
+    host_pid=$!
+    for _ in $(seq 1 600); do
+        if grep -q '^admin API listening on ' "$data_dir.out" 2>/dev/null; then break; fi
+        if ! kill -0 "$host_pid" 2>/dev/null; then cat "$data_dir.log"; exit 1; fi
+        sleep 0.1
+    done
+    gateway=$(sed -n 's/^gateway listening on //p' "$data_dir.out")
+    admin=$(sed -n 's/^admin API listening on //p' "$data_dir.out")
+    export SHOAL_ADMIN_URL="$admin"
+    cat "$data_dir.out"
+}
+stop_host() {
+    kill -TERM "$host_pid" 2>/dev/null || true
+    wait "$host_pid" 2>/dev/null || true
+}
+trap stop_host EXIT
+
+step "starting a host (embedded defaults, data in $data_dir)"
+rm -rf "$data_dir" "$data_dir.out" "$data_dir.log"
+mkdir -p "$data_dir"
+start_host
+export SHOAL_DATA_DIR="$data_dir"   # lets the CLI find the generated admin token
+
+step "deploying over HTTP"
+show "$shoal" deploy "$guests_dir/hello.wasm" --name hello --manifest guests/hello/shoal.toml
+token=$(cat "$data_dir/admin-token")
+printf '$ curl -X PUT --data-binary @plain_http.wasm %s/v1/services/plain-http\n' "$admin"
+curl -sS -X PUT -H "Authorization: Bearer $token" -H 'Content-Type: application/wasm' \
+    --data-binary @"$guests_dir/plain_http.wasm" "$admin/v1/services/plain-http"
+echo; echo
+show "$shoal" deploy "$guests_dir/faulty.wasm"
+show "$shoal" ls
+
+step "calling the services through the gateway ($gateway)"
+show curl -sS "$gateway/hello/?name=Shoal"
+show curl -sS -X POST --data 'hi there' "$gateway/hello/echo?x=1"
+show curl -sS "$gateway/plain-http/any/path"
+
+step "a guest fault ends its own request only"
+show curl -sS -w 'HTTP %{http_code}\n' "$gateway/faulty/trap"
+show curl -sS "$gateway/hello/?name=still-up"
+
+step "bad input is refused with a reason"
+printf '$ curl -X PUT --data-binary "not wasm" %s/v1/services/hello\n' "$admin"
+curl -sS -X PUT -H "Authorization: Bearer $token" --data-binary 'not wasm' \
+    -w '  HTTP %{http_code}\n' "$admin/v1/services/hello"
+printf '$ curl %s/v1/services (no token)\n' "$admin"
+curl -sS -w '  HTTP %{http_code}\n' "$admin/v1/services"
+
+step "restarting the host: deploys are persisted"
+stop_host
+start_host
+show "$shoal" ls
+show curl -sS "$gateway/hello/?name=again"
+
+step "guest log lines are tagged with service, version and request id"
+grep 'guest' "$data_dir.log" | tail -n 3 || true
+
+stop_host
+trap - EXIT
+cat <<EOT
+
+Done. What to try next:
+  $shoal serve --data-dir $data_dir          # restart it; the services come back
+  $shoal deploy guests/hello --manifest guests/hello/shoal.toml   # build + deploy
+  $shoal ls / $shoal rm NAME                 # with SHOAL_DATA_DIR=$data_dir for the token
+  $shoal --help                              # every command and flag
+The host log of this run is in $data_dir.log.
+EOT
