@@ -3,19 +3,8 @@
 //! `shoal serve` runs the host; `shoal build`, `deploy`, `ls` and `rm` are the user's
 //! side of it.
 
-mod admin;
-mod bindings;
-mod capabilities;
-mod cli;
-mod config;
-mod gateway;
-mod manifest;
-mod runtime;
-mod server;
-mod services;
-mod storage;
-
 use clap::Parser as _;
+use shoal::cli;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();

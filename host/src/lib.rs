@@ -1,0 +1,25 @@
+//! Shoal: a WebAssembly host for microservices.
+//!
+//! The binary (`shoal`) is a thin edge over these modules:
+//!
+//! - [`runtime`]: the wasmtime engine, compile cache and per-request instantiation.
+//! - [`capabilities`]: host implementations of the `shoal:platform` WIT interfaces.
+//! - [`policy`]: load balancing, circuit breaking and retries as pure code.
+//! - [`services`]: the live service table and deploy / remove / restore.
+//! - [`gateway`]: inbound HTTP to services; [`admin`]: the admin API.
+//! - [`storage`]: durable state in the data directory; [`manifest`]: deploy manifests.
+//! - [`server`]: `shoal serve` wiring; [`cli`]: the command line.
+
+pub mod admin;
+#[allow(missing_docs)]
+pub mod bindings;
+pub mod capabilities;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod manifest;
+pub mod policy;
+pub mod runtime;
+pub mod server;
+pub mod services;
+pub mod storage;

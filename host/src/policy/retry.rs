@@ -1,0 +1,204 @@
+//! Retries: which calls may be retried, how long to wait between attempts, and a
+//! budget that keeps retries from multiplying load on a struggling target.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Retry settings for one target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in total, including the first (1 = no retries).
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubles for each further one.
+    pub base_backoff: Duration,
+    /// Ceiling of the backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Wait before retry number `retry` (1 for the first retry), with "full jitter":
+    /// a uniform draw in `[0, min(max, base · 2^(retry-1))]`. `unit` is a random
+    /// number in `[0, 1)` supplied by the caller, which keeps this function pure.
+    pub fn backoff(&self, retry: u32, unit: f64) -> Duration {
+        let exponent = retry.saturating_sub(1).min(30);
+        let ceiling = self
+            .base_backoff
+            .saturating_mul(1u32 << exponent)
+            .min(self.max_backoff);
+        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+/// Methods that are safe to send twice (RFC 9110 §9.2.2).
+pub fn is_idempotent_method(method: &str) -> bool {
+    matches!(
+        method.to_ascii_uppercase().as_str(),
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
+/// Statuses worth retrying on another attempt: the target (or a proxy) says it could
+/// not handle the request now.
+pub fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 502..=504)
+}
+
+/// Settings of a [`RetryBudget`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetConfig {
+    /// Retries allowed as a fraction of first attempts over the window (0.2 = 20 %).
+    pub ratio: f64,
+    /// Retries always allowed per window, so low-traffic callers can still retry.
+    pub min_retries: u32,
+    /// Length of the window.
+    pub window: Duration,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_retries: 10,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Caps retries to a fraction of recent traffic: when a target fails for everyone,
+/// callers fall back to single attempts instead of tripling the load on it.
+#[derive(Debug)]
+pub struct RetryBudget {
+    config: BudgetConfig,
+    requests: VecDeque<Instant>,
+    retries: VecDeque<Instant>,
+}
+
+impl RetryBudget {
+    /// An empty budget.
+    pub fn new(config: BudgetConfig) -> Self {
+        Self {
+            config,
+            requests: VecDeque::new(),
+            retries: VecDeque::new(),
+        }
+    }
+
+    /// Record a first attempt.
+    pub fn on_request(&mut self, now: Instant) {
+        self.expire(now);
+        self.requests.push_back(now);
+    }
+
+    /// Take permission for one retry; false when the budget is spent.
+    pub fn try_retry(&mut self, now: Instant) -> bool {
+        self.expire(now);
+        let allowed = self.config.min_retries as f64 + self.config.ratio * self.requests.len() as f64;
+        if (self.retries.len() as f64) < allowed.floor() {
+            self.retries.push_back(now);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let window = self.config.window;
+        for queue in [&mut self.requests, &mut self.retries] {
+            while queue
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+            {
+                queue.pop_front();
+            }
+            // Bound memory under extreme rates: keep at most 1M timestamps each.
+            while queue.len() > 1_000_000 {
+                queue.pop_front();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+        };
+        assert_eq!(policy.backoff(1, 1.0), Duration::from_millis(10));
+        assert_eq!(policy.backoff(2, 1.0), Duration::from_millis(20));
+        assert_eq!(policy.backoff(3, 1.0), Duration::from_millis(40));
+        assert_eq!(policy.backoff(5, 1.0), Duration::from_millis(100));
+        assert_eq!(policy.backoff(40, 1.0), Duration::from_millis(100));
+        assert_eq!(policy.backoff(3, 0.5), Duration::from_millis(20));
+        assert_eq!(policy.backoff(3, 0.0), Duration::ZERO);
+        assert_eq!(policy.backoff(3, 7.0), Duration::from_millis(40), "unit is clamped");
+    }
+
+    #[test]
+    fn idempotency_and_retryable_statuses() {
+        for method in ["GET", "get", "HEAD", "PUT", "DELETE", "OPTIONS"] {
+            assert!(is_idempotent_method(method), "{method}");
+        }
+        for method in ["POST", "PATCH", "CONNECT"] {
+            assert!(!is_idempotent_method(method), "{method}");
+        }
+        assert!(is_retryable_status(503));
+        assert!(!is_retryable_status(500));
+        assert!(!is_retryable_status(404));
+    }
+
+    #[test]
+    fn budget_allows_minimum_then_a_ratio_of_traffic() {
+        let t0 = Instant::now();
+        let mut budget = RetryBudget::new(BudgetConfig {
+            ratio: 0.2,
+            min_retries: 2,
+            window: Duration::from_secs(10),
+        });
+        assert!(budget.try_retry(t0));
+        assert!(budget.try_retry(t0));
+        assert!(!budget.try_retry(t0), "minimum spent, no traffic yet");
+        for _ in 0..10 {
+            budget.on_request(t0);
+        }
+        // 2 + 0.2 * 10 = 4 retries in the window.
+        assert!(budget.try_retry(t0));
+        assert!(budget.try_retry(t0));
+        assert!(!budget.try_retry(t0));
+        // The window slides: everything expires.
+        let later = t0 + Duration::from_secs(10);
+        assert!(budget.try_retry(later));
+    }
+
+    #[test]
+    fn budget_under_a_storm_caps_amplification() {
+        let t0 = Instant::now();
+        let mut budget = RetryBudget::new(BudgetConfig::default());
+        let mut retries = 0;
+        for i in 0..10_000u64 {
+            let now = t0 + Duration::from_micros(i * 100); // 1 s of traffic
+            budget.on_request(now);
+            if budget.try_retry(now) {
+                retries += 1;
+            }
+        }
+        // At most min_retries + 20 % of requests.
+        assert!(retries <= 10 + 2_000, "{retries}");
+        assert!(retries >= 1_900, "{retries}");
+    }
+}
