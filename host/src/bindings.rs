@@ -10,9 +10,20 @@ wasmtime::component::bindgen!({
         world host {
             import shoal:platform/config@0.1.0;
             import shoal:platform/log@0.1.0;
+            import shoal:platform/registry@0.1.0;
+            import shoal:platform/discovery@0.1.0;
+            import shoal:platform/caller@0.1.0;
         }
     ",
     world: "shoal:host/host",
+    imports: {
+        "shoal:platform/discovery.[method]watcher.subscribe": async | trappable,
+        default: async,
+    },
+    with: {
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
+        "shoal:platform/discovery.watcher": crate::capabilities::discovery::Watcher,
+    },
 });
 
-pub use shoal::platform::{config, log};
+pub use shoal::platform::{caller, config, discovery, log, registry};

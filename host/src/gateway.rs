@@ -12,11 +12,12 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
+use crate::platform::Platform;
 use crate::runtime::invoke;
-use crate::services::Services;
+use crate::services::{Deployment, Services};
 
 /// Body type of every gateway response.
 pub type GatewayBody = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -106,7 +107,42 @@ pub async fn route(services: &Services, request: Request<Incoming>) -> Response<
     if let Ok(value) = prefix_header {
         parts.headers.insert(FORWARDED_PREFIX.clone(), value);
     }
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    // A caller on another host passes its remaining deadline; never run longer.
+    let mut deadline = Instant::now() + deployment.timeout;
+    if let Some(ms) = parts
+        .headers
+        .get(&crate::caller::DEADLINE_MS)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+    {
+        deadline = deadline.min(Instant::now() + Duration::from_millis(ms.max(1)));
+    }
+    let request = Request::from_parts(parts, body);
+    serve_deployment(
+        services.platform(),
+        &deployment,
+        request,
+        &request_id,
+        deadline,
+    )
+    .await
+}
+
+/// Run `request` on `deployment` (gateway and in-process calls alike) and turn a
+/// guest failure into a 5xx that names the reason.
+pub async fn serve_deployment<B>(
+    platform: &Arc<Platform>,
+    deployment: &Deployment,
+    request: Request<B>,
+    request_id: &str,
+    deadline: Instant,
+) -> Response<GatewayBody>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let (mut parts, body) = request.into_parts();
+    if let Ok(value) = HeaderValue::from_str(request_id) {
         parts.headers.insert(REQUEST_ID.clone(), value);
     }
     if !parts.headers.contains_key(HOST)
@@ -119,8 +155,9 @@ pub async fn route(services: &Services, request: Request<Incoming>) -> Response<
     let outcome = invoke::handle(
         &deployment.loaded.pre,
         deployment.context.clone(),
-        request_id.as_str().into(),
-        deployment.timeout,
+        platform.clone(),
+        request_id.into(),
+        deadline,
         request,
     )
     .await;
@@ -144,11 +181,11 @@ pub async fn route(services: &Services, request: Request<Incoming>) -> Response<
             text(failure.status(), message)
         }
     };
-    with_request_id(response, &request_id)
+    with_request_id(response, request_id)
 }
 
 /// The client's `x-request-id` when it is sane, a fresh random id otherwise.
-fn request_id<B>(request: &Request<B>) -> String {
+pub fn request_id<B>(request: &Request<B>) -> String {
     request
         .headers()
         .get(&REQUEST_ID)

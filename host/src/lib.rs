@@ -5,6 +5,9 @@
 //! - [`runtime`]: the wasmtime engine, compile cache and per-request instantiation.
 //! - [`capabilities`]: host implementations of the `shoal:platform` WIT interfaces.
 //! - [`policy`]: load balancing, circuit breaking and retries as pure code.
+//! - [`registry`]: service registry backends, external services, health checks.
+//! - [`caller`]: the resilient outbound caller (and plain `wasi:http` outbound).
+//! - [`platform`]: the registry and caller, bundled for capabilities.
 //! - [`services`]: the live service table and deploy / remove / restore.
 //! - [`gateway`]: inbound HTTP to services; [`admin`]: the admin API.
 //! - [`storage`]: durable state in the data directory; [`manifest`]: deploy manifests.
@@ -13,12 +16,15 @@
 pub mod admin;
 #[allow(missing_docs)]
 pub mod bindings;
+pub mod caller;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod manifest;
+pub mod platform;
 pub mod policy;
+pub mod registry;
 pub mod runtime;
 pub mod server;
 pub mod services;

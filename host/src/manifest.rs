@@ -10,6 +10,16 @@
 //! [limits]
 //! memory_mb = 64             # linear memory per instance
 //! timeout_ms = 30000         # wall-clock and CPU deadline per request
+//!
+//! [outbound]
+//! allowed_hosts = ["api.example.com", "127.0.0.1:9000"]  # plain wasi:http beyond services
+//!
+//! [outbound.targets.inventory]   # caller policy towards one service
+//! attempt_timeout_ms = 1000
+//! deadline_ms = 3000
+//! max_attempts = 3
+//! load_balancing = "round-robin" # or "power-of-two-choices" (default)
+//! breaker = { consecutive_failures = 5, cool_down_ms = 5000 }
 //! ```
 //!
 //! Unknown keys are errors, so a typo never silently does nothing.
@@ -24,7 +34,7 @@ const MAX_CONFIG_VALUE_BYTES: usize = 64 * 1024;
 const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
 /// A parsed and validated manifest.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Version label of this deploy.
@@ -39,6 +49,88 @@ pub struct Manifest {
     /// Resource limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Outbound calls: allowed external hosts and per-target caller policy.
+    #[serde(default, skip_serializing_if = "Outbound::is_empty")]
+    pub outbound: Outbound,
+}
+
+/// Outbound call settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// Hosts (`host` or `host:port`) a plain `wasi:http` request may reach directly.
+    /// Services are always reachable as `http://<service>/`; everything else is denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// Caller policy per target service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<String, TargetPolicy>,
+}
+
+impl Outbound {
+    fn is_empty(&self) -> bool {
+        self.allowed_hosts.is_empty() && self.targets.is_empty()
+    }
+}
+
+/// Caller policy towards one target; unset fields take the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetPolicy {
+    /// Time one attempt may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_timeout_ms: Option<u64>,
+    /// Time the whole call (all attempts) may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Attempts in total, including the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// `power-of-two-choices` (default) or `round-robin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancing: Option<crate::policy::balancer::Strategy>,
+    /// Circuit breaker thresholds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerPolicy>,
+    /// Retry budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudgetPolicy>,
+}
+
+/// Circuit breaker thresholds of a target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerPolicy {
+    /// Failures in a row that open the breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// Failure ratio (0–1) over the window that opens it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<f64>,
+    /// Calls the window must hold before the ratio counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_calls: Option<u32>,
+    /// Sliding window length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+    /// Time open before probing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cool_down_ms: Option<u64>,
+    /// Probes admitted while half-open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_probes: Option<u32>,
+}
+
+/// Retry budget of a target.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetPolicy {
+    /// Retries as a fraction of calls over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// Retries always allowed per window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retries: Option<u32>,
 }
 
 /// Per-instance resource limits; unset values take the host's defaults.
@@ -120,6 +212,71 @@ impl Manifest {
                 "limits.timeout_ms",
                 &format!("must be between 1 and {MAX_TIMEOUT_MS}"),
             ));
+        }
+        self.validate_outbound()
+    }
+
+    fn validate_outbound(&self) -> Result<(), ManifestError> {
+        for (index, host) in self.outbound.allowed_hosts.iter().enumerate() {
+            let valid = host
+                .parse::<http::uri::Authority>()
+                .is_ok_and(|a| a.as_str() == host && !host.contains('@'));
+            if !valid {
+                return Err(field(
+                    &format!("outbound.allowed_hosts[{index}]"),
+                    "must be `host` or `host:port`",
+                ));
+            }
+        }
+        for (target, policy) in &self.outbound.targets {
+            let at = |name: &str| format!("outbound.targets.{target}.{name}");
+            let in_range =
+                |value: Option<u64>, max: u64| value.is_none_or(|v| (1..=max).contains(&v));
+            if !in_range(policy.attempt_timeout_ms, MAX_TIMEOUT_MS) {
+                return Err(field(
+                    &at("attempt_timeout_ms"),
+                    &format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+                ));
+            }
+            if !in_range(policy.deadline_ms, MAX_TIMEOUT_MS) {
+                return Err(field(
+                    &at("deadline_ms"),
+                    &format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+                ));
+            }
+            if policy.max_attempts.is_some_and(|n| !(1..=10).contains(&n)) {
+                return Err(field(&at("max_attempts"), "must be between 1 and 10"));
+            }
+            if let Some(breaker) = &policy.breaker {
+                if breaker.failure_rate.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
+                    return Err(field(&at("breaker.failure_rate"), "must be in (0, 1]"));
+                }
+                for (name, value) in [
+                    ("breaker.consecutive_failures", breaker.consecutive_failures),
+                    ("breaker.minimum_calls", breaker.minimum_calls),
+                    ("breaker.half_open_probes", breaker.half_open_probes),
+                ] {
+                    if value.is_some_and(|v| !(1..=100_000).contains(&v)) {
+                        return Err(field(&at(name), "must be between 1 and 100000"));
+                    }
+                }
+                for (name, value) in [
+                    ("breaker.window_ms", breaker.window_ms),
+                    ("breaker.cool_down_ms", breaker.cool_down_ms),
+                ] {
+                    if !in_range(value, MAX_TIMEOUT_MS) {
+                        return Err(field(
+                            &at(name),
+                            &format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+                        ));
+                    }
+                }
+            }
+            if let Some(budget) = &policy.retry_budget
+                && budget.ratio.is_some_and(|r| !(0.0..=10.0).contains(&r))
+            {
+                return Err(field(&at("retry_budget.ratio"), "must be between 0 and 10"));
+            }
         }
         Ok(())
     }
@@ -205,6 +362,49 @@ mod tests {
         }
         for bad in ["", "a", "/a/", "//", "/a/../b", "/a b", "/ä"] {
             assert!(validate_route(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn outbound_policy_parses_and_is_checked() {
+        let manifest = Manifest::parse(
+            "[outbound]\nallowed_hosts = [\"api.example.com\", \"127.0.0.1:9000\"]\n\
+             [outbound.targets.b]\nattempt_timeout_ms = 100\nmax_attempts = 2\n\
+             load_balancing = \"round-robin\"\nbreaker = { consecutive_failures = 2, cool_down_ms = 300 }\n",
+            256,
+        )
+        .expect("valid");
+        let b = &manifest.outbound.targets["b"];
+        assert_eq!(b.max_attempts, Some(2));
+        assert_eq!(
+            b.load_balancing,
+            Some(crate::policy::balancer::Strategy::RoundRobin)
+        );
+        for (text, needle) in [
+            (
+                "[outbound]\nallowed_hosts = [\"http://x\"]",
+                "outbound.allowed_hosts[0]",
+            ),
+            (
+                "[outbound.targets.b]\nmax_attempts = 0",
+                "outbound.targets.b.max_attempts",
+            ),
+            (
+                "[outbound.targets.b]\nattempt_timeout_ms = 0",
+                "attempt_timeout_ms",
+            ),
+            (
+                "[outbound.targets.b]\nbreaker = { failure_rate = 2.0 }",
+                "breaker.failure_rate",
+            ),
+            (
+                "[outbound.targets.b]\nload_balancing = \"random\"",
+                "load_balancing",
+            ),
+            ("[outbound.targets.b]\nretries = 3", "retries"),
+        ] {
+            let error = Manifest::parse(text, 256).expect_err(text).to_string();
+            assert!(error.contains(needle), "{needle}: {error}");
         }
     }
 

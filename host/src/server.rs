@@ -7,10 +7,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState, AdminToken};
+use crate::caller::Caller;
+use crate::caller::transport::LocalDispatch;
 use crate::config::ServeConfig;
+use crate::platform::Platform;
+use crate::registry::Registry;
+use crate::registry::embedded::EmbeddedRegistry;
+use crate::registry::external::ExternalServices;
+use crate::registry::health::HealthChecker;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::services::{ServiceDefaults, Services};
 use crate::storage::Storage;
+
+/// How often leases of local and external registrations are renewed.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Run a host until SIGTERM or SIGINT, then drain and return.
 pub async fn run(config: ServeConfig) -> Result<()> {
@@ -43,6 +53,13 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         max_memory_bytes: config.max_memory_mb as usize * 1024 * 1024,
         pooling: !config.no_pooling,
     })?;
+    let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(1));
+    let caller = Arc::new(Caller::new(registry.clone()));
+    let platform = Arc::new(Platform {
+        host_id: storage.host_id()?,
+        registry: registry.clone(),
+        caller: caller.clone(),
+    });
     let services = Arc::new(Services::new(
         runtime,
         storage.clone(),
@@ -51,8 +68,22 @@ pub async fn run(config: ServeConfig) -> Result<()> {
             max_memory_mb: config.max_memory_mb,
             timeout: Duration::from_millis(config.default_timeout_ms),
         },
+        platform,
     ));
+    let local: Arc<dyn LocalDispatch> = services.clone();
+    caller.set_local(Arc::downgrade(&local));
+    let external = Arc::new(ExternalServices::new(
+        registry.clone(),
+        HealthChecker::new(registry.clone()),
+        storage.root().join("external"),
+    )?);
     let restored = services.restore().await?;
+    let restored_external = external.restore().await?;
+    tokio::spawn(heartbeat(
+        Arc::downgrade(&services),
+        Arc::downgrade(&external),
+        registry,
+    ));
 
     let gateway_listener = TcpListener::bind(config.listen)
         .await
@@ -62,7 +93,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         .with_context(|| format!("binding the admin API to {}", config.admin_listen))?;
     let gateway_addr = gateway_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    tracing::info!(%gateway_addr, %admin_addr, restored, data_dir = %storage.root().display(), "shoal is up");
+    tracing::info!(%gateway_addr, %admin_addr, restored, restored_external, data_dir = %storage.root().display(), "shoal is up");
     println!("gateway listening on http://{gateway_addr}");
     println!("admin API listening on http://{admin_addr}");
 
@@ -78,13 +109,12 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         stopped(stop_rx.clone()),
         drain,
     ));
-    let app = admin::router(
-        AdminState {
-            services: services.clone(),
-            token: Arc::new(AdminToken::new(token)),
-        },
-        config.max_upload_bytes,
-    );
+    let app = admin::router(AdminState {
+        services: services.clone(),
+        external: external.clone(),
+        token: Arc::new(AdminToken::new(token)),
+        max_upload_bytes: config.max_upload_bytes,
+    });
     let admin_server = tokio::spawn(
         axum::serve(admin_listener, app)
             .with_graceful_shutdown(stopped(stop_rx.clone()))
@@ -103,6 +133,27 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keep every registration's lease alive while the host runs.
+async fn heartbeat(
+    services: std::sync::Weak<Services>,
+    external: std::sync::Weak<ExternalServices>,
+    registry: Arc<dyn Registry>,
+) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        let (Some(services), Some(external)) = (services.upgrade(), external.upgrade()) else {
+            break;
+        };
+        services.renew_leases().await;
+        for id in external.instance_ids() {
+            if registry.renew(&id).await.is_err() {
+                external.reregister(&id).await;
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {

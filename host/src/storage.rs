@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::manifest::Manifest;
 
 /// What is persisted about one deployed service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRecord {
     /// Service name.
     pub name: String,
@@ -73,6 +73,19 @@ impl Storage {
     /// The data directory itself.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// This host's stable identity, generated on first start.
+    pub fn host_id(&self) -> Result<String> {
+        let path = self.root.join("host-id");
+        if let Ok(id) = fs::read_to_string(&path)
+            && !id.trim().is_empty()
+        {
+            return Ok(id.trim().to_owned());
+        }
+        let id = format!("host-{:016x}", rand::random::<u64>());
+        write_durably(&path, id.as_bytes())?;
+        Ok(id)
     }
 
     /// Store a component by digest (no-op when already stored).

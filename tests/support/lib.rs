@@ -267,6 +267,27 @@ impl Host {
         reply(self.agent.run(request))
     }
 
+    /// Send raw request bytes to the admin port and return the status line and headers
+    /// of the answer (what a client sees before it has sent any body).
+    pub fn raw_admin_head(&self, request: &str) -> String {
+        use std::io::{Read as _, Write as _};
+        let address = self.admin.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
     /// Everything the host has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

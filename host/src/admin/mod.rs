@@ -7,11 +7,16 @@
 //! | GET    | `/v1/services/{name}` | one service                                  |
 //! | PUT    | `/v1/services/{name}` | deploy: `application/wasm` body, or multipart with `component` and `manifest` parts |
 //! | DELETE | `/v1/services/{name}` | remove                                       |
+//! | GET    | `/v1/external`        | external services                            |
+//! | PUT    | `/v1/external/{name}` | register an external service (JSON)          |
+//! | GET / DELETE | `/v1/external/{name}` | show / remove one                      |
+//! | GET    | `/v1/discovery/{name}`| every registered instance of a service, with health |
 //!
 //! Every `/v1` call needs `Authorization: Bearer <token>`.
 
 mod auth;
 mod error;
+mod external;
 mod services;
 
 pub use auth::{AdminToken, TOKEN_FILE, load_or_create_token};
@@ -21,6 +26,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use std::sync::Arc;
 
+use crate::registry::external::ExternalServices;
 use crate::services::Services;
 
 /// Shared state of the admin handlers.
@@ -28,12 +34,17 @@ use crate::services::Services;
 pub struct AdminState {
     /// The services this host runs.
     pub services: Arc<Services>,
+    /// External services registered by operators.
+    pub external: Arc<ExternalServices>,
     /// The token every `/v1` call must present.
     pub token: Arc<AdminToken>,
+    /// Largest accepted upload, in bytes.
+    pub max_upload_bytes: usize,
 }
 
-/// The admin router. `max_upload_bytes` bounds a deploy's body (413 beyond it).
-pub fn router(state: AdminState, max_upload_bytes: usize) -> Router {
+/// The admin router. `state.max_upload_bytes` bounds a deploy's body (413 beyond it).
+pub fn router(state: AdminState) -> Router {
+    let max_upload_bytes = state.max_upload_bytes;
     let v1 = Router::new()
         .route("/services", get(services::list))
         .route(
@@ -42,6 +53,14 @@ pub fn router(state: AdminState, max_upload_bytes: usize) -> Router {
                 .put(services::deploy)
                 .delete(services::remove),
         )
+        .route(
+            "/external/{name}",
+            get(external::show)
+                .put(external::put)
+                .delete(external::remove),
+        )
+        .route("/external", get(external::list))
+        .route("/discovery/{name}", get(external::discover))
         .layer(DefaultBodyLimit::max(max_upload_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -95,6 +95,23 @@ pub async fn deploy(
     request: Request,
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
+    // Refuse a declared oversize body before reading any of it.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if let Some(length) = declared
+        && length > state.max_upload_bytes as u64
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the upload is {length} bytes; this host accepts at most {} (--max-upload-bytes)",
+                state.max_upload_bytes
+            ),
+        ));
+    }
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)

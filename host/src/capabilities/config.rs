@@ -4,11 +4,11 @@ use crate::bindings::config::Host;
 use crate::runtime::GuestState;
 
 impl Host for GuestState {
-    fn get(&mut self, key: String) -> Option<String> {
+    async fn get(&mut self, key: String) -> Option<String> {
         self.service.config.get(&key).cloned()
     }
 
-    fn get_all(&mut self) -> Vec<(String, String)> {
+    async fn get_all(&mut self) -> Vec<(String, String)> {
         // A BTreeMap iterates in key order, which is what the interface promises.
         self.service
             .config

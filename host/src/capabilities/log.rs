@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 const MAX_LINE_BYTES: usize = 8 * 1024;
 
 impl Host for GuestState {
-    fn write(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+    async fn write(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
         let message = truncate(message);
         let mut rendered = String::new();
         for (key, value) in &fields {

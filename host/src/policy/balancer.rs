@@ -117,7 +117,9 @@ mod tests {
         let balancer = Balancer::new(Strategy::RoundRobin);
         let mut loads = idle(4);
         loads[1].eligible = false;
-        let picks: Vec<usize> = (0..6).filter_map(|_| balancer.pick(&loads, rng(1))).collect();
+        let picks: Vec<usize> = (0..6)
+            .filter_map(|_| balancer.pick(&loads, rng(1)))
+            .collect();
         assert_eq!(picks, [0, 2, 3, 0, 2, 3]);
     }
 

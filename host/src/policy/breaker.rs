@@ -309,7 +309,11 @@ mod tests {
         for i in 0..9 {
             assert!(call(&breaker, i % 2 == 0, t0));
         }
-        assert_eq!(breaker.state(t0), BreakerState::Closed, "below minimum calls");
+        assert_eq!(
+            breaker.state(t0),
+            BreakerState::Closed,
+            "below minimum calls"
+        );
         assert!(call(&breaker, false, t0)); // 10 calls, 5 failures
         assert_eq!(breaker.state(t0), BreakerState::Open);
     }
@@ -341,7 +345,10 @@ mod tests {
         let p2 = breaker.try_acquire(t1).expect("probe 2");
         assert!(breaker.try_acquire(t1).is_err(), "only two probes at once");
         breaker.record(p1, true, t1);
-        assert!(breaker.try_acquire(t1).is_err(), "probe budget is per half-open period");
+        assert!(
+            breaker.try_acquire(t1).is_err(),
+            "probe budget is per half-open period"
+        );
         breaker.record(p2, true, t1);
         assert_eq!(breaker.state(t1), BreakerState::Closed);
         assert!(call(&breaker, true, t1));

@@ -102,7 +102,8 @@ impl RetryBudget {
     /// Take permission for one retry; false when the budget is spent.
     pub fn try_retry(&mut self, now: Instant) -> bool {
         self.expire(now);
-        let allowed = self.config.min_retries as f64 + self.config.ratio * self.requests.len() as f64;
+        let allowed =
+            self.config.min_retries as f64 + self.config.ratio * self.requests.len() as f64;
         if (self.retries.len() as f64) < allowed.floor() {
             self.retries.push_back(now);
             true
@@ -146,7 +147,11 @@ mod tests {
         assert_eq!(policy.backoff(40, 1.0), Duration::from_millis(100));
         assert_eq!(policy.backoff(3, 0.5), Duration::from_millis(20));
         assert_eq!(policy.backoff(3, 0.0), Duration::ZERO);
-        assert_eq!(policy.backoff(3, 7.0), Duration::from_millis(40), "unit is clamped");
+        assert_eq!(
+            policy.backoff(3, 7.0),
+            Duration::from_millis(40),
+            "unit is clamped"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Run one HTTP request through a fresh instance of a service.
 
+use bytes::Bytes;
 use http::StatusCode;
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -12,6 +12,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::{GuestState, ServiceContext};
+use crate::platform::Platform;
 
 /// How a request to a guest failed. A failure ends that request only.
 #[derive(Debug, Error)]
@@ -54,15 +55,23 @@ struct DeadlineExceeded;
 ///
 /// Returns as soon as the guest has sent its response head; the body streams from a
 /// task that keeps the instance alive until the guest finishes (or the deadline hits).
-pub async fn handle(
+pub async fn handle<B>(
     pre: &ProxyPre<GuestState>,
     service: Arc<ServiceContext>,
+    platform: Arc<Platform>,
     request_id: Arc<str>,
-    timeout: Duration,
-    request: hyper::Request<Incoming>,
-) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure> {
-    let deadline = Instant::now() + timeout;
-    let mut store = Store::new(pre.engine(), GuestState::new(service, request_id));
+    deadline: Instant,
+    request: hyper::Request<B>,
+) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let mut store = Store::new(
+        pre.engine(),
+        GuestState::new(service, request_id, platform, deadline),
+    );
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {

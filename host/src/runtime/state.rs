@@ -2,10 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::caller::CallContext;
+use crate::caller::outbound::OutboundHooks;
+use crate::manifest::Outbound;
+use crate::platform::Platform;
 
 /// What a running service knows about itself; shared by all of its requests.
 #[derive(Debug)]
@@ -18,22 +24,34 @@ pub struct ServiceContext {
     pub config: BTreeMap<String, String>,
     /// Maximum linear memory of one instance, in bytes.
     pub memory_limit_bytes: usize,
+    /// Registry id of this service's instance on this host.
+    pub instance_id: String,
+    /// Outbound settings from the manifest.
+    pub outbound: Arc<Outbound>,
 }
 
 /// Store data for one request: WASI contexts plus what Shoal's capabilities need.
 pub struct GuestState {
     pub(crate) service: Arc<ServiceContext>,
     pub(crate) request_id: Arc<str>,
+    pub(crate) platform: Arc<Platform>,
+    /// When this request must be done; outbound calls never outlive it.
+    pub(crate) deadline: Instant,
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    table: ResourceTable,
-    hooks: OutboundPolicy,
+    pub(crate) table: ResourceTable,
+    hooks: OutboundHooks,
     pub(crate) limits: StoreLimits,
 }
 
 impl GuestState {
-    /// Fresh state for one request to `service`.
-    pub fn new(service: Arc<ServiceContext>, request_id: Arc<str>) -> Self {
+    /// Fresh state for one request to `service`, due by `deadline`.
+    pub fn new(
+        service: Arc<ServiceContext>,
+        request_id: Arc<str>,
+        platform: Arc<Platform>,
+        deadline: Instant,
+    ) -> Self {
         // No preopened directories, no environment, no network sockets: a service gets
         // only what Shoal's interfaces grant.
         let wasi = WasiCtx::builder().allow_ip_name_lookup(false).build();
@@ -41,14 +59,38 @@ impl GuestState {
             .memory_size(service.memory_limit_bytes)
             .trap_on_grow_failure(true)
             .build();
+        let hooks = OutboundHooks::new(
+            platform.caller.clone(),
+            GuestState::call_context_of(&service, &request_id, deadline),
+        );
         Self {
             service,
             request_id,
+            platform,
+            deadline,
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundPolicy,
+            hooks,
             limits,
+        }
+    }
+
+    /// Who is calling when this request makes an outbound call.
+    pub(crate) fn call_context(&self) -> CallContext {
+        Self::call_context_of(&self.service, &self.request_id, self.deadline)
+    }
+
+    fn call_context_of(
+        service: &ServiceContext,
+        request_id: &Arc<str>,
+        deadline: Instant,
+    ) -> CallContext {
+        CallContext {
+            caller: service.name.clone(),
+            request_id: request_id.clone(),
+            deadline,
+            outbound: service.outbound.clone(),
         }
     }
 }
@@ -69,33 +111,5 @@ impl WasiHttpView for GuestState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-/// Outbound HTTP policy of a guest.
-///
-/// Default-deny: until a manifest grants outbound access, every outgoing request
-/// answers `HTTP-request-denied`, so a service cannot reach the network behind the
-/// operator's back.
-struct OutboundPolicy;
-
-impl WasiHttpHooks for OutboundPolicy {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }

@@ -10,9 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use thiserror::Error;
 
+use crate::caller::transport::LocalDispatch;
+use crate::gateway::GatewayBody;
 use crate::manifest::{Manifest, ManifestError};
+use crate::platform::Platform;
+use crate::registry::{Endpoint, Health, Instance};
 use crate::runtime::{LoadError, Runtime, ServiceContext};
 use crate::storage::{ServiceRecord, Storage, sha256_hex};
+
+/// Lease of a local service's registration; renewed by the host's heartbeat.
+pub const LOCAL_LEASE: Duration = Duration::from_secs(15);
 
 /// Host-wide defaults for what a manifest leaves unset.
 #[derive(Debug, Clone)]
@@ -68,6 +75,7 @@ pub enum DeployKind {
 /// Deploys, removes and restores services; owns the live table.
 pub struct Services {
     runtime: Runtime,
+    platform: Arc<Platform>,
     storage: Storage,
     table: ServiceTable,
     defaults: ServiceDefaults,
@@ -77,9 +85,15 @@ pub struct Services {
 
 impl Services {
     /// An empty set of services backed by `storage`.
-    pub fn new(runtime: Runtime, storage: Storage, defaults: ServiceDefaults) -> Self {
+    pub fn new(
+        runtime: Runtime,
+        storage: Storage,
+        defaults: ServiceDefaults,
+        platform: Arc<Platform>,
+    ) -> Self {
         Self {
             runtime,
+            platform,
             storage,
             table: ServiceTable::default(),
             defaults,
@@ -95,6 +109,41 @@ impl Services {
     /// Host defaults.
     pub fn defaults(&self) -> &ServiceDefaults {
         &self.defaults
+    }
+
+    /// Registry, caller and host identity.
+    pub fn platform(&self) -> &Arc<Platform> {
+        &self.platform
+    }
+
+    /// Register (or re-register) the local instance of `deployment`.
+    async fn register(&self, deployment: &Deployment) {
+        let instance = Instance {
+            id: deployment.context.instance_id.clone(),
+            service: deployment.record.name.clone(),
+            endpoint: Endpoint::Local,
+            version: deployment.record.version.clone(),
+            tags: Vec::new(),
+            health: Health::Serving,
+        };
+        if let Err(error) = self.platform.registry.register(instance, LOCAL_LEASE).await {
+            tracing::error!(service = %deployment.record.name, %error, "cannot register the service");
+        }
+    }
+
+    /// Renew every local registration's lease, re-registering lost ones.
+    pub async fn renew_leases(&self) {
+        for deployment in self.table.list() {
+            if self
+                .platform
+                .registry
+                .renew(&deployment.context.instance_id)
+                .await
+                .is_err()
+            {
+                self.register(&deployment).await;
+            }
+        }
     }
 
     /// Validate, compile, persist and swap in a new version of `name`.
@@ -145,6 +194,7 @@ impl Services {
         .map_err(ServiceError::Storage)?;
 
         let deployment = Arc::new(deployment);
+        self.register(&deployment).await;
         let kind = match self.table.insert(deployment.clone()) {
             Some(_) => DeployKind::Replaced,
             None => DeployKind::Created,
@@ -172,7 +222,13 @@ impl Services {
             .await
             .map_err(|error| ServiceError::Storage(error.into()))?
             .map_err(ServiceError::Storage)?;
-        self.table.remove(name);
+        if let Some(removed) = self.table.remove(name) {
+            let _ = self
+                .platform
+                .registry
+                .deregister(&removed.context.instance_id)
+                .await;
+        }
         tracing::info!(service = name, "removed");
         Ok(())
     }
@@ -201,7 +257,9 @@ impl Services {
             };
             match self.build(record, bytes).await {
                 Ok(deployment) => {
-                    self.table.insert(Arc::new(deployment));
+                    let deployment = Arc::new(deployment);
+                    self.register(&deployment).await;
+                    self.table.insert(deployment);
                     restored += 1;
                 }
                 Err(error) => tracing::error!(service = %name, %error, "cannot restore"),
@@ -241,6 +299,8 @@ impl Services {
             version: record.version.as_str().into(),
             config: record.manifest.config.clone(),
             memory_limit_bytes: memory_mb as usize * 1024 * 1024,
+            instance_id: self.platform.local_instance_id(&record.name),
+            outbound: Arc::new(record.manifest.outbound.clone()),
         });
         Ok(Deployment {
             record,
@@ -249,6 +309,30 @@ impl Services {
             loaded,
             timeout,
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl LocalDispatch for Services {
+    async fn dispatch(
+        &self,
+        service: &str,
+        request: http::Request<http_body_util::Full<Bytes>>,
+        deadline: std::time::Instant,
+    ) -> Option<http::Response<GatewayBody>> {
+        let deployment = self.table.get(service)?;
+        let request_id = crate::gateway::request_id(&request);
+        let deadline = deadline.min(std::time::Instant::now() + deployment.timeout);
+        Some(
+            crate::gateway::serve_deployment(
+                &self.platform,
+                &deployment,
+                request,
+                &request_id,
+                deadline,
+            )
+            .await,
+        )
     }
 }
 

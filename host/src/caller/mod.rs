@@ -1,0 +1,476 @@
+//! The resilient outbound caller.
+//!
+//! One call = discovery → load balancing → per-attempt timeout inside an overall
+//! deadline → retries (idempotent requests, or requests that never left) with
+//! jittered backoff under a retry budget → a circuit breaker per target instance and
+//! per target service → `x-request-id` and remaining-deadline propagation. Services
+//! on this host are called in process; remote endpoints over pooled connections.
+//!
+//! The rules themselves live in [`crate::policy`]; this module only composes them
+//! with the registry and the transports.
+
+pub mod config;
+pub mod outbound;
+pub mod transport;
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, Uri};
+use http_body_util::Full;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+pub use config::TargetPolicy;
+use transport::{LocalDispatch, RemoteClient, TransportError};
+
+use crate::gateway::{GatewayBody, REQUEST_ID};
+use crate::policy::balancer::{Balancer, Load};
+use crate::policy::breaker::{BreakerState, CircuitBreaker, Permit};
+use crate::policy::retry::{RetryBudget, is_idempotent_method, is_retryable_status};
+use crate::registry::{Endpoint, Instance, Registry, routable};
+
+/// Header carrying the caller's remaining deadline, in milliseconds.
+pub static DEADLINE_MS: HeaderName = HeaderName::from_static("x-shoal-deadline-ms");
+/// Header naming the calling service.
+pub static CALLER: HeaderName = HeaderName::from_static("x-shoal-caller");
+
+/// Why a call produced no response.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum CallError {
+    /// No healthy instance of the target.
+    #[error("no healthy instance of `{0}`")]
+    NoInstances(String),
+    /// The target's circuit breaker is open.
+    #[error("circuit open for `{0}`")]
+    CircuitOpen(String),
+    /// The deadline passed.
+    #[error("deadline exceeded")]
+    Timeout,
+    /// The target refused the connection.
+    #[error("connection refused: {0}")]
+    Refused(String),
+    /// The target could not be reached.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The caller may not make this call.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// The request is malformed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+}
+
+/// A request to another service. The body is buffered so it can be retried.
+#[derive(Debug, Clone)]
+pub struct OutboundRequest {
+    /// Method.
+    pub method: Method,
+    /// Path and query, starting with `/`.
+    pub path_and_query: String,
+    /// Headers (hop-by-hop ones are dropped on send).
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// Per-call overrides.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Per-attempt timeout.
+    pub attempt_timeout: Option<Duration>,
+    /// Overall deadline.
+    pub deadline: Option<Duration>,
+    /// Whether retries are safe; by default from the method.
+    pub idempotent: Option<bool>,
+}
+
+/// Who is calling, on behalf of which request.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// The calling service.
+    pub caller: Arc<str>,
+    /// The request id to propagate.
+    pub request_id: Arc<str>,
+    /// The caller's own deadline; no call outlives it.
+    pub deadline: Instant,
+    /// The caller's outbound settings.
+    pub outbound: Arc<crate::manifest::Outbound>,
+}
+
+struct InstanceState {
+    breaker: CircuitBreaker,
+    outstanding: AtomicU32,
+}
+
+/// Per (caller, target) state: breakers, balancer, budget.
+struct TargetState {
+    policy: TargetPolicy,
+    balancer: Balancer,
+    breaker: CircuitBreaker,
+    instances: Mutex<HashMap<String, Arc<InstanceState>>>,
+    budget: Mutex<RetryBudget>,
+}
+
+impl TargetState {
+    fn new(policy: TargetPolicy) -> Self {
+        Self {
+            balancer: Balancer::new(policy.strategy),
+            breaker: CircuitBreaker::new(policy.breaker.clone(), Instant::now()),
+            instances: Mutex::new(HashMap::new()),
+            budget: Mutex::new(RetryBudget::new(policy.budget.clone())),
+            policy,
+        }
+    }
+
+    fn instance(&self, id: &str) -> Arc<InstanceState> {
+        self.instances
+            .lock()
+            .entry(id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(InstanceState {
+                    breaker: CircuitBreaker::new(self.policy.breaker.clone(), Instant::now()),
+                    outstanding: AtomicU32::new(0),
+                })
+            })
+            .clone()
+    }
+}
+
+/// Decrements an instance's outstanding count when an attempt ends, however it ends.
+struct Outstanding(Arc<InstanceState>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// (calling service, target service)
+type TargetKey = (Arc<str>, String);
+
+/// The caller shared by every service on the host.
+pub struct Caller {
+    registry: Arc<dyn Registry>,
+    local: OnceLock<Weak<dyn LocalDispatch>>,
+    remote: RemoteClient,
+    targets: Mutex<HashMap<TargetKey, Arc<TargetState>>>,
+}
+
+impl Caller {
+    /// A caller that discovers through `registry`.
+    pub fn new(registry: Arc<dyn Registry>) -> Self {
+        Self {
+            registry,
+            local: OnceLock::new(),
+            remote: RemoteClient::default(),
+            targets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Connect the in-process path (set once, after the services exist).
+    pub fn set_local(&self, local: Weak<dyn LocalDispatch>) {
+        let _ = self.local.set(local);
+    }
+
+    /// The registry behind discovery.
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    /// Circuit breaker state of the service-level breaker from `caller` to `target`.
+    pub fn breaker_state(&self, caller: &str, target: &str) -> Option<BreakerState> {
+        let targets = self.targets.lock();
+        targets
+            .iter()
+            .find(|((c, t), _)| &**c == caller && t == target)
+            .map(|(_, state)| state.breaker.state(Instant::now()))
+    }
+
+    fn target(&self, caller: &Arc<str>, target: &str, policy: TargetPolicy) -> Arc<TargetState> {
+        let mut targets = self.targets.lock();
+        let key = (caller.clone(), target.to_owned());
+        match targets.get(&key) {
+            Some(state) if state.policy == policy => state.clone(),
+            _ => {
+                // New pair, or the caller was redeployed with another policy.
+                let state = Arc::new(TargetState::new(policy));
+                targets.insert(key, state.clone());
+                state
+            }
+        }
+    }
+
+    /// Call `target` with `request`. Any answered status is a response; errors are
+    /// only for calls that got no answer.
+    pub async fn call(
+        &self,
+        cx: &CallContext,
+        target: &str,
+        request: OutboundRequest,
+        options: CallOptions,
+    ) -> Result<Response<GatewayBody>, CallError> {
+        let policy = TargetPolicy::resolve(&cx.outbound, target);
+        let attempt_timeout = checked_timeout(
+            options.attempt_timeout,
+            policy.attempt_timeout,
+            "attempt timeout",
+        )?;
+        let overall = checked_timeout(options.deadline, policy.deadline, "deadline")?;
+        if !request.path_and_query.starts_with('/')
+            || request
+                .path_and_query
+                .parse::<http::uri::PathAndQuery>()
+                .is_err()
+        {
+            return Err(CallError::InvalidRequest(format!(
+                "`{}` is not a path starting with `/`",
+                request.path_and_query
+            )));
+        }
+        let started = Instant::now();
+        let deadline = cx.deadline.min(started + overall);
+        let idempotent = options
+            .idempotent
+            .unwrap_or_else(|| is_idempotent_method(request.method.as_str()));
+        let state = self.target(&cx.caller, target, policy);
+        state.budget.lock().on_request(started);
+
+        let Ok(service_permit) = state.breaker.try_acquire(started) else {
+            return Err(CallError::CircuitOpen(target.to_owned()));
+        };
+        let result = self
+            .attempts(
+                cx,
+                target,
+                &state,
+                &request,
+                deadline,
+                attempt_timeout,
+                idempotent,
+            )
+            .await;
+        let success = matches!(&result, Ok(response) if !response.status().is_server_error());
+        match &result {
+            // The call never ran (nothing to reach): not the target's fault.
+            Err(
+                CallError::NoInstances(_)
+                | CallError::InvalidRequest(_)
+                | CallError::CircuitOpen(_),
+            ) => state.breaker.release(service_permit),
+            _ => state
+                .breaker
+                .record(service_permit, success, Instant::now()),
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        cx: &CallContext,
+        target: &str,
+        state: &TargetState,
+        request: &OutboundRequest,
+        deadline: Instant,
+        attempt_timeout: Duration,
+        idempotent: bool,
+    ) -> Result<Response<GatewayBody>, CallError> {
+        let mut tried: Vec<String> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let instances = self
+                .registry
+                .instances(target)
+                .await
+                .map_err(|error| CallError::Unreachable(error.to_string()))?;
+            let instances = routable(&instances);
+            if instances.is_empty() {
+                return Err(CallError::NoInstances(target.to_owned()));
+            }
+            let (instance, permit, instance_state) = pick(state, &instances, &tried)
+                .ok_or_else(|| CallError::CircuitOpen(target.to_owned()))?;
+            tried.push(instance.id.clone());
+
+            let now = Instant::now();
+            let remaining = deadline.saturating_duration_since(now);
+            if remaining.is_zero() {
+                instance_state.breaker.release(permit);
+                return Err(CallError::Timeout);
+            }
+            instance_state.outstanding.fetch_add(1, Ordering::Relaxed);
+            let guard = Outstanding(instance_state.clone());
+            let outcome = tokio::time::timeout(
+                attempt_timeout.min(remaining),
+                self.send(cx, target, instance, request, deadline),
+            )
+            .await
+            .unwrap_or(Err(TransportError {
+                error: CallError::Timeout,
+                sent: true,
+            }));
+            drop(guard);
+            let now = Instant::now();
+            let (success, retryable) = match &outcome {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    (status < 500, idempotent && is_retryable_status(status))
+                }
+                Err(failure) => (false, idempotent || !failure.sent),
+            };
+            instance_state.breaker.record(permit, success, now);
+            let may_retry = retryable
+                && attempt < state.policy.retry.max_attempts
+                && now < deadline
+                && state.budget.lock().try_retry(now);
+            if !may_retry {
+                return outcome.map_err(|failure| failure.error);
+            }
+            let backoff = state.policy.retry.backoff(attempt, rand::random::<f64>());
+            if now + backoff >= deadline {
+                return outcome.map_err(|failure| failure.error);
+            }
+            tracing::debug!(caller = %cx.caller, target, attempt, ?backoff, "retrying");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    async fn send(
+        &self,
+        cx: &CallContext,
+        target: &str,
+        instance: &Instance,
+        request: &OutboundRequest,
+        deadline: Instant,
+    ) -> Result<Response<GatewayBody>, TransportError> {
+        let mut headers = request.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        if !headers.contains_key(&REQUEST_ID)
+            && let Ok(value) = HeaderValue::from_str(&cx.request_id)
+        {
+            headers.insert(REQUEST_ID.clone(), value);
+        }
+        let remaining_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .max(1);
+        headers.insert(DEADLINE_MS.clone(), HeaderValue::from(remaining_ms as u64));
+        if let Ok(value) = HeaderValue::from_str(&cx.caller) {
+            headers.insert(CALLER.clone(), value);
+        }
+        let not_sent = |error| TransportError { error, sent: false };
+        match &instance.endpoint {
+            Endpoint::Local => {
+                let uri: Uri = request
+                    .path_and_query
+                    .parse()
+                    .map_err(|_| not_sent(CallError::InvalidRequest("bad path".into())))?;
+                if let Ok(value) = HeaderValue::from_str(target) {
+                    headers.insert(HOST, value);
+                }
+                let mut outgoing = Request::new(Full::new(request.body.clone()));
+                *outgoing.method_mut() = request.method.clone();
+                *outgoing.uri_mut() = uri;
+                *outgoing.headers_mut() = headers;
+                let local = self.local.get().and_then(Weak::upgrade).ok_or_else(|| {
+                    not_sent(CallError::Unreachable("host is shutting down".into()))
+                })?;
+                local
+                    .dispatch(target, outgoing, deadline)
+                    .await
+                    .ok_or_else(|| {
+                        not_sent(CallError::Refused(format!(
+                            "`{target}` is not deployed on this host"
+                        )))
+                    })
+            }
+            Endpoint::Http(authority) => {
+                let uri: Uri = format!("http://{authority}{}", request.path_and_query)
+                    .parse()
+                    .map_err(|_| {
+                        not_sent(CallError::InvalidRequest(format!(
+                            "bad endpoint `{authority}`"
+                        )))
+                    })?;
+                if let Ok(value) = HeaderValue::from_str(authority) {
+                    headers.insert(HOST, value);
+                }
+                let mut outgoing = Request::new(Full::new(request.body.clone()));
+                *outgoing.method_mut() = request.method.clone();
+                *outgoing.uri_mut() = uri;
+                *outgoing.headers_mut() = headers;
+                self.remote.send(outgoing).await
+            }
+        }
+    }
+}
+
+/// Pick an instance: eligible ones are those whose breaker admits a call; instances
+/// already tried in this call are avoided while others remain.
+fn pick<'a>(
+    state: &TargetState,
+    instances: &'a [Instance],
+    tried: &[String],
+) -> Option<(&'a Instance, Permit, Arc<InstanceState>)> {
+    let now = Instant::now();
+    let states: Vec<Arc<InstanceState>> = instances.iter().map(|i| state.instance(&i.id)).collect();
+    let mut excluded = vec![false; instances.len()];
+    let untried_exist = instances.iter().any(|i| !tried.contains(&i.id));
+    for _ in 0..instances.len() {
+        let loads: Vec<Load> = instances
+            .iter()
+            .zip(&states)
+            .enumerate()
+            .map(|(index, (instance, s))| Load {
+                outstanding: s.outstanding.load(Ordering::Relaxed),
+                eligible: !(excluded[index] || untried_exist && tried.contains(&instance.id))
+                    && s.breaker.state(now) != BreakerState::Open,
+            })
+            .collect();
+        let index = state.balancer.pick(&loads, rand::random::<u64>)?;
+        match states[index].breaker.try_acquire(now) {
+            Ok(permit) => return Some((&instances[index], permit, states[index].clone())),
+            // Half-open with its probes taken: try another instance.
+            Err(_) => excluded[index] = true,
+        }
+    }
+    None
+}
+
+fn checked_timeout(
+    requested: Option<Duration>,
+    default: Duration,
+    what: &str,
+) -> Result<Duration, CallError> {
+    match requested {
+        None => Ok(default),
+        Some(value) if value.is_zero() => Err(CallError::InvalidRequest(format!(
+            "{what} must be positive"
+        ))),
+        Some(value) if value > config::MAX_TIMEOUT => Err(CallError::InvalidRequest(format!(
+            "{what} of {value:?} exceeds the maximum of {:?}",
+            config::MAX_TIMEOUT
+        ))),
+        Some(value) => Ok(value),
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "trailer",
+        "host",
+        "content-length",
+    ] {
+        headers.remove(name);
+    }
+}

@@ -1,0 +1,107 @@
+//! How one attempt reaches an instance: in process for services on this host, over
+//! pooled keep-alive HTTP connections for remote endpoints.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::time::{Duration, Instant};
+
+use super::CallError;
+use crate::gateway::GatewayBody;
+
+/// Dispatches a request to a service deployed on this host, without a socket.
+#[async_trait::async_trait]
+pub trait LocalDispatch: Send + Sync {
+    /// Serve `request` with the current version of `service`, within `deadline`.
+    /// Guest failures come back as 5xx responses, like through the gateway; `None`
+    /// means the service is not deployed here.
+    async fn dispatch(
+        &self,
+        service: &str,
+        request: Request<Full<Bytes>>,
+        deadline: Instant,
+    ) -> Option<Response<GatewayBody>>;
+}
+
+/// Pooled HTTP/1.1 client for remote instances.
+#[derive(Clone)]
+pub struct RemoteClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for RemoteClient {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Self { client }
+    }
+}
+
+impl RemoteClient {
+    /// Send `request` (its URI already absolute) and classify transport failures.
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<GatewayBody>, TransportError> {
+        match self.client.request(request).await {
+            Ok(response) => {
+                Ok(response.map(|body| body.map_err(std::io::Error::other).boxed_unsync()))
+            }
+            Err(error) => Err(TransportError {
+                // A failure to connect means the request never left: always safe to retry.
+                sent: !error.is_connect(),
+                error: classify(&error),
+            }),
+        }
+    }
+}
+
+/// A failed attempt, and whether the request may have reached the target.
+#[derive(Debug)]
+pub struct TransportError {
+    /// The typed error.
+    pub error: CallError,
+    /// Whether any of the request may have been sent.
+    pub sent: bool,
+}
+
+fn classify(error: &hyper_util::client::legacy::Error) -> CallError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return CallError::Refused(io.to_string());
+                }
+                std::io::ErrorKind::TimedOut => return CallError::Timeout,
+                _ => {}
+            }
+        }
+        source = cause.source();
+    }
+    if error.is_connect() {
+        CallError::Unreachable(format!("{error:#}"))
+    } else {
+        // The connection broke after the request may have been sent.
+        CallError::Unreachable(format!("connection failed: {}", chain(error)))
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

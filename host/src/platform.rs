@@ -1,0 +1,24 @@
+//! The host services every guest request can reach: registry, discovery and the
+//! caller. Built once by `shoal serve` and shared.
+
+use std::sync::Arc;
+
+use crate::caller::Caller;
+use crate::registry::Registry;
+
+/// Host-wide plumbing handed to capabilities.
+pub struct Platform {
+    /// Identity of this host in the registry.
+    pub host_id: String,
+    /// Registry backend.
+    pub registry: Arc<dyn Registry>,
+    /// The resilient caller.
+    pub caller: Arc<Caller>,
+}
+
+impl Platform {
+    /// Registry id of `service`'s instance on this host.
+    pub fn local_instance_id(&self, service: &str) -> String {
+        format!("{}/{service}", self.host_id)
+    }
+}

@@ -1,0 +1,134 @@
+//! Active HTTP health checks of external endpoints.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::external::HealthCheck;
+use super::{Health, Registry};
+
+/// Consecutive-result thresholds turned into a health verdict; pure, so it is tested
+/// without a network.
+#[derive(Debug, Clone)]
+pub struct HealthTracker {
+    unhealthy_threshold: u32,
+    healthy_threshold: u32,
+    failures: u32,
+    successes: u32,
+    health: Health,
+}
+
+impl HealthTracker {
+    /// A tracker that starts serving.
+    pub fn new(unhealthy_threshold: u32, healthy_threshold: u32) -> Self {
+        Self {
+            unhealthy_threshold: unhealthy_threshold.max(1),
+            healthy_threshold: healthy_threshold.max(1),
+            failures: 0,
+            successes: 0,
+            health: Health::Serving,
+        }
+    }
+
+    /// Record one probe; returns the new health when it changed.
+    pub fn observe(&mut self, ok: bool) -> Option<Health> {
+        if ok {
+            self.failures = 0;
+            self.successes += 1;
+            if self.health != Health::Serving && self.successes >= self.healthy_threshold {
+                self.health = Health::Serving;
+                return Some(Health::Serving);
+            }
+        } else {
+            self.successes = 0;
+            self.failures += 1;
+            if self.health != Health::NotServing && self.failures >= self.unhealthy_threshold {
+                self.health = Health::NotServing;
+                return Some(Health::NotServing);
+            }
+        }
+        None
+    }
+}
+
+/// Runs health-check loops; each loop ends when its handle is aborted.
+#[derive(Clone)]
+pub struct HealthChecker {
+    registry: Arc<dyn Registry>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl HealthChecker {
+    /// A checker that reports to `registry`.
+    pub fn new(registry: Arc<dyn Registry>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Self {
+            registry,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Probe `endpoint` every interval and report the verdicts for `instance_id`.
+    pub fn spawn(
+        &self,
+        instance_id: String,
+        endpoint: String,
+        check: HealthCheck,
+    ) -> tokio::task::JoinHandle<()> {
+        let checker = self.clone();
+        tokio::spawn(async move {
+            let mut tracker =
+                HealthTracker::new(check.unhealthy_threshold, check.healthy_threshold);
+            let mut tick = tokio::time::interval(Duration::from_millis(check.interval_ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let url = format!("http://{endpoint}{}", check.path);
+            loop {
+                tick.tick().await;
+                let ok = checker
+                    .probe(&url, Duration::from_millis(check.timeout_ms))
+                    .await;
+                if let Some(health) = tracker.observe(ok) {
+                    tracing::info!(instance = %instance_id, ?health, "health check verdict changed");
+                    let _ = checker.registry.set_health(&instance_id, health).await;
+                }
+            }
+        })
+    }
+
+    async fn probe(&self, url: &str, timeout: Duration) -> bool {
+        let Ok(uri) = url.parse::<http::Uri>() else {
+            return false;
+        };
+        let request = async {
+            let response = self.client.get(uri).await.ok()?;
+            let ok = response.status().is_success();
+            // Drain the body so the connection can be reused.
+            let _ = response.into_body().collect().await;
+            Some(ok)
+        };
+        matches!(tokio::time::timeout(timeout, request).await, Ok(Some(true)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_flip_health_once() {
+        let mut tracker = HealthTracker::new(2, 2);
+        assert_eq!(tracker.observe(false), None);
+        assert_eq!(tracker.observe(false), Some(Health::NotServing));
+        assert_eq!(tracker.observe(false), None);
+        assert_eq!(tracker.observe(true), None);
+        assert_eq!(tracker.observe(false), None, "a success resets the streak");
+        assert_eq!(tracker.observe(true), None);
+        assert_eq!(tracker.observe(true), Some(Health::Serving));
+        assert_eq!(tracker.observe(true), None);
+    }
+}
