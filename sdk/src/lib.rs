@@ -25,9 +25,12 @@
 
 extern crate self as shoal_sdk;
 
+pub mod caller;
 pub mod config;
+pub mod discovery;
 pub mod http;
 pub mod log;
+pub mod registry;
 
 /// Generated bindings of the `shoal:platform/service` world.
 #[allow(missing_docs, clippy::all)]

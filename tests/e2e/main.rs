@@ -4,6 +4,7 @@
 //! --target wasm32-wasip2` in `guests/`); `scripts/test.sh` builds both.
 
 mod bad_input;
+mod caller;
 mod cli;
 mod deploy;
 mod lifecycle;

@@ -2,6 +2,8 @@
 //! directory, talk to it over real HTTP, and find the example guests.
 #![allow(missing_docs)]
 
+pub mod replica;
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -249,6 +251,27 @@ impl Host {
                 )
                 .send(&body[..]),
         )
+    }
+
+    /// An admin call with a JSON body and the test token.
+    pub fn admin_json(&self, method: &str, path: &str, json: &str) -> Reply {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.admin))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .body(json.to_owned())
+            .expect("request");
+        reply(self.agent.run(request))
+    }
+
+    /// GET a gateway path with extra headers.
+    pub fn get_with_headers(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.agent.get(format!("{}{path}", self.gateway));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        reply(request.call())
     }
 
     /// An admin call with the test token.

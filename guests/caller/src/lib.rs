@@ -1,0 +1,140 @@
+//! `caller`: calls other services through the host and reports what happened.
+//!
+//! - `GET /call?service=S&path=/p[&method=M][&attempt_timeout_ms=N][&deadline_ms=N][&idempotent=true|false][&header=name:value]`
+//!   calls S and answers `outcome=ok status=... elapsed_us=...` plus the target's body,
+//!   or `outcome=error kind=... elapsed_us=... detail=...`.
+//! - `GET /discover?service=S` lists the instances that take traffic.
+//! - `GET /watch?service=S&wait_ms=N` returns the instances now, then waits up to N ms
+//!   for a change and returns the new set.
+//! - `GET /health?status=serving|degraded|not-serving` reports this service's health.
+//! - `GET /whoami` answers the instance identity.
+
+use shoal_sdk::caller::Call;
+use shoal_sdk::discovery::{self, Health, Instance};
+use shoal_sdk::http::{Request, Response};
+
+fn handle(req: Request) -> Response {
+    match req.path() {
+        "/call" => call(&req),
+        "/discover" => match discovery::discover(&req.query_param("service").unwrap_or_default()) {
+            Ok(instances) => Response::text(200, render(&instances)),
+            Err(error) => Response::text(400, format!("{error:?}\n")),
+        },
+        "/watch" => watch(&req),
+        "/health" => {
+            let health = match req.query_param("status").as_deref() {
+                Some("serving") => Health::Serving,
+                Some("degraded") => Health::Degraded,
+                Some("not-serving") => Health::NotServing,
+                other => return Response::text(400, format!("unknown status {other:?}\n")),
+            };
+            shoal_sdk::registry::report_health(health, Some("reported by test"));
+            Response::text(200, "reported\n")
+        }
+        "/whoami" => {
+            let me = shoal_sdk::registry::identity();
+            Response::text(
+                200,
+                format!(
+                    "service={} version={} instance={} host={}\n",
+                    me.service, me.version, me.instance_id, me.host_id
+                ),
+            )
+        }
+        other => Response::text(404, format!("no route for {other}\n")),
+    }
+}
+
+fn call(req: &Request) -> Response {
+    let service = req.query_param("service").unwrap_or_default();
+    let path = req.query_param("path").unwrap_or_else(|| "/".into());
+    let method = req.query_param("method").unwrap_or_else(|| "GET".into());
+    let mut call = Call::new(&service, &method, &path).body(req.body().to_vec());
+    if let Some(ms) = req
+        .query_param("attempt_timeout_ms")
+        .and_then(|v| v.parse().ok())
+    {
+        call = call.attempt_timeout_ms(ms);
+    }
+    if let Some(ms) = req.query_param("deadline_ms").and_then(|v| v.parse().ok()) {
+        call = call.deadline_ms(ms);
+    }
+    if let Some(idempotent) = req.query_param("idempotent") {
+        call = call.idempotent(idempotent == "true");
+    }
+    if let Some(header) = req.query_param("header")
+        && let Some((name, value)) = header.split_once(':')
+    {
+        call = call.header(name, value);
+    }
+    let started = std::time::Instant::now();
+    let outcome = call.send();
+    let elapsed_us = started.elapsed().as_micros();
+    match outcome {
+        Ok(response) => Response::text(
+            200,
+            format!(
+                "outcome=ok status={} elapsed_us={elapsed_us}\n{}",
+                response.status(),
+                response.body_text()
+            ),
+        ),
+        Err(error) => {
+            let detail = match &error {
+                shoal_sdk::caller::CallError::ServerError(response) => format!(
+                    "status {}: {}",
+                    response.status,
+                    String::from_utf8_lossy(&response.body)
+                ),
+                other => format!("{other:?}"),
+            };
+            Response::text(
+                200,
+                format!(
+                    "outcome=error kind={} elapsed_us={elapsed_us} detail={detail}\n",
+                    error.kind()
+                ),
+            )
+        }
+    }
+}
+
+fn watch(req: &Request) -> Response {
+    let service = req.query_param("service").unwrap_or_default();
+    let wait_ms = req
+        .query_param("wait_ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let watcher = match discovery::watch(&service) {
+        Ok(watcher) => watcher,
+        Err(error) => return Response::text(400, format!("{error:?}\n")),
+    };
+    let initial = watcher.next().unwrap_or_default();
+    let changed = watcher.wait(wait_ms);
+    Response::text(
+        200,
+        format!(
+            "initial:\n{}changed:\n{}",
+            render(&initial),
+            changed
+                .map(|set| render(&set))
+                .unwrap_or_else(|| "none\n".into())
+        ),
+    )
+}
+
+fn render(instances: &[Instance]) -> String {
+    instances
+        .iter()
+        .map(|i| {
+            let health = match i.health {
+                Health::Serving => "serving",
+                Health::Degraded => "degraded",
+                Health::NotServing => "not-serving",
+            };
+            format!("{} {} {} {}\n", i.id, i.address, i.version, health)
+        })
+        .collect()
+}
+
+shoal_sdk::http_service!(handle);
