@@ -13,6 +13,7 @@ wasmtime::component::bindgen!({
             import shoal:platform/registry@0.1.0;
             import shoal:platform/discovery@0.1.0;
             import shoal:platform/caller@0.1.0;
+            export shoal:platform/health-check@0.1.0;
         }
     ",
     world: "shoal:host/host",
@@ -20,10 +21,12 @@ wasmtime::component::bindgen!({
         "shoal:platform/discovery.[method]watcher.subscribe": async | trappable,
         default: async,
     },
+    exports: { default: async },
     with: {
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "shoal:platform/discovery.watcher": crate::capabilities::discovery::Watcher,
     },
 });
 
+pub use exports::shoal::platform::health_check;
 pub use shoal::platform::{caller, config, discovery, log, registry};

@@ -52,6 +52,51 @@ pub struct Manifest {
     /// Outbound calls: allowed external hosts and per-target caller policy.
     #[serde(default, skip_serializing_if = "Outbound::is_empty")]
     pub outbound: Outbound,
+    /// Schedule of the service's own health check (when it exports one).
+    #[serde(default)]
+    pub health: HealthSchedule,
+}
+
+/// When and how strictly the host runs a service's exported health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSchedule {
+    /// Time between checks.
+    #[serde(default = "default_health_interval")]
+    pub interval_ms: u64,
+    /// Deadline of one check.
+    #[serde(default = "default_health_timeout")]
+    pub timeout_ms: u64,
+    /// Failed checks in a row before the service is marked not serving.
+    #[serde(default = "default_unhealthy")]
+    pub unhealthy_threshold: u32,
+    /// Good checks in a row before it serves again.
+    #[serde(default = "default_healthy")]
+    pub healthy_threshold: u32,
+}
+
+impl Default for HealthSchedule {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_health_interval(),
+            timeout_ms: default_health_timeout(),
+            unhealthy_threshold: default_unhealthy(),
+            healthy_threshold: default_healthy(),
+        }
+    }
+}
+
+fn default_health_interval() -> u64 {
+    5_000
+}
+fn default_health_timeout() -> u64 {
+    1_000
+}
+fn default_unhealthy() -> u32 {
+    1
+}
+fn default_healthy() -> u32 {
+    1
 }
 
 /// Outbound call settings.
@@ -212,6 +257,19 @@ impl Manifest {
                 "limits.timeout_ms",
                 &format!("must be between 1 and {MAX_TIMEOUT_MS}"),
             ));
+        }
+        let health = &self.health;
+        if !(10..=3_600_000).contains(&health.interval_ms) {
+            return Err(field(
+                "health.interval_ms",
+                "must be between 10 and 3600000",
+            ));
+        }
+        if !(1..=60_000).contains(&health.timeout_ms) {
+            return Err(field("health.timeout_ms", "must be between 1 and 60000"));
+        }
+        if health.unhealthy_threshold == 0 || health.healthy_threshold == 0 {
+            return Err(field("health", "thresholds must be at least 1"));
         }
         self.validate_outbound()
     }

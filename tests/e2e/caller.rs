@@ -420,3 +420,59 @@ fn health_reports_watch_and_external_registration_lifecycle() {
     assert_eq!(call(&host, "service=late&path=/x").kind, "no-instances");
     assert_eq!(host.admin("DELETE", "/v1/external/late").status, 404);
 }
+
+#[test]
+fn exported_health_checks_drive_discovery_and_a_hanging_check_is_contained() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest =
+        "[config]\ndepends_on = \"dep\"\n[health]\ninterval_ms = 100\ntimeout_ms = 500\n";
+    assert_eq!(
+        host.deploy_with_manifest("a", &guest("caller"), manifest)
+            .status,
+        201
+    );
+    let stuck = "[config]\nhealth = \"hang\"\n[health]\ninterval_ms = 100\ntimeout_ms = 200\n";
+    assert_eq!(
+        host.deploy_with_manifest("stuck", &guest("faulty"), stuck)
+            .status,
+        201
+    );
+    assert_eq!(host.deploy("b", &guest("hello")).status, 201);
+
+    // `a` is not ready while its dependency is missing; `stuck`'s check never returns.
+    wait_until(
+        "a and stuck to be marked not serving",
+        Duration::from_secs(10),
+        || {
+            host.admin("GET", "/v1/discovery/a")
+                .body
+                .contains("not-serving")
+                && host
+                    .admin("GET", "/v1/discovery/stuck")
+                    .body
+                    .contains("not-serving")
+        },
+    );
+    assert!(
+        host.admin("GET", "/v1/discovery/b")
+            .body
+            .contains("\"serving\"")
+    );
+    // The hanging check harms nobody: requests are still served, including stuck's own.
+    assert_eq!(host.get("/b/").status, 200);
+    assert_eq!(host.get("/stuck/ok").status, 200);
+
+    // Once the dependency exists, `a` becomes ready.
+    let dep = Replica::start("dep");
+    external(&host, "dep", &[&dep], false);
+    wait_until("a to be serving", Duration::from_secs(10), || {
+        host.admin("GET", "/v1/discovery/a")
+            .body
+            .contains("\"serving\"")
+    });
+    // And callers reach it again.
+    assert_eq!(host.deploy("c", &guest("caller")).status, 201);
+    let reply = host.get("/c/call?service=a&path=/whoami");
+    assert!(reply.body.contains("outcome=ok"), "{}", reply.body);
+}

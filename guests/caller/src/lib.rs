@@ -8,6 +8,9 @@
 //!   for a change and returns the new set.
 //! - `GET /health?status=serving|degraded|not-serving` reports this service's health.
 //! - `GET /whoami` answers the instance identity.
+//!
+//! Its exported health check reports serving only while the service named by the
+//! `depends_on` config value (if any) has instances: ready when its dependency is.
 
 use shoal_sdk::caller::Call;
 use shoal_sdk::discovery::{self, Health, Instance};
@@ -137,4 +140,15 @@ fn render(instances: &[Instance]) -> String {
         .collect()
 }
 
+fn check() -> Health {
+    let Some(dependency) = shoal_sdk::config::get("depends_on") else {
+        return Health::Serving;
+    };
+    match discovery::discover(&dependency) {
+        Ok(instances) if !instances.is_empty() => Health::Serving,
+        _ => Health::NotServing,
+    }
+}
+
 shoal_sdk::http_service!(handle);
+shoal_sdk::health_check!(check);

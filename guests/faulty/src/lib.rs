@@ -5,6 +5,9 @@
 //! - `/panic` panics.
 //! - `/loop` spins forever (the host's deadline must stop it).
 //! - `/sleep?ms=N` waits N milliseconds, then answers 200 (a slow, well-behaved request).
+//!
+//! Its exported health check hangs forever when the config value `health` is `hang`,
+//! traps when it is `trap`, and reports serving otherwise.
 
 use shoal_sdk::http::{Request, Response};
 
@@ -31,4 +34,15 @@ fn handle(req: Request) -> Response {
     }
 }
 
+fn check() -> shoal_sdk::registry::Health {
+    match shoal_sdk::config::get("health").as_deref() {
+        Some("hang") => loop {
+            std::hint::black_box(0u64);
+        },
+        Some("trap") => core::arch::wasm32::unreachable(),
+        _ => shoal_sdk::registry::Health::Serving,
+    }
+}
+
 shoal_sdk::http_service!(handle);
+shoal_sdk::health_check!(check);

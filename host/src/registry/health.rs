@@ -34,14 +34,32 @@ impl HealthTracker {
         }
     }
 
+    /// The current verdict.
+    pub fn current(&self) -> Health {
+        self.health
+    }
+
     /// Record one probe; returns the new health when it changed.
     pub fn observe(&mut self, ok: bool) -> Option<Health> {
-        if ok {
+        self.observe_health(if ok {
+            Health::Serving
+        } else {
+            Health::NotServing
+        })
+    }
+
+    /// Record one reported health: `not-serving` counts as a failure; `serving` and
+    /// `degraded` as successes at that level. Moving between serving and degraded is
+    /// immediate; leaving not-serving takes `healthy_threshold` successes in a row.
+    pub fn observe_health(&mut self, reported: Health) -> Option<Health> {
+        if reported != Health::NotServing {
             self.failures = 0;
             self.successes += 1;
-            if self.health != Health::Serving && self.successes >= self.healthy_threshold {
-                self.health = Health::Serving;
-                return Some(Health::Serving);
+            let recovered =
+                self.health != Health::NotServing || self.successes >= self.healthy_threshold;
+            if self.health != reported && recovered {
+                self.health = reported;
+                return Some(reported);
             }
         } else {
             self.successes = 0;
@@ -130,5 +148,27 @@ mod tests {
         assert_eq!(tracker.observe(true), None);
         assert_eq!(tracker.observe(true), Some(Health::Serving));
         assert_eq!(tracker.observe(true), None);
+    }
+
+    #[test]
+    fn degraded_is_immediate_but_recovery_from_down_needs_the_threshold() {
+        let mut tracker = HealthTracker::new(1, 2);
+        assert_eq!(
+            tracker.observe_health(Health::Degraded),
+            Some(Health::Degraded)
+        );
+        assert_eq!(
+            tracker.observe_health(Health::Serving),
+            Some(Health::Serving)
+        );
+        assert_eq!(
+            tracker.observe_health(Health::NotServing),
+            Some(Health::NotServing)
+        );
+        assert_eq!(tracker.observe_health(Health::Degraded), None);
+        assert_eq!(
+            tracker.observe_health(Health::Degraded),
+            Some(Health::Degraded)
+        );
     }
 }

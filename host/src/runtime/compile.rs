@@ -50,6 +50,8 @@ pub enum LoadError {
 pub struct Loaded {
     /// Pre-instantiated component, typed as a `wasi:http/proxy`.
     pub pre: ProxyPre<GuestState>,
+    /// Where its `shoal:platform/health-check` export is, when it has one.
+    pub health_check: Option<crate::bindings::health_check::GuestIndices>,
 }
 
 impl Runtime {
@@ -106,9 +108,10 @@ impl Runtime {
                 });
             }
         };
+        let health_check = crate::bindings::health_check::GuestIndices::new(&instance_pre).ok();
         let pre = ProxyPre::new(instance_pre)
             .map_err(|error| LoadError::NotAService(format!("{error:#}")))?;
-        Ok(Loaded { pre })
+        Ok(Loaded { pre, health_check })
     }
 
     /// Names of the component's imports that the linker has no definition for.

@@ -68,21 +68,7 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let timeout = deadline.saturating_duration_since(Instant::now());
-    let mut store = Store::new(
-        pre.engine(),
-        GuestState::new(service, request_id, platform, deadline),
-    );
-    store.limiter(|state| &mut state.limits);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Err(DeadlineExceeded.into())
-        } else {
-            // Yield to the executor on every tick so a busy guest never starves
-            // other requests on the same worker thread.
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
+    let mut store = new_store(pre.engine(), service, platform, request_id, deadline);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (incoming, outparam) = {
@@ -126,6 +112,63 @@ where
                 "host task failed: {join_error}"
             ))),
         },
+    }
+}
+
+/// A fresh store for one guest invocation: limits, and an epoch deadline that traps at
+/// `deadline` and yields to the executor on every tick before it.
+fn new_store(
+    engine: &wasmtime::Engine,
+    service: Arc<ServiceContext>,
+    platform: Arc<Platform>,
+    request_id: Arc<str>,
+    deadline: Instant,
+) -> Store<GuestState> {
+    let mut store = Store::new(
+        engine,
+        GuestState::new(service, request_id, platform, deadline),
+    );
+    store.limiter(|state| &mut state.limits);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(DeadlineExceeded.into())
+        } else {
+            // Yield so a busy guest never starves other work on the same thread.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// Run a service's exported health check in a fresh instance, within `timeout`.
+pub async fn check_health(
+    pre: &ProxyPre<GuestState>,
+    indices: &crate::bindings::health_check::GuestIndices,
+    service: Arc<ServiceContext>,
+    platform: Arc<Platform>,
+    timeout: Duration,
+) -> Result<crate::bindings::registry::Health, GuestFailure> {
+    let deadline = Instant::now() + timeout;
+    let request_id: Arc<str> = format!("health-{:016x}", rand::random::<u64>()).into();
+    let mut store = new_store(pre.engine(), service, platform, request_id, deadline);
+    let run = async {
+        let instance = pre
+            .instance_pre()
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
+        let guest = indices
+            .load(&mut store, &instance)
+            .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
+        guest
+            .call_check(&mut store)
+            .await
+            .map_err(|error| classify(error, timeout))
+    };
+    match tokio::time::timeout_at(deadline.into(), run).await {
+        Ok(result) => result,
+        Err(_) => Err(GuestFailure::Deadline(timeout)),
     }
 }
 

@@ -14,6 +14,7 @@ use crate::caller::transport::LocalDispatch;
 use crate::gateway::GatewayBody;
 use crate::manifest::{Manifest, ManifestError};
 use crate::platform::Platform;
+use crate::registry::health::HealthTracker;
 use crate::registry::{Endpoint, Health, Instance};
 use crate::runtime::{LoadError, Runtime, ServiceContext};
 use crate::storage::{ServiceRecord, Storage, sha256_hex};
@@ -131,6 +132,57 @@ impl Services {
         }
     }
 
+    /// Run the component's exported health check on the manifest's schedule, and
+    /// record the verdicts in the registry, until the deployment is retired.
+    fn start_health_checks(&self, deployment: &Arc<Deployment>) {
+        let Some(indices) = deployment.loaded.health_check.clone() else {
+            return;
+        };
+        let schedule = deployment.record.manifest.health.clone();
+        let weak = Arc::downgrade(deployment);
+        let platform = self.platform.clone();
+        let task = tokio::spawn(async move {
+            let mut tracker =
+                HealthTracker::new(schedule.unhealthy_threshold, schedule.healthy_threshold);
+            let mut tick = tokio::time::interval(Duration::from_millis(schedule.interval_ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(deployment) = weak.upgrade() else {
+                    break;
+                };
+                let verdict = crate::runtime::invoke::check_health(
+                    &deployment.loaded.pre,
+                    &indices,
+                    deployment.context.clone(),
+                    platform.clone(),
+                    Duration::from_millis(schedule.timeout_ms),
+                )
+                .await;
+                let reported = match verdict {
+                    Ok(crate::bindings::registry::Health::Serving) => Health::Serving,
+                    Ok(crate::bindings::registry::Health::Degraded) => Health::Degraded,
+                    Ok(crate::bindings::registry::Health::NotServing) => Health::NotServing,
+                    Err(failure) => {
+                        tracing::warn!(service = %deployment.record.name, %failure, "health check failed");
+                        Health::NotServing
+                    }
+                };
+                tracker.observe_health(reported);
+                // Re-assert the verdict every time: it also overrides an older
+                // self-report through shoal:platform/registry.
+                if let Err(error) = platform
+                    .registry
+                    .set_health(&deployment.context.instance_id, tracker.current())
+                    .await
+                {
+                    tracing::warn!(service = %deployment.record.name, %error, "cannot record health");
+                }
+            }
+        });
+        *deployment.health_task.lock() = Some(task);
+    }
+
     /// Renew every local registration's lease, re-registering lost ones.
     pub async fn renew_leases(&self) {
         for deployment in self.table.list() {
@@ -196,9 +248,13 @@ impl Services {
         let deployment = Arc::new(deployment);
         self.register(&deployment).await;
         let kind = match self.table.insert(deployment.clone()) {
-            Some(_) => DeployKind::Replaced,
+            Some(previous) => {
+                previous.retire();
+                DeployKind::Replaced
+            }
             None => DeployKind::Created,
         };
+        self.start_health_checks(&deployment);
         tracing::info!(
             service = name,
             version = %deployment.record.version,
@@ -259,7 +315,8 @@ impl Services {
                 Ok(deployment) => {
                     let deployment = Arc::new(deployment);
                     self.register(&deployment).await;
-                    self.table.insert(deployment);
+                    self.table.insert(deployment.clone());
+                    self.start_health_checks(&deployment);
                     restored += 1;
                 }
                 Err(error) => tracing::error!(service = %name, %error, "cannot restore"),
@@ -308,6 +365,7 @@ impl Services {
             context,
             loaded,
             timeout,
+            health_task: parking_lot::Mutex::new(None),
         })
     }
 }

@@ -23,6 +23,17 @@ pub struct Deployment {
     pub loaded: Loaded,
     /// Deadline per request.
     pub timeout: Duration,
+    /// The periodic health check of this version, when the component exports one.
+    pub(crate) health_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Deployment {
+    /// Stop this version's background work (its health checks).
+    pub fn retire(&self) {
+        if let Some(task) = self.health_task.lock().take() {
+            task.abort();
+        }
+    }
 }
 
 #[derive(Default)]
