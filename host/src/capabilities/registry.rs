@@ -27,10 +27,15 @@ impl Host for GuestState {
             reason = reason.as_deref().unwrap_or(""),
             "service reported its health"
         );
+        let effective = {
+            let mut signals = self.service.health.lock();
+            signals.reported = Some(health);
+            signals.effective()
+        };
         if let Err(error) = self
             .platform
             .registry
-            .set_health(&self.service.instance_id, health)
+            .set_health(&self.service.instance_id, effective)
             .await
         {
             tracing::warn!(service = %self.service.name, %error, "cannot record reported health");

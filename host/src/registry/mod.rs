@@ -94,6 +94,34 @@ pub trait Registry: Send + Sync + 'static {
     async fn watch(&self, service: &str) -> Result<InstanceWatch, RegistryError>;
 }
 
+/// The two health signals of a local service: what it reported about itself through
+/// `shoal:platform/registry`, and the verdict of its exported health check. The
+/// effective health is the worse of the two, so a service that says it is draining
+/// stays out of rotation even while its check passes, and vice versa.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthSignals {
+    /// Last self-report.
+    pub reported: Option<Health>,
+    /// Last health-check verdict.
+    pub checked: Option<Health>,
+}
+
+impl HealthSignals {
+    /// The health discovery should use.
+    pub fn effective(&self) -> Health {
+        let rank = |h: Health| match h {
+            Health::Serving => 0,
+            Health::Degraded => 1,
+            Health::NotServing => 2,
+        };
+        [self.reported, self.checked]
+            .into_iter()
+            .flatten()
+            .max_by_key(|h| rank(*h))
+            .unwrap_or(Health::Serving)
+    }
+}
+
 /// The instances that should take traffic: serving ones, or the degraded ones when
 /// none is serving. Never not-serving ones.
 pub fn routable(instances: &[Instance]) -> Vec<Instance> {
@@ -125,6 +153,21 @@ mod tests {
             tags: vec![],
             health,
         }
+    }
+
+    #[test]
+    fn effective_health_is_the_worse_signal() {
+        let signals = |reported, checked| HealthSignals { reported, checked }.effective();
+        assert_eq!(signals(None, None), Health::Serving);
+        assert_eq!(
+            signals(Some(Health::NotServing), Some(Health::Serving)),
+            Health::NotServing
+        );
+        assert_eq!(
+            signals(Some(Health::Serving), Some(Health::Degraded)),
+            Health::Degraded
+        );
+        assert_eq!(signals(None, Some(Health::Serving)), Health::Serving);
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct ServiceContext {
     pub instance_id: String,
     /// Outbound settings from the manifest.
     pub outbound: Arc<Outbound>,
+    /// Self-reported and checked health of this version on this host.
+    pub health: parking_lot::Mutex<crate::registry::HealthSignals>,
 }
 
 /// Store data for one request: WASI contexts plus what Shoal's capabilities need.

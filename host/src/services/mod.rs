@@ -125,7 +125,7 @@ impl Services {
             endpoint: Endpoint::Local,
             version: deployment.record.version.clone(),
             tags: Vec::new(),
-            health: Health::Serving,
+            health: deployment.context.health.lock().effective(),
         };
         if let Err(error) = self.platform.registry.register(instance, LOCAL_LEASE).await {
             tracing::error!(service = %deployment.record.name, %error, "cannot register the service");
@@ -169,11 +169,14 @@ impl Services {
                     }
                 };
                 tracker.observe_health(reported);
-                // Re-assert the verdict every time: it also overrides an older
-                // self-report through shoal:platform/registry.
+                let effective = {
+                    let mut signals = deployment.context.health.lock();
+                    signals.checked = Some(tracker.current());
+                    signals.effective()
+                };
                 if let Err(error) = platform
                     .registry
-                    .set_health(&deployment.context.instance_id, tracker.current())
+                    .set_health(&deployment.context.instance_id, effective)
                     .await
                 {
                     tracing::warn!(service = %deployment.record.name, %error, "cannot record health");
@@ -358,6 +361,7 @@ impl Services {
             memory_limit_bytes: memory_mb as usize * 1024 * 1024,
             instance_id: self.platform.local_instance_id(&record.name),
             outbound: Arc::new(record.manifest.outbound.clone()),
+            health: parking_lot::Mutex::new(Default::default()),
         });
         Ok(Deployment {
             record,
