@@ -28,6 +28,11 @@ cargo test -p shoal
 echo "== SDK tests"
 cargo test --manifest-path sdk/Cargo.toml --target-dir "$guests_target"
 
-echo "== end-to-end tests"
 cargo build -p shoal
+
+echo "== benchmark smoke run (tiny sizes, figures meaningless)"
+python3 scripts/bench.py --shoal "$target_dir/debug/shoal" --guests "$SHOAL_GUESTS_DIR" \
+    --out "$target_dir/bench-quick.md" --quick
+
+echo "== end-to-end tests"
 SHOAL_BIN="$target_dir/debug/shoal" cargo test -p shoal-tests

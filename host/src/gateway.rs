@@ -56,8 +56,12 @@ pub async fn serve(
             let services = services.clone();
             async move { Ok::<_, Infallible>(route(&services, request).await) }
         });
+        // The timer enables hyper's header-read timeout, so idle half-sent requests
+        // (slowloris) cannot pin connections forever.
         let connection = http1::Builder::new()
             .keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -107,6 +111,8 @@ pub async fn route(services: &Services, request: Request<Incoming>) -> Response<
     if let Ok(value) = prefix_header {
         parts.headers.insert(FORWARDED_PREFIX.clone(), value);
     }
+    // Only the host says which service is calling; a client cannot claim to be one.
+    parts.headers.remove(&crate::caller::CALLER);
     // A caller on another host passes its remaining deadline; never run longer.
     let mut deadline = Instant::now() + deployment.timeout;
     if let Some(ms) = parts

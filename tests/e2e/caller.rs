@@ -476,3 +476,69 @@ fn exported_health_checks_drive_discovery_and_a_hanging_check_is_contained() {
     let reply = host.get("/c/call?service=a&path=/whoami");
     assert!(reply.body.contains("outcome=ok"), "{}", reply.body);
 }
+
+#[test]
+fn flapping_replicas_are_absorbed_by_retries_for_sdk_and_plain_wasi_http_callers() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let flappy = Replica::start("flappy");
+    flappy.set_mode(Mode::Flap);
+    external(&host, "flaky", &[&flappy], false);
+    // Breaker thresholds above what flapping produces, and a retry budget that allows
+    // one retry per call (the default 20 % would rightly stop retrying a target that
+    // fails half the time): retries alone must absorb the flapping.
+    let manifest = "[outbound.targets.flaky]\nbreaker = { consecutive_failures = 10, minimum_calls = 1000 }\n\
+                    retry_budget = { ratio = 1.0 }\n";
+    assert_eq!(
+        host.deploy_with_manifest("a", &guest("caller"), manifest)
+            .status,
+        201
+    );
+    assert_eq!(
+        host.deploy_with_manifest("p", &guest("plain_http"), manifest)
+            .status,
+        201
+    );
+    for _ in 0..20 {
+        let outcome = call(&host, "service=flaky&path=/get");
+        assert!(outcome.ok && outcome.status == Some(200), "{outcome:?}");
+        let plain = host.get("/p/proxy?url=http://flaky/plain");
+        assert!(
+            plain.body.contains("upstream status: 200"),
+            "{}",
+            plain.body
+        );
+    }
+    // A POST is not idempotent: a 503 is returned, not retried.
+    let mut saw_failure = false;
+    for _ in 0..4 {
+        let outcome = call(&host, "service=flaky&path=/post&method=POST");
+        saw_failure |= outcome.kind == "server-error";
+    }
+    assert!(saw_failure, "a non-idempotent call was retried");
+    // Unless the caller declares it idempotent.
+    for _ in 0..10 {
+        let outcome = call(
+            &host,
+            "service=flaky&path=/post&method=POST&idempotent=true",
+        );
+        assert!(outcome.ok, "{outcome:?}");
+    }
+
+    // With the default budget (10 + 20 % of calls per 10 s), retries stop before they
+    // can multiply the load on a target that fails half the time.
+    assert_eq!(host.deploy("q", &guest("caller")).status, 201);
+    let before = flappy.hits();
+    let calls = 60;
+    let mut failed = 0;
+    for _ in 0..calls {
+        let reply = host.get("/q/call?service=flaky&path=/budget");
+        failed += usize::from(reply.body.contains("outcome=error"));
+    }
+    let sent = flappy.hits() - before;
+    assert!(failed > 0, "the retry budget never ran out");
+    assert!(
+        sent <= calls + 10 + calls / 5 + 1,
+        "{sent} requests for {calls} calls"
+    );
+}

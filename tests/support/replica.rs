@@ -21,6 +21,8 @@ pub enum Mode {
     Hang = 2,
     /// Never answers anything, `/health` included.
     HangAll = 3,
+    /// Alternates: every other request fails with 503.
+    Flap = 4,
 }
 
 struct Shared {
@@ -179,14 +181,14 @@ fn serve(shared: Arc<Shared>, stream: TcpStream) {
         let (status, text) = if is_health {
             ("200 OK", "ok\n".to_owned())
         } else {
-            shared.hits.fetch_add(1, Ordering::SeqCst);
+            let hit = shared.hits.fetch_add(1, Ordering::SeqCst);
             let request_id = headers
                 .iter()
                 .find(|(name, _)| name == "x-request-id")
                 .map(|(_, value)| value.clone())
                 .unwrap_or_default();
             *lock(&shared.last_headers) = headers;
-            if mode == Mode::Fail as u8 {
+            if mode == Mode::Fail as u8 || (mode == Mode::Flap as u8 && hit % 2 == 0) {
                 (
                     "503 Service Unavailable",
                     format!("replica {} failing\n", shared.name),

@@ -126,6 +126,14 @@ impl TargetState {
         }
     }
 
+    /// Forget per-instance state of instances that are gone (or not routable).
+    fn prune(&self, live: &[Instance]) {
+        let mut instances = self.instances.lock();
+        if instances.len() > live.len() {
+            instances.retain(|id, _| live.iter().any(|i| &i.id == id));
+        }
+    }
+
     fn instance(&self, id: &str) -> Arc<InstanceState> {
         self.instances
             .lock()
@@ -137,6 +145,37 @@ impl TargetState {
                 })
             })
             .clone()
+    }
+}
+
+/// A breaker admission that is given back if the call is dropped (e.g. the guest
+/// went away) before an outcome is recorded, so lost calls never hold probe slots.
+struct Admission<'a> {
+    breaker: &'a CircuitBreaker,
+    permit: Option<Permit>,
+}
+
+impl<'a> Admission<'a> {
+    fn new(breaker: &'a CircuitBreaker, permit: Permit) -> Self {
+        Self {
+            breaker,
+            permit: Some(permit),
+        }
+    }
+
+    /// Record the call's outcome.
+    fn record(mut self, success: bool) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.record(permit, success, Instant::now());
+        }
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.release(permit);
+        }
     }
 }
 
@@ -152,12 +191,16 @@ impl Drop for Outstanding {
 /// (calling service, target service)
 type TargetKey = (Arc<str>, String);
 
+/// States kept per (caller, target): one per distinct policy, so two live versions of a
+/// caller with different policies (during a redeploy) do not reset each other.
+const POLICIES_PER_TARGET: usize = 4;
+
 /// The caller shared by every service on the host.
 pub struct Caller {
     registry: Arc<dyn Registry>,
     local: OnceLock<Weak<dyn LocalDispatch>>,
     remote: RemoteClient,
-    targets: Mutex<HashMap<TargetKey, Arc<TargetState>>>,
+    targets: Mutex<HashMap<TargetKey, Vec<Arc<TargetState>>>>,
 }
 
 impl Caller {
@@ -185,23 +228,28 @@ impl Caller {
     pub fn breaker_state(&self, caller: &str, target: &str) -> Option<BreakerState> {
         let targets = self.targets.lock();
         targets
-            .iter()
-            .find(|((c, t), _)| &**c == caller && t == target)
-            .map(|(_, state)| state.breaker.state(Instant::now()))
+            .get(&(Arc::from(caller), target.to_owned()))
+            .and_then(|states| states.last())
+            .map(|state| state.breaker.state(Instant::now()))
     }
 
     fn target(&self, caller: &Arc<str>, target: &str, policy: TargetPolicy) -> Arc<TargetState> {
         let mut targets = self.targets.lock();
-        let key = (caller.clone(), target.to_owned());
-        match targets.get(&key) {
-            Some(state) if state.policy == policy => state.clone(),
-            _ => {
-                // New pair, or the caller was redeployed with another policy.
-                let state = Arc::new(TargetState::new(policy));
-                targets.insert(key, state.clone());
-                state
-            }
+        let states = targets
+            .entry((caller.clone(), target.to_owned()))
+            .or_default();
+        if let Some(index) = states.iter().position(|state| state.policy == policy) {
+            // Most recently used last.
+            let state = states.remove(index);
+            states.push(state.clone());
+            return state;
         }
+        let state = Arc::new(TargetState::new(policy));
+        states.push(state.clone());
+        if states.len() > POLICIES_PER_TARGET {
+            states.remove(0);
+        }
+        state
     }
 
     /// Call `target` with `request`. Any answered status is a response; errors are
@@ -233,16 +281,21 @@ impl Caller {
         }
         let started = Instant::now();
         let deadline = cx.deadline.min(started + overall);
+        if deadline <= started {
+            // The caller's own time is up: nothing is sent, no breaker is touched.
+            return Err(CallError::Timeout);
+        }
         let idempotent = options
             .idempotent
             .unwrap_or_else(|| is_idempotent_method(request.method.as_str()));
         let state = self.target(&cx.caller, target, policy);
         state.budget.lock().on_request(started);
 
-        let Ok(service_permit) = state.breaker.try_acquire(started) else {
+        let Ok(permit) = state.breaker.try_acquire(started) else {
             return Err(CallError::CircuitOpen(target.to_owned()));
         };
-        let result = self
+        let admission = Admission::new(&state.breaker, permit);
+        let (result, sent) = self
             .attempts(
                 cx,
                 target,
@@ -253,21 +306,16 @@ impl Caller {
                 idempotent,
             )
             .await;
-        let success = matches!(&result, Ok(response) if !response.status().is_server_error());
-        match &result {
-            // The call never ran (nothing to reach): not the target's fault.
-            Err(
-                CallError::NoInstances(_)
-                | CallError::InvalidRequest(_)
-                | CallError::CircuitOpen(_),
-            ) => state.breaker.release(service_permit),
-            _ => state
-                .breaker
-                .record(service_permit, success, Instant::now()),
+        if sent {
+            admission
+                .record(matches!(&result, Ok(response) if !response.status().is_server_error()));
         }
+        // Otherwise nothing reached the target: dropping the admission releases it.
         result
     }
 
+    /// Run attempts until one succeeds or retrying is not allowed. Also says whether
+    /// any attempt reached the point of sending.
     #[allow(clippy::too_many_arguments)]
     async fn attempts(
         &self,
@@ -278,35 +326,51 @@ impl Caller {
         deadline: Instant,
         attempt_timeout: Duration,
         idempotent: bool,
-    ) -> Result<Response<GatewayBody>, CallError> {
+    ) -> (Result<Response<GatewayBody>, CallError>, bool) {
         let mut tried: Vec<String> = Vec::new();
+        let mut previous: Option<Result<Response<GatewayBody>, CallError>> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let instances = self
-                .registry
-                .instances(target)
-                .await
-                .map_err(|error| CallError::Unreachable(error.to_string()))?;
-            let instances = routable(&instances);
-            if instances.is_empty() {
-                return Err(CallError::NoInstances(target.to_owned()));
-            }
-            let (instance, permit, instance_state) = pick(state, &instances, &tried)
-                .ok_or_else(|| CallError::CircuitOpen(target.to_owned()))?;
-            tried.push(instance.id.clone());
-
+            let instances = match self.registry.instances(target).await {
+                Ok(instances) => routable(&instances),
+                Err(error) => {
+                    let failure = Err(CallError::Unreachable(error.to_string()));
+                    return (previous.unwrap_or(failure), !tried.is_empty());
+                }
+            };
+            state.prune(&instances);
+            let picked = if instances.is_empty() {
+                None
+            } else {
+                pick(state, &instances, &tried)
+            };
+            let Some((instance, permit, instance_state)) = picked else {
+                // Nothing to (re)try: a retry keeps the answer it already has.
+                let failure = if instances.is_empty() {
+                    CallError::NoInstances(target.to_owned())
+                } else {
+                    CallError::CircuitOpen(target.to_owned())
+                };
+                return (previous.unwrap_or(Err(failure)), !tried.is_empty());
+            };
+            let admission = Admission::new(&instance_state.breaker, permit);
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
-                instance_state.breaker.release(permit);
-                return Err(CallError::Timeout);
+                return (
+                    previous.unwrap_or(Err(CallError::Timeout)),
+                    !tried.is_empty(),
+                );
             }
+            tried.push(instance.id.clone());
+            // The callee gets this attempt's deadline, not the whole call's.
+            let attempt_deadline = now + attempt_timeout.min(remaining);
             instance_state.outstanding.fetch_add(1, Ordering::Relaxed);
             let guard = Outstanding(instance_state.clone());
-            let outcome = tokio::time::timeout(
-                attempt_timeout.min(remaining),
-                self.send(cx, target, instance, request, deadline),
+            let outcome = tokio::time::timeout_at(
+                attempt_deadline.into(),
+                self.send(cx, target, instance, request, attempt_deadline),
             )
             .await
             .unwrap_or(Err(TransportError {
@@ -322,19 +386,21 @@ impl Caller {
                 }
                 Err(failure) => (false, idempotent || !failure.sent),
             };
-            instance_state.breaker.record(permit, success, now);
+            admission.record(success);
+            let outcome = outcome.map_err(|failure| failure.error);
             let may_retry = retryable
                 && attempt < state.policy.retry.max_attempts
                 && now < deadline
                 && state.budget.lock().try_retry(now);
             if !may_retry {
-                return outcome.map_err(|failure| failure.error);
+                return (outcome, true);
             }
             let backoff = state.policy.retry.backoff(attempt, rand::random::<f64>());
             if now + backoff >= deadline {
-                return outcome.map_err(|failure| failure.error);
+                return (outcome, true);
             }
             tracing::debug!(caller = %cx.caller, target, attempt, ?backoff, "retrying");
+            previous = Some(outcome);
             tokio::time::sleep(backoff).await;
         }
     }
@@ -418,17 +484,23 @@ fn pick<'a>(
 ) -> Option<(&'a Instance, Permit, Arc<InstanceState>)> {
     let now = Instant::now();
     let states: Vec<Arc<InstanceState>> = instances.iter().map(|i| state.instance(&i.id)).collect();
-    let mut excluded = vec![false; instances.len()];
-    let untried_exist = instances.iter().any(|i| !tried.contains(&i.id));
+    let mut excluded: Vec<bool> = states
+        .iter()
+        .map(|s| s.breaker.state(now) == BreakerState::Open)
+        .collect();
     for _ in 0..instances.len() {
+        // Prefer instances this call has not tried yet, among the eligible ones.
+        let untried_exist = instances
+            .iter()
+            .enumerate()
+            .any(|(index, i)| !excluded[index] && !tried.contains(&i.id));
         let loads: Vec<Load> = instances
             .iter()
             .zip(&states)
             .enumerate()
             .map(|(index, (instance, s))| Load {
                 outstanding: s.outstanding.load(Ordering::Relaxed),
-                eligible: !(excluded[index] || untried_exist && tried.contains(&instance.id))
-                    && s.breaker.state(now) != BreakerState::Open,
+                eligible: !(excluded[index] || untried_exist && tried.contains(&instance.id)),
             })
             .collect();
         let index = state.balancer.pick(&loads, rand::random::<u64>)?;
@@ -459,7 +531,20 @@ fn checked_timeout(
     }
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1), including those the `connection`
+/// header names, and the ones the transport sets itself.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
     for name in [
         "connection",
         "keep-alive",
@@ -472,5 +557,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         "content-length",
     ] {
         headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_tokens_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn timeouts_are_checked() {
+        assert_eq!(
+            checked_timeout(None, Duration::from_secs(1), "t"),
+            Ok(Duration::from_secs(1))
+        );
+        assert!(checked_timeout(Some(Duration::ZERO), Duration::from_secs(1), "t").is_err());
+        assert!(
+            checked_timeout(Some(Duration::from_secs(601)), Duration::from_secs(1), "t").is_err()
+        );
     }
 }

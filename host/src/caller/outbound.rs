@@ -65,7 +65,14 @@ async fn route(
         let body = Limited::new(body, MAX_BUFFERED_BODY)
             .collect()
             .await
-            .map_err(|_| HttpError::HttpRequestBodySize(Some(MAX_BUFFERED_BODY as u64)))?
+            .map_err(|error| {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    HttpError::HttpRequestBodySize(Some(MAX_BUFFERED_BODY as u64))
+                } else {
+                    // The guest's body stream itself failed (e.g. wrong content-length).
+                    HttpError::HttpProtocolError
+                }
+            })?
             .to_bytes();
         let outbound = OutboundRequest {
             method: parts.method,

@@ -11,8 +11,10 @@
 //!
 //! All state sits behind one short mutex that is taken once per admission and once
 //! per outcome: no read-to-write lock upgrade, and half-open can never admit more
-//! than P probes however many threads ask at once. Time is passed in, so the state
-//! machine is tested without sleeping.
+//! than P probes however many threads ask at once. A probe whose outcome never
+//! arrives (its caller was cancelled) cannot wedge half-open: after another cool-down
+//! the half-open period starts afresh. Time is passed in, so the state machine is
+//! tested without sleeping.
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
@@ -88,6 +90,7 @@ struct Inner {
     /// ignored, so a slow call admitted while closed cannot close a fresh half-open.
     generation: u64,
     consecutive_failures: u32,
+    /// When the breaker last opened, or last (re)entered half-open.
     opened_at: Instant,
     probes_in_flight: u32,
     probe_successes: u32,
@@ -196,11 +199,14 @@ impl CircuitBreaker {
     }
 
     fn advance(&self, inner: &mut Inner, now: Instant) {
-        if inner.state == BreakerState::Open
-            && now.saturating_duration_since(inner.opened_at) >= self.config.cool_down
-        {
+        let cooled = now.saturating_duration_since(inner.opened_at) >= self.config.cool_down;
+        let stuck_half_open = inner.state == BreakerState::HalfOpen && inner.probes_in_flight > 0;
+        if cooled && (inner.state == BreakerState::Open || stuck_half_open) {
+            // Open → half-open; or a half-open period whose probes never reported
+            // starts afresh (their late outcomes carry an old generation).
             inner.state = BreakerState::HalfOpen;
             inner.generation += 1;
+            inner.opened_at = now;
             inner.probes_in_flight = 0;
             inner.probe_successes = 0;
         }
@@ -397,6 +403,29 @@ mod tests {
         assert!(breaker.try_acquire(t1).is_err());
         breaker.release(p1);
         assert!(breaker.try_acquire(t1).is_ok());
+    }
+
+    #[test]
+    fn lost_probes_cannot_wedge_half_open() {
+        let t0 = Instant::now();
+        let breaker = CircuitBreaker::new(config(), t0);
+        for _ in 0..3 {
+            call(&breaker, false, t0);
+        }
+        let t1 = t0 + Duration::from_secs(5);
+        // Two probes go out and their callers vanish without reporting.
+        let lost1 = breaker.try_acquire(t1).expect("probe");
+        let lost2 = breaker.try_acquire(t1).expect("probe");
+        assert!(breaker.try_acquire(t1 + Duration::from_secs(1)).is_err());
+        // One cool-down later, half-open starts afresh.
+        let t2 = t1 + Duration::from_secs(5);
+        assert!(call(&breaker, true, t2));
+        assert!(call(&breaker, true, t2));
+        assert_eq!(breaker.state(t2), BreakerState::Closed);
+        // The lost probes' late outcomes change nothing.
+        breaker.record(lost1, false, t2);
+        breaker.record(lost2, false, t2);
+        assert_eq!(breaker.state(t2), BreakerState::Closed);
     }
 
     #[test]

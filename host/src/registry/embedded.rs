@@ -83,6 +83,14 @@ fn snapshot(state: &State, service: &str) -> Arc<Vec<Instance>> {
 }
 
 fn publish(state: &mut State, service: &str) {
+    // Nobody watches any more: drop the channel instead of keeping it forever.
+    if state
+        .watchers
+        .get(service)
+        .is_some_and(|sender| sender.receiver_count() == 0)
+    {
+        state.watchers.remove(service);
+    }
     let current = snapshot(state, service);
     if let Some(sender) = state.watchers.get(service) {
         sender.send_if_modified(|old| {
@@ -177,6 +185,10 @@ impl Registry for EmbeddedRegistry {
 
     async fn watch(&self, service: &str) -> Result<InstanceWatch, RegistryError> {
         let mut state = self.state.lock();
+        // Bound the map: forget channels nobody listens to.
+        state
+            .watchers
+            .retain(|_, sender| sender.receiver_count() > 0);
         if let Some(sender) = state.watchers.get(service) {
             return Ok(sender.subscribe());
         }

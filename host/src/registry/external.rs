@@ -177,6 +177,8 @@ pub struct ExternalServices {
     checker: HealthChecker,
     dir: PathBuf,
     entries: Mutex<BTreeMap<String, Entry>>,
+    /// Serialises put and remove, so disk and memory never disagree.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl ExternalServices {
@@ -192,12 +194,14 @@ impl ExternalServices {
             checker,
             dir,
             entries: Mutex::new(BTreeMap::new()),
+            changes: tokio::sync::Mutex::new(()),
         })
     }
 
     /// Persist and activate `spec` as `name`, replacing a previous registration.
     /// Returns whether it replaced one.
     pub async fn put(&self, name: &str, spec: ExternalService) -> anyhow::Result<bool> {
+        let _guard = self.changes.lock().await;
         let json = serde_json::to_vec_pretty(&spec)?;
         let path = self.dir.join(format!("{name}.json"));
         tokio::task::spawn_blocking(move || crate::storage::write_durably(&path, &json)).await??;
@@ -243,9 +247,10 @@ impl ExternalServices {
 
     /// Forget `name`. Returns whether it existed.
     pub async fn remove(&self, name: &str) -> anyhow::Result<bool> {
-        let Some(entry) = self.entries.lock().remove(name) else {
+        let _guard = self.changes.lock().await;
+        if !self.entries.lock().contains_key(name) {
             return Ok(false);
-        };
+        }
         let path = self.dir.join(format!("{name}.json"));
         tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -253,7 +258,11 @@ impl ExternalServices {
             Err(error) => Err(error),
         })
         .await??;
-        self.retire(name, entry).await;
+        // Forget it only once it is gone from disk.
+        let entry = self.entries.lock().remove(name);
+        if let Some(entry) = entry {
+            self.retire(name, entry).await;
+        }
         Ok(true)
     }
 

@@ -46,6 +46,36 @@ impl GuestFailure {
     }
 }
 
+/// The guest task of one request. If the caller stops waiting before the response head
+/// (client gone, caller's attempt timed out), the guest is stopped instead of running
+/// on to its deadline.
+struct AbortUnlessDetached(Option<tokio::task::JoinHandle<Result<(), GuestFailure>>>);
+
+impl AbortUnlessDetached {
+    fn detach(&mut self) {
+        self.0 = None;
+    }
+
+    async fn join(&mut self) -> Result<Result<(), GuestFailure>, tokio::task::JoinError> {
+        match self.0.as_mut() {
+            Some(handle) => {
+                let result = handle.await;
+                self.0 = None;
+                result
+            }
+            None => Ok(Ok(())),
+        }
+    }
+}
+
+impl Drop for AbortUnlessDetached {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
 /// Marker error raised from the epoch callback when a request's time is up.
 #[derive(Debug, Error)]
 #[error("execution deadline exceeded")]
@@ -83,7 +113,7 @@ where
     };
 
     let pre = pre.clone();
-    let task = tokio::spawn(async move {
+    let mut task = AbortUnlessDetached(Some(tokio::spawn(async move {
         let run = async {
             let proxy = pre
                 .instantiate_async(&mut store)
@@ -99,13 +129,17 @@ where
             Ok(result) => result,
             Err(_) => Err(GuestFailure::Deadline(timeout)),
         }
-    });
+    })));
 
     match receiver.await {
-        Ok(Ok(response)) => Ok(response),
+        Ok(Ok(response)) => {
+            // The head is out; the task keeps the instance alive to stream the body.
+            task.detach();
+            Ok(response)
+        }
         Ok(Err(code)) => Err(GuestFailure::ErrorCode(code)),
         // The outparam was dropped unset: the task's outcome says why.
-        Err(_) => match task.await {
+        Err(_) => match task.join().await {
             Ok(Ok(())) => Err(GuestFailure::NoResponse),
             Ok(Err(failure)) => Err(failure),
             Err(join_error) => Err(GuestFailure::Trap(format!(

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Benchmarks: builds the release host and the guests, then runs every bench and writes
+# the table to BENCHMARKS.md. `--quick` runs each step with a tiny size (used by CI so
+# the script cannot rot); its figures mean nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+shoal_setup
+
+quick=""
+[ "${1:-}" = "--quick" ] && quick="--quick"
+profile=release
+[ -n "$quick" ] && profile=debug
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+guests_dir="${CARGO_TARGET_DIR:-$PWD/guests/target}/wasm32-wasip2/release"
+
+(cd guests && cargo build --release --target wasm32-wasip2)
+if [ "$profile" = release ]; then
+    cargo build --release -p shoal
+else
+    cargo build -p shoal
+fi
+
+out=BENCHMARKS.md
+[ -n "$quick" ] && out="$target_dir/bench-quick.md"
+python3 scripts/bench.py --shoal "$target_dir/$profile/shoal" --guests "$guests_dir" --out "$out" $quick
