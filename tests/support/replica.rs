@@ -188,7 +188,7 @@ fn serve(shared: Arc<Shared>, stream: TcpStream) {
                 .map(|(_, value)| value.clone())
                 .unwrap_or_default();
             *lock(&shared.last_headers) = headers;
-            if mode == Mode::Fail as u8 || (mode == Mode::Flap as u8 && hit % 2 == 0) {
+            if mode == Mode::Fail as u8 || (mode == Mode::Flap as u8 && hit.is_multiple_of(2)) {
                 (
                     "503 Service Unavailable",
                     format!("replica {} failing\n", shared.name),
