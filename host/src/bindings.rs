@@ -28,5 +28,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::shoal::platform::health_check;
-pub use shoal::platform::{caller, config, discovery, log, registry};
+pub use self::exports::shoal::platform::health_check;
+pub use self::shoal::platform::{caller, config, discovery, log, registry};
