@@ -40,6 +40,14 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_DEFAULT_TIMEOUT_MS", default_value_t = 30_000)]
     pub default_timeout_ms: u64,
 
+    /// Requests a service may run at once when its manifest sets no limit.
+    #[arg(long, env = "SHOAL_DEFAULT_MAX_CONCURRENCY", default_value_t = 64)]
+    pub default_max_concurrency: u32,
+
+    /// Requests that may wait per service when its manifest sets no limit.
+    #[arg(long, env = "SHOAL_DEFAULT_QUEUE", default_value_t = 256)]
+    pub default_queue: u32,
+
     /// Instances that may run at once across all services (pooling allocator size).
     #[arg(long, env = "SHOAL_MAX_INSTANCES", default_value_t = 1000)]
     pub max_instances: u32,

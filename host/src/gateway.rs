@@ -87,7 +87,7 @@ pub async fn serve(
 pub async fn route(services: &Services, request: Request<Incoming>) -> Response<GatewayBody> {
     let request_id = request_id(&request);
     let path = request.uri().path();
-    let Some((deployment, prefix_len)) = services.table().resolve(path) else {
+    let Some((entry, prefix_len)) = services.table().resolve(path) else {
         let message = format!("no service is routed at `{path}`\n");
         return with_request_id(text(StatusCode::NOT_FOUND, message), &request_id);
     };
@@ -113,8 +113,9 @@ pub async fn route(services: &Services, request: Request<Incoming>) -> Response<
     }
     // Only the host says which service is calling; a client cannot claim to be one.
     parts.headers.remove(&crate::caller::CALLER);
-    // A caller on another host passes its remaining deadline; never run longer.
-    let mut deadline = Instant::now() + deployment.timeout;
+    // A caller on another host passes its remaining deadline; never run longer. The
+    // service's own limit applies on top (in `Services::serve`).
+    let mut deadline = Instant::now() + crate::caller::config::MAX_TIMEOUT;
     if let Some(ms) = parts
         .headers
         .get(&crate::caller::DEADLINE_MS)
@@ -124,25 +125,18 @@ pub async fn route(services: &Services, request: Request<Incoming>) -> Response<
         deadline = deadline.min(Instant::now() + Duration::from_millis(ms.max(1)));
     }
     let request = Request::from_parts(parts, body);
-    serve_deployment(
-        services.platform(),
-        &deployment,
-        request,
-        &request_id,
-        deadline,
-    )
-    .await
+    services.serve(&entry, request, &request_id, deadline).await
 }
 
 /// Run `request` on `deployment` (gateway and in-process calls alike) and turn a
-/// guest failure into a 5xx that names the reason.
+/// guest failure into a 5xx that names the reason. Returns the failure's kind too.
 pub async fn serve_deployment<B>(
     platform: &Arc<Platform>,
     deployment: &Deployment,
     request: Request<B>,
     request_id: &str,
     deadline: Instant,
-) -> Response<GatewayBody>
+) -> (Response<GatewayBody>, Option<&'static str>)
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
@@ -167,12 +161,14 @@ where
         request,
     )
     .await;
+    let mut kind = None;
     let response = match outcome {
         Ok(response) => response.map(|body| {
             body.map_err(|code| std::io::Error::other(format!("{code:?}")))
                 .boxed_unsync()
         }),
         Err(failure) => {
+            kind = Some(failure.kind());
             tracing::error!(
                 service = %deployment.record.name,
                 version = %deployment.record.version,
@@ -187,7 +183,7 @@ where
             text(failure.status(), message)
         }
     };
-    with_request_id(response, request_id)
+    (with_request_id(response, request_id), kind)
 }
 
 /// The client's `x-request-id` when it is sane, a fresh random id otherwise.
@@ -207,14 +203,19 @@ pub fn request_id<B>(request: &Request<B>) -> String {
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
 }
 
-fn with_request_id(mut response: Response<GatewayBody>, request_id: &str) -> Response<GatewayBody> {
+/// Set `x-request-id` on a response.
+pub fn with_request_id(
+    mut response: Response<GatewayBody>,
+    request_id: &str,
+) -> Response<GatewayBody> {
     if let Ok(value) = HeaderValue::from_str(request_id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
     response
 }
 
-fn text(status: StatusCode, message: String) -> Response<GatewayBody> {
+/// A plain-text response.
+pub fn text(status: StatusCode, message: String) -> Response<GatewayBody> {
     let mut response = Response::new(
         Full::new(Bytes::from(message))
             .map_err(|never| match never {})

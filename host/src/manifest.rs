@@ -10,6 +10,8 @@
 //! [limits]
 //! memory_mb = 64             # linear memory per instance
 //! timeout_ms = 30000         # wall-clock and CPU deadline per request
+//! max_concurrency = 64       # requests running at once
+//! queue = 256                # requests waiting; beyond that: 503 + Retry-After
 //!
 //! [outbound]
 //! allowed_hosts = ["api.example.com", "127.0.0.1:9000"]  # plain wasi:http beyond services
@@ -188,6 +190,12 @@ pub struct Limits {
     /// Deadline per request, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Requests that may run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for a slot; beyond that the gateway answers 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<u32>,
 }
 
 /// A manifest that cannot be accepted, naming the field and the reason.
@@ -257,6 +265,19 @@ impl Manifest {
                 "limits.timeout_ms",
                 &format!("must be between 1 and {MAX_TIMEOUT_MS}"),
             ));
+        }
+        if self
+            .limits
+            .max_concurrency
+            .is_some_and(|n| !(1..=100_000).contains(&n))
+        {
+            return Err(field(
+                "limits.max_concurrency",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.limits.queue.is_some_and(|n| n > 1_000_000) {
+            return Err(field("limits.queue", "must be at most 1000000"));
         }
         let health = &self.health;
         if !(10..=3_600_000).contains(&health.interval_ms) {

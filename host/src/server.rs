@@ -60,16 +60,20 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         registry: registry.clone(),
         caller: caller.clone(),
     });
-    let services = Arc::new(Services::new(
+    let services = Services::new(
         runtime,
         storage.clone(),
         ServiceDefaults {
             memory_mb: config.default_memory_mb,
             max_memory_mb: config.max_memory_mb,
             timeout: Duration::from_millis(config.default_timeout_ms),
+            scale: crate::services::limiter::Scale {
+                max_concurrency: config.default_max_concurrency,
+                queue: config.default_queue,
+            },
         },
         platform,
-    ));
+    );
     let local: Arc<dyn LocalDispatch> = services.clone();
     caller.set_local(Arc::downgrade(&local));
     let external = Arc::new(ExternalServices::new(

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <data-dir>/blobs/<sha256>.wasm     uploaded components, content-addressed
-//! <data-dir>/services/<name>.json    one record per deployed service
+//! <data-dir>/services/<name>.json    one file per service: current version, history,
+//!                                    canary, scale
 //! <data-dir>/cache/<engine>/...      compiled code (see runtime::compile)
 //! <data-dir>/admin-token             generated admin token (mode 0600)
 //! ```
@@ -108,10 +109,10 @@ impl Storage {
         Ok(bytes)
     }
 
-    /// Persist a service record, replacing the previous one of that name.
-    pub fn put_record(&self, record: &ServiceRecord) -> Result<()> {
-        let json = serde_json::to_vec_pretty(record)?;
-        write_durably(&self.record_path(&record.name), &json)
+    /// Persist the state of service `name`, replacing the previous one.
+    pub fn put_service<T: Serialize>(&self, name: &str, state: &T) -> Result<()> {
+        let json = serde_json::to_vec_pretty(state)?;
+        write_durably(&self.record_path(name), &json)
     }
 
     /// Delete a service record. Returns whether one existed.
@@ -127,8 +128,9 @@ impl Storage {
         }
     }
 
-    /// Every persisted record, with the files that could not be read reported apart.
-    pub fn records(&self) -> Result<(Vec<ServiceRecord>, Vec<BrokenRecord>)> {
+    /// Every persisted service state, with the files that could not be read reported
+    /// apart.
+    pub fn services<T: serde::de::DeserializeOwned>(&self) -> Result<(Vec<T>, Vec<BrokenRecord>)> {
         let mut records = Vec::new();
         let mut broken = Vec::new();
         for entry in fs::read_dir(self.root.join("services"))? {
@@ -138,13 +140,12 @@ impl Storage {
             }
             let parsed = fs::read(&path)
                 .map_err(anyhow::Error::from)
-                .and_then(|bytes| Ok(serde_json::from_slice::<ServiceRecord>(&bytes)?));
+                .and_then(|bytes| Ok(serde_json::from_slice::<T>(&bytes)?));
             match parsed {
                 Ok(record) => records.push(record),
                 Err(error) => broken.push((path, error)),
             }
         }
-        records.sort_by(|a, b| a.name.cmp(&b.name));
         Ok((records, broken))
     }
 
@@ -215,17 +216,21 @@ mod tests {
     fn records_round_trip_and_delete() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = Storage::open(dir.path()).expect("open");
-        storage.put_record(&record("b")).expect("put b");
-        storage.put_record(&record("a")).expect("put a");
-        let (records, broken) = storage.records().expect("list");
+        storage.put_service("b", &record("b")).expect("put b");
+        storage.put_service("a", &record("a")).expect("put a");
+        let (mut records, broken) = storage.services::<ServiceRecord>().expect("list");
         assert!(broken.is_empty());
+        records.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(
             records.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
         assert!(storage.remove_record("a").expect("remove"));
         assert!(!storage.remove_record("a").expect("remove again"));
-        assert_eq!(storage.records().expect("list").0.len(), 1);
+        assert_eq!(
+            storage.services::<ServiceRecord>().expect("list").0.len(),
+            1
+        );
     }
 
     #[test]
@@ -251,7 +256,7 @@ mod tests {
         fs::write(dir.path().join("services/bad.json"), b"{").expect("bad");
         let storage = Storage::open(dir.path()).expect("open");
         assert!(!dir.path().join("services/.x.json.1.tmp").exists());
-        let (records, broken) = storage.records().expect("list");
+        let (records, broken) = storage.services::<ServiceRecord>().expect("list");
         assert!(records.is_empty());
         assert_eq!(broken.len(), 1);
     }

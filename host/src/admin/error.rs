@@ -39,6 +39,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::Load(_) => StatusCode::BAD_REQUEST,
             ServiceError::RouteConflict { .. } => StatusCode::CONFLICT,
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
             ServiceError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {

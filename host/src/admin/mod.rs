@@ -7,6 +7,11 @@
 //! | GET    | `/v1/services/{name}` | one service                                  |
 //! | PUT    | `/v1/services/{name}` | deploy: `application/wasm` body, or multipart with `component` and `manifest` parts |
 //! | DELETE | `/v1/services/{name}` | remove                                       |
+//! | PUT    | `/v1/services/{name}?canary=N` | deploy as a canary taking N % of traffic (`&max_error_rate=0.1` rolls it back automatically) |
+//! | PUT    | `/v1/services/{name}/scale` | `{"max_concurrency": N, "queue": M}`, live |
+//! | POST   | `/v1/services/{name}/rollback` | back to the previous version, or `{"version": "..."}` |
+//! | PUT / DELETE | `/v1/services/{name}/canary` | `{"weight": N}` / drop the canary |
+//! | POST   | `/v1/services/{name}/canary/promote` | the canary becomes current |
 //! | GET    | `/v1/external`        | external services                            |
 //! | PUT    | `/v1/external/{name}` | register an external service (JSON)          |
 //! | GET / DELETE | `/v1/external/{name}` | show / remove one                      |
@@ -23,7 +28,7 @@ pub use auth::{AdminToken, TOKEN_FILE, load_or_create_token};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use std::sync::Arc;
 
 use crate::registry::external::ExternalServices;
@@ -53,6 +58,13 @@ pub fn router(state: AdminState) -> Router {
                 .put(services::deploy)
                 .delete(services::remove),
         )
+        .route("/services/{name}/scale", put(services::scale))
+        .route("/services/{name}/rollback", post(services::rollback))
+        .route(
+            "/services/{name}/canary",
+            put(services::canary_weight).delete(services::abort_canary),
+        )
+        .route("/services/{name}/canary/promote", post(services::promote))
         .route(
             "/external/{name}",
             get(external::show)

@@ -2,16 +2,18 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use std::sync::Arc;
+use serde::{Deserialize, Serialize};
 
 use super::AdminState;
 use super::error::ApiError;
 use crate::manifest::Manifest;
-use crate::services::{DeployKind, Deployment, ServiceError, validate_name};
+use crate::services::limiter::Scale;
+use crate::services::state::AutoRollback;
+use crate::services::{DeployKind, DeployMode, ServiceEntry, ServiceError, validate_name};
 
 /// What the admin API shows of a service.
 #[derive(Debug, Serialize)]
@@ -23,18 +25,52 @@ pub struct ServiceView {
     route: String,
     state: &'static str,
     limits: LimitsView,
+    load: LoadView,
+    requests: u64,
+    faults: std::collections::BTreeMap<&'static str, u64>,
     config_keys: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    canary: Option<CanaryView>,
+    history: Vec<VersionView>,
 }
 
 #[derive(Debug, Serialize)]
 struct LimitsView {
     memory_mb: u64,
     timeout_ms: u64,
+    max_concurrency: u32,
+    queue: u32,
+    scaled_by_operator: bool,
 }
 
-impl From<&Deployment> for ServiceView {
-    fn from(deployment: &Deployment) -> Self {
+#[derive(Debug, Serialize)]
+struct LoadView {
+    in_flight: u32,
+    queued: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct CanaryView {
+    version: String,
+    digest: String,
+    weight: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto_rollback: Option<AutoRollback>,
+}
+
+#[derive(Debug, Serialize)]
+struct VersionView {
+    version: String,
+    digest: String,
+    deployed_at: String,
+}
+
+impl From<&ServiceEntry> for ServiceView {
+    fn from(entry: &ServiceEntry) -> Self {
+        let deployment = &entry.stable;
         let record = &deployment.record;
+        let scale = entry.shared.limiter.scale();
+        let (in_flight, queued) = entry.shared.limiter.load();
         Self {
             name: record.name.clone(),
             version: record.version.clone(),
@@ -45,10 +81,44 @@ impl From<&Deployment> for ServiceView {
             limits: LimitsView {
                 memory_mb: (deployment.context.memory_limit_bytes / (1024 * 1024)) as u64,
                 timeout_ms: deployment.timeout.as_millis() as u64,
+                max_concurrency: scale.max_concurrency,
+                queue: scale.queue,
+                scaled_by_operator: entry.scale_override,
             },
+            load: LoadView { in_flight, queued },
+            requests: entry
+                .shared
+                .faults
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+            faults: entry.shared.faults.snapshot(),
             config_keys: record.manifest.config.keys().cloned().collect(),
+            canary: entry.canary.as_ref().map(|canary| CanaryView {
+                version: canary.deployment.record.version.clone(),
+                digest: canary.deployment.record.digest.clone(),
+                weight: canary.weight,
+                auto_rollback: canary.auto_rollback.clone(),
+            }),
+            history: entry
+                .history
+                .iter()
+                .map(|r| VersionView {
+                    version: r.version.clone(),
+                    digest: r.digest.clone(),
+                    deployed_at: r.deployed_at.clone(),
+                })
+                .collect(),
         }
     }
+}
+
+fn view_of(state: &AdminState, name: &str) -> Result<Json<ServiceView>, ApiError> {
+    let entry = state
+        .services
+        .table()
+        .entry(name)
+        .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+    Ok(Json(ServiceView::from(entry.as_ref())))
 }
 
 /// `GET /v1/services`
@@ -56,9 +126,9 @@ pub async fn list(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let services: Vec<ServiceView> = state
         .services
         .table()
-        .list()
+        .entries()
         .iter()
-        .map(|d| ServiceView::from(d.as_ref()))
+        .map(|entry| ServiceView::from(entry.as_ref()))
         .collect();
     Json(serde_json::json!({ "services": services }))
 }
@@ -69,12 +139,161 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<ServiceView>, ApiError> {
     validate_name(&name)?;
-    let deployment = state
+    view_of(&state, &name)
+}
+
+/// Body of `PUT /v1/services/{name}/scale`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    max_concurrency: u32,
+    #[serde(default)]
+    queue: Option<u32>,
+}
+
+/// `PUT /v1/services/{name}/scale`: change concurrency and queue live.
+pub async fn scale(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<ServiceView>, ApiError> {
+    validate_name(&name)?;
+    let request: ScaleRequest = parse_json(&body)?;
+    let current = state
         .services
         .table()
-        .get(&name)
-        .ok_or(ServiceError::NotFound(name))?;
-    Ok(Json(ServiceView::from(deployment.as_ref())))
+        .entry(&name)
+        .ok_or_else(|| ServiceError::NotFound(name.clone()))?
+        .shared
+        .limiter
+        .scale();
+    let scale = Scale {
+        max_concurrency: request.max_concurrency,
+        queue: request.queue.unwrap_or(current.queue),
+    };
+    state.services.scale(&name, scale).await?;
+    view_of(&state, &name)
+}
+
+/// Body of `POST /v1/services/{name}/rollback`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    version: Option<String>,
+}
+
+/// `POST /v1/services/{name}/rollback`: back to the previous (or a named) version.
+pub async fn rollback(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<ServiceView>, ApiError> {
+    validate_name(&name)?;
+    let request: RollbackRequest = if body.is_empty() {
+        RollbackRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    state
+        .services
+        .rollback(&name, request.version.as_deref())
+        .await?;
+    view_of(&state, &name)
+}
+
+/// Body of `PUT /v1/services/{name}/canary`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryWeight {
+    weight: u8,
+}
+
+/// `PUT /v1/services/{name}/canary`: change the canary's share of traffic.
+pub async fn canary_weight(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<ServiceView>, ApiError> {
+    validate_name(&name)?;
+    let request: CanaryWeight = parse_json(&body)?;
+    state
+        .services
+        .set_canary_weight(&name, request.weight)
+        .await?;
+    view_of(&state, &name)
+}
+
+/// `POST /v1/services/{name}/canary/promote`: the canary becomes the current version.
+pub async fn promote(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<ServiceView>, ApiError> {
+    validate_name(&name)?;
+    state.services.promote_canary(&name).await?;
+    view_of(&state, &name)
+}
+
+/// `DELETE /v1/services/{name}/canary`: drop the canary.
+pub async fn abort_canary(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<ServiceView>, ApiError> {
+    validate_name(&name)?;
+    state
+        .services
+        .abort_canary(&name, "rolled back by the operator")
+        .await?;
+    view_of(&state, &name)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid JSON body: {error}"),
+        )
+    })
+}
+
+/// Query of `PUT /v1/services/{name}`: deploy as a canary.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployQuery {
+    /// Percentage of traffic for the new version; absent: replace the current one.
+    canary: Option<u8>,
+    /// Automatic rollback when the canary's 5xx ratio exceeds this.
+    max_error_rate: Option<f64>,
+    /// Window of the ratio, in milliseconds.
+    window_ms: Option<u64>,
+    /// Canary requests needed before the ratio counts.
+    min_requests: Option<u32>,
+}
+
+impl DeployQuery {
+    fn mode(&self) -> Result<DeployMode, ApiError> {
+        let Some(weight) = self.canary else {
+            if self.max_error_rate.is_some()
+                || self.window_ms.is_some()
+                || self.min_requests.is_some()
+            {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "`max_error_rate`, `window_ms` and `min_requests` need `canary`",
+                ));
+            }
+            return Ok(DeployMode::Replace);
+        };
+        let auto_rollback = self.max_error_rate.map(|max_error_rate| AutoRollback {
+            max_error_rate,
+            window_ms: self.window_ms.unwrap_or(30_000),
+            min_requests: self.min_requests.unwrap_or(20),
+        });
+        Ok(DeployMode::Canary {
+            weight,
+            auto_rollback,
+        })
+    }
 }
 
 /// `DELETE /v1/services/{name}`
@@ -92,9 +311,13 @@ pub async fn remove(
 pub async fn deploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    query: Result<Query<DeployQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
+    let Query(query) =
+        query.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+    let mode = query.mode()?;
     // Refuse a declared oversize body before reading any of it.
     let declared = request
         .headers()
@@ -130,12 +353,15 @@ pub async fn deploy(
         (body, Manifest::default())
     };
 
-    let (deployment, kind) = state.services.deploy(&name, component, manifest).await?;
+    let (_, kind) = state
+        .services
+        .deploy(&name, component, manifest, mode)
+        .await?;
     let status = match kind {
         DeployKind::Created => StatusCode::CREATED,
-        DeployKind::Replaced => StatusCode::OK,
+        DeployKind::Replaced | DeployKind::Canary => StatusCode::OK,
     };
-    Ok((status, Json(ServiceView::from(Arc::as_ref(&deployment)))).into_response())
+    Ok((status, view_of(&state, &name)?).into_response())
 }
 
 async fn read_multipart(

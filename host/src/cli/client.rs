@@ -91,12 +91,22 @@ impl AdminClient {
     }
 }
 
+/// Deploy as a canary.
+#[derive(Debug, Clone, Copy)]
+pub struct CanaryOptions {
+    /// Percentage of traffic.
+    pub weight: u8,
+    /// Automatic rollback threshold.
+    pub max_error_rate: Option<f64>,
+}
+
 /// Deploy the component at `path` (building it first when `path` is a directory).
 pub async fn deploy(
     args: &AdminArgs,
     path: &Path,
     name: Option<String>,
     manifest: Option<&Path>,
+    canary: Option<CanaryOptions>,
 ) -> Result<()> {
     let client = AdminClient::new(args)?;
     let wasm = if path.is_dir() {
@@ -143,16 +153,28 @@ pub async fn deploy(
         Ok::<_, Infallible>(Frame::data(chunk))
     });
     let body = http_body_util::BodyExt::boxed(StreamBody::new(stream));
+    let mut path = format!("/v1/services/{name}");
+    if let Some(canary) = canary {
+        path.push_str(&format!("?canary={}", canary.weight));
+        if let Some(rate) = canary.max_error_rate {
+            path.push_str(&format!("&max_error_rate={rate}"));
+        }
+    }
     let result = client
-        .send(
-            Method::PUT,
-            &format!("/v1/services/{name}"),
-            Some(&content_type),
-            body,
-        )
+        .send(Method::PUT, &path, Some(&content_type), body)
         .await;
     progress.finish_and_clear();
     let (status, json) = result?;
+    if let Some(canary) = canary {
+        println!(
+            "canary {} of {} takes {}% of the traffic (stable: {})",
+            json["canary"]["version"].as_str().unwrap_or("?"),
+            name,
+            canary.weight,
+            json["version"].as_str().unwrap_or("?"),
+        );
+        return Ok(());
+    }
     let verb = if status == StatusCode::CREATED {
         "deployed"
     } else {
@@ -179,22 +201,131 @@ pub async fn list(args: &AdminArgs) -> Result<()> {
         .await?;
     let services = json["services"].as_array().cloned().unwrap_or_default();
     println!(
-        "{:<24} {:<16} {:<14} {:<24} {:<9} DEPLOYED",
-        "NAME", "VERSION", "DIGEST", "ROUTE", "STATE"
+        "{:<24} {:<16} {:<14} {:<24} {:<9} {:<24} DEPLOYED",
+        "NAME", "VERSION", "DIGEST", "ROUTE", "STATE", "CANARY"
     );
     for service in services {
         let digest = service["digest"].as_str().unwrap_or("");
+        let canary = match service["canary"]["version"].as_str() {
+            Some(version) => format!("{version} ({}%)", service["canary"]["weight"]),
+            None => "-".to_owned(),
+        };
         println!(
-            "{:<24} {:<16} {:<14} {:<24} {:<9} {}",
+            "{:<24} {:<16} {:<14} {:<24} {:<9} {:<24} {}",
             service["name"].as_str().unwrap_or(""),
             service["version"].as_str().unwrap_or(""),
             &digest[..digest.len().min(12)],
             service["route"].as_str().unwrap_or(""),
             service["state"].as_str().unwrap_or(""),
+            canary,
             service["deployed_at"].as_str().unwrap_or(""),
         );
     }
     Ok(())
+}
+
+/// Print one service as JSON.
+pub async fn show(args: &AdminArgs, name: &str) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let (_, json) = client
+        .send(Method::GET, &format!("/v1/services/{name}"), None, empty())
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
+
+/// Change concurrency and queue.
+pub async fn scale(
+    args: &AdminArgs,
+    name: &str,
+    max_concurrency: u32,
+    queue: Option<u32>,
+) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let body = serde_json::json!({ "max_concurrency": max_concurrency, "queue": queue });
+    let (_, json) = client
+        .send(
+            Method::PUT,
+            &format!("/v1/services/{name}/scale"),
+            Some("application/json"),
+            json_body(&body),
+        )
+        .await?;
+    println!(
+        "{name}: max concurrency {}, queue {} ({} running, {} queued)",
+        json["limits"]["max_concurrency"],
+        json["limits"]["queue"],
+        json["load"]["in_flight"],
+        json["load"]["queued"]
+    );
+    Ok(())
+}
+
+/// Roll back to the previous or a given version.
+pub async fn rollback(args: &AdminArgs, name: &str, to: Option<String>) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let body = serde_json::json!({ "version": to });
+    let (_, json) = client
+        .send(
+            Method::POST,
+            &format!("/v1/services/{name}/rollback"),
+            Some("application/json"),
+            json_body(&body),
+        )
+        .await?;
+    println!(
+        "{name} is back on version {}",
+        json["version"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// Change, promote or drop a canary.
+pub async fn canary(
+    args: &AdminArgs,
+    name: &str,
+    weight: Option<u8>,
+    promote: bool,
+    abort: bool,
+) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let (method, path, body) = match (weight, promote, abort) {
+        (Some(weight), false, false) => (
+            Method::PUT,
+            format!("/v1/services/{name}/canary"),
+            json_body(&serde_json::json!({ "weight": weight })),
+        ),
+        (None, true, false) => (
+            Method::POST,
+            format!("/v1/services/{name}/canary/promote"),
+            empty(),
+        ),
+        (None, false, true) => (
+            Method::DELETE,
+            format!("/v1/services/{name}/canary"),
+            empty(),
+        ),
+        _ => bail!("say one of --weight N, --promote or --abort"),
+    };
+    let (_, json) = client
+        .send(method, &path, Some("application/json"), body)
+        .await?;
+    match json["canary"]["version"].as_str() {
+        Some(version) => println!(
+            "{name}: canary {version} takes {}% (stable: {})",
+            json["canary"]["weight"],
+            json["version"].as_str().unwrap_or("?")
+        ),
+        None => println!(
+            "{name}: no canary; all traffic on version {}",
+            json["version"].as_str().unwrap_or("?")
+        ),
+    }
+    Ok(())
+}
+
+fn json_body(value: &serde_json::Value) -> Body {
+    Full::new(Bytes::from(value.to_string())).boxed()
 }
 
 /// Remove a service.

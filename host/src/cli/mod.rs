@@ -37,6 +37,58 @@ enum Command {
         /// Manifest (TOML) with version, route, config and limits.
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Deploy as a canary taking this percentage of the traffic (0-100).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        canary: Option<u8>,
+        /// With --canary: roll back automatically when the canary's 5xx ratio exceeds this.
+        #[arg(long, requires = "canary")]
+        max_error_rate: Option<f64>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show one service: versions, limits, load, faults, canary.
+    Show {
+        /// Service name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Change a service's concurrency limit and queue, live.
+    Scale {
+        /// Service name.
+        name: String,
+        /// Requests that may run at once.
+        #[arg(long)]
+        max_concurrency: u32,
+        /// Requests that may wait for a slot (unchanged if omitted).
+        #[arg(long)]
+        queue: Option<u32>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Switch a service back to its previous version (or --to a given one).
+    Rollback {
+        /// Service name.
+        name: String,
+        /// Version to return to.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Manage a canary: change its weight, promote it or drop it.
+    Canary {
+        /// Service name.
+        name: String,
+        /// New percentage of traffic.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100), conflicts_with_all = ["promote", "abort"])]
+        weight: Option<u8>,
+        /// Make the canary the current version.
+        #[arg(long, conflicts_with = "abort")]
+        promote: bool,
+        /// Drop the canary.
+        #[arg(long)]
+        abort: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -85,8 +137,31 @@ pub async fn run(cli: Cli) -> Result<()> {
             path,
             name,
             manifest,
+            canary,
+            max_error_rate,
             admin,
-        } => client::deploy(&admin, &path, name, manifest.as_deref()).await,
+        } => {
+            let canary = canary.map(|weight| client::CanaryOptions {
+                weight,
+                max_error_rate,
+            });
+            client::deploy(&admin, &path, name, manifest.as_deref(), canary).await
+        }
+        Command::Show { name, admin } => client::show(&admin, &name).await,
+        Command::Scale {
+            name,
+            max_concurrency,
+            queue,
+            admin,
+        } => client::scale(&admin, &name, max_concurrency, queue).await,
+        Command::Rollback { name, to, admin } => client::rollback(&admin, &name, to).await,
+        Command::Canary {
+            name,
+            weight,
+            promote,
+            abort,
+            admin,
+        } => client::canary(&admin, &name, weight, promote, abort).await,
         Command::Ls { admin } => client::list(&admin).await,
         Command::Rm { name, admin } => client::remove(&admin, &name).await,
     }

@@ -3,4 +3,5 @@
 
 pub mod balancer;
 pub mod breaker;
+pub mod error_rate;
 pub mod retry;

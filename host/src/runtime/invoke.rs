@@ -23,6 +23,12 @@ pub enum GuestFailure {
     /// The guest trapped (including Rust panics, which abort as a trap).
     #[error("the service trapped: {0}")]
     Trap(String),
+    /// The guest tried to grow its memory past its limit.
+    #[error("the service exceeded its memory limit of {0} MiB")]
+    MemoryLimit(usize),
+    /// The guest overflowed its wasm stack (runaway recursion).
+    #[error("the service overflowed its stack")]
+    StackOverflow,
     /// The guest ran past its execution deadline.
     #[error("the service exceeded its execution time limit of {0:?}")]
     Deadline(Duration),
@@ -41,7 +47,23 @@ impl GuestFailure {
             GuestFailure::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
             GuestFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             GuestFailure::ErrorCode(_) => StatusCode::BAD_GATEWAY,
-            GuestFailure::Trap(_) | GuestFailure::NoResponse => StatusCode::INTERNAL_SERVER_ERROR,
+            GuestFailure::Trap(_)
+            | GuestFailure::MemoryLimit(_)
+            | GuestFailure::StackOverflow
+            | GuestFailure::NoResponse => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short name of the failure, for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GuestFailure::Instantiate(_) => "instantiate",
+            GuestFailure::Trap(_) => "trap",
+            GuestFailure::MemoryLimit(_) => "memory",
+            GuestFailure::StackOverflow => "stack",
+            GuestFailure::Deadline(_) => "timeout",
+            GuestFailure::NoResponse => "no-response",
+            GuestFailure::ErrorCode(_) => "error-response",
         }
     }
 }
@@ -98,6 +120,7 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let timeout = deadline.saturating_duration_since(Instant::now());
+    let memory_limit = service.memory_limit_bytes;
     let mut store = new_store(pre.engine(), service, platform, request_id, deadline);
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -123,7 +146,7 @@ where
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, incoming, outparam)
                 .await
-                .map_err(|error| classify(error, timeout))
+                .map_err(|error| classify(error, timeout, memory_limit))
         };
         match tokio::time::timeout_at(deadline.into(), run).await {
             Ok(result) => result,
@@ -184,6 +207,7 @@ pub async fn check_health(
     timeout: Duration,
 ) -> Result<crate::bindings::registry::Health, GuestFailure> {
     let deadline = Instant::now() + timeout;
+    let memory_limit = service.memory_limit_bytes;
     let request_id: Arc<str> = format!("health-{:016x}", rand::random::<u64>()).into();
     let mut store = new_store(pre.engine(), service, platform, request_id, deadline);
     let run = async {
@@ -198,7 +222,7 @@ pub async fn check_health(
         guest
             .call_check(&mut store)
             .await
-            .map_err(|error| classify(error, timeout))
+            .map_err(|error| classify(error, timeout, memory_limit))
     };
     match tokio::time::timeout_at(deadline.into(), run).await {
         Ok(result) => result,
@@ -206,12 +230,19 @@ pub async fn check_health(
     }
 }
 
-fn classify(error: wasmtime::Error, timeout: Duration) -> GuestFailure {
+fn classify(error: wasmtime::Error, timeout: Duration, memory_limit: usize) -> GuestFailure {
     if error.downcast_ref::<DeadlineExceeded>().is_some() {
         return GuestFailure::Deadline(timeout);
     }
     if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        if *trap == wasmtime::Trap::StackOverflow {
+            return GuestFailure::StackOverflow;
+        }
         return GuestFailure::Trap(trap.to_string());
+    }
+    // `StoreLimits` with `trap_on_grow_failure` refuses growth with this error.
+    if format!("{error:#}").contains("growing memory") {
+        return GuestFailure::MemoryLimit(memory_limit / (1024 * 1024));
     }
     // The root cause without the (long) wasm backtrace context.
     GuestFailure::Trap(error.root_cause().to_string())

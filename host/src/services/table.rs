@@ -1,10 +1,15 @@
-//! The live table of services: name → current deployment, route → service.
+//! The live table of services: name → entry (stable version, optional canary,
+//! admission limiter), route → name.
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::limiter::Limiter;
+use super::state::{AutoRollback, CanaryState};
+use crate::policy::error_rate::ErrorWindow;
 use crate::runtime::{Loaded, ServiceContext};
 use crate::storage::ServiceRecord;
 
@@ -24,7 +29,7 @@ pub struct Deployment {
     /// Deadline per request.
     pub timeout: Duration,
     /// The periodic health check of this version, when the component exports one.
-    pub(crate) health_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) health_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Deployment {
@@ -36,74 +41,175 @@ impl Deployment {
     }
 }
 
-#[derive(Default)]
-struct Inner {
-    by_name: BTreeMap<String, Arc<Deployment>>,
-    by_route: HashMap<String, Arc<Deployment>>,
+/// A version that takes a share of a service's traffic.
+pub struct Canary {
+    /// The canary version.
+    pub deployment: Arc<Deployment>,
+    /// Percentage of requests (0–100) it receives.
+    pub weight: u8,
+    /// When to roll it back automatically.
+    pub auto_rollback: Option<AutoRollback>,
+    /// Its recent outcomes.
+    pub window: Mutex<ErrorWindow>,
+    /// Set once an automatic rollback has been started.
+    pub tripped: AtomicBool,
 }
 
-/// Name- and route-indexed set of current deployments. Lock hold times are a map
-/// lookup or insert; the lock is never held across an await.
+impl Canary {
+    /// What is persisted of it.
+    pub fn state(&self) -> CanaryState {
+        CanaryState {
+            record: self.deployment.record.clone(),
+            weight: self.weight,
+            auto_rollback: self.auto_rollback.clone(),
+        }
+    }
+}
+
+/// Failures counted per kind, for the admin API.
+#[derive(Debug, Default)]
+pub struct FaultCounters {
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests served (any outcome).
+    pub requests: AtomicU64,
+}
+
+impl FaultCounters {
+    /// Count one failure of `kind`.
+    pub fn count(&self, kind: &'static str) {
+        *self.counts.lock().entry(kind).or_default() += 1;
+    }
+
+    /// Every kind and its count.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        self.counts.lock().clone()
+    }
+
+    /// Count one request.
+    pub fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What lives as long as the service, across versions.
+pub struct Shared {
+    /// Admission control.
+    pub limiter: Arc<Limiter>,
+    /// Fault counters.
+    pub faults: FaultCounters,
+}
+
+/// A service as the gateway sees it.
+pub struct ServiceEntry {
+    /// The version that takes the traffic the canary does not.
+    pub stable: Arc<Deployment>,
+    /// A version taking a share of the traffic.
+    pub canary: Option<Arc<Canary>>,
+    /// Earlier versions, newest first (for rollback).
+    pub history: Vec<ServiceRecord>,
+    /// State kept across versions.
+    pub shared: Arc<Shared>,
+    /// Whether the scale was set with `shoal scale` (persisted) rather than the manifest.
+    pub scale_override: bool,
+}
+
+impl ServiceEntry {
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.stable.record.name
+    }
+
+    /// The gateway route.
+    pub fn route(&self) -> &str {
+        &self.stable.route
+    }
+
+    /// The deployment a request should use: the canary for `weight`% of draws.
+    /// `draw` is uniform in 0..100.
+    pub fn pick(&self, draw: u8) -> (&Arc<Deployment>, Option<&Arc<Canary>>) {
+        match &self.canary {
+            Some(canary) if draw < canary.weight => (&canary.deployment, Some(canary)),
+            _ => (&self.stable, None),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    by_name: BTreeMap<String, Arc<ServiceEntry>>,
+    by_route: HashMap<String, String>,
+}
+
+/// Name- and route-indexed set of services. Lock hold times are a map lookup or
+/// insert; the lock is never held across an await.
 #[derive(Default)]
 pub struct ServiceTable {
     inner: RwLock<Inner>,
 }
 
 impl ServiceTable {
-    /// The current deployment of `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<Deployment>> {
+    /// The entry of `name`.
+    pub fn entry(&self, name: &str) -> Option<Arc<ServiceEntry>> {
         self.inner.read().by_name.get(name).cloned()
     }
 
-    /// Every current deployment, by name.
-    pub fn list(&self) -> Vec<Arc<Deployment>> {
+    /// The stable deployment of `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Deployment>> {
+        self.entry(name).map(|entry| entry.stable.clone())
+    }
+
+    /// Every entry, by name.
+    pub fn entries(&self) -> Vec<Arc<ServiceEntry>> {
         self.inner.read().by_name.values().cloned().collect()
     }
 
     /// Which service owns `route`, if any.
     pub fn route_owner(&self, route: &str) -> Option<String> {
-        self.inner
-            .read()
-            .by_route
-            .get(route)
-            .map(|deployment| deployment.record.name.clone())
+        self.inner.read().by_route.get(route).cloned()
     }
 
-    /// Install `deployment`, replacing the previous version of the same name (and its
-    /// route, if the route changed). Returns the replaced deployment.
-    pub fn insert(&self, deployment: Arc<Deployment>) -> Option<Arc<Deployment>> {
+    /// Install `entry`, replacing the previous entry of the same name (and its route,
+    /// if the route changed). Returns the replaced entry.
+    pub fn insert(&self, entry: Arc<ServiceEntry>) -> Option<Arc<ServiceEntry>> {
         let mut inner = self.inner.write();
-        let previous = inner
-            .by_name
-            .insert(deployment.record.name.clone(), deployment.clone());
+        let name = entry.name().to_owned();
+        let route = entry.route().to_owned();
+        let previous = inner.by_name.insert(name.clone(), entry);
         if let Some(previous) = &previous
-            && previous.route != deployment.route
+            && previous.route() != route
         {
-            inner.by_route.remove(&previous.route);
+            inner.by_route.remove(previous.route());
         }
-        inner.by_route.insert(deployment.route.clone(), deployment);
+        inner.by_route.insert(route, name);
         previous
     }
 
-    /// Remove `name`. Returns the removed deployment.
-    pub fn remove(&self, name: &str) -> Option<Arc<Deployment>> {
+    /// Remove `name`. Returns the removed entry.
+    pub fn remove(&self, name: &str) -> Option<Arc<ServiceEntry>> {
         let mut inner = self.inner.write();
         let removed = inner.by_name.remove(name)?;
-        inner.by_route.remove(&removed.route);
+        inner.by_route.remove(removed.route());
         Some(removed)
     }
 
-    /// The deployment whose route is the longest prefix of `path` on a segment
-    /// boundary, with the length of that prefix.
-    pub fn resolve(&self, path: &str) -> Option<(Arc<Deployment>, usize)> {
+    /// The entry whose route is the longest prefix of `path` on a segment boundary,
+    /// with the length of that prefix.
+    pub fn resolve(&self, path: &str) -> Option<(Arc<ServiceEntry>, usize)> {
         let inner = self.inner.read();
+        let lookup = |route: &str| {
+            inner
+                .by_route
+                .get(route)
+                .and_then(|name| inner.by_name.get(name))
+                .cloned()
+        };
         let mut candidate = path.trim_end_matches('/');
         loop {
             if candidate.is_empty() {
-                return inner.by_route.get("/").map(|d| (d.clone(), 0));
+                return lookup("/").map(|entry| (entry, 0));
             }
-            if let Some(deployment) = inner.by_route.get(candidate) {
-                return Some((deployment.clone(), candidate.len()));
+            if let Some(entry) = lookup(candidate) {
+                return Some((entry, candidate.len()));
             }
             candidate = match candidate.rfind('/') {
                 Some(index) => &candidate[..index],

@@ -1,0 +1,567 @@
+//! Deploy, remove, restore, roll back, canary and scale: every change is validated
+//! first, persisted next, and swapped into the live table last.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::limiter::{Limiter, Scale};
+use super::state::{AutoRollback, CanaryState, ServiceState};
+use super::table::{Canary, Deployment, FaultCounters, ServiceEntry, Shared};
+use super::{DeployKind, ServiceError, Services, validate_name};
+use crate::manifest::Manifest;
+use crate::policy::error_rate::ErrorWindow;
+use crate::runtime::ServiceContext;
+use crate::storage::{ServiceRecord, sha256_hex};
+
+/// How a deploy takes traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeployMode {
+    /// Replace the current version (the previous one goes to the history).
+    Replace,
+    /// Run beside the current version with `weight`% of the traffic.
+    Canary {
+        /// Percentage of requests (0–100).
+        weight: u8,
+        /// Roll back automatically on a high failure ratio.
+        auto_rollback: Option<AutoRollback>,
+    },
+}
+
+fn storage_error(error: impl Into<anyhow::Error>) -> ServiceError {
+    ServiceError::Storage(error.into())
+}
+
+impl Services {
+    /// Validate, compile, persist and swap in a new version of `name`.
+    ///
+    /// Nothing changes unless every step succeeds; requests already running on the
+    /// previous version finish on it.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        component: Bytes,
+        manifest: Manifest,
+        mode: DeployMode,
+    ) -> Result<(Arc<Deployment>, DeployKind), ServiceError> {
+        validate_name(name)?;
+        manifest.validate(self.defaults.max_memory_mb)?;
+        if let DeployMode::Canary {
+            weight,
+            auto_rollback,
+        } = &mode
+        {
+            check_weight(*weight)?;
+            if let Some(rule) = auto_rollback {
+                rule.validate().map_err(ServiceError::Invalid)?;
+            }
+        }
+        let digest = sha256_hex(&component);
+        let record = ServiceRecord {
+            name: name.to_owned(),
+            version: manifest
+                .version
+                .clone()
+                .unwrap_or_else(|| format!("sha256-{}", &digest[..12])),
+            digest,
+            deployed_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            manifest,
+        };
+        // Compile before taking the lock: a slow compile must not block other changes.
+        let deployment = Arc::new(self.build(record, component.clone()).await?);
+
+        let _guard = self.changes.lock().await;
+        let existing = self.table.entry(name);
+        let route_owner = self.table.route_owner(&deployment.route);
+        if let Some(owner) = route_owner
+            && owner != name
+        {
+            return Err(ServiceError::RouteConflict {
+                route: deployment.route.clone(),
+                owner,
+            });
+        }
+        let storage = self.storage.clone();
+        let digest = deployment.record.digest.clone();
+        tokio::task::spawn_blocking(move || storage.put_blob(&digest, &component))
+            .await
+            .map_err(storage_error)?
+            .map_err(ServiceError::Storage)?;
+
+        let (entry, kind) = match (mode, existing) {
+            (DeployMode::Replace, existing) => {
+                let mut state = match &existing {
+                    Some(entry) => state_of(entry),
+                    None => ServiceState {
+                        current: deployment.record.clone(),
+                        history: Vec::new(),
+                        canary: None,
+                        scale: None,
+                    },
+                };
+                if existing.is_some() {
+                    state.promote(deployment.record.clone());
+                }
+                state.canary = None;
+                let shared = self.shared_for(existing.as_deref(), &deployment, state.scale);
+                let kind = if existing.is_some() {
+                    DeployKind::Replaced
+                } else {
+                    DeployKind::Created
+                };
+                self.persist(name, &state).await?;
+                let entry = ServiceEntry {
+                    stable: deployment.clone(),
+                    canary: None,
+                    history: state.history,
+                    shared,
+                    scale_override: state.scale.is_some(),
+                };
+                (entry, kind)
+            }
+            (
+                DeployMode::Canary {
+                    weight,
+                    auto_rollback,
+                },
+                Some(existing),
+            ) => {
+                if deployment.route != existing.stable.route {
+                    return Err(ServiceError::Conflict(format!(
+                        "a canary must keep the route `{}` of the running version (it asks for `{}`)",
+                        existing.stable.route, deployment.route
+                    )));
+                }
+                let mut state = state_of(&existing);
+                state.canary = Some(CanaryState {
+                    record: deployment.record.clone(),
+                    weight,
+                    auto_rollback: auto_rollback.clone(),
+                });
+                self.persist(name, &state).await?;
+                let entry = ServiceEntry {
+                    stable: existing.stable.clone(),
+                    canary: Some(Arc::new(new_canary(
+                        deployment.clone(),
+                        weight,
+                        auto_rollback,
+                    ))),
+                    history: existing.history.clone(),
+                    shared: existing.shared.clone(),
+                    scale_override: existing.scale_override,
+                };
+                (entry, DeployKind::Canary)
+            }
+            (DeployMode::Canary { .. }, None) => {
+                return Err(ServiceError::Conflict(format!(
+                    "`{name}` is not deployed: a canary needs a running version to share traffic with"
+                )));
+            }
+        };
+        self.install(entry).await;
+        tracing::info!(
+            service = name,
+            version = %deployment.record.version,
+            digest = %deployment.record.digest,
+            route = %deployment.route,
+            ?kind,
+            "deployed"
+        );
+        Ok((deployment, kind))
+    }
+
+    /// Stop routing to `name` and forget it. Running requests finish.
+    pub async fn remove(&self, name: &str) -> Result<(), ServiceError> {
+        validate_name(name)?;
+        let _guard = self.changes.lock().await;
+        if self.table.entry(name).is_none() {
+            return Err(ServiceError::NotFound(name.to_owned()));
+        }
+        let storage = self.storage.clone();
+        let owned = name.to_owned();
+        tokio::task::spawn_blocking(move || storage.remove_record(&owned))
+            .await
+            .map_err(storage_error)?
+            .map_err(ServiceError::Storage)?;
+        if let Some(removed) = self.table.remove(name) {
+            retire_entry(&removed, None);
+            let _ = self
+                .platform
+                .registry
+                .deregister(&removed.stable.context.instance_id)
+                .await;
+        }
+        tracing::info!(service = name, "removed");
+        Ok(())
+    }
+
+    /// Switch `name` back to an earlier version (`version`, or the previous one). Any
+    /// canary is dropped. Returns the version now serving.
+    pub async fn rollback(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<Deployment>, ServiceError> {
+        validate_name(name)?;
+        let _guard = self.changes.lock().await;
+        let entry = self
+            .table
+            .entry(name)
+            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+        let mut state = state_of(&entry);
+        let target = state.take_rollback_target(version).ok_or_else(|| {
+            ServiceError::Conflict(match version {
+                Some(version) => format!("`{name}` has no earlier version `{version}`"),
+                None => format!("`{name}` has no earlier version to roll back to"),
+            })
+        })?;
+        let deployment = Arc::new(self.load(target.clone()).await?);
+        state.promote(target);
+        state.canary = None;
+        self.persist(name, &state).await?;
+        self.install(ServiceEntry {
+            stable: deployment.clone(),
+            canary: None,
+            history: state.history,
+            shared: entry.shared.clone(),
+            scale_override: entry.scale_override,
+        })
+        .await;
+        tracing::info!(service = name, version = %deployment.record.version, "rolled back");
+        Ok(deployment)
+    }
+
+    /// Change the canary's share of traffic.
+    pub async fn set_canary_weight(&self, name: &str, weight: u8) -> Result<(), ServiceError> {
+        check_weight(weight)?;
+        let _guard = self.changes.lock().await;
+        let entry = self
+            .table
+            .entry(name)
+            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+        let canary = entry
+            .canary
+            .as_ref()
+            .ok_or_else(|| ServiceError::Conflict(format!("`{name}` has no canary")))?;
+        let mut state = state_of(&entry);
+        if let Some(persisted) = &mut state.canary {
+            persisted.weight = weight;
+        }
+        self.persist(name, &state).await?;
+        self.install(ServiceEntry {
+            stable: entry.stable.clone(),
+            canary: Some(Arc::new(new_canary(
+                canary.deployment.clone(),
+                weight,
+                canary.auto_rollback.clone(),
+            ))),
+            history: entry.history.clone(),
+            shared: entry.shared.clone(),
+            scale_override: entry.scale_override,
+        })
+        .await;
+        tracing::info!(service = name, weight, "canary weight changed");
+        Ok(())
+    }
+
+    /// Make the canary the current version.
+    pub async fn promote_canary(&self, name: &str) -> Result<Arc<Deployment>, ServiceError> {
+        let _guard = self.changes.lock().await;
+        let entry = self
+            .table
+            .entry(name)
+            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+        let canary = entry
+            .canary
+            .clone()
+            .ok_or_else(|| ServiceError::Conflict(format!("`{name}` has no canary to promote")))?;
+        let mut state = state_of(&entry);
+        state.promote(canary.deployment.record.clone());
+        state.canary = None;
+        self.persist(name, &state).await?;
+        self.install(ServiceEntry {
+            stable: canary.deployment.clone(),
+            canary: None,
+            history: state.history,
+            shared: entry.shared.clone(),
+            scale_override: entry.scale_override,
+        })
+        .await;
+        tracing::info!(service = name, version = %canary.deployment.record.version, "canary promoted");
+        Ok(canary.deployment.clone())
+    }
+
+    /// Drop the canary; all traffic returns to the current version.
+    pub async fn abort_canary(&self, name: &str, reason: &str) -> Result<(), ServiceError> {
+        let _guard = self.changes.lock().await;
+        let entry = self
+            .table
+            .entry(name)
+            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+        if entry.canary.is_none() {
+            return Err(ServiceError::Conflict(format!("`{name}` has no canary")));
+        }
+        let mut state = state_of(&entry);
+        state.canary = None;
+        self.persist(name, &state).await?;
+        self.install(ServiceEntry {
+            stable: entry.stable.clone(),
+            canary: None,
+            history: entry.history.clone(),
+            shared: entry.shared.clone(),
+            scale_override: entry.scale_override,
+        })
+        .await;
+        tracing::warn!(service = name, reason, "canary rolled back");
+        Ok(())
+    }
+
+    /// Change a service's concurrency and queue live, and persist the override.
+    pub async fn scale(&self, name: &str, scale: Scale) -> Result<(), ServiceError> {
+        if !(1..=100_000).contains(&scale.max_concurrency) || scale.queue > 1_000_000 {
+            return Err(ServiceError::Invalid(
+                "`max_concurrency` must be 1 to 100000 and `queue` at most 1000000".into(),
+            ));
+        }
+        let _guard = self.changes.lock().await;
+        let entry = self
+            .table
+            .entry(name)
+            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+        let mut state = state_of(&entry);
+        state.scale = Some(scale);
+        self.persist(name, &state).await?;
+        entry.shared.limiter.rescale(scale);
+        self.install(ServiceEntry {
+            stable: entry.stable.clone(),
+            canary: entry.canary.clone(),
+            history: entry.history.clone(),
+            shared: entry.shared.clone(),
+            scale_override: true,
+        })
+        .await;
+        tracing::info!(service = name, ?scale, "scaled");
+        Ok(())
+    }
+
+    /// Load every persisted service. Returns how many are running; a service that
+    /// fails to load is logged and left on disk.
+    pub async fn restore(&self) -> anyhow::Result<usize> {
+        let storage = self.storage.clone();
+        let (states, broken) =
+            tokio::task::spawn_blocking(move || storage.services::<ServiceState>()).await??;
+        for (path, error) in broken {
+            tracing::error!(path = %path.display(), error = %format!("{error:#}"), "unreadable service state");
+        }
+        let mut restored = 0;
+        for state in states {
+            let name = state.current.name.clone();
+            let stable = match self.load(state.current.clone()).await {
+                Ok(deployment) => Arc::new(deployment),
+                Err(error) => {
+                    tracing::error!(service = %name, %error, "cannot restore");
+                    continue;
+                }
+            };
+            let canary = match &state.canary {
+                Some(canary) => match self.load(canary.record.clone()).await {
+                    Ok(deployment) => Some(Arc::new(new_canary(
+                        Arc::new(deployment),
+                        canary.weight,
+                        canary.auto_rollback.clone(),
+                    ))),
+                    Err(error) => {
+                        tracing::error!(service = %name, %error, "cannot restore the canary; serving the stable version only");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let shared = self.shared_for(None, &stable, state.scale);
+            self.install(ServiceEntry {
+                stable,
+                canary,
+                history: state.history,
+                shared,
+                scale_override: state.scale.is_some(),
+            })
+            .await;
+            restored += 1;
+        }
+        Ok(restored)
+    }
+
+    /// Swap `entry` into the table, register it, start its health checks and retire
+    /// what it replaced.
+    async fn install(&self, entry: ServiceEntry) {
+        let entry = Arc::new(entry);
+        self.register(&entry.stable).await;
+        let previous = self.table.insert(entry.clone());
+        if let Some(previous) = previous {
+            retire_entry(&previous, Some(&entry));
+        }
+        if entry.stable.health_task.lock().is_none() {
+            self.start_health_checks(&entry.stable);
+        }
+    }
+
+    async fn persist(&self, name: &str, state: &ServiceState) -> Result<(), ServiceError> {
+        let storage = self.storage.clone();
+        let name = name.to_owned();
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || storage.put_service(&name, &state))
+            .await
+            .map_err(storage_error)?
+            .map_err(ServiceError::Storage)
+    }
+
+    /// The shared state of a service: kept across versions, created on first deploy.
+    fn shared_for(
+        &self,
+        existing: Option<&ServiceEntry>,
+        deployment: &Deployment,
+        scale_override: Option<Scale>,
+    ) -> Arc<Shared> {
+        let scale =
+            scale_override.unwrap_or_else(|| self.manifest_scale(&deployment.record.manifest));
+        match existing {
+            Some(entry) => {
+                // A new manifest's limits apply unless `shoal scale` overrode them.
+                if scale_override.is_none() {
+                    entry.shared.limiter.rescale(scale);
+                }
+                entry.shared.clone()
+            }
+            None => Arc::new(Shared {
+                limiter: Limiter::new(scale),
+                faults: FaultCounters::default(),
+            }),
+        }
+    }
+
+    fn manifest_scale(&self, manifest: &Manifest) -> Scale {
+        Scale {
+            max_concurrency: manifest
+                .limits
+                .max_concurrency
+                .unwrap_or(self.defaults.scale.max_concurrency),
+            queue: manifest.limits.queue.unwrap_or(self.defaults.scale.queue),
+        }
+    }
+
+    /// Build a deployment from a persisted record (reading its component back).
+    async fn load(&self, record: ServiceRecord) -> Result<Deployment, ServiceError> {
+        let storage = self.storage.clone();
+        let digest = record.digest.clone();
+        let bytes = tokio::task::spawn_blocking(move || storage.read_blob(&digest))
+            .await
+            .map_err(storage_error)?
+            .map_err(ServiceError::Storage)?;
+        self.build(record, Bytes::from(bytes)).await
+    }
+
+    async fn build(
+        &self,
+        record: ServiceRecord,
+        component: Bytes,
+    ) -> Result<Deployment, ServiceError> {
+        let runtime = self.runtime.clone();
+        let digest = record.digest.clone();
+        let loaded = tokio::task::spawn_blocking(move || runtime.load(&component, &digest))
+            .await
+            .map_err(storage_error)??;
+        let memory_mb = record
+            .manifest
+            .limits
+            .memory_mb
+            .unwrap_or(self.defaults.memory_mb);
+        let timeout = record
+            .manifest
+            .limits
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(self.defaults.timeout);
+        let route = record
+            .manifest
+            .route
+            .clone()
+            .unwrap_or_else(|| format!("/{}", record.name));
+        let context = Arc::new(ServiceContext {
+            name: record.name.as_str().into(),
+            version: record.version.as_str().into(),
+            config: record.manifest.config.clone(),
+            memory_limit_bytes: memory_mb as usize * 1024 * 1024,
+            instance_id: self.platform.local_instance_id(&record.name),
+            outbound: Arc::new(record.manifest.outbound.clone()),
+            health: Mutex::new(Default::default()),
+        });
+        Ok(Deployment {
+            record,
+            route,
+            context,
+            loaded,
+            timeout,
+            health_task: Mutex::new(None),
+        })
+    }
+}
+
+fn check_weight(weight: u8) -> Result<(), ServiceError> {
+    if weight > 100 {
+        return Err(ServiceError::Invalid(format!(
+            "canary weight {weight} is not a percentage (0 to 100)"
+        )));
+    }
+    Ok(())
+}
+
+fn new_canary(
+    deployment: Arc<Deployment>,
+    weight: u8,
+    auto_rollback: Option<AutoRollback>,
+) -> Canary {
+    let window = auto_rollback
+        .as_ref()
+        .map(|rule| Duration::from_millis(rule.window_ms))
+        .unwrap_or(Duration::from_secs(30));
+    Canary {
+        deployment,
+        weight,
+        auto_rollback,
+        window: Mutex::new(ErrorWindow::new(window, Instant::now())),
+        tripped: AtomicBool::new(false),
+    }
+}
+
+/// The persisted form of a live entry.
+fn state_of(entry: &ServiceEntry) -> ServiceState {
+    ServiceState {
+        current: entry.stable.record.clone(),
+        history: entry.history.clone(),
+        canary: entry.canary.as_ref().map(|canary| canary.state()),
+        scale: entry.scale_override.then(|| entry.shared.limiter.scale()),
+    }
+}
+
+/// Stop the background work of the deployments of `old` that `new` no longer uses.
+fn retire_entry(old: &ServiceEntry, new: Option<&ServiceEntry>) {
+    let in_use = |deployment: &Arc<Deployment>| {
+        new.is_some_and(|new| {
+            Arc::ptr_eq(&new.stable, deployment)
+                || new
+                    .canary
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(&c.deployment, deployment))
+        })
+    };
+    if !in_use(&old.stable) {
+        old.stable.retire();
+    }
+    if let Some(canary) = &old.canary
+        && !in_use(&canary.deployment)
+    {
+        canary.deployment.retire();
+    }
+}
