@@ -7,4 +7,5 @@ mod bad_input;
 mod caller;
 mod cli;
 mod deploy;
+mod isolation;
 mod lifecycle;

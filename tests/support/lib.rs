@@ -232,6 +232,17 @@ impl Host {
 
     /// Deploy with a manifest, as multipart.
     pub fn deploy_with_manifest(&self, name: &str, wasm: &[u8], manifest: &str) -> Reply {
+        self.deploy_with_manifest_query(name, wasm, manifest, "")
+    }
+
+    /// Deploy with a manifest and a query string (e.g. `canary=10`).
+    pub fn deploy_with_manifest_query(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        manifest: &str,
+        query: &str,
+    ) -> Reply {
         let boundary = "shoal-test-boundary-7f3a";
         let mut body = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"manifest\"\r\n\r\n{manifest}\r\n\
@@ -241,9 +252,14 @@ impl Host {
         .into_bytes();
         body.extend_from_slice(wasm);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
         reply(
             self.agent
-                .put(format!("{}/v1/services/{name}", self.admin))
+                .put(format!("{}/v1/services/{name}{query}", self.admin))
                 .header("authorization", format!("Bearer {TOKEN}"))
                 .header(
                     "content-type",

@@ -1,19 +1,31 @@
 //! `faulty`: misbehaves on purpose, so tests can prove a fault ends one request only.
 //!
-//! - `/ok` answers 200.
+//! - `/ok` answers 200 (with the `release` config value, if any).
 //! - `/trap` executes `unreachable`.
 //! - `/panic` panics.
 //! - `/loop` spins forever (the host's deadline must stop it).
+//! - `/leak` allocates without bound (the memory limit must stop it).
+//! - `/recurse` recurses without bound (the stack limit must stop it).
+//! - `/noresponse` returns without ever sending a response.
+//! - `/malformed` answers with a `wasi:http` error instead of a response.
 //! - `/sleep?ms=N` waits N milliseconds, then answers 200 (a slow, well-behaved request).
 //!
 //! Its exported health check hangs forever when the config value `health` is `hang`,
 //! traps when it is `trap`, and reports serving otherwise.
 
+use shoal_sdk::bindings::exports::wasi::http::incoming_handler::Guest;
+use shoal_sdk::bindings::wasi::http::types::{ErrorCode, IncomingRequest, ResponseOutparam};
 use shoal_sdk::http::{Request, Response};
 
 fn handle(req: Request) -> Response {
     match req.path() {
-        "/ok" => Response::text(200, "ok\n"),
+        "/ok" => Response::text(
+            200,
+            format!(
+                "ok {}\n",
+                shoal_sdk::config::get("release").unwrap_or_default()
+            ),
+        ),
         "/trap" => core::arch::wasm32::unreachable(),
         "/panic" => panic!("faulty: panic requested"),
         "/loop" => {
@@ -22,6 +34,15 @@ fn handle(req: Request) -> Response {
                 counter = std::hint::black_box(counter.wrapping_add(1));
             }
         }
+        "/leak" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                let mut chunk = vec![0u8; 1024 * 1024];
+                chunk[0] = 1;
+                hoard.push(std::hint::black_box(chunk));
+            }
+        }
+        "/recurse" => Response::text(200, format!("{}\n", recurse(std::hint::black_box(1)))),
         "/sleep" => {
             let ms: u64 = req
                 .query_param("ms")
@@ -34,6 +55,14 @@ fn handle(req: Request) -> Response {
     }
 }
 
+/// Runaway recursion on the wasm call stack (scalars only, so every frame stays in
+/// wasm locals rather than the linear-memory shadow stack).
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    std::hint::black_box(recurse(std::hint::black_box(depth + 1))) + depth
+}
+
 fn check() -> shoal_sdk::registry::Health {
     match shoal_sdk::config::get("health").as_deref() {
         Some("hang") => loop {
@@ -44,5 +73,24 @@ fn check() -> shoal_sdk::registry::Health {
     }
 }
 
-shoal_sdk::http_service!(handle);
+/// The raw `incoming-handler` export, so some routes can break the HTTP contract
+/// itself; everything else goes through the SDK.
+struct Faulty;
+
+impl Guest for Faulty {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        match request.path_with_query().as_deref() {
+            Some("/noresponse") => drop(response_out),
+            Some("/malformed") => ResponseOutparam::set(
+                response_out,
+                Err(ErrorCode::InternalError(Some(
+                    "faulty: malformed on purpose".into(),
+                ))),
+            ),
+            _ => shoal_sdk::http::serve(request, response_out, handle),
+        }
+    }
+}
+
+shoal_sdk::bindings::export!(Faulty with_types_in shoal_sdk::bindings);
 shoal_sdk::health_check!(check);
