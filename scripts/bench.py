@@ -124,6 +124,119 @@ def a_to_b(args, rows):
         host.stop()
 
 
+def instantiation(args, rows):
+    """Per-request instantiation (fresh store + instantiate): pooling allocator vs. on-demand."""
+    hello = os.path.join(args.guests, "hello.wasm")
+    results = {"pooling": [], "on-demand": []}
+    for _ in range(args.rounds):
+        for mode in results:  # alternate in every round
+            command = [args.shoal, "bench-instantiate", hello, "--iterations", str(args.instantiations)]
+            if mode == "on-demand":
+                command.append("--no-pooling")
+            out = subprocess.run(command, capture_output=True, text=True, check=True,
+                                 env=dict(os.environ, SHOAL_LOG="warn")).stdout
+            results[mode].append(json.loads(out.strip().splitlines()[-1]))
+    medians = {}
+    for mode, runs in results.items():
+        mean = statistics.median(r["mean_us"] for r in runs)
+        p99 = statistics.median(r["p99_us"] for r in runs)
+        medians[mode] = mean
+        rows.append(("instantiation", f"{mode} allocator", f"{mean:.1f} µs mean, p99 {p99:.1f} µs",
+                     f"{args.rounds}×{args.instantiations} instantiations of hello (Rust SDK), `shoal bench-instantiate`"))
+    rows.append(("instantiation", "on-demand / pooling", f"{medians['on-demand'] / medians['pooling']:.2f}×", "same run"))
+
+
+def wrk(url, connections, seconds, threads=1):
+    """Run wrk; return (requests/s, p50 ms, p99 ms, non-2xx/3xx count)."""
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def latency(percent):
+        match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not match:
+            return float("nan")
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return rate, latency(50), latency(99), int(errors.group(1)) if errors else 0
+
+
+def fault_storm(args, rows):
+    """Gateway throughput of one service, alone and beside another service's fault storm."""
+    host = Host(args.shoal)
+    try:
+        read = lambda name: open(os.path.join(args.guests, name + ".wasm"), "rb").read()
+        roomy = "[limits]\nmax_concurrency = 1000\nqueue = 10000\n"
+        host.deploy("hello", read("hello"), roomy)
+        host.deploy("faulty", read("faulty"), roomy)
+        url = f"http://{host.gateway}/hello/"
+        storm_url = f"http://{host.gateway}/faulty/trap"
+        wrk(url, 16, 1)  # warm-up
+        alone, stormy, storm_rates = [], [], []
+        for _ in range(args.rounds):
+            alone.append(wrk(url, 32, args.seconds))
+            storm = subprocess.Popen(["wrk", "-t1", "-c8", f"-d{args.seconds + 1}s", storm_url],
+                                     stdout=subprocess.PIPE, text=True)
+            time.sleep(0.3)
+            stormy.append(wrk(url, 32, args.seconds))
+            storm_out = storm.communicate()[0]
+            found = re.search(r"Requests/sec:\s+([\d.]+)", storm_out)
+            storm_rates.append(float(found.group(1)) if found else 0.0)
+        a = statistics.median(r[0] for r in alone)
+        b = statistics.median(r[0] for r in stormy)
+        failures = sum(r[3] for r in alone + stormy)
+        rows.append(("isolation", "hello alone", f"{a:,.0f} req/s, p50 {statistics.median(r[1] for r in alone):.2f} ms, "
+                     f"p99 {statistics.median(r[2] for r in alone):.2f} ms", f"wrk -t1 -c32 -d{args.seconds}s, fresh instance per request"))
+        rows.append(("isolation", "hello beside a trap storm", f"{b:,.0f} req/s, p50 {statistics.median(r[1] for r in stormy):.2f} ms, "
+                     f"p99 {statistics.median(r[2] for r in stormy):.2f} ms",
+                     f"same, while wrk -c8 drives faulty/trap at {statistics.median(storm_rates):,.0f} traps/s"))
+        rows.append(("isolation", "storm / alone (hello throughput)", f"{b / a:.2f}×",
+                     f"hello failures during all runs: {failures} (2 cores shared by host, wrk and the storm)"))
+    finally:
+        host.stop()
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def density(args, rows):
+    """Host memory with many idle services deployed."""
+    host = Host(args.shoal)
+    try:
+        hello = open(os.path.join(args.guests, "hello.wasm"), "rb").read()
+        time.sleep(0.5)
+        base = rss_kib(host.proc.pid)
+        rows.append(("density", "host with no service", f"{base / 1024:.1f} MiB RSS", "idle host, pooling allocator reserved"))
+        deployed = 0
+        started = time.time()
+        for target in args.density:
+            while deployed < target:
+                deployed += 1
+                host.deploy(f"svc-{deployed:04d}", hello)
+            time.sleep(0.5)
+            rss = rss_kib(host.proc.pid)
+            rows.append(("density", f"{target} idle services", f"{rss / 1024:.1f} MiB RSS, {(rss - base) / target:.0f} KiB per service",
+                         "hello deployed under distinct names (compiled once, cached)"))
+        # Every one of them answers.
+        conn = http.client.HTTPConnection(host.gateway, timeout=30)
+        for index in (1, deployed):
+            conn.request("GET", f"/svc-{index:04d}/")
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"svc-{index:04d} answered {response.status}")
+        rows.append(("density", "deploy rate (cached compile)", f"{deployed / (time.time() - started):.0f} deploys/s",
+                     "sequential PUTs over HTTP, fsync before each 2xx"))
+    finally:
+        host.stop()
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -148,9 +261,12 @@ def main():
     args.rounds = 3
     args.calls = 20 if args.quick else 2000
     args.warmup = 5 if args.quick else 200
+    args.instantiations = 200 if args.quick else 20000
+    args.seconds = 1 if args.quick else 10
+    args.density = [5, 10] if args.quick else [100, 500, 1000]
 
     rows = []
-    for section in (a_to_b,):
+    for section in (instantiation, fault_storm, a_to_b, density):
         print(f"== {section.__doc__.splitlines()[0]}", flush=True)
         section(args, rows)
 

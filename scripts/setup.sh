@@ -18,9 +18,10 @@ shoal_setup() {
             rustup component add "$component"
         fi
     done
-    # curl drives the demo.
+    # curl drives the demo; wrk the benchmark (and its smoke run in the tests).
     local missing=()
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "== apt-get install ${missing[*]}"
         local sudo=""

@@ -52,6 +52,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_MAX_INSTANCES", default_value_t = 1000)]
     pub max_instances: u32,
 
+    /// Wasm call-stack limit per instance, in KiB. Engine-wide: wasmtime fixes it for
+    /// every instance of an engine, so it is a host setting, not a manifest one.
+    #[arg(long, env = "SHOAL_MAX_WASM_STACK_KB", default_value_t = 512)]
+    pub max_wasm_stack_kb: usize,
+
     /// Allocate instances on demand instead of from a pre-reserved pool.
     #[arg(long, env = "SHOAL_NO_POOLING")]
     pub no_pooling: bool,

@@ -10,6 +10,7 @@
 //! [limits]
 //! memory_mb = 64             # linear memory per instance
 //! timeout_ms = 30000         # wall-clock and CPU deadline per request
+//! table_elements = 20000     # elements per table of one instance
 //! max_concurrency = 64       # requests running at once
 //! queue = 256                # requests waiting; beyond that: 503 + Retry-After
 //!
@@ -190,6 +191,9 @@ pub struct Limits {
     /// Deadline per request, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Elements a table of one instance may hold (bounds indirect-call tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_elements: Option<u32>,
     /// Requests that may run at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,

@@ -52,6 +52,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         max_instances: config.max_instances,
         max_memory_bytes: config.max_memory_mb as usize * 1024 * 1024,
         pooling: !config.no_pooling,
+        max_wasm_stack: config.max_wasm_stack_kb * 1024,
     })?;
     let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(1));
     let caller = Arc::new(Caller::new(registry.clone()));

@@ -1,5 +1,6 @@
 //! The command line.
 
+mod bench;
 mod build;
 mod client;
 
@@ -97,6 +98,18 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Time per-request instantiation of a component (used by the benchmark).
+    #[command(hide = true)]
+    BenchInstantiate {
+        /// The component.
+        component: PathBuf,
+        /// Instantiations to time.
+        #[arg(long, default_value_t = 10_000)]
+        iterations: u32,
+        /// Allocate on demand instead of from the pool.
+        #[arg(long)]
+        no_pooling: bool,
+    },
     /// Remove a service from a running host.
     Rm {
         /// Service name.
@@ -163,6 +176,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             admin,
         } => client::canary(&admin, &name, weight, promote, abort).await,
         Command::Ls { admin } => client::list(&admin).await,
+        Command::BenchInstantiate {
+            component,
+            iterations,
+            no_pooling,
+        } => bench::instantiate(&component, iterations, !no_pooling).await,
         Command::Rm { name, admin } => client::remove(&admin, &name).await,
     }
 }

@@ -23,6 +23,8 @@ pub struct RuntimeOptions {
     pub max_memory_bytes: usize,
     /// Use the pooling allocator (fast instantiation) instead of on-demand allocation.
     pub pooling: bool,
+    /// Wasm call-stack limit per instance, in bytes (engine-wide in wasmtime).
+    pub max_wasm_stack: usize,
 }
 
 /// The engine, the linker every component is checked against, and the compile cache.
@@ -39,6 +41,7 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        config.max_wasm_stack(options.max_wasm_stack);
         if options.pooling {
             let mut pooling = PoolingAllocationConfig::default();
             pooling

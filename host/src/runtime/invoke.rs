@@ -198,6 +198,22 @@ fn new_store(
     store
 }
 
+/// Create a store and instantiate `pre` in it, then drop both: exactly the per-request
+/// instantiation work, without a request. Used by `shoal bench-instantiate`.
+pub async fn instantiate_once(
+    pre: &ProxyPre<GuestState>,
+    service: Arc<ServiceContext>,
+    platform: Arc<Platform>,
+    request_id: Arc<str>,
+) -> Result<(), GuestFailure> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut store = new_store(pre.engine(), service, platform, request_id, deadline);
+    pre.instantiate_async(&mut store)
+        .await
+        .map(drop)
+        .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))
+}
+
 /// Run a service's exported health check in a fresh instance, within `timeout`.
 pub async fn check_health(
     pre: &ProxyPre<GuestState>,

@@ -24,6 +24,8 @@ pub struct ServiceContext {
     pub config: BTreeMap<String, String>,
     /// Maximum linear memory of one instance, in bytes.
     pub memory_limit_bytes: usize,
+    /// Maximum elements of one table of an instance.
+    pub table_elements: usize,
     /// Registry id of this service's instance on this host.
     pub instance_id: String,
     /// Outbound settings from the manifest.
@@ -59,6 +61,7 @@ impl GuestState {
         let wasi = WasiCtx::builder().allow_ip_name_lookup(false).build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(service.memory_limit_bytes)
+            .table_elements(service.table_elements)
             .trap_on_grow_failure(true)
             .build();
         let hooks = OutboundHooks::new(

@@ -493,6 +493,11 @@ impl Services {
             version: record.version.as_str().into(),
             config: record.manifest.config.clone(),
             memory_limit_bytes: memory_mb as usize * 1024 * 1024,
+            table_elements: record
+                .manifest
+                .limits
+                .table_elements
+                .unwrap_or(DEFAULT_TABLE_ELEMENTS) as usize,
             instance_id: self.platform.local_instance_id(&record.name),
             outbound: Arc::new(record.manifest.outbound.clone()),
             health: Mutex::new(Default::default()),
@@ -507,6 +512,9 @@ impl Services {
         })
     }
 }
+
+/// Table elements per instance when the manifest sets none.
+const DEFAULT_TABLE_ELEMENTS: u32 = 100_000;
 
 fn check_weight(weight: u8) -> Result<(), ServiceError> {
     if weight > 100 {

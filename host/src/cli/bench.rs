@@ -1,0 +1,78 @@
+//! `shoal bench-instantiate`: time the per-request instantiation path in isolation
+//! (fresh store + instantiate from the pre-instantiated component), for the benchmark.
+
+use anyhow::{Context as _, Result};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::caller::Caller;
+use crate::platform::Platform;
+use crate::registry::embedded::EmbeddedRegistry;
+use crate::runtime::{Runtime, RuntimeOptions, ServiceContext};
+
+/// Instantiate `component` `iterations` times and print mean and percentiles in µs.
+pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Result<()> {
+    let cache = std::env::temp_dir().join(format!("shoal-bench-{:016x}", rand::random::<u64>()));
+    let runtime = Runtime::new(&RuntimeOptions {
+        cache_dir: cache.clone(),
+        max_instances: 64,
+        max_memory_bytes: 128 * 1024 * 1024,
+        pooling,
+        max_wasm_stack: 512 * 1024,
+    })?;
+    let bytes =
+        std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
+    let digest = crate::storage::sha256_hex(&bytes);
+    let loaded = runtime.load(&bytes, &digest)?;
+    let registry = EmbeddedRegistry::start(Duration::from_secs(60));
+    let platform = Arc::new(Platform {
+        host_id: "bench".into(),
+        registry: registry.clone(),
+        caller: Arc::new(Caller::new(registry)),
+    });
+    let service = Arc::new(ServiceContext {
+        name: "bench".into(),
+        version: "1".into(),
+        config: Default::default(),
+        memory_limit_bytes: 128 * 1024 * 1024,
+        table_elements: 100_000,
+        instance_id: "bench/bench".into(),
+        outbound: Default::default(),
+        health: Default::default(),
+    });
+    let request_id: Arc<str> = "bench".into();
+    let run = || {
+        crate::runtime::invoke::instantiate_once(
+            &loaded.pre,
+            service.clone(),
+            platform.clone(),
+            request_id.clone(),
+        )
+    };
+    for _ in 0..(iterations / 10).max(10) {
+        run().await?;
+    }
+    let mut samples = Vec::with_capacity(iterations as usize);
+    let started = Instant::now();
+    for _ in 0..iterations.max(1) {
+        let one = Instant::now();
+        run().await?;
+        samples.push(one.elapsed().as_secs_f64() * 1e6);
+    }
+    let mean = started.elapsed().as_secs_f64() * 1e6 / f64::from(iterations.max(1));
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{}",
+        serde_json::json!({
+            "allocator": if pooling { "pooling" } else { "on-demand" },
+            "iterations": iterations,
+            "mean_us": mean,
+            "p50_us": at(0.5),
+            "p99_us": at(0.99),
+        })
+    );
+    let _ = std::fs::remove_dir_all(cache);
+    Ok(())
+}
