@@ -13,6 +13,8 @@ wasmtime::component::bindgen!({
             import shoal:platform/registry@0.1.0;
             import shoal:platform/discovery@0.1.0;
             import shoal:platform/caller@0.1.0;
+            import shoal:platform/metrics@0.1.0;
+            import shoal:platform/tracing@0.1.0;
             export shoal:platform/health-check@0.1.0;
         }
     ",
@@ -25,8 +27,9 @@ wasmtime::component::bindgen!({
     with: {
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "shoal:platform/discovery.watcher": crate::capabilities::discovery::Watcher,
+        "shoal:platform/tracing.span": crate::capabilities::tracing::GuestSpan,
     },
 });
 
 pub use self::exports::shoal::platform::health_check;
-pub use self::shoal::platform::{caller, config, discovery, log, registry};
+pub use self::shoal::platform::{caller, config, discovery, log, metrics, registry, tracing};

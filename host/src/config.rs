@@ -57,6 +57,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_MAX_WASM_STACK_KB", default_value_t = 512)]
     pub max_wasm_stack_kb: usize,
 
+    /// Measure nothing and trace nothing (the benchmark's baseline).
+    #[arg(long, env = "SHOAL_NO_TELEMETRY")]
+    pub no_telemetry: bool,
+
     /// Allocate instances on demand instead of from a pre-reserved pool.
     #[arg(long, env = "SHOAL_NO_POOLING")]
     pub no_pooling: bool,

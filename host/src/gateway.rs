@@ -136,6 +136,7 @@ pub async fn serve_deployment<B>(
     request: Request<B>,
     request_id: &str,
     deadline: Instant,
+    trace: opentelemetry::Context,
 ) -> (Response<GatewayBody>, Option<&'static str>)
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -151,6 +152,7 @@ where
         parts.headers.insert(HOST, value);
     }
     let request = Request::from_parts(parts, body);
+    let trace_id = crate::telemetry::traces::trace_id(&trace);
 
     let outcome = invoke::handle(
         &deployment.loaded.pre,
@@ -159,6 +161,7 @@ where
         request_id.into(),
         deadline,
         request,
+        trace,
     )
     .await;
     let mut kind = None;
@@ -173,6 +176,7 @@ where
                 service = %deployment.record.name,
                 version = %deployment.record.version,
                 request_id = %request_id,
+                trace_id = %trace_id.as_deref().unwrap_or(""),
                 error = %failure,
                 "request failed"
             );

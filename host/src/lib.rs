@@ -11,6 +11,7 @@
 //! - [`services`]: the live service table and deploy / remove / restore.
 //! - [`gateway`]: inbound HTTP to services; [`admin`]: the admin API.
 //! - [`storage`]: durable state in the data directory; [`manifest`]: deploy manifests.
+//! - [`telemetry`]: Prometheus metrics and OpenTelemetry traces.
 //! - [`server`]: `shoal serve` wiring; [`cli`]: the command line.
 
 pub mod admin;
@@ -29,3 +30,4 @@ pub mod runtime;
 pub mod server;
 pub mod services;
 pub mod storage;
+pub mod telemetry;

@@ -14,6 +14,8 @@ pub struct Platform {
     pub registry: Arc<dyn Registry>,
     /// The resilient caller.
     pub caller: Arc<Caller>,
+    /// Metrics and traces.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl Platform {

@@ -18,6 +18,7 @@ use crate::registry::health::HealthChecker;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::services::{ServiceDefaults, Services};
 use crate::storage::Storage;
+use crate::telemetry::Telemetry;
 
 /// How often leases of local and external registrations are renewed.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -54,12 +55,17 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         pooling: !config.no_pooling,
         max_wasm_stack: config.max_wasm_stack_kb * 1024,
     })?;
+    let telemetry = Arc::new(Telemetry::from_env(!config.no_telemetry)?);
+    if telemetry.tracing.exporting() {
+        tracing::info!("exporting traces over OTLP");
+    }
     let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(1));
-    let caller = Arc::new(Caller::new(registry.clone()));
+    let caller = Arc::new(Caller::new(registry.clone(), telemetry.clone()));
     let platform = Arc::new(Platform {
         host_id: storage.host_id()?,
         registry: registry.clone(),
         caller: caller.clone(),
+        telemetry: telemetry.clone(),
     });
     let services = Services::new(
         runtime,
@@ -136,6 +142,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         Ok(Err(error)) => tracing::warn!(%error, "admin API task failed"),
         Err(_) => tracing::warn!("admin API did not drain in time"),
     }
+    telemetry.tracing.shutdown();
     tracing::info!("stopped");
     Ok(())
 }

@@ -13,6 +13,9 @@ use crate::services::ServiceError;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Ask the client to close the connection: set when the request body was left
+    /// unread, so the connection cannot carry another request.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -21,13 +24,27 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            close: false,
         }
+    }
+
+    /// The same error, answered with `Connection: close`.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.close {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 

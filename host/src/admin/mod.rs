@@ -47,6 +47,34 @@ pub struct AdminState {
     pub max_upload_bytes: usize,
 }
 
+/// `GET /metrics`: Prometheus text format (no token, like `/healthz`).
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AdminState>,
+) -> impl axum::response::IntoResponse {
+    let metrics = &state.services.platform().telemetry.metrics;
+    // Load gauges are read at scrape time, from the live table.
+    metrics.in_flight.reset();
+    metrics.queued.reset();
+    for entry in state.services.table().entries() {
+        let (running, queued) = entry.shared.limiter.load();
+        metrics
+            .in_flight
+            .with_label_values(&[entry.name()])
+            .set(i64::from(running));
+        metrics
+            .queued
+            .with_label_values(&[entry.name()])
+            .set(i64::from(queued));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
+
 /// The admin router. `state.max_upload_bytes` bounds a deploy's body (413 beyond it).
 pub fn router(state: AdminState) -> Router {
     let max_upload_bytes = state.max_upload_bytes;
@@ -80,6 +108,7 @@ pub fn router(state: AdminState) -> Router {
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .nest("/v1", v1)
         .fallback(error::not_found)
         .with_state(state)

@@ -314,11 +314,8 @@ pub async fn deploy(
     query: Result<Query<DeployQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    validate_name(&name)?;
-    let Query(query) =
-        query.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text()))?;
-    let mode = query.mode()?;
-    // Refuse a declared oversize body before reading any of it.
+    // Refuse a declared oversize body before reading any of it (and close the
+    // connection, whose unread body cannot carry another request).
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -333,7 +330,8 @@ pub async fn deploy(
                 "the upload is {length} bytes; this host accepts at most {} (--max-upload-bytes)",
                 state.max_upload_bytes
             ),
-        ));
+        )
+        .closing());
     }
     let content_type = request
         .headers()
@@ -342,6 +340,8 @@ pub async fn deploy(
         .unwrap_or("application/wasm")
         .to_ascii_lowercase();
     let max_memory_mb = state.services.defaults().max_memory_mb;
+    // Other checks come after the (bounded) body is read, so the connection stays
+    // usable for the client's next request.
     let (component, manifest) = if content_type.starts_with("multipart/form-data") {
         read_multipart(request, &state, max_memory_mb).await?
     } else {
@@ -350,12 +350,16 @@ pub async fn deploy(
         let body = Bytes::from_request(request, &state)
             .await
             .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
-        (body, Manifest::default())
+        (body, Ok(Manifest::default()))
     };
 
+    validate_name(&name)?;
+    let Query(query) =
+        query.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+    let mode = query.mode()?;
     let (_, kind) = state
         .services
-        .deploy(&name, component, manifest, mode)
+        .deploy(&name, component, manifest?, mode)
         .await?;
     let status = match kind {
         DeployKind::Created => StatusCode::CREATED,
@@ -364,16 +368,18 @@ pub async fn deploy(
     Ok((status, view_of(&state, &name)?).into_response())
 }
 
+/// The parts of a multipart deploy. A bad manifest is returned as an error only after
+/// the whole body has been read.
 async fn read_multipart(
     request: Request,
     state: &AdminState,
     max_memory_mb: u32,
-) -> Result<(Bytes, Manifest), ApiError> {
+) -> Result<(Bytes, Result<Manifest, ApiError>), ApiError> {
     let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
     let mut component = None;
-    let mut manifest = Manifest::default();
+    let mut manifest = Ok(Manifest::default());
     let part_error = |error: axum::extract::multipart::MultipartError| {
         ApiError::new(error.status(), error.body_text())
     };
@@ -382,7 +388,8 @@ async fn read_multipart(
             Some("component") => component = Some(field.bytes().await.map_err(part_error)?),
             Some("manifest") => {
                 let text = field.text().await.map_err(part_error)?;
-                manifest = Manifest::parse(&text, max_memory_mb).map_err(ServiceError::from)?;
+                manifest = Manifest::parse(&text, max_memory_mb)
+                    .map_err(|error| ApiError::from(ServiceError::from(error)));
             }
             other => {
                 return Err(ApiError::new(

@@ -32,6 +32,8 @@ use crate::policy::balancer::{Balancer, Load};
 use crate::policy::breaker::{BreakerState, CircuitBreaker, Permit};
 use crate::policy::retry::{RetryBudget, is_idempotent_method, is_retryable_status};
 use crate::registry::{Endpoint, Instance, Registry, routable};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 
 /// Header carrying the caller's remaining deadline, in milliseconds.
 pub static DEADLINE_MS: HeaderName = HeaderName::from_static("x-shoal-deadline-ms");
@@ -62,6 +64,21 @@ pub enum CallError {
     /// The request is malformed.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+}
+
+impl CallError {
+    /// A short, stable name of the error kind (for metrics and spans).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::NoInstances(_) => "no-instances",
+            CallError::CircuitOpen(_) => "circuit-open",
+            CallError::Timeout => "timeout",
+            CallError::Refused(_) => "refused",
+            CallError::Unreachable(_) => "unreachable",
+            CallError::Denied(_) => "denied",
+            CallError::InvalidRequest(_) => "invalid-request",
+        }
+    }
 }
 
 /// A request to another service. The body is buffered so it can be retried.
@@ -99,6 +116,8 @@ pub struct CallContext {
     pub deadline: Instant,
     /// The caller's outbound settings.
     pub outbound: Arc<crate::manifest::Outbound>,
+    /// The caller's spans: outbound calls are children of its current one.
+    pub trace: crate::capabilities::tracing::TraceScope,
 }
 
 struct InstanceState {
@@ -198,16 +217,18 @@ const POLICIES_PER_TARGET: usize = 4;
 /// The caller shared by every service on the host.
 pub struct Caller {
     registry: Arc<dyn Registry>,
+    telemetry: Arc<crate::telemetry::Telemetry>,
     local: OnceLock<Weak<dyn LocalDispatch>>,
     remote: RemoteClient,
     targets: Mutex<HashMap<TargetKey, Vec<Arc<TargetState>>>>,
 }
 
 impl Caller {
-    /// A caller that discovers through `registry`.
-    pub fn new(registry: Arc<dyn Registry>) -> Self {
+    /// A caller that discovers through `registry` and reports to `telemetry`.
+    pub fn new(registry: Arc<dyn Registry>, telemetry: Arc<crate::telemetry::Telemetry>) -> Self {
         Self {
             registry,
+            telemetry,
             local: OnceLock::new(),
             remote: RemoteClient::default(),
             targets: Mutex::new(HashMap::new()),
@@ -261,6 +282,70 @@ impl Caller {
         request: OutboundRequest,
         options: CallOptions,
     ) -> Result<Response<GatewayBody>, CallError> {
+        let telemetry = &self.telemetry;
+        let started = Instant::now();
+        let span = telemetry.tracing.start(
+            format!("call {target}"),
+            SpanKind::Client,
+            &cx.trace.current(),
+            vec![
+                KeyValue::new("shoal.caller", cx.caller.to_string()),
+                KeyValue::new("shoal.target", target.to_owned()),
+                KeyValue::new("http.request.method", request.method.to_string()),
+                KeyValue::new("url.path", request.path_and_query.clone()),
+                KeyValue::new("shoal.request_id", cx.request_id.to_string()),
+            ],
+        );
+        let result = self.call_within(cx, target, request, options, &span).await;
+        let outcome = match &result {
+            Ok(response) if response.status().is_server_error() => "server-error",
+            Ok(_) => "ok",
+            Err(error) => error.kind(),
+        };
+        if telemetry.metrics.enabled() {
+            let labels = [&*cx.caller, target, outcome];
+            telemetry.metrics.calls.with_label_values(&labels).inc();
+            telemetry
+                .metrics
+                .call_duration
+                .with_label_values(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            if let Some(state) = self.breaker_state(&cx.caller, target) {
+                let value = match state {
+                    BreakerState::Closed => 0,
+                    BreakerState::HalfOpen => 1,
+                    BreakerState::Open => 2,
+                };
+                telemetry
+                    .metrics
+                    .breaker_state
+                    .with_label_values(&[&*cx.caller, target])
+                    .set(value);
+            }
+        }
+        let span_ref = span.span();
+        span_ref.set_attribute(KeyValue::new("shoal.outcome", outcome));
+        if let Ok(response) = &result {
+            span_ref.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(response.status().as_u16()),
+            ));
+        }
+        if outcome != "ok" {
+            span_ref.set_status(opentelemetry::trace::Status::error(outcome));
+        }
+        span_ref.end();
+        result
+    }
+
+    async fn call_within(
+        &self,
+        cx: &CallContext,
+        target: &str,
+        request: OutboundRequest,
+        options: CallOptions,
+        span: &opentelemetry::Context,
+    ) -> Result<Response<GatewayBody>, CallError> {
         let policy = TargetPolicy::resolve(&cx.outbound, target);
         let attempt_timeout = checked_timeout(
             options.attempt_timeout,
@@ -304,6 +389,7 @@ impl Caller {
                 deadline,
                 attempt_timeout,
                 idempotent,
+                span,
             )
             .await;
         if sent {
@@ -326,6 +412,7 @@ impl Caller {
         deadline: Instant,
         attempt_timeout: Duration,
         idempotent: bool,
+        span: &opentelemetry::Context,
     ) -> (Result<Response<GatewayBody>, CallError>, bool) {
         let mut tried: Vec<String> = Vec::new();
         let mut previous: Option<Result<Response<GatewayBody>, CallError>> = None;
@@ -370,7 +457,7 @@ impl Caller {
             let guard = Outstanding(instance_state.clone());
             let outcome = tokio::time::timeout_at(
                 attempt_deadline.into(),
-                self.send(cx, target, instance, request, attempt_deadline),
+                self.send(cx, target, instance, request, attempt_deadline, span),
             )
             .await
             .unwrap_or(Err(TransportError {
@@ -400,6 +487,13 @@ impl Caller {
                 return (outcome, true);
             }
             tracing::debug!(caller = %cx.caller, target, attempt, ?backoff, "retrying");
+            span.span().add_event(
+                "retry",
+                vec![
+                    KeyValue::new("shoal.attempt", i64::from(attempt)),
+                    KeyValue::new("shoal.instance", instance.id.clone()),
+                ],
+            );
             previous = Some(outcome);
             tokio::time::sleep(backoff).await;
         }
@@ -412,9 +506,14 @@ impl Caller {
         instance: &Instance,
         request: &OutboundRequest,
         deadline: Instant,
+        span: &opentelemetry::Context,
     ) -> Result<Response<GatewayBody>, TransportError> {
         let mut headers = request.headers.clone();
         strip_hop_by_hop(&mut headers);
+        // The callee continues this call's trace.
+        headers.remove("traceparent");
+        headers.remove("tracestate");
+        self.telemetry.tracing.inject(span, &mut headers);
         if !headers.contains_key(&REQUEST_ID)
             && let Ok(value) = HeaderValue::from_str(&cx.request_id)
         {

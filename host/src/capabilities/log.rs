@@ -25,6 +25,8 @@ impl Host for GuestState {
         let service = &*self.service.name;
         let version = &*self.service.version;
         let request_id = &*self.request_id;
+        let trace_id =
+            crate::telemetry::traces::trace_id(&self.trace.current()).unwrap_or_default();
         macro_rules! emit {
             ($level:expr) => {
                 tracing::event!(
@@ -33,6 +35,7 @@ impl Host for GuestState {
                     service,
                     version,
                     request_id,
+                    trace_id,
                     fields = %rendered,
                     "{message}"
                 )

@@ -7,7 +7,9 @@ pub mod caller;
 pub mod config;
 pub mod discovery;
 pub mod log;
+pub mod metrics;
 pub mod registry;
+pub mod tracing;
 
 use crate::runtime::GuestState;
 use wasmtime::component::{HasSelf, Linker};
@@ -19,5 +21,7 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     crate::bindings::registry::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
     crate::bindings::discovery::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
     crate::bindings::caller::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
+    crate::bindings::metrics::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
+    crate::bindings::tracing::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
     Ok(())
 }

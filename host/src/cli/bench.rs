@@ -26,10 +26,12 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
     let digest = crate::storage::sha256_hex(&bytes);
     let loaded = runtime.load(&bytes, &digest)?;
     let registry = EmbeddedRegistry::start(Duration::from_secs(60));
+    let telemetry = Arc::new(crate::telemetry::Telemetry::from_env(false)?);
     let platform = Arc::new(Platform {
         host_id: "bench".into(),
         registry: registry.clone(),
-        caller: Arc::new(Caller::new(registry)),
+        caller: Arc::new(Caller::new(registry, telemetry.clone())),
+        telemetry,
     });
     let service = Arc::new(ServiceContext {
         name: "bench".into(),

@@ -12,7 +12,10 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::{GuestState, ServiceContext};
+use crate::capabilities::tracing::TraceScope;
 use crate::platform::Platform;
+use opentelemetry::Context;
+use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 
 /// How a request to a guest failed. A failure ends that request only.
 #[derive(Debug, Error)]
@@ -114,6 +117,7 @@ pub async fn handle<B>(
     request_id: Arc<str>,
     deadline: Instant,
     request: hyper::Request<B>,
+    trace: Context,
 ) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -121,7 +125,16 @@ where
 {
     let timeout = deadline.saturating_duration_since(Instant::now());
     let memory_limit = service.memory_limit_bytes;
-    let mut store = new_store(pre.engine(), service, platform, request_id, deadline);
+    let telemetry = platform.telemetry.clone();
+    let service_name = service.name.clone();
+    let mut store = new_store(
+        pre.engine(),
+        service,
+        platform,
+        request_id,
+        deadline,
+        TraceScope::new(trace.clone()),
+    );
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (incoming, outparam) = {
@@ -137,21 +150,39 @@ where
 
     let pre = pre.clone();
     let mut task = AbortUnlessDetached(Some(tokio::spawn(async move {
+        let tracing = &telemetry.tracing;
+        let guest_span = tracing.start("shoal.guest", SpanKind::Internal, &trace, vec![]);
         let run = async {
-            let proxy = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
+            let started = Instant::now();
+            let instantiate_span =
+                tracing.start("shoal.instantiate", SpanKind::Internal, &trace, vec![]);
+            let proxy = pre.instantiate_async(&mut store).await;
+            instantiate_span.span().end();
+            if telemetry.metrics.enabled() {
+                telemetry
+                    .metrics
+                    .instantiation
+                    .with_label_values(&[&*service_name])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            let proxy = proxy.map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, incoming, outparam)
                 .await
                 .map_err(|error| classify(error, timeout, memory_limit))
         };
-        match tokio::time::timeout_at(deadline.into(), run).await {
+        let result = match tokio::time::timeout_at(deadline.into(), run).await {
             Ok(result) => result,
             Err(_) => Err(GuestFailure::Deadline(timeout)),
+        };
+        if let Err(failure) = &result {
+            guest_span
+                .span()
+                .set_status(opentelemetry::trace::Status::error(failure.to_string()));
         }
+        guest_span.span().end();
+        result
     })));
 
     match receiver.await {
@@ -180,10 +211,11 @@ fn new_store(
     platform: Arc<Platform>,
     request_id: Arc<str>,
     deadline: Instant,
+    trace: TraceScope,
 ) -> Store<GuestState> {
     let mut store = Store::new(
         engine,
-        GuestState::new(service, request_id, platform, deadline),
+        GuestState::new(service, request_id, platform, deadline, trace),
     );
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
@@ -207,7 +239,14 @@ pub async fn instantiate_once(
     request_id: Arc<str>,
 ) -> Result<(), GuestFailure> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut store = new_store(pre.engine(), service, platform, request_id, deadline);
+    let mut store = new_store(
+        pre.engine(),
+        service,
+        platform,
+        request_id,
+        deadline,
+        TraceScope::default(),
+    );
     pre.instantiate_async(&mut store)
         .await
         .map(drop)
@@ -225,7 +264,14 @@ pub async fn check_health(
     let deadline = Instant::now() + timeout;
     let memory_limit = service.memory_limit_bytes;
     let request_id: Arc<str> = format!("health-{:016x}", rand::random::<u64>()).into();
-    let mut store = new_store(pre.engine(), service, platform, request_id, deadline);
+    let mut store = new_store(
+        pre.engine(),
+        service,
+        platform,
+        request_id,
+        deadline,
+        TraceScope::default(),
+    );
     let run = async {
         let instance = pre
             .instance_pre()

@@ -10,6 +10,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::caller::CallContext;
 use crate::caller::outbound::OutboundHooks;
+use crate::capabilities::tracing::TraceScope;
 use crate::manifest::Outbound;
 use crate::platform::Platform;
 
@@ -41,6 +42,8 @@ pub struct GuestState {
     pub(crate) platform: Arc<Platform>,
     /// When this request must be done; outbound calls never outlive it.
     pub(crate) deadline: Instant,
+    /// The request's span and the guest's open spans.
+    pub(crate) trace: TraceScope,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
@@ -55,6 +58,7 @@ impl GuestState {
         request_id: Arc<str>,
         platform: Arc<Platform>,
         deadline: Instant,
+        trace: TraceScope,
     ) -> Self {
         // No preopened directories, no environment, no network sockets: a service gets
         // only what Shoal's interfaces grant.
@@ -66,13 +70,14 @@ impl GuestState {
             .build();
         let hooks = OutboundHooks::new(
             platform.caller.clone(),
-            GuestState::call_context_of(&service, &request_id, deadline),
+            GuestState::call_context_of(&service, &request_id, deadline, &trace),
         );
         Self {
             service,
             request_id,
             platform,
             deadline,
+            trace,
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
@@ -83,19 +88,21 @@ impl GuestState {
 
     /// Who is calling when this request makes an outbound call.
     pub(crate) fn call_context(&self) -> CallContext {
-        Self::call_context_of(&self.service, &self.request_id, self.deadline)
+        Self::call_context_of(&self.service, &self.request_id, self.deadline, &self.trace)
     }
 
     fn call_context_of(
         service: &ServiceContext,
         request_id: &Arc<str>,
         deadline: Instant,
+        trace: &TraceScope,
     ) -> CallContext {
         CallContext {
             caller: service.name.clone(),
             request_id: request_id.clone(),
             deadline,
             outbound: service.outbound.clone(),
+            trace: trace.clone(),
         }
     }
 }

@@ -19,6 +19,9 @@ use crate::caller::transport::LocalDispatch;
 use crate::gateway::{self, GatewayBody};
 use crate::registry::health::HealthTracker;
 use crate::registry::{Endpoint, Health, Instance};
+use crate::telemetry::metrics::status_class;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 
 impl Services {
     /// Serve `request` with `entry`: wait for a slot (or answer 503 at once when the
@@ -36,6 +39,33 @@ impl Services {
     {
         let shared = &entry.shared;
         shared.faults.request();
+        let telemetry = &self.platform.telemetry;
+        let started = Instant::now();
+        let method = request.method().to_string();
+        let parent = telemetry.tracing.extract(request.headers());
+        let route = entry.route().to_owned();
+        let span = telemetry.tracing.start(
+            format!("{method} {route}"),
+            SpanKind::Server,
+            &parent,
+            vec![
+                KeyValue::new("http.request.method", method.clone()),
+                KeyValue::new("http.route", route),
+                KeyValue::new("url.path", request.uri().path().to_owned()),
+                KeyValue::new("shoal.service", entry.name().to_owned()),
+                KeyValue::new("shoal.request_id", request_id.to_owned()),
+            ],
+        );
+        let mut record = RequestRecord {
+            platform: self.platform.clone(),
+            service: entry.name().to_owned(),
+            version: entry.stable.record.version.clone(),
+            method,
+            status: 503,
+            failure: None,
+            started,
+            span: span.clone(),
+        };
         // Waiting in the queue counts against the request's time.
         let queue_deadline = deadline.min(Instant::now() + entry.stable.timeout);
         let slot = match tokio::time::timeout_at(queue_deadline.into(), shared.limiter.acquire())
@@ -59,6 +89,8 @@ impl Services {
                 response
                     .headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                record.failure = Some("overload");
+                drop(record);
                 return gateway::with_request_id(response, request_id);
             }
         };
@@ -66,12 +98,23 @@ impl Services {
         let draw = (rand::random::<u32>() % 100) as u8;
         let (deployment, canary) = entry.pick(draw);
         let deadline = deadline.min(Instant::now() + deployment.timeout);
-        let (response, failure) =
-            gateway::serve_deployment(&self.platform, deployment, request, request_id, deadline)
-                .await;
+        record.version = deployment.record.version.clone();
+        span.span()
+            .set_attribute(KeyValue::new("shoal.version", record.version.clone()));
+        let (response, failure) = gateway::serve_deployment(
+            &self.platform,
+            deployment,
+            request,
+            request_id,
+            deadline,
+            span,
+        )
+        .await;
         if let Some(kind) = failure {
             shared.faults.count(kind);
         }
+        record.status = response.status().as_u16();
+        record.failure = failure;
         if let Some(canary) = canary {
             let now = Instant::now();
             let success = !response.status().is_server_error();
@@ -90,8 +133,15 @@ impl Services {
                 );
             }
         }
-        // The slot is held until the body has been streamed out.
-        response.map(|body| SlotBody { body, _slot: slot }.boxed_unsync())
+        // The slot is held, and the request measured, until the body has been streamed.
+        response.map(|body| {
+            SlotBody {
+                body,
+                _slot: slot,
+                _record: record,
+            }
+            .boxed_unsync()
+        })
     }
 
     fn roll_back_canary_in_background(&self, name: String, version: String) {
@@ -221,6 +271,55 @@ impl LocalDispatch for Services {
 struct SlotBody {
     body: GatewayBody,
     _slot: Slot,
+    _record: RequestRecord,
+}
+
+/// Metrics and the server span of one request, recorded when it is dropped (after
+/// the response body has been streamed, or at once for an early answer).
+struct RequestRecord {
+    platform: Arc<crate::platform::Platform>,
+    service: String,
+    version: String,
+    method: String,
+    status: u16,
+    failure: Option<&'static str>,
+    started: Instant,
+    span: opentelemetry::Context,
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let metrics = &self.platform.telemetry.metrics;
+        if metrics.enabled() {
+            let class = status_class(self.status);
+            let labels = [&*self.service, &*self.version, &*self.method, class];
+            metrics.requests.with_label_values(&labels).inc();
+            metrics
+                .request_duration
+                .with_label_values(&labels)
+                .observe(self.started.elapsed().as_secs_f64());
+            if let Some(kind) = self.failure {
+                metrics
+                    .errors
+                    .with_label_values(&[&*self.service, kind])
+                    .inc();
+            }
+        }
+        let span = self.span.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(self.status),
+        ));
+        if let Some(kind) = self.failure {
+            span.set_attribute(KeyValue::new("error.type", kind));
+        }
+        if self.status >= 500 {
+            span.set_status(opentelemetry::trace::Status::error(
+                self.failure.unwrap_or("5xx"),
+            ));
+        }
+        span.end();
+    }
 }
 
 impl hyper::body::Body for SlotBody {

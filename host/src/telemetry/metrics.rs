@@ -1,0 +1,576 @@
+//! Prometheus metrics. Host families are registered once at start-up (no registration
+//! on first use, so no race); guest metrics are created on first use under a lock,
+//! namespaced per service and bounded.
+
+use parking_lot::Mutex;
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::collections::{BTreeMap, HashSet};
+use thiserror::Error;
+
+/// Metrics a service may define.
+pub const MAX_GUEST_METRICS: usize = 100;
+/// Label sets one guest metric may have.
+pub const MAX_GUEST_SERIES: usize = 1_000;
+/// Labels one guest metric may have.
+const MAX_GUEST_LABELS: usize = 10;
+
+/// Buckets for request and call durations, in seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// The host's metric families.
+pub struct Metrics {
+    enabled: bool,
+    registry: Registry,
+    /// `shoal_requests_total{service,version,method,status_class}`
+    pub requests: IntCounterVec,
+    /// `shoal_request_duration_seconds{service,version,method,status_class}`
+    pub request_duration: HistogramVec,
+    /// `shoal_errors_total{service,kind}`
+    pub errors: IntCounterVec,
+    /// `shoal_outbound_calls_total{caller,target,outcome}`
+    pub calls: IntCounterVec,
+    /// `shoal_outbound_call_duration_seconds{caller,target,outcome}`
+    pub call_duration: HistogramVec,
+    /// `shoal_circuit_breaker_state{caller,target}`: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGaugeVec,
+    /// `shoal_in_flight_requests{service}`
+    pub in_flight: IntGaugeVec,
+    /// `shoal_queued_requests{service}`
+    pub queued: IntGaugeVec,
+    /// `shoal_instantiation_duration_seconds{service}`
+    pub instantiation: HistogramVec,
+    /// `shoal_compile_duration_seconds{service}`
+    pub compile: HistogramVec,
+    /// `shoal_deploys_total{outcome}`
+    pub deploys: IntCounterVec,
+    guests: Mutex<BTreeMap<(String, String), GuestFamily>>,
+}
+
+/// Why a guest metric operation was refused.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum GuestMetricError {
+    /// Bad name, or a name already used by another kind of metric.
+    #[error("invalid metric name: {0}")]
+    InvalidName(String),
+    /// Bad value.
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
+    /// Labels differ from the metric's first use, or are invalid.
+    #[error("label mismatch: {0}")]
+    LabelMismatch(String),
+    /// Too many series or metrics.
+    #[error("too many series")]
+    TooManySeries,
+}
+
+/// The kind of a guest metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKind {
+    /// Only goes up.
+    Counter,
+    /// Set to any value.
+    Gauge,
+    /// Observations in buckets.
+    Histogram,
+}
+
+enum GuestCollector {
+    Counter(prometheus::CounterVec),
+    Gauge(prometheus::GaugeVec),
+    Histogram(HistogramVec),
+}
+
+struct GuestFamily {
+    kind: GuestKind,
+    label_names: Vec<String>,
+    series: HashSet<Vec<String>>,
+    collector: GuestCollector,
+}
+
+fn family_collector(collector: &GuestCollector) -> Box<dyn Collector> {
+    match collector {
+        GuestCollector::Counter(c) => Box::new(c.clone()),
+        GuestCollector::Gauge(g) => Box::new(g.clone()),
+        GuestCollector::Histogram(h) => Box::new(h.clone()),
+    }
+}
+
+impl Metrics {
+    /// Register every host family. With `enabled` false, recording is skipped.
+    pub fn new(enabled: bool) -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let labels_request = &["service", "version", "method", "status_class"];
+        let histogram = |name: &str, help: &str| {
+            HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec())
+        };
+        let metrics = Self {
+            enabled,
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "shoal_requests_total",
+                    "Requests served, by service, version, method and status class.",
+                ),
+                labels_request,
+            )?,
+            request_duration: HistogramVec::new(
+                histogram(
+                    "shoal_request_duration_seconds",
+                    "Time from admission to the end of the response body.",
+                ),
+                labels_request,
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "shoal_errors_total",
+                    "Failed requests by service and kind (trap, timeout, memory, stack, overload, ...).",
+                ),
+                &["service", "kind"],
+            )?,
+            calls: IntCounterVec::new(
+                Opts::new(
+                    "shoal_outbound_calls_total",
+                    "Outbound calls by caller, target and outcome.",
+                ),
+                &["caller", "target", "outcome"],
+            )?,
+            call_duration: HistogramVec::new(
+                histogram(
+                    "shoal_outbound_call_duration_seconds",
+                    "Outbound call duration, all attempts included.",
+                ),
+                &["caller", "target", "outcome"],
+            )?,
+            breaker_state: IntGaugeVec::new(
+                Opts::new(
+                    "shoal_circuit_breaker_state",
+                    "Service-level circuit breaker: 0 closed, 1 half-open, 2 open.",
+                ),
+                &["caller", "target"],
+            )?,
+            in_flight: IntGaugeVec::new(
+                Opts::new(
+                    "shoal_in_flight_requests",
+                    "Requests running now, per service.",
+                ),
+                &["service"],
+            )?,
+            queued: IntGaugeVec::new(
+                Opts::new(
+                    "shoal_queued_requests",
+                    "Requests waiting for a slot, per service.",
+                ),
+                &["service"],
+            )?,
+            instantiation: HistogramVec::new(
+                histogram(
+                    "shoal_instantiation_duration_seconds",
+                    "Time to create a fresh instance for a request.",
+                ),
+                &["service"],
+            )?,
+            compile: HistogramVec::new(
+                histogram(
+                    "shoal_compile_duration_seconds",
+                    "Time to compile an uploaded component (cache misses only).",
+                ),
+                &["service"],
+            )?,
+            deploys: IntCounterVec::new(
+                Opts::new(
+                    "shoal_deploys_total",
+                    "Deploys by outcome (created, replaced, canary, rejected).",
+                ),
+                &["outcome"],
+            )?,
+            guests: Mutex::new(BTreeMap::new()),
+            registry,
+        };
+        for collector in [
+            Box::new(metrics.requests.clone()) as Box<dyn Collector>,
+            Box::new(metrics.request_duration.clone()),
+            Box::new(metrics.errors.clone()),
+            Box::new(metrics.calls.clone()),
+            Box::new(metrics.call_duration.clone()),
+            Box::new(metrics.breaker_state.clone()),
+            Box::new(metrics.in_flight.clone()),
+            Box::new(metrics.queued.clone()),
+            Box::new(metrics.instantiation.clone()),
+            Box::new(metrics.compile.clone()),
+            Box::new(metrics.deploys.clone()),
+        ] {
+            metrics.registry.register(collector)?;
+        }
+        Ok(metrics)
+    }
+
+    /// Whether recording is on.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Everything, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+
+    /// Record a guest metric operation for `service`.
+    pub fn guest_record(
+        &self,
+        service: &str,
+        kind: GuestKind,
+        name: &str,
+        labels: &[(String, String)],
+        value: f64,
+    ) -> Result<(), GuestMetricError> {
+        validate_name(name)?;
+        if !value.is_finite() {
+            return Err(GuestMetricError::InvalidValue(format!(
+                "{value} is not finite"
+            )));
+        }
+        if kind == GuestKind::Counter && value < 0.0 {
+            return Err(GuestMetricError::InvalidValue(format!(
+                "a counter cannot decrease (got {value})"
+            )));
+        }
+        let mut sorted: Vec<(String, String)> = labels.to_vec();
+        sorted.sort();
+        validate_labels(&sorted)?;
+        let label_names: Vec<String> = sorted.iter().map(|(k, _)| k.clone()).collect();
+        let label_values: Vec<String> = sorted.iter().map(|(_, v)| v.clone()).collect();
+        if !self.enabled {
+            return Ok(());
+        }
+
+        let mut guests = self.guests.lock();
+        let key = (service.to_owned(), name.to_owned());
+        if !guests.contains_key(&key) {
+            let count = guests.keys().filter(|(s, _)| s == service).count();
+            if count >= MAX_GUEST_METRICS {
+                return Err(GuestMetricError::TooManySeries);
+            }
+            let family = self.new_family(service, name, kind, &label_names)?;
+            guests.insert(key.clone(), family);
+        }
+        let family = guests
+            .get_mut(&key)
+            .ok_or_else(|| GuestMetricError::InvalidName(name.to_owned()))?;
+        if family.kind != kind {
+            return Err(GuestMetricError::InvalidName(format!(
+                "`{name}` is already a {:?}",
+                family.kind
+            )));
+        }
+        if family.label_names != label_names {
+            return Err(GuestMetricError::LabelMismatch(format!(
+                "`{name}` was first used with labels {:?}, not {:?}",
+                family.label_names, label_names
+            )));
+        }
+        if !family.series.contains(&label_values) {
+            if family.series.len() >= MAX_GUEST_SERIES {
+                return Err(GuestMetricError::TooManySeries);
+            }
+            family.series.insert(label_values.clone());
+        }
+        let values: Vec<&str> = label_values.iter().map(String::as_str).collect();
+        match &family.collector {
+            GuestCollector::Counter(c) => c.with_label_values(&values).inc_by(value),
+            GuestCollector::Gauge(g) => g.with_label_values(&values).set(value),
+            GuestCollector::Histogram(h) => h.with_label_values(&values).observe(value),
+        }
+        Ok(())
+    }
+
+    fn new_family(
+        &self,
+        service: &str,
+        name: &str,
+        kind: GuestKind,
+        label_names: &[String],
+    ) -> Result<GuestFamily, GuestMetricError> {
+        let full = format!("shoal_guest_{}_{}", service.replace('-', "_"), name);
+        let help = format!("Defined by service {service}.");
+        let names: Vec<&str> = label_names.iter().map(String::as_str).collect();
+        let invalid = |error: prometheus::Error| GuestMetricError::InvalidName(error.to_string());
+        let collector = match kind {
+            GuestKind::Counter => GuestCollector::Counter(
+                prometheus::CounterVec::new(
+                    Opts::new(&full, &help).const_label("service", service),
+                    &names,
+                )
+                .map_err(invalid)?,
+            ),
+            GuestKind::Gauge => GuestCollector::Gauge(
+                prometheus::GaugeVec::new(
+                    Opts::new(&full, &help).const_label("service", service),
+                    &names,
+                )
+                .map_err(invalid)?,
+            ),
+            GuestKind::Histogram => GuestCollector::Histogram(
+                HistogramVec::new(
+                    HistogramOpts::new(&full, &help).const_label("service", service),
+                    &names,
+                )
+                .map_err(invalid)?,
+            ),
+        };
+        self.registry
+            .register(family_collector(&collector))
+            .map_err(invalid)?;
+        Ok(GuestFamily {
+            kind,
+            label_names: label_names.to_vec(),
+            series: HashSet::new(),
+            collector,
+        })
+    }
+
+    /// Drop every metric `service` defined (when the service is removed).
+    pub fn forget_guest(&self, service: &str) {
+        let mut guests = self.guests.lock();
+        let keys: Vec<(String, String)> = guests
+            .keys()
+            .filter(|(s, _)| s == service)
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Some(family) = guests.remove(&key) {
+                let _ = self
+                    .registry
+                    .unregister(family_collector(&family.collector));
+            }
+        }
+    }
+
+    /// Number of `service`'s series (for the admin view and tests).
+    pub fn guest_series(&self, service: &str) -> usize {
+        self.guests
+            .lock()
+            .iter()
+            .filter(|((s, _), _)| s == service)
+            .map(|(_, family)| family.series.len())
+            .sum()
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), GuestMetricError> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let rest_ok = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !first_ok || !rest_ok || name.len() > 100 || name.starts_with("__") {
+        return Err(GuestMetricError::InvalidName(format!(
+            "`{name}`: use 1 to 100 letters, digits and `_`, not starting with a digit or `__`"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_labels(labels: &[(String, String)]) -> Result<(), GuestMetricError> {
+    if labels.len() > MAX_GUEST_LABELS {
+        return Err(GuestMetricError::LabelMismatch(format!(
+            "at most {MAX_GUEST_LABELS} labels"
+        )));
+    }
+    for window in labels.windows(2) {
+        if window[0].0 == window[1].0 {
+            return Err(GuestMetricError::LabelMismatch(format!(
+                "label `{}` given twice",
+                window[0].0
+            )));
+        }
+    }
+    for (key, value) in labels {
+        let valid = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !key.starts_with("__")
+            && key.len() <= 100;
+        if !valid {
+            return Err(GuestMetricError::LabelMismatch(format!(
+                "`{key}` is not a valid label name"
+            )));
+        }
+        if key == "service" {
+            return Err(GuestMetricError::LabelMismatch(
+                "`service` is set by the host".into(),
+            ));
+        }
+        if value.len() > 256 {
+            return Err(GuestMetricError::LabelMismatch(format!(
+                "the value of `{key}` is longer than 256 bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `2xx`, `4xx`, ... for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn guest_metrics_are_namespaced_and_rendered() {
+        let metrics = Metrics::new(true).expect("metrics");
+        metrics
+            .guest_record(
+                "order-svc",
+                GuestKind::Counter,
+                "orders_total",
+                &labels(&[("status", "ok")]),
+                2.0,
+            )
+            .expect("counter");
+        metrics
+            .guest_record(
+                "order-svc",
+                GuestKind::Counter,
+                "orders_total",
+                &labels(&[("status", "ok")]),
+                1.0,
+            )
+            .expect("counter");
+        metrics
+            .guest_record(
+                "other",
+                GuestKind::Gauge,
+                "orders_total",
+                &labels(&[("region", "eu")]),
+                7.0,
+            )
+            .expect("same name, other service");
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "shoal_guest_order_svc_orders_total{service=\"order-svc\",status=\"ok\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("shoal_guest_other_orders_total{region=\"eu\",service=\"other\"} 7"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_guest_metrics_are_refused() {
+        let metrics = Metrics::new(true).expect("metrics");
+        let record = |kind, name: &str, l: &[(&str, &str)], v| {
+            metrics.guest_record("s", kind, name, &labels(l), v)
+        };
+        assert!(matches!(
+            record(GuestKind::Counter, "9lives", &[], 1.0),
+            Err(GuestMetricError::InvalidName(_))
+        ));
+        assert!(matches!(
+            record(GuestKind::Counter, "a-b", &[], 1.0),
+            Err(GuestMetricError::InvalidName(_))
+        ));
+        assert!(matches!(
+            record(GuestKind::Counter, "c", &[], -1.0),
+            Err(GuestMetricError::InvalidValue(_))
+        ));
+        assert!(matches!(
+            record(GuestKind::Gauge, "g", &[], f64::NAN),
+            Err(GuestMetricError::InvalidValue(_))
+        ));
+        assert!(matches!(
+            record(GuestKind::Counter, "c", &[("service", "x")], 1.0),
+            Err(GuestMetricError::LabelMismatch(_))
+        ));
+        record(GuestKind::Counter, "c", &[("a", "1")], 1.0).expect("first use");
+        assert!(matches!(
+            record(GuestKind::Counter, "c", &[("b", "1")], 1.0),
+            Err(GuestMetricError::LabelMismatch(_))
+        ));
+        assert!(matches!(
+            record(GuestKind::Gauge, "c", &[("a", "1")], 1.0),
+            Err(GuestMetricError::InvalidName(_))
+        ));
+    }
+
+    #[test]
+    fn series_and_metrics_are_bounded() {
+        let metrics = Metrics::new(true).expect("metrics");
+        for i in 0..MAX_GUEST_SERIES {
+            metrics
+                .guest_record(
+                    "s",
+                    GuestKind::Counter,
+                    "hits",
+                    &labels(&[("id", &i.to_string())]),
+                    1.0,
+                )
+                .expect("within bound");
+        }
+        let over = metrics.guest_record(
+            "s",
+            GuestKind::Counter,
+            "hits",
+            &labels(&[("id", "x")]),
+            1.0,
+        );
+        assert_eq!(over, Err(GuestMetricError::TooManySeries));
+        // Existing series still count.
+        metrics
+            .guest_record(
+                "s",
+                GuestKind::Counter,
+                "hits",
+                &labels(&[("id", "0")]),
+                1.0,
+            )
+            .expect("existing series");
+        for i in 1..MAX_GUEST_METRICS {
+            metrics
+                .guest_record("s", GuestKind::Gauge, &format!("m{i}"), &[], 1.0)
+                .expect("within bound");
+        }
+        assert_eq!(
+            metrics.guest_record("s", GuestKind::Gauge, "one_too_many", &[], 1.0),
+            Err(GuestMetricError::TooManySeries)
+        );
+        metrics.forget_guest("s");
+        assert_eq!(metrics.guest_series("s"), 0);
+        assert!(!metrics.render().contains("shoal_guest_s_hits"));
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(503), "5xx");
+        assert_eq!(status_class(404), "4xx");
+    }
+}

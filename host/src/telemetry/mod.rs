@@ -1,0 +1,31 @@
+//! Telemetry: Prometheus metrics (host-measured and guest-defined) and OpenTelemetry
+//! traces with W3C trace-context propagation and OTLP export.
+//!
+//! - [`metrics`]: the host's metric families and the bounded per-service guest metrics.
+//! - [`traces`]: the tracer (OTLP over HTTP when `OTEL_EXPORTER_OTLP_*` is set) and
+//!   the `traceparent` helpers.
+
+pub mod metrics;
+pub mod traces;
+
+pub use metrics::Metrics;
+pub use traces::Tracing;
+
+/// Everything telemetry, shared by the host.
+pub struct Telemetry {
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// OpenTelemetry traces.
+    pub tracing: Tracing,
+}
+
+impl Telemetry {
+    /// Metrics, plus tracing configured from the standard `OTEL_*` variables. With
+    /// `enabled` false, nothing is measured or traced (for the benchmark's baseline).
+    pub fn from_env(enabled: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            metrics: Metrics::new(enabled)?,
+            tracing: Tracing::from_env(enabled)?,
+        })
+    }
+}

@@ -1,0 +1,208 @@
+//! OpenTelemetry traces: one tracer for the host, W3C `traceparent`/`tracestate`
+//! extracted from inbound requests and injected into outbound calls, OTLP/HTTP export
+//! configured by the standard `OTEL_EXPORTER_OTLP_*` and `OTEL_SERVICE_NAME`
+//! variables. Nothing is exported unless an endpoint is set.
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use std::borrow::Cow;
+
+/// The host's tracer and propagator.
+pub struct Tracing {
+    provider: Option<SdkTracerProvider>,
+    tracer: Option<SdkTracer>,
+    propagator: TraceContextPropagator,
+    exporting: bool,
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+impl Tracing {
+    /// Spans are always made when `enabled` (trace ids appear in logs and are readable
+    /// by guests); they are exported only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set.
+    pub fn from_env(enabled: bool) -> anyhow::Result<Self> {
+        let propagator = TraceContextPropagator::new();
+        if !enabled {
+            return Ok(Self {
+                provider: None,
+                tracer: None,
+                propagator,
+                exporting: false,
+            });
+        }
+        let endpoint_set = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|name| std::env::var(name).is_ok_and(|value| !value.trim().is_empty()));
+        let service_name = std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|name| !name.trim().is_empty())
+            .unwrap_or_else(|| "shoal".to_owned());
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(service_name)
+            .build();
+        let mut builder = SdkTracerProvider::builder().with_resource(resource);
+        if endpoint_set {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+                .map_err(|error| anyhow::anyhow!("configuring the OTLP exporter: {error}"))?;
+            builder = builder.with_batch_exporter(exporter);
+        }
+        let provider = builder.build();
+        let tracer = provider.tracer("shoal");
+        Ok(Self {
+            provider: Some(provider),
+            tracer: Some(tracer),
+            propagator,
+            exporting: endpoint_set,
+        })
+    }
+
+    /// Whether spans leave the host.
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// The trace context in `headers` (an invalid `traceparent` is ignored: the
+    /// request starts a new trace).
+    pub fn extract(&self, headers: &HeaderMap) -> Context {
+        self.propagator.extract(&HeaderExtractor(headers))
+    }
+
+    /// Write `cx`'s trace context into `headers`.
+    pub fn inject(&self, cx: &Context, headers: &mut HeaderMap) {
+        if cx.span().span_context().is_valid() {
+            self.propagator
+                .inject_context(cx, &mut HeaderInjector(headers));
+        }
+    }
+
+    /// Start a span under `parent` and return the context that holds it. When tracing
+    /// is off, returns `parent` unchanged.
+    pub fn start(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        kind: SpanKind,
+        parent: &Context,
+        attributes: Vec<KeyValue>,
+    ) -> Context {
+        let Some(tracer) = &self.tracer else {
+            return parent.clone();
+        };
+        let span = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .start_with_context(tracer, parent);
+        parent.with_span(span)
+    }
+
+    /// Flush and stop exporting (on shutdown).
+    pub fn shutdown(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// The trace id of `cx`'s span, as 32 hex digits, when there is one.
+pub fn trace_id(cx: &Context) -> Option<String> {
+    let span_context = cx.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// The span id of `cx`'s span, as 16 hex digits, when there is one.
+pub fn span_id(cx: &Context) -> Option<String> {
+    let span_context = cx.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.span_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_continued_and_invalid_ones_ignored() {
+        let tracing = Tracing::from_env(true).expect("tracing");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let parent = tracing.extract(&headers);
+        let child = tracing.start("child", SpanKind::Server, &parent, vec![]);
+        assert_eq!(
+            trace_id(&child).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let mut out = HeaderMap::new();
+        tracing.inject(&child, &mut out);
+        let injected = out
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(
+            injected.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{injected}"
+        );
+        assert!(
+            !injected.contains("00f067aa0ba902b7"),
+            "the child has its own span id"
+        );
+
+        for bad in [
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "01-xyz",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("traceparent", HeaderValue::from_static(bad));
+            let root = tracing.start("root", SpanKind::Server, &tracing.extract(&headers), vec![]);
+            let id = trace_id(&root).expect("a new trace");
+            assert_ne!(id, "00000000000000000000000000000000");
+        }
+    }
+
+    #[test]
+    fn disabled_tracing_makes_no_spans() {
+        let tracing = Tracing::from_env(false).expect("tracing");
+        let cx = tracing.start("x", SpanKind::Server, &Context::new(), vec![]);
+        assert_eq!(trace_id(&cx), None);
+    }
+}
