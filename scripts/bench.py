@@ -198,6 +198,29 @@ def fault_storm(args, rows):
         host.stop()
 
 
+def telemetry_cost(args, rows):
+    """Gateway throughput with metrics and tracing on vs. off, side by side."""
+    hosts = {"on": Host(args.shoal), "off": Host(args.shoal, ["--no-telemetry"])}
+    try:
+        hello = open(os.path.join(args.guests, "hello.wasm"), "rb").read()
+        roomy = "[limits]\nmax_concurrency = 1000\nqueue = 10000\n"
+        for host in hosts.values():
+            host.deploy("hello", hello, roomy)
+            wrk(f"http://{host.gateway}/hello/", 16, 1)  # warm-up
+        results = {name: [] for name in hosts}
+        for _ in range(args.rounds):
+            for name, host in hosts.items():  # alternate on/off in every round
+                results[name].append(wrk(f"http://{host.gateway}/hello/", 32, args.seconds))
+        rate = {name: statistics.median(r[0] for r in runs) for name, runs in results.items()}
+        for name in hosts:
+            rows.append(("telemetry", f"hello, metrics + tracing {name}", f"{rate[name]:,.0f} req/s",
+                         f"wrk -t1 -c32 -d{args.seconds}s; spans made but not exported (no OTLP endpoint)"))
+        rows.append(("telemetry", "on / off (throughput)", f"{rate['on'] / rate['off']:.2f}×", "same run, alternated"))
+    finally:
+        for host in hosts.values():
+            host.stop()
+
+
 def rss_kib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -266,7 +289,7 @@ def main():
     args.density = [5, 10] if args.quick else [100, 500, 1000]
 
     rows = []
-    for section in (instantiation, fault_storm, a_to_b, density):
+    for section in (instantiation, fault_storm, telemetry_cost, a_to_b, density):
         print(f"== {section.__doc__.splitlines()[0]}", flush=True)
         section(args, rows)
 

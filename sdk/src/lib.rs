@@ -31,7 +31,9 @@ pub mod discovery;
 pub mod health;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod registry;
+pub mod trace;
 
 /// Generated bindings of the `shoal:platform/service` world.
 #[allow(missing_docs, clippy::all)]

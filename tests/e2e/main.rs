@@ -9,3 +9,4 @@ mod cli;
 mod deploy;
 mod isolation;
 mod lifecycle;
+mod telemetry;

@@ -2,6 +2,8 @@
 //! directory, talk to it over real HTTP, and find the example guests.
 #![allow(missing_docs)]
 
+pub mod otlp;
+pub mod prometheus;
 pub mod replica;
 
 use std::io::{BufRead as _, BufReader};

@@ -8,6 +8,12 @@
 //!   for a change and returns the new set.
 //! - `GET /health?status=serving|degraded|not-serving` reports this service's health.
 //! - `GET /whoami` answers the instance identity.
+//! - `GET /metric?kind=counter|gauge|histogram&name=N[&label=k:v][&value=V]` records
+//!   one of the service's own metrics and answers `ok` or `error <kind>: <detail>`.
+//! - `GET /trace` answers the current trace id and span id.
+//!
+//! `/call` also takes `span=NAME`: the call is then made inside a guest span of that
+//! name (with an attribute and an event), so it shows up as that span's child.
 //!
 //! Its exported health check reports serving only while the service named by the
 //! `depends_on` config value (if any) has instances: ready when its dependency is.
@@ -34,6 +40,15 @@ fn handle(req: Request) -> Response {
             shoal_sdk::registry::report_health(health, Some("reported by test"));
             Response::text(200, "reported\n")
         }
+        "/metric" => metric(&req),
+        "/trace" => Response::text(
+            200,
+            format!(
+                "trace={} span={}\n",
+                shoal_sdk::trace::trace_id(),
+                shoal_sdk::trace::span_id()
+            ),
+        ),
         "/whoami" => {
             let me = shoal_sdk::registry::identity();
             Response::text(
@@ -70,9 +85,25 @@ fn call(req: &Request) -> Response {
     {
         call = call.header(name, value);
     }
+    shoal_sdk::log::info("calling", &[("target", &service), ("path", &path)]);
+    let span = req.query_param("span").map(|name| {
+        let span = shoal_sdk::trace::Span::start(&name);
+        span.set_attribute("target", &service);
+        span
+    });
     let started = std::time::Instant::now();
     let outcome = call.send();
     let elapsed_us = started.elapsed().as_micros();
+    if let Some(span) = span {
+        match &outcome {
+            Ok(response) => {
+                span.add_event("answered", &[("status", &response.status().to_string())]);
+                span.set_ok();
+            }
+            Err(error) => span.set_error(error.kind()),
+        }
+        span.end();
+    }
     match outcome {
         Ok(response) => Response::text(
             200,
@@ -99,6 +130,29 @@ fn call(req: &Request) -> Response {
                 ),
             )
         }
+    }
+}
+
+fn metric(req: &Request) -> Response {
+    let name = req.query_param("name").unwrap_or_default();
+    let value: f64 = req
+        .query_param("value")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    let label = req.query_param("label");
+    let labels: Vec<(&str, &str)> = label
+        .as_deref()
+        .and_then(|l| l.split_once(':'))
+        .into_iter()
+        .collect();
+    let result = match req.query_param("kind").as_deref() {
+        Some("gauge") => shoal_sdk::metrics::gauge_set(&name, &labels, value),
+        Some("histogram") => shoal_sdk::metrics::histogram_observe(&name, &labels, value),
+        _ => shoal_sdk::metrics::counter_add(&name, &labels, value),
+    };
+    match result {
+        Ok(()) => Response::text(200, "ok\n"),
+        Err(error) => Response::text(200, format!("error {}: {error:?}\n", error.kind())),
     }
 }
 

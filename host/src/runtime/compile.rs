@@ -52,6 +52,8 @@ pub struct Loaded {
     pub pre: ProxyPre<GuestState>,
     /// Where its `shoal:platform/health-check` export is, when it has one.
     pub health_check: Option<crate::bindings::health_check::GuestIndices>,
+    /// How long compiling took; none when the compiled code came from the cache.
+    pub compiled_in: Option<std::time::Duration>,
 }
 
 impl Runtime {
@@ -60,18 +62,24 @@ impl Runtime {
     /// CPU-heavy: call from a blocking thread.
     pub fn load(&self, bytes: &[u8], digest: &str) -> Result<Loaded, LoadError> {
         check_format(bytes)?;
-        let component = self.compile_cached(bytes, digest)?;
-        self.link(&component)
+        let (component, compiled_in) = self.compile_cached(bytes, digest)?;
+        let mut loaded = self.link(&component)?;
+        loaded.compiled_in = compiled_in;
+        Ok(loaded)
     }
 
-    fn compile_cached(&self, bytes: &[u8], digest: &str) -> Result<Component, LoadError> {
+    fn compile_cached(
+        &self,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<(Component, Option<std::time::Duration>), LoadError> {
         let cached = self.cache_path(digest);
         if cached.exists() {
             // SAFETY-relevant: the cache directory belongs to this host and only ever
             // holds output of `precompile_component` from an engine with the same
             // fingerprint. A file that fails to load is recompiled below.
             match deserialize(&self.engine, &cached) {
-                Ok(component) => return Ok(component),
+                Ok(component) => return Ok((component, None)),
                 Err(error) => {
                     tracing::warn!(path = %cached.display(), %error, "discarding unusable cached code");
                     let _ = std::fs::remove_file(&cached);
@@ -88,8 +96,10 @@ impl Runtime {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compiled component"
         );
+        let elapsed = started.elapsed();
         crate::storage::write_durably(&cached, &compiled).map_err(LoadError::Internal)?;
-        deserialize(&self.engine, &cached).map_err(LoadError::Internal)
+        let component = deserialize(&self.engine, &cached).map_err(LoadError::Internal)?;
+        Ok((component, Some(elapsed)))
     }
 
     fn cache_path(&self, digest: &str) -> PathBuf {
@@ -111,7 +121,11 @@ impl Runtime {
         let health_check = crate::bindings::health_check::GuestIndices::new(&instance_pre).ok();
         let pre = ProxyPre::new(instance_pre)
             .map_err(|error| LoadError::NotAService(format!("{error:#}")))?;
-        Ok(Loaded { pre, health_check })
+        Ok(Loaded {
+            pre,
+            health_check,
+            compiled_in: None,
+        })
     }
 
     /// Names of the component's imports that the linker has no definition for.

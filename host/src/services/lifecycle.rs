@@ -46,6 +46,27 @@ impl Services {
         manifest: Manifest,
         mode: DeployMode,
     ) -> Result<(Arc<Deployment>, DeployKind), ServiceError> {
+        let result = self.deploy_checked(name, component, manifest, mode).await;
+        let metrics = &self.platform.telemetry.metrics;
+        if metrics.enabled() {
+            let outcome = match &result {
+                Ok((_, DeployKind::Created)) => "created",
+                Ok((_, DeployKind::Replaced)) => "replaced",
+                Ok((_, DeployKind::Canary)) => "canary",
+                Err(_) => "rejected",
+            };
+            metrics.deploys.with_label_values(&[outcome]).inc();
+        }
+        result
+    }
+
+    async fn deploy_checked(
+        &self,
+        name: &str,
+        component: Bytes,
+        manifest: Manifest,
+        mode: DeployMode,
+    ) -> Result<(Arc<Deployment>, DeployKind), ServiceError> {
         validate_name(name)?;
         manifest.validate(self.defaults.max_memory_mb)?;
         if let DeployMode::Canary {
@@ -187,6 +208,7 @@ impl Services {
             .map_err(ServiceError::Storage)?;
         if let Some(removed) = self.table.remove(name) {
             retire_entry(&removed, None);
+            self.platform.telemetry.metrics.forget_guest(name);
             let _ = self
                 .platform
                 .registry
@@ -472,6 +494,15 @@ impl Services {
         let loaded = tokio::task::spawn_blocking(move || runtime.load(&component, &digest))
             .await
             .map_err(storage_error)??;
+        let metrics = &self.platform.telemetry.metrics;
+        if let Some(elapsed) = loaded.compiled_in
+            && metrics.enabled()
+        {
+            metrics
+                .compile
+                .with_label_values(&[&record.name])
+                .observe(elapsed.as_secs_f64());
+        }
         let memory_mb = record
             .manifest
             .limits
