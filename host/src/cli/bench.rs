@@ -78,3 +78,33 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
     let _ = std::fs::remove_dir_all(cache);
     Ok(())
 }
+
+/// Serve a fixed `Hello, world!` with plain hyper on `listen` until interrupted: the
+/// native ceiling the benchmark compares the gateway against.
+pub async fn native_hello(listen: std::net::SocketAddr) -> Result<()> {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!(
+        "native hello listening on http://{}",
+        listener.local_addr()?
+    );
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_request| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"Hello, world!\n"),
+                )))
+            });
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -110,6 +110,13 @@ enum Command {
         #[arg(long)]
         no_pooling: bool,
     },
+    /// Serve a fixed hello world with plain hyper (the benchmark's native ceiling).
+    #[command(hide = true)]
+    BenchNativeHello {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
     /// Remove a service from a running host.
     Rm {
         /// Service name.
@@ -176,6 +183,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             admin,
         } => client::canary(&admin, &name, weight, promote, abort).await,
         Command::Ls { admin } => client::list(&admin).await,
+        Command::BenchNativeHello { listen } => bench::native_hello(listen).await,
         Command::BenchInstantiate {
             component,
             iterations,
