@@ -198,6 +198,124 @@ def fault_storm(args, rows):
         host.stop()
 
 
+def find_wasmtime():
+    """The `wasmtime` 48 CLI, if installed (scripts/bench.sh installs it)."""
+    path = shutil.which("wasmtime") or os.path.expanduser("~/.cargo/bin/wasmtime")
+    if not os.path.exists(path):
+        return None
+    version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+    return path if "48.0.8" in version else None
+
+
+class Server:
+    """A background server process that prints nothing we need; ready when its port
+    answers."""
+
+    def __init__(self, command, address):
+        self.address = address
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while True:
+            try:
+                conn = http.client.HTTPConnection(address, timeout=2)
+                conn.request("GET", "/")
+                conn.getresponse().read()
+                break
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"{command[0]} did not start")
+                time.sleep(0.1)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gateway_throughput(args, rows):
+    """Gateway throughput: the same wasi:http hello under shoal, wasmtime serve, and native hyper."""
+    plain = os.path.join(args.guests, "plain_http.wasm")
+    host = Host(args.shoal)
+    servers = {}
+    try:
+        host.deploy("hello", open(plain, "rb").read(), "[limits]\nmax_concurrency = 1000\nqueue = 10000\n")
+        targets = {"shoal serve": f"http://{host.gateway}/hello/"}
+        wasmtime = find_wasmtime()
+        if wasmtime:
+            port = free_port()
+            servers["wasmtime serve"] = Server([wasmtime, "serve", "-S", "cli=y", "--addr", f"127.0.0.1:{port}", plain],
+                                               f"127.0.0.1:{port}")
+            targets["wasmtime serve"] = f"http://127.0.0.1:{port}/"
+            port = free_port()
+            servers["wasmtime serve, reuse 128"] = Server(
+                [wasmtime, "serve", "-S", "cli=y", "--max-instance-reuse-count", "128", "--addr", f"127.0.0.1:{port}", plain],
+                f"127.0.0.1:{port}")
+            targets["wasmtime serve, reuse 128"] = f"http://127.0.0.1:{port}/"
+        else:
+            rows.append(("gateway", "wasmtime serve", "not measured",
+                         "wasmtime-cli 48.0.8 is not installed (scripts/bench.sh installs it)"))
+        port = free_port()
+        servers["native hyper"] = Server([args.shoal, "bench-native-hello", "--listen", f"127.0.0.1:{port}"], f"127.0.0.1:{port}")
+        targets["native hyper"] = f"http://127.0.0.1:{port}/"
+        for url in targets.values():
+            wrk(url, 16, 1)  # warm-up
+        results = {name: [] for name in targets}
+        for _ in range(args.rounds):
+            for name, url in targets.items():  # A/B/A/B: same connections and duration
+                results[name].append(wrk(url, 64, args.seconds, threads=2))
+        rate = {}
+        for name, runs in results.items():
+            rate[name] = statistics.median(r[0] for r in runs)
+            rows.append(("gateway", name, f"{rate[name]:,.0f} req/s, p50 {statistics.median(r[1] for r in runs):.2f} ms, "
+                         f"p99 {statistics.median(r[2] for r in runs):.2f} ms",
+                         f"wrk -t2 -c64 -d{args.seconds}s, plain wasi:http hello, fresh instance per request"
+                         if name != "native hyper" else f"wrk -t2 -c64 -d{args.seconds}s, hyper hello world (ceiling)"))
+        if "wasmtime serve" in rate:
+            rows.append(("gateway", "shoal / wasmtime serve", f"{rate['shoal serve'] / rate['wasmtime serve']:.2f}×",
+                         "fresh instance per request on both; target ≥ 1.2×"))
+        rows.append(("gateway", "shoal / native hyper", f"{rate['shoal serve'] / rate['native hyper']:.2f}×", "same run"))
+    finally:
+        host.stop()
+        for server in servers.values():
+            server.stop()
+
+
+def deploy_latency(args, rows):
+    """Deploy: upload to first 200, cold (compile) and cached (same bytes again)."""
+    host = Host(args.shoal)
+    try:
+        hello = open(os.path.join(args.guests, "hello.wasm"), "rb").read()
+        samples = {"cold": [], "cached": []}
+        for round_ in range(args.rounds):
+            # A distinct custom section makes each round's bytes new: a cold compile.
+            marker = f"round-{round_}-{time.time()}".encode()
+            cold = hello + bytes([0, len(marker) + 1 + 5, 5]) + b"bench" + marker
+            for mode, wasm, name in (("cold", cold, f"cold-{round_}"), ("cached", cold, f"cached-{round_}")):
+                started = time.perf_counter()
+                host.deploy(name, wasm)
+                conn = http.client.HTTPConnection(host.gateway, timeout=30)
+                conn.request("GET", f"/{name}/")
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"first request answered {response.status}")
+                samples[mode].append((time.perf_counter() - started) * 1000)
+        for mode, values in samples.items():
+            rows.append(("deploy", f"hello ({len(hello) // 1024} KiB), {mode}", f"{statistics.median(values):.1f} ms upload → first 200",
+                         "PUT over HTTP incl. validation, " + ("compile" if mode == "cold" else "compile-cache hit") + ", fsync, first request"))
+    finally:
+        host.stop()
+
+
 def telemetry_cost(args, rows):
     """Gateway throughput with metrics and tracing on vs. off, side by side."""
     hosts = {"on": Host(args.shoal), "off": Host(args.shoal, ["--no-telemetry"])}
@@ -289,7 +407,7 @@ def main():
     args.density = [5, 10] if args.quick else [100, 500, 1000]
 
     rows = []
-    for section in (instantiation, fault_storm, telemetry_cost, a_to_b, density):
+    for section in (gateway_throughput, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density):
         print(f"== {section.__doc__.splitlines()[0]}", flush=True)
         section(args, rows)
 

@@ -14,6 +14,12 @@ profile=release
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 guests_dir="${CARGO_TARGET_DIR:-$PWD/guests/target}/wasm32-wasip2/release"
 
+if [ -z "$quick" ] && ! wasmtime --version 2>/dev/null | grep -q '48\.0\.8'; then
+    # The baseline: wasmtime serve of the same wasmtime line (the newest that builds
+    # on this toolchain). Takes a while the first time.
+    cargo install --locked wasmtime-cli@48.0.8
+fi
+
 (cd guests && cargo build --release --target wasm32-wasip2)
 if [ "$profile" = release ]; then
     cargo build --release -p shoal

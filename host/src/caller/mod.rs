@@ -284,18 +284,20 @@ impl Caller {
     ) -> Result<Response<GatewayBody>, CallError> {
         let telemetry = &self.telemetry;
         let started = Instant::now();
-        let span = telemetry.tracing.start(
-            format!("call {target}"),
-            SpanKind::Client,
-            &cx.trace.current(),
-            vec![
-                KeyValue::new("shoal.caller", cx.caller.to_string()),
-                KeyValue::new("shoal.target", target.to_owned()),
-                KeyValue::new("http.request.method", request.method.to_string()),
-                KeyValue::new("url.path", request.path_and_query.clone()),
-                KeyValue::new("shoal.request_id", cx.request_id.to_string()),
-            ],
-        );
+        let span = telemetry
+            .tracing
+            .start_with(SpanKind::Client, &cx.trace.current(), || {
+                (
+                    format!("call {target}"),
+                    vec![
+                        KeyValue::new("shoal.caller", cx.caller.to_string()),
+                        KeyValue::new("shoal.target", target.to_owned()),
+                        KeyValue::new("http.request.method", request.method.to_string()),
+                        KeyValue::new("url.path", request.path_and_query.clone()),
+                        KeyValue::new("shoal.request_id", cx.request_id.to_string()),
+                    ],
+                )
+            });
         let result = self.call_within(cx, target, request, options, &span).await;
         let outcome = match &result {
             Ok(response) if response.status().is_server_error() => "server-error",

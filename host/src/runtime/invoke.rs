@@ -151,11 +151,14 @@ where
     let pre = pre.clone();
     let mut task = AbortUnlessDetached(Some(tokio::spawn(async move {
         let tracing = &telemetry.tracing;
-        let guest_span = tracing.start("shoal.guest", SpanKind::Internal, &trace, vec![]);
+        let guest_span = tracing.start_with(SpanKind::Internal, &trace, || {
+            ("shoal.guest".into(), Vec::new())
+        });
         let run = async {
             let started = Instant::now();
-            let instantiate_span =
-                tracing.start("shoal.instantiate", SpanKind::Internal, &trace, vec![]);
+            let instantiate_span = tracing.start_with(SpanKind::Internal, &trace, || {
+                ("shoal.instantiate".into(), Vec::new())
+            });
             let proxy = pre.instantiate_async(&mut store).await;
             instantiate_span.span().end();
             if telemetry.metrics.enabled() {

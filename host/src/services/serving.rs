@@ -43,19 +43,19 @@ impl Services {
         let started = Instant::now();
         let method = request.method().to_string();
         let parent = telemetry.tracing.extract(request.headers());
-        let route = entry.route().to_owned();
-        let span = telemetry.tracing.start(
-            format!("{method} {route}"),
-            SpanKind::Server,
-            &parent,
-            vec![
-                KeyValue::new("http.request.method", method.clone()),
-                KeyValue::new("http.route", route),
-                KeyValue::new("url.path", request.uri().path().to_owned()),
-                KeyValue::new("shoal.service", entry.name().to_owned()),
-                KeyValue::new("shoal.request_id", request_id.to_owned()),
-            ],
-        );
+        let span = telemetry.tracing.start_with(SpanKind::Server, &parent, || {
+            let route = entry.route().to_owned();
+            (
+                format!("{method} {route}"),
+                vec![
+                    KeyValue::new("http.request.method", method.clone()),
+                    KeyValue::new("http.route", route),
+                    KeyValue::new("url.path", request.uri().path().to_owned()),
+                    KeyValue::new("shoal.service", entry.name().to_owned()),
+                    KeyValue::new("shoal.request_id", request_id.to_owned()),
+                ],
+            )
+        });
         let mut record = RequestRecord {
             platform: self.platform.clone(),
             service: entry.name().to_owned(),
