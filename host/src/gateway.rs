@@ -162,6 +162,7 @@ where
         deadline,
         request,
         trace,
+        deployment.pool.clone(),
     )
     .await;
     let mut kind = None;

@@ -11,6 +11,7 @@
 //! memory_mb = 64             # linear memory per instance
 //! timeout_ms = 30000         # wall-clock and CPU deadline per request
 //! table_elements = 20000     # elements per table of one instance
+//! instance_reuse = 1         # requests per instance (1: fresh instance per request)
 //! max_concurrency = 64       # requests running at once
 //! queue = 256                # requests waiting; beyond that: 503 + Retry-After
 //!
@@ -194,6 +195,10 @@ pub struct Limits {
     /// Elements a table of one instance may hold (bounds indirect-call tables).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_elements: Option<u32>,
+    /// Requests one instance may serve, one after another (default 1: a fresh
+    /// instance per request). Faster, but requests share the instance's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<u32>,
     /// Requests that may run at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
@@ -268,6 +273,16 @@ impl Manifest {
             return Err(field(
                 "limits.timeout_ms",
                 &format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        if self
+            .limits
+            .instance_reuse
+            .is_some_and(|n| !(1..=1_000_000).contains(&n))
+        {
+            return Err(field(
+                "limits.instance_reuse",
+                "must be between 1 and 1000000",
             ));
         }
         if self

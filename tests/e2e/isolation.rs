@@ -463,3 +463,40 @@ fn a_pool_that_cannot_fit_is_a_clear_startup_error() {
     assert!(err.contains("cannot create the wasmtime engine"), "{err}");
     assert!(err.contains("--max-instances"), "{err}");
 }
+
+#[test]
+fn instance_reuse_is_opt_in_bounded_and_drops_faulted_instances() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let faulty = guest("faulty");
+    assert_eq!(host.deploy("fresh", &faulty).status, 201);
+    let reuse = "[limits]\ninstance_reuse = 3\nmax_concurrency = 1\n";
+    assert_eq!(
+        host.deploy_with_manifest("reused", &faulty, reuse).status,
+        201
+    );
+
+    // Default: every request sees a fresh instance.
+    for _ in 0..4 {
+        assert_eq!(host.get("/fresh/count").body, "1\n");
+    }
+    // Opted in: one instance serves three requests, then a new one takes over.
+    let counts: Vec<String> = (0..6).map(|_| host.get("/reused/count").body).collect();
+    assert_eq!(counts, ["1\n", "2\n", "3\n", "1\n", "2\n", "3\n"]);
+    // An instance that traps is never served again.
+    assert_eq!(host.get("/reused/count").body, "1\n");
+    assert_eq!(host.get("/reused/trap").status, 500);
+    assert_eq!(host.get("/reused/count").body, "1\n");
+    // So is one that ran past its deadline.
+    let quick = "[limits]\ninstance_reuse = 100\nmax_concurrency = 1\ntimeout_ms = 300\n";
+    assert_eq!(
+        host.deploy_with_manifest("reused", &faulty, quick).status,
+        200
+    );
+    assert_eq!(host.get("/reused/count").body, "1\n");
+    assert_eq!(host.get("/reused/count").body, "2\n");
+    assert_eq!(host.get("/reused/loop").status, 504);
+    assert_eq!(host.get("/reused/count").body, "1\n");
+    let bad = host.deploy_with_manifest("reused", &faulty, "[limits]\ninstance_reuse = 0\n");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+}

@@ -9,6 +9,8 @@
 //! - `/noresponse` returns without ever sending a response.
 //! - `/malformed` answers with a `wasi:http` error instead of a response.
 //! - `/sleep?ms=N` waits N milliseconds, then answers 200 (a slow, well-behaved request).
+//! - `/count` answers how many requests this instance has served (1 with a fresh
+//!   instance per request; more when the manifest opts into instance reuse).
 //!
 //! Its exported health check hangs forever when the config value `health` is `hang`,
 //! traps when it is `trap`, and reports serving otherwise.
@@ -19,6 +21,11 @@ use shoal_sdk::http::{Request, Response};
 
 fn handle(req: Request) -> Response {
     match req.path() {
+        "/count" => {
+            static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            Response::text(200, format!("{served}\n"))
+        }
         "/ok" => Response::text(
             200,
             format!(

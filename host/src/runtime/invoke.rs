@@ -11,6 +11,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use super::reuse::{InstancePool, Reusable};
 use super::{GuestState, ServiceContext};
 use crate::capabilities::tracing::TraceScope;
 use crate::platform::Platform;
@@ -118,6 +119,7 @@ pub async fn handle<B>(
     deadline: Instant,
     request: hyper::Request<B>,
     trace: Context,
+    pool: Option<Arc<InstancePool>>,
 ) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -127,14 +129,24 @@ where
     let memory_limit = service.memory_limit_bytes;
     let telemetry = platform.telemetry.clone();
     let service_name = service.name.clone();
-    let mut store = new_store(
-        pre.engine(),
-        service,
-        platform,
-        request_id,
-        deadline,
-        TraceScope::new(trace.clone()),
-    );
+    let scope = TraceScope::new(trace.clone());
+    // A reused instance keeps its store; only the per-request state and the deadline
+    // are renewed.
+    let (mut store, reused) = match pool.as_ref().and_then(|pool| pool.take()) {
+        Some(Reusable {
+            mut store,
+            proxy,
+            uses,
+        }) => {
+            store.data_mut().prepare(request_id, deadline, scope);
+            arm_deadline(&mut store, deadline);
+            (store, Some((proxy, uses)))
+        }
+        None => (
+            new_store(pre.engine(), service, platform, request_id, deadline, scope),
+            None,
+        ),
+    };
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (incoming, outparam) = {
@@ -155,29 +167,47 @@ where
             ("shoal.guest".into(), Vec::new())
         });
         let run = async {
-            let started = Instant::now();
-            let instantiate_span = tracing.start_with(SpanKind::Internal, &trace, || {
-                ("shoal.instantiate".into(), Vec::new())
-            });
-            let proxy = pre.instantiate_async(&mut store).await;
-            instantiate_span.span().end();
-            if telemetry.metrics.enabled() {
-                telemetry
-                    .metrics
-                    .instantiation
-                    .with_label_values(&[&*service_name])
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            let proxy = proxy.map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
+            let (proxy, uses) = match reused {
+                Some(reused) => reused,
+                None => {
+                    let started = Instant::now();
+                    let instantiate_span = tracing.start_with(SpanKind::Internal, &trace, || {
+                        ("shoal.instantiate".into(), Vec::new())
+                    });
+                    let proxy = pre.instantiate_async(&mut store).await;
+                    instantiate_span.span().end();
+                    if telemetry.metrics.enabled() {
+                        telemetry
+                            .metrics
+                            .instantiation
+                            .with_label_values(&[&*service_name])
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    let proxy =
+                        proxy.map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
+                    (proxy, 0)
+                }
+            };
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, incoming, outparam)
                 .await
-                .map_err(|error| classify(error, timeout, memory_limit))
+                .map_err(|error| classify(error, timeout, memory_limit))?;
+            Ok((proxy, uses))
         };
         let result = match tokio::time::timeout_at(deadline.into(), run).await {
             Ok(result) => result,
             Err(_) => Err(GuestFailure::Deadline(timeout)),
+        };
+        // Only an instance that finished cleanly may serve again.
+        let result = match result {
+            Ok((proxy, uses)) => {
+                if let Some(pool) = &pool {
+                    pool.put(Reusable { store, proxy, uses });
+                }
+                Ok(())
+            }
+            Err(failure) => Err(failure),
         };
         if let Err(failure) = &result {
             guest_span
@@ -221,6 +251,12 @@ fn new_store(
         GuestState::new(service, request_id, platform, deadline, trace),
     );
     store.limiter(|state| &mut state.limits);
+    arm_deadline(&mut store, deadline);
+    store
+}
+
+/// Trap at `deadline`; yield to the executor on every epoch tick before it.
+fn arm_deadline(store: &mut Store<GuestState>, deadline: Instant) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {
@@ -230,7 +266,6 @@ fn new_store(
             Ok(UpdateDeadline::Yield(1))
         }
     });
-    store
 }
 
 /// Create a store and instantiate `pre` in it, then drop both: exactly the per-request

@@ -10,6 +10,7 @@
 pub mod compile;
 pub mod engine;
 pub mod invoke;
+pub mod reuse;
 pub mod state;
 
 pub use compile::{LoadError, Loaded};

@@ -86,6 +86,17 @@ impl GuestState {
         }
     }
 
+    /// Make a reused instance's state serve a new request.
+    pub(crate) fn prepare(&mut self, request_id: Arc<str>, deadline: Instant, trace: TraceScope) {
+        self.hooks = OutboundHooks::new(
+            self.platform.caller.clone(),
+            GuestState::call_context_of(&self.service, &request_id, deadline, &trace),
+        );
+        self.request_id = request_id;
+        self.deadline = deadline;
+        self.trace = trace;
+    }
+
     /// Who is calling when this request makes an outbound call.
     pub(crate) fn call_context(&self) -> CallContext {
         Self::call_context_of(&self.service, &self.request_id, self.deadline, &self.trace)

@@ -14,6 +14,7 @@ use super::{DeployKind, ServiceError, Services, validate_name};
 use crate::manifest::Manifest;
 use crate::policy::error_rate::ErrorWindow;
 use crate::runtime::ServiceContext;
+use crate::runtime::reuse::InstancePool;
 use crate::storage::{ServiceRecord, sha256_hex};
 
 /// How a deploy takes traffic.
@@ -519,6 +520,12 @@ impl Services {
             .route
             .clone()
             .unwrap_or_else(|| format!("/{}", record.name));
+        let pool = record
+            .manifest
+            .limits
+            .instance_reuse
+            .filter(|uses| *uses > 1)
+            .map(|uses| Arc::new(InstancePool::new(uses, MAX_IDLE_REUSABLE)));
         let context = Arc::new(ServiceContext {
             name: record.name.as_str().into(),
             version: record.version.as_str().into(),
@@ -540,9 +547,13 @@ impl Services {
             loaded,
             timeout,
             health_task: Mutex::new(None),
+            pool,
         })
     }
 }
+
+/// Idle instances one deployment keeps for reuse (each holds an allocator slot).
+const MAX_IDLE_REUSABLE: usize = 32;
 
 /// Table elements per instance when the manifest sets none.
 const DEFAULT_TABLE_ELEMENTS: u32 = 100_000;

@@ -30,6 +30,8 @@ pub struct Deployment {
     pub timeout: Duration,
     /// The periodic health check of this version, when the component exports one.
     pub(crate) health_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Idle instances kept for reuse, when the manifest opts in.
+    pub pool: Option<Arc<crate::runtime::reuse::InstancePool>>,
 }
 
 impl Deployment {
@@ -37,6 +39,9 @@ impl Deployment {
     pub fn retire(&self) {
         if let Some(task) = self.health_task.lock().take() {
             task.abort();
+        }
+        if let Some(pool) = &self.pool {
+            pool.clear();
         }
     }
 }

@@ -1,0 +1,70 @@
+//! Opt-in instance reuse: one instance serves up to N requests, one after another.
+//!
+//! A fresh instance per request is the default and the safest: nothing a request
+//! leaves in memory survives it. Reuse (manifest `limits.instance_reuse = N`) trades
+//! that for throughput: instantiation happens once per N requests, and whatever a
+//! request leaves in linear memory (globals, caches, leaks) is visible to the next
+//! requests served by the same instance. An instance that traps or overruns its
+//! deadline is never reused.
+
+use parking_lot::Mutex;
+use wasmtime::Store;
+use wasmtime_wasi_http::p2::bindings::Proxy;
+
+use super::GuestState;
+
+/// An instance kept between requests.
+pub struct Reusable {
+    /// Its store (limits and WASI state persist).
+    pub store: Store<GuestState>,
+    /// Its `wasi:http/proxy` exports.
+    pub proxy: Proxy,
+    /// Requests it has served.
+    pub uses: u32,
+}
+
+/// Idle instances of one deployment.
+pub struct InstancePool {
+    idle: Mutex<Vec<Reusable>>,
+    max_uses: u32,
+    max_idle: usize,
+}
+
+impl InstancePool {
+    /// A pool whose instances serve at most `max_uses` requests each, keeping at most
+    /// `max_idle` idle (each holds an instance slot of the allocator).
+    pub fn new(max_uses: u32, max_idle: usize) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            max_uses,
+            max_idle,
+        }
+    }
+
+    /// An idle instance, if any (most recently used first: its memory is warm).
+    pub fn take(&self) -> Option<Reusable> {
+        self.idle.lock().pop()
+    }
+
+    /// Return an instance after a request that completed cleanly.
+    pub fn put(&self, mut instance: Reusable) {
+        instance.uses += 1;
+        if instance.uses >= self.max_uses {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        if idle.len() < self.max_idle {
+            idle.push(instance);
+        }
+    }
+
+    /// Drop every idle instance (the deployment is retired).
+    pub fn clear(&self) {
+        self.idle.lock().clear();
+    }
+
+    /// Idle instances right now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().len()
+    }
+}
