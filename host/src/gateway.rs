@@ -156,13 +156,15 @@ where
 
     let outcome = invoke::handle(
         &deployment.loaded.pre,
-        deployment.context.clone(),
-        platform.clone(),
-        request_id.into(),
-        deadline,
-        request,
-        trace,
         deployment.pool.clone(),
+        invoke::Invocation {
+            service: deployment.context.clone(),
+            platform: platform.clone(),
+            request_id: request_id.into(),
+            deadline,
+            trace,
+        },
+        request,
     )
     .await;
     let mut kind = None;

@@ -107,24 +107,42 @@ impl Drop for AbortUnlessDetached {
 #[error("execution deadline exceeded")]
 struct DeadlineExceeded;
 
-/// Instantiate `pre` in a fresh store and hand it `request`.
+/// Who serves a request, for whom, until when, in which trace.
+pub struct Invocation {
+    /// The service's own context.
+    pub service: Arc<ServiceContext>,
+    /// Registry, caller, telemetry.
+    pub platform: Arc<Platform>,
+    /// The request id.
+    pub request_id: Arc<str>,
+    /// When the request must be done.
+    pub deadline: Instant,
+    /// The request's span.
+    pub trace: Context,
+}
+
+/// Instantiate `pre` in a fresh store (or take an idle instance from `pool`) and hand
+/// it `request`.
 ///
 /// Returns as soon as the guest has sent its response head; the body streams from a
 /// task that keeps the instance alive until the guest finishes (or the deadline hits).
 pub async fn handle<B>(
     pre: &ProxyPre<GuestState>,
-    service: Arc<ServiceContext>,
-    platform: Arc<Platform>,
-    request_id: Arc<str>,
-    deadline: Instant,
-    request: hyper::Request<B>,
-    trace: Context,
     pool: Option<Arc<InstancePool>>,
+    invocation: Invocation,
+    request: hyper::Request<B>,
 ) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
+    let Invocation {
+        service,
+        platform,
+        request_id,
+        deadline,
+        trace,
+    } = invocation;
     let timeout = deadline.saturating_duration_since(Instant::now());
     let memory_limit = service.memory_limit_bytes;
     let telemetry = platform.telemetry.clone();
