@@ -9,6 +9,11 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::GuestState;
 
+/// Instance slots decommitted at once by the pooling allocator.
+const DECOMMIT_BATCH: usize = 32;
+/// Bytes of memory, tables and stacks reset in place instead of decommitted.
+const KEEP_RESIDENT: usize = 64 * 1024;
+
 /// How often the epoch advances; the granularity of execution deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -50,7 +55,15 @@ impl Runtime {
                 .total_memories(options.max_instances.saturating_mul(2))
                 .total_tables(options.max_instances.saturating_mul(4))
                 .total_stacks(options.max_instances)
-                .max_memory_size(options.max_memory_bytes);
+                .max_memory_size(options.max_memory_bytes)
+                // Give memory back to the kernel in batches: one madvise (and one TLB
+                // shootdown across threads) per batch instead of per instance.
+                .decommit_batch_size(DECOMMIT_BATCH)
+                // Small tables and the first pages of memory and stacks are reset
+                // with memset instead of madvise: cheaper for small guests.
+                .linear_memory_keep_resident(KEEP_RESIDENT)
+                .table_keep_resident(KEEP_RESIDENT)
+                .async_stack_keep_resident(KEEP_RESIDENT);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         }
         let engine = Engine::new(&config).map_err(anyhow::Error::from).context(
