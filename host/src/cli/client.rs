@@ -201,7 +201,7 @@ pub async fn list(args: &AdminArgs) -> Result<()> {
         .await?;
     let services = json["services"].as_array().cloned().unwrap_or_default();
     println!(
-        "{:<24} {:<16} {:<14} {:<24} {:<9} {:<24} DEPLOYED",
+        "{:<24} {:<20} {:<14} {:<24} {:<9} {:<24} DEPLOYED",
         "NAME", "VERSION", "DIGEST", "ROUTE", "STATE", "CANARY"
     );
     for service in services {
@@ -211,7 +211,7 @@ pub async fn list(args: &AdminArgs) -> Result<()> {
             None => "-".to_owned(),
         };
         println!(
-            "{:<24} {:<16} {:<14} {:<24} {:<9} {:<24} {}",
+            "{:<24} {:<20} {:<14} {:<24} {:<9} {:<24} {}",
             service["name"].as_str().unwrap_or(""),
             service["version"].as_str().unwrap_or(""),
             &digest[..digest.len().min(12)],
