@@ -21,6 +21,17 @@ if [ -z "$quick" ] && ! wasmtime --version 2>/dev/null | grep -q '48\.0\.8'; the
 fi
 
 (cd guests && cargo build --release --target wasm32-wasip2)
+
+# A large component for the deploy benchmark: the Python hello (componentize-py).
+large=""
+if [ -z "$quick" ] && ! command -v componentize-py >/dev/null 2>&1; then
+    python3 -m pip install --quiet componentize-py==0.25.1
+fi
+if command -v componentize-py >/dev/null 2>&1; then
+    large="$target_dir/python_hello.wasm"
+    (cd guests/python-hello && componentize-py -d ../../wit -w wasi:http/proxy@0.2.12 componentize app -o "$large")
+fi
+
 if [ "$profile" = release ]; then
     cargo build --release -p shoal
 else
@@ -29,4 +40,5 @@ fi
 
 out=BENCHMARKS.md
 [ -n "$quick" ] && out="$target_dir/bench-quick.md"
-python3 scripts/bench.py --shoal "$target_dir/$profile/shoal" --guests "$guests_dir" --out "$out" $quick
+python3 scripts/bench.py --shoal "$target_dir/$profile/shoal" --guests "$guests_dir" --out "$out" \
+    ${large:+--large "$large"} $quick
