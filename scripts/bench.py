@@ -130,6 +130,7 @@ def a_to_b(args, rows):
         count = sum(float(m) for m in re.findall(r'^shoal_request_duration_seconds_count\{[^}]*service="b"[^}]*\} (\S+)$', text, re.M))
         if count:
             own = total / count * 1e6
+            args.figures["added"] = medians["in-process"] - own
             rows.append(("service-to-service", "in-process path, added to B's own time",
                          f"{medians['in-process'] - own:.0f} µs (B itself: {own:.0f} µs mean)",
                          "A→B p50 minus B's mean serving time; target ≤ 50 µs"))
@@ -156,6 +157,7 @@ def instantiation(args, rows):
         medians[mode] = mean
         rows.append(("instantiation", f"{mode} allocator", f"{mean:.1f} µs mean, p99 {p99:.1f} µs",
                      f"{args.rounds}×{args.instantiations} instantiations of hello (Rust SDK), `shoal bench-instantiate`"))
+    args.figures["instantiation"] = medians["pooling"]
     rows.append(("instantiation", "on-demand / pooling", f"{medians['on-demand'] / medians['pooling']:.2f}×", "same run"))
 
 
@@ -297,6 +299,8 @@ def gateway_throughput(args, rows):
                          + ("one instance per 128 requests" if "reuse" in name else "fresh instance per request")
                          if name != "native hyper" else f"wrk -t2 -c64 -d{args.seconds}s, hyper hello world (ceiling)"))
         if "wasmtime serve" in rate:
+            args.figures["fresh"] = rate["shoal serve"] / rate["wasmtime serve"]
+            args.figures["reuse"] = rate["shoal serve, reuse 128"] / rate["wasmtime serve, reuse 128"]
             rows.append(("gateway", "shoal / wasmtime serve", f"{rate['shoal serve'] / rate['wasmtime serve']:.2f}×",
                          "fresh instance per request on both; target ≥ 1.2×"))
             rows.append(("gateway", "shoal / wasmtime serve, both reusing 128",
@@ -338,6 +342,8 @@ def deploy_one(args, rows, label, component, rounds):
                 if response.status != 200:
                     raise RuntimeError(f"first request answered {response.status}")
                 samples[mode].append((time.perf_counter() - started) * 1000)
+        if label.startswith("hello"):
+            args.figures["cached_deploy"] = statistics.median(samples["cached"])
         for mode, values in samples.items():
             rows.append(("deploy", f"{label}, {len(hello) / 1024 / 1024:.2f} MiB, {mode}", f"{statistics.median(values):.1f} ms upload → first 200",
                          "PUT over HTTP incl. validation, " + ("compile" if mode == "cold" else "compile-cache hit") + ", fsync, first request"))
@@ -393,6 +399,7 @@ def density(args, rows):
                 deploying += time.perf_counter() - started
             time.sleep(0.5)
             rss = rss_kib(host.proc.pid)
+            args.figures[f"density_{target}"] = rss / 1024
             rows.append(("density", f"{target} idle services", f"{rss / 1024:.1f} MiB RSS, {(rss - base) / target:.0f} KiB per service",
                          "hello deployed under distinct names (compiled once, cached)"))
         # Every one of them answers.
@@ -439,6 +446,7 @@ def main():
     args.density = [5, 10] if args.quick else [100, 500, 1000]
 
     rows = []
+    args.figures = {}
     for section in (gateway_throughput, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density):
         print(f"== {section.__doc__.splitlines()[0]}", flush=True)
         section(args, rows)
@@ -458,6 +466,22 @@ def main():
         "|---|---|---|---|",
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    lines += ["", "## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+    figures = args.figures
+
+    def target(name, goal, key, fmt, ok):
+        if key in figures:
+            value = figures[key]
+            lines.append(f"| {name} | {goal} | {fmt.format(value)} | {'yes' if ok(value) else '**no**'} |")
+        else:
+            lines.append(f"| {name} | {goal} | not measured | - |")
+
+    target("gateway, fresh instance per request", "≥ 1.2× wasmtime serve", "fresh", "{:.2f}×", lambda v: v >= 1.2)
+    target("gateway, instance reuse 128", "≥ 1.0× wasmtime serve --max-instance-reuse-count 128", "reuse", "{:.2f}×", lambda v: v >= 1.0)
+    target("instantiation (pooling)", "≤ 8 µs", "instantiation", "{:.1f} µs", lambda v: v <= 8)
+    target("in-process A→B added latency (p50)", "≤ 50 µs", "added", "{:.0f} µs", lambda v: v <= 50)
+    target("cached redeploy to first 200 (Rust)", "≤ 50 ms", "cached_deploy", "{:.1f} ms", lambda v: v <= 50)
+    target("1,000 idle services", "≤ 1 GiB RSS", "density_1000", "{:.0f} MiB", lambda v: v <= 1024)
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as out:
         out.write(text)
