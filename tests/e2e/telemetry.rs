@@ -5,6 +5,17 @@ use shoal_tests::prometheus::Prometheus;
 use shoal_tests::{Host, TOKEN, guest, temp_root};
 use std::time::{Duration, Instant};
 
+/// The host's `/metrics` page.
+fn metrics_text(host: &Host) -> String {
+    shoal_tests::agent()
+        .get(format!("{}/metrics", host.admin))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("body")
+}
+
 #[test]
 fn prometheus_scrapes_request_error_and_guest_metrics() {
     let root = temp_root();
@@ -73,13 +84,7 @@ fn prometheus_scrapes_request_error_and_guest_metrics() {
             >= 1.0
     );
     // The exposition follows the conventions: base units, _total counters.
-    let text = shoal_tests::agent()
-        .get(format!("{}/metrics", host.admin))
-        .call()
-        .expect("metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("body");
+    let text = metrics_text(&host);
     assert!(
         text.contains("# TYPE shoal_request_duration_seconds histogram"),
         "{text}"
@@ -130,23 +135,11 @@ fn bad_guest_metrics_get_clear_errors_and_stay_bounded() {
         refused += usize::from(reply.body.starts_with("error too-many-series"));
     }
     assert_eq!(refused, 5);
-    let text = shoal_tests::agent()
-        .get(format!("{}/metrics", host.admin))
-        .call()
-        .expect("metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("body");
+    let text = metrics_text(&host);
     assert_eq!(text.matches("shoal_guest_a_per_user{").count(), 1000);
     // Removing the service drops its series.
     assert_eq!(host.admin("DELETE", "/v1/services/a").status, 204);
-    let text = shoal_tests::agent()
-        .get(format!("{}/metrics", host.admin))
-        .call()
-        .expect("metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("body");
+    let text = metrics_text(&host);
     assert!(
         !text.contains("shoal_guest_a_"),
         "series of a removed service remain"

@@ -229,10 +229,7 @@ impl Services {
     ) -> Result<Arc<Deployment>, ServiceError> {
         validate_name(name)?;
         let _guard = self.changes.lock().await;
-        let entry = self
-            .table
-            .entry(name)
-            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+        let entry = self.existing(name)?;
         let mut state = state_of(&entry);
         let target = state.take_rollback_target(version).ok_or_else(|| {
             ServiceError::Conflict(match version {
@@ -260,10 +257,7 @@ impl Services {
     pub async fn set_canary_weight(&self, name: &str, weight: u8) -> Result<(), ServiceError> {
         check_weight(weight)?;
         let _guard = self.changes.lock().await;
-        let entry = self
-            .table
-            .entry(name)
-            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+        let entry = self.existing(name)?;
         let canary = entry
             .canary
             .as_ref()
@@ -273,18 +267,13 @@ impl Services {
             persisted.weight = weight;
         }
         self.persist(name, &state).await?;
-        self.install(ServiceEntry {
-            stable: entry.stable.clone(),
-            canary: Some(Arc::new(new_canary(
-                canary.deployment.clone(),
-                weight,
-                canary.auto_rollback.clone(),
-            ))),
-            history: entry.history.clone(),
-            shared: entry.shared.clone(),
-            scale_override: entry.scale_override,
-        })
-        .await;
+        let canary = new_canary(
+            canary.deployment.clone(),
+            weight,
+            canary.auto_rollback.clone(),
+        );
+        self.install(entry.with_canary(Some(Arc::new(canary))))
+            .await;
         tracing::info!(service = name, weight, "canary weight changed");
         Ok(())
     }
@@ -292,10 +281,7 @@ impl Services {
     /// Make the canary the current version.
     pub async fn promote_canary(&self, name: &str) -> Result<Arc<Deployment>, ServiceError> {
         let _guard = self.changes.lock().await;
-        let entry = self
-            .table
-            .entry(name)
-            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+        let entry = self.existing(name)?;
         let canary = entry
             .canary
             .clone()
@@ -319,24 +305,14 @@ impl Services {
     /// Drop the canary; all traffic returns to the current version.
     pub async fn abort_canary(&self, name: &str, reason: &str) -> Result<(), ServiceError> {
         let _guard = self.changes.lock().await;
-        let entry = self
-            .table
-            .entry(name)
-            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+        let entry = self.existing(name)?;
         if entry.canary.is_none() {
             return Err(ServiceError::Conflict(format!("`{name}` has no canary")));
         }
         let mut state = state_of(&entry);
         state.canary = None;
         self.persist(name, &state).await?;
-        self.install(ServiceEntry {
-            stable: entry.stable.clone(),
-            canary: None,
-            history: entry.history.clone(),
-            shared: entry.shared.clone(),
-            scale_override: entry.scale_override,
-        })
-        .await;
+        self.install(entry.with_canary(None)).await;
         tracing::warn!(service = name, reason, "canary rolled back");
         Ok(())
     }
@@ -349,20 +325,14 @@ impl Services {
             ));
         }
         let _guard = self.changes.lock().await;
-        let entry = self
-            .table
-            .entry(name)
-            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+        let entry = self.existing(name)?;
         let mut state = state_of(&entry);
         state.scale = Some(scale);
         self.persist(name, &state).await?;
         entry.shared.limiter.rescale(scale);
         self.install(ServiceEntry {
-            stable: entry.stable.clone(),
-            canary: entry.canary.clone(),
-            history: entry.history.clone(),
-            shared: entry.shared.clone(),
             scale_override: true,
+            ..entry.with_canary(entry.canary.clone())
         })
         .await;
         tracing::info!(service = name, ?scale, "scaled");
@@ -414,6 +384,13 @@ impl Services {
             restored += 1;
         }
         Ok(restored)
+    }
+
+    /// The live entry of `name`, or `NotFound`.
+    fn existing(&self, name: &str) -> Result<Arc<ServiceEntry>, ServiceError> {
+        self.table
+            .entry(name)
+            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))
     }
 
     /// Swap `entry` into the table, register it, start its health checks and retire

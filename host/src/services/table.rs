@@ -129,6 +129,17 @@ impl ServiceEntry {
         &self.stable.route
     }
 
+    /// The same service with `canary` in place of the current one.
+    pub fn with_canary(&self, canary: Option<Arc<Canary>>) -> ServiceEntry {
+        ServiceEntry {
+            stable: self.stable.clone(),
+            canary,
+            history: self.history.clone(),
+            shared: self.shared.clone(),
+            scale_override: self.scale_override,
+        }
+    }
+
     /// The deployment a request should use: the canary for `weight`% of draws.
     /// `draw` is uniform in 0..100.
     pub fn pick(&self, draw: u8) -> (&Arc<Deployment>, Option<&Arc<Canary>>) {
