@@ -127,13 +127,14 @@ impl Services {
                     state.promote(deployment.record.clone());
                 }
                 state.canary = None;
-                let shared = self.shared_for(existing.as_deref(), &deployment, state.scale);
                 let kind = if existing.is_some() {
                     DeployKind::Replaced
                 } else {
                     DeployKind::Created
                 };
                 self.persist(name, &state).await?;
+                // Live limits change only once the new state is on disk.
+                let shared = self.shared_for(existing.as_deref(), &deployment, state.scale);
                 let entry = ServiceEntry {
                     stable: deployment.clone(),
                     canary: None,
@@ -238,6 +239,15 @@ impl Services {
             })
         })?;
         let deployment = Arc::new(self.load(target.clone()).await?);
+        // The earlier version's route may have been taken since.
+        if let Some(owner) = self.table.route_owner(&deployment.route)
+            && owner != name
+        {
+            return Err(ServiceError::RouteConflict {
+                route: deployment.route.clone(),
+                owner,
+            });
+        }
         state.promote(target);
         state.canary = None;
         self.persist(name, &state).await?;
