@@ -41,7 +41,19 @@ impl Services {
         shared.faults.request();
         let telemetry = &self.platform.telemetry;
         let started = Instant::now();
-        let method = request.method().to_string();
+        // Bounded label: any other token a client sends counts as `OTHER`.
+        let method = match *request.method() {
+            http::Method::GET
+            | http::Method::HEAD
+            | http::Method::POST
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::PATCH
+            | http::Method::OPTIONS
+            | http::Method::CONNECT
+            | http::Method::TRACE => request.method().to_string(),
+            _ => "OTHER".to_owned(),
+        };
         let parent = telemetry.tracing.extract(request.headers());
         let span = telemetry.tracing.start_with(SpanKind::Server, &parent, || {
             let route = entry.route().to_owned();
