@@ -2,6 +2,8 @@
 //!
 //! The `wasi:*` interfaces come from `wasmtime-wasi` and `wasmtime-wasi-http`; only
 //! Shoal's own interfaces are generated here, from the same WIT the guests use.
+//! Every import is `trappable`: a host method returns `wasmtime::Result`, whose `Err`
+//! is a host fault that traps the instance, while expected failures are WIT values.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -19,10 +21,7 @@ wasmtime::component::bindgen!({
         }
     ",
     world: "shoal:host/host",
-    imports: {
-        "shoal:platform/discovery.[method]watcher.subscribe": async | trappable,
-        default: async,
-    },
+    imports: { default: async | trappable },
     exports: { default: async },
     with: {
         "wasi:io": wasmtime_wasi::p2::bindings::io,

@@ -2,6 +2,8 @@
 //!
 //! The binary (`shoal`) is a thin edge over these modules:
 //!
+//! - [`protocol`]: the HTTP vocabulary every layer shares; [`deadline`]: the one type
+//!   for a request's time budget.
 //! - [`runtime`]: the wasmtime engine, compile cache and per-request instantiation.
 //! - [`capabilities`]: host implementations of the `shoal:platform` WIT interfaces.
 //! - [`policy`]: load balancing, circuit breaking and retries as pure code.
@@ -9,7 +11,7 @@
 //! - [`caller`]: the resilient outbound caller (and plain `wasi:http` outbound).
 //! - [`platform`]: the registry and caller, bundled for capabilities.
 //! - [`services`]: the live service table and deploy / remove / restore.
-//! - [`gateway`]: inbound HTTP to services; [`admin`]: the admin API.
+//! - [`gateway`]: inbound HTTP (accept and route); [`admin`]: the admin API.
 //! - [`storage`]: durable state in the data directory; [`manifest`]: deploy manifests.
 //! - [`telemetry`]: Prometheus metrics and OpenTelemetry traces.
 //! - [`server`]: `shoal serve` wiring; [`cli`]: the command line.
@@ -21,10 +23,12 @@ pub mod caller;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod gateway;
 pub mod manifest;
 pub mod platform;
 pub mod policy;
+pub mod protocol;
 pub mod registry;
 pub mod runtime;
 pub mod server;

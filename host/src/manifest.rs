@@ -226,10 +226,16 @@ pub enum ManifestError {
 impl Manifest {
     /// Parse and validate manifest text. `max_memory_mb` is the host's ceiling.
     pub fn parse(text: &str, max_memory_mb: u32) -> Result<Self, ManifestError> {
-        let manifest: Manifest = toml::from_str(text)
-            .map_err(|error| ManifestError::Syntax(error.to_string().trim().to_owned()))?;
+        let manifest = Self::from_toml(text)?;
         manifest.validate(max_memory_mb)?;
         Ok(manifest)
+    }
+
+    /// Read a manifest's TOML without checking its values (a deploy checks them, in
+    /// one place, with [`Manifest::validate`]).
+    pub fn from_toml(text: &str) -> Result<Self, ManifestError> {
+        toml::from_str(text)
+            .map_err(|error| ManifestError::Syntax(error.to_string().trim().to_owned()))
     }
 
     /// Check every field's value.

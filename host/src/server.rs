@@ -23,8 +23,43 @@ use crate::telemetry::Telemetry;
 /// How often leases of local and external registrations are renewed.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// A host that is built and bound but not yet serving: what [`build`] makes and
+/// [`serve`] runs, so tests and embedders can bind port 0 and choose the shutdown.
+pub struct Host {
+    /// The services this host runs.
+    pub services: Arc<Services>,
+    /// Operator-registered external services.
+    pub external: Arc<ExternalServices>,
+    telemetry: Arc<Telemetry>,
+    admin: axum::Router,
+    gateway_listener: TcpListener,
+    admin_listener: TcpListener,
+    drain: Duration,
+}
+
+impl Host {
+    /// Where the gateway listens.
+    pub fn gateway_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.gateway_listener.local_addr()
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.admin_listener.local_addr()
+    }
+}
+
 /// Run a host until SIGTERM or SIGINT, then drain and return.
 pub async fn run(config: ServeConfig) -> Result<()> {
+    let host = build(config).await?;
+    println!("gateway listening on http://{}", host.gateway_addr()?);
+    println!("admin API listening on http://{}", host.admin_addr()?);
+    serve(host, wait_for_signal()).await
+}
+
+/// Open the data directory, build the runtime and the platform, restore what was
+/// deployed, and bind both listeners.
+pub async fn build(config: ServeConfig) -> Result<Host> {
     if config.default_memory_mb == 0 || config.default_memory_mb > config.max_memory_mb {
         anyhow::bail!(
             "--default-memory-mb ({}) must be between 1 and --max-memory-mb ({})",
@@ -33,21 +68,7 @@ pub async fn run(config: ServeConfig) -> Result<()> {
         );
     }
     let storage = Storage::open(&config.data_dir)?;
-    let token = match &config.admin_token {
-        Some(token) if !token.trim().is_empty() => token.trim().to_owned(),
-        Some(_) => anyhow::bail!("--admin-token / SHOAL_ADMIN_TOKEN is empty"),
-        None => {
-            let (token, created) = admin::load_or_create_token(storage.root())?;
-            if created {
-                println!(
-                    "admin token (saved to {}): {token}",
-                    storage.root().join(admin::TOKEN_FILE).display()
-                );
-            }
-            token
-        }
-    };
-
+    let token = admin_token(&config, &storage)?;
     let runtime = Runtime::new(&RuntimeOptions {
         cache_dir: storage.root().join("cache"),
         max_instances: config.max_instances,
@@ -102,37 +123,79 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding the admin API to {}", config.admin_listen))?;
-    let gateway_addr = gateway_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
-    tracing::info!(%gateway_addr, %admin_addr, restored, restored_external, data_dir = %storage.root().display(), "shoal is up");
-    println!("gateway listening on http://{gateway_addr}");
-    println!("admin API listening on http://{admin_addr}");
+    tracing::info!(
+        gateway_addr = %gateway_listener.local_addr()?,
+        admin_addr = %admin_listener.local_addr()?,
+        restored,
+        restored_external,
+        data_dir = %storage.root().display(),
+        "shoal is up"
+    );
+    let admin = admin::router(AdminState {
+        services: services.clone(),
+        external: external.clone(),
+        token: Arc::new(AdminToken::new(token)),
+        max_upload_bytes: config.max_upload_bytes,
+    });
+    Ok(Host {
+        services,
+        external,
+        telemetry,
+        admin,
+        gateway_listener,
+        admin_listener,
+        drain: Duration::from_secs(config.drain_secs),
+    })
+}
 
+/// The operator's token, or the one saved in the data directory (created and printed
+/// once on first start).
+fn admin_token(config: &ServeConfig, storage: &Storage) -> Result<String> {
+    match &config.admin_token {
+        Some(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
+        Some(_) => anyhow::bail!("--admin-token / SHOAL_ADMIN_TOKEN is empty"),
+        None => {
+            let (token, created) = admin::load_or_create_token(storage.root())?;
+            if created {
+                println!(
+                    "admin token (saved to {}): {token}",
+                    storage.root().join(admin::TOKEN_FILE).display()
+                );
+            }
+            Ok(token)
+        }
+    }
+}
+
+/// Serve the gateway and the admin API until `shutdown` resolves, then stop accepting,
+/// drain in-flight requests (up to the drain time) and return.
+pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Result<()> {
+    let Host {
+        services,
+        external: _external,
+        telemetry,
+        admin,
+        gateway_listener,
+        admin_listener,
+        drain,
+    } = host;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let drain = Duration::from_secs(config.drain_secs);
-
     let gateway = tokio::spawn(crate::gateway::serve(
         gateway_listener,
         services.clone(),
         stopped(stop_rx.clone()),
         drain,
     ));
-    let app = admin::router(AdminState {
-        services: services.clone(),
-        external: external.clone(),
-        token: Arc::new(AdminToken::new(token)),
-        max_upload_bytes: config.max_upload_bytes,
-    });
     let admin_server = tokio::spawn(
-        axum::serve(admin_listener, app)
+        axum::serve(admin_listener, admin)
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
 
-    wait_for_signal().await?;
+    shutdown.await?;
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     let _ = stop_tx.send(true);
     let _ = gateway.await;

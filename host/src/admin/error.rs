@@ -56,7 +56,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Load(_) => StatusCode::BAD_REQUEST,
             ServiceError::RouteConflict { .. } => StatusCode::CONFLICT,
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::Conflict { .. } => StatusCode::CONFLICT,
             ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
             ServiceError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -9,7 +9,8 @@ use serde_json::json;
 use super::AdminState;
 use super::error::ApiError;
 use crate::registry::external::ExternalService;
-use crate::services::{ServiceError, validate_name};
+use crate::registry::validate_name;
+use crate::services::ServiceError;
 
 /// `GET /v1/external`
 pub async fn list(State(state): State<AdminState>) -> Json<serde_json::Value> {
@@ -27,7 +28,7 @@ pub async fn show(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    validate_name(&name)?;
+    validate_name(&name).map_err(ServiceError::from)?;
     state
         .external
         .list()
@@ -49,7 +50,7 @@ pub async fn put(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    validate_name(&name)?;
+    validate_name(&name).map_err(ServiceError::from)?;
     let spec = ExternalService::parse(&body)
         .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error.to_string()))?;
     if state.services.table().get(&name).is_some() {
@@ -76,7 +77,7 @@ pub async fn remove(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    validate_name(&name)?;
+    validate_name(&name).map_err(ServiceError::from)?;
     if state
         .external
         .remove(&name)
@@ -97,7 +98,7 @@ pub async fn discover(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    validate_name(&name)?;
+    validate_name(&name).map_err(ServiceError::from)?;
     let instances = state
         .services
         .platform()

@@ -3,6 +3,7 @@
 //! | method | path                  | what                                         |
 //! |--------|-----------------------|----------------------------------------------|
 //! | GET    | `/healthz`            | liveness (no token needed)                   |
+//! | GET    | `/metrics`            | Prometheus text format (no token needed)     |
 //! | GET    | `/v1/services`        | every service                                |
 //! | GET    | `/v1/services/{name}` | one service                                  |
 //! | PUT    | `/v1/services/{name}` | deploy: `application/wasm` body, or multipart with `component` and `manifest` parts |
@@ -23,6 +24,8 @@ mod auth;
 mod error;
 mod external;
 mod services;
+#[cfg(test)]
+mod tests;
 
 pub use auth::{AdminToken, TOKEN_FILE, load_or_create_token};
 

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use crate::manifest::Manifest;
 use crate::services::limiter::Scale;
 use crate::services::state::AutoRollback;
-use crate::services::{DeployKind, DeployMode, ServiceEntry, ServiceError, validate_name};
+use crate::services::{DeployKind, DeployMode, ServiceEntry, ServiceError};
 
 /// What the admin API shows of a service.
 #[derive(Debug, Serialize)]
@@ -79,7 +79,7 @@ impl From<&ServiceEntry> for ServiceView {
             route: deployment.route.clone(),
             state: "running",
             limits: LimitsView {
-                memory_mb: (deployment.context.memory_limit_bytes / (1024 * 1024)) as u64,
+                memory_mb: (deployment.limits.memory_bytes / (1024 * 1024)) as u64,
                 timeout_ms: deployment.timeout.as_millis() as u64,
                 max_concurrency: scale.max_concurrency,
                 queue: scale.queue,
@@ -113,11 +113,7 @@ impl From<&ServiceEntry> for ServiceView {
 }
 
 fn view_of(state: &AdminState, name: &str) -> Result<Json<ServiceView>, ApiError> {
-    let entry = state
-        .services
-        .table()
-        .entry(name)
-        .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
+    let entry = state.services.existing(name)?;
     Ok(Json(ServiceView::from(entry.as_ref())))
 }
 
@@ -138,7 +134,6 @@ pub async fn show(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceView>, ApiError> {
-    validate_name(&name)?;
     view_of(&state, &name)
 }
 
@@ -157,16 +152,8 @@ pub async fn scale(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<ServiceView>, ApiError> {
-    validate_name(&name)?;
     let request: ScaleRequest = parse_json(&body)?;
-    let current = state
-        .services
-        .table()
-        .entry(&name)
-        .ok_or_else(|| ServiceError::NotFound(name.clone()))?
-        .shared
-        .limiter
-        .scale();
+    let current = state.services.existing(&name)?.shared.limiter.scale();
     let scale = Scale {
         max_concurrency: request.max_concurrency,
         queue: request.queue.unwrap_or(current.queue),
@@ -189,7 +176,6 @@ pub async fn rollback(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<ServiceView>, ApiError> {
-    validate_name(&name)?;
     let request: RollbackRequest = if body.is_empty() {
         RollbackRequest::default()
     } else {
@@ -215,7 +201,6 @@ pub async fn canary_weight(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<ServiceView>, ApiError> {
-    validate_name(&name)?;
     let request: CanaryWeight = parse_json(&body)?;
     state
         .services
@@ -229,7 +214,6 @@ pub async fn promote(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceView>, ApiError> {
-    validate_name(&name)?;
     state.services.promote_canary(&name).await?;
     view_of(&state, &name)
 }
@@ -239,7 +223,6 @@ pub async fn abort_canary(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceView>, ApiError> {
-    validate_name(&name)?;
     state
         .services
         .abort_canary(&name, "rolled back by the operator")
@@ -339,11 +322,10 @@ pub async fn deploy(
         .and_then(|value| value.to_str().ok())
         .unwrap_or("application/wasm")
         .to_ascii_lowercase();
-    let max_memory_mb = state.services.defaults().max_memory_mb;
     // Other checks come after the (bounded) body is read, so the connection stays
     // usable for the client's next request.
     let (component, manifest) = if content_type.starts_with("multipart/form-data") {
-        read_multipart(request, &state, max_memory_mb).await?
+        read_multipart(request, &state).await?
     } else {
         // Any other body is taken as the component itself (`application/wasm`
         // preferred); its bytes, not its label, decide whether it is acceptable.
@@ -353,7 +335,6 @@ pub async fn deploy(
         (body, Ok(Manifest::default()))
     };
 
-    validate_name(&name)?;
     let Query(query) =
         query.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text()))?;
     let mode = query.mode()?;
@@ -373,7 +354,6 @@ pub async fn deploy(
 async fn read_multipart(
     request: Request,
     state: &AdminState,
-    max_memory_mb: u32,
 ) -> Result<(Bytes, Result<Manifest, ApiError>), ApiError> {
     let mut multipart = Multipart::from_request(request, state)
         .await
@@ -388,7 +368,7 @@ async fn read_multipart(
             Some("component") => component = Some(field.bytes().await.map_err(part_error)?),
             Some("manifest") => {
                 let text = field.text().await.map_err(part_error)?;
-                manifest = Manifest::parse(&text, max_memory_mb)
+                manifest = Manifest::from_toml(&text)
                     .map_err(|error| ApiError::from(ServiceError::from(error)));
             }
             other => {

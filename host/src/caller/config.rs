@@ -11,8 +11,6 @@ use crate::policy::retry::{BudgetConfig, RetryPolicy};
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time a whole call may take.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15);
-/// Longest timeout a guest may ask for per call.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Resolved policy of one (caller, target) pair.
 #[derive(Debug, Clone, PartialEq)]

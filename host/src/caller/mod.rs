@@ -14,9 +14,8 @@ pub mod outbound;
 pub mod transport;
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, Uri};
-use http_body_util::Full;
+use http::header::{HOST, HeaderValue};
+use http::{HeaderMap, Method, Response, Uri};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,18 +26,16 @@ use thiserror::Error;
 pub use config::TargetPolicy;
 use transport::{LocalDispatch, RemoteClient, TransportError};
 
-use crate::gateway::{GatewayBody, REQUEST_ID};
+use crate::deadline::{self, Deadline};
 use crate::policy::balancer::{Balancer, Load};
 use crate::policy::breaker::{BreakerState, CircuitBreaker, Permit};
-use crate::policy::retry::{RetryBudget, is_idempotent_method, is_retryable_status};
+use crate::policy::is_failure_status;
+use crate::policy::retry::{self, Attempt, Next, RetryBudget, is_idempotent_method};
+use crate::protocol::{self, Body, CALLER, DEADLINE_MS, REQUEST_ID};
 use crate::registry::{Endpoint, Instance, Registry, routable};
+use crate::telemetry::TraceScope;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
-
-/// Header carrying the caller's remaining deadline, in milliseconds.
-pub static DEADLINE_MS: HeaderName = HeaderName::from_static("x-shoal-deadline-ms");
-/// Header naming the calling service.
-pub static CALLER: HeaderName = HeaderName::from_static("x-shoal-caller");
 
 /// Why a call produced no response.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -113,11 +110,11 @@ pub struct CallContext {
     /// The request id to propagate.
     pub request_id: Arc<str>,
     /// The caller's own deadline; no call outlives it.
-    pub deadline: Instant,
+    pub deadline: Deadline,
     /// The caller's outbound settings.
     pub outbound: Arc<crate::manifest::Outbound>,
     /// The caller's spans: outbound calls are children of its current one.
-    pub trace: crate::capabilities::tracing::TraceScope,
+    pub trace: TraceScope,
 }
 
 struct InstanceState {
@@ -273,6 +270,19 @@ impl Caller {
         state
     }
 
+    /// The routable instances of `target`, or `None` when it has none registered (it
+    /// is not a service the caller can reach). Plain `wasi:http` calls ask this first,
+    /// then hand the answer to [`Caller::call_discovered`] so discovery runs once.
+    pub async fn discover(&self, target: &str) -> Option<Vec<Instance>> {
+        if target.is_empty() {
+            return None;
+        }
+        match self.registry.instances(target).await {
+            Ok(instances) if !instances.is_empty() => Some(instances),
+            _ => None,
+        }
+    }
+
     /// Call `target` with `request`. Any answered status is a response; errors are
     /// only for calls that got no answer.
     pub async fn call(
@@ -281,7 +291,21 @@ impl Caller {
         target: &str,
         request: OutboundRequest,
         options: CallOptions,
-    ) -> Result<Response<GatewayBody>, CallError> {
+    ) -> Result<Response<Body>, CallError> {
+        self.call_discovered(cx, target, request, options, None)
+            .await
+    }
+
+    /// [`Caller::call`], with the first attempt using `discovered` (registered
+    /// instances just looked up) instead of asking the registry again.
+    pub async fn call_discovered(
+        &self,
+        cx: &CallContext,
+        target: &str,
+        request: OutboundRequest,
+        options: CallOptions,
+        discovered: Option<Vec<Instance>>,
+    ) -> Result<Response<Body>, CallError> {
         let telemetry = &self.telemetry;
         let started = Instant::now();
         let span = telemetry
@@ -298,9 +322,11 @@ impl Caller {
                     ],
                 )
             });
-        let result = self.call_within(cx, target, request, options, &span).await;
+        let result = self
+            .call_within(cx, target, request, options, discovered, &span)
+            .await;
         let outcome = match &result {
-            Ok(response) if response.status().is_server_error() => "server-error",
+            Ok(response) if is_failure_status(response.status().as_u16()) => "server-error",
             Ok(_) => "ok",
             Err(error) => error.kind(),
         };
@@ -346,8 +372,9 @@ impl Caller {
         target: &str,
         request: OutboundRequest,
         options: CallOptions,
+        discovered: Option<Vec<Instance>>,
         span: &opentelemetry::Context,
-    ) -> Result<Response<GatewayBody>, CallError> {
+    ) -> Result<Response<Body>, CallError> {
         let policy = TargetPolicy::resolve(&cx.outbound, target);
         let attempt_timeout = checked_timeout(
             options.attempt_timeout,
@@ -366,9 +393,8 @@ impl Caller {
                 request.path_and_query
             )));
         }
-        let started = Instant::now();
-        let deadline = cx.deadline.min(started + overall);
-        if deadline <= started {
+        let deadline = cx.deadline.within(overall);
+        if deadline.is_past() {
             // The caller's own time is up: nothing is sent, no breaker is touched.
             return Err(CallError::Timeout);
         }
@@ -376,173 +402,66 @@ impl Caller {
             .idempotent
             .unwrap_or_else(|| is_idempotent_method(request.method.as_str()));
         let state = self.target(&cx.caller, target, policy);
+        let started = Instant::now();
         state.budget.lock().on_request(started);
 
         let Ok(permit) = state.breaker.try_acquire(started) else {
             return Err(CallError::CircuitOpen(target.to_owned()));
         };
         let admission = Admission::new(&state.breaker, permit);
-        let (result, sent) = self
-            .attempts(
-                cx,
-                target,
-                &state,
-                &request,
-                deadline,
-                attempt_timeout,
-                idempotent,
-                span,
-            )
-            .await;
+        let plan = AttemptPlan {
+            cx,
+            target,
+            state: &state,
+            request: &request,
+            deadline,
+            attempt_timeout,
+            idempotent,
+            span,
+        };
+        let (result, sent) = plan.run(self, discovered).await;
         if sent {
-            admission
-                .record(matches!(&result, Ok(response) if !response.status().is_server_error()));
+            admission.record(
+                matches!(&result, Ok(response) if !is_failure_status(response.status().as_u16())),
+            );
         }
         // Otherwise nothing reached the target: dropping the admission releases it.
         result
     }
 
-    /// Run attempts until one succeeds or retrying is not allowed. Also says whether
-    /// any attempt reached the point of sending.
-    #[allow(clippy::too_many_arguments)]
-    async fn attempts(
-        &self,
-        cx: &CallContext,
-        target: &str,
-        state: &TargetState,
-        request: &OutboundRequest,
-        deadline: Instant,
-        attempt_timeout: Duration,
-        idempotent: bool,
-        span: &opentelemetry::Context,
-    ) -> (Result<Response<GatewayBody>, CallError>, bool) {
-        let mut tried: Vec<String> = Vec::new();
-        let mut previous: Option<Result<Response<GatewayBody>, CallError>> = None;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let instances = match self.registry.instances(target).await {
-                Ok(instances) => routable(&instances),
-                Err(error) => {
-                    let failure = Err(CallError::Unreachable(error.to_string()));
-                    return (previous.unwrap_or(failure), !tried.is_empty());
-                }
-            };
-            state.prune(&instances);
-            let picked = if instances.is_empty() {
-                None
-            } else {
-                pick(state, &instances, &tried)
-            };
-            let Some((instance, permit, instance_state)) = picked else {
-                // Nothing to (re)try: a retry keeps the answer it already has.
-                let failure = if instances.is_empty() {
-                    CallError::NoInstances(target.to_owned())
-                } else {
-                    CallError::CircuitOpen(target.to_owned())
-                };
-                return (previous.unwrap_or(Err(failure)), !tried.is_empty());
-            };
-            let admission = Admission::new(&instance_state.breaker, permit);
-            let now = Instant::now();
-            let remaining = deadline.saturating_duration_since(now);
-            if remaining.is_zero() {
-                return (
-                    previous.unwrap_or(Err(CallError::Timeout)),
-                    !tried.is_empty(),
-                );
-            }
-            tried.push(instance.id.clone());
-            // The callee gets this attempt's deadline, not the whole call's.
-            let attempt_deadline = now + attempt_timeout.min(remaining);
-            instance_state.outstanding.fetch_add(1, Ordering::Relaxed);
-            let guard = Outstanding(instance_state.clone());
-            let outcome = tokio::time::timeout_at(
-                attempt_deadline.into(),
-                self.send(cx, target, instance, request, attempt_deadline, span),
-            )
-            .await
-            .unwrap_or(Err(TransportError {
-                error: CallError::Timeout,
-                sent: true,
-            }));
-            drop(guard);
-            let now = Instant::now();
-            let (success, retryable) = match &outcome {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    (status < 500, idempotent && is_retryable_status(status))
-                }
-                Err(failure) => (false, idempotent || !failure.sent),
-            };
-            admission.record(success);
-            let outcome = outcome.map_err(|failure| failure.error);
-            let may_retry = retryable
-                && attempt < state.policy.retry.max_attempts
-                && now < deadline
-                && state.budget.lock().try_retry(now);
-            if !may_retry {
-                return (outcome, true);
-            }
-            let backoff = state.policy.retry.backoff(attempt, rand::random::<f64>());
-            if now + backoff >= deadline {
-                return (outcome, true);
-            }
-            tracing::debug!(caller = %cx.caller, target, attempt, ?backoff, "retrying");
-            span.span().add_event(
-                "retry",
-                vec![
-                    KeyValue::new("shoal.attempt", i64::from(attempt)),
-                    KeyValue::new("shoal.instance", instance.id.clone()),
-                ],
-            );
-            previous = Some(outcome);
-            tokio::time::sleep(backoff).await;
-        }
-    }
-
+    /// Send one attempt to `instance`, due by `deadline`: in process for a local
+    /// instance, over a pooled connection for a remote one.
     async fn send(
         &self,
         cx: &CallContext,
         target: &str,
         instance: &Instance,
         request: &OutboundRequest,
-        deadline: Instant,
+        deadline: Deadline,
         span: &opentelemetry::Context,
-    ) -> Result<Response<GatewayBody>, TransportError> {
-        let mut headers = request.headers.clone();
-        strip_hop_by_hop(&mut headers);
-        // The callee continues this call's trace.
-        headers.remove("traceparent");
-        headers.remove("tracestate");
-        self.telemetry.tracing.inject(span, &mut headers);
-        if !headers.contains_key(&REQUEST_ID)
-            && let Ok(value) = HeaderValue::from_str(&cx.request_id)
-        {
-            headers.insert(REQUEST_ID.clone(), value);
-        }
-        let remaining_ms = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .max(1);
-        headers.insert(DEADLINE_MS.clone(), HeaderValue::from(remaining_ms as u64));
-        if let Ok(value) = HeaderValue::from_str(&cx.caller) {
-            headers.insert(CALLER.clone(), value);
-        }
+    ) -> Result<Response<Body>, TransportError> {
         let not_sent = |error| TransportError { error, sent: false };
+        let (uri, host) = match &instance.endpoint {
+            Endpoint::Local => (request.path_and_query.parse::<Uri>(), target),
+            Endpoint::Http(authority) => (
+                format!("http://{authority}{}", request.path_and_query).parse::<Uri>(),
+                authority.as_str(),
+            ),
+        };
+        let uri = uri.map_err(|_| {
+            not_sent(CallError::InvalidRequest(format!(
+                "cannot address `{}` at `{}`",
+                request.path_and_query, instance.endpoint
+            )))
+        })?;
+        let mut headers = self.outgoing_headers(cx, request, deadline, span);
+        if let Ok(value) = HeaderValue::from_str(host) {
+            headers.insert(HOST, value);
+        }
+        let outgoing =
+            protocol::buffered_request(request.method.clone(), uri, headers, request.body.clone());
         match &instance.endpoint {
             Endpoint::Local => {
-                let uri: Uri = request
-                    .path_and_query
-                    .parse()
-                    .map_err(|_| not_sent(CallError::InvalidRequest("bad path".into())))?;
-                if let Ok(value) = HeaderValue::from_str(target) {
-                    headers.insert(HOST, value);
-                }
-                let mut outgoing = Request::new(Full::new(request.body.clone()));
-                *outgoing.method_mut() = request.method.clone();
-                *outgoing.uri_mut() = uri;
-                *outgoing.headers_mut() = headers;
                 let local = self.local.get().and_then(Weak::upgrade).ok_or_else(|| {
                     not_sent(CallError::Unreachable("host is shutting down".into()))
                 })?;
@@ -555,23 +474,147 @@ impl Caller {
                         )))
                     })
             }
-            Endpoint::Http(authority) => {
-                let uri: Uri = format!("http://{authority}{}", request.path_and_query)
-                    .parse()
-                    .map_err(|_| {
-                        not_sent(CallError::InvalidRequest(format!(
-                            "bad endpoint `{authority}`"
-                        )))
-                    })?;
-                if let Ok(value) = HeaderValue::from_str(authority) {
-                    headers.insert(HOST, value);
-                }
-                let mut outgoing = Request::new(Full::new(request.body.clone()));
-                *outgoing.method_mut() = request.method.clone();
-                *outgoing.uri_mut() = uri;
-                *outgoing.headers_mut() = headers;
-                self.remote.send(outgoing).await
+            Endpoint::Http(_) => self.remote.send(outgoing).await,
+        }
+    }
+
+    /// The headers of an attempt: the guest's minus hop-by-hop ones, plus trace
+    /// context, request id, remaining deadline and the calling service.
+    fn outgoing_headers(
+        &self,
+        cx: &CallContext,
+        request: &OutboundRequest,
+        deadline: Deadline,
+        span: &opentelemetry::Context,
+    ) -> HeaderMap {
+        let mut headers = request.headers.clone();
+        protocol::strip_hop_by_hop(&mut headers);
+        // The callee continues this call's trace.
+        headers.remove("traceparent");
+        headers.remove("tracestate");
+        self.telemetry.tracing.inject(span, &mut headers);
+        if !headers.contains_key(&REQUEST_ID) {
+            protocol::set_request_id(&mut headers, &cx.request_id);
+        }
+        headers.insert(DEADLINE_MS.clone(), deadline.header_value());
+        if let Ok(value) = HeaderValue::from_str(&cx.caller) {
+            headers.insert(CALLER.clone(), value);
+        }
+        headers
+    }
+}
+
+/// The attempts of one call: everything fixed for the call, so each attempt only
+/// picks an instance, sends, and asks [`retry::next_step`] what to do next.
+struct AttemptPlan<'a> {
+    cx: &'a CallContext,
+    target: &'a str,
+    state: &'a TargetState,
+    request: &'a OutboundRequest,
+    deadline: Deadline,
+    attempt_timeout: Duration,
+    idempotent: bool,
+    span: &'a opentelemetry::Context,
+}
+
+impl AttemptPlan<'_> {
+    /// Run attempts until one succeeds or retrying is not allowed. Also says whether
+    /// any attempt reached the point of sending. The first attempt uses `discovered`
+    /// when given; later ones ask the registry again.
+    async fn run(
+        &self,
+        caller: &Caller,
+        mut discovered: Option<Vec<Instance>>,
+    ) -> (Result<Response<Body>, CallError>, bool) {
+        let mut tried: Vec<String> = Vec::new();
+        let mut previous: Option<Result<Response<Body>, CallError>> = None;
+        let mut number = 0;
+        loop {
+            number += 1;
+            let registered = match discovered.take() {
+                Some(instances) => instances,
+                None => match caller.registry.instances(self.target).await {
+                    Ok(instances) => instances,
+                    Err(error) => {
+                        let failure = Err(CallError::Unreachable(error.to_string()));
+                        return (previous.unwrap_or(failure), !tried.is_empty());
+                    }
+                },
+            };
+            let instances = routable(&registered);
+            self.state.prune(&instances);
+            let picked = if instances.is_empty() {
+                None
+            } else {
+                pick(self.state, &instances, &tried)
+            };
+            let Some((instance, permit, instance_state)) = picked else {
+                // Nothing to (re)try: a retry keeps the answer it already has.
+                let failure = if instances.is_empty() {
+                    CallError::NoInstances(self.target.to_owned())
+                } else {
+                    CallError::CircuitOpen(self.target.to_owned())
+                };
+                return (previous.unwrap_or(Err(failure)), !tried.is_empty());
+            };
+            let admission = Admission::new(&instance_state.breaker, permit);
+            if self.deadline.is_past() {
+                return (
+                    previous.unwrap_or(Err(CallError::Timeout)),
+                    !tried.is_empty(),
+                );
             }
+            tried.push(instance.id.clone());
+            // The callee gets this attempt's deadline, not the whole call's.
+            let attempt_deadline = self.deadline.within(self.attempt_timeout);
+            instance_state.outstanding.fetch_add(1, Ordering::Relaxed);
+            let guard = Outstanding(instance_state.clone());
+            let outcome = tokio::time::timeout_at(
+                attempt_deadline.into(),
+                caller.send(
+                    self.cx,
+                    self.target,
+                    instance,
+                    self.request,
+                    attempt_deadline,
+                    self.span,
+                ),
+            )
+            .await
+            .unwrap_or(Err(TransportError {
+                error: CallError::Timeout,
+                sent: true,
+            }));
+            drop(guard);
+            let attempt = match &outcome {
+                Ok(response) => Attempt::Answered(response.status().as_u16()),
+                Err(failure) => Attempt::Failed { sent: failure.sent },
+            };
+            admission.record(retry::attempt_succeeded(attempt));
+            let outcome = outcome.map_err(|failure| failure.error);
+            let next = retry::next_step(
+                &self.state.policy.retry,
+                &mut self.state.budget.lock(),
+                number,
+                attempt,
+                self.idempotent,
+                Instant::now(),
+                self.deadline.instant(),
+                rand::random::<f64>(),
+            );
+            let Next::RetryAfter(backoff) = next else {
+                return (outcome, true);
+            };
+            tracing::debug!(caller = %self.cx.caller, target = self.target, attempt = number, ?backoff, "retrying");
+            self.span.span().add_event(
+                "retry",
+                vec![
+                    KeyValue::new("shoal.attempt", i64::from(number)),
+                    KeyValue::new("shoal.instance", instance.id.clone()),
+                ],
+            );
+            previous = Some(outcome);
+            tokio::time::sleep(backoff).await;
         }
     }
 }
@@ -624,58 +667,17 @@ fn checked_timeout(
         Some(value) if value.is_zero() => Err(CallError::InvalidRequest(format!(
             "{what} must be positive"
         ))),
-        Some(value) if value > config::MAX_TIMEOUT => Err(CallError::InvalidRequest(format!(
+        Some(value) if value > deadline::LONGEST => Err(CallError::InvalidRequest(format!(
             "{what} of {value:?} exceeds the maximum of {:?}",
-            config::MAX_TIMEOUT
+            deadline::LONGEST
         ))),
         Some(value) => Ok(value),
-    }
-}
-
-/// Remove hop-by-hop headers (RFC 9110 §7.6.1), including those the `connection`
-/// header names, and the ones the transport sets itself.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
-        .filter(|token| !token.is_empty())
-        .collect();
-    for name in named {
-        headers.remove(name.as_str());
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-        "trailer",
-        "host",
-        "content-length",
-    ] {
-        headers.remove(name);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_connection_tokens_are_removed() {
-        let mut headers = HeaderMap::new();
-        headers.insert("connection", HeaderValue::from_static("close, x-secret"));
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert("x-kept", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert_eq!(headers["x-kept"], "yes");
-    }
 
     #[test]
     fn timeouts_are_checked() {

@@ -60,7 +60,12 @@ async fn route(
         .unwrap_or_default();
     let is_plain_http = uri.scheme_str() == Some("http") && uri.port_u16().is_none_or(|p| p == 80);
 
-    if is_plain_http && is_service(&caller, &host).await {
+    let discovered = if is_plain_http {
+        caller.discover(&host).await
+    } else {
+        None
+    };
+    if let Some(discovered) = discovered {
         let (parts, body) = request.into_parts();
         let body = Limited::new(body, MAX_BUFFERED_BODY)
             .collect()
@@ -88,7 +93,7 @@ async fn route(
             ..CallOptions::default()
         };
         let response = caller
-            .call(&context, &host, outbound, options)
+            .call_discovered(&context, &host, outbound, options, Some(discovered))
             .await
             .map_err(to_wasi_error)?;
         let response = response.map(|body| {
@@ -114,15 +119,6 @@ async fn route(
     let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
     let io: IoFuture = Box::new(io);
     Ok((response.map(BodyExt::boxed_unsync), io))
-}
-
-async fn is_service(caller: &Caller, host: &str) -> bool {
-    !host.is_empty()
-        && caller
-            .registry()
-            .instances(host)
-            .await
-            .is_ok_and(|instances| !instances.is_empty())
 }
 
 fn to_wasi_error(error: CallError) -> HttpError {

@@ -7,10 +7,11 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::CallError;
-use crate::gateway::GatewayBody;
+use crate::deadline::Deadline;
+use crate::protocol::Body;
 
 /// Dispatches a request to a service deployed on this host, without a socket.
 #[async_trait::async_trait]
@@ -22,8 +23,8 @@ pub trait LocalDispatch: Send + Sync {
         &self,
         service: &str,
         request: Request<Full<Bytes>>,
-        deadline: Instant,
-    ) -> Option<Response<GatewayBody>>;
+        deadline: Deadline,
+    ) -> Option<Response<Body>>;
 }
 
 /// Pooled HTTP/1.1 client for remote instances.
@@ -50,7 +51,7 @@ impl RemoteClient {
     pub async fn send(
         &self,
         request: Request<Full<Bytes>>,
-    ) -> Result<Response<GatewayBody>, TransportError> {
+    ) -> Result<Response<Body>, TransportError> {
         match self.client.request(request).await {
             Ok(response) => {
                 Ok(response.map(|body| body.map_err(std::io::Error::other).boxed_unsync()))

@@ -5,12 +5,40 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use http_body_util::{BodyExt as _, Limited};
 use std::time::Duration;
+use wasmtime::component::{HasData, Linker};
 
-use crate::bindings::caller::{CallError, CallOptions, Host, Request, Response};
+use super::{PlatformView, traced_fallible};
+use crate::bindings::caller::{self, CallError, CallOptions, Host, Request, Response};
 use crate::caller::outbound::MAX_BUFFERED_BODY;
-use crate::caller::{self, OutboundRequest};
-use crate::runtime::GuestState;
-use crate::services::validate_name;
+use crate::caller::{CallContext, Caller, OutboundRequest};
+use crate::policy::is_failure_status;
+use crate::registry::validate_name;
+
+/// What a call sees: the host's caller, and who is calling for which request.
+pub struct CallerView<'a> {
+    /// The resilient caller.
+    pub caller: &'a Caller,
+    /// The calling service, request id, deadline and spans.
+    pub context: CallContext,
+}
+
+struct HasCaller;
+
+impl HasData for HasCaller {
+    type Data<'a> = CallerView<'a>;
+}
+
+pub(super) fn add_to_linker<T: PlatformView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    caller::add_to_linker::<T, HasCaller>(linker, |state| {
+        let ctx = state.platform().ctx;
+        CallerView {
+            caller: &ctx.platform.caller,
+            context: ctx.call_context(),
+        }
+    })
+}
 
 fn invalid(reason: impl Into<String>) -> CallError {
     CallError::InvalidRequest(reason.into())
@@ -35,50 +63,56 @@ fn to_outbound(request: Request) -> Result<OutboundRequest, CallError> {
     })
 }
 
-impl Host for GuestState {
-    async fn call(
-        &mut self,
+fn to_options(options: CallOptions) -> crate::caller::CallOptions {
+    crate::caller::CallOptions {
+        attempt_timeout: options
+            .attempt_timeout_ms
+            .map(|ms| Duration::from_millis(ms.into())),
+        deadline: options
+            .deadline_ms
+            .map(|ms| Duration::from_millis(ms.into())),
+        idempotent: options.idempotent,
+    }
+}
+
+fn to_wit_error(error: crate::caller::CallError) -> CallError {
+    use crate::caller::CallError as E;
+    match error {
+        E::NoInstances(_) => CallError::NoInstances,
+        E::CircuitOpen(_) => CallError::CircuitOpen,
+        E::Timeout => CallError::Timeout,
+        E::Refused(text) => CallError::Refused(text),
+        E::Unreachable(text) => CallError::Unreachable(text),
+        E::Denied(text) => CallError::Denied(text),
+        E::InvalidRequest(text) => CallError::InvalidRequest(text),
+    }
+}
+
+impl CallerView<'_> {
+    async fn call_checked(
+        &self,
         service: String,
         request: Request,
         options: CallOptions,
     ) -> Result<Response, CallError> {
         validate_name(&service).map_err(|error| invalid(error.to_string()))?;
         let outbound = to_outbound(request)?;
-        let options = caller::CallOptions {
-            attempt_timeout: options
-                .attempt_timeout_ms
-                .map(|ms| Duration::from_millis(ms.into())),
-            deadline: options
-                .deadline_ms
-                .map(|ms| Duration::from_millis(ms.into())),
-            idempotent: options.idempotent,
-        };
-        let context = self.call_context();
         let response = self
-            .platform
             .caller
-            .call(&context, &service, outbound, options)
+            .call(&self.context, &service, outbound, to_options(options))
             .await
-            .map_err(|error| match error {
-                caller::CallError::NoInstances(_) => CallError::NoInstances,
-                caller::CallError::CircuitOpen(_) => CallError::CircuitOpen,
-                caller::CallError::Timeout => CallError::Timeout,
-                caller::CallError::Refused(text) => CallError::Refused(text),
-                caller::CallError::Unreachable(text) => CallError::Unreachable(text),
-                caller::CallError::Denied(text) => CallError::Denied(text),
-                caller::CallError::InvalidRequest(text) => CallError::InvalidRequest(text),
-            })?;
+            .map_err(to_wit_error)?;
         let (parts, body) = response.into_parts();
-        let remaining = self
-            .deadline
-            .saturating_duration_since(std::time::Instant::now());
-        let body = tokio::time::timeout(remaining, Limited::new(body, MAX_BUFFERED_BODY).collect())
-            .await
-            .map_err(|_| CallError::Timeout)?
-            .map_err(|error| {
-                CallError::Unreachable(format!("reading the response body failed: {error}"))
-            })?
-            .to_bytes();
+        let body = tokio::time::timeout_at(
+            self.context.deadline.into(),
+            Limited::new(body, MAX_BUFFERED_BODY).collect(),
+        )
+        .await
+        .map_err(|_| CallError::Timeout)?
+        .map_err(|error| {
+            CallError::Unreachable(format!("reading the response body failed: {error}"))
+        })?
+        .to_bytes();
         let response = Response {
             status: parts.status.as_u16(),
             headers: parts
@@ -88,10 +122,25 @@ impl Host for GuestState {
                 .collect(),
             body: body.to_vec(),
         };
-        if parts.status.is_server_error() {
+        if is_failure_status(response.status) {
             Err(CallError::ServerError(response))
         } else {
             Ok(response)
         }
+    }
+}
+
+impl Host for CallerView<'_> {
+    async fn call(
+        &mut self,
+        service: String,
+        request: Request,
+        options: CallOptions,
+    ) -> wasmtime::Result<Result<Response, CallError>> {
+        let caller = self.context.caller.clone();
+        traced_fallible("caller.call", &caller, async {
+            Ok(self.call_checked(service, request, options).await)
+        })
+        .await
     }
 }

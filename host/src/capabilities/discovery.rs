@@ -1,13 +1,13 @@
 //! `shoal:platform/discovery`: instances of a service, once or as a live watch.
 
-use wasmtime::component::Resource;
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
-use crate::bindings::discovery::{DiscoveryError, Host, HostWatcher, Instance};
-use crate::bindings::registry::Health;
-use crate::registry::{self, InstanceWatch};
-use crate::runtime::GuestState;
-use crate::services::validate_name;
+use super::registry::health_to_wit;
+use super::{HostFault, PlatformView, traced, traced_fallible};
+use crate::bindings::discovery::{self, DiscoveryError, Host, HostWatcher, Instance};
+use crate::registry::{self, InstanceWatch, Registry, validate_name};
 
 /// A guest's live view of one service's instances.
 pub struct Watcher {
@@ -31,17 +31,42 @@ impl Pollable for Watcher {
     }
 }
 
+/// What a discovery call sees: the registry and the instance's resource table.
+pub struct DiscoveryView<'a> {
+    /// Where instances are looked up.
+    pub registry: &'a Arc<dyn Registry>,
+    /// Holds the guest's watchers.
+    pub table: &'a mut ResourceTable,
+    /// The calling service, for the call's span.
+    pub service: &'a str,
+}
+
+struct HasDiscovery;
+
+impl HasData for HasDiscovery {
+    type Data<'a> = DiscoveryView<'a>;
+}
+
+pub(super) fn add_to_linker<T: PlatformView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    discovery::add_to_linker::<T, HasDiscovery>(linker, |state| {
+        let view = state.platform();
+        DiscoveryView {
+            registry: &view.ctx.platform.registry,
+            table: view.table,
+            service: &view.ctx.service.name,
+        }
+    })
+}
+
 fn to_wit(instance: &registry::Instance) -> Instance {
     Instance {
         id: instance.id.clone(),
         address: instance.endpoint.to_string(),
         version: instance.version.clone(),
         tags: instance.tags.clone(),
-        health: match instance.health {
-            registry::Health::Serving => Health::Serving,
-            registry::Health::Degraded => Health::Degraded,
-            registry::Health::NotServing => Health::NotServing,
-        },
+        health: health_to_wit(instance.health),
     }
 }
 
@@ -49,56 +74,85 @@ fn check_name(service: &str) -> Result<(), DiscoveryError> {
     validate_name(service).map_err(|error| DiscoveryError::InvalidName(error.to_string()))
 }
 
-impl Host for GuestState {
-    async fn discover(&mut self, service: String) -> Result<Vec<Instance>, DiscoveryError> {
-        check_name(&service)?;
-        let instances = self
-            .platform
-            .registry
-            .instances(&service)
-            .await
-            .map_err(|error| DiscoveryError::BackendUnavailable(error.to_string()))?;
-        Ok(registry::routable(&instances).iter().map(to_wit).collect())
+impl Host for DiscoveryView<'_> {
+    async fn discover(
+        &mut self,
+        service: String,
+    ) -> wasmtime::Result<Result<Vec<Instance>, DiscoveryError>> {
+        let registry = self.registry;
+        traced_fallible("discovery.discover", self.service, async {
+            if let Err(error) = check_name(&service) {
+                return Ok(Err(error));
+            }
+            Ok(match registry.instances(&service).await {
+                Ok(instances) => Ok(registry::routable(&instances).iter().map(to_wit).collect()),
+                Err(error) => Err(DiscoveryError::BackendUnavailable(error.to_string())),
+            })
+        })
+        .await
     }
 
-    async fn watch(&mut self, service: String) -> Result<Resource<Watcher>, DiscoveryError> {
-        check_name(&service)?;
-        let receiver = self
-            .platform
-            .registry
-            .watch(&service)
-            .await
-            .map_err(|error| DiscoveryError::BackendUnavailable(error.to_string()))?;
-        self.table
-            .push(Watcher {
+    async fn watch(
+        &mut self,
+        service: String,
+    ) -> wasmtime::Result<Result<Resource<Watcher>, DiscoveryError>> {
+        let registry = self.registry;
+        let table = &mut *self.table;
+        traced_fallible("discovery.watch", self.service, async {
+            if let Err(error) = check_name(&service) {
+                return Ok(Err(error));
+            }
+            let receiver = match registry.watch(&service).await {
+                Ok(receiver) => receiver,
+                Err(error) => {
+                    return Ok(Err(DiscoveryError::BackendUnavailable(error.to_string())));
+                }
+            };
+            let watcher = Watcher {
                 receiver,
                 pending: true,
                 closed: false,
-            })
-            .map_err(|error| DiscoveryError::BackendUnavailable(error.to_string()))
+            };
+            let resource = table
+                .push(watcher)
+                .map_err(|error| HostFault::table("discovery.watch", error))?;
+            Ok(Ok(resource))
+        })
+        .await
     }
 }
 
-impl HostWatcher for GuestState {
+impl HostWatcher for DiscoveryView<'_> {
     async fn subscribe(
         &mut self,
         watcher: Resource<Watcher>,
     ) -> wasmtime::Result<Resource<DynPollable>> {
-        subscribe(&mut self.table, watcher)
+        subscribe(self.table, watcher)
     }
 
-    async fn next(&mut self, watcher: Resource<Watcher>) -> Option<Vec<Instance>> {
-        let watcher = self.table.get_mut(&watcher).ok()?;
-        if !watcher.pending && !watcher.receiver.has_changed().unwrap_or(false) {
-            return None;
-        }
-        watcher.pending = false;
-        let current = watcher.receiver.borrow_and_update().clone();
-        Some(current.iter().map(to_wit).collect())
+    async fn next(
+        &mut self,
+        watcher: Resource<Watcher>,
+    ) -> wasmtime::Result<Option<Vec<Instance>>> {
+        let table = &mut *self.table;
+        traced("discovery.watcher.next", self.service, async {
+            let watcher = table
+                .get_mut(&watcher)
+                .map_err(|error| HostFault::table("discovery.watcher.next", error))?;
+            if !watcher.pending && !watcher.receiver.has_changed().unwrap_or(false) {
+                return Ok(None);
+            }
+            watcher.pending = false;
+            let current = watcher.receiver.borrow_and_update().clone();
+            Ok(Some(current.iter().map(to_wit).collect()))
+        })
+        .await
     }
 
     async fn drop(&mut self, watcher: Resource<Watcher>) -> wasmtime::Result<()> {
-        self.table.delete(watcher)?;
+        self.table
+            .delete(watcher)
+            .map_err(|error| HostFault::table("discovery.watcher.drop", error))?;
         Ok(())
     }
 }

@@ -1,9 +1,38 @@
 //! `shoal:platform/metrics`: a service's own counters, gauges and histograms,
 //! namespaced and bounded by the host.
 
-use crate::bindings::metrics::{Host, MetricError};
-use crate::runtime::GuestState;
+use wasmtime::component::{HasData, Linker};
+
+use super::{PlatformView, traced_fallible};
+use crate::bindings::metrics::{self, Host, MetricError};
+use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{GuestKind, GuestMetricError};
+
+/// What a metrics call sees: the host's metrics and the recording service.
+pub struct MetricsView<'a> {
+    /// Where guest series live.
+    pub metrics: &'a Metrics,
+    /// The service whose namespace the series go to.
+    pub service: &'a str,
+}
+
+struct HasMetrics;
+
+impl HasData for HasMetrics {
+    type Data<'a> = MetricsView<'a>;
+}
+
+pub(super) fn add_to_linker<T: PlatformView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    metrics::add_to_linker::<T, HasMetrics>(linker, |state| {
+        let ctx = state.platform().ctx;
+        MetricsView {
+            metrics: &ctx.platform.telemetry.metrics,
+            service: &ctx.service.name,
+        }
+    })
+}
 
 fn to_wit(error: GuestMetricError) -> MetricError {
     match error {
@@ -14,30 +43,40 @@ fn to_wit(error: GuestMetricError) -> MetricError {
     }
 }
 
-impl GuestState {
-    fn record(
+impl MetricsView<'_> {
+    async fn record(
         &self,
+        call: &'static str,
         kind: GuestKind,
         name: &str,
         labels: &[(String, String)],
         value: f64,
-    ) -> Result<(), MetricError> {
-        self.platform
-            .telemetry
-            .metrics
-            .guest_record(&self.service.name, kind, name, labels, value)
-            .map_err(to_wit)
+    ) -> wasmtime::Result<Result<(), MetricError>> {
+        traced_fallible(call, self.service, async {
+            Ok(self
+                .metrics
+                .guest_record(self.service, kind, name, labels, value)
+                .map_err(to_wit))
+        })
+        .await
     }
 }
 
-impl Host for GuestState {
+impl Host for MetricsView<'_> {
     async fn counter_add(
         &mut self,
         name: String,
         labels: Vec<(String, String)>,
         value: f64,
-    ) -> Result<(), MetricError> {
-        self.record(GuestKind::Counter, &name, &labels, value)
+    ) -> wasmtime::Result<Result<(), MetricError>> {
+        self.record(
+            "metrics.counter-add",
+            GuestKind::Counter,
+            &name,
+            &labels,
+            value,
+        )
+        .await
     }
 
     async fn gauge_set(
@@ -45,8 +84,9 @@ impl Host for GuestState {
         name: String,
         labels: Vec<(String, String)>,
         value: f64,
-    ) -> Result<(), MetricError> {
-        self.record(GuestKind::Gauge, &name, &labels, value)
+    ) -> wasmtime::Result<Result<(), MetricError>> {
+        self.record("metrics.gauge-set", GuestKind::Gauge, &name, &labels, value)
+            .await
     }
 
     async fn histogram_observe(
@@ -54,7 +94,14 @@ impl Host for GuestState {
         name: String,
         labels: Vec<(String, String)>,
         value: f64,
-    ) -> Result<(), MetricError> {
-        self.record(GuestKind::Histogram, &name, &labels, value)
+    ) -> wasmtime::Result<Result<(), MetricError>> {
+        self.record(
+            "metrics.histogram-observe",
+            GuestKind::Histogram,
+            &name,
+            &labels,
+            value,
+        )
+        .await
     }
 }

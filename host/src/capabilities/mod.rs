@@ -1,7 +1,15 @@
 //! Host implementations of the `shoal:platform` interfaces, one module per interface.
 //!
-//! Each capability reads only the per-request [`GuestState`](crate::runtime::GuestState)
-//! it is handed; none reaches into the service table, storage or admin code.
+//! The runtime's per-request store data owns a [`PlatformCtx`] and lends it out as a
+//! [`PlatformCtxView`] (with the instance's resource table) through [`PlatformView`],
+//! the way `wasmtime-wasi-http` lends a `WasiHttpCtxView`. Each capability implements
+//! its generated `Host` trait on a small view of its own that borrows only what it
+//! needs, so this layer never sees the runtime, the service table or the admin API.
+//!
+//! Errors say whose fault they are: a host method returns `Err` (a trap that ends the
+//! instance and is counted as a host fault) only for a host-side failure, and a WIT
+//! error value for anything the guest did or may retry. Every host call runs in a
+//! `tracing` span that records which of the two a failure was.
 
 pub mod caller;
 pub mod config;
@@ -11,17 +19,189 @@ pub mod metrics;
 pub mod registry;
 pub mod tracing;
 
-use crate::runtime::GuestState;
-use wasmtime::component::{HasSelf, Linker};
+#[cfg(test)]
+mod test_env;
+
+use ::tracing::Instrument as _;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use thiserror::Error;
+use wasmtime::component::{Linker, ResourceTable, ResourceTableError};
+
+use crate::caller::CallContext;
+use crate::deadline::Deadline;
+use crate::manifest::Outbound;
+use crate::platform::Platform;
+use crate::registry::HealthSignals;
+use crate::telemetry::TraceScope;
+
+/// What a running service knows about itself; shared by all of its requests.
+#[derive(Debug)]
+pub struct ServiceContext {
+    /// The service name, as deployed.
+    pub name: Arc<str>,
+    /// The deployed version.
+    pub version: Arc<str>,
+    /// The `[config]` table of its manifest.
+    pub config: BTreeMap<String, String>,
+    /// Registry id of this version's instance on this host.
+    pub instance_id: String,
+    /// Outbound settings from the manifest.
+    pub outbound: Arc<Outbound>,
+    /// Self-reported and checked health of this version on this host.
+    pub health: Mutex<HealthSignals>,
+}
+
+/// What Shoal's capabilities know about the request an instance is serving.
+pub struct PlatformCtx {
+    /// The service the instance runs.
+    pub service: Arc<ServiceContext>,
+    /// Registry, caller, telemetry and host identity.
+    pub platform: Arc<Platform>,
+    /// The request id, propagated on every outbound call and log line.
+    pub request_id: Arc<str>,
+    /// When the request must be done; no host call outlives it.
+    pub deadline: Deadline,
+    /// The request's span and the guest's open spans.
+    pub trace: TraceScope,
+}
+
+impl PlatformCtx {
+    /// Who is calling when this request makes an outbound call.
+    pub fn call_context(&self) -> CallContext {
+        CallContext {
+            caller: self.service.name.clone(),
+            request_id: self.request_id.clone(),
+            deadline: self.deadline,
+            outbound: self.service.outbound.clone(),
+            trace: self.trace.clone(),
+        }
+    }
+}
+
+/// One instance's platform state and resource table, borrowed for a host call.
+pub struct PlatformCtxView<'a> {
+    /// The request's platform state.
+    pub ctx: &'a PlatformCtx,
+    /// The instance's resource table (watchers, spans).
+    pub table: &'a mut ResourceTable,
+}
+
+/// Store data that can lend out a [`PlatformCtxView`]: what [`add_to_linker`] needs.
+pub trait PlatformView: Send {
+    /// Borrow the platform state and resource table.
+    fn platform(&mut self) -> PlatformCtxView<'_>;
+}
 
 /// Add every `shoal:platform` interface the host implements to `linker`.
-pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
-    crate::bindings::config::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
-    crate::bindings::log::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
-    crate::bindings::registry::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
-    crate::bindings::discovery::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
-    crate::bindings::caller::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
-    crate::bindings::metrics::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
-    crate::bindings::tracing::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
+pub fn add_to_linker<T: PlatformView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    config::add_to_linker(linker)?;
+    log::add_to_linker(linker)?;
+    registry::add_to_linker(linker)?;
+    discovery::add_to_linker(linker)?;
+    caller::add_to_linker(linker)?;
+    metrics::add_to_linker(linker)?;
+    tracing::add_to_linker(linker)?;
     Ok(())
+}
+
+/// A failure on the host's side of a host call. It traps the instance; the runtime
+/// reports it as a host fault, never as the service's.
+#[derive(Debug, Error)]
+#[error("host fault in {call}: {reason}")]
+pub struct HostFault {
+    /// The host call, `interface.function`.
+    pub call: &'static str,
+    /// What failed.
+    pub reason: String,
+}
+
+impl HostFault {
+    /// A host fault of `call` caused by a resource-table failure.
+    pub fn table(call: &'static str, error: ResourceTableError) -> wasmtime::Error {
+        wasmtime::Error::new(HostFault {
+            call,
+            reason: format!("resource table: {error}"),
+        })
+    }
+}
+
+/// Run one host call that has no guest-visible error in a span named after it.
+pub(crate) async fn traced<T>(
+    call: &'static str,
+    service: &str,
+    body: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    let span = ::tracing::debug_span!("host_call", call, service, fault = ::tracing::field::Empty);
+    let result = body.instrument(span.clone()).await;
+    if let Err(error) = &result {
+        blame_host(&span, call, service, error);
+    }
+    result
+}
+
+/// [`traced`] for a host call whose work is synchronous.
+pub(crate) fn traced_sync<T>(
+    call: &'static str,
+    service: &str,
+    body: impl FnOnce() -> wasmtime::Result<T>,
+) -> wasmtime::Result<T> {
+    let span = ::tracing::debug_span!("host_call", call, service, fault = ::tracing::field::Empty);
+    let result = span.in_scope(body);
+    if let Err(error) = &result {
+        blame_host(&span, call, service, error);
+    }
+    result
+}
+
+/// Run one host call that can refuse the guest, in a span that records whose fault a
+/// failure was: a trap is the host's, a WIT error value the guest's.
+pub(crate) async fn traced_fallible<T, E: std::fmt::Debug>(
+    call: &'static str,
+    service: &str,
+    body: impl Future<Output = wasmtime::Result<Result<T, E>>>,
+) -> wasmtime::Result<Result<T, E>> {
+    let span = ::tracing::debug_span!("host_call", call, service, fault = ::tracing::field::Empty);
+    let result = body.instrument(span.clone()).await;
+    match &result {
+        Err(error) => blame_host(&span, call, service, error),
+        Ok(Err(error)) => {
+            span.record("fault", "guest");
+            ::tracing::debug!(parent: &span, call, service, error = ?error, "host call refused the guest");
+        }
+        Ok(Ok(_)) => {}
+    }
+    result
+}
+
+fn blame_host(span: &::tracing::Span, call: &str, service: &str, error: &wasmtime::Error) {
+    span.record("fault", "host");
+    ::tracing::error!(parent: span, call, service, error = %format!("{error:#}"), "host call failed on the host's side");
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` when cut.
+pub(crate) fn bounded_text(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_text_cuts_on_a_char_boundary() {
+        let cut = bounded_text("é".repeat(100), 51);
+        assert!(cut.len() <= 51 + '…'.len_utf8());
+        assert!(cut.ends_with('…'));
+        assert_eq!(bounded_text("hi".into(), 51), "hi");
+    }
 }

@@ -3,57 +3,16 @@
 
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
-use parking_lot::Mutex;
-use std::sync::Arc;
-use wasmtime::component::Resource;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::bindings::tracing::{Host, HostSpan, Status as WitStatus};
-use crate::runtime::GuestState;
-use crate::telemetry::traces;
+use super::{HostFault, PlatformView, bounded_text, traced_sync};
+use crate::bindings::tracing::{self, Host, HostSpan, Status as WitStatus};
+use crate::telemetry::{TraceScope, Tracing, traces};
 
-/// Spans open during one request: the request's own, and the guest's open ones.
-/// Shared with the outbound hooks so plain `wasi:http` calls are children of the
-/// span that is current when they are made.
-#[derive(Clone, Default)]
-pub struct TraceScope {
-    root: Context,
-    open: Arc<Mutex<Vec<(u64, Context)>>>,
-}
-
-impl std::fmt::Debug for TraceScope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TraceScope")
-            .field("open_spans", &self.open.lock().len())
-            .finish()
-    }
-}
-
-impl TraceScope {
-    /// A scope under the request span `root`.
-    pub fn new(root: Context) -> Self {
-        Self {
-            root,
-            open: Arc::default(),
-        }
-    }
-
-    /// The innermost open guest span, or the request span.
-    pub fn current(&self) -> Context {
-        self.open
-            .lock()
-            .last()
-            .map(|(_, cx)| cx.clone())
-            .unwrap_or_else(|| self.root.clone())
-    }
-
-    fn push(&self, id: u64, cx: Context) {
-        self.open.lock().push((id, cx));
-    }
-
-    fn close(&self, id: u64) {
-        self.open.lock().retain(|(open, _)| *open != id);
-    }
-}
+/// Longest span name, attribute key or value the host keeps.
+const MAX_TEXT: usize = 1024;
+/// Most attributes kept on one span event.
+const MAX_EVENT_ATTRIBUTES: usize = 32;
 
 /// A span a guest opened.
 pub struct GuestSpan {
@@ -71,63 +30,112 @@ impl GuestSpan {
     }
 }
 
-/// Longest span name or attribute the host keeps.
-const MAX_TEXT: usize = 1024;
-
-fn bounded(mut text: String) -> String {
-    if text.len() > MAX_TEXT {
-        let mut cut = MAX_TEXT;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
+/// What a tracing call sees: the tracer, the request's spans and the resource table.
+pub struct TracingView<'a> {
+    /// The host's tracer.
+    pub tracing: &'a Tracing,
+    /// The service, recorded on its spans.
+    pub service: &'a str,
+    /// The request's span and the guest's open spans.
+    pub scope: &'a TraceScope,
+    /// Holds the guest's spans.
+    pub table: &'a mut ResourceTable,
 }
 
-impl Host for GuestState {
-    async fn start_span(&mut self, name: String) -> Resource<GuestSpan> {
-        let parent = self.trace.current();
-        let context = self.platform.telemetry.tracing.start(
-            bounded(name),
-            SpanKind::Internal,
-            &parent,
-            vec![
-                KeyValue::new("shoal.service", self.service.name.to_string()),
-                KeyValue::new("shoal.guest_span", true),
-            ],
-        );
-        let id = rand::random::<u64>();
-        self.trace.push(id, context.clone());
-        let span = GuestSpan {
-            id,
-            context,
-            ended: false,
-        };
-        match self.table.push(span) {
-            Ok(resource) => resource,
-            // The table is full (a guest opening spans without bound): the span is
-            // dropped on the floor rather than failing the request.
-            Err(_) => Resource::new_own(u32::MAX),
+struct HasTracing;
+
+impl HasData for HasTracing {
+    type Data<'a> = TracingView<'a>;
+}
+
+pub(super) fn add_to_linker<T: PlatformView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    tracing::add_to_linker::<T, HasTracing>(linker, |state| {
+        let view = state.platform();
+        TracingView {
+            tracing: &view.ctx.platform.telemetry.tracing,
+            service: &view.ctx.service.name,
+            scope: &view.ctx.trace,
+            table: view.table,
         }
-    }
+    })
+}
 
-    async fn trace_id(&mut self) -> String {
-        traces::trace_id(&self.trace.current()).unwrap_or_else(|| "0".repeat(32))
-    }
+fn bounded(text: String) -> String {
+    bounded_text(text, MAX_TEXT)
+}
 
-    async fn span_id(&mut self) -> String {
-        traces::span_id(&self.trace.current()).unwrap_or_else(|| "0".repeat(16))
+impl TracingView<'_> {
+    /// Run `body` on the guest span `span`, in the host call's span.
+    fn with_span(
+        &mut self,
+        call: &'static str,
+        span: &Resource<GuestSpan>,
+        body: impl FnOnce(&opentelemetry::trace::SpanRef<'_>),
+    ) -> wasmtime::Result<()> {
+        let table = &*self.table;
+        traced_sync(call, self.service, || {
+            let span = table
+                .get(span)
+                .map_err(|error| HostFault::table(call, error))?;
+            body(&span.context.span());
+            Ok(())
+        })
     }
 }
 
-impl HostSpan for GuestState {
-    async fn set_attribute(&mut self, span: Resource<GuestSpan>, key: String, value: String) {
-        if let Ok(span) = self.table.get(&span) {
-            span.context
-                .span()
-                .set_attribute(KeyValue::new(bounded(key), bounded(value)));
-        }
+impl Host for TracingView<'_> {
+    async fn start_span(&mut self, name: String) -> wasmtime::Result<Resource<GuestSpan>> {
+        traced_sync("tracing.start-span", self.service, || {
+            let parent = self.scope.current();
+            let context = self.tracing.start(
+                bounded(name),
+                SpanKind::Internal,
+                &parent,
+                vec![
+                    KeyValue::new("shoal.service", self.service.to_owned()),
+                    KeyValue::new("shoal.guest_span", true),
+                ],
+            );
+            let id = rand::random::<u64>();
+            let span = GuestSpan {
+                id,
+                context: context.clone(),
+                ended: false,
+            };
+            match self.table.push(span) {
+                Ok(resource) => {
+                    self.scope.push(id, context);
+                    Ok(resource)
+                }
+                Err(error) => {
+                    context.span().end();
+                    Err(HostFault::table("tracing.start-span", error))
+                }
+            }
+        })
+    }
+
+    async fn trace_id(&mut self) -> wasmtime::Result<String> {
+        Ok(traces::trace_id(&self.scope.current()).unwrap_or_else(|| "0".repeat(32)))
+    }
+
+    async fn span_id(&mut self) -> wasmtime::Result<String> {
+        Ok(traces::span_id(&self.scope.current()).unwrap_or_else(|| "0".repeat(16)))
+    }
+}
+
+impl HostSpan for TracingView<'_> {
+    async fn set_attribute(
+        &mut self,
+        span: Resource<GuestSpan>,
+        key: String,
+        value: String,
+    ) -> wasmtime::Result<()> {
+        self.with_span("tracing.span.set-attribute", &span, |span| {
+            span.set_attribute(KeyValue::new(bounded(key), bounded(value)));
+        })
     }
 
     async fn add_event(
@@ -135,15 +143,15 @@ impl HostSpan for GuestState {
         span: Resource<GuestSpan>,
         name: String,
         attributes: Vec<(String, String)>,
-    ) {
-        if let Ok(span) = self.table.get(&span) {
-            let attributes = attributes
-                .into_iter()
-                .take(32)
-                .map(|(k, v)| KeyValue::new(bounded(k), bounded(v)))
-                .collect();
-            span.context.span().add_event(bounded(name), attributes);
-        }
+    ) -> wasmtime::Result<()> {
+        let attributes = attributes
+            .into_iter()
+            .take(MAX_EVENT_ATTRIBUTES)
+            .map(|(k, v)| KeyValue::new(bounded(k), bounded(v)))
+            .collect();
+        self.with_span("tracing.span.add-event", &span, |span| {
+            span.add_event(bounded(name), attributes);
+        })
     }
 
     async fn set_status(
@@ -151,30 +159,36 @@ impl HostSpan for GuestState {
         span: Resource<GuestSpan>,
         status: WitStatus,
         description: Option<String>,
-    ) {
-        if let Ok(span) = self.table.get(&span) {
-            let status = match status {
-                WitStatus::Unset => Status::Unset,
-                WitStatus::Ok => Status::Ok,
-                WitStatus::Error => Status::error(bounded(description.unwrap_or_default())),
-            };
-            span.context.span().set_status(status);
-        }
+    ) -> wasmtime::Result<()> {
+        let status = match status {
+            WitStatus::Unset => Status::Unset,
+            WitStatus::Ok => Status::Ok,
+            WitStatus::Error => Status::error(bounded(description.unwrap_or_default())),
+        };
+        self.with_span("tracing.span.set-status", &span, |span| {
+            span.set_status(status);
+        })
     }
 
-    async fn end(&mut self, span: Resource<GuestSpan>) {
-        if let Ok(span) = self.table.get_mut(&span) {
+    async fn end(&mut self, span: Resource<GuestSpan>) -> wasmtime::Result<()> {
+        let (table, scope) = (&mut *self.table, self.scope);
+        traced_sync("tracing.span.end", self.service, || {
+            let span = table
+                .get_mut(&span)
+                .map_err(|error| HostFault::table("tracing.span.end", error))?;
             span.end();
-            let id = span.id;
-            self.trace.close(id);
-        }
+            scope.close(span.id);
+            Ok(())
+        })
     }
 
     async fn drop(&mut self, span: Resource<GuestSpan>) -> wasmtime::Result<()> {
-        if let Ok(mut span) = self.table.delete(span) {
-            span.end();
-            self.trace.close(span.id);
-        }
+        let mut span = self
+            .table
+            .delete(span)
+            .map_err(|error| HostFault::table("tracing.span.drop", error))?;
+        span.end();
+        self.scope.close(span.id);
         Ok(())
     }
 }

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::caller::Caller;
+use crate::deadline::Deadline;
 use crate::platform::Platform;
 use crate::registry::embedded::EmbeddedRegistry;
-use crate::runtime::{Runtime, RuntimeOptions, ServiceContext};
+use crate::runtime::invoke::Invocation;
+use crate::runtime::{InstanceLimits, Runtime, RuntimeOptions, ServiceContext};
 
 /// Instantiate `component` `iterations` times and print mean and percentiles in µs.
 pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Result<()> {
@@ -37,21 +39,22 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         name: "bench".into(),
         version: "1".into(),
         config: Default::default(),
-        memory_limit_bytes: 128 * 1024 * 1024,
-        table_elements: 100_000,
         instance_id: "bench/bench".into(),
         outbound: Default::default(),
         health: Default::default(),
     });
-    let request_id: Arc<str> = "bench".into();
-    let run = || {
-        crate::runtime::invoke::instantiate_once(
-            &loaded.pre,
-            service.clone(),
-            platform.clone(),
-            request_id.clone(),
-        )
+    let invocation = Invocation {
+        service,
+        limits: InstanceLimits {
+            memory_bytes: 128 * 1024 * 1024,
+            table_elements: 100_000,
+        },
+        platform,
+        request_id: "bench".into(),
+        deadline: Deadline::after(Duration::from_secs(3600)),
+        trace: opentelemetry::Context::new(),
     };
+    let run = || crate::runtime::invoke::instantiate_once(&loaded.pre, &invocation);
     for _ in 0..(iterations / 10).max(10) {
         run().await?;
     }

@@ -53,6 +53,62 @@ pub fn is_retryable_status(status: u16) -> bool {
     matches!(status, 502..=504)
 }
 
+/// How one attempt of a call ended, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The target answered with this status.
+    Answered(u16),
+    /// No answer; `sent` says whether any of the request may have reached the target.
+    Failed {
+        /// Whether the request may have been (partly) sent.
+        sent: bool,
+    },
+}
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Keep this attempt's outcome.
+    Stop,
+    /// Wait this long, then try again.
+    RetryAfter(Duration),
+}
+
+/// Whether an attempt counts as a success for the target's breakers.
+pub fn attempt_succeeded(attempt: Attempt) -> bool {
+    matches!(attempt, Attempt::Answered(status) if !super::is_failure_status(status))
+}
+
+/// The retry decision after attempt number `number` (1 for the first), pure apart
+/// from the budget it draws on: retry a retryable status or a transport failure when
+/// the call is idempotent, or a failure that never left whatever the method; never past
+/// `max_attempts`, the budget or the deadline (including the backoff). `unit` is a
+/// random number in `[0, 1)` for the backoff's jitter.
+#[allow(clippy::too_many_arguments)]
+pub fn next_step(
+    policy: &RetryPolicy,
+    budget: &mut RetryBudget,
+    number: u32,
+    attempt: Attempt,
+    idempotent: bool,
+    now: Instant,
+    deadline: Instant,
+    unit: f64,
+) -> Next {
+    let retryable = match attempt {
+        Attempt::Answered(status) => idempotent && is_retryable_status(status),
+        Attempt::Failed { sent } => idempotent || !sent,
+    };
+    if !retryable || number >= policy.max_attempts || now >= deadline || !budget.try_retry(now) {
+        return Next::Stop;
+    }
+    let backoff = policy.backoff(number, unit);
+    if now + backoff >= deadline {
+        return Next::Stop;
+    }
+    Next::RetryAfter(backoff)
+}
+
 /// Settings of a [`RetryBudget`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetConfig {
@@ -132,6 +188,101 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn generous_budget() -> RetryBudget {
+        RetryBudget::new(BudgetConfig {
+            ratio: 1.0,
+            min_retries: 100,
+            window: Duration::from_secs(10),
+        })
+    }
+
+    #[test]
+    fn next_step_retries_only_what_is_safe() {
+        let policy = RetryPolicy::default();
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(10);
+        let step = |attempt, idempotent| {
+            next_step(
+                &policy,
+                &mut generous_budget(),
+                1,
+                attempt,
+                idempotent,
+                now,
+                deadline,
+                0.5,
+            )
+        };
+        assert!(matches!(
+            step(Attempt::Answered(503), true),
+            Next::RetryAfter(_)
+        ));
+        assert_eq!(
+            step(Attempt::Answered(503), false),
+            Next::Stop,
+            "a POST that answered"
+        );
+        assert_eq!(
+            step(Attempt::Answered(500), true),
+            Next::Stop,
+            "500 is not retryable"
+        );
+        assert_eq!(step(Attempt::Answered(200), true), Next::Stop);
+        assert!(matches!(
+            step(Attempt::Failed { sent: false }, false),
+            Next::RetryAfter(_)
+        ));
+        assert_eq!(step(Attempt::Failed { sent: true }, false), Next::Stop);
+        assert!(matches!(
+            step(Attempt::Failed { sent: true }, true),
+            Next::RetryAfter(_)
+        ));
+    }
+
+    #[test]
+    fn next_step_stops_at_the_attempt_limit_the_deadline_and_the_budget() {
+        let policy = RetryPolicy::default();
+        let now = Instant::now();
+        let far = now + Duration::from_secs(10);
+        let failed = Attempt::Failed { sent: false };
+        let mut budget = generous_budget();
+        assert_eq!(
+            next_step(
+                &policy,
+                &mut budget,
+                policy.max_attempts,
+                failed,
+                true,
+                now,
+                far,
+                0.5
+            ),
+            Next::Stop
+        );
+        // The backoff would end past the deadline.
+        let near = now + Duration::from_micros(1);
+        assert_eq!(
+            next_step(&policy, &mut budget, 1, failed, true, now, near, 1.0),
+            Next::Stop
+        );
+        let mut empty = RetryBudget::new(BudgetConfig {
+            ratio: 0.0,
+            min_retries: 0,
+            window: Duration::from_secs(10),
+        });
+        assert_eq!(
+            next_step(&policy, &mut empty, 1, failed, true, now, far, 0.5),
+            Next::Stop
+        );
+    }
+
+    #[test]
+    fn success_for_breakers_is_an_answer_below_500() {
+        assert!(attempt_succeeded(Attempt::Answered(404)));
+        assert!(!attempt_succeeded(Attempt::Answered(502)));
+        assert!(!attempt_succeeded(Attempt::Failed { sent: false }));
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

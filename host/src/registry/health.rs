@@ -8,8 +8,47 @@ use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::external::HealthCheck;
+use serde::{Deserialize, Serialize};
+
 use super::{Health, Registry};
+
+/// An HTTP health check, like Consul's: `GET http://<endpoint><path>` must answer 2xx
+/// within the timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path to probe.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Time between probes of one endpoint.
+    #[serde(default = "default_interval")]
+    pub interval_ms: u64,
+    /// Time a probe may take.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Failed probes in a row before an endpoint is marked not serving.
+    #[serde(default = "default_unhealthy")]
+    pub unhealthy_threshold: u32,
+    /// Good probes in a row before it serves again.
+    #[serde(default = "default_healthy")]
+    pub healthy_threshold: u32,
+}
+
+fn default_path() -> String {
+    "/health".into()
+}
+fn default_interval() -> u64 {
+    1000
+}
+fn default_timeout() -> u64 {
+    500
+}
+fn default_unhealthy() -> u32 {
+    2
+}
+fn default_healthy() -> u32 {
+    1
+}
 
 /// Consecutive-result thresholds turned into a health verdict; pure, so it is tested
 /// without a network.

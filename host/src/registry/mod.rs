@@ -9,6 +9,9 @@
 pub mod embedded;
 pub mod external;
 pub mod health;
+pub mod name;
+
+pub use name::{InvalidName, validate_name};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -78,7 +78,7 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking wasi:http")?;
-        crate::capabilities::add_to_linker(&mut linker)
+        crate::capabilities::add_to_linker::<GuestState>(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking shoal:platform")?;
 

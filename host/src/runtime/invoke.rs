@@ -5,16 +5,20 @@ use http::StatusCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
+use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use super::reuse::{InstancePool, Reusable};
-use super::{GuestState, ServiceContext};
-use crate::capabilities::tracing::TraceScope;
+use super::{GuestState, InstanceLimits, ServiceContext};
+use crate::capabilities::{HostFault, PlatformCtx};
+use crate::deadline::Deadline;
 use crate::platform::Platform;
+use crate::telemetry::TraceScope;
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 
@@ -42,6 +46,10 @@ pub enum GuestFailure {
     /// The guest answered with a `wasi:http` error code instead of a response.
     #[error("the service answered with an error: {0:?}")]
     ErrorCode(ErrorCode),
+    /// The host failed while serving the request (a host call's own failure, a
+    /// panicked host task): not the service's fault, and not counted as its fault.
+    #[error("the host failed while serving the request: {0}")]
+    Host(String),
 }
 
 impl GuestFailure {
@@ -54,7 +62,8 @@ impl GuestFailure {
             GuestFailure::Trap(_)
             | GuestFailure::MemoryLimit(_)
             | GuestFailure::StackOverflow
-            | GuestFailure::NoResponse => StatusCode::INTERNAL_SERVER_ERROR,
+            | GuestFailure::NoResponse
+            | GuestFailure::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -68,7 +77,14 @@ impl GuestFailure {
             GuestFailure::Deadline(_) => "timeout",
             GuestFailure::NoResponse => "no-response",
             GuestFailure::ErrorCode(_) => "error-response",
+            GuestFailure::Host(_) => "host",
         }
+    }
+
+    /// Whether the service is to blame (counted against it, its canary and breakers
+    /// of its callers) rather than the host.
+    pub fn is_guest_fault(&self) -> bool {
+        !matches!(self, GuestFailure::Host(_))
     }
 }
 
@@ -111,14 +127,34 @@ struct DeadlineExceeded;
 pub struct Invocation {
     /// The service's own context.
     pub service: Arc<ServiceContext>,
+    /// What bounds its instances.
+    pub limits: InstanceLimits,
     /// Registry, caller, telemetry.
     pub platform: Arc<Platform>,
     /// The request id.
     pub request_id: Arc<str>,
     /// When the request must be done.
-    pub deadline: Instant,
+    pub deadline: Deadline,
     /// The request's span.
     pub trace: Context,
+}
+
+impl Invocation {
+    fn platform_ctx(&self) -> PlatformCtx {
+        PlatformCtx {
+            service: self.service.clone(),
+            platform: self.platform.clone(),
+            request_id: self.request_id.clone(),
+            deadline: self.deadline,
+            trace: TraceScope::new(self.trace.clone()),
+        }
+    }
+}
+
+/// An instance ready to take a request: a reused one, or a store to instantiate in.
+struct Prepared {
+    store: Store<GuestState>,
+    reused: Option<(Proxy, u32)>,
 }
 
 /// Instantiate `pre` in a fresh store (or take an idle instance from `pool`) and hand
@@ -136,105 +172,47 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let Invocation {
-        service,
-        platform,
-        request_id,
-        deadline,
-        trace,
-    } = invocation;
-    let timeout = deadline.saturating_duration_since(Instant::now());
-    let memory_limit = service.memory_limit_bytes;
-    let telemetry = platform.telemetry.clone();
-    let service_name = service.name.clone();
-    let scope = TraceScope::new(trace.clone());
     // A reused instance keeps its store; only the per-request state and the deadline
     // are renewed.
-    let (mut store, reused) = match pool.as_ref().and_then(|pool| pool.take()) {
+    let mut prepared = match pool.as_ref().and_then(|pool| pool.take()) {
         Some(Reusable {
             mut store,
             proxy,
             uses,
         }) => {
-            store.data_mut().prepare(request_id, deadline, scope);
-            arm_deadline(&mut store, deadline);
-            (store, Some((proxy, uses)))
+            store.data_mut().prepare(invocation.platform_ctx());
+            arm_deadline(&mut store, invocation.deadline);
+            Prepared {
+                store,
+                reused: Some((proxy, uses)),
+            }
         }
-        None => (
-            new_store(pre.engine(), service, platform, request_id, deadline, scope),
-            None,
-        ),
+        None => Prepared {
+            store: new_store(pre.engine(), &invocation),
+            reused: None,
+        },
     };
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (incoming, outparam) = {
-        let mut http = store.data_mut().http();
+        let mut http = prepared.store.data_mut().http();
         let incoming = http
             .new_incoming_request(Scheme::Http, request)
-            .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
+            .map_err(|error| GuestFailure::Host(format!("{error:#}")))?;
         let outparam = http
             .new_response_outparam(sender)
-            .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
+            .map_err(|error| GuestFailure::Host(format!("{error:#}")))?;
         (incoming, outparam)
     };
 
-    let pre = pre.clone();
-    let mut task = AbortUnlessDetached(Some(tokio::spawn(async move {
-        let tracing = &telemetry.tracing;
-        let guest_span = tracing.start_with(SpanKind::Internal, &trace, || {
-            ("shoal.guest".into(), Vec::new())
-        });
-        let run = async {
-            let (proxy, uses) = match reused {
-                Some(reused) => reused,
-                None => {
-                    let started = Instant::now();
-                    let instantiate_span = tracing.start_with(SpanKind::Internal, &trace, || {
-                        ("shoal.instantiate".into(), Vec::new())
-                    });
-                    let proxy = pre.instantiate_async(&mut store).await;
-                    instantiate_span.span().end();
-                    if telemetry.metrics.enabled() {
-                        telemetry
-                            .metrics
-                            .instantiation
-                            .with_label_values(&[&*service_name])
-                            .observe(started.elapsed().as_secs_f64());
-                    }
-                    let proxy =
-                        proxy.map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
-                    (proxy, 0)
-                }
-            };
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, incoming, outparam)
-                .await
-                .map_err(|error| classify(error, timeout, memory_limit))?;
-            Ok((proxy, uses))
-        };
-        let result = match tokio::time::timeout_at(deadline.into(), run).await {
-            Ok(result) => result,
-            Err(_) => Err(GuestFailure::Deadline(timeout)),
-        };
-        // Only an instance that finished cleanly may serve again.
-        let result = match result {
-            Ok((proxy, uses)) => {
-                if let Some(pool) = &pool {
-                    pool.put(Reusable { store, proxy, uses });
-                }
-                Ok(())
-            }
-            Err(failure) => Err(failure),
-        };
-        if let Err(failure) = &result {
-            guest_span
-                .span()
-                .set_status(opentelemetry::trace::Status::error(failure.to_string()));
-        }
-        guest_span.span().end();
-        result
-    })));
+    let mut task = AbortUnlessDetached(Some(tokio::spawn(run_guest(
+        pre.clone(),
+        pool,
+        invocation,
+        prepared,
+        incoming,
+        outparam,
+    ))));
 
     match receiver.await {
         Ok(Ok(response)) => {
@@ -247,37 +225,104 @@ where
         Err(_) => match task.join().await {
             Ok(Ok(())) => Err(GuestFailure::NoResponse),
             Ok(Err(failure)) => Err(failure),
-            Err(join_error) => Err(GuestFailure::Trap(format!(
-                "host task failed: {join_error}"
+            Err(join_error) => Err(GuestFailure::Host(format!(
+                "the host task serving the request failed: {join_error}"
             ))),
         },
     }
 }
 
+/// The guest's side of one request: instantiate (unless reused), call the incoming
+/// handler within the deadline, and give a cleanly finished instance back to `pool`.
+async fn run_guest(
+    pre: ProxyPre<GuestState>,
+    pool: Option<Arc<InstancePool>>,
+    invocation: Invocation,
+    prepared: Prepared,
+    incoming: Resource<HostIncomingRequest>,
+    outparam: Resource<HostResponseOutparam>,
+) -> Result<(), GuestFailure> {
+    let Prepared { mut store, reused } = prepared;
+    let telemetry = &invocation.platform.telemetry;
+    let trace = &invocation.trace;
+    let budget = invocation.deadline.remaining();
+    let memory_limit = invocation.limits.memory_bytes;
+    let guest_span = telemetry.tracing.start_with(SpanKind::Internal, trace, || {
+        ("shoal.guest".into(), Vec::new())
+    });
+    let run = async {
+        let (proxy, uses) = match reused {
+            Some(reused) => reused,
+            None => (instantiate(&pre, &mut store, &invocation).await?, 0),
+        };
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, incoming, outparam)
+            .await
+            .map_err(|error| classify(error, budget, memory_limit))?;
+        Ok((proxy, uses))
+    };
+    let result = match tokio::time::timeout_at(invocation.deadline.into(), run).await {
+        Ok(result) => result,
+        Err(_) => Err(GuestFailure::Deadline(budget)),
+    };
+    // Only an instance that finished cleanly may serve again.
+    let result = result.map(|(proxy, uses)| {
+        if let Some(pool) = &pool {
+            pool.put(Reusable { store, proxy, uses });
+        }
+    });
+    if let Err(failure) = &result {
+        guest_span
+            .span()
+            .set_status(opentelemetry::trace::Status::error(failure.to_string()));
+    }
+    guest_span.span().end();
+    result
+}
+
+/// Instantiate `pre` in `store`, measured and traced.
+async fn instantiate(
+    pre: &ProxyPre<GuestState>,
+    store: &mut Store<GuestState>,
+    invocation: &Invocation,
+) -> Result<Proxy, GuestFailure> {
+    let telemetry = &invocation.platform.telemetry;
+    let started = Instant::now();
+    let span = telemetry
+        .tracing
+        .start_with(SpanKind::Internal, &invocation.trace, || {
+            ("shoal.instantiate".into(), Vec::new())
+        });
+    let proxy = pre.instantiate_async(store).await;
+    span.span().end();
+    if telemetry.metrics.enabled() {
+        telemetry
+            .metrics
+            .instantiation
+            .with_label_values(&[&*invocation.service.name])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    proxy.map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))
+}
+
 /// A fresh store for one guest invocation: limits, and an epoch deadline that traps at
-/// `deadline` and yields to the executor on every tick before it.
-fn new_store(
-    engine: &wasmtime::Engine,
-    service: Arc<ServiceContext>,
-    platform: Arc<Platform>,
-    request_id: Arc<str>,
-    deadline: Instant,
-    trace: TraceScope,
-) -> Store<GuestState> {
+/// the invocation's deadline and yields to the executor on every tick before it.
+fn new_store(engine: &wasmtime::Engine, invocation: &Invocation) -> Store<GuestState> {
     let mut store = Store::new(
         engine,
-        GuestState::new(service, request_id, platform, deadline, trace),
+        GuestState::new(invocation.platform_ctx(), invocation.limits),
     );
     store.limiter(|state| &mut state.limits);
-    arm_deadline(&mut store, deadline);
+    arm_deadline(&mut store, invocation.deadline);
     store
 }
 
 /// Trap at `deadline`; yield to the executor on every epoch tick before it.
-fn arm_deadline(store: &mut Store<GuestState>, deadline: Instant) {
+fn arm_deadline(store: &mut Store<GuestState>, deadline: Deadline) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
+        if deadline.is_past() {
             Err(DeadlineExceeded.into())
         } else {
             // Yield so a busy guest never starves other work on the same thread.
@@ -290,44 +335,25 @@ fn arm_deadline(store: &mut Store<GuestState>, deadline: Instant) {
 /// instantiation work, without a request. Used by `shoal bench-instantiate`.
 pub async fn instantiate_once(
     pre: &ProxyPre<GuestState>,
-    service: Arc<ServiceContext>,
-    platform: Arc<Platform>,
-    request_id: Arc<str>,
+    invocation: &Invocation,
 ) -> Result<(), GuestFailure> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut store = new_store(
-        pre.engine(),
-        service,
-        platform,
-        request_id,
-        deadline,
-        TraceScope::default(),
-    );
+    let mut store = new_store(pre.engine(), invocation);
     pre.instantiate_async(&mut store)
         .await
         .map(drop)
         .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))
 }
 
-/// Run a service's exported health check in a fresh instance, within `timeout`.
+/// Run a service's exported health check in a fresh instance, by the invocation's
+/// deadline.
 pub async fn check_health(
     pre: &ProxyPre<GuestState>,
     indices: &crate::bindings::health_check::GuestIndices,
-    service: Arc<ServiceContext>,
-    platform: Arc<Platform>,
-    timeout: Duration,
+    invocation: &Invocation,
 ) -> Result<crate::bindings::registry::Health, GuestFailure> {
-    let deadline = Instant::now() + timeout;
-    let memory_limit = service.memory_limit_bytes;
-    let request_id: Arc<str> = format!("health-{:016x}", rand::random::<u64>()).into();
-    let mut store = new_store(
-        pre.engine(),
-        service,
-        platform,
-        request_id,
-        deadline,
-        TraceScope::default(),
-    );
+    let budget = invocation.deadline.remaining();
+    let memory_limit = invocation.limits.memory_bytes;
+    let mut store = new_store(pre.engine(), invocation);
     let run = async {
         let instance = pre
             .instance_pre()
@@ -340,17 +366,20 @@ pub async fn check_health(
         guest
             .call_check(&mut store)
             .await
-            .map_err(|error| classify(error, timeout, memory_limit))
+            .map_err(|error| classify(error, budget, memory_limit))
     };
-    match tokio::time::timeout_at(deadline.into(), run).await {
+    match tokio::time::timeout_at(invocation.deadline.into(), run).await {
         Ok(result) => result,
-        Err(_) => Err(GuestFailure::Deadline(timeout)),
+        Err(_) => Err(GuestFailure::Deadline(budget)),
     }
 }
 
 fn classify(error: wasmtime::Error, timeout: Duration, memory_limit: usize) -> GuestFailure {
     if error.downcast_ref::<DeadlineExceeded>().is_some() {
         return GuestFailure::Deadline(timeout);
+    }
+    if let Some(fault) = error.downcast_ref::<HostFault>() {
+        return GuestFailure::Host(fault.to_string());
     }
     if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
         if *trap == wasmtime::Trap::StackOverflow {

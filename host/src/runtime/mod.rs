@@ -4,8 +4,9 @@
 //! - [`engine`] builds the engine (component model, pooling allocator, epochs).
 //! - [`compile`] turns uploaded bytes into a ready-to-instantiate service, with a
 //!   content-addressed on-disk cache of compiled code.
-//! - [`state`] is the per-request store data handed to capabilities.
-//! - [`invoke`] runs one HTTP request through a fresh instance.
+//! - [`state`] is the per-request store data that lends capabilities their views.
+//! - [`invoke`] runs one HTTP request through a fresh (or reused) instance.
+//! - [`reuse`] keeps idle instances of services that opt in to reuse.
 
 pub mod compile;
 pub mod engine;
@@ -13,6 +14,7 @@ pub mod invoke;
 pub mod reuse;
 pub mod state;
 
+pub use crate::capabilities::ServiceContext;
 pub use compile::{LoadError, Loaded};
 pub use engine::{Runtime, RuntimeOptions};
-pub use state::{GuestState, ServiceContext};
+pub use state::{GuestState, InstanceLimits};

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant, SystemTime};
 use super::limiter::{Limiter, Scale};
 use super::state::{AutoRollback, CanaryState, ServiceState};
 use super::table::{Canary, Deployment, FaultCounters, ServiceEntry, Shared};
-use super::{DeployKind, ServiceError, Services, validate_name};
+use super::{Conflict, DeployKind, Invalid, ServiceError, Services};
 use crate::manifest::Manifest;
 use crate::policy::error_rate::ErrorWindow;
-use crate::runtime::ServiceContext;
+use crate::registry::validate_name;
 use crate::runtime::reuse::InstancePool;
+use crate::runtime::{InstanceLimits, ServiceContext};
 use crate::storage::{ServiceRecord, sha256_hex};
 
 /// How a deploy takes traffic.
@@ -70,41 +71,13 @@ impl Services {
     ) -> Result<(Arc<Deployment>, DeployKind), ServiceError> {
         validate_name(name)?;
         manifest.validate(self.defaults.max_memory_mb)?;
-        if let DeployMode::Canary {
-            weight,
-            auto_rollback,
-        } = &mode
-        {
-            check_weight(*weight)?;
-            if let Some(rule) = auto_rollback {
-                rule.validate().map_err(ServiceError::Invalid)?;
-            }
-        }
-        let digest = sha256_hex(&component);
-        let record = ServiceRecord {
-            name: name.to_owned(),
-            version: manifest
-                .version
-                .clone()
-                .unwrap_or_else(|| format!("sha256-{}", &digest[..12])),
-            digest,
-            deployed_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            manifest,
-        };
+        mode.validate()?;
+        let record = new_record(name, &component, manifest);
         // Compile before taking the lock: a slow compile must not block other changes.
         let deployment = Arc::new(self.build(record, component.clone()).await?);
 
         let _guard = self.changes.lock().await;
-        let existing = self.table.entry(name);
-        let route_owner = self.table.route_owner(&deployment.route);
-        if let Some(owner) = route_owner
-            && owner != name
-        {
-            return Err(ServiceError::RouteConflict {
-                route: deployment.route.clone(),
-                owner,
-            });
-        }
+        self.table.check_route(&deployment.route, name)?;
         let storage = self.storage.clone();
         let digest = deployment.record.digest.clone();
         tokio::task::spawn_blocking(move || storage.put_blob(&digest, &component))
@@ -112,76 +85,28 @@ impl Services {
             .map_err(storage_error)?
             .map_err(ServiceError::Storage)?;
 
-        let (entry, kind) = match (mode, existing) {
-            (DeployMode::Replace, existing) => {
-                let mut state = match &existing {
-                    Some(entry) => state_of(entry),
-                    None => ServiceState {
-                        current: deployment.record.clone(),
-                        history: Vec::new(),
-                        canary: None,
-                        scale: None,
-                    },
-                };
-                if existing.is_some() {
-                    state.promote(deployment.record.clone());
-                }
-                state.canary = None;
-                let kind = if existing.is_some() {
-                    DeployKind::Replaced
-                } else {
-                    DeployKind::Created
-                };
-                self.persist(name, &state).await?;
-                // Live limits change only once the new state is on disk.
-                let shared = self.shared_for(existing.as_deref(), &deployment, state.scale);
-                let entry = ServiceEntry {
-                    stable: deployment.clone(),
-                    canary: None,
-                    history: state.history,
-                    shared,
-                    scale_override: state.scale.is_some(),
-                };
-                (entry, kind)
+        let existing = self.table.entry(name);
+        let (state, plan) = match mode {
+            DeployMode::Replace => plan_replace(existing, &deployment),
+            DeployMode::Canary {
+                weight,
+                auto_rollback,
+            } => plan_canary(existing, &deployment, weight, auto_rollback)?,
+        };
+        self.persist(name, &state).await?;
+        // Live limits change only once the new state is on disk.
+        let kind = plan.kind;
+        let entry = match plan.existing {
+            Some(existing) if kind == DeployKind::Canary => {
+                existing.with_canary(plan.canary.map(Arc::new))
             }
-            (
-                DeployMode::Canary {
-                    weight,
-                    auto_rollback,
-                },
-                Some(existing),
-            ) => {
-                if deployment.route != existing.stable.route {
-                    return Err(ServiceError::Conflict(format!(
-                        "a canary must keep the route `{}` of the running version (it asks for `{}`)",
-                        existing.stable.route, deployment.route
-                    )));
-                }
-                let mut state = state_of(&existing);
-                state.canary = Some(CanaryState {
-                    record: deployment.record.clone(),
-                    weight,
-                    auto_rollback: auto_rollback.clone(),
-                });
-                self.persist(name, &state).await?;
-                let entry = ServiceEntry {
-                    stable: existing.stable.clone(),
-                    canary: Some(Arc::new(new_canary(
-                        deployment.clone(),
-                        weight,
-                        auto_rollback,
-                    ))),
-                    history: existing.history.clone(),
-                    shared: existing.shared.clone(),
-                    scale_override: existing.scale_override,
-                };
-                (entry, DeployKind::Canary)
-            }
-            (DeployMode::Canary { .. }, None) => {
-                return Err(ServiceError::Conflict(format!(
-                    "`{name}` is not deployed: a canary needs a running version to share traffic with"
-                )));
-            }
+            existing => ServiceEntry {
+                stable: deployment.clone(),
+                canary: None,
+                history: state.history,
+                shared: self.shared_for(existing.as_deref(), &deployment, state.scale),
+                scale_override: state.scale.is_some(),
+            },
         };
         self.install(entry).await;
         tracing::info!(
@@ -233,21 +158,11 @@ impl Services {
         let entry = self.existing(name)?;
         let mut state = state_of(&entry);
         let target = state.take_rollback_target(version).ok_or_else(|| {
-            ServiceError::Conflict(match version {
-                Some(version) => format!("`{name}` has no earlier version `{version}`"),
-                None => format!("`{name}` has no earlier version to roll back to"),
-            })
+            conflict(name, Conflict::NoEarlierVersion(version.map(str::to_owned)))
         })?;
         let deployment = Arc::new(self.load(target.clone()).await?);
         // The earlier version's route may have been taken since.
-        if let Some(owner) = self.table.route_owner(&deployment.route)
-            && owner != name
-        {
-            return Err(ServiceError::RouteConflict {
-                route: deployment.route.clone(),
-                owner,
-            });
-        }
+        self.table.check_route(&deployment.route, name)?;
         state.promote(target);
         state.canary = None;
         self.persist(name, &state).await?;
@@ -265,13 +180,14 @@ impl Services {
 
     /// Change the canary's share of traffic.
     pub async fn set_canary_weight(&self, name: &str, weight: u8) -> Result<(), ServiceError> {
+        validate_name(name)?;
         check_weight(weight)?;
         let _guard = self.changes.lock().await;
         let entry = self.existing(name)?;
         let canary = entry
             .canary
             .as_ref()
-            .ok_or_else(|| ServiceError::Conflict(format!("`{name}` has no canary")))?;
+            .ok_or_else(|| conflict(name, Conflict::NoCanary))?;
         let mut state = state_of(&entry);
         if let Some(persisted) = &mut state.canary {
             persisted.weight = weight;
@@ -290,12 +206,13 @@ impl Services {
 
     /// Make the canary the current version.
     pub async fn promote_canary(&self, name: &str) -> Result<Arc<Deployment>, ServiceError> {
+        validate_name(name)?;
         let _guard = self.changes.lock().await;
         let entry = self.existing(name)?;
         let canary = entry
             .canary
             .clone()
-            .ok_or_else(|| ServiceError::Conflict(format!("`{name}` has no canary to promote")))?;
+            .ok_or_else(|| conflict(name, Conflict::NoCanary))?;
         let mut state = state_of(&entry);
         state.promote(canary.deployment.record.clone());
         state.canary = None;
@@ -314,10 +231,11 @@ impl Services {
 
     /// Drop the canary; all traffic returns to the current version.
     pub async fn abort_canary(&self, name: &str, reason: &str) -> Result<(), ServiceError> {
+        validate_name(name)?;
         let _guard = self.changes.lock().await;
         let entry = self.existing(name)?;
         if entry.canary.is_none() {
-            return Err(ServiceError::Conflict(format!("`{name}` has no canary")));
+            return Err(conflict(name, Conflict::NoCanary));
         }
         let mut state = state_of(&entry);
         state.canary = None;
@@ -329,10 +247,9 @@ impl Services {
 
     /// Change a service's concurrency and queue live, and persist the override.
     pub async fn scale(&self, name: &str, scale: Scale) -> Result<(), ServiceError> {
+        validate_name(name)?;
         if !(1..=100_000).contains(&scale.max_concurrency) || scale.queue > 1_000_000 {
-            return Err(ServiceError::Invalid(
-                "`max_concurrency` must be 1 to 100000 and `queue` at most 1000000".into(),
-            ));
+            return Err(Invalid::Scale.into());
         }
         let _guard = self.changes.lock().await;
         let entry = self.existing(name)?;
@@ -396,8 +313,9 @@ impl Services {
         Ok(restored)
     }
 
-    /// The live entry of `name`, or `NotFound`.
-    fn existing(&self, name: &str) -> Result<Arc<ServiceEntry>, ServiceError> {
+    /// The live entry of `name`: `InvalidName` or `NotFound` when there is none.
+    pub fn existing(&self, name: &str) -> Result<Arc<ServiceEntry>, ServiceError> {
+        validate_name(name)?;
         self.table
             .entry(name)
             .ok_or_else(|| ServiceError::NotFound(name.to_owned()))
@@ -513,16 +431,18 @@ impl Services {
             .instance_reuse
             .filter(|uses| *uses > 1)
             .map(|uses| Arc::new(InstancePool::new(uses, MAX_IDLE_REUSABLE)));
-        let context = Arc::new(ServiceContext {
-            name: record.name.as_str().into(),
-            version: record.version.as_str().into(),
-            config: record.manifest.config.clone(),
-            memory_limit_bytes: memory_mb as usize * 1024 * 1024,
+        let limits = InstanceLimits {
+            memory_bytes: memory_mb as usize * 1024 * 1024,
             table_elements: record
                 .manifest
                 .limits
                 .table_elements
                 .unwrap_or(DEFAULT_TABLE_ELEMENTS) as usize,
+        };
+        let context = Arc::new(ServiceContext {
+            name: record.name.as_str().into(),
+            version: record.version.as_str().into(),
+            config: record.manifest.config.clone(),
             instance_id: self.platform.local_instance_id(&record.name),
             outbound: Arc::new(record.manifest.outbound.clone()),
             health: Mutex::new(Default::default()),
@@ -531,6 +451,7 @@ impl Services {
             record,
             route,
             context,
+            limits,
             loaded,
             timeout,
             health_task: Mutex::new(None),
@@ -547,11 +468,122 @@ const DEFAULT_TABLE_ELEMENTS: u32 = 100_000;
 
 fn check_weight(weight: u8) -> Result<(), ServiceError> {
     if weight > 100 {
-        return Err(ServiceError::Invalid(format!(
-            "canary weight {weight} is not a percentage (0 to 100)"
-        )));
+        return Err(Invalid::CanaryWeight(weight).into());
     }
     Ok(())
+}
+
+fn conflict(name: &str, reason: Conflict) -> ServiceError {
+    ServiceError::Conflict {
+        service: name.to_owned(),
+        reason,
+    }
+}
+
+impl DeployMode {
+    fn validate(&self) -> Result<(), ServiceError> {
+        if let DeployMode::Canary {
+            weight,
+            auto_rollback,
+        } = self
+        {
+            check_weight(*weight)?;
+            if let Some(rule) = auto_rollback {
+                rule.validate().map_err(Invalid::AutoRollback)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What is persisted about a new version of `name`.
+fn new_record(name: &str, component: &[u8], manifest: Manifest) -> ServiceRecord {
+    let digest = sha256_hex(component);
+    ServiceRecord {
+        name: name.to_owned(),
+        version: manifest
+            .version
+            .clone()
+            .unwrap_or_else(|| format!("sha256-{}", &digest[..12])),
+        digest,
+        deployed_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        manifest,
+    }
+}
+
+/// How a deploy changes the live entry, decided before anything is persisted.
+struct DeployPlan {
+    kind: DeployKind,
+    /// The entry the deploy changes, if the service runs already.
+    existing: Option<Arc<ServiceEntry>>,
+    /// The new canary, for a canary deploy.
+    canary: Option<Canary>,
+}
+
+/// Replace the running version (if any) with `deployment`; it goes to the history.
+fn plan_replace(
+    existing: Option<Arc<ServiceEntry>>,
+    deployment: &Arc<Deployment>,
+) -> (ServiceState, DeployPlan) {
+    let state = match &existing {
+        Some(entry) => {
+            let mut state = state_of(entry);
+            state.promote(deployment.record.clone());
+            state.canary = None;
+            state
+        }
+        None => ServiceState {
+            current: deployment.record.clone(),
+            history: Vec::new(),
+            canary: None,
+            scale: None,
+        },
+    };
+    let kind = if existing.is_some() {
+        DeployKind::Replaced
+    } else {
+        DeployKind::Created
+    };
+    let plan = DeployPlan {
+        kind,
+        existing,
+        canary: None,
+    };
+    (state, plan)
+}
+
+/// Run `deployment` as a canary beside the running version, on the same route.
+fn plan_canary(
+    existing: Option<Arc<ServiceEntry>>,
+    deployment: &Arc<Deployment>,
+    weight: u8,
+    auto_rollback: Option<AutoRollback>,
+) -> Result<(ServiceState, DeployPlan), ServiceError> {
+    let name = &deployment.record.name;
+    let Some(existing) = existing else {
+        return Err(conflict(name, Conflict::NothingToShareWith));
+    };
+    if deployment.route != existing.stable.route {
+        return Err(conflict(
+            name,
+            Conflict::CanaryRoute {
+                stable: existing.stable.route.clone(),
+                asked: deployment.route.clone(),
+            },
+        ));
+    }
+    let mut state = state_of(&existing);
+    state.canary = Some(CanaryState {
+        record: deployment.record.clone(),
+        weight,
+        auto_rollback: auto_rollback.clone(),
+    });
+    let plan = DeployPlan {
+        kind: DeployKind::Canary,
+        existing: Some(existing),
+        canary: Some(new_canary(deployment.clone(), weight, auto_rollback)),
+    };
+    Ok((state, plan))
 }
 
 fn new_canary(

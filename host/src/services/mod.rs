@@ -22,6 +22,7 @@ use thiserror::Error;
 
 use crate::manifest::ManifestError;
 use crate::platform::Platform;
+use crate::registry::InvalidName;
 use crate::runtime::{LoadError, Runtime};
 use crate::storage::Storage;
 
@@ -44,16 +45,13 @@ pub struct ServiceDefaults {
 /// Why an operation on a service was refused.
 #[derive(Debug, Error)]
 pub enum ServiceError {
-    /// The service name is not acceptable.
-    #[error(
-        "invalid service name `{0}`: use 1 to 63 lower-case letters, digits and `-`, \
-         starting with a letter and not ending with `-`"
-    )]
-    InvalidName(String),
-    /// The manifest is invalid.
+    /// The service name is not acceptable (the client's fault).
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// The manifest is invalid (the client's fault).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    /// The component cannot be loaded.
+    /// The component cannot be loaded (the client's fault, unless `LoadError::Internal`).
     #[error(transparent)]
     Load(#[from] LoadError),
     /// Another service already owns the route.
@@ -67,15 +65,58 @@ pub enum ServiceError {
     /// No such service.
     #[error("no service named `{0}`")]
     NotFound(String),
-    /// The request does not fit the service's state; the text says why.
-    #[error("{0}")]
-    Conflict(String),
-    /// A parameter is out of range; the text says which.
-    #[error("{0}")]
-    Invalid(String),
-    /// The data directory could not be written.
+    /// The request does not fit the service's current state.
+    #[error("`{service}` {reason}")]
+    Conflict {
+        /// The service.
+        service: String,
+        /// What does not fit.
+        reason: Conflict,
+    },
+    /// A parameter is out of range.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The data directory could not be written (the host's fault).
     #[error("storage failure: {0:#}")]
     Storage(anyhow::Error),
+}
+
+/// Why a change does not fit a service's current state (HTTP 409).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Conflict {
+    /// A canary asked for another route than the running version's.
+    #[error(
+        "cannot take a canary on another route: it serves `{stable}`, the canary asks for `{asked}`"
+    )]
+    CanaryRoute {
+        /// The running version's route.
+        stable: String,
+        /// The canary's route.
+        asked: String,
+    },
+    /// A canary needs a running version to share traffic with.
+    #[error("is not deployed: a canary needs a running version to share traffic with")]
+    NothingToShareWith,
+    /// Rollback found no such earlier version.
+    #[error("has no earlier version {}", match .0 { Some(v) => format!("`{v}`"), None => "to roll back to".to_owned() })]
+    NoEarlierVersion(Option<String>),
+    /// The operation needs a canary and there is none.
+    #[error("has no canary")]
+    NoCanary,
+}
+
+/// A parameter out of range (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Invalid {
+    /// A canary weight above 100.
+    #[error("canary weight {0} is not a percentage (0 to 100)")]
+    CanaryWeight(u8),
+    /// An automatic-rollback rule out of range.
+    #[error("invalid automatic rollback: {0}")]
+    AutoRollback(String),
+    /// A scale out of range.
+    #[error("`max_concurrency` must be 1 to 100000 and `queue` at most 1000000")]
+    Scale,
 }
 
 /// Whether a deploy created a service or replaced a running one.
@@ -134,45 +175,5 @@ impl Services {
     /// Registry, caller and host identity.
     pub fn platform(&self) -> &Arc<Platform> {
         &self.platform
-    }
-}
-
-/// Service names double as DNS labels (`http://<service>/`).
-pub fn validate_name(name: &str) -> Result<(), ServiceError> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
-        Ok(())
-    } else {
-        Err(ServiceError::InvalidName(name.to_owned()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        for good in ["a", "hello", "order-service", "b2"] {
-            assert!(validate_name(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            "Hello",
-            "2b",
-            "a_b",
-            "a-",
-            "a.b",
-            &"x".repeat(64),
-            "v1/x",
-        ] {
-            assert!(validate_name(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -3,7 +3,7 @@
 //! in-process path for calls between services, registration and health checks.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, RETRY_AFTER};
+use http::header::{HOST, HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use std::pin::Pin;
@@ -13,137 +13,82 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::limiter::Slot;
-use super::table::{Deployment, ServiceEntry};
+use super::table::{Canary, Deployment, ServiceEntry};
 use super::{LOCAL_LEASE, Services};
 use crate::caller::transport::LocalDispatch;
-use crate::gateway::{self, GatewayBody};
+use crate::capabilities::registry::health_from_wit;
+use crate::deadline::Deadline;
+use crate::platform::Platform;
+use crate::policy::is_failure_status;
+use crate::protocol::{self, Body};
 use crate::registry::health::HealthTracker;
 use crate::registry::{Endpoint, Health, Instance};
+use crate::runtime::invoke::{self, Invocation};
 use crate::telemetry::metrics::status_class;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 
+/// How a served request failed, for counters, spans and the canary's window.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure {
+    /// Short name of the failure (`trap`, `timeout`, `overload`, `host`, ...).
+    pub kind: &'static str,
+    /// Whether the service is to blame (a host fault is not held against it).
+    pub guest_fault: bool,
+}
+
 impl Services {
-    /// Serve `request` with `entry`: wait for a slot (or answer 503 at once when the
-    /// queue is full), pick stable or canary, run it, and count the outcome.
+    /// Serve `request` with `entry`: pick stable or canary, wait for a slot (or answer
+    /// 503 at once when the queue is full), run it, and count the outcome.
     pub async fn serve<B>(
         &self,
         entry: &ServiceEntry,
         request: Request<B>,
         request_id: &str,
-        deadline: Instant,
-    ) -> Response<GatewayBody>
+        deadline: Deadline,
+    ) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let shared = &entry.shared;
         shared.faults.request();
-        let telemetry = &self.platform.telemetry;
-        let started = Instant::now();
-        // Bounded label: any other token a client sends counts as `OTHER`.
-        let method = match *request.method() {
-            http::Method::GET
-            | http::Method::HEAD
-            | http::Method::POST
-            | http::Method::PUT
-            | http::Method::DELETE
-            | http::Method::PATCH
-            | http::Method::OPTIONS
-            | http::Method::CONNECT
-            | http::Method::TRACE => request.method().to_string(),
-            _ => "OTHER".to_owned(),
-        };
-        let parent = telemetry.tracing.extract(request.headers());
-        let span = telemetry.tracing.start_with(SpanKind::Server, &parent, || {
-            let route = entry.route().to_owned();
-            (
-                format!("{method} {route}"),
-                vec![
-                    KeyValue::new("http.request.method", method.clone()),
-                    KeyValue::new("http.route", route),
-                    KeyValue::new("url.path", request.uri().path().to_owned()),
-                    KeyValue::new("shoal.service", entry.name().to_owned()),
-                    KeyValue::new("shoal.request_id", request_id.to_owned()),
-                ],
-            )
-        });
-        let mut record = RequestRecord {
-            platform: self.platform.clone(),
-            service: entry.name().to_owned(),
-            version: entry.stable.record.version.clone(),
-            method,
-            status: 503,
-            failure: None,
-            started,
-            span: span.clone(),
-        };
-        // Waiting in the queue counts against the request's time.
-        let queue_deadline = deadline.min(Instant::now() + entry.stable.timeout);
-        let slot = match tokio::time::timeout_at(queue_deadline.into(), shared.limiter.acquire())
-            .await
-        {
-            Ok(Ok(slot)) => slot,
-            outcome => {
-                shared.faults.count("overload");
-                let (running, queued) = shared.limiter.load();
-                let why = if outcome.is_err() {
-                    "its queue did not move before the request's deadline"
-                } else {
-                    "all of its slots and its queue are full"
-                };
-                tracing::warn!(service = %entry.name(), request_id, running, queued, "overloaded");
-                let message = format!(
-                    "service `{}` is overloaded: {why} ({running} running, {queued} queued); retry later (request id {request_id})\n",
-                    entry.name()
-                );
-                let mut response = gateway::text(StatusCode::SERVICE_UNAVAILABLE, message);
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                record.failure = Some("overload");
-                drop(record);
-                return gateway::with_request_id(response, request_id);
-            }
-        };
-
         let draw = (rand::random::<u32>() % 100) as u8;
         let (deployment, canary) = entry.pick(draw);
-        let deadline = deadline.min(Instant::now() + deployment.timeout);
-        record.version = deployment.record.version.clone();
-        span.span()
-            .set_attribute(KeyValue::new("shoal.version", record.version.clone()));
-        let (response, failure) = gateway::serve_deployment(
+        let mut record =
+            RequestRecord::start(&self.platform, entry, deployment, &request, request_id);
+        // Waiting in the queue counts against the request's time, and the version
+        // that will serve it sets the limit.
+        let deadline = deadline.within(deployment.timeout);
+        let slot = match tokio::time::timeout_at(deadline.into(), shared.limiter.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            outcome => {
+                record.failure = Some(Failure {
+                    kind: "overload",
+                    guest_fault: false,
+                });
+                shared.faults.count("overload");
+                return overloaded(entry, request_id, outcome.is_err());
+            }
+        };
+        let (response, failure) = serve_deployment(
             &self.platform,
             deployment,
             request,
             request_id,
             deadline,
-            span,
+            record.span.clone(),
         )
         .await;
-        if let Some(kind) = failure {
-            shared.faults.count(kind);
+        if let Some(failure) = failure {
+            shared.faults.count(failure.kind);
         }
         record.status = response.status().as_u16();
         record.failure = failure;
         if let Some(canary) = canary {
-            let now = Instant::now();
-            let success = !response.status().is_server_error();
-            let tripped = {
-                let mut window = canary.window.lock();
-                window.record(success, now);
-                canary
-                    .auto_rollback
-                    .as_ref()
-                    .is_some_and(|rule| window.exceeds(rule.max_error_rate, rule.min_requests, now))
-            };
-            if tripped && !canary.tripped.swap(true, Ordering::SeqCst) {
-                self.roll_back_canary_in_background(
-                    entry.name().to_owned(),
-                    canary.deployment.record.version.clone(),
-                );
-            }
+            let success =
+                !is_failure_status(record.status) || failure.is_some_and(|f| !f.guest_fault);
+            self.record_canary_outcome(entry, canary, success);
         }
         // The slot is held, and the request measured, until the body has been streamed.
         response.map(|body| {
@@ -154,6 +99,25 @@ impl Services {
             }
             .boxed_unsync()
         })
+    }
+
+    /// Count one canary outcome; start an automatic rollback when its window trips.
+    fn record_canary_outcome(&self, entry: &ServiceEntry, canary: &Canary, success: bool) {
+        let now = Instant::now();
+        let tripped = {
+            let mut window = canary.window.lock();
+            window.record(success, now);
+            canary
+                .auto_rollback
+                .as_ref()
+                .is_some_and(|rule| window.exceeds(rule.max_error_rate, rule.min_requests, now))
+        };
+        if tripped && !canary.tripped.swap(true, Ordering::SeqCst) {
+            self.roll_back_canary_in_background(
+                entry.name().to_owned(),
+                canary.deployment.record.version.clone(),
+            );
+        }
     }
 
     fn roll_back_canary_in_background(&self, name: String, version: String) {
@@ -229,18 +193,17 @@ impl Services {
                 let Some(deployment) = weak.upgrade() else {
                     break;
                 };
-                let verdict = crate::runtime::invoke::check_health(
-                    &deployment.loaded.pre,
-                    &indices,
-                    deployment.context.clone(),
-                    platform.clone(),
-                    Duration::from_millis(schedule.timeout_ms),
-                )
-                .await;
+                let timeout = Duration::from_millis(schedule.timeout_ms);
+                let invocation = deployment.invocation(
+                    &platform,
+                    format!("health-{:016x}", rand::random::<u64>()).into(),
+                    Deadline::after(timeout),
+                    opentelemetry::Context::new(),
+                );
+                let verdict =
+                    invoke::check_health(&deployment.loaded.pre, &indices, &invocation).await;
                 let reported = match verdict {
-                    Ok(crate::bindings::registry::Health::Serving) => Health::Serving,
-                    Ok(crate::bindings::registry::Health::Degraded) => Health::Degraded,
-                    Ok(crate::bindings::registry::Health::NotServing) => Health::NotServing,
+                    Ok(health) => health_from_wit(health),
                     Err(failure) => {
                         tracing::warn!(service = %deployment.record.name, %failure, "health check failed");
                         Health::NotServing
@@ -271,17 +234,121 @@ impl LocalDispatch for Services {
         &self,
         service: &str,
         request: Request<http_body_util::Full<Bytes>>,
-        deadline: Instant,
-    ) -> Option<Response<GatewayBody>> {
+        deadline: Deadline,
+    ) -> Option<Response<Body>> {
         let entry = self.table.entry(service)?;
-        let request_id = gateway::request_id(&request);
+        let request_id = protocol::request_id(request.headers());
         Some(self.serve(&entry, request, &request_id, deadline).await)
+    }
+}
+
+/// The 503 of a request that found no slot: the queue is full (`timed_out` false) or
+/// did not move before the request's deadline.
+fn overloaded(entry: &ServiceEntry, request_id: &str, timed_out: bool) -> Response<Body> {
+    let (running, queued) = entry.shared.limiter.load();
+    let why = if timed_out {
+        "its queue did not move before the request's deadline"
+    } else {
+        "all of its slots and its queue are full"
+    };
+    tracing::warn!(service = %entry.name(), request_id, running, queued, "overloaded");
+    let message = format!(
+        "service `{}` is overloaded: {why} ({running} running, {queued} queued); retry later (request id {request_id})\n",
+        entry.name()
+    );
+    let mut response = protocol::text(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    protocol::with_request_id(response, request_id)
+}
+
+/// Run `request` on `deployment` (gateway and in-process calls alike) and turn a
+/// guest failure into a 5xx that names the reason. Returns the failure too.
+pub async fn serve_deployment<B>(
+    platform: &Arc<Platform>,
+    deployment: &Deployment,
+    request: Request<B>,
+    request_id: &str,
+    deadline: Deadline,
+    trace: opentelemetry::Context,
+) -> (Response<Body>, Option<Failure>)
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let (mut parts, body) = request.into_parts();
+    protocol::set_request_id(&mut parts.headers, request_id);
+    if !parts.headers.contains_key(HOST)
+        && let Ok(value) = HeaderValue::from_str(&deployment.record.name)
+    {
+        parts.headers.insert(HOST, value);
+    }
+    let request = Request::from_parts(parts, body);
+    let trace_id = crate::telemetry::traces::trace_id(&trace);
+    let invocation = deployment.invocation(platform, request_id.into(), deadline, trace);
+    let outcome = invoke::handle(
+        &deployment.loaded.pre,
+        deployment.pool.clone(),
+        invocation,
+        request,
+    )
+    .await;
+    let (response, failure) = match outcome {
+        Ok(response) => {
+            let response = response.map(|body| {
+                body.map_err(|code| std::io::Error::other(format!("{code:?}")))
+                    .boxed_unsync()
+            });
+            (response, None)
+        }
+        Err(failure) => {
+            tracing::error!(
+                service = %deployment.record.name,
+                version = %deployment.record.version,
+                request_id = %request_id,
+                trace_id = %trace_id.as_deref().unwrap_or(""),
+                error = %failure,
+                fault = if failure.is_guest_fault() { "guest" } else { "host" },
+                "request failed"
+            );
+            let message = format!(
+                "service `{}` failed: {failure} (request id {request_id})\n",
+                deployment.record.name
+            );
+            let kind = Failure {
+                kind: failure.kind(),
+                guest_fault: failure.is_guest_fault(),
+            };
+            (protocol::text(failure.status(), message), Some(kind))
+        }
+    };
+    (protocol::with_request_id(response, request_id), failure)
+}
+
+impl Deployment {
+    /// The invocation of one request (or health check) on this version.
+    pub fn invocation(
+        &self,
+        platform: &Arc<Platform>,
+        request_id: Arc<str>,
+        deadline: Deadline,
+        trace: opentelemetry::Context,
+    ) -> Invocation {
+        Invocation {
+            service: self.context.clone(),
+            limits: self.limits,
+            platform: platform.clone(),
+            request_id,
+            deadline,
+            trace,
+        }
     }
 }
 
 /// A response body that holds the service's concurrency slot until it is done.
 struct SlotBody {
-    body: GatewayBody,
+    body: Body,
     _slot: Slot,
     _record: RequestRecord,
 }
@@ -289,14 +356,72 @@ struct SlotBody {
 /// Metrics and the server span of one request, recorded when it is dropped (after
 /// the response body has been streamed, or at once for an early answer).
 struct RequestRecord {
-    platform: Arc<crate::platform::Platform>,
+    platform: Arc<Platform>,
     service: String,
     version: String,
-    method: String,
+    method: &'static str,
     status: u16,
-    failure: Option<&'static str>,
+    failure: Option<Failure>,
     started: Instant,
     span: opentelemetry::Context,
+}
+
+impl RequestRecord {
+    /// Start measuring a request to `deployment` of `entry`, under a server span that
+    /// continues the client's trace.
+    fn start<B>(
+        platform: &Arc<Platform>,
+        entry: &ServiceEntry,
+        deployment: &Deployment,
+        request: &Request<B>,
+        request_id: &str,
+    ) -> Self {
+        let telemetry = &platform.telemetry;
+        let method = method_label(request.method());
+        let version = deployment.record.version.clone();
+        let parent = telemetry.tracing.extract(request.headers());
+        let span = telemetry.tracing.start_with(SpanKind::Server, &parent, || {
+            let route = entry.route().to_owned();
+            (
+                format!("{method} {route}"),
+                vec![
+                    KeyValue::new("http.request.method", method),
+                    KeyValue::new("http.route", route),
+                    KeyValue::new("url.path", request.uri().path().to_owned()),
+                    KeyValue::new("shoal.service", entry.name().to_owned()),
+                    KeyValue::new("shoal.request_id", request_id.to_owned()),
+                    KeyValue::new("shoal.version", version.clone()),
+                ],
+            )
+        });
+        Self {
+            platform: platform.clone(),
+            service: entry.name().to_owned(),
+            version,
+            method,
+            // Until the request is answered, it counts as refused.
+            status: 503,
+            failure: None,
+            started: Instant::now(),
+            span,
+        }
+    }
+}
+
+/// The method as a bounded metric label: any other token a client sends is `OTHER`.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
 }
 
 impl Drop for RequestRecord {
@@ -304,16 +429,16 @@ impl Drop for RequestRecord {
         let metrics = &self.platform.telemetry.metrics;
         if metrics.enabled() {
             let class = status_class(self.status);
-            let labels = [&*self.service, &*self.version, &*self.method, class];
+            let labels = [&*self.service, &*self.version, self.method, class];
             metrics.requests.with_label_values(&labels).inc();
             metrics
                 .request_duration
                 .with_label_values(&labels)
                 .observe(self.started.elapsed().as_secs_f64());
-            if let Some(kind) = self.failure {
+            if let Some(failure) = self.failure {
                 metrics
                     .errors
-                    .with_label_values(&[&*self.service, kind])
+                    .with_label_values(&[&*self.service, failure.kind])
                     .inc();
             }
         }
@@ -322,12 +447,12 @@ impl Drop for RequestRecord {
             "http.response.status_code",
             i64::from(self.status),
         ));
-        if let Some(kind) = self.failure {
-            span.set_attribute(KeyValue::new("error.type", kind));
+        if let Some(failure) = self.failure {
+            span.set_attribute(KeyValue::new("error.type", failure.kind));
         }
-        if self.status >= 500 {
+        if is_failure_status(self.status) {
             span.set_status(opentelemetry::trace::Status::error(
-                self.failure.unwrap_or("5xx"),
+                self.failure.map_or("5xx", |failure| failure.kind),
             ));
         }
         span.end();

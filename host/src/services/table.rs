@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::ServiceError;
 use super::limiter::Limiter;
 use super::state::{AutoRollback, CanaryState};
 use crate::policy::error_rate::ErrorWindow;
-use crate::runtime::{Loaded, ServiceContext};
+use crate::runtime::{InstanceLimits, Loaded, ServiceContext};
 use crate::storage::ServiceRecord;
 
 /// One deployed version of a service, ready to serve.
@@ -24,6 +25,8 @@ pub struct Deployment {
     pub route: String,
     /// What its instances see of themselves.
     pub context: Arc<ServiceContext>,
+    /// What bounds each of its instances.
+    pub limits: InstanceLimits,
     /// The compiled, linked component.
     pub loaded: Loaded,
     /// Deadline per request.
@@ -182,6 +185,18 @@ impl ServiceTable {
     /// Which service owns `route`, if any.
     pub fn route_owner(&self, route: &str) -> Option<String> {
         self.inner.read().by_route.get(route).cloned()
+    }
+
+    /// Whether `name` may take `route`: free, or already its own. The one route check
+    /// of deploy, rollback and restore.
+    pub fn check_route(&self, route: &str, name: &str) -> Result<(), ServiceError> {
+        match self.route_owner(route) {
+            Some(owner) if owner != name => Err(ServiceError::RouteConflict {
+                route: route.to_owned(),
+                owner,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Install `entry`, replacing the previous entry of the same name (and its route,

@@ -4,11 +4,14 @@
 //! - [`metrics`]: the host's metric families and the bounded per-service guest metrics.
 //! - [`traces`]: the tracer (OTLP over HTTP when `OTEL_EXPORTER_OTLP_*` is set) and
 //!   the `traceparent` helpers.
+//! - [`scope`]: the spans open during one request.
 
 pub mod metrics;
+pub mod scope;
 pub mod traces;
 
 pub use metrics::Metrics;
+pub use scope::TraceScope;
 pub use traces::Tracing;
 
 /// Everything telemetry, shared by the host.

@@ -1,0 +1,263 @@
+//! The admin router in process (`oneshot`, no socket, no wasm): every status code of
+//! the admin table that does not need a deployed component. Deploys of real
+//! components are covered end to end in `tests/e2e`.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt as _;
+
+use super::{AdminState, AdminToken, router};
+use crate::caller::Caller;
+use crate::platform::Platform;
+use crate::registry::Registry;
+use crate::registry::embedded::EmbeddedRegistry;
+use crate::registry::external::ExternalServices;
+use crate::registry::health::HealthChecker;
+use crate::runtime::{Runtime, RuntimeOptions};
+use crate::services::limiter::Scale;
+use crate::services::{ServiceDefaults, Services};
+use crate::storage::Storage;
+use crate::telemetry::Telemetry;
+
+const TOKEN: &str = "test-token";
+const MAX_UPLOAD: usize = 4096;
+
+struct Admin {
+    app: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+fn admin() -> Admin {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = Storage::open(dir.path()).expect("storage");
+    let runtime = Runtime::new(&RuntimeOptions {
+        cache_dir: dir.path().join("cache"),
+        max_instances: 4,
+        max_memory_bytes: 16 * 1024 * 1024,
+        pooling: false,
+        max_wasm_stack: 512 * 1024,
+    })
+    .expect("runtime");
+    let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(60));
+    let telemetry = Arc::new(Telemetry::from_env(true).expect("telemetry"));
+    let platform = Arc::new(Platform {
+        host_id: "test".into(),
+        registry: registry.clone(),
+        caller: Arc::new(Caller::new(registry.clone(), telemetry.clone())),
+        telemetry,
+    });
+    let services = Services::new(
+        runtime,
+        storage.clone(),
+        ServiceDefaults {
+            memory_mb: 16,
+            max_memory_mb: 16,
+            timeout: Duration::from_secs(5),
+            scale: Scale {
+                max_concurrency: 4,
+                queue: 4,
+            },
+        },
+        platform,
+    );
+    let external = Arc::new(
+        ExternalServices::new(
+            registry.clone(),
+            HealthChecker::new(registry),
+            dir.path().join("external"),
+        )
+        .expect("external"),
+    );
+    let app = router(AdminState {
+        services,
+        external,
+        token: Arc::new(AdminToken::new(TOKEN.into())),
+        max_upload_bytes: MAX_UPLOAD,
+    });
+    Admin { app, _dir: dir }
+}
+
+impl Admin {
+    /// Send one request with the admin token; answer status and body text.
+    async fn send(&self, method: &str, path: &str, body: impl Into<Body>) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(body.into())
+            .expect("request");
+        self.oneshot(request).await
+    }
+
+    async fn oneshot(&self, request: Request<Body>) -> (StatusCode, String) {
+        let response = self.app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn liveness_and_metrics_need_no_token() {
+    let admin = admin();
+    for path in ["/healthz", "/metrics"] {
+        let request = Request::get(path).body(Body::empty()).expect("request");
+        let (status, _) = admin.oneshot(request).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn every_v1_call_needs_the_token() {
+    let admin = admin();
+    let missing = Request::get("/v1/services")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(admin.oneshot(missing).await.0, StatusCode::UNAUTHORIZED);
+    let wrong = Request::get("/v1/services")
+        .header(header::AUTHORIZATION, "Bearer not-the-token")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(admin.oneshot(wrong).await.0, StatusCode::UNAUTHORIZED);
+    let (status, body) = admin.send("GET", "/v1/services", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, r#"{"services":[]}"#);
+}
+
+#[tokio::test]
+async fn names_are_checked_before_lookups() {
+    let admin = admin();
+    for (method, path) in [
+        ("GET", "/v1/services/Bad_Name"),
+        ("DELETE", "/v1/services/Bad_Name"),
+        ("POST", "/v1/services/Bad_Name/rollback"),
+        ("POST", "/v1/services/Bad_Name/canary/promote"),
+        ("GET", "/v1/external/Bad_Name"),
+        ("GET", "/v1/discovery/Bad_Name"),
+    ] {
+        let (status, body) = admin.send(method, path, Body::empty()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+        assert!(body.contains("invalid service name"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn missing_services_are_not_found() {
+    let admin = admin();
+    for (method, path, body) in [
+        ("GET", "/v1/services/nope", ""),
+        ("DELETE", "/v1/services/nope", ""),
+        ("POST", "/v1/services/nope/rollback", ""),
+        (
+            "PUT",
+            "/v1/services/nope/scale",
+            r#"{"max_concurrency": 2}"#,
+        ),
+        ("PUT", "/v1/services/nope/canary", r#"{"weight": 5}"#),
+        ("DELETE", "/v1/services/nope/canary", ""),
+        ("POST", "/v1/services/nope/canary/promote", ""),
+        ("GET", "/v1/external/nope", ""),
+        ("DELETE", "/v1/external/nope", ""),
+        ("GET", "/v1/nothing-here", ""),
+    ] {
+        let (status, text) = admin.send(method, path, body.to_owned()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_and_parameters_are_client_errors() {
+    let admin = admin();
+    for (method, path, body) in [
+        ("PUT", "/v1/services/hello", "not a component"),
+        ("PUT", "/v1/services/hello?canary=101", "not a component"),
+        (
+            "PUT",
+            "/v1/services/hello?max_error_rate=0.5",
+            "not a component",
+        ),
+        ("PUT", "/v1/services/hello/scale", "{not json"),
+        ("PUT", "/v1/services/hello/canary", r#"{"weight": 101}"#),
+        ("PUT", "/v1/external/db", r#"{"endpoints": []}"#),
+        (
+            "PUT",
+            "/v1/external/db",
+            r#"{"endpoints": ["127.0.0.1:1"], "extra": 1}"#,
+        ),
+    ] {
+        let (status, text) = admin.send(method, path, body.to_owned()).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path} {body}: {text}"
+        );
+        assert!(text.starts_with(r#"{"error":"#), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_oversize_upload_is_refused_before_it_is_read() {
+    let admin = admin();
+    let request = Request::put("/v1/services/hello")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_LENGTH, (MAX_UPLOAD + 1).to_string())
+        .body(Body::from(vec![0u8; MAX_UPLOAD + 1]))
+        .expect("request");
+    let response = admin
+        .app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(response.headers()[header::CONNECTION], "close");
+}
+
+#[tokio::test]
+async fn external_services_are_created_replaced_shown_and_removed() {
+    let admin = admin();
+    let spec = r#"{"endpoints": ["127.0.0.1:9"]}"#;
+    assert_eq!(
+        admin.send("PUT", "/v1/external/db", spec).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        admin.send("PUT", "/v1/external/db", spec).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = admin.send("GET", "/v1/external/db", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("127.0.0.1:9"), "{body}");
+    let (status, body) = admin.send("GET", "/v1/discovery/db", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("127.0.0.1:9"), "{body}");
+    assert_eq!(
+        admin
+            .send("DELETE", "/v1/external/db", Body::empty())
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        admin
+            .send("DELETE", "/v1/external/db", Body::empty())
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn unsupported_methods_are_refused() {
+    let admin = admin();
+    let (status, _) = admin.send("PATCH", "/v1/services", Body::empty()).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}

@@ -1,0 +1,533 @@
+//! Capabilities without wasm: a [`TestEnv`] builds the per-request platform state with
+//! the real embedded registry, caller and telemetry, and the tests call the `Host`
+//! methods on each capability's view directly. A [`ScriptedService`] stands in for
+//! the service on the other end of the caller's in-process path, answering each
+//! attempt as its script says, so retries, breakers and deadlines are exercised
+//! against the real caller in milliseconds.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Resource, ResourceTable};
+
+use super::caller::CallerView;
+use super::config::ConfigView;
+use super::discovery::DiscoveryView;
+use super::metrics::MetricsView;
+use super::registry::RegistryView;
+use super::tracing::TracingView;
+use super::{HostFault, PlatformCtx, ServiceContext};
+use crate::bindings;
+use crate::caller::Caller;
+use crate::caller::transport::LocalDispatch;
+use crate::deadline::Deadline;
+use crate::manifest::{BreakerPolicy, Outbound, TargetPolicy};
+use crate::platform::Platform;
+use crate::protocol::{self, Body};
+use crate::registry::embedded::EmbeddedRegistry;
+use crate::registry::{self as reg, Endpoint, Health, Instance, Registry};
+use crate::telemetry::{Telemetry, TraceScope};
+
+/// One request's platform state and resource table, on a real registry and caller.
+struct TestEnv {
+    ctx: PlatformCtx,
+    table: ResourceTable,
+    registry: Arc<dyn Registry>,
+    /// The far end of in-process calls (the caller holds it weakly).
+    local: Option<Arc<dyn LocalDispatch>>,
+}
+
+impl TestEnv {
+    fn new(outbound: Outbound, deadline: Deadline) -> Self {
+        let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(60));
+        let telemetry = Arc::new(Telemetry::from_env(true).expect("telemetry"));
+        let caller = Arc::new(Caller::new(registry.clone(), telemetry.clone()));
+        let platform = Arc::new(Platform {
+            host_id: "test-host".into(),
+            registry: registry.clone(),
+            caller,
+            telemetry,
+        });
+        let service = Arc::new(ServiceContext {
+            name: "orders".into(),
+            version: "1.0.0".into(),
+            config: BTreeMap::from([
+                ("b".to_owned(), "2".to_owned()),
+                ("a".to_owned(), "1".to_owned()),
+            ]),
+            instance_id: "test-host/orders".into(),
+            outbound: Arc::new(outbound),
+            health: Default::default(),
+        });
+        Self {
+            ctx: PlatformCtx {
+                service,
+                platform,
+                request_id: "req-1".into(),
+                deadline,
+                trace: TraceScope::default(),
+            },
+            table: ResourceTable::new(),
+            registry,
+            local: None,
+        }
+    }
+
+    fn plain() -> Self {
+        Self::new(
+            Outbound::default(),
+            Deadline::after(Duration::from_secs(30)),
+        )
+    }
+
+    fn config(&self) -> ConfigView<'_> {
+        ConfigView {
+            config: &self.ctx.service.config,
+            service: &self.ctx.service.name,
+        }
+    }
+
+    fn registry_view(&self) -> RegistryView<'_> {
+        RegistryView {
+            service: &self.ctx.service,
+            host_id: &self.ctx.platform.host_id,
+            registry: &self.ctx.platform.registry,
+            request_id: &self.ctx.request_id,
+        }
+    }
+
+    fn discovery(&mut self) -> DiscoveryView<'_> {
+        DiscoveryView {
+            registry: &self.ctx.platform.registry,
+            table: &mut self.table,
+            service: &self.ctx.service.name,
+        }
+    }
+
+    fn tracing(&mut self) -> TracingView<'_> {
+        TracingView {
+            tracing: &self.ctx.platform.telemetry.tracing,
+            service: &self.ctx.service.name,
+            scope: &self.ctx.trace,
+            table: &mut self.table,
+        }
+    }
+
+    fn metrics(&self) -> MetricsView<'_> {
+        MetricsView {
+            metrics: &self.ctx.platform.telemetry.metrics,
+            service: &self.ctx.service.name,
+        }
+    }
+
+    fn caller(&self) -> CallerView<'_> {
+        CallerView {
+            caller: &self.ctx.platform.caller,
+            context: self.ctx.call_context(),
+        }
+    }
+
+    async fn register(&self, service: &str, id: &str, health: Health) {
+        let instance = Instance {
+            id: id.into(),
+            service: service.into(),
+            endpoint: Endpoint::Local,
+            version: "1".into(),
+            tags: Vec::new(),
+            health,
+        };
+        self.registry
+            .register(instance, Duration::from_secs(60))
+            .await
+            .expect("register");
+    }
+}
+
+fn host_fault(error: &wasmtime::Error) -> &HostFault {
+    error
+        .downcast_ref::<HostFault>()
+        .expect("a host-side failure is reported as a HostFault")
+}
+
+#[tokio::test]
+async fn config_answers_from_the_manifest_table_in_key_order() {
+    use bindings::config::Host as _;
+    let env = TestEnv::plain();
+    let mut config = env.config();
+    assert_eq!(config.get("a".into()).await.expect("get"), Some("1".into()));
+    assert_eq!(config.get("zz".into()).await.expect("get"), None);
+    let all = config.get_all().await.expect("get-all");
+    assert_eq!(
+        all,
+        vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+    );
+}
+
+#[tokio::test]
+async fn a_health_report_reaches_the_registry() {
+    use bindings::registry::Host as _;
+    let env = TestEnv::plain();
+    env.register("orders", "test-host/orders", Health::Serving)
+        .await;
+    let identity = env.registry_view().get_identity().await.expect("identity");
+    assert_eq!(identity.service, "orders");
+    assert_eq!(identity.host_id, "test-host");
+    env.registry_view()
+        .report_health(
+            bindings::registry::Health::Degraded,
+            Some("draining".into()),
+        )
+        .await
+        .expect("report");
+    let instances = env.registry.instances("orders").await.expect("instances");
+    assert_eq!(instances[0].health, Health::Degraded);
+}
+
+#[tokio::test]
+async fn discovery_refuses_bad_names_as_guest_errors_and_watches_changes() {
+    use bindings::discovery::{DiscoveryError, Host as _, HostWatcher as _};
+    let mut env = TestEnv::plain();
+    let refused = env
+        .discovery()
+        .discover("Not_A_Name".into())
+        .await
+        .expect("a bad name is the guest's error, not a trap");
+    assert!(matches!(refused, Err(DiscoveryError::InvalidName(_))));
+
+    env.register("payments", "h/payments-1", Health::Serving)
+        .await;
+    env.register("payments", "h/payments-2", Health::NotServing)
+        .await;
+    let found = env
+        .discovery()
+        .discover("payments".into())
+        .await
+        .expect("no trap")
+        .expect("found");
+    assert_eq!(found.len(), 1, "not-serving instances are not routable");
+
+    let watcher = env
+        .discovery()
+        .watch("payments".into())
+        .await
+        .expect("no trap")
+        .expect("watch");
+    let rep = watcher.rep();
+    let first = env
+        .discovery()
+        .next(Resource::new_borrow(rep))
+        .await
+        .expect("no trap");
+    assert_eq!(
+        first.map(|set| set.len()),
+        Some(2),
+        "the first read is the set"
+    );
+    let unchanged = env
+        .discovery()
+        .next(Resource::new_borrow(rep))
+        .await
+        .expect("no trap");
+    assert!(unchanged.is_none());
+    env.register("payments", "h/payments-3", Health::Serving)
+        .await;
+    let changed = env
+        .discovery()
+        .next(Resource::new_borrow(rep))
+        .await
+        .expect("no trap");
+    assert_eq!(changed.map(|set| set.len()), Some(3));
+
+    env.discovery().drop(watcher).await.expect("drop");
+    let trap = env
+        .discovery()
+        .next(Resource::new_borrow(rep))
+        .await
+        .expect_err("a dangling handle is a host fault");
+    assert_eq!(host_fault(&trap).call, "discovery.watcher.next");
+}
+
+#[tokio::test]
+async fn guest_spans_nest_and_a_dangling_span_is_a_host_fault() {
+    use bindings::tracing::{Host as _, HostSpan as _};
+    let mut env = TestEnv::plain();
+    let outer = env
+        .tracing()
+        .start_span("outer".into())
+        .await
+        .expect("span");
+    let inner = env
+        .tracing()
+        .start_span("x".repeat(5000))
+        .await
+        .expect("span");
+    assert_eq!(env.ctx.trace.open_spans(), 2);
+    let inner_rep = inner.rep();
+    env.tracing()
+        .end(Resource::new_borrow(inner_rep))
+        .await
+        .expect("end");
+    assert_eq!(env.ctx.trace.open_spans(), 1);
+    env.tracing().drop(inner).await.expect("drop");
+    env.tracing().drop(outer).await.expect("drop");
+    assert_eq!(env.ctx.trace.open_spans(), 0);
+    let trap = env
+        .tracing()
+        .set_attribute(Resource::new_borrow(inner_rep), "k".into(), "v".into())
+        .await
+        .expect_err("dangling");
+    assert_eq!(host_fault(&trap).call, "tracing.span.set-attribute");
+}
+
+#[tokio::test]
+async fn metric_errors_are_the_guests() {
+    use bindings::metrics::{Host as _, MetricError};
+    let env = TestEnv::plain();
+    let ok = env
+        .metrics()
+        .counter_add("orders_placed".into(), vec![], 1.0)
+        .await
+        .expect("no trap");
+    assert!(ok.is_ok());
+    let refused = env
+        .metrics()
+        .counter_add("bad name!".into(), vec![], 1.0)
+        .await
+        .expect("no trap");
+    assert!(matches!(refused, Err(MetricError::InvalidName(_))));
+}
+
+/// What one attempt of a [`ScriptedService`] does.
+#[derive(Clone, Copy)]
+enum Step {
+    Answer(u16),
+    /// Answer 200 after this long.
+    Slow(Duration),
+}
+
+/// The far end of the caller's in-process path: answers attempts in script order
+/// (repeating the last step), and records how many it saw and their deadlines.
+struct ScriptedService {
+    script: Mutex<VecDeque<Step>>,
+    last: Mutex<Step>,
+    attempts: AtomicU32,
+    deadlines: Mutex<Vec<Deadline>>,
+}
+
+impl ScriptedService {
+    fn new(steps: &[Step]) -> Arc<Self> {
+        Arc::new(Self {
+            script: Mutex::new(steps.iter().copied().collect()),
+            last: Mutex::new(*steps.last().expect("a script")),
+            attempts: AtomicU32::new(0),
+            deadlines: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl LocalDispatch for ScriptedService {
+    async fn dispatch(
+        &self,
+        _service: &str,
+        _request: Request<Full<Bytes>>,
+        deadline: Deadline,
+    ) -> Option<Response<Body>> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        self.deadlines.lock().push(deadline);
+        let step = {
+            let mut script = self.script.lock();
+            match script.pop_front() {
+                Some(step) => {
+                    *self.last.lock() = step;
+                    step
+                }
+                None => *self.last.lock(),
+            }
+        };
+        let status = match step {
+            Step::Answer(status) => status,
+            Step::Slow(delay) => {
+                tokio::time::sleep(delay).await;
+                200
+            }
+        };
+        let status = StatusCode::from_u16(status).expect("status");
+        Some(protocol::text(status, "scripted\n".into()))
+    }
+}
+
+/// An environment whose caller reaches `script` for service `payments`, with
+/// `policy` towards it.
+async fn calling(
+    script: &Arc<ScriptedService>,
+    policy: TargetPolicy,
+    deadline: Deadline,
+) -> TestEnv {
+    let outbound = Outbound {
+        allowed_hosts: Vec::new(),
+        targets: BTreeMap::from([("payments".to_owned(), policy)]),
+    };
+    let mut env = TestEnv::new(outbound, deadline);
+    let local: Arc<dyn LocalDispatch> = script.clone();
+    env.ctx.platform.caller.set_local(Arc::downgrade(&local));
+    env.local = Some(local);
+    env.register("payments", "h/payments", Health::Serving)
+        .await;
+    env
+}
+
+fn request(method: &str) -> bindings::caller::Request {
+    bindings::caller::Request {
+        method: method.into(),
+        path_with_query: "/charge".into(),
+        headers: vec![("x-kept".into(), b"1".to_vec())],
+        body: b"{}".to_vec(),
+    }
+}
+
+fn fast_retries() -> TargetPolicy {
+    TargetPolicy {
+        max_attempts: Some(3),
+        ..TargetPolicy::default()
+    }
+}
+
+async fn call(
+    env: &TestEnv,
+    method: &str,
+) -> Result<bindings::caller::Response, bindings::caller::CallError> {
+    use bindings::caller::Host as _;
+    let options = bindings::caller::CallOptions {
+        attempt_timeout_ms: None,
+        deadline_ms: None,
+        idempotent: None,
+    };
+    env.caller()
+        .call("payments".into(), request(method), options)
+        .await
+        .expect("a failed call is never a trap")
+}
+
+#[tokio::test]
+async fn idempotent_calls_are_retried_through_unavailable_answers() {
+    let script = ScriptedService::new(&[Step::Answer(503), Step::Answer(503), Step::Answer(200)]);
+    let env = calling(
+        &script,
+        fast_retries(),
+        Deadline::after(Duration::from_secs(30)),
+    )
+    .await;
+    let response = call(&env, "GET").await.expect("third attempt answers");
+    assert_eq!(response.status, 200);
+    assert_eq!(script.attempts(), 3);
+}
+
+#[tokio::test]
+async fn a_post_that_was_answered_is_never_sent_twice() {
+    let script = ScriptedService::new(&[Step::Answer(503), Step::Answer(200)]);
+    let env = calling(
+        &script,
+        fast_retries(),
+        Deadline::after(Duration::from_secs(30)),
+    )
+    .await;
+    match call(&env, "POST").await {
+        Err(bindings::caller::CallError::ServerError(response)) => assert_eq!(response.status, 503),
+        other => panic!("expected the 503 back, got {other:?}"),
+    }
+    assert_eq!(script.attempts(), 1);
+}
+
+#[tokio::test]
+async fn failures_open_the_breaker_and_then_calls_fail_fast() {
+    let script = ScriptedService::new(&[Step::Answer(500)]);
+    let policy = TargetPolicy {
+        max_attempts: Some(1),
+        breaker: Some(BreakerPolicy {
+            consecutive_failures: Some(3),
+            cool_down_ms: Some(60_000),
+            ..BreakerPolicy::default()
+        }),
+        ..TargetPolicy::default()
+    };
+    let env = calling(&script, policy, Deadline::after(Duration::from_secs(30))).await;
+    for _ in 0..3 {
+        assert!(matches!(
+            call(&env, "GET").await,
+            Err(bindings::caller::CallError::ServerError(_))
+        ));
+    }
+    assert_eq!(script.attempts(), 3);
+    assert!(matches!(
+        call(&env, "GET").await,
+        Err(bindings::caller::CallError::CircuitOpen)
+    ));
+    assert_eq!(script.attempts(), 3, "an open breaker sends nothing");
+}
+
+#[tokio::test]
+async fn retries_never_outlive_the_callers_deadline() {
+    // Every attempt would take a minute; the attempt timeout is 50 ms and the caller's
+    // own request has 2 s left.
+    let script = ScriptedService::new(&[Step::Slow(Duration::from_secs(60))]);
+    let policy = TargetPolicy {
+        max_attempts: Some(100),
+        attempt_timeout_ms: Some(50),
+        ..TargetPolicy::default()
+    };
+    let caller_deadline = Deadline::after(Duration::from_secs(2));
+    let env = calling(&script, policy, caller_deadline).await;
+    let outcome = call(&env, "GET").await;
+    assert!(matches!(outcome, Err(bindings::caller::CallError::Timeout)));
+    // Far sooner than one attempt's minute: the call ended with the caller's time.
+    assert!(Instant::now() < caller_deadline.instant() + Duration::from_secs(5));
+    let deadlines = script.deadlines.lock().clone();
+    assert!(deadlines.len() >= 2, "timed-out attempts are retried");
+    assert!(deadlines.iter().all(|d| *d <= caller_deadline));
+    // Each callee got its attempt's budget, not the whole call's.
+    assert!(deadlines[0] < caller_deadline);
+}
+
+#[tokio::test]
+async fn a_caller_out_of_time_sends_nothing() {
+    let script = ScriptedService::new(&[Step::Answer(200)]);
+    let past = Deadline::at(Instant::now() - Duration::from_millis(1));
+    let env = calling(&script, fast_retries(), past).await;
+    assert!(matches!(
+        call(&env, "GET").await,
+        Err(bindings::caller::CallError::Timeout)
+    ));
+    assert_eq!(script.attempts(), 0);
+}
+
+#[tokio::test]
+async fn an_unknown_target_has_no_instances() {
+    use bindings::caller::Host as _;
+    let env = TestEnv::plain();
+    let options = bindings::caller::CallOptions {
+        attempt_timeout_ms: None,
+        deadline_ms: None,
+        idempotent: None,
+    };
+    let outcome = env
+        .caller()
+        .call("nobody".into(), request("GET"), options)
+        .await
+        .expect("no trap");
+    assert!(matches!(
+        outcome,
+        Err(bindings::caller::CallError::NoInstances)
+    ));
+    // Name rules are the registry's, checked once for every entry point.
+    assert!(reg::validate_name("nobody").is_ok());
+}

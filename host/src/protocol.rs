@@ -1,0 +1,163 @@
+//! The HTTP vocabulary every layer shares: the body type of responses the host hands
+//! around, the headers Shoal reads and writes, request ids, hop-by-hop stripping and
+//! small response helpers. A leaf: it imports nothing from the rest of the host.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full};
+
+/// Body of every response the host produces or relays (gateway, in-process calls,
+/// remote calls).
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Header carrying the request id, accepted from clients and always returned.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Header telling the guest which route prefix the gateway stripped.
+pub static FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+/// Header naming the calling service; set by the host only.
+pub static CALLER: HeaderName = HeaderName::from_static("x-shoal-caller");
+/// Header carrying the caller's remaining deadline, in milliseconds.
+pub static DEADLINE_MS: HeaderName = HeaderName::from_static("x-shoal-deadline-ms");
+
+/// Longest request id accepted from a client.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The `x-request-id` of `headers` when it is sane, a fresh random id otherwise.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| is_sane_request_id(id))
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id)
+}
+
+/// A fresh random request id (32 hex digits).
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn is_sane_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Set `x-request-id` on a request or response's headers.
+pub fn set_request_id(headers: &mut HeaderMap, request_id: &str) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(REQUEST_ID.clone(), value);
+    }
+}
+
+/// Set `x-request-id` on a response.
+pub fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<Body> {
+    set_request_id(response.headers_mut(), request_id);
+    response
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(message)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A complete body.
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1), including those the `connection`
+/// header names, and the ones the transport sets itself.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "trailer",
+        "host",
+        "content-length",
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// A request with `method`, `uri`, `headers` and a complete `body`.
+pub fn buffered_request(
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers_with_id(id: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            REQUEST_ID.clone(),
+            HeaderValue::from_str(id).expect("header value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane() {
+        assert_eq!(request_id(&headers_with_id("abc-123")), "abc-123");
+    }
+
+    #[test]
+    fn unsafe_request_ids_are_replaced() {
+        for bad in ["", "a b", "x\"y", &"z".repeat(200)] {
+            let id = request_id(&headers_with_id(bad));
+            assert_ne!(id, bad);
+            assert_eq!(id.len(), 32);
+        }
+        assert_eq!(request_id(&HeaderMap::new()).len(), 32);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_tokens_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-kept"], "yes");
+    }
+}
