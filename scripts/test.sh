@@ -18,6 +18,9 @@ cargo fmt --all --check
 (cd guests && cargo fmt --all --check)
 cargo fmt --manifest-path sdk/Cargo.toml --check
 
+echo "== layering (no import cycles, no upward imports)"
+python3 scripts/layers.py
+
 echo "== lints"
 cargo clippy --all-targets -- -D warnings
 (cd guests && cargo clippy --release --target wasm32-wasip2 -- -D warnings)

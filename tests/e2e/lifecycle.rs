@@ -143,7 +143,15 @@ fn sigterm_lets_in_flight_requests_finish() {
             response.body_mut().read_to_string().unwrap_or_default(),
         )
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Signal only once the request is running.
+    let started = std::time::Instant::now();
+    while host.admin("GET", "/v1/services/faulty").json()["load"]["in_flight"] != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the slow request never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     host.signal(libc::SIGTERM);
     let (status, body) = slow.join().expect("join");
     assert_eq!(status, 200, "{body}");

@@ -167,6 +167,8 @@ fn watch(req: &Request) -> Response {
         Err(error) => return Response::text(400, format!("{error:?}\n")),
     };
     let initial = watcher.next().unwrap_or_default();
+    // Tells a waiting test that the watch is in place before anything changes.
+    shoal_sdk::log::info("watching", &[("service", &service)]);
     let changed = watcher.wait(wait_ms);
     Response::text(
         200,

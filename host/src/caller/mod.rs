@@ -518,6 +518,54 @@ struct AttemptPlan<'a> {
 }
 
 impl AttemptPlan<'_> {
+    /// The routable instances for the next attempt: `discovered` when given,
+    /// otherwise what the registry says now.
+    async fn instances(
+        &self,
+        caller: &Caller,
+        discovered: Option<Vec<Instance>>,
+    ) -> Result<Vec<Instance>, CallError> {
+        let registered = match discovered {
+            Some(instances) => instances,
+            None => caller
+                .registry
+                .instances(self.target)
+                .await
+                .map_err(|error| CallError::Unreachable(error.to_string()))?,
+        };
+        let instances = routable(&registered);
+        self.state.prune(&instances);
+        Ok(instances)
+    }
+
+    /// One attempt on `instance`, within the attempt timeout (and the call's deadline),
+    /// counted in the instance's outstanding load while it runs.
+    async fn send_once(
+        &self,
+        caller: &Caller,
+        instance: &Instance,
+        instance_state: &Arc<InstanceState>,
+    ) -> Result<Response<Body>, TransportError> {
+        // The callee gets this attempt's deadline, not the whole call's.
+        let attempt_deadline = self.deadline.within(self.attempt_timeout);
+        instance_state.outstanding.fetch_add(1, Ordering::Relaxed);
+        let _outstanding = Outstanding(instance_state.clone());
+        let send = caller.send(
+            self.cx,
+            self.target,
+            instance,
+            self.request,
+            attempt_deadline,
+            self.span,
+        );
+        tokio::time::timeout_at(attempt_deadline.into(), send)
+            .await
+            .unwrap_or(Err(TransportError {
+                error: CallError::Timeout,
+                sent: true,
+            }))
+    }
+
     /// Run attempts until one succeeds or retrying is not allowed. Also says whether
     /// any attempt reached the point of sending. The first attempt uses `discovered`
     /// when given; later ones ask the registry again.
@@ -531,18 +579,10 @@ impl AttemptPlan<'_> {
         let mut number = 0;
         loop {
             number += 1;
-            let registered = match discovered.take() {
-                Some(instances) => instances,
-                None => match caller.registry.instances(self.target).await {
-                    Ok(instances) => instances,
-                    Err(error) => {
-                        let failure = Err(CallError::Unreachable(error.to_string()));
-                        return (previous.unwrap_or(failure), !tried.is_empty());
-                    }
-                },
+            let instances = match self.instances(caller, discovered.take()).await {
+                Ok(instances) => instances,
+                Err(failure) => return (previous.unwrap_or(Err(failure)), !tried.is_empty()),
             };
-            let instances = routable(&registered);
-            self.state.prune(&instances);
             let picked = if instances.is_empty() {
                 None
             } else {
@@ -565,27 +605,7 @@ impl AttemptPlan<'_> {
                 );
             }
             tried.push(instance.id.clone());
-            // The callee gets this attempt's deadline, not the whole call's.
-            let attempt_deadline = self.deadline.within(self.attempt_timeout);
-            instance_state.outstanding.fetch_add(1, Ordering::Relaxed);
-            let guard = Outstanding(instance_state.clone());
-            let outcome = tokio::time::timeout_at(
-                attempt_deadline.into(),
-                caller.send(
-                    self.cx,
-                    self.target,
-                    instance,
-                    self.request,
-                    attempt_deadline,
-                    self.span,
-                ),
-            )
-            .await
-            .unwrap_or(Err(TransportError {
-                error: CallError::Timeout,
-                sent: true,
-            }));
-            drop(guard);
+            let outcome = self.send_once(caller, instance, &instance_state).await;
             let attempt = match &outcome {
                 Ok(response) => Attempt::Answered(response.status().as_u16()),
                 Err(failure) => Attempt::Failed { sent: failure.sent },

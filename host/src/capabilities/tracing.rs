@@ -118,11 +118,15 @@ impl Host for TracingView<'_> {
     }
 
     async fn trace_id(&mut self) -> wasmtime::Result<String> {
-        Ok(traces::trace_id(&self.scope.current()).unwrap_or_else(|| "0".repeat(32)))
+        traced_sync("tracing.trace-id", self.service, || {
+            Ok(traces::trace_id(&self.scope.current()).unwrap_or_else(|| "0".repeat(32)))
+        })
     }
 
     async fn span_id(&mut self) -> wasmtime::Result<String> {
-        Ok(traces::span_id(&self.scope.current()).unwrap_or_else(|| "0".repeat(16)))
+        traced_sync("tracing.span-id", self.service, || {
+            Ok(traces::span_id(&self.scope.current()).unwrap_or_else(|| "0".repeat(16)))
+        })
     }
 }
 

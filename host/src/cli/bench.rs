@@ -53,6 +53,7 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         request_id: "bench".into(),
         deadline: Deadline::after(Duration::from_secs(3600)),
         trace: opentelemetry::Context::new(),
+        held_until_done: None,
     };
     let run = || crate::runtime::invoke::instantiate_once(&loaded.pre, &invocation);
     for _ in 0..(iterations / 10).max(10) {

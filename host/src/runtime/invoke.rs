@@ -137,6 +137,10 @@ pub struct Invocation {
     pub deadline: Deadline,
     /// The request's span.
     pub trace: Context,
+    /// Held until the guest has finished with the request (not only until its response
+    /// was sent), then dropped: the service's concurrency slot, so a guest that runs
+    /// on after its answer still counts against its limit.
+    pub held_until_done: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Invocation {

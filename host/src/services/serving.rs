@@ -71,15 +71,19 @@ impl Services {
                 return overloaded(entry, request_id, outcome.is_err());
             }
         };
-        let (response, failure) = serve_deployment(
-            &self.platform,
-            deployment,
-            request,
-            request_id,
-            deadline,
-            record.span.clone(),
-        )
-        .await;
+        // The slot is released when both the guest has finished and the response body
+        // has been streamed, whichever comes last.
+        let slot = Arc::new(slot);
+        let invocation = deployment
+            .invocation(
+                &self.platform,
+                request_id.into(),
+                deadline,
+                record.span.clone(),
+            )
+            .holding(slot.clone());
+        let (response, failure) =
+            serve_deployment(deployment, invocation, request, request_id).await;
         if let Some(failure) = failure {
             shared.faults.count(failure.kind);
         }
@@ -266,12 +270,10 @@ fn overloaded(entry: &ServiceEntry, request_id: &str, timed_out: bool) -> Respon
 /// Run `request` on `deployment` (gateway and in-process calls alike) and turn a
 /// guest failure into a 5xx that names the reason. Returns the failure too.
 pub async fn serve_deployment<B>(
-    platform: &Arc<Platform>,
     deployment: &Deployment,
+    invocation: Invocation,
     request: Request<B>,
     request_id: &str,
-    deadline: Deadline,
-    trace: opentelemetry::Context,
 ) -> (Response<Body>, Option<Failure>)
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -285,8 +287,7 @@ where
         parts.headers.insert(HOST, value);
     }
     let request = Request::from_parts(parts, body);
-    let trace_id = crate::telemetry::traces::trace_id(&trace);
-    let invocation = deployment.invocation(platform, request_id.into(), deadline, trace);
+    let trace_id = crate::telemetry::traces::trace_id(&invocation.trace);
     let outcome = invoke::handle(
         &deployment.loaded.pre,
         deployment.pool.clone(),
@@ -342,14 +343,23 @@ impl Deployment {
             request_id,
             deadline,
             trace,
+            held_until_done: None,
         }
+    }
+}
+
+impl Invocation {
+    /// The same invocation, holding `token` until the guest has finished.
+    fn holding(mut self, token: Arc<Slot>) -> Self {
+        self.held_until_done = Some(token);
+        self
     }
 }
 
 /// A response body that holds the service's concurrency slot until it is done.
 struct SlotBody {
     body: Body,
-    _slot: Slot,
+    _slot: Arc<Slot>,
     _record: RequestRecord,
 }
 

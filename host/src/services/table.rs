@@ -38,7 +38,8 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Stop this version's background work (its health checks).
+    /// Stop this version's background work: its health checks, and its idle reusable
+    /// instances (requests still running on it finish).
     pub fn retire(&self) {
         if let Some(task) = self.health_task.lock().take() {
             task.abort();
