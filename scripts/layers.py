@@ -173,16 +173,16 @@ def sccs(edges):
 
 # Layers, lowest first. A file may import its own layer or lower ones, never higher.
 LAYERS = [
-    ("leaves", ["protocol.rs", "deadline.rs", "policy/", "manifest.rs", "config.rs",
-                "storage.rs", "telemetry/"]),
+    ("leaves", ["protocol.rs", "deadline.rs", "policy/", "manifest.rs", "storage.rs",
+                "telemetry/"]),
     ("registry", ["registry/"]),
     ("caller", ["caller/"]),
     ("platform", ["platform.rs"]),
     ("capabilities", ["bindings.rs", "capabilities/"]),
     ("runtime", ["runtime/"]),
     ("services", ["services/"]),
-    ("edges", ["gateway.rs", "admin/"]),
-    ("wiring", ["server.rs", "cli/"]),
+    ("edges", ["listener.rs", "gateway.rs", "admin/"]),
+    ("wiring", ["config.rs", "server.rs", "cli/"]),
 ]
 
 

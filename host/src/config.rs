@@ -3,6 +3,9 @@
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::listener::ConnectionLimits;
 
 /// Settings of a running host.
 #[derive(Debug, Clone, Args)]
@@ -65,9 +68,41 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_NO_POOLING")]
     pub no_pooling: bool,
 
+    /// Gateway connections open at once; beyond it, new connections wait in the
+    /// kernel's backlog while open ones keep being served.
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Admin API connections open at once.
+    #[arg(long, env = "SHOAL_ADMIN_MAX_CONNECTIONS", default_value_t = 256)]
+    pub admin_max_connections: usize,
+
+    /// Time a client has to send a whole request head, on both listeners, in ms.
+    #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Time a keep-alive connection may sit idle (no request, no traffic), in ms.
+    #[arg(long, env = "SHOAL_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
     /// How long SIGTERM waits for in-flight requests before exiting, in seconds.
     #[arg(long, env = "SHOAL_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
+}
+
+impl ServeConfig {
+    /// The defences of the gateway and admin listeners.
+    pub fn connection_limits(&self) -> (ConnectionLimits, ConnectionLimits) {
+        let limits = |max_connections| ConnectionLimits {
+            max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
+        };
+        (
+            limits(self.max_connections),
+            limits(self.admin_max_connections),
+        )
+    }
 }
 
 fn default_data_dir() -> PathBuf {

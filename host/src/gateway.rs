@@ -4,15 +4,14 @@
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::deadline::Deadline;
+use crate::listener::{self, ConnectionLimits};
 use crate::protocol::{self, Body, CALLER, DEADLINE_MS, FORWARDED_PREFIX};
 use crate::services::Services;
 
@@ -20,56 +19,19 @@ use crate::services::Services;
 /// let in-flight requests finish (up to `drain`), and return.
 pub async fn serve(
     listener: TcpListener,
+    limits: ConnectionLimits,
     services: Arc<Services>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(%error, "gateway accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
+    let service_for = move |_peer: SocketAddr| {
         let services = services.clone();
-        let service = hyper::service::service_fn(move |request| {
+        hyper::service::service_fn(move |request| {
             let services = services.clone();
             async move { Ok::<_, Infallible>(route(&services, request).await) }
-        });
-        // The timer enables hyper's header-read timeout, so idle half-sent requests
-        // (slowloris) cannot pin connections forever.
-        let connection = http1::Builder::new()
-            .keep_alive(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "gateway connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tracing::info!("gateway draining in-flight requests");
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?drain,
-            "gateway drain timed out; closing remaining connections"
-        );
-    }
+        })
+    };
+    listener::serve("gateway", listener, limits, service_for, shutdown, drain).await;
 }
 
 /// Route one request to its service.

@@ -11,7 +11,8 @@
 //! - [`caller`]: the resilient outbound caller (and plain `wasi:http` outbound).
 //! - [`platform`]: the registry and caller, bundled for capabilities.
 //! - [`services`]: the live service table and deploy / remove / restore.
-//! - [`gateway`]: inbound HTTP (accept and route); [`admin`]: the admin API.
+//! - [`listener`]: accepting connections with caps and timeouts (both listeners);
+//!   [`gateway`]: inbound HTTP routing; [`admin`]: the admin API.
 //! - [`storage`]: durable state in the data directory; [`manifest`]: deploy manifests.
 //! - [`telemetry`]: Prometheus metrics and OpenTelemetry traces.
 //! - [`server`]: `shoal serve` wiring; [`cli`]: the command line.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod deadline;
 pub mod gateway;
+pub mod listener;
 pub mod manifest;
 pub mod platform;
 pub mod policy;

@@ -10,6 +10,7 @@ use crate::admin::{self, AdminState, AdminToken};
 use crate::caller::Caller;
 use crate::caller::transport::LocalDispatch;
 use crate::config::ServeConfig;
+use crate::listener::{self, ConnectionLimits};
 use crate::platform::Platform;
 use crate::registry::Registry;
 use crate::registry::embedded::EmbeddedRegistry;
@@ -19,6 +20,7 @@ use crate::runtime::{Runtime, RuntimeOptions};
 use crate::services::{ServiceDefaults, Services};
 use crate::storage::Storage;
 use crate::telemetry::Telemetry;
+use hyper_util::service::TowerToHyperService;
 
 /// How often leases of local and external registrations are renewed.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -34,6 +36,8 @@ pub struct Host {
     admin: axum::Router,
     gateway_listener: TcpListener,
     admin_listener: TcpListener,
+    gateway_limits: ConnectionLimits,
+    admin_limits: ConnectionLimits,
     drain: Duration,
 }
 
@@ -137,6 +141,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         token: Arc::new(AdminToken::new(token)),
         max_upload_bytes: config.max_upload_bytes,
     });
+    let (gateway_limits, admin_limits) = config.connection_limits();
     Ok(Host {
         services,
         external,
@@ -144,6 +149,8 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         admin,
         gateway_listener,
         admin_listener,
+        gateway_limits,
+        admin_limits,
         drain: Duration::from_secs(config.drain_secs),
     })
 }
@@ -177,6 +184,8 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         admin,
         gateway_listener,
         admin_listener,
+        gateway_limits,
+        admin_limits,
         drain,
     } = host;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -185,25 +194,27 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
     };
     let gateway = tokio::spawn(crate::gateway::serve(
         gateway_listener,
+        gateway_limits,
         services.clone(),
         stopped(stop_rx.clone()),
         drain,
     ));
-    let admin_server = tokio::spawn(
-        axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    );
+    let admin_service = move |_peer| TowerToHyperService::new(admin.clone());
+    let admin_server = tokio::spawn(listener::serve(
+        "admin",
+        admin_listener,
+        admin_limits,
+        admin_service,
+        stopped(stop_rx.clone()),
+        drain,
+    ));
 
     shutdown.await?;
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     let _ = stop_tx.send(true);
     let _ = gateway.await;
-    match tokio::time::timeout(drain, admin_server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error))) => tracing::warn!(%error, "admin API ended with an error"),
-        Ok(Err(error)) => tracing::warn!(%error, "admin API task failed"),
-        Err(_) => tracing::warn!("admin API did not drain in time"),
+    if let Err(error) = admin_server.await {
+        tracing::warn!(%error, "admin API task failed");
     }
     telemetry.tracing.shutdown();
     tracing::info!("stopped");

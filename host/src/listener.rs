@@ -1,0 +1,273 @@
+//! Accepting HTTP/1.1 connections with the defences both of the host's listeners
+//! (gateway and admin API) need against hostile or broken clients:
+//!
+//! - a cap on open connections: beyond it, new connections wait in the kernel's
+//!   backlog (or are refused by it) while the host keeps serving the ones it has, so
+//!   no client can use up the process's file descriptors;
+//! - a header-read timeout: a connection that does not send a whole request head in
+//!   time is closed (slowloris);
+//! - an idle timeout: a keep-alive connection with no request in flight and no
+//!   traffic for that long is closed;
+//! - graceful drain on shutdown.
+
+use http::{Request, Response};
+use hyper::body::{Body as HttpBody, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// The defences of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Time a client has to send a whole request head.
+    pub header_read_timeout: Duration,
+    /// Time a connection may sit with no request in flight and no traffic.
+    pub idle_timeout: Duration,
+}
+
+/// Largest request head (request line and headers) accepted, in bytes.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields accepted in one request.
+const MAX_HEADERS: usize = 128;
+
+/// Serve connections from `listener` with `service_for(peer)` until `shutdown`
+/// resolves; then stop accepting and let open connections finish their requests for
+/// up to `drain`.
+pub async fn serve<F, S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    service_for: F,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // Take a permit before accepting: at the cap, new connections wait in the
+        // kernel's backlog instead of costing the host a descriptor each.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(listener = name, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::default());
+        let service = Tracked {
+            inner: service_for(peer),
+            activity: activity.clone(),
+        };
+        let mut builder = http1::Builder::new();
+        builder
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADERS);
+        let io = TokioIo::new(ActivityIo {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let connection = graceful.watch(builder.serve_connection(io, service));
+        let idle_timeout = limits.idle_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                outcome = connection => {
+                    if let Err(error) = outcome {
+                        tracing::debug!(listener = name, %peer, %error, "connection ended with an error");
+                    }
+                }
+                () = activity.idle_for(idle_timeout) => {
+                    tracing::debug!(listener = name, %peer, "closing an idle connection");
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(listener = name, "draining in-flight requests");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = name,
+            ?drain,
+            "drain timed out; closing remaining connections"
+        );
+    }
+}
+
+/// When a connection last moved bytes, and how many of its requests are in flight.
+struct Activity {
+    opened: Instant,
+    /// Milliseconds from `opened` to the last traffic (an atomic: touched on every
+    /// read and write).
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has had no request in flight and no traffic for
+    /// `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let quiet_since =
+                self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let due = quiet_since + idle;
+            if Instant::now() >= due && self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            let wake = due.max(Instant::now() + Duration::from_millis(100));
+            tokio::time::sleep_until(wake.into()).await;
+        }
+    }
+}
+
+/// Counts a connection's requests in flight (from head received until the response
+/// head is ready; the body's bytes count as traffic).
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, R> Service<R> for Tracked<S>
+where
+    S: Service<R>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn call(&self, request: R) -> Self::Future {
+        let activity = self.activity.clone();
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let guard = InFlight(activity);
+            let outcome = future.await;
+            guard.0.touch();
+            outcome
+        })
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A TCP stream that records when it last moved bytes.
+struct ActivityIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let outcome = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        outcome
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let outcome = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(outcome, Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.touch();
+        }
+        outcome
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let outcome = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(outcome, Poll::Ready(Ok(written)) if written > 0) {
+            self.activity.touch();
+        }
+        outcome
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,138 @@
+//! Hostile clients: half-open and idle connections, connection caps on both listeners.
+
+use shoal_tests::{Host, guest, temp_root};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn address(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://")
+        .parse()
+        .expect("listener address")
+}
+
+/// Open up to `count` connections that each send the start of a request head and
+/// then nothing more. Connections the host keeps in its backlog may not complete;
+/// those that do are returned.
+fn half_open(to: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut open = Vec::new();
+    for _ in 0..count {
+        let Ok(mut stream) = TcpStream::connect_timeout(&to, Duration::from_millis(100)) else {
+            continue;
+        };
+        if stream.write_all(b"GET /healthz HTTP/1.1\r\n").is_ok() {
+            open.push(stream);
+        }
+    }
+    open
+}
+
+/// Whether the host closes `stream` within `within`.
+fn closed_by_host(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).expect("read timeout");
+    let mut buffer = [0u8; 512];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            // A 408 or similar answer before the close is fine; keep reading.
+            Ok(_) => continue,
+            Err(error) => {
+                return matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn half_open_floods_on_both_ports_neither_starve_traffic_nor_exhaust_descriptors() {
+    let root = temp_root();
+    let host = Host::start(
+        root.path(),
+        &[
+            "--max-connections",
+            "500",
+            "--admin-max-connections",
+            "50",
+            "--header-read-timeout-ms",
+            "1500",
+        ],
+    );
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    assert_eq!(host.get("/hello/").status, 200, "warm-up");
+    let fds_before = host.open_fds();
+
+    let gateway = address(&host.gateway);
+    let admin = address(&host.admin);
+    let gateway_flood = std::thread::spawn(move || half_open(gateway, 2000));
+    let admin_flood = std::thread::spawn(move || half_open(admin, 2000));
+    // Normal traffic during the flood, on the connection the client already has.
+    let mut served = 0;
+    let started = Instant::now();
+    while !(gateway_flood.is_finished() && admin_flood.is_finished()) || served < 50 {
+        let reply = host.get("/hello/");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        served += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "flood never ended"
+        );
+    }
+    let mut gateway_flood = gateway_flood.join().expect("gateway flood");
+    let mut admin_flood = admin_flood.join().expect("admin flood");
+    assert!(!gateway_flood.is_empty() && !admin_flood.is_empty());
+
+    // The caps bound what the host holds open, however many clients try.
+    let fds = host.open_fds();
+    assert!(
+        fds <= fds_before + 500 + 50 + 16,
+        "{fds} descriptors open (from {fds_before}) with caps of 500 + 50"
+    );
+
+    // Half-sent heads are cut at the header-read timeout, on both ports.
+    for stream in gateway_flood
+        .iter_mut()
+        .take(20)
+        .chain(admin_flood.iter_mut().take(20))
+    {
+        assert!(
+            closed_by_host(stream, Duration::from_secs(30)),
+            "a half-open connection stayed open"
+        );
+    }
+    drop(gateway_flood);
+    drop(admin_flood);
+
+    // Both listeners serve new clients again; deploys still write.
+    assert_eq!(host.admin("GET", "/healthz").status, 200);
+    assert_eq!(host.deploy("hello2", &guest("hello")).status, 201);
+    assert_eq!(host.get("/hello2/").status, 200);
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    let root = temp_root();
+    // The header-read timeout is far longer than the wait below: only the idle
+    // timeout can close the connection in time.
+    let host = Host::start(
+        root.path(),
+        &[
+            "--idle-timeout-ms",
+            "500",
+            "--header-read-timeout-ms",
+            "60000",
+        ],
+    );
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    let mut stream = TcpStream::connect(address(&host.gateway)).expect("connect");
+    stream
+        .write_all(b"GET /hello/ HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("write");
+    let mut answer = [0u8; 16];
+    stream.read_exact(&mut answer).expect("answer");
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    // Nothing more is sent: the host closes the connection once it has been idle.
+    assert!(closed_by_host(&mut stream, Duration::from_secs(10)));
+}
