@@ -85,6 +85,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
 
+    /// Peers (addresses or CIDR ranges, comma-separated) whose `X-Forwarded-*`,
+    /// `Forwarded` and `x-shoal-*` headers the gateway keeps. From anyone else they
+    /// are removed, and the gateway names the peer in `X-Forwarded-For` itself.
+    #[arg(long, env = "SHOAL_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_peer)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// How long SIGTERM waits for in-flight requests before exiting, in seconds.
     #[arg(long, env = "SHOAL_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
@@ -103,6 +109,17 @@ impl ServeConfig {
             limits(self.admin_max_connections),
         )
     }
+}
+
+/// An address (`10.0.0.5`, `::1`) or a CIDR range (`10.0.0.0/8`).
+fn parse_peer(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        return Ok(net);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("`{text}` is neither an IP address nor a CIDR range"))
 }
 
 fn default_data_dir() -> PathBuf {

@@ -1,19 +1,49 @@
 //! The inbound HTTP gateway: routes `/{service}/...` (or a manifest's route) to a
 //! fresh instance of the service and streams the answer back.
 
-use http::header::HeaderValue;
-use http::{Request, Response, StatusCode, Uri};
+use http::header::{HOST, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+use ipnet::IpNet;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::deadline::Deadline;
 use crate::listener::{self, ConnectionLimits};
-use crate::protocol::{self, Body, CALLER, DEADLINE_MS, FORWARDED_PREFIX};
+use crate::protocol::{self, Body, CALLER, DEADLINE_MS, FORWARDED_PREFIX, INTERNAL_PREFIX};
 use crate::services::Services;
+
+/// Who the gateway trusts with forwarding and internal headers.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedPeers(Vec<IpNet>);
+
+impl TrustedPeers {
+    /// Trust peers in `networks`.
+    pub fn new(networks: Vec<IpNet>) -> Self {
+        Self(networks)
+    }
+
+    fn contains(&self, peer: IpAddr) -> bool {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|network| network.contains(&peer))
+    }
+}
+
+/// Headers a client may not set unless it is a trusted peer: forwarding information
+/// (whom the request came through) and Shoal's internal headers.
+const FORWARDING_HEADERS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
 
 /// Serve the gateway on `listener` until `shutdown` resolves, then stop accepting,
 /// let in-flight requests finish (up to `drain`), and return.
@@ -21,32 +51,48 @@ pub async fn serve(
     listener: TcpListener,
     limits: ConnectionLimits,
     services: Arc<Services>,
+    trusted: TrustedPeers,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let service_for = move |_peer: SocketAddr| {
+    let trusted = Arc::new(trusted);
+    let service_for = move |peer: SocketAddr| {
         let services = services.clone();
+        let trusted = trusted.clone();
         hyper::service::service_fn(move |request| {
             let services = services.clone();
-            async move { Ok::<_, Infallible>(route(&services, request).await) }
+            let trusted = trusted.clone();
+            async move { Ok::<_, Infallible>(route(&services, &trusted, peer, request).await) }
         })
     };
     listener::serve("gateway", listener, limits, service_for, shutdown, drain).await;
 }
 
-/// Route one request to its service.
-pub async fn route(services: &Services, request: Request<Incoming>) -> Response<Body> {
+/// A client error answered by the gateway itself, counted against no service.
+fn refuse(status: StatusCode, message: String, request_id: &str) -> Response<Body> {
+    protocol::with_request_id(protocol::text(status, message), request_id)
+}
+
+/// Route one request from `peer` to its service.
+pub async fn route(
+    services: &Services,
+    trusted: &TrustedPeers,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let request_id = protocol::request_id(request.headers());
     let path = request.uri().path();
     let Some((entry, prefix_len)) = services.table().resolve(path) else {
         let message = format!("no service is routed at `{path}`\n");
-        return protocol::with_request_id(
-            protocol::text(StatusCode::NOT_FOUND, message),
-            &request_id,
-        );
+        return refuse(StatusCode::NOT_FOUND, message, &request_id);
     };
-
     let (mut parts, body) = request.into_parts();
+    // The authority comes from the request target first (absolute form), then from
+    // `Host` (RFC 9112 §3.2.2); the guest sees it as `Host`.
+    let authority = match authority_of(&parts) {
+        Ok(authority) => authority,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message, &request_id),
+    };
     let prefix = &parts.uri.path()[..prefix_len];
     let rest = &parts.uri.path()[prefix_len..];
     let rest = if rest.is_empty() { "/" } else { rest };
@@ -59,20 +105,156 @@ pub async fn route(services: &Services, request: Request<Incoming>) -> Response<
         Ok(uri) => uri,
         Err(error) => {
             let message = format!("invalid request path: {error}\n");
-            return protocol::with_request_id(
-                protocol::text(StatusCode::BAD_REQUEST, message),
-                &request_id,
-            );
+            return refuse(StatusCode::BAD_REQUEST, message, &request_id);
         }
     };
+    parts.headers.insert(HOST, authority);
     if let Ok(value) = prefix_header {
         parts.headers.insert(FORWARDED_PREFIX.clone(), value);
     }
-    // Only the host says which service is calling; a client cannot claim to be one.
-    parts.headers.remove(&CALLER);
-    // A caller on another host passes its remaining deadline; never run longer. The
-    // service's own limit applies on top (in `Services::serve`).
-    let deadline = Deadline::longest().within_header(parts.headers.get(&DEADLINE_MS));
+    let deadline = sanitize_headers(&mut parts.headers, trusted, peer);
     let request = Request::from_parts(parts, body);
     services.serve(&entry, request, &request_id, deadline).await
+}
+
+/// The request's authority as a `Host` value, or why there is none.
+fn authority_of(parts: &http::request::Parts) -> Result<HeaderValue, String> {
+    if let Some(authority) = parts.uri.authority() {
+        return HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "the request target's authority is not valid\n".to_owned());
+    }
+    let Some(host) = parts.headers.get(HOST) else {
+        return Err("the request has no `Host` header and no authority in its target\n".into());
+    };
+    let valid = host
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<http::uri::Authority>().ok())
+        .is_some_and(|authority| authority.as_str().len() == host.len());
+    if valid {
+        Ok(host.clone())
+    } else {
+        Err("the `Host` header is not a valid authority (ASCII `host[:port]`)\n".into())
+    }
+}
+
+/// Apply the trust boundary to a client's headers: only the host says which service
+/// calls; forwarding and `x-shoal-*` headers are kept from trusted peers only, and the
+/// peer is added to `X-Forwarded-For`. Returns the request's deadline: the host's
+/// longest, narrowed by a trusted peer's `x-shoal-deadline-ms`.
+fn sanitize_headers(headers: &mut HeaderMap, trusted: &TrustedPeers, peer: SocketAddr) -> Deadline {
+    headers.remove(&CALLER);
+    let mut deadline = Deadline::longest();
+    let peer_ip = peer.ip();
+    if trusted.contains(peer_ip) {
+        deadline = deadline.within_header(headers.get(&DEADLINE_MS));
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(chain) if !chain.trim().is_empty() => format!("{chain}, {peer_ip}"),
+            _ => peer_ip.to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert("x-forwarded-for", value);
+        }
+    } else {
+        for name in FORWARDING_HEADERS {
+            headers.remove(name);
+        }
+        let internal: Vec<http::HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
+            .cloned()
+            .collect();
+        for name in internal {
+            headers.remove(name);
+        }
+        if let Ok(value) = HeaderValue::from_str(&peer_ip.to_string()) {
+            headers.insert("x-forwarded-for", value);
+        }
+    }
+    deadline
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn peer(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().expect("ip"), 40000)
+    }
+
+    #[test]
+    fn untrusted_clients_cannot_forge_forwarding_or_internal_headers() {
+        let trusted = TrustedPeers::new(vec!["10.0.0.0/8".parse().expect("net")]);
+        let mut map = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-shoal-caller", "orders"),
+            ("x-shoal-deadline-ms", "1"),
+            ("x-shoal-anything", "x"),
+            ("x-kept", "yes"),
+        ]);
+        let deadline = sanitize_headers(&mut map, &trusted, peer("192.0.2.7"));
+        assert_eq!(map["x-forwarded-for"], "192.0.2.7");
+        assert!(map.get("forwarded").is_none());
+        assert!(
+            map.keys()
+                .all(|name| !name.as_str().starts_with("x-shoal-"))
+        );
+        assert_eq!(map["x-kept"], "yes");
+        assert!(
+            deadline.remaining() > Duration::from_secs(60),
+            "the deadline header was ignored"
+        );
+    }
+
+    #[test]
+    fn trusted_peers_extend_the_chain_and_pass_their_deadline() {
+        let trusted = TrustedPeers::new(vec!["10.0.0.0/8".parse().expect("net")]);
+        let mut map = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-shoal-deadline-ms", "250"),
+            ("x-shoal-caller", "forged"),
+        ]);
+        let deadline = sanitize_headers(&mut map, &trusted, peer("10.1.2.3"));
+        assert_eq!(map["x-forwarded-for"], "1.2.3.4, 10.1.2.3");
+        assert!(
+            map.get("x-shoal-caller").is_none(),
+            "only the host names the caller"
+        );
+        assert!(deadline.remaining() <= Duration::from_millis(250));
+        // An IPv4 peer seen through an IPv6 socket is the same peer.
+        assert!(trusted.contains("::ffff:10.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn the_authority_comes_from_the_target_then_from_host() {
+        let absolute = Request::get("http://example.test/svc/")
+            .body(())
+            .expect("request");
+        let (parts, ()) = absolute.into_parts();
+        assert_eq!(authority_of(&parts).expect("authority"), "example.test");
+        let origin = Request::get("/svc/")
+            .header(HOST, "shop.test:8080")
+            .body(())
+            .expect("request");
+        let (parts, ()) = origin.into_parts();
+        assert_eq!(authority_of(&parts).expect("authority"), "shop.test:8080");
+        let none = Request::get("/svc/").body(()).expect("request");
+        let (parts, ()) = none.into_parts();
+        assert!(authority_of(&parts).is_err());
+        let bad = Request::get("/svc/")
+            .header(HOST, HeaderValue::from_bytes(b"caf\xe9").expect("bytes"))
+            .body(())
+            .expect("request");
+        let (parts, ()) = bad.into_parts();
+        assert!(authority_of(&parts).is_err());
+    }
 }

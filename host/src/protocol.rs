@@ -16,6 +16,9 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Header telling the guest which route prefix the gateway stripped.
 pub static FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+/// Prefix of Shoal's internal headers: honoured only on the in-process path and from
+/// trusted peers, removed from everyone else's requests at the gateway.
+pub const INTERNAL_PREFIX: &str = "x-shoal-";
 /// Header naming the calling service; set by the host only.
 pub static CALLER: HeaderName = HeaderName::from_static("x-shoal-caller");
 /// Header carrying the caller's remaining deadline, in milliseconds.

@@ -10,6 +10,7 @@ use crate::admin::{self, AdminState, AdminToken};
 use crate::caller::Caller;
 use crate::caller::transport::LocalDispatch;
 use crate::config::ServeConfig;
+use crate::gateway::TrustedPeers;
 use crate::listener::{self, ConnectionLimits};
 use crate::platform::Platform;
 use crate::registry::Registry;
@@ -38,6 +39,7 @@ pub struct Host {
     admin_listener: TcpListener,
     gateway_limits: ConnectionLimits,
     admin_limits: ConnectionLimits,
+    trusted: TrustedPeers,
     drain: Duration,
 }
 
@@ -151,6 +153,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         admin_listener,
         gateway_limits,
         admin_limits,
+        trusted: TrustedPeers::new(config.trusted_proxies.clone()),
         drain: Duration::from_secs(config.drain_secs),
     })
 }
@@ -186,6 +189,7 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         admin_listener,
         gateway_limits,
         admin_limits,
+        trusted,
         drain,
     } = host;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -196,6 +200,7 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         gateway_listener,
         gateway_limits,
         services.clone(),
+        trusted,
         stopped(stop_rx.clone()),
         drain,
     ));

@@ -89,11 +89,19 @@ impl Storage {
         Ok(id)
     }
 
-    /// Store a component by digest (no-op when already stored).
+    /// Store a component by digest. A blob already stored is kept only when its
+    /// content still matches the digest; a damaged one is rewritten.
     pub fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<()> {
         let path = self.blob_path(digest);
-        if path.exists() {
-            return Ok(());
+        match fs::read(&path) {
+            Ok(stored) if sha256_hex(&stored) == digest => return Ok(()),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "stored component is damaged; rewriting it")
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "stored component is unreadable; rewriting it")
+            }
         }
         write_durably(&path, bytes)
     }
@@ -210,6 +218,22 @@ mod tests {
             deployed_at: "2026-01-01T00:00:00Z".into(),
             manifest: Manifest::default(),
         }
+    }
+
+    #[test]
+    fn a_damaged_blob_is_rewritten_when_the_same_bytes_are_stored_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        let bytes = b"component bytes".to_vec();
+        let digest = sha256_hex(&bytes);
+        storage.put_blob(&digest, &bytes).expect("put");
+        let path = storage.blob_path(&digest);
+        let mut damaged = bytes.clone();
+        damaged[0] ^= 0xff;
+        fs::write(&path, &damaged).expect("damage");
+        assert!(storage.read_blob(&digest).is_err(), "damage is detected");
+        storage.put_blob(&digest, &bytes).expect("put again");
+        assert_eq!(storage.read_blob(&digest).expect("repaired"), bytes);
     }
 
     #[test]

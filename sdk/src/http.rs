@@ -10,6 +10,7 @@ use crate::bindings::wasi::io::streams::StreamError;
 #[derive(Debug, Clone)]
 pub struct Request {
     method: String,
+    authority: Option<String>,
     path: String,
     query: Option<String>,
     headers: Vec<(String, Vec<u8>)>,
@@ -22,11 +23,18 @@ impl Request {
         let (path, query) = split_path_and_query(path_with_query);
         Self {
             method: method.to_owned(),
+            authority: None,
             path,
             query,
             headers: Vec::new(),
             body: Vec::new(),
         }
+    }
+
+    /// Set the authority (builder style).
+    pub fn with_authority(mut self, authority: &str) -> Self {
+        self.authority = Some(authority.to_owned());
+        self
     }
 
     /// Add a header (builder style).
@@ -45,6 +53,12 @@ impl Request {
     /// The method, upper case (`GET`, `POST`, ...).
     pub fn method(&self) -> &str {
         &self.method
+    }
+
+    /// The authority the client addressed (`host[:port]`): from the request target of
+    /// an absolute-form request, otherwise from its `Host` header.
+    pub fn authority(&self) -> Option<&str> {
+        self.authority.as_deref()
     }
 
     /// The path the service was called with, without the gateway's route prefix
@@ -185,6 +199,7 @@ pub fn serve(
 
 fn read_request(request: IncomingRequest) -> Result<Request, String> {
     let method = method_name(&request.method());
+    let authority = request.authority();
     let (path, query) = split_path_and_query(&request.path_with_query().unwrap_or_default());
     let headers = request.headers().entries();
     let body = request
@@ -209,6 +224,7 @@ fn read_request(request: IncomingRequest) -> Result<Request, String> {
     drop(stream);
     Ok(Request {
         method,
+        authority,
         path,
         query,
         headers,

@@ -2,7 +2,7 @@
 //! HTTP servers standing in for external replicas.
 
 use shoal_tests::replica::{Mode, Replica};
-use shoal_tests::{Host, guest, temp_root};
+use shoal_tests::{Host, guest, temp_root, wait_for};
 use std::time::{Duration, Instant};
 
 /// What the `caller` guest reports about one call.
@@ -39,14 +39,6 @@ fn call_with_headers(host: &Host, query: &str, headers: &[(&str, &str)]) -> Outc
                 .unwrap_or(u64::MAX),
         ),
         text: reply.body,
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -170,7 +162,7 @@ fn external_replicas_balance_eject_break_and_recover() {
         let outcome = call(&host, "service=legacy&path=/after-kill");
         assert!(outcome.ok && outcome.status == Some(200), "{outcome:?}");
     }
-    wait_until(
+    wait_for(
         "the dead replica to be marked not serving",
         Duration::from_secs(10),
         || {
@@ -218,7 +210,7 @@ fn external_replicas_balance_eject_break_and_recover() {
     replicas[1].set_mode(Mode::Ok);
     replicas[2].set_mode(Mode::Ok);
     std::thread::sleep(Duration::from_millis(1100));
-    wait_until(
+    wait_for(
         "the breaker to close again",
         Duration::from_secs(10),
         || call(&host, "service=legacy&path=/again").ok,
@@ -355,7 +347,7 @@ fn a_hanging_health_check_marks_the_endpoint_down_without_blocking() {
     stuck.set_mode(Mode::HangAll);
     external(&host, "mixed", &[&stuck, &fine], true);
     assert_eq!(host.deploy("a", &guest("caller")).status, 201);
-    wait_until(
+    wait_for(
         "the stuck endpoint to be marked down",
         Duration::from_secs(10),
         || {
@@ -398,7 +390,7 @@ fn health_reports_watch_and_external_registration_lifecycle() {
             .read_to_string()
             .expect("body")
     });
-    wait_until(
+    wait_for(
         "the watcher to be in place",
         Duration::from_secs(10),
         || host.log().contains("watching") && host.log().contains("service=\"late\""),
@@ -452,7 +444,7 @@ fn exported_health_checks_drive_discovery_and_a_hanging_check_is_contained() {
     assert_eq!(host.deploy("b", &guest("hello")).status, 201);
 
     // `a` is not ready while its dependency is missing; `stuck`'s check never returns.
-    wait_until(
+    wait_for(
         "a and stuck to be marked not serving",
         Duration::from_secs(10),
         || {
@@ -477,7 +469,7 @@ fn exported_health_checks_drive_discovery_and_a_hanging_check_is_contained() {
     // Once the dependency exists, `a` becomes ready.
     let dep = Replica::start("dep");
     external(&host, "dep", &[&dep], false);
-    wait_until("a to be serving", Duration::from_secs(10), || {
+    wait_for("a to be serving", Duration::from_secs(10), || {
         host.admin("GET", "/v1/discovery/a")
             .body
             .contains("\"serving\"")

@@ -1,6 +1,6 @@
 //! Hostile clients: half-open and idle connections, connection caps on both listeners.
 
-use shoal_tests::{Host, guest, temp_root};
+use shoal_tests::{Host, guest, temp_root, wait_for};
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -135,4 +135,137 @@ fn idle_keep_alive_connections_are_closed() {
     assert!(answer.starts_with(b"HTTP/1.1 200"));
     // Nothing more is sent: the host closes the connection once it has been idle.
     assert!(closed_by_host(&mut stream, Duration::from_secs(10)));
+}
+
+/// Send raw request bytes to the gateway; answer the whole response text.
+fn raw(host: &Host, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address(&host.gateway)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    stream.write_all(request).expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn faults_and_requests(host: &Host, service: &str) -> (serde_json::Value, serde_json::Value) {
+    let view = host.admin("GET", &format!("/v1/services/{service}")).json();
+    (view["faults"].clone(), view["requests"].clone())
+}
+
+#[test]
+fn client_mistakes_are_400s_that_count_against_no_service() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    assert_eq!(host.get("/hello/").status, 200);
+    let before = faults_and_requests(&host, "hello");
+
+    // A Host header that is not ASCII is the client's fault.
+    let answer = raw(
+        &host,
+        b"GET /hello/ HTTP/1.1\r\nhost: caf\xe9\r\nconnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("Host"), "{answer}");
+    // So is a request with no authority at all.
+    let answer = raw(&host, b"GET /hello/ HTTP/1.1\r\nconnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(
+        faults_and_requests(&host, "hello"),
+        before,
+        "counted against hello"
+    );
+
+    // A request in absolute form keeps its authority (RFC 9112 §3.2.2).
+    let answer = raw(
+        &host,
+        b"GET http://shop.example/hello/echo HTTP/1.1\r\nconnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("authority: shop.example\n"), "{answer}");
+}
+
+#[test]
+fn clients_cannot_set_internal_or_forwarding_headers() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    assert_eq!(host.deploy("faulty", &guest("faulty")).status, 201);
+    let echo = host.get_with_headers(
+        "/hello/echo",
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-shoal-caller", "payments"),
+            ("x-shoal-anything", "1"),
+        ],
+    );
+    assert_eq!(echo.status, 200);
+    assert!(
+        echo.body.contains("header x-forwarded-for: 127.0.0.1\n"),
+        "{}",
+        echo.body
+    );
+    assert!(!echo.body.contains("203.0.113.9"), "{}", echo.body);
+    assert!(!echo.body.contains("x-shoal-"), "{}", echo.body);
+    // A client's deadline header does not shorten (or fail) the request.
+    let slept = host.get_with_headers("/faulty/sleep?ms=300", &[("x-shoal-deadline-ms", "1")]);
+    assert_eq!(slept.status, 200, "{}", slept.body);
+}
+
+#[test]
+fn trusted_proxies_keep_forwarding_headers_and_pass_deadlines() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &["--trusted-proxies", "127.0.0.1"]);
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    assert_eq!(host.deploy("faulty", &guest("faulty")).status, 201);
+    let echo = host.get_with_headers("/hello/echo", &[("x-forwarded-for", "203.0.113.9")]);
+    assert!(
+        echo.body
+            .contains("header x-forwarded-for: 203.0.113.9, 127.0.0.1\n"),
+        "{}",
+        echo.body
+    );
+    let cut = host.get_with_headers("/faulty/sleep?ms=3000", &[("x-shoal-deadline-ms", "200")]);
+    assert_eq!(cut.status, 504, "{}", cut.body);
+}
+
+#[test]
+fn guest_log_text_cannot_forge_host_log_lines() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    let forged = "FORGED-LINE host is compromised";
+    let reply = host.get(&format!("/hello/?name=x%0A{}", forged.replace(' ', "%20")));
+    assert_eq!(reply.status, 200);
+    wait_for("the greeting to be logged", Duration::from_secs(10), || {
+        host.log().contains("FORGED-LINE")
+    });
+    for line in host.log().lines() {
+        assert!(
+            !line.starts_with("FORGED-LINE"),
+            "a guest forged a line: {line}"
+        );
+    }
+}
+
+#[test]
+fn failure_bodies_name_the_fault_and_request_id_only() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("faulty", &guest("faulty")).status, 201);
+    let trap = host.get("/faulty/trap");
+    assert_eq!(trap.status, 500);
+    let id = trap.header("x-request-id").expect("id").to_owned();
+    assert_eq!(
+        trap.body.lines().count(),
+        1,
+        "one line, no backtrace or error chain: {}",
+        trap.body
+    );
+    assert!(trap.body.contains(&id), "{}", trap.body);
+    assert!(!trap.body.contains("wasm backtrace"), "{}", trap.body);
+    assert!(!trap.body.contains(".rs:"), "{}", trap.body);
 }

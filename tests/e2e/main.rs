@@ -7,6 +7,7 @@ mod bad_input;
 mod caller;
 mod cli;
 mod deploy;
+mod durability;
 mod hardening;
 mod isolation;
 mod lifecycle;

@@ -391,6 +391,18 @@ fn unsafe_kill(pid: i32, signal: i32) -> i32 {
     unsafe { libc::kill(pid, signal) }
 }
 
+/// Poll `condition` until it holds; fail the test naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A fresh temporary directory for one host (data and log).
 pub fn temp_root() -> tempfile::TempDir {
     tempfile::Builder::new()

@@ -2,7 +2,8 @@
 //!
 //! - `GET /` greets, using the `greeting` value from the manifest's `[config]`.
 //! - `GET /config` lists the service's configuration.
-//! - `ANY /echo` answers with the method, path, query, headers and body it received.
+//! - `ANY /echo` answers with the method, authority, path, query, headers and body it
+//!   received.
 
 use shoal_sdk::http::{Request, Response};
 
@@ -33,8 +34,9 @@ fn greet(req: &Request) -> Response {
 
 fn echo(req: &Request) -> Response {
     let mut out = format!(
-        "method: {}\npath: {}\nquery: {}\n",
+        "method: {}\nauthority: {}\npath: {}\nquery: {}\n",
         req.method(),
+        req.authority().unwrap_or(""),
         req.path(),
         req.query().unwrap_or("")
     );

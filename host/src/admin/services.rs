@@ -13,7 +13,8 @@ use super::error::ApiError;
 use crate::manifest::Manifest;
 use crate::services::limiter::Scale;
 use crate::services::state::AutoRollback;
-use crate::services::{DeployKind, DeployMode, ServiceEntry, ServiceError};
+use crate::services::{DeployKind, DeployMode, FailedService, ServiceEntry, ServiceError};
+use crate::storage::ServiceRecord;
 
 /// What the admin API shows of a service.
 #[derive(Debug, Serialize)]
@@ -99,33 +100,85 @@ impl From<&ServiceEntry> for ServiceView {
                 weight: canary.weight,
                 auto_rollback: canary.auto_rollback.clone(),
             }),
-            history: entry
-                .history
-                .iter()
-                .map(|r| VersionView {
-                    version: r.version.clone(),
-                    digest: r.digest.clone(),
-                    deployed_at: r.deployed_at.clone(),
-                })
-                .collect(),
+            history: entry.history.iter().map(VersionView::from).collect(),
         }
     }
 }
 
-fn view_of(state: &AdminState, name: &str) -> Result<Json<ServiceView>, ApiError> {
-    let entry = state.services.existing(name)?;
-    Ok(Json(ServiceView::from(entry.as_ref())))
+/// What the admin API shows of a service that failed to restore.
+#[derive(Debug, Serialize)]
+pub struct FailedView {
+    name: String,
+    version: String,
+    digest: String,
+    deployed_at: String,
+    route: String,
+    state: &'static str,
+    reason: String,
+    history: Vec<VersionView>,
 }
 
-/// `GET /v1/services`
+impl FailedView {
+    fn new(name: &str, failed: &FailedService) -> Self {
+        let record = &failed.state.current;
+        Self {
+            name: name.to_owned(),
+            version: record.version.clone(),
+            digest: record.digest.clone(),
+            deployed_at: record.deployed_at.clone(),
+            route: record
+                .manifest
+                .route
+                .clone()
+                .unwrap_or_else(|| format!("/{name}")),
+            state: "failed",
+            reason: failed.reason.clone(),
+            history: failed.state.history.iter().map(VersionView::from).collect(),
+        }
+    }
+}
+
+impl From<&ServiceRecord> for VersionView {
+    fn from(record: &ServiceRecord) -> Self {
+        VersionView {
+            version: record.version.clone(),
+            digest: record.digest.clone(),
+            deployed_at: record.deployed_at.clone(),
+        }
+    }
+}
+
+fn view_of(state: &AdminState, name: &str) -> Result<Json<serde_json::Value>, ApiError> {
+    let view = match state.services.existing(name) {
+        Ok(entry) => serde_json::to_value(ServiceView::from(entry.as_ref())),
+        Err(ServiceError::NotFound(_)) => match state.services.failed_service(name) {
+            Some(failed) => serde_json::to_value(FailedView::new(name, &failed)),
+            None => return Err(ServiceError::NotFound(name.to_owned()).into()),
+        },
+        Err(error) => return Err(error.into()),
+    };
+    view.map(Json)
+        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))
+}
+
+/// `GET /v1/services`: running services, and those that failed to restore.
 pub async fn list(State(state): State<AdminState>) -> Json<serde_json::Value> {
-    let services: Vec<ServiceView> = state
+    let mut services: Vec<(String, serde_json::Value)> = state
         .services
         .table()
         .entries()
         .iter()
-        .map(|entry| ServiceView::from(entry.as_ref()))
+        .map(|entry| {
+            let view = serde_json::to_value(ServiceView::from(entry.as_ref()));
+            (entry.name().to_owned(), view.unwrap_or_default())
+        })
         .collect();
+    for (name, failed) in state.services.failed() {
+        let view = serde_json::to_value(FailedView::new(&name, &failed));
+        services.push((name, view.unwrap_or_default()));
+    }
+    services.sort_by(|a, b| a.0.cmp(&b.0));
+    let services: Vec<serde_json::Value> = services.into_iter().map(|(_, view)| view).collect();
     Json(serde_json::json!({ "services": services }))
 }
 
@@ -133,7 +186,7 @@ pub async fn list(State(state): State<AdminState>) -> Json<serde_json::Value> {
 pub async fn show(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<ServiceView>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     view_of(&state, &name)
 }
 
@@ -151,7 +204,7 @@ pub async fn scale(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<ServiceView>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let request: ScaleRequest = parse_json(&body)?;
     let current = state.services.existing(&name)?.shared.limiter.scale();
     let scale = Scale {
@@ -175,7 +228,7 @@ pub async fn rollback(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<ServiceView>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let request: RollbackRequest = if body.is_empty() {
         RollbackRequest::default()
     } else {
@@ -200,7 +253,7 @@ pub async fn canary_weight(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<ServiceView>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let request: CanaryWeight = parse_json(&body)?;
     state
         .services
@@ -213,7 +266,7 @@ pub async fn canary_weight(
 pub async fn promote(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<ServiceView>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     state.services.promote_canary(&name).await?;
     view_of(&state, &name)
 }
@@ -222,7 +275,7 @@ pub async fn promote(
 pub async fn abort_canary(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<ServiceView>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     state
         .services
         .abort_canary(&name, "rolled back by the operator")

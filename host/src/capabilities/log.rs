@@ -40,7 +40,24 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
     })
 }
 
-/// `key="value"` pairs, bounded.
+/// `text` with control characters (newlines, escape sequences) written as escapes, so
+/// a guest's line can never forge a host log line or drive a terminal.
+fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
+}
+
+/// `key="value"` pairs, bounded, with control characters escaped.
 fn render_fields(fields: &[(String, String)]) -> String {
     let mut rendered = String::new();
     for (key, value) in fields {
@@ -51,7 +68,7 @@ fn render_fields(fields: &[(String, String)]) -> String {
         if !rendered.is_empty() {
             rendered.push(' ');
         }
-        let _ = write!(rendered, "{key}={value:?}");
+        let _ = write!(rendered, "{}={value:?}", escape_controls(key));
     }
     bounded_text(rendered, MAX_LINE_BYTES)
 }
@@ -65,7 +82,7 @@ impl Host for LogView<'_> {
     ) -> wasmtime::Result<()> {
         let service = &*self.service.name;
         traced("log.write", service, async {
-            let message = bounded_text(message, MAX_LINE_BYTES);
+            let message = escape_controls(&bounded_text(message, MAX_LINE_BYTES));
             let rendered = render_fields(&fields);
             let version = &*self.service.version;
             let request_id = self.request_id;
@@ -100,6 +117,17 @@ impl Host for LogView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_cannot_forge_lines() {
+        assert_eq!(
+            escape_controls("a\nERROR forged\u{1b}[2J"),
+            "a\\nERROR forged\\u{1b}[2J"
+        );
+        assert_eq!(escape_controls("plain é"), "plain é");
+        let fields = vec![("k\nx".to_owned(), "v\nw".to_owned())];
+        assert!(!render_fields(&fields).contains('\n'));
+    }
 
     #[test]
     fn fields_are_rendered_and_bounded() {

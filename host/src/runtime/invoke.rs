@@ -81,6 +81,16 @@ impl GuestFailure {
         }
     }
 
+    /// What a client is told: the fault without the host's internal details (those
+    /// go to the log).
+    pub fn public_message(&self) -> String {
+        match self {
+            GuestFailure::Instantiate(_) => "could not start an instance".into(),
+            GuestFailure::Host(_) => "the host failed while serving the request".into(),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the service is to blame (counted against it, its canary and breakers
     /// of its callers) rather than the host.
     pub fn is_guest_fault(&self) -> bool {

@@ -86,8 +86,9 @@ impl Services {
             .map_err(ServiceError::Storage)?;
 
         let existing = self.table.entry(name);
+        let failed = self.failed_service(name).map(|failed| failed.state);
         let (state, plan) = match mode {
-            DeployMode::Replace => plan_replace(existing, &deployment),
+            DeployMode::Replace => plan_replace(existing, failed, &deployment),
             DeployMode::Canary {
                 weight,
                 auto_rollback,
@@ -109,6 +110,7 @@ impl Services {
             },
         };
         self.install(entry).await;
+        self.failed.lock().remove(name);
         tracing::info!(
             service = name,
             version = %deployment.record.version,
@@ -124,7 +126,7 @@ impl Services {
     pub async fn remove(&self, name: &str) -> Result<(), ServiceError> {
         validate_name(name)?;
         let _guard = self.changes.lock().await;
-        if self.table.entry(name).is_none() {
+        if self.table.entry(name).is_none() && self.failed_service(name).is_none() {
             return Err(ServiceError::NotFound(name.to_owned()));
         }
         let storage = self.storage.clone();
@@ -133,6 +135,7 @@ impl Services {
             .await
             .map_err(storage_error)?
             .map_err(ServiceError::Storage)?;
+        self.failed.lock().remove(name);
         if let Some(removed) = self.table.remove(name) {
             retire_entry(&removed, None);
             self.platform.telemetry.metrics.forget_guest(name);
@@ -155,8 +158,12 @@ impl Services {
     ) -> Result<Arc<Deployment>, ServiceError> {
         validate_name(name)?;
         let _guard = self.changes.lock().await;
-        let entry = self.existing(name)?;
-        let mut state = state_of(&entry);
+        let entry = self.table.entry(name);
+        let mut state = match (&entry, self.failed_service(name)) {
+            (Some(entry), _) => state_of(entry),
+            (None, Some(failed)) => failed.state,
+            (None, None) => return Err(ServiceError::NotFound(name.to_owned())),
+        };
         let target = state.take_rollback_target(version).ok_or_else(|| {
             conflict(name, Conflict::NoEarlierVersion(version.map(str::to_owned)))
         })?;
@@ -166,14 +173,19 @@ impl Services {
         state.promote(target);
         state.canary = None;
         self.persist(name, &state).await?;
+        let shared = match &entry {
+            Some(entry) => entry.shared.clone(),
+            None => self.shared_for(None, &deployment, state.scale),
+        };
         self.install(ServiceEntry {
             stable: deployment.clone(),
             canary: None,
             history: state.history,
-            shared: entry.shared.clone(),
-            scale_override: entry.scale_override,
+            shared,
+            scale_override: state.scale.is_some(),
         })
         .await;
+        self.failed.lock().remove(name);
         tracing::info!(service = name, version = %deployment.record.version, "rolled back");
         Ok(deployment)
     }
@@ -281,10 +293,15 @@ impl Services {
             let stable = match self.load(state.current.clone()).await {
                 Ok(deployment) => Arc::new(deployment),
                 Err(error) => {
-                    tracing::error!(service = %name, %error, "cannot restore");
+                    self.mark_failed(&name, state, format!("cannot restore: {error}"));
                     continue;
                 }
             };
+            // Two records claiming one route: the first restored keeps it.
+            if let Err(error) = self.table.check_route(&stable.route, &name) {
+                self.mark_failed(&name, state, format!("cannot restore: {error}"));
+                continue;
+            }
             let canary = match &state.canary {
                 Some(canary) => match self.load(canary.record.clone()).await {
                     Ok(deployment) => Some(Arc::new(new_canary(
@@ -311,6 +328,14 @@ impl Services {
             restored += 1;
         }
         Ok(restored)
+    }
+
+    /// Keep `name` visible as failed, with its persisted state, and say why.
+    fn mark_failed(&self, name: &str, state: ServiceState, reason: String) {
+        tracing::error!(service = %name, %reason, "service failed to restore; it stays listed as failed");
+        self.failed
+            .lock()
+            .insert(name.to_owned(), super::FailedService { state, reason });
     }
 
     /// The live entry of `name`: `InvalidName` or `NotFound` when there is none.
@@ -521,13 +546,16 @@ struct DeployPlan {
 }
 
 /// Replace the running version (if any) with `deployment`; it goes to the history.
+/// A service that failed to restore keeps its persisted history the same way.
 fn plan_replace(
     existing: Option<Arc<ServiceEntry>>,
+    failed: Option<ServiceState>,
     deployment: &Arc<Deployment>,
 ) -> (ServiceState, DeployPlan) {
-    let state = match &existing {
-        Some(entry) => {
-            let mut state = state_of(entry);
+    let previous = existing.as_deref().map(state_of).or(failed);
+    let replaced = previous.is_some();
+    let state = match previous {
+        Some(mut state) => {
             state.promote(deployment.record.clone());
             state.canary = None;
             state
@@ -539,7 +567,7 @@ fn plan_replace(
             scale: None,
         },
     };
-    let kind = if existing.is_some() {
+    let kind = if replaced {
         DeployKind::Replaced
     } else {
         DeployKind::Created

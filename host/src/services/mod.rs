@@ -130,12 +130,25 @@ pub enum DeployKind {
     Canary,
 }
 
+/// A persisted service that could not be restored. It stays visible with the reason
+/// and keeps its persisted state (history included), so it can be redeployed, rolled
+/// back or removed; nothing about it is lost.
+#[derive(Debug, Clone)]
+pub struct FailedService {
+    /// What is persisted about it.
+    pub state: state::ServiceState,
+    /// Why it is not running.
+    pub reason: String,
+}
+
 /// Deploys, removes and restores services; owns the live table.
 pub struct Services {
     runtime: Runtime,
     platform: Arc<Platform>,
     storage: Storage,
     table: ServiceTable,
+    /// Persisted services that failed to restore, by name.
+    failed: parking_lot::Mutex<std::collections::BTreeMap<String, FailedService>>,
     defaults: ServiceDefaults,
     /// Serialises changes so the table and the data directory never disagree.
     changes: tokio::sync::Mutex<()>,
@@ -156,6 +169,7 @@ impl Services {
             platform,
             storage,
             table: ServiceTable::default(),
+            failed: Default::default(),
             defaults,
             changes: tokio::sync::Mutex::new(()),
             me: me.clone(),
@@ -165,6 +179,20 @@ impl Services {
     /// The live table (read by the gateway).
     pub fn table(&self) -> &ServiceTable {
         &self.table
+    }
+
+    /// Persisted services that failed to restore, by name.
+    pub fn failed(&self) -> Vec<(String, FailedService)> {
+        self.failed
+            .lock()
+            .iter()
+            .map(|(name, failed)| (name.clone(), failed.clone()))
+            .collect()
+    }
+
+    /// The failed service `name`, if it is one.
+    pub fn failed_service(&self, name: &str) -> Option<FailedService> {
+        self.failed.lock().get(name).cloned()
     }
 
     /// Host defaults.

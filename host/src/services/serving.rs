@@ -314,8 +314,9 @@ where
                 "request failed"
             );
             let message = format!(
-                "service `{}` failed: {failure} (request id {request_id})\n",
-                deployment.record.name
+                "service `{}` failed: {} (request id {request_id})\n",
+                deployment.record.name,
+                failure.public_message()
             );
             let kind = Failure {
                 kind: failure.kind(),

@@ -1,0 +1,171 @@
+//! Data an operator cannot lose: damaged blobs, services that fail to restore, and
+//! route ownership across restarts.
+
+use shoal_tests::{Host, guest, temp_root};
+
+fn flip_a_byte(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).expect("read blob");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(path, bytes).expect("write blob");
+}
+
+#[test]
+fn a_damaged_blob_leaves_the_service_visible_recoverable_and_repairable() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    let v1 = guest("faulty");
+    let v2 = guest("hello");
+    assert_eq!(
+        host.deploy_with_manifest("svc", &v1, "version = \"1\"\n")
+            .status,
+        201
+    );
+    assert_eq!(
+        host.deploy_with_manifest("svc", &v2, "version = \"2\"\n")
+            .status,
+        200
+    );
+    let digest = host.admin("GET", "/v1/services/svc").json()["digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+    host.crash();
+    flip_a_byte(
+        &root
+            .path()
+            .join("data/blobs")
+            .join(format!("{digest}.wasm")),
+    );
+
+    // Restarted, the service is listed as failed with the reason and its history.
+    let mut host = Host::start(root.path(), &[]);
+    let listed = host.admin("GET", "/v1/services").json();
+    let services = listed["services"].as_array().expect("services").clone();
+    assert_eq!(services.len(), 1, "{listed}");
+    assert_eq!(services[0]["state"], "failed", "{listed}");
+    assert!(
+        services[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("corrupt"),
+        "{listed}"
+    );
+    assert_eq!(services[0]["history"][0]["version"], "1", "{listed}");
+    assert_eq!(host.get("/svc/").status, 404);
+
+    // It can be rolled back to the earlier version...
+    let rolled = host.admin("POST", "/v1/services/svc/rollback");
+    assert_eq!(rolled.status, 200, "{}", rolled.body);
+    assert_eq!(host.get("/svc/ok").status, 200);
+    // ... and redeploying the same bytes rewrites the damaged blob.
+    assert_eq!(
+        host.deploy_with_manifest("svc", &v2, "version = \"2\"\n")
+            .status,
+        200
+    );
+    host.crash();
+    let host = Host::start(root.path(), &[]);
+    let view = host.admin("GET", "/v1/services/svc").json();
+    assert_eq!(view["state"], "running", "{view}");
+    assert_eq!(view["version"], "2", "{view}");
+    assert_eq!(host.get("/svc/").body, "Hello, world!\n");
+}
+
+#[test]
+fn a_failed_service_can_be_deleted_or_redeployed_and_keeps_its_history() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    assert_eq!(
+        host.deploy_with_manifest("a", &guest("faulty"), "version = \"1\"\n")
+            .status,
+        201
+    );
+    assert_eq!(
+        host.deploy_with_manifest("a", &guest("hello"), "version = \"2\"\n")
+            .status,
+        200
+    );
+    assert_eq!(host.deploy("b", &guest("hello")).status, 201);
+    let digest_a = host.admin("GET", "/v1/services/a").json()["digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+    let digest_b = host.admin("GET", "/v1/services/b").json()["digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+    assert_eq!(digest_a, digest_b, "same hello bytes");
+    host.crash();
+    flip_a_byte(
+        &root
+            .path()
+            .join("data/blobs")
+            .join(format!("{digest_a}.wasm")),
+    );
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(
+        host.admin("GET", "/v1/services/b").json()["state"],
+        "failed"
+    );
+    // Deleting a failed service works and sticks.
+    assert_eq!(host.admin("DELETE", "/v1/services/b").status, 204);
+    assert_eq!(host.admin("GET", "/v1/services/b").status, 404);
+    // Redeploying a failed service keeps its history.
+    let redeployed = host.deploy_with_manifest("a", &guest("hello"), "version = \"3\"\n");
+    assert_eq!(redeployed.status, 200, "{}", redeployed.body);
+    let view = host.admin("GET", "/v1/services/a").json();
+    let history: Vec<&str> = view["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|v| v["version"].as_str())
+        .collect();
+    assert_eq!(history, ["2", "1"], "{view}");
+}
+
+#[test]
+fn two_records_claiming_one_route_restore_one_and_mark_the_other_failed() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    assert_eq!(
+        host.deploy_with_manifest("a", &guest("hello"), "route = \"/x\"\n")
+            .status,
+        201
+    );
+    assert_eq!(
+        host.deploy_with_manifest("b", &guest("hello"), "route = \"/y\"\n")
+            .status,
+        201
+    );
+    host.crash();
+    // An operator's mistake (or a bad restore) puts both on `/x`.
+    let record = root.path().join("data/services/b.json");
+    let text = std::fs::read_to_string(&record).expect("record");
+    std::fs::write(&record, text.replace("\"/y\"", "\"/x\"")).expect("write record");
+    let host = Host::start(root.path(), &[]);
+    let listed = host.admin("GET", "/v1/services").json();
+    let states: Vec<(String, String)> = listed["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|s| {
+            (
+                s["state"].as_str().unwrap_or("").to_owned(),
+                s["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let running = states
+        .iter()
+        .filter(|(state, _)| state == "running")
+        .count();
+    let failed: Vec<_> = states
+        .iter()
+        .filter(|(state, _)| state == "failed")
+        .collect();
+    assert_eq!(running, 1, "{listed}");
+    assert_eq!(failed.len(), 1, "{listed}");
+    assert!(failed[0].1.contains("route `/x`"), "{listed}");
+    assert_eq!(host.get("/x/").status, 200);
+}
