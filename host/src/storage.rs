@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::manifest::Manifest;
 
@@ -43,6 +44,8 @@ pub type BrokenRecord = (PathBuf, anyhow::Error);
 #[derive(Debug, Clone)]
 pub struct Storage {
     root: PathBuf,
+    /// The open lock file: one host per data directory, for as long as it runs.
+    _lock: Arc<File>,
 }
 
 impl Storage {
@@ -57,8 +60,23 @@ impl Storage {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("creating data directory {}", dir.display()))?;
         }
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        if let Err(error) = lock.try_lock() {
+            bail!(
+                "the data directory {} is in use by another `shoal serve` ({error}); \
+                 stop it, or pass another --data-dir",
+                root.display()
+            );
+        }
         let storage = Self {
             root: root.to_path_buf(),
+            _lock: Arc::new(lock),
         };
         for dir in ["blobs", "services"] {
             for entry in fs::read_dir(root.join(dir))? {
@@ -125,15 +143,7 @@ impl Storage {
 
     /// Delete a service record. Returns whether one existed.
     pub fn remove_record(&self, name: &str) -> Result<bool> {
-        let path = self.record_path(name);
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                sync_dir(&self.root.join("services"))?;
-                Ok(true)
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(error) => Err(error).with_context(|| format!("removing {}", path.display())),
-        }
+        remove_durably(&self.record_path(name))
     }
 
     /// Every persisted service state, with the files that could not be read reported
@@ -200,6 +210,21 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     result.with_context(|| format!("writing {}", path.display()))
 }
 
+/// Delete `path` and fsync its directory, so the removal survives a crash. Returns
+/// whether it existed.
+pub fn remove_durably(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+            Ok(true)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -234,6 +259,16 @@ mod tests {
         assert!(storage.read_blob(&digest).is_err(), "damage is detected");
         storage.put_blob(&digest, &bytes).expect("put again");
         assert_eq!(storage.read_blob(&digest).expect("repaired"), bytes);
+    }
+
+    #[test]
+    fn one_host_per_data_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Storage::open(dir.path()).expect("open");
+        let second = Storage::open(dir.path()).expect_err("in use");
+        assert!(second.to_string().contains("in use"), "{second}");
+        drop(first);
+        Storage::open(dir.path()).expect("free again once the first is gone");
     }
 
     #[test]

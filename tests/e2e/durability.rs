@@ -169,3 +169,49 @@ fn two_records_claiming_one_route_restore_one_and_mark_the_other_failed() {
     assert!(failed[0].1.contains("route `/x`"), "{listed}");
     assert_eq!(host.get("/x/").status, 200);
 }
+
+#[test]
+fn rollback_and_promote_bring_the_versions_own_limits() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let hello = guest("hello");
+    let v1 = "version = \"1\"\n[limits]\nmax_concurrency = 2\n";
+    let v2 = "version = \"2\"\n[limits]\nmax_concurrency = 5\n";
+    assert_eq!(host.deploy_with_manifest("svc", &hello, v1).status, 201);
+    assert_eq!(host.deploy_with_manifest("svc", &hello, v2).status, 200);
+    let limits = |host: &Host| {
+        host.admin("GET", "/v1/services/svc").json()["limits"]["max_concurrency"].clone()
+    };
+    assert_eq!(limits(&host), 5);
+    assert_eq!(host.admin("POST", "/v1/services/svc/rollback").status, 200);
+    assert_eq!(limits(&host), 2, "the rolled-back version's own limit");
+    let canary = host.deploy_with_manifest_query("svc", &hello, v2, "canary=10");
+    assert_eq!(canary.status, 200, "{}", canary.body);
+    assert_eq!(
+        host.admin("POST", "/v1/services/svc/canary/promote").status,
+        200
+    );
+    assert_eq!(limits(&host), 5, "the promoted canary's own limit");
+}
+
+#[test]
+fn deployed_and_external_services_never_share_a_name() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let external = host.admin_json(
+        "PUT",
+        "/v1/external/db",
+        r#"{"endpoints": ["127.0.0.1:9"]}"#,
+    );
+    assert_eq!(external.status, 201, "{}", external.body);
+    let deploy = host.deploy("db", &guest("hello"));
+    assert_eq!(deploy.status, 409, "{}", deploy.body);
+    assert!(deploy.body.contains("external service"), "{}", deploy.body);
+    assert_eq!(host.deploy("web", &guest("hello")).status, 201);
+    let clash = host.admin_json(
+        "PUT",
+        "/v1/external/web",
+        r#"{"endpoints": ["127.0.0.1:9"]}"#,
+    );
+    assert_eq!(clash.status, 409, "{}", clash.body);
+}

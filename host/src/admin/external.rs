@@ -53,7 +53,8 @@ pub async fn put(
     validate_name(&name).map_err(ServiceError::from)?;
     let spec = ExternalService::parse(&body)
         .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error.to_string()))?;
-    if state.services.table().get(&name).is_some() {
+    if state.services.table().get(&name).is_some() || state.services.failed_service(&name).is_some()
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("`{name}` is a deployed service; external services need a name of their own"),

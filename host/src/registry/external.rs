@@ -214,12 +214,7 @@ impl ExternalServices {
             return Ok(false);
         }
         let path = self.dir.join(format!("{name}.json"));
-        tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(error),
-        })
-        .await??;
+        tokio::task::spawn_blocking(move || crate::storage::remove_durably(&path)).await??;
         // Forget it only once it is gone from disk.
         let entry = self.entries.lock().remove(name);
         if let Some(entry) = entry {

@@ -78,6 +78,9 @@ impl Services {
 
         let _guard = self.changes.lock().await;
         self.table.check_route(&deployment.route, name)?;
+        if self.is_external(name).await {
+            return Err(conflict(name, Conflict::ExternalName));
+        }
         let storage = self.storage.clone();
         let digest = deployment.record.digest.clone();
         tokio::task::spawn_blocking(move || storage.put_blob(&digest, &component))
@@ -173,10 +176,9 @@ impl Services {
         state.promote(target);
         state.canary = None;
         self.persist(name, &state).await?;
-        let shared = match &entry {
-            Some(entry) => entry.shared.clone(),
-            None => self.shared_for(None, &deployment, state.scale),
-        };
+        // The version rolled back to brings its own manifest limits, unless the
+        // operator scaled the service.
+        let shared = self.shared_for(entry.as_deref(), &deployment, state.scale);
         self.install(ServiceEntry {
             stable: deployment.clone(),
             canary: None,
@@ -205,11 +207,14 @@ impl Services {
             persisted.weight = weight;
         }
         self.persist(name, &state).await?;
-        let canary = new_canary(
-            canary.deployment.clone(),
+        // Same canary, new share: its error window and trip state carry over.
+        let canary = Canary {
+            deployment: canary.deployment.clone(),
             weight,
-            canary.auto_rollback.clone(),
-        );
+            auto_rollback: canary.auto_rollback.clone(),
+            window: canary.window.clone(),
+            tripped: canary.tripped.clone(),
+        };
         self.install(entry.with_canary(Some(Arc::new(canary))))
             .await;
         tracing::info!(service = name, weight, "canary weight changed");
@@ -229,11 +234,12 @@ impl Services {
         state.promote(canary.deployment.record.clone());
         state.canary = None;
         self.persist(name, &state).await?;
+        let shared = self.shared_for(Some(&entry), &canary.deployment, state.scale);
         self.install(ServiceEntry {
             stable: canary.deployment.clone(),
             canary: None,
             history: state.history,
-            shared: entry.shared.clone(),
+            shared,
             scale_override: entry.scale_override,
         })
         .await;
@@ -243,11 +249,30 @@ impl Services {
 
     /// Drop the canary; all traffic returns to the current version.
     pub async fn abort_canary(&self, name: &str, reason: &str) -> Result<(), ServiceError> {
+        self.abort_canary_if(name, reason, None).await
+    }
+
+    /// Drop the canary of `name`, but only if it is still `only` (when given): an
+    /// automatic rollback never drops a newer canary deployed meanwhile. Checked under
+    /// the change lock, by identity.
+    pub(super) async fn abort_canary_if(
+        &self,
+        name: &str,
+        reason: &str,
+        only: Option<&Arc<Deployment>>,
+    ) -> Result<(), ServiceError> {
         validate_name(name)?;
         let _guard = self.changes.lock().await;
         let entry = self.existing(name)?;
-        if entry.canary.is_none() {
+        let Some(canary) = &entry.canary else {
             return Err(conflict(name, Conflict::NoCanary));
+        };
+        if only.is_some_and(|only| !Arc::ptr_eq(only, &canary.deployment)) {
+            tracing::info!(
+                service = name,
+                "a newer canary replaced the one that tripped; keeping it"
+            );
+            return Ok(());
         }
         let mut state = state_of(&entry);
         state.canary = None;
@@ -328,6 +353,20 @@ impl Services {
             restored += 1;
         }
         Ok(restored)
+    }
+
+    /// Whether `name` is registered as an external service (an HTTP endpoint an
+    /// operator registered), which a deploy must not shadow.
+    async fn is_external(&self, name: &str) -> bool {
+        self.platform
+            .registry
+            .instances(name)
+            .await
+            .is_ok_and(|instances| {
+                instances
+                    .iter()
+                    .any(|instance| matches!(instance.endpoint, crate::registry::Endpoint::Http(_)))
+            })
     }
 
     /// Keep `name` visible as failed, with its persisted state, and say why.
@@ -627,8 +666,8 @@ fn new_canary(
         deployment,
         weight,
         auto_rollback,
-        window: Mutex::new(ErrorWindow::new(window, Instant::now())),
-        tripped: AtomicBool::new(false),
+        window: Arc::new(Mutex::new(ErrorWindow::new(window, Instant::now()))),
+        tripped: Arc::new(AtomicBool::new(false)),
     }
 }
 

@@ -103,6 +103,9 @@ pub enum Conflict {
     /// The operation needs a canary and there is none.
     #[error("has no canary")]
     NoCanary,
+    /// The name belongs to an external service.
+    #[error("is the name of an external service; a deployed service needs a name of its own")]
+    ExternalName,
 }
 
 /// A parameter out of range (HTTP 400).

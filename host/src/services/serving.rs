@@ -117,31 +117,24 @@ impl Services {
                 .is_some_and(|rule| window.exceeds(rule.max_error_rate, rule.min_requests, now))
         };
         if tripped && !canary.tripped.swap(true, Ordering::SeqCst) {
-            self.roll_back_canary_in_background(
-                entry.name().to_owned(),
-                canary.deployment.record.version.clone(),
-            );
+            self.roll_back_canary_in_background(entry.name().to_owned(), canary.deployment.clone());
         }
     }
 
-    fn roll_back_canary_in_background(&self, name: String, version: String) {
+    fn roll_back_canary_in_background(&self, name: String, canary: Arc<Deployment>) {
         let Some(services) = self.me.upgrade() else {
             return;
         };
         tokio::spawn(async move {
-            let reason = format!("canary {version} exceeded its error-rate threshold");
-            // Only roll back the canary that tripped, not a newer one.
-            let still_current = services
-                .table
-                .entry(&name)
-                .and_then(|entry| {
-                    entry
-                        .canary
-                        .as_ref()
-                        .map(|c| c.deployment.record.version.clone())
-                })
-                .is_some_and(|current| current == version);
-            if still_current && let Err(error) = services.abort_canary(&name, &reason).await {
+            let reason = format!(
+                "canary {} exceeded its error-rate threshold",
+                canary.record.version
+            );
+            // Only the canary that tripped, never a newer one.
+            if let Err(error) = services
+                .abort_canary_if(&name, &reason, Some(&canary))
+                .await
+            {
                 tracing::error!(service = %name, %error, "automatic canary rollback failed");
             }
         });
@@ -173,7 +166,13 @@ impl Services {
                 .await
                 .is_err()
             {
-                self.register(deployment).await;
+                // Re-register only what still runs: a service removed (or replaced)
+                // since the snapshot must not come back through its heartbeat.
+                let _guard = self.changes.lock().await;
+                let current = self.table.entry(entry.name());
+                if current.is_some_and(|current| Arc::ptr_eq(&current.stable, deployment)) {
+                    self.register(deployment).await;
+                }
             }
         }
     }

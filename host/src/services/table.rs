@@ -58,10 +58,10 @@ pub struct Canary {
     pub weight: u8,
     /// When to roll it back automatically.
     pub auto_rollback: Option<AutoRollback>,
-    /// Its recent outcomes.
-    pub window: Mutex<ErrorWindow>,
+    /// Its recent outcomes (kept when only the weight changes).
+    pub window: Arc<Mutex<ErrorWindow>>,
     /// Set once an automatic rollback has been started.
-    pub tripped: AtomicBool,
+    pub tripped: Arc<AtomicBool>,
 }
 
 impl Canary {
