@@ -55,6 +55,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_MAX_INSTANCES", default_value_t = 1000)]
     pub max_instances: u32,
 
+    /// Linear memory all instances together may hold, in MiB (0: three quarters of
+    /// the machine's memory). A growth beyond it fails that instance with a 503,
+    /// never the host; a deploy whose memory × concurrency exceeds it is refused.
+    #[arg(long, env = "SHOAL_MAX_TOTAL_MEMORY_MB", default_value_t = 0)]
+    pub max_total_memory_mb: usize,
+
     /// Wasm call-stack limit per instance, in KiB. Engine-wide: wasmtime fixes it for
     /// every instance of an engine, so it is a host setting, not a manifest one.
     #[arg(long, env = "SHOAL_MAX_WASM_STACK_KB", default_value_t = 512)]
@@ -97,6 +103,17 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The host-wide memory budget in bytes: the flag, or three quarters of the
+    /// machine's memory (16 GiB where that cannot be read).
+    pub fn memory_budget_bytes(&self) -> usize {
+        if self.max_total_memory_mb > 0 {
+            return self.max_total_memory_mb.saturating_mul(1024 * 1024);
+        }
+        crate::runtime::limits::machine_memory_bytes()
+            .map(|total| total / 4 * 3)
+            .unwrap_or(16 << 30)
+    }
+
     /// The defences of the gateway and admin listeners.
     pub fn connection_limits(&self) -> (ConnectionLimits, ConnectionLimits) {
         let limits = |max_connections| ConnectionLimits {

@@ -269,3 +269,97 @@ fn failure_bodies_name_the_fault_and_request_id_only() {
     assert!(!trap.body.contains("wasm backtrace"), "{}", trap.body);
     assert!(!trap.body.contains(".rs:"), "{}", trap.body);
 }
+
+/// Peak resident memory of a process, from `/proc/PID/status` (Linux), in MiB.
+fn peak_rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .expect("kib");
+    kib / 1024
+}
+
+#[test]
+fn no_sum_of_services_passes_the_hosts_memory_budget() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &["--max-total-memory-mb", "512"]);
+    // A service whose worst case exceeds the whole budget is refused at deploy.
+    let greedy = "[limits]\nmemory_mb = 128\nmax_concurrency = 8\n";
+    let refused = host.deploy_with_manifest("greedy", &guest("faulty"), greedy);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("memory budget"), "{}", refused.body);
+    // Two services that each fit, but not together.
+    let fits = "[limits]\nmemory_mb = 64\nmax_concurrency = 8\n";
+    assert_eq!(
+        host.deploy_with_manifest("a", &guest("faulty"), fits)
+            .status,
+        201
+    );
+    assert_eq!(
+        host.deploy_with_manifest("b", &guest("faulty"), fits)
+            .status,
+        201
+    );
+    let view = host.admin("GET", "/v1/services/a").json();
+    assert_eq!(view["limits"]["memory_budget_mb"], 512, "{view}");
+    let small = "[limits]\nmemory_mb = 16\nmax_concurrency = 4\n";
+    assert_eq!(host.deploy_with_manifest("hello", &guest("hello"), small).status, 201);
+    assert_eq!(host.get("/hello/").status, 200);
+    let baseline = peak_rss_mb(host.pid());
+
+    // 16 requests each holding 60 MiB at once would need 960 MiB.
+    let gateway = host.gateway.clone();
+    let holders: Vec<_> = (0..16)
+        .map(|i| {
+            let url = format!(
+                "{gateway}/{}/hold?mb=60&ms=1500",
+                if i % 2 == 0 { "a" } else { "b" }
+            );
+            std::thread::spawn(move || {
+                let mut response = shoal_tests::agent().get(&url).call().expect("hold");
+                let status = response.status().as_u16();
+                (
+                    status,
+                    response.body_mut().read_to_string().unwrap_or_default(),
+                )
+            })
+        })
+        .collect();
+    let outcomes: Vec<(u16, String)> = holders
+        .into_iter()
+        .map(|holder| holder.join().expect("holder"))
+        .collect();
+    let held = outcomes.iter().filter(|(status, _)| *status == 200).count();
+    let refused: Vec<_> = outcomes
+        .iter()
+        .filter(|(status, _)| *status == 503)
+        .collect();
+    assert!(held >= 1, "{outcomes:?}");
+    assert!(!refused.is_empty(), "the budget never bit: {outcomes:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|(_, body)| body.contains("memory budget")),
+        "{outcomes:?}"
+    );
+    assert_eq!(held + refused.len(), 16, "{outcomes:?}");
+    let growth = peak_rss_mb(host.pid()).saturating_sub(baseline);
+    assert!(
+        growth < 512 + 150,
+        "host grew by {growth} MiB with a 512 MiB budget"
+    );
+    // The host and a neighbour are unharmed; memory came back.
+    assert_eq!(host.get("/hello/").status, 200);
+    assert_eq!(host.get("/a/hold?mb=60&ms=1").status, 200);
+    let metrics = host.admin("GET", "/metrics").body;
+    assert!(
+        metrics.contains("shoal_memory_budget_bytes 536870912"),
+        "{metrics}"
+    );
+}

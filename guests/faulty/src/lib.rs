@@ -9,6 +9,7 @@
 //! - `/noresponse` returns without ever sending a response.
 //! - `/malformed` answers with a `wasi:http` error instead of a response.
 //! - `/sleep?ms=N` waits N milliseconds, then answers 200 (a slow, well-behaved request).
+//! - `/hold?mb=N&ms=M` holds N MiB of memory for M milliseconds, then answers 200.
 //! - `/count` answers how many requests this instance has served (1 with a fresh
 //!   instance per request; more when the manifest opts into instance reuse).
 //!
@@ -48,6 +49,20 @@ fn handle(req: Request) -> Response {
                 chunk[0] = 1;
                 hoard.push(std::hint::black_box(chunk));
             }
+        }
+        "/hold" => {
+            // Hold `mb` MiB of touched memory for `ms` milliseconds, then answer.
+            let mb: usize = req
+                .query_param("mb")
+                .and_then(|mb| mb.parse().ok())
+                .unwrap_or(1);
+            let ms: u64 = req
+                .query_param("ms")
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or(100);
+            let held = std::hint::black_box(vec![1u8; mb * 1024 * 1024]);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Response::text(200, format!("held {} MiB\n", held.len() / (1024 * 1024)))
         }
         "/recurse" => Response::text(200, format!("{}\n", recurse(std::hint::black_box(1)))),
         "/sleep" => {

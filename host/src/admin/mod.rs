@@ -58,6 +58,9 @@ async fn metrics(
     // Load gauges are read at scrape time, from the live table.
     metrics.in_flight.reset();
     metrics.queued.reset();
+    let budget = state.services.memory_budget();
+    metrics.memory_reserved.set(budget.used() as i64);
+    metrics.memory_budget.set(budget.limit() as i64);
     for entry in state.services.table().entries() {
         let (running, queued) = entry.shared.limiter.load();
         metrics

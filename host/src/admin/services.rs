@@ -38,6 +38,8 @@ pub struct ServiceView {
 #[derive(Debug, Serialize)]
 struct LimitsView {
     memory_mb: u64,
+    /// What the service can hold at most: memory per instance × concurrency.
+    memory_budget_mb: u64,
     timeout_ms: u64,
     max_concurrency: u32,
     queue: u32,
@@ -81,6 +83,8 @@ impl From<&ServiceEntry> for ServiceView {
             state: "running",
             limits: LimitsView {
                 memory_mb: (deployment.limits.memory_bytes / (1024 * 1024)) as u64,
+                memory_budget_mb: (deployment.limits.memory_bytes / (1024 * 1024)) as u64
+                    * u64::from(scale.max_concurrency),
                 timeout_ms: deployment.timeout.as_millis() as u64,
                 max_concurrency: scale.max_concurrency,
                 queue: scale.queue,

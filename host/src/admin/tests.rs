@@ -39,6 +39,7 @@ fn admin() -> Admin {
         max_memory_bytes: 16 * 1024 * 1024,
         pooling: false,
         max_wasm_stack: 512 * 1024,
+        memory_budget_bytes: 1024 * 1024 * 1024,
     })
     .expect("runtime");
     let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(60));

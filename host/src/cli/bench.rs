@@ -22,6 +22,7 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         max_memory_bytes: 128 * 1024 * 1024,
         pooling,
         max_wasm_stack: 512 * 1024,
+        memory_budget_bytes: usize::MAX,
     })?;
     let bytes =
         std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
@@ -48,6 +49,7 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         limits: InstanceLimits {
             memory_bytes: 128 * 1024 * 1024,
             table_elements: 100_000,
+            budget: runtime.memory_budget.clone(),
         },
         platform,
         request_id: "bench".into(),

@@ -8,6 +8,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::GuestState;
+use super::limits::MemoryBudget;
 
 /// Instance slots decommitted at once by the pooling allocator.
 const DECOMMIT_BATCH: usize = 32;
@@ -30,6 +31,8 @@ pub struct RuntimeOptions {
     pub pooling: bool,
     /// Wasm call-stack limit per instance, in bytes (engine-wide in wasmtime).
     pub max_wasm_stack: usize,
+    /// Linear memory all live instances together may hold, in bytes.
+    pub memory_budget_bytes: usize,
 }
 
 /// The engine, the linker every component is checked against, and the compile cache.
@@ -38,6 +41,8 @@ pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<GuestState>>,
     pub(crate) cache_dir: PathBuf,
+    /// The host-wide memory budget every instance's growth draws on.
+    pub memory_budget: Arc<MemoryBudget>,
 }
 
 impl Runtime {
@@ -91,6 +96,7 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache_dir,
+            memory_budget: MemoryBudget::new(options.memory_budget_bytes),
         })
     }
 }

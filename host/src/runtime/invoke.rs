@@ -13,6 +13,7 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
+use super::limits::{HostMemoryExhausted, InstanceMemoryExceeded};
 use super::reuse::{InstancePool, Reusable};
 use super::{GuestState, InstanceLimits, ServiceContext};
 use crate::capabilities::{HostFault, PlatformCtx};
@@ -34,6 +35,9 @@ pub enum GuestFailure {
     /// The guest tried to grow its memory past its limit.
     #[error("the service exceeded its memory limit of {0} MiB")]
     MemoryLimit(usize),
+    /// The guest's memory growth did not fit the host-wide memory budget.
+    #[error("the host's memory budget is exhausted; retry later")]
+    HostMemory,
     /// The guest overflowed its wasm stack (runaway recursion).
     #[error("the service overflowed its stack")]
     StackOverflow,
@@ -56,7 +60,9 @@ impl GuestFailure {
     /// The status the gateway answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            GuestFailure::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GuestFailure::Instantiate(_) | GuestFailure::HostMemory => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GuestFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             GuestFailure::ErrorCode(_) => StatusCode::BAD_GATEWAY,
             GuestFailure::Trap(_)
@@ -73,6 +79,7 @@ impl GuestFailure {
             GuestFailure::Instantiate(_) => "instantiate",
             GuestFailure::Trap(_) => "trap",
             GuestFailure::MemoryLimit(_) => "memory",
+            GuestFailure::HostMemory => "host-memory",
             GuestFailure::StackOverflow => "stack",
             GuestFailure::Deadline(_) => "timeout",
             GuestFailure::NoResponse => "no-response",
@@ -94,7 +101,7 @@ impl GuestFailure {
     /// Whether the service is to blame (counted against it, its canary and breakers
     /// of its callers) rather than the host.
     pub fn is_guest_fault(&self) -> bool {
-        !matches!(self, GuestFailure::Host(_))
+        !matches!(self, GuestFailure::Host(_) | GuestFailure::HostMemory)
     }
 }
 
@@ -317,7 +324,19 @@ async fn instantiate(
             .with_label_values(&[&*invocation.service.name])
             .observe(started.elapsed().as_secs_f64());
     }
-    proxy.map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))
+    proxy.map_err(instantiate_failure)
+}
+
+/// Why an instance could not be created: its memory did not fit (its own limit or the
+/// host's budget), or anything else.
+fn instantiate_failure(error: wasmtime::Error) -> GuestFailure {
+    if error.downcast_ref::<HostMemoryExhausted>().is_some() {
+        GuestFailure::HostMemory
+    } else if let Some(exceeded) = error.downcast_ref::<InstanceMemoryExceeded>() {
+        GuestFailure::MemoryLimit(exceeded.limit / (1024 * 1024))
+    } else {
+        GuestFailure::Instantiate(format!("{error:#}"))
+    }
 }
 
 /// A fresh store for one guest invocation: limits, and an epoch deadline that traps at
@@ -325,7 +344,7 @@ async fn instantiate(
 fn new_store(engine: &wasmtime::Engine, invocation: &Invocation) -> Store<GuestState> {
     let mut store = Store::new(
         engine,
-        GuestState::new(invocation.platform_ctx(), invocation.limits),
+        GuestState::new(invocation.platform_ctx(), invocation.limits.clone()),
     );
     store.limiter(|state| &mut state.limits);
     arm_deadline(&mut store, invocation.deadline);
@@ -373,7 +392,7 @@ pub async fn check_health(
             .instance_pre()
             .instantiate_async(&mut store)
             .await
-            .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
+            .map_err(instantiate_failure)?;
         let guest = indices
             .load(&mut store, &instance)
             .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
@@ -401,9 +420,11 @@ fn classify(error: wasmtime::Error, timeout: Duration, memory_limit: usize) -> G
         }
         return GuestFailure::Trap(trap.to_string());
     }
-    // `StoreLimits` with `trap_on_grow_failure` refuses growth with this error.
-    if format!("{error:#}").contains("growing memory") {
+    if error.downcast_ref::<InstanceMemoryExceeded>().is_some() {
         return GuestFailure::MemoryLimit(memory_limit / (1024 * 1024));
+    }
+    if error.downcast_ref::<HostMemoryExhausted>().is_some() {
+        return GuestFailure::HostMemory;
     }
     // The root cause without the (long) wasm backtrace context.
     GuestFailure::Trap(error.root_cause().to_string())

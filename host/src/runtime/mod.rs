@@ -7,10 +7,12 @@
 //! - [`state`] is the per-request store data that lends capabilities their views.
 //! - [`invoke`] runs one HTTP request through a fresh (or reused) instance.
 //! - [`reuse`] keeps idle instances of services that opt in to reuse.
+//! - [`limits`] bounds each instance and all of them together (memory budget).
 
 pub mod compile;
 pub mod engine;
 pub mod invoke;
+pub mod limits;
 pub mod reuse;
 pub mod state;
 

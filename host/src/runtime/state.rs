@@ -2,21 +2,24 @@
 //! context, the resource table they share, and the store's limits. It lends each
 //! capability a view of its own ([`WasiView`], [`WasiHttpView`], [`PlatformView`]).
 
+use std::sync::Arc;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::limits::{GuestLimiter, MemoryBudget};
 use crate::caller::outbound::OutboundHooks;
 use crate::capabilities::{PlatformCtx, PlatformCtxView, PlatformView};
 
 /// What bounds one instance of a service.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct InstanceLimits {
     /// Maximum linear memory of one instance, in bytes.
     pub memory_bytes: usize,
     /// Maximum elements of one table of an instance.
     pub table_elements: usize,
+    /// The host-wide memory budget its growth draws on.
+    pub budget: Arc<MemoryBudget>,
 }
 
 /// Store data for one request.
@@ -26,7 +29,7 @@ pub struct GuestState {
     http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
     hooks: OutboundHooks,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: GuestLimiter,
 }
 
 impl GuestState {
@@ -35,11 +38,8 @@ impl GuestState {
         // No preopened directories, no environment, no network sockets: a service gets
         // only what Shoal's interfaces grant.
         let wasi = WasiCtx::builder().allow_ip_name_lookup(false).build();
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(limits.memory_bytes)
-            .table_elements(limits.table_elements)
-            .trap_on_grow_failure(true)
-            .build();
+        let store_limits =
+            GuestLimiter::new(limits.memory_bytes, limits.table_elements, limits.budget);
         let hooks = OutboundHooks::new(platform.platform.caller.clone(), platform.call_context());
         Self {
             platform,

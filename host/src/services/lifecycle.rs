@@ -72,6 +72,8 @@ impl Services {
         validate_name(name)?;
         manifest.validate(self.defaults.max_memory_mb)?;
         mode.validate()?;
+        let memory_mb = manifest.limits.memory_mb.unwrap_or(self.defaults.memory_mb);
+        self.check_memory_budget(memory_mb, self.manifest_scale(&manifest).max_concurrency)?;
         let record = new_record(name, &component, manifest);
         // Compile before taking the lock: a slow compile must not block other changes.
         let deployment = Arc::new(self.build(record, component.clone()).await?);
@@ -290,6 +292,8 @@ impl Services {
         }
         let _guard = self.changes.lock().await;
         let entry = self.existing(name)?;
+        let memory_mb = (entry.stable.limits.memory_bytes / (1024 * 1024)) as u32;
+        self.check_memory_budget(memory_mb, scale.max_concurrency)?;
         let mut state = state_of(&entry);
         state.scale = Some(scale);
         self.persist(name, &state).await?;
@@ -353,6 +357,23 @@ impl Services {
             restored += 1;
         }
         Ok(restored)
+    }
+
+    /// A service's worst case (every slot busy, every instance at its memory limit)
+    /// must fit the host's memory budget.
+    fn check_memory_budget(&self, memory_mb: u32, concurrency: u32) -> Result<(), ServiceError> {
+        let need_mb = u64::from(memory_mb) * u64::from(concurrency);
+        let budget_mb = (self.runtime.memory_budget.limit() / (1024 * 1024)) as u64;
+        if need_mb > budget_mb {
+            return Err(Invalid::MemoryBudget {
+                memory_mb: u64::from(memory_mb),
+                concurrency: u64::from(concurrency),
+                need_mb,
+                budget_mb,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Whether `name` is registered as an external service (an HTTP endpoint an
@@ -502,6 +523,7 @@ impl Services {
                 .limits
                 .table_elements
                 .unwrap_or(DEFAULT_TABLE_ELEMENTS) as usize,
+            budget: self.runtime.memory_budget.clone(),
         };
         let context = Arc::new(ServiceContext {
             name: record.name.as_str().into(),

@@ -120,6 +120,22 @@ pub enum Invalid {
     /// A scale out of range.
     #[error("`max_concurrency` must be 1 to 100000 and `queue` at most 1000000")]
     Scale,
+    /// The service could hold more memory than the whole host may.
+    #[error(
+        "the service could hold {need_mb} MiB ({memory_mb} MiB per instance × {concurrency} \
+         concurrent requests), more than the host's memory budget of {budget_mb} MiB \
+         (--max-total-memory-mb): lower `limits.memory_mb` or `limits.max_concurrency`"
+    )]
+    MemoryBudget {
+        /// Memory per instance.
+        memory_mb: u64,
+        /// Requests at once.
+        concurrency: u64,
+        /// Their product.
+        need_mb: u64,
+        /// The host's budget.
+        budget_mb: u64,
+    },
 }
 
 /// Whether a deploy created a service or replaced a running one.
@@ -196,6 +212,11 @@ impl Services {
     /// The failed service `name`, if it is one.
     pub fn failed_service(&self, name: &str) -> Option<FailedService> {
         self.failed.lock().get(name).cloned()
+    }
+
+    /// The host-wide memory budget of all instances.
+    pub fn memory_budget(&self) -> &std::sync::Arc<crate::runtime::limits::MemoryBudget> {
+        &self.runtime.memory_budget
     }
 
     /// Host defaults.

@@ -338,7 +338,7 @@ impl Deployment {
     ) -> Invocation {
         Invocation {
             service: self.context.clone(),
-            limits: self.limits,
+            limits: self.limits.clone(),
             platform: platform.clone(),
             request_id,
             deadline,

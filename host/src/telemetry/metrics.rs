@@ -5,8 +5,8 @@
 use parking_lot::Mutex;
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::collections::{BTreeMap, HashSet};
 use thiserror::Error;
@@ -42,6 +42,10 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// `shoal_in_flight_requests{service}`
     pub in_flight: IntGaugeVec,
+    /// `shoal_memory_reserved_bytes`: linear memory live instances hold.
+    pub memory_reserved: IntGauge,
+    /// `shoal_memory_budget_bytes`: what they may hold together.
+    pub memory_budget: IntGauge,
     /// `shoal_queued_requests{service}`
     pub queued: IntGaugeVec,
     /// `shoal_instantiation_duration_seconds{service}`
@@ -161,6 +165,14 @@ impl Metrics {
                 ),
                 &["service"],
             )?,
+            memory_reserved: IntGauge::new(
+                "shoal_memory_reserved_bytes",
+                "Linear memory held by live instances, host-wide.",
+            )?,
+            memory_budget: IntGauge::new(
+                "shoal_memory_budget_bytes",
+                "Linear memory all instances together may hold (--max-total-memory-mb).",
+            )?,
             queued: IntGaugeVec::new(
                 Opts::new(
                     "shoal_queued_requests",
@@ -201,6 +213,8 @@ impl Metrics {
             Box::new(metrics.breaker_state.clone()),
             Box::new(metrics.in_flight.clone()),
             Box::new(metrics.queued.clone()),
+            Box::new(metrics.memory_reserved.clone()),
+            Box::new(metrics.memory_budget.clone()),
             Box::new(metrics.instantiation.clone()),
             Box::new(metrics.compile.clone()),
             Box::new(metrics.deploys.clone()),
