@@ -175,9 +175,12 @@ fn guest_faults_end_their_request_only() {
     // The host and its other services are unharmed, and so is the faulty one.
     assert_still_serving_v1(&host);
     assert_eq!(host.get("/faulty/ok").status, 200);
-    let log = host.log();
-    assert!(
-        log.contains("request failed") && log.contains("faulty"),
-        "fault not logged:\n{log}"
+    shoal_tests::wait_for(
+        "the fault to be logged",
+        std::time::Duration::from_secs(10),
+        || {
+            let log = host.log();
+            log.contains("request failed") && log.contains("faulty")
+        },
     );
 }

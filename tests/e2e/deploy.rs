@@ -23,6 +23,11 @@ fn sdk_service_with_manifest_serves_config_and_logs_tagged_lines() {
     assert_eq!(request_id.len(), 32);
 
     // The guest's log line carries service, version and the request id.
+    shoal_tests::wait_for(
+        "the guest's log line",
+        std::time::Duration::from_secs(10),
+        || host.log().contains(&request_id),
+    );
     let log = host.log();
     let line = log
         .lines()

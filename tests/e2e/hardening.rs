@@ -309,7 +309,11 @@ fn no_sum_of_services_passes_the_hosts_memory_budget() {
     let view = host.admin("GET", "/v1/services/a").json();
     assert_eq!(view["limits"]["memory_budget_mb"], 512, "{view}");
     let small = "[limits]\nmemory_mb = 16\nmax_concurrency = 4\n";
-    assert_eq!(host.deploy_with_manifest("hello", &guest("hello"), small).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("hello", &guest("hello"), small)
+            .status,
+        201
+    );
     assert_eq!(host.get("/hello/").status, 200);
     let baseline = peak_rss_mb(host.pid());
 
@@ -360,6 +364,93 @@ fn no_sum_of_services_passes_the_hosts_memory_budget() {
     let metrics = host.admin("GET", "/metrics").body;
     assert!(
         metrics.contains("shoal_memory_budget_bytes 536870912"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn guest_output_reaches_the_log_and_a_panic_message_the_fault_record() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("faulty", &guest("faulty")).status, 201);
+    let printed = host.get("/faulty/print?bytes=10&text=hello-from-stdout");
+    assert_eq!(printed.status, 200);
+    assert_eq!(host.get("/faulty/panic").status, 500);
+    wait_for(
+        "the guest's output in the log",
+        Duration::from_secs(10),
+        || {
+            let log = host.log();
+            log.contains("hello-from-stdout") && log.contains("request failed")
+        },
+    );
+    let log = host.log();
+    let stdout_line = log
+        .lines()
+        .find(|line| line.contains("hello-from-stdout"))
+        .expect("stdout line");
+    assert!(
+        stdout_line.contains("service=\"faulty\"") || stdout_line.contains("service=faulty"),
+        "{stdout_line}"
+    );
+    assert!(stdout_line.contains("stdout"), "{stdout_line}");
+    let fault = log
+        .lines()
+        .find(|line| line.contains("request failed"))
+        .expect("fault record");
+    assert!(
+        fault.contains("panic requested"),
+        "the panic message is in the fault record: {fault}"
+    );
+    // The client is told the fault, not the guest's output.
+    assert!(!host.get("/faulty/panic").body.contains("panic requested"));
+}
+
+#[test]
+fn a_stalled_log_reader_never_stalls_the_host() {
+    let root = temp_root();
+    let host = Host::start_with_unread_stderr(root.path(), &[]);
+    for name in ["chatty0", "chatty1", "chatty2", "chatty3"] {
+        assert_eq!(host.deploy(name, &guest("faulty")).status, 201);
+    }
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    // Far more than the stderr pipe holds: 400 requests × 8 KiB of output each, from
+    // four services (each within its own log budget, together past the log's buffer).
+    let gateway = host.gateway.clone();
+    let chatty: Vec<_> = (0..4)
+        .map(|i| {
+            let url = format!("{gateway}/chatty{i}/print?bytes=8192");
+            std::thread::spawn(move || {
+                let agent = shoal_tests::agent();
+                (0..100)
+                    .filter(|_| {
+                        agent
+                            .get(&url)
+                            .call()
+                            .is_ok_and(|response| response.status() == 200)
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    for _ in 0..50 {
+        assert_eq!(host.get("/hello/").status, 200);
+        assert_eq!(host.admin("GET", "/healthz").status, 200);
+    }
+    let served: usize = chatty.into_iter().map(|t| t.join().expect("chatty")).sum();
+    assert_eq!(served, 400, "every chatty request was answered");
+    let metrics = host.admin("GET", "/metrics").body;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(value("shoal_log_lines_dropped_total") > 0.0, "{metrics}");
+    assert!(
+        value("shoal_guest_log_lines_dropped_total{service=\"chatty0\"}") > 0.0,
         "{metrics}"
     );
 }

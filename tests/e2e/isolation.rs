@@ -1,6 +1,6 @@
 //! Isolation, limits, overload, scaling, rollbacks and canaries.
 
-use shoal_tests::{Host, TOKEN, agent, guest, shoal_cli, temp_root};
+use shoal_tests::{Host, TOKEN, agent, guest, shoal_cli, temp_root, wait_for};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -118,13 +118,16 @@ fn every_misbehaviour_ends_its_own_request_while_a_neighbour_keeps_answering() {
             "{path} took {:?}",
             started.elapsed()
         );
-        // Logged with the service and the request id.
-        let log = host.log();
-        assert!(
-            log.lines().any(|l| l.contains("request failed")
-                && l.contains("faulty")
-                && l.contains(&request_id)),
-            "{path}: not logged"
+        // Logged with the service and the request id (the log is written off the
+        // request path, so it may take a moment).
+        wait_for(
+            &format!("{path} to be logged"),
+            Duration::from_secs(10),
+            || {
+                host.log().lines().any(|l| {
+                    l.contains("request failed") && l.contains("faulty") && l.contains(&request_id)
+                })
+            },
         );
         // The faulty service itself still serves its next request.
         assert_eq!(host.get("/faulty/ok").status, 200, "after {path}");
@@ -428,7 +431,9 @@ fn a_failing_canary_is_rolled_back_automatically() {
             "the failing canary was never rolled back"
         );
     }
-    assert!(host.log().contains("canary rolled back"), "{}", host.log());
+    wait_for("the rollback to be logged", Duration::from_secs(10), || {
+        host.log().contains("canary rolled back")
+    });
     for _ in 0..20 {
         assert_eq!(
             host.get("/svc/ok").body,

@@ -114,6 +114,9 @@ fn acknowledged_deploys_survive_kill_9_and_graceful_restart() {
     let shown = host.admin("GET", "/v1/services/hello").json();
     assert_eq!(shown["version"], "7");
     // The restart reused the compiled code instead of compiling again.
+    shoal_tests::wait_for("two compiles in the log", Duration::from_secs(10), || {
+        host.log().matches("compiled component").count() >= 2
+    });
     let log = host.log();
     assert_eq!(log.matches("compiled component").count(), 2, "{log}");
 

@@ -267,8 +267,11 @@ fn one_trace_through_three_services_continues_the_incoming_traceparent() {
             .any(|s| s.name == "shoal.guest" && s.parent_span_id == c.span_id)
     );
     // The host's log line for the guest carries the trace id.
-    let log = host.log();
-    assert!(log.contains(trace_id), "no log line carries the trace id");
+    shoal_tests::wait_for(
+        "a log line with the trace id",
+        Duration::from_secs(10),
+        || host.log().contains(trace_id),
+    );
 }
 
 #[test]

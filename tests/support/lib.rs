@@ -121,6 +121,8 @@ pub struct Host {
     /// What the host printed on stdout while starting.
     pub startup_output: Vec<String>,
     agent: ureq::Agent,
+    /// A stderr pipe held open and never read (see `start_with_unread_stderr`).
+    unread_stderr: Option<std::process::ChildStderr>,
 }
 
 impl Host {
@@ -147,6 +149,30 @@ impl Host {
             .append(true)
             .open(log_path)
             .expect("open host log");
+        Self::spawn(data_dir, log_path, args, env, Stdio::from(log))
+    }
+
+    /// Start a host (with the test token) whose stderr is a pipe that nobody reads:
+    /// once the pipe is full, every write to it would block.
+    pub fn start_with_unread_stderr(root: &Path, args: &[&str]) -> Host {
+        let mut host = Self::spawn(
+            &root.join("data"),
+            &root.join("host.log"),
+            args,
+            &[("SHOAL_ADMIN_TOKEN", TOKEN)],
+            Stdio::piped(),
+        );
+        host.unread_stderr = host.child.as_mut().and_then(|child| child.stderr.take());
+        host
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        log_path: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Host {
         let mut command = Command::new(shoal_bin());
         command
             .arg("serve")
@@ -159,7 +185,7 @@ impl Host {
             .env("SHOAL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
+            .stderr(stderr);
         for (key, value) in env {
             command.env(key, value);
         }
@@ -204,6 +230,7 @@ impl Host {
             log_path: log_path.to_path_buf(),
             startup_output: seen,
             agent: agent(),
+            unread_stderr: None,
         }
     }
 

@@ -10,6 +10,7 @@
 //! - `/malformed` answers with a `wasi:http` error instead of a response.
 //! - `/sleep?ms=N` waits N milliseconds, then answers 200 (a slow, well-behaved request).
 //! - `/hold?mb=N&ms=M` holds N MiB of memory for M milliseconds, then answers 200.
+//! - `/print?bytes=N[&text=T][&to=stderr]` writes N bytes of lines to stdout (stderr).
 //! - `/count` answers how many requests this instance has served (1 with a fresh
 //!   instance per request; more when the manifest opts into instance reuse).
 //!
@@ -49,6 +50,26 @@ fn handle(req: Request) -> Response {
                 chunk[0] = 1;
                 hoard.push(std::hint::black_box(chunk));
             }
+        }
+        "/print" => {
+            // `bytes` bytes of output in lines of up to 100 characters, on stdout (or
+            // stderr with `to=stderr`).
+            let bytes: usize = req
+                .query_param("bytes")
+                .and_then(|bytes| bytes.parse().ok())
+                .unwrap_or(100);
+            let text = req.query_param("text").unwrap_or_else(|| "x".repeat(99));
+            let to_stderr = req.query_param("to").as_deref() == Some("stderr");
+            let mut written = 0;
+            while written < bytes {
+                if to_stderr {
+                    eprintln!("{text}");
+                } else {
+                    println!("{text}");
+                }
+                written += text.len() + 1;
+            }
+            Response::text(200, format!("printed {written} bytes\n"))
         }
         "/hold" => {
             // Hold `mb` MiB of touched memory for `ms` milliseconds, then answer.

@@ -58,6 +58,11 @@ async fn metrics(
     // Load gauges are read at scrape time, from the live table.
     metrics.in_flight.reset();
     metrics.queued.reset();
+    let dropped = crate::telemetry::logs::dropped_lines();
+    let counted = metrics.log_lines_dropped.get();
+    if dropped > counted {
+        metrics.log_lines_dropped.inc_by(dropped - counted);
+    }
     let budget = state.services.memory_budget();
     metrics.memory_reserved.set(budget.used() as i64);
     metrics.memory_budget.set(budget.limit() as i64);

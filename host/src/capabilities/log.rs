@@ -2,11 +2,12 @@
 //! version, request id and trace id.
 
 use std::fmt::Write as _;
+use std::time::Instant;
 use wasmtime::component::{HasData, Linker};
 
 use super::{PlatformView, ServiceContext, bounded_text, traced};
 use crate::bindings::log::{self, Host, Level};
-use crate::telemetry::{TraceScope, traces};
+use crate::telemetry::{Metrics, TraceScope, traces};
 
 /// Longest message or field list the host keeps from one guest log line.
 const MAX_LINE_BYTES: usize = 8 * 1024;
@@ -19,6 +20,93 @@ pub struct LogView<'a> {
     pub request_id: &'a str,
     /// The request's spans (log lines carry the current trace id).
     pub trace: &'a TraceScope,
+    /// Where dropped lines are counted.
+    pub metrics: &'a Metrics,
+}
+
+/// Where a guest's line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The `shoal:platform/log` import.
+    Log,
+    /// The guest's standard output.
+    Stdout,
+    /// The guest's standard error.
+    Stderr,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Log => "log",
+            Source::Stdout => "stdout",
+            Source::Stderr => "stderr",
+        }
+    }
+}
+
+/// One line a guest logged, before the host tags, bounds and escapes it.
+pub struct GuestLine<'a> {
+    /// Its level.
+    pub level: Level,
+    /// Where it came from.
+    pub source: Source,
+    /// The text.
+    pub message: String,
+    /// `key=value` fields.
+    pub fields: &'a [(String, String)],
+}
+
+/// Write a guest's line to the host log, tagged with service, version, request and
+/// trace, within the service's log budget (lines beyond it are dropped and counted
+/// in `shoal_guest_log_lines_dropped_total`). Never blocks on the log's writer.
+pub fn emit(
+    service: &ServiceContext,
+    metrics: &Metrics,
+    request_id: &str,
+    trace_id: &str,
+    line: GuestLine<'_>,
+) {
+    let message = escape_controls(&bounded_text(line.message, MAX_LINE_BYTES));
+    let rendered = render_fields(line.fields);
+    let allowed = service
+        .log_budget
+        .lock()
+        .allow(message.len() + rendered.len(), Instant::now());
+    if !allowed {
+        if metrics.enabled() {
+            metrics
+                .guest_log_dropped
+                .with_label_values(&[&*service.name])
+                .inc();
+        }
+        return;
+    }
+    let service_name = &*service.name;
+    let version = &*service.version;
+    let source = line.source.name();
+    macro_rules! event {
+        ($level:expr) => {
+            ::tracing::event!(
+                target: "guest",
+                $level,
+                service = service_name,
+                version,
+                request_id,
+                trace_id,
+                source,
+                fields = %rendered,
+                "{message}"
+            )
+        };
+    }
+    match line.level {
+        Level::Trace => event!(::tracing::Level::TRACE),
+        Level::Debug => event!(::tracing::Level::DEBUG),
+        Level::Info => event!(::tracing::Level::INFO),
+        Level::Warn => event!(::tracing::Level::WARN),
+        Level::Error => event!(::tracing::Level::ERROR),
+    }
 }
 
 struct HasLog;
@@ -36,13 +124,14 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
             service: &ctx.service,
             request_id: &ctx.request_id,
             trace: &ctx.trace,
+            metrics: &ctx.platform.telemetry.metrics,
         }
     })
 }
 
 /// `text` with control characters (newlines, escape sequences) written as escapes, so
 /// a guest's line can never forge a host log line or drive a terminal.
-fn escape_controls(text: &str) -> String {
+pub(crate) fn escape_controls(text: &str) -> String {
     if !text.chars().any(char::is_control) {
         return text.to_owned();
     }
@@ -80,34 +169,15 @@ impl Host for LogView<'_> {
         message: String,
         fields: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
-        let service = &*self.service.name;
-        traced("log.write", service, async {
-            let message = escape_controls(&bounded_text(message, MAX_LINE_BYTES));
-            let rendered = render_fields(&fields);
-            let version = &*self.service.version;
-            let request_id = self.request_id;
+        traced("log.write", &self.service.name, async {
             let trace_id = traces::trace_id(&self.trace.current()).unwrap_or_default();
-            macro_rules! emit {
-                ($level:expr) => {
-                    ::tracing::event!(
-                        target: "guest",
-                        $level,
-                        service,
-                        version,
-                        request_id,
-                        trace_id,
-                        fields = %rendered,
-                        "{message}"
-                    )
-                };
-            }
-            match level {
-                Level::Trace => emit!(::tracing::Level::TRACE),
-                Level::Debug => emit!(::tracing::Level::DEBUG),
-                Level::Info => emit!(::tracing::Level::INFO),
-                Level::Warn => emit!(::tracing::Level::WARN),
-                Level::Error => emit!(::tracing::Level::ERROR),
-            }
+            let line = GuestLine {
+                level,
+                source: Source::Log,
+                message,
+                fields: &fields,
+            };
+            emit(self.service, self.metrics, self.request_id, &trace_id, line);
             Ok(())
         })
         .await

@@ -16,6 +16,7 @@ pub mod config;
 pub mod discovery;
 pub mod log;
 pub mod metrics;
+pub mod output;
 pub mod registry;
 pub mod tracing;
 
@@ -33,6 +34,7 @@ use crate::caller::CallContext;
 use crate::deadline::Deadline;
 use crate::manifest::Outbound;
 use crate::platform::Platform;
+use crate::policy::rate::LogBudget;
 use crate::registry::HealthSignals;
 use crate::telemetry::TraceScope;
 
@@ -51,6 +53,8 @@ pub struct ServiceContext {
     pub outbound: Arc<Outbound>,
     /// Self-reported and checked health of this version on this host.
     pub health: Mutex<HealthSignals>,
+    /// How much it may still log (its log import and its stdout/stderr together).
+    pub log_budget: Mutex<LogBudget>,
 }
 
 /// What Shoal's capabilities know about the request an instance is serving.

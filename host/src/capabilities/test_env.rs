@@ -63,6 +63,7 @@ impl TestEnv {
             instance_id: "test-host/orders".into(),
             outbound: Arc::new(outbound),
             health: Default::default(),
+            log_budget: Default::default(),
         });
         Self {
             ctx: PlatformCtx {

@@ -43,6 +43,7 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         instance_id: "bench/bench".into(),
         outbound: Default::default(),
         health: Default::default(),
+        log_budget: Default::default(),
     });
     let invocation = Invocation {
         service,

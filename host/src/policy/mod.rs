@@ -4,6 +4,7 @@
 pub mod balancer;
 pub mod breaker;
 pub mod error_rate;
+pub mod rate;
 pub mod retry;
 
 /// Whether an answered status counts as a failure of the service that gave it: for

@@ -29,9 +29,15 @@ pub enum GuestFailure {
     /// No instance could be created (e.g. the instance pool is exhausted).
     #[error("could not start an instance: {0}")]
     Instantiate(String),
-    /// The guest trapped (including Rust panics, which abort as a trap).
-    #[error("the service trapped: {0}")]
-    Trap(String),
+    /// The guest trapped (including Rust panics, which abort as a trap). `stderr` is
+    /// the end of what it wrote to standard error (a panic's message), for the log.
+    #[error("the service trapped: {reason}{}", stderr_suffix(.stderr))]
+    Trap {
+        /// The trap.
+        reason: String,
+        /// The guest's last standard-error lines, if any.
+        stderr: Option<String>,
+    },
     /// The guest tried to grow its memory past its limit.
     #[error("the service exceeded its memory limit of {0} MiB")]
     MemoryLimit(usize),
@@ -65,7 +71,7 @@ impl GuestFailure {
             }
             GuestFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             GuestFailure::ErrorCode(_) => StatusCode::BAD_GATEWAY,
-            GuestFailure::Trap(_)
+            GuestFailure::Trap { .. }
             | GuestFailure::MemoryLimit(_)
             | GuestFailure::StackOverflow
             | GuestFailure::NoResponse
@@ -77,7 +83,7 @@ impl GuestFailure {
     pub fn kind(&self) -> &'static str {
         match self {
             GuestFailure::Instantiate(_) => "instantiate",
-            GuestFailure::Trap(_) => "trap",
+            GuestFailure::Trap { .. } => "trap",
             GuestFailure::MemoryLimit(_) => "memory",
             GuestFailure::HostMemory => "host-memory",
             GuestFailure::StackOverflow => "stack",
@@ -88,13 +94,32 @@ impl GuestFailure {
         }
     }
 
-    /// What a client is told: the fault without the host's internal details (those
-    /// go to the log).
+    /// What a client is told: the fault without the host's internal details and
+    /// without the guest's output (those go to the log).
     pub fn public_message(&self) -> String {
         match self {
             GuestFailure::Instantiate(_) => "could not start an instance".into(),
             GuestFailure::Host(_) => "the host failed while serving the request".into(),
+            GuestFailure::Trap { reason, .. } => format!("the service trapped: {reason}"),
             other => other.to_string(),
+        }
+    }
+
+    fn trap(reason: String) -> Self {
+        GuestFailure::Trap {
+            reason,
+            stderr: None,
+        }
+    }
+
+    /// Attach what the guest last wrote to standard error to a trap.
+    fn with_stderr(self, tail: String) -> Self {
+        match self {
+            GuestFailure::Trap { reason, .. } if !tail.is_empty() => GuestFailure::Trap {
+                reason,
+                stderr: Some(tail),
+            },
+            other => other,
         }
     }
 
@@ -102,6 +127,13 @@ impl GuestFailure {
     /// of its callers) rather than the host.
     pub fn is_guest_fault(&self) -> bool {
         !matches!(self, GuestFailure::Host(_) | GuestFailure::HostMemory)
+    }
+}
+
+fn stderr_suffix(stderr: &Option<String>) -> String {
+    match stderr {
+        Some(tail) => format!("; its last standard error: {tail}"),
+        None => String::new(),
     }
 }
 
@@ -287,6 +319,10 @@ async fn run_guest(
         Ok(result) => result,
         Err(_) => Err(GuestFailure::Deadline(budget)),
     };
+    let output = &store.data().output;
+    output.stdout.finish();
+    output.stderr.finish();
+    let result = result.map_err(|failure| failure.with_stderr(output.stderr.tail()));
     // Only an instance that finished cleanly may serve again.
     let result = result.map(|(proxy, uses)| {
         if let Some(pool) = &pool {
@@ -418,7 +454,7 @@ fn classify(error: wasmtime::Error, timeout: Duration, memory_limit: usize) -> G
         if *trap == wasmtime::Trap::StackOverflow {
             return GuestFailure::StackOverflow;
         }
-        return GuestFailure::Trap(trap.to_string());
+        return GuestFailure::trap(trap.to_string());
     }
     if error.downcast_ref::<InstanceMemoryExceeded>().is_some() {
         return GuestFailure::MemoryLimit(memory_limit / (1024 * 1024));
@@ -427,5 +463,5 @@ fn classify(error: wasmtime::Error, timeout: Duration, memory_limit: usize) -> G
         return GuestFailure::HostMemory;
     }
     // The root cause without the (long) wasm backtrace context.
-    GuestFailure::Trap(error.root_cause().to_string())
+    GuestFailure::trap(error.root_cause().to_string())
 }

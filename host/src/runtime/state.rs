@@ -9,6 +9,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::limits::{GuestLimiter, MemoryBudget};
 use crate::caller::outbound::OutboundHooks;
+use crate::capabilities::log::Source;
+use crate::capabilities::output::GuestOutput;
 use crate::capabilities::{PlatformCtx, PlatformCtxView, PlatformView};
 
 /// What bounds one instance of a service.
@@ -22,9 +24,18 @@ pub struct InstanceLimits {
     pub budget: Arc<MemoryBudget>,
 }
 
+/// The host's ends of an instance's standard output and error.
+pub struct Output {
+    /// Standard output.
+    pub stdout: GuestOutput,
+    /// Standard error.
+    pub stderr: GuestOutput,
+}
+
 /// Store data for one request.
 pub struct GuestState {
     pub(crate) platform: PlatformCtx,
+    pub(crate) output: Output,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
@@ -36,13 +47,30 @@ impl GuestState {
     /// Fresh state for the request `platform` describes, within `limits`.
     pub fn new(platform: PlatformCtx, limits: InstanceLimits) -> Self {
         // No preopened directories, no environment, no network sockets: a service gets
-        // only what Shoal's interfaces grant.
-        let wasi = WasiCtx::builder().allow_ip_name_lookup(false).build();
+        // only what Shoal's interfaces grant. Its output goes to the host log.
+        let output_of = |source| {
+            GuestOutput::new(
+                source,
+                platform.service.clone(),
+                platform.platform.clone(),
+                platform.request_id.clone(),
+            )
+        };
+        let output = Output {
+            stdout: output_of(Source::Stdout),
+            stderr: output_of(Source::Stderr),
+        };
+        let wasi = WasiCtx::builder()
+            .allow_ip_name_lookup(false)
+            .stdout(output.stdout.handle())
+            .stderr(output.stderr.handle())
+            .build();
         let store_limits =
             GuestLimiter::new(limits.memory_bytes, limits.table_elements, limits.budget);
         let hooks = OutboundHooks::new(platform.platform.caller.clone(), platform.call_context());
         Self {
             platform,
+            output,
             wasi,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
@@ -53,6 +81,8 @@ impl GuestState {
 
     /// Make a reused instance's state serve the request `next` describes.
     pub(crate) fn prepare(&mut self, next: PlatformCtx) {
+        self.output.stdout.next_request(next.request_id.clone());
+        self.output.stderr.next_request(next.request_id.clone());
         self.hooks = OutboundHooks::new(next.platform.caller.clone(), next.call_context());
         self.platform = next;
     }

@@ -532,6 +532,7 @@ impl Services {
             instance_id: self.platform.local_instance_id(&record.name),
             outbound: Arc::new(record.manifest.outbound.clone()),
             health: Mutex::new(Default::default()),
+            log_budget: Default::default(),
         });
         Ok(Deployment {
             record,

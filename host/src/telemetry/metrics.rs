@@ -5,8 +5,8 @@
 use parking_lot::Mutex;
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use std::collections::{BTreeMap, HashSet};
 use thiserror::Error;
@@ -42,6 +42,10 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// `shoal_in_flight_requests{service}`
     pub in_flight: IntGaugeVec,
+    /// `shoal_guest_log_lines_dropped_total{service}`: over the service's log budget.
+    pub guest_log_dropped: IntCounterVec,
+    /// `shoal_log_lines_dropped_total`: lines the host's log writer could not keep up with.
+    pub log_lines_dropped: IntCounter,
     /// `shoal_memory_reserved_bytes`: linear memory live instances hold.
     pub memory_reserved: IntGauge,
     /// `shoal_memory_budget_bytes`: what they may hold together.
@@ -165,6 +169,17 @@ impl Metrics {
                 ),
                 &["service"],
             )?,
+            guest_log_dropped: IntCounterVec::new(
+                Opts::new(
+                    "shoal_guest_log_lines_dropped_total",
+                    "Guest log lines (log import, stdout, stderr) dropped over the service's log budget.",
+                ),
+                &["service"],
+            )?,
+            log_lines_dropped: IntCounter::new(
+                "shoal_log_lines_dropped_total",
+                "Host log lines dropped because the log's writer (stderr) could not keep up.",
+            )?,
             memory_reserved: IntGauge::new(
                 "shoal_memory_reserved_bytes",
                 "Linear memory held by live instances, host-wide.",
@@ -214,6 +229,8 @@ impl Metrics {
             Box::new(metrics.in_flight.clone()),
             Box::new(metrics.queued.clone()),
             Box::new(metrics.memory_reserved.clone()),
+            Box::new(metrics.guest_log_dropped.clone()),
+            Box::new(metrics.log_lines_dropped.clone()),
             Box::new(metrics.memory_budget.clone()),
             Box::new(metrics.instantiation.clone()),
             Box::new(metrics.compile.clone()),

@@ -5,7 +5,9 @@
 //! - [`traces`]: the tracer (OTLP over HTTP when `OTEL_EXPORTER_OTLP_*` is set) and
 //!   the `traceparent` helpers.
 //! - [`scope`]: the spans open during one request.
+//! - [`logs`]: the host's own log, written without blocking.
 
+pub mod logs;
 pub mod metrics;
 pub mod scope;
 pub mod traces;
