@@ -1,5 +1,5 @@
 //! Metrics of the service's own, exported by the host on `/metrics` as
-//! `shoal_guest_<service>_<name>` (the host adds the `service` label itself).
+//! `shoal_guest_<service>:<name>` (the host adds the `service` label itself).
 //!
 //! ```no_run
 //! shoal_sdk::metrics::counter_add("orders_total", &[("status", "ok")], 1.0).ok();

@@ -454,3 +454,56 @@ fn a_stalled_log_reader_never_stalls_the_host() {
         "{metrics}"
     );
 }
+
+/// Resident memory of a process now, from `/proc/PID/status` (Linux), in MiB.
+fn rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .expect("VmRSS")
+        / 1024
+}
+
+#[test]
+fn calls_to_ten_thousand_made_up_names_leave_metrics_and_memory_bounded() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("a", &guest("caller")).status, 201);
+    assert_eq!(host.get("/a/call?service=warmup0").status, 200);
+    let metrics_before = host.admin("GET", "/metrics").body.len();
+    let rss_before = rss_mb(host.pid());
+    let gateway = host.gateway.clone();
+    let callers: Vec<_> = (0..4)
+        .map(|worker| {
+            let gateway = gateway.clone();
+            std::thread::spawn(move || {
+                let agent = shoal_tests::agent();
+                for i in 0..2500 {
+                    let url = format!("{gateway}/a/call?service=made-up-{worker}-{i}");
+                    let mut response = agent.get(&url).call().expect("call");
+                    let body = response.body_mut().read_to_string().unwrap_or_default();
+                    assert!(body.contains("no-instances"), "{body}");
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.join().expect("caller");
+    }
+    let metrics = host.admin("GET", "/metrics").body;
+    assert!(
+        metrics.len() < metrics_before + 16 * 1024,
+        "/metrics grew from {metrics_before} to {} bytes",
+        metrics.len()
+    );
+    assert!(metrics.contains("target=\"(unregistered)\""), "{metrics}");
+    assert!(
+        !metrics.contains("made-up-"),
+        "a made-up name became a label"
+    );
+    let growth = rss_mb(host.pid()).saturating_sub(rss_before);
+    assert!(growth < 64, "host RSS grew by {growth} MiB");
+}

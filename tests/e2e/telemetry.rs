@@ -49,7 +49,7 @@ fn prometheus_scrapes_request_error_and_guest_metrics() {
         ),
         ("shoal_errors_total{service=\"f\",kind=\"trap\"}", 3.0),
         (
-            "shoal_guest_a_orders_total{service=\"a\",status=\"ok\"}",
+            "shoal_guest_a:orders_total{service=\"a\",status=\"ok\"}",
             10.0,
         ),
         (
@@ -136,12 +136,12 @@ fn bad_guest_metrics_get_clear_errors_and_stay_bounded() {
     }
     assert_eq!(refused, 5);
     let text = metrics_text(&host);
-    assert_eq!(text.matches("shoal_guest_a_per_user{").count(), 1000);
+    assert_eq!(text.matches("shoal_guest_a:per_user{").count(), 1000);
     // Removing the service drops its series.
     assert_eq!(host.admin("DELETE", "/v1/services/a").status, 204);
     let text = metrics_text(&host);
     assert!(
-        !text.contains("shoal_guest_a_"),
+        !text.contains("shoal_guest_a:"),
         "series of a removed service remain"
     );
 }

@@ -211,6 +211,12 @@ type TargetKey = (Arc<str>, String);
 /// caller with different policies (during a redeploy) do not reset each other.
 const POLICIES_PER_TARGET: usize = 4;
 
+/// The `target` label of calls to names nobody registered.
+pub const UNREGISTERED: &str = "(unregistered)";
+
+/// (caller, target) pairs with caller state kept at most; beyond, idle ones are pruned.
+const MAX_TARGET_STATES: usize = 4096;
+
 /// The caller shared by every service on the host.
 pub struct Caller {
     registry: Arc<dyn Registry>,
@@ -253,6 +259,13 @@ impl Caller {
 
     fn target(&self, caller: &Arc<str>, target: &str, policy: TargetPolicy) -> Arc<TargetState> {
         let mut targets = self.targets.lock();
+        if targets.len() >= MAX_TARGET_STATES
+            && !targets.contains_key(&(caller.clone(), target.to_owned()))
+        {
+            // Forget pairs whose state nobody holds (no call in flight): they start
+            // afresh if used again.
+            targets.retain(|_, states| states.iter().any(|state| Arc::strong_count(state) > 1));
+        }
         let states = targets
             .entry((caller.clone(), target.to_owned()))
             .or_default();
@@ -308,6 +321,25 @@ impl Caller {
     ) -> Result<Response<Body>, CallError> {
         let telemetry = &self.telemetry;
         let started = Instant::now();
+        // Only registered targets get caller state and their own metric label: any
+        // number of names a guest makes up costs one bounded label and nothing else.
+        let discovered = match discovered {
+            Some(instances) => Some(instances),
+            None => match self.registry.instances(target).await {
+                Ok(instances) if instances.is_empty() => None,
+                Ok(instances) => Some(instances),
+                Err(error) => {
+                    let failure = CallError::Unreachable(error.to_string());
+                    self.record(cx, UNREGISTERED, started, failure.kind());
+                    return Err(failure);
+                }
+            },
+        };
+        let Some(discovered) = discovered else {
+            let failure = CallError::NoInstances(target.to_owned());
+            self.record(cx, UNREGISTERED, started, failure.kind());
+            return Err(failure);
+        };
         let span = telemetry
             .tracing
             .start_with(SpanKind::Client, &cx.trace.current(), || {
@@ -323,33 +355,27 @@ impl Caller {
                 )
             });
         let result = self
-            .call_within(cx, target, request, options, discovered, &span)
+            .call_within(cx, target, request, options, Some(discovered), &span)
             .await;
         let outcome = match &result {
             Ok(response) if is_failure_status(response.status().as_u16()) => "server-error",
             Ok(_) => "ok",
             Err(error) => error.kind(),
         };
-        if telemetry.metrics.enabled() {
-            let labels = [&*cx.caller, target, outcome];
-            telemetry.metrics.calls.with_label_values(&labels).inc();
+        self.record(cx, target, started, outcome);
+        if telemetry.metrics.enabled()
+            && let Some(state) = self.breaker_state(&cx.caller, target)
+        {
+            let value = match state {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            };
             telemetry
                 .metrics
-                .call_duration
-                .with_label_values(&labels)
-                .observe(started.elapsed().as_secs_f64());
-            if let Some(state) = self.breaker_state(&cx.caller, target) {
-                let value = match state {
-                    BreakerState::Closed => 0,
-                    BreakerState::HalfOpen => 1,
-                    BreakerState::Open => 2,
-                };
-                telemetry
-                    .metrics
-                    .breaker_state
-                    .with_label_values(&[&*cx.caller, target])
-                    .set(value);
-            }
+                .breaker_state
+                .with_label_values(&[&*cx.caller, target])
+                .set(value);
         }
         let span_ref = span.span();
         span_ref.set_attribute(KeyValue::new("shoal.outcome", outcome));
@@ -364,6 +390,19 @@ impl Caller {
         }
         span_ref.end();
         result
+    }
+
+    /// Count one call and its duration under `target` (or [`UNREGISTERED`]).
+    fn record(&self, cx: &CallContext, target: &str, started: Instant, outcome: &str) {
+        let metrics = &self.telemetry.metrics;
+        if metrics.enabled() {
+            let labels = [&*cx.caller, target, outcome];
+            metrics.calls.with_label_values(&labels).inc();
+            metrics
+                .call_duration
+                .with_label_values(&labels)
+                .observe(started.elapsed().as_secs_f64());
+        }
     }
 
     async fn call_within(

@@ -143,7 +143,7 @@ impl Services {
         self.failed.lock().remove(name);
         if let Some(removed) = self.table.remove(name) {
             retire_entry(&removed, None);
-            self.platform.telemetry.metrics.forget_guest(name);
+            self.platform.telemetry.metrics.forget_service(name);
             let _ = self
                 .platform
                 .registry
@@ -414,6 +414,24 @@ impl Services {
         let previous = self.table.insert(entry.clone());
         if let Some(previous) = previous {
             retire_entry(&previous, Some(&entry));
+            // Only live versions keep their request series.
+            let live = |version: &str| {
+                entry.stable.record.version == version
+                    || entry
+                        .canary
+                        .as_ref()
+                        .is_some_and(|canary| canary.deployment.record.version == version)
+            };
+            let old_versions = std::iter::once(&previous.stable)
+                .chain(previous.canary.as_ref().map(|canary| &canary.deployment));
+            for old in old_versions {
+                if !live(&old.record.version) {
+                    self.platform
+                        .telemetry
+                        .metrics
+                        .forget_version(&old.record.name, &old.record.version);
+                }
+            }
         }
         if entry.stable.health_task.lock().is_none() {
             self.start_health_checks(&entry.stable);

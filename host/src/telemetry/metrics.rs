@@ -15,6 +15,9 @@ use thiserror::Error;
 pub const MAX_GUEST_METRICS: usize = 100;
 /// Label sets one guest metric may have.
 pub const MAX_GUEST_SERIES: usize = 1_000;
+/// Guest series all services together may have: the exposition's size stays bounded
+/// however many services define metrics.
+pub const MAX_GUEST_SERIES_HOST: usize = 50_000;
 /// Labels one guest metric may have.
 const MAX_GUEST_LABELS: usize = 10;
 
@@ -59,6 +62,8 @@ pub struct Metrics {
     /// `shoal_deploys_total{outcome}`
     pub deploys: IntCounterVec,
     guests: Mutex<BTreeMap<(String, String), GuestFamily>>,
+    /// Series of every guest family together.
+    guest_series_total: std::sync::atomic::AtomicUsize,
 }
 
 /// Why a guest metric operation was refused.
@@ -217,6 +222,7 @@ impl Metrics {
                 &["outcome"],
             )?,
             guests: Mutex::new(BTreeMap::new()),
+            guest_series_total: std::sync::atomic::AtomicUsize::new(0),
             registry,
         };
         for collector in [
@@ -248,9 +254,11 @@ impl Metrics {
 
     /// Everything, in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
+        let mut buffer = Vec::with_capacity(64 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
-        String::from_utf8_lossy(&buffer).into_owned()
+        // The encoder writes UTF-8; take the buffer as it is instead of copying it.
+        String::from_utf8(buffer)
+            .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
     }
 
     /// Record a guest metric operation for `service`.
@@ -284,6 +292,9 @@ impl Metrics {
 
         let mut guests = self.guests.lock();
         let key = (service.to_owned(), name.to_owned());
+        let total = self
+            .guest_series_total
+            .load(std::sync::atomic::Ordering::Relaxed);
         if !guests.contains_key(&key) {
             let count = guests.keys().filter(|(s, _)| s == service).count();
             if count >= MAX_GUEST_METRICS {
@@ -308,10 +319,12 @@ impl Metrics {
             )));
         }
         if !family.series.contains(&label_values) {
-            if family.series.len() >= MAX_GUEST_SERIES {
+            if family.series.len() >= MAX_GUEST_SERIES || total >= MAX_GUEST_SERIES_HOST {
                 return Err(GuestMetricError::TooManySeries);
             }
             family.series.insert(label_values.clone());
+            self.guest_series_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let values: Vec<&str> = label_values.iter().map(String::as_str).collect();
         match &family.collector {
@@ -329,7 +342,9 @@ impl Metrics {
         kind: GuestKind,
         label_names: &[String],
     ) -> Result<GuestFamily, GuestMetricError> {
-        let full = format!("shoal_guest_{}_{}", service.replace('-', "_"), name);
+        // `:` cannot occur in a service or a metric name, so no two (service, name)
+        // pairs share a family name (`a-b`/`c` and `a`/`b_c` stay apart).
+        let full = format!("shoal_guest_{}:{}", service.replace('-', "_"), name);
         let help = format!("Defined by service {service}.");
         let names: Vec<&str> = label_names.iter().map(String::as_str).collect();
         let invalid = |error: prometheus::Error| GuestMetricError::InvalidName(error.to_string());
@@ -377,11 +392,47 @@ impl Metrics {
             .collect();
         for key in keys {
             if let Some(family) = guests.remove(&key) {
+                self.guest_series_total
+                    .fetch_sub(family.series.len(), std::sync::atomic::Ordering::Relaxed);
                 let _ = self
                     .registry
                     .unregister(family_collector(&family.collector));
             }
         }
+    }
+
+    /// Drop every host series that names `service` (as the service, the caller or the
+    /// target), when the service is removed.
+    pub fn forget_service(&self, service: &str) {
+        let is = |labels: &[(String, String)], name: &str| {
+            labels
+                .iter()
+                .any(|(key, value)| key == name && value == service)
+        };
+        remove_series(&self.requests, |l| is(l, "service"));
+        remove_series(&self.request_duration, |l| is(l, "service"));
+        remove_series(&self.errors, |l| is(l, "service"));
+        remove_series(&self.in_flight, |l| is(l, "service"));
+        remove_series(&self.queued, |l| is(l, "service"));
+        remove_series(&self.instantiation, |l| is(l, "service"));
+        remove_series(&self.compile, |l| is(l, "service"));
+        remove_series(&self.guest_log_dropped, |l| is(l, "service"));
+        remove_series(&self.calls, |l| is(l, "caller") || is(l, "target"));
+        remove_series(&self.call_duration, |l| is(l, "caller") || is(l, "target"));
+        remove_series(&self.breaker_state, |l| is(l, "caller") || is(l, "target"));
+        self.forget_guest(service);
+    }
+
+    /// Drop the request series of `version` of `service`, once no traffic can reach
+    /// it (replaced, rolled back, or a dropped canary).
+    pub fn forget_version(&self, service: &str, version: &str) {
+        let matches = |labels: &[(String, String)]| {
+            let has =
+                |name: &str, value: &str| labels.iter().any(|(key, v)| key == name && v == value);
+            has("service", service) && has("version", version)
+        };
+        remove_series(&self.requests, matches);
+        remove_series(&self.request_duration, matches);
     }
 
     /// Number of `service`'s series (for the admin view and tests).
@@ -395,6 +446,39 @@ impl Metrics {
     }
 }
 
+/// Remove every series of `vec` whose labels `doomed` picks.
+fn remove_series<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    doomed: impl Fn(&[(String, String)]) -> bool,
+) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: Vec<(String, String)> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name().to_owned(), pair.value().to_owned()))
+                .collect();
+            if doomed(&labels) {
+                let descs = vec.desc();
+                let Some(desc) = descs.first() else {
+                    continue;
+                };
+                let values: Vec<&str> = desc
+                    .variable_labels
+                    .iter()
+                    .filter_map(|name| {
+                        labels
+                            .iter()
+                            .find(|(key, _)| key == name)
+                            .map(|(_, value)| value.as_str())
+                    })
+                    .collect();
+                let _ = vec.remove_label_values(&values);
+            }
+        }
+    }
+}
+
 fn validate_name(name: &str) -> Result<(), GuestMetricError> {
     let mut chars = name.chars();
     let first_ok = chars
@@ -404,6 +488,16 @@ fn validate_name(name: &str) -> Result<(), GuestMetricError> {
     if !first_ok || !rest_ok || name.len() > 100 || name.starts_with("__") {
         return Err(GuestMetricError::InvalidName(format!(
             "`{name}`: use 1 to 100 letters, digits and `_`, not starting with a digit or `__`"
+        )));
+    }
+    // A histogram `x` writes `x_bucket`, `x_sum` and `x_count`; a metric of its own
+    // with one of those names would clash with it in the exposition.
+    if let Some(suffix) = ["_bucket", "_sum", "_count"]
+        .into_iter()
+        .find(|suffix| name.ends_with(suffix))
+    {
+        return Err(GuestMetricError::InvalidName(format!(
+            "`{name}`: names ending in `{suffix}` are reserved for histograms"
         )));
     }
     Ok(())
@@ -473,6 +567,59 @@ mod tests {
     }
 
     #[test]
+    fn names_of_different_services_never_collide() {
+        let metrics = Metrics::new(true).expect("metrics");
+        metrics
+            .guest_record("a-b", GuestKind::Counter, "c", &[], 1.0)
+            .expect("a-b/c");
+        metrics
+            .guest_record("a", GuestKind::Counter, "b_c", &[], 2.0)
+            .expect("a/b_c is another metric");
+        let text = metrics.render();
+        assert!(
+            text.contains("shoal_guest_a_b:c{service=\"a-b\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shoal_guest_a:b_c{service=\"a\"} 2"),
+            "{text}"
+        );
+        for reserved in ["x_count", "x_sum", "x_bucket"] {
+            assert!(
+                metrics
+                    .guest_record("a", GuestKind::Counter, reserved, &[], 1.0)
+                    .is_err(),
+                "{reserved}"
+            );
+        }
+    }
+
+    #[test]
+    fn removing_a_service_removes_its_host_series() {
+        let metrics = Metrics::new(true).expect("metrics");
+        for service in ["gone", "kept"] {
+            metrics
+                .requests
+                .with_label_values(&[service, "1", "GET", "2xx"])
+                .inc();
+            metrics
+                .calls
+                .with_label_values(&["kept", service, "ok"])
+                .inc();
+        }
+        metrics
+            .requests
+            .with_label_values(&["kept", "0", "GET", "2xx"])
+            .inc();
+        metrics.forget_service("gone");
+        metrics.forget_version("kept", "0");
+        let text = metrics.render();
+        assert!(!text.contains("\"gone\""), "{text}");
+        assert!(text.contains("service=\"kept\""), "{text}");
+        assert!(!text.contains("version=\"0\""), "{text}");
+    }
+
+    #[test]
     fn guest_metrics_are_namespaced_and_rendered() {
         let metrics = Metrics::new(true).expect("metrics");
         metrics
@@ -505,12 +652,12 @@ mod tests {
         let text = metrics.render();
         assert!(
             text.contains(
-                "shoal_guest_order_svc_orders_total{service=\"order-svc\",status=\"ok\"} 3"
+                "shoal_guest_order_svc:orders_total{service=\"order-svc\",status=\"ok\"} 3"
             ),
             "{text}"
         );
         assert!(
-            text.contains("shoal_guest_other_orders_total{region=\"eu\",service=\"other\"} 7"),
+            text.contains("shoal_guest_other:orders_total{region=\"eu\",service=\"other\"} 7"),
             "{text}"
         );
     }
@@ -595,7 +742,7 @@ mod tests {
         );
         metrics.forget_guest("s");
         assert_eq!(metrics.guest_series("s"), 0);
-        assert!(!metrics.render().contains("shoal_guest_s_hits"));
+        assert!(!metrics.render().contains("shoal_guest_s:hits"));
     }
 
     #[test]
