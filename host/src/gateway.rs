@@ -83,6 +83,15 @@ pub async fn route(
     let request_id = protocol::request_id(request.headers());
     let path = request.uri().path();
     let Some((entry, prefix_len)) = services.table().resolve(path) else {
+        if !services.is_ready() {
+            // It may be a service that is still being restored.
+            let message = "the host is restoring its services; retry shortly\n".to_owned();
+            let mut response = refuse(StatusCode::SERVICE_UNAVAILABLE, message, &request_id);
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
         let message = format!("no service is routed at `{path}`\n");
         return refuse(StatusCode::NOT_FOUND, message, &request_id);
     };

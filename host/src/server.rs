@@ -63,8 +63,9 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     serve(host, wait_for_signal()).await
 }
 
-/// Open the data directory, build the runtime and the platform, restore what was
-/// deployed, and bind both listeners.
+/// Open the data directory, build the runtime and the platform, and bind both
+/// listeners. What was deployed is restored once serving starts ([`serve`]), so the
+/// listeners answer (`/healthz`, `/readyz` 503) while it loads.
 pub async fn build(config: ServeConfig) -> Result<Host> {
     if config.default_memory_mb == 0 || config.default_memory_mb > config.max_memory_mb {
         anyhow::bail!(
@@ -116,8 +117,6 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         HealthChecker::new(registry.clone()),
         storage.root().join("external"),
     )?);
-    let restored = services.restore().await?;
-    let restored_external = external.restore().await?;
     tokio::spawn(heartbeat(
         Arc::downgrade(&services),
         Arc::downgrade(&external),
@@ -133,10 +132,8 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
     tracing::info!(
         gateway_addr = %gateway_listener.local_addr()?,
         admin_addr = %admin_listener.local_addr()?,
-        restored,
-        restored_external,
         data_dir = %storage.root().display(),
-        "shoal is up"
+        "shoal is listening; restoring services"
     );
     let admin = admin::router(AdminState {
         services: services.clone(),
@@ -183,7 +180,7 @@ fn admin_token(config: &ServeConfig, storage: &Storage) -> Result<String> {
 pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Result<()> {
     let Host {
         services,
-        external: _external,
+        external,
         telemetry,
         admin,
         gateway_listener,
@@ -215,7 +212,9 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         drain,
     ));
 
+    let restoring = tokio::spawn(restore(services.clone(), external.clone()));
     shutdown.await?;
+    restoring.abort();
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     let _ = stop_tx.send(true);
     let _ = gateway.await;
@@ -225,6 +224,33 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
     telemetry.tracing.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Restore deployed and external services, then mark the host ready. A service that
+/// cannot be restored stays listed as failed; the host is ready all the same.
+async fn restore(services: Arc<Services>, external: Arc<ExternalServices>) {
+    let started = std::time::Instant::now();
+    let restored = match services.restore().await {
+        Ok(restored) => restored,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "cannot read the services to restore");
+            0
+        }
+    };
+    let restored_external = match external.restore().await {
+        Ok(restored) => restored,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "cannot read the external services");
+            0
+        }
+    };
+    services.mark_ready();
+    tracing::info!(
+        restored,
+        restored_external,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shoal is ready"
+    );
 }
 
 /// Keep every registration's lease alive while the host runs.

@@ -167,6 +167,11 @@ impl Storage {
         Ok((records, broken))
     }
 
+    /// The directory of stored components.
+    pub fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
     fn blob_path(&self, digest: &str) -> PathBuf {
         self.root.join("blobs").join(format!("{digest}.wasm"))
     }

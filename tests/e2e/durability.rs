@@ -215,3 +215,53 @@ fn deployed_and_external_services_never_share_a_name() {
     );
     assert_eq!(clash.status, 409, "{}", clash.body);
 }
+
+#[test]
+fn restore_collects_components_and_compiled_code_no_version_refers_to() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("kept", &guest("hello")).status, 201);
+    assert_eq!(host.deploy("gone", &guest("faulty")).status, 201);
+    assert_eq!(host.admin("DELETE", "/v1/services/gone").status, 204);
+    host.crash();
+    let data = root.path().join("data");
+    let stale = data.join("cache").join("0000000000000000");
+    std::fs::create_dir_all(&stale).expect("stale cache");
+    std::fs::write(stale.join("x.cwasm"), b"old").expect("stale entry");
+    let files = |dir: &std::path::Path, ext: &str| -> usize {
+        walk(dir)
+            .iter()
+            .filter(|path| path.extension().is_some_and(|e| e == ext))
+            .count()
+    };
+    assert_eq!(files(&data.join("blobs"), "wasm"), 2);
+
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.get("/kept/").status, 200);
+    assert_eq!(
+        files(&data.join("blobs"), "wasm"),
+        1,
+        "the removed service's blob is gone"
+    );
+    assert_eq!(
+        files(&data.join("cache"), "cwasm"),
+        1,
+        "only kept's compiled code is left"
+    );
+    assert!(!stale.exists(), "another engine's cache is removed");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}

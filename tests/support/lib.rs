@@ -222,6 +222,23 @@ impl Host {
         }
         // Keep draining stdout so the host never blocks on a full pipe.
         std::thread::spawn(move || while rx.recv().is_ok() {});
+        // Serving starts before the restore; tests start once the host is ready.
+        let admin_url = admin.clone().expect("admin");
+        let ready_agent = agent();
+        while ready_agent
+            .get(format!("{admin_url}/readyz"))
+            .call()
+            .map(|response| response.status().as_u16())
+            .unwrap_or(0)
+            != 200
+        {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                panic!("host never became ready; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Host {
             child: Some(child),
             gateway: gateway.expect("gateway"),

@@ -4,6 +4,7 @@
 //! |--------|-----------------------|----------------------------------------------|
 //! | GET    | `/healthz`            | liveness (no token needed)                   |
 //! | GET    | `/metrics`            | Prometheus text format (no token needed)     |
+//! | GET    | `/readyz`             | 200 once every persisted service is restored, 503 before (no token) |
 //! | GET    | `/v1/services`        | every service                                |
 //! | GET    | `/v1/services/{name}` | one service                                  |
 //! | PUT    | `/v1/services/{name}` | deploy: `application/wasm` body, or multipart with `component` and `manifest` parts |
@@ -18,7 +19,8 @@
 //! | GET / DELETE | `/v1/external/{name}` | show / remove one                      |
 //! | GET    | `/v1/discovery/{name}`| every registered instance of a service, with health |
 //!
-//! Every `/v1` call needs `Authorization: Bearer <token>`.
+//! Every `/v1` call needs `Authorization: Bearer <token>`. Until the host is ready,
+//! calls that change something answer 503 with `Retry-After`.
 
 mod auth;
 mod error;
@@ -86,6 +88,41 @@ async fn metrics(
     )
 }
 
+/// `GET /readyz`: 200 once every persisted service has been restored, 503 before.
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AdminState>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if state.services.is_ready() {
+        "ready\n".into_response()
+    } else {
+        restoring()
+    }
+}
+
+fn restoring() -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        "restoring services\n",
+    )
+        .into_response()
+}
+
+/// Changes (anything but `GET`) wait for the restore to finish: a deploy must not
+/// race the restore of the same service.
+async fn changes_wait_for_restore(
+    axum::extract::State(state): axum::extract::State<AdminState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.method() != axum::http::Method::GET && !state.services.is_ready() {
+        return restoring();
+    }
+    next.run(request).await
+}
+
 /// The admin router. `state.max_upload_bytes` bounds a deploy's body (413 beyond it).
 pub fn router(state: AdminState) -> Router {
     let max_upload_bytes = state.max_upload_bytes;
@@ -115,10 +152,15 @@ pub fn router(state: AdminState) -> Router {
         .layer(DefaultBodyLimit::max(max_upload_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            changes_wait_for_restore,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             auth::require_token,
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/v1", v1)
         .fallback(error::not_found)

@@ -31,6 +31,10 @@ struct Admin {
 }
 
 fn admin() -> Admin {
+    admin_with(true)
+}
+
+fn admin_with(restored: bool) -> Admin {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = Storage::open(dir.path()).expect("storage");
     let runtime = Runtime::new(&RuntimeOptions {
@@ -64,6 +68,9 @@ fn admin() -> Admin {
         },
         platform,
     );
+    if restored {
+        services.mark_ready();
+    }
     let external = Arc::new(
         ExternalServices::new(
             registry.clone(),
@@ -114,6 +121,30 @@ async fn liveness_and_metrics_need_no_token() {
         let (status, _) = admin.oneshot(request).await;
         assert_eq!(status, StatusCode::OK, "{path}");
     }
+}
+
+#[tokio::test]
+async fn readiness_follows_the_restore() {
+    let admin = admin();
+    let request = Request::get("/readyz")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(admin.oneshot(request).await.0, StatusCode::OK);
+
+    let restoring = admin_with(false);
+    let request = Request::get("/readyz")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(
+        restoring.oneshot(request).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Reads answer; changes wait for the restore.
+    let (status, _) = restoring.send("GET", "/v1/services", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    let spec = r#"{"endpoints": ["127.0.0.1:9"]}"#;
+    let (status, _) = restoring.send("PUT", "/v1/external/db", spec).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test]

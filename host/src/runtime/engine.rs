@@ -87,9 +87,11 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("linking shoal:platform")?;
 
-        let cache_dir = options.cache_dir.join(engine_fingerprint(&engine));
+        let fingerprint = engine_fingerprint(&engine);
+        let cache_dir = options.cache_dir.join(&fingerprint);
         std::fs::create_dir_all(&cache_dir)
             .with_context(|| format!("creating the compile cache {}", cache_dir.display()))?;
+        remove_stale_caches(&options.cache_dir, &fingerprint);
 
         start_epoch_ticker(&engine);
         Ok(Self {
@@ -101,14 +103,63 @@ impl Runtime {
     }
 }
 
-/// A short name for "code compiled by this engine": compiled artefacts of another
-/// wasmtime version or configuration land in another directory and are never loaded.
+/// A short name for "code compiled by this engine": wasmtime's own compatibility hash
+/// (its version and every setting that changes compiled code). Artefacts of another
+/// engine land in another directory and are never loaded; upgrading Shoal without
+/// changing wasmtime or these settings recompiles nothing.
 fn engine_fingerprint(engine: &Engine) -> String {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let mut hasher = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    env!("CARGO_PKG_VERSION").hash(&mut hasher);
     format!("{:016x}", hasher.finish())
+}
+
+/// Remove the compile caches of other engines: nothing will load them again.
+fn remove_stale_caches(root: &std::path::Path, current: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() && entry.file_name() != current {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "removed a stale compile cache"),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove a stale compile cache")
+                }
+            }
+        }
+    }
+}
+
+impl Runtime {
+    /// Remove cached compiled code of components not in `keep` (digests).
+    pub fn collect_cache(&self, keep: &std::collections::HashSet<String>) -> usize {
+        collect_files(&self.cache_dir, "cwasm", keep)
+    }
+}
+
+/// Remove `*.{extension}` files in `dir` whose stem is not in `keep`, and leftover
+/// temporary files; returns how many were removed.
+pub fn collect_files(
+    dir: &std::path::Path,
+    extension: &str,
+    keep: &std::collections::HashSet<String>,
+) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let orphan = ext == extension && !keep.contains(stem);
+        if (orphan || ext == "tmp") && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Advance the engine's epoch every [`EPOCH_TICK`] on a thread of its own, so deadlines

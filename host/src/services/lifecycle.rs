@@ -2,6 +2,7 @@
 //! first, persisted next, and swapped into the live table last.
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -162,17 +163,16 @@ impl Services {
         version: Option<&str>,
     ) -> Result<Arc<Deployment>, ServiceError> {
         validate_name(name)?;
+        // Compile the target before taking the change lock (a compile may take
+        // seconds), then check under the lock that it is still an earlier version.
+        let (_, _, wanted) = self.rollback_plan(name, version)?;
+        let deployment = Arc::new(self.load(wanted.clone()).await?);
         let _guard = self.changes.lock().await;
-        let entry = self.table.entry(name);
-        let mut state = match (&entry, self.failed_service(name)) {
-            (Some(entry), _) => state_of(entry),
-            (None, Some(failed)) => failed.state,
-            (None, None) => return Err(ServiceError::NotFound(name.to_owned())),
-        };
-        let target = state.take_rollback_target(version).ok_or_else(|| {
-            conflict(name, Conflict::NoEarlierVersion(version.map(str::to_owned)))
-        })?;
-        let deployment = Arc::new(self.load(target.clone()).await?);
+        let (entry, mut state, target) = self.rollback_plan(name, version)?;
+        if target != wanted {
+            return Err(conflict(name, Conflict::ChangedMeanwhile));
+        }
+        state.take_rollback_target(version);
         // The earlier version's route may have been taken since.
         self.table.check_route(&deployment.route, name)?;
         state.promote(target);
@@ -192,6 +192,25 @@ impl Services {
         self.failed.lock().remove(name);
         tracing::info!(service = name, version = %deployment.record.version, "rolled back");
         Ok(deployment)
+    }
+
+    /// The live entry (if running) and persisted state of `name`, and the version a
+    /// rollback to `version` (or the previous one) would go to.
+    fn rollback_plan(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(Option<Arc<ServiceEntry>>, ServiceState, ServiceRecord), ServiceError> {
+        let entry = self.table.entry(name);
+        let state = match (&entry, self.failed_service(name)) {
+            (Some(entry), _) => state_of(entry),
+            (None, Some(failed)) => failed.state,
+            (None, None) => return Err(ServiceError::NotFound(name.to_owned())),
+        };
+        let target = state.clone().take_rollback_target(version).ok_or_else(|| {
+            conflict(name, Conflict::NoEarlierVersion(version.map(str::to_owned)))
+        })?;
+        Ok((entry, state, target))
     }
 
     /// Change the canary's share of traffic.
@@ -313,13 +332,42 @@ impl Services {
         let storage = self.storage.clone();
         let (states, broken) =
             tokio::task::spawn_blocking(move || storage.services::<ServiceState>()).await??;
+        let broken_count = broken.len();
         for (path, error) in broken {
             tracing::error!(path = %path.display(), error = %format!("{error:#}"), "unreadable service state");
         }
+        // Compile in parallel (bounded by the compile permits), install in name order
+        // so a route claimed twice goes to the same service every time.
+        let mut states = states;
+        states.sort_by(|a, b| a.current.name.cmp(&b.current.name));
+        let referenced: std::collections::HashSet<String> = states
+            .iter()
+            .flat_map(|state| {
+                std::iter::once(&state.current)
+                    .chain(&state.history)
+                    .chain(state.canary.as_ref().map(|canary| &canary.record))
+                    .map(|record| record.digest.clone())
+            })
+            .collect();
+        // Broken records may still refer to blobs: collect nothing while any exists.
+        let referenced = if broken_count > 0 {
+            None
+        } else {
+            Some(referenced)
+        };
+        let loads = states.into_iter().map(|state| async move {
+            let stable = self.load(state.current.clone()).await;
+            let canary = match &state.canary {
+                Some(canary) => Some(self.load(canary.record.clone()).await),
+                None => None,
+            };
+            (state, stable, canary)
+        });
+        let mut loaded = futures::stream::iter(loads).buffered(super::parallelism() * 2);
         let mut restored = 0;
-        for state in states {
+        while let Some((state, stable, canary)) = loaded.next().await {
             let name = state.current.name.clone();
-            let stable = match self.load(state.current.clone()).await {
+            let stable = match stable {
                 Ok(deployment) => Arc::new(deployment),
                 Err(error) => {
                     self.mark_failed(&name, state, format!("cannot restore: {error}"));
@@ -331,19 +379,17 @@ impl Services {
                 self.mark_failed(&name, state, format!("cannot restore: {error}"));
                 continue;
             }
-            let canary = match &state.canary {
-                Some(canary) => match self.load(canary.record.clone()).await {
-                    Ok(deployment) => Some(Arc::new(new_canary(
-                        Arc::new(deployment),
-                        canary.weight,
-                        canary.auto_rollback.clone(),
-                    ))),
-                    Err(error) => {
-                        tracing::error!(service = %name, %error, "cannot restore the canary; serving the stable version only");
-                        None
-                    }
-                },
-                None => None,
+            let canary = match (canary, &state.canary) {
+                (Some(Ok(deployment)), Some(persisted)) => Some(Arc::new(new_canary(
+                    Arc::new(deployment),
+                    persisted.weight,
+                    persisted.auto_rollback.clone(),
+                ))),
+                (Some(Err(error)), _) => {
+                    tracing::error!(service = %name, %error, "cannot restore the canary; serving the stable version only");
+                    None
+                }
+                _ => None,
             };
             let shared = self.shared_for(None, &stable, state.scale);
             self.install(ServiceEntry {
@@ -356,7 +402,21 @@ impl Services {
             .await;
             restored += 1;
         }
+        if let Some(referenced) = &referenced {
+            self.collect_garbage(referenced);
+        }
         Ok(restored)
+    }
+
+    /// Remove stored components and compiled code that no persisted version (current,
+    /// history or canary, of running and failed services) refers to.
+    fn collect_garbage(&self, referenced: &std::collections::HashSet<String>) {
+        let blobs =
+            crate::runtime::engine::collect_files(&self.storage.blob_dir(), "wasm", referenced);
+        let compiled = self.runtime.collect_cache(referenced);
+        if blobs + compiled > 0 {
+            tracing::info!(blobs, compiled, "removed components no version refers to");
+        }
     }
 
     /// A service's worst case (every slot busy, every instance at its memory limit)
@@ -500,6 +560,9 @@ impl Services {
     ) -> Result<Deployment, ServiceError> {
         let runtime = self.runtime.clone();
         let digest = record.digest.clone();
+        // At most one compile per core at once; the rest wait here, never under the
+        // change lock.
+        let _permit = self.compiles.acquire().await.map_err(storage_error)?;
         let loaded = tokio::task::spawn_blocking(move || runtime.load(&component, &digest))
             .await
             .map_err(storage_error)??;

@@ -103,6 +103,9 @@ pub enum Conflict {
     /// The operation needs a canary and there is none.
     #[error("has no canary")]
     NoCanary,
+    /// The service changed while the operation prepared; nothing was done.
+    #[error("changed while the operation was prepared; try again")]
+    ChangedMeanwhile,
     /// The name belongs to an external service.
     #[error("is the name of an external service; a deployed service needs a name of its own")]
     ExternalName,
@@ -171,6 +174,10 @@ pub struct Services {
     defaults: ServiceDefaults,
     /// Serialises changes so the table and the data directory never disagree.
     changes: tokio::sync::Mutex<()>,
+    /// Compiles at once (each takes a core).
+    compiles: tokio::sync::Semaphore,
+    /// Set once everything persisted has been restored (`/readyz`).
+    ready: std::sync::atomic::AtomicBool,
     /// This object, for background work it starts (automatic canary rollback).
     me: Weak<Services>,
 }
@@ -191,6 +198,8 @@ impl Services {
             failed: Default::default(),
             defaults,
             changes: tokio::sync::Mutex::new(()),
+            compiles: tokio::sync::Semaphore::new(parallelism()),
+            ready: std::sync::atomic::AtomicBool::new(false),
             me: me.clone(),
         })
     }
@@ -214,6 +223,16 @@ impl Services {
         self.failed.lock().get(name).cloned()
     }
 
+    /// Whether everything persisted has been restored.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Everything persisted has been restored.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// The host-wide memory budget of all instances.
     pub fn memory_budget(&self) -> &std::sync::Arc<crate::runtime::limits::MemoryBudget> {
         &self.runtime.memory_budget
@@ -228,4 +247,9 @@ impl Services {
     pub fn platform(&self) -> &Arc<Platform> {
         &self.platform
     }
+}
+
+/// Cores to use for compiling and restoring at once.
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
 }
