@@ -44,7 +44,22 @@ fn invalid(reason: impl Into<String>) -> CallError {
     CallError::InvalidRequest(reason.into())
 }
 
+/// Headers one call may carry.
+const MAX_HEADERS: usize = 100;
+/// Bytes of header names and values one call may carry.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 fn to_outbound(request: Request) -> Result<OutboundRequest, CallError> {
+    let header_bytes: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    if request.headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return Err(invalid(format!(
+            "at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all"
+        )));
+    }
     let method = Method::from_bytes(request.method.as_bytes())
         .map_err(|_| invalid(format!("`{}` is not an HTTP method", request.method)))?;
     let mut headers = HeaderMap::new();

@@ -1,11 +1,12 @@
 //! `shoal:platform/discovery`: instances of a service, once or as a live watch.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
 use super::registry::health_to_wit;
-use super::{HostFault, PlatformView, traced, traced_fallible};
+use super::{HostFault, InstanceLimit, MAX_WATCHES, PlatformView, traced, traced_fallible};
 use crate::bindings::discovery::{self, DiscoveryError, Host, HostWatcher, Instance};
 use crate::registry::{self, InstanceWatch, Registry, validate_name};
 
@@ -33,6 +34,8 @@ impl Pollable for Watcher {
 
 /// What a discovery call sees: the registry and the instance's resource table.
 pub struct DiscoveryView<'a> {
+    /// Watches open now (bounded by [`MAX_WATCHES`]).
+    pub open_watches: &'a AtomicUsize,
     /// Where instances are looked up.
     pub registry: &'a Arc<dyn Registry>,
     /// Holds the guest's watchers.
@@ -53,6 +56,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
     discovery::add_to_linker::<T, HasDiscovery>(linker, |state| {
         let view = state.platform();
         DiscoveryView {
+            open_watches: &view.ctx.open_watches,
             registry: &view.ctx.platform.registry,
             table: view.table,
             service: &view.ctx.service.name,
@@ -98,9 +102,17 @@ impl Host for DiscoveryView<'_> {
     ) -> wasmtime::Result<Result<Resource<Watcher>, DiscoveryError>> {
         let registry = self.registry;
         let table = &mut *self.table;
+        let open_watches = self.open_watches;
         traced_fallible("discovery.watch", self.service, async {
             if let Err(error) = check_name(&service) {
                 return Ok(Err(error));
+            }
+            if open_watches.load(Ordering::Relaxed) >= MAX_WATCHES {
+                return Err(wasmtime::Error::new(InstanceLimit {
+                    call: "discovery.watch",
+                    what: "open watches",
+                    limit: MAX_WATCHES,
+                }));
             }
             let receiver = match registry.watch(&service).await {
                 Ok(receiver) => receiver,
@@ -116,6 +128,7 @@ impl Host for DiscoveryView<'_> {
             let resource = table
                 .push(watcher)
                 .map_err(|error| HostFault::table("discovery.watch", error))?;
+            open_watches.fetch_add(1, Ordering::Relaxed);
             Ok(Ok(resource))
         })
         .await
@@ -153,6 +166,10 @@ impl HostWatcher for DiscoveryView<'_> {
         self.table
             .delete(watcher)
             .map_err(|error| HostFault::table("discovery.watcher.drop", error))?;
+        // Saturating: a reused instance may drop a watch opened for an earlier request.
+        let _ = self
+            .open_watches
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         Ok(())
     }
 }

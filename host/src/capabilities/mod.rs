@@ -69,6 +69,8 @@ pub struct PlatformCtx {
     pub deadline: Deadline,
     /// The request's span and the guest's open spans.
     pub trace: TraceScope,
+    /// Discovery watches the guest holds open.
+    pub open_watches: std::sync::atomic::AtomicUsize,
 }
 
 impl PlatformCtx {
@@ -122,13 +124,42 @@ pub struct HostFault {
 }
 
 impl HostFault {
-    /// A host fault of `call` caused by a resource-table failure.
+    /// The error for a resource-table failure in `call`: a full table is the guest's
+    /// doing (it holds too many handles) and traps as its fault; anything else (a
+    /// handle the host cannot find) is the host's.
     pub fn table(call: &'static str, error: ResourceTableError) -> wasmtime::Error {
+        if matches!(error, ResourceTableError::Full) {
+            return wasmtime::Error::new(InstanceLimit {
+                call,
+                what: "open handles",
+                limit: MAX_TABLE_ENTRIES,
+            });
+        }
         wasmtime::Error::new(HostFault {
             call,
             reason: format!("resource table: {error}"),
         })
     }
+}
+
+/// Handles (resources) one instance may hold at once: streams, fields, spans,
+/// watchers. Past it, creating another traps the instance.
+pub const MAX_TABLE_ENTRIES: usize = 10_000;
+/// Guest spans one request may have open at once.
+pub const MAX_OPEN_SPANS: usize = 256;
+/// Discovery watches one request may have open at once.
+pub const MAX_WATCHES: usize = 64;
+
+/// A guest went past one of its instance's limits: it traps, as its own fault.
+#[derive(Debug, Error)]
+#[error("{call}: the instance has more than {limit} {what}")]
+pub struct InstanceLimit {
+    /// The host call.
+    pub call: &'static str,
+    /// What ran out.
+    pub what: &'static str,
+    /// The limit.
+    pub limit: usize,
 }
 
 /// Run one host call that has no guest-visible error in a span named after it.
@@ -180,6 +211,11 @@ pub(crate) async fn traced_fallible<T, E: std::fmt::Debug>(
 }
 
 fn blame_host(span: &::tracing::Span, call: &str, service: &str, error: &wasmtime::Error) {
+    if error.downcast_ref::<InstanceLimit>().is_some() {
+        span.record("fault", "guest");
+        ::tracing::debug!(parent: span, call, service, %error, "the guest went past an instance limit");
+        return;
+    }
     span.record("fault", "host");
     ::tracing::error!(parent: span, call, service, error = %format!("{error:#}"), "host call failed on the host's side");
 }

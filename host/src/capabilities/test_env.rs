@@ -72,6 +72,7 @@ impl TestEnv {
                 request_id: "req-1".into(),
                 deadline,
                 trace: TraceScope::default(),
+                open_watches: Default::default(),
             },
             table: ResourceTable::new(),
             registry,
@@ -104,6 +105,7 @@ impl TestEnv {
 
     fn discovery(&mut self) -> DiscoveryView<'_> {
         DiscoveryView {
+            open_watches: &self.ctx.open_watches,
             registry: &self.ctx.platform.registry,
             table: &mut self.table,
             service: &self.ctx.service.name,
@@ -531,4 +533,44 @@ async fn an_unknown_target_has_no_instances() {
     ));
     // Name rules are the registry's, checked once for every entry point.
     assert!(reg::validate_name("nobody").is_ok());
+}
+
+#[tokio::test]
+async fn open_spans_and_watches_are_capped_per_request_as_the_guests_fault() {
+    use super::{InstanceLimit, MAX_OPEN_SPANS, MAX_WATCHES};
+    use bindings::discovery::Host as _;
+    use bindings::tracing::Host as _;
+    let mut env = TestEnv::plain();
+    for _ in 0..MAX_OPEN_SPANS {
+        env.tracing().start_span("s".into()).await.expect("span");
+    }
+    let trap = env
+        .tracing()
+        .start_span("one too many".into())
+        .await
+        .expect_err("capped");
+    assert!(trap.downcast_ref::<InstanceLimit>().is_some(), "{trap:#}");
+    for _ in 0..MAX_WATCHES {
+        env.discovery()
+            .watch("payments".into())
+            .await
+            .expect("no trap")
+            .expect("watch");
+    }
+    let trap = env
+        .discovery()
+        .watch("payments".into())
+        .await
+        .expect_err("capped");
+    assert!(trap.downcast_ref::<InstanceLimit>().is_some(), "{trap:#}");
+}
+
+#[test]
+fn a_full_resource_table_is_the_guests_limit_and_a_missing_handle_the_hosts() {
+    use super::InstanceLimit;
+    use wasmtime::component::ResourceTableError;
+    let full = HostFault::table("x.y", ResourceTableError::Full);
+    assert!(full.downcast_ref::<InstanceLimit>().is_some());
+    let missing = HostFault::table("x.y", ResourceTableError::NotPresent);
+    assert!(missing.downcast_ref::<HostFault>().is_some());
 }

@@ -5,7 +5,7 @@ use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use super::{HostFault, PlatformView, bounded_text, traced_sync};
+use super::{HostFault, InstanceLimit, MAX_OPEN_SPANS, PlatformView, bounded_text, traced_sync};
 use crate::bindings::tracing::{self, Host, HostSpan, Status as WitStatus};
 use crate::telemetry::{TraceScope, Tracing, traces};
 
@@ -88,6 +88,13 @@ impl TracingView<'_> {
 impl Host for TracingView<'_> {
     async fn start_span(&mut self, name: String) -> wasmtime::Result<Resource<GuestSpan>> {
         traced_sync("tracing.start-span", self.service, || {
+            if self.scope.open_spans() >= MAX_OPEN_SPANS {
+                return Err(wasmtime::Error::new(InstanceLimit {
+                    call: "tracing.start-span",
+                    what: "open spans",
+                    limit: MAX_OPEN_SPANS,
+                }));
+            }
             let parent = self.scope.current();
             let context = self.tracing.start(
                 bounded(name),

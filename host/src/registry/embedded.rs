@@ -22,6 +22,8 @@ struct State {
     /// id → service
     index: HashMap<String, String>,
     watchers: HashMap<String, watch::Sender<Arc<Vec<Instance>>>>,
+    /// Sweep unwatched channels when the map reaches this size.
+    sweep_watchers_at: usize,
 }
 
 /// In-process registry.
@@ -71,6 +73,9 @@ impl EmbeddedRegistry {
         expired.len()
     }
 }
+
+/// The smallest map size at which unwatched channels are swept.
+const MIN_WATCH_SWEEP: usize = 64;
 
 fn snapshot(state: &State, service: &str) -> Arc<Vec<Instance>> {
     Arc::new(
@@ -185,10 +190,14 @@ impl Registry for EmbeddedRegistry {
 
     async fn watch(&self, service: &str) -> Result<InstanceWatch, RegistryError> {
         let mut state = self.state.lock();
-        // Bound the map: forget channels nobody listens to.
-        state
-            .watchers
-            .retain(|_, sender| sender.receiver_count() > 0);
+        // Bound the map: forget channels nobody listens to, once it has doubled since
+        // the last sweep (amortised O(1) per watch, not a scan every time).
+        if state.watchers.len() >= state.sweep_watchers_at {
+            state
+                .watchers
+                .retain(|_, sender| sender.receiver_count() > 0);
+            state.sweep_watchers_at = (state.watchers.len() * 2).max(MIN_WATCH_SWEEP);
+        }
         if let Some(sender) = state.watchers.get(service) {
             return Ok(sender.subscribe());
         }

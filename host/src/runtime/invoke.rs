@@ -200,6 +200,7 @@ impl Invocation {
             request_id: self.request_id.clone(),
             deadline: self.deadline,
             trace: TraceScope::new(self.trace.clone()),
+            open_watches: Default::default(),
         }
     }
 }

@@ -11,7 +11,7 @@ use super::limits::{GuestLimiter, MemoryBudget};
 use crate::caller::outbound::OutboundHooks;
 use crate::capabilities::log::Source;
 use crate::capabilities::output::GuestOutput;
-use crate::capabilities::{PlatformCtx, PlatformCtxView, PlatformView};
+use crate::capabilities::{MAX_TABLE_ENTRIES, PlatformCtx, PlatformCtxView, PlatformView};
 
 /// What bounds one instance of a service.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ impl GuestState {
             output,
             wasi,
             http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            table: bounded_table(),
             hooks,
             limits: store_limits,
         }
@@ -86,6 +86,13 @@ impl GuestState {
         self.hooks = OutboundHooks::new(next.platform.caller.clone(), next.call_context());
         self.platform = next;
     }
+}
+
+/// A resource table that holds at most [`MAX_TABLE_ENTRIES`] handles.
+fn bounded_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_TABLE_ENTRIES);
+    table
 }
 
 impl WasiView for GuestState {
