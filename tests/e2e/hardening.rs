@@ -507,3 +507,65 @@ fn calls_to_ten_thousand_made_up_names_leave_metrics_and_memory_bounded() {
     let growth = rss_mb(host.pid()).saturating_sub(rss_before);
     assert!(growth < 64, "host RSS grew by {growth} MiB");
 }
+
+/// Wait until `service` has `queued` requests waiting.
+fn wait_queued(host: &Host, service: &str, queued: u64) {
+    wait_for("a queued request", Duration::from_secs(10), || {
+        host.admin("GET", &format!("/v1/services/{service}")).json()["load"]["queued"] == queued
+    });
+}
+
+#[test]
+fn queued_requests_run_the_version_live_when_they_are_admitted() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = |release: &str| {
+        format!("[config]\nrelease = \"{release}\"\n[limits]\nmax_concurrency = 1\nqueue = 4\n")
+    };
+    assert_eq!(
+        host.deploy_with_manifest("svc", &guest("faulty"), &manifest("r1"))
+            .status,
+        201
+    );
+    let gateway = host.gateway.clone();
+    let get = move |path: &'static str| {
+        let url = format!("{gateway}{path}");
+        std::thread::spawn(move || {
+            let mut response = shoal_tests::agent().get(&url).call().expect("request");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.body_mut().read_to_string().unwrap_or_default(),
+            )
+        })
+    };
+    let busy = get("/svc/sleep?ms=1000");
+    wait_for("the slot to be taken", Duration::from_secs(10), || {
+        host.admin("GET", "/v1/services/svc").json()["load"]["in_flight"] == 1
+    });
+    let queued = get("/svc/ok");
+    wait_queued(&host, "svc", 1);
+    // A new version arrives while the request waits: it runs the new one.
+    assert_eq!(
+        host.deploy_with_manifest("svc", &guest("faulty"), &manifest("r2"))
+            .status,
+        200
+    );
+    assert_eq!(busy.join().expect("busy").0, 200);
+    let (status, body) = queued.join().expect("queued");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("r2"), "ran the version it queued for: {body}");
+
+    // The service is removed while a request waits: it is told so.
+    let busy = get("/svc/sleep?ms=1000");
+    wait_for("the slot to be taken", Duration::from_secs(10), || {
+        host.admin("GET", "/v1/services/svc").json()["load"]["in_flight"] == 1
+    });
+    let queued = get("/svc/ok");
+    wait_queued(&host, "svc", 1);
+    assert_eq!(host.admin("DELETE", "/v1/services/svc").status, 204);
+    let _ = busy.join();
+    let (status, body) = queued.join().expect("queued");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("removed"), "{body}");
+}

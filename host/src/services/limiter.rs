@@ -40,7 +40,10 @@ pub enum Refused {
 struct State {
     scale: Scale,
     running: u32,
+    /// Waiters in arrival order; some may have given up (closed) and are skipped.
     waiters: VecDeque<oneshot::Sender<()>>,
+    /// Waiters still waiting (the queue's real length).
+    live: u32,
 }
 
 /// A service's admission control.
@@ -69,6 +72,7 @@ impl Limiter {
                 scale,
                 running: 0,
                 waiters: VecDeque::new(),
+                live: 0,
             }),
         })
     }
@@ -81,7 +85,7 @@ impl Limiter {
     /// (running, queued) right now.
     pub fn load(&self) -> (u32, u32) {
         let state = self.state.lock();
-        (state.running, state.waiters.len() as u32)
+        (state.running, state.live)
     }
 
     /// Change the settings live.
@@ -90,8 +94,13 @@ impl Limiter {
         state.scale = scale;
         // Waiters beyond the new queue length are refused (their receivers see the
         // sender dropped) — oldest stay.
-        while state.waiters.len() > scale.queue as usize {
-            state.waiters.pop_back();
+        while state.live > scale.queue {
+            let Some(waiter) = state.waiters.pop_back() else {
+                break;
+            };
+            if !waiter.is_closed() {
+                state.live -= 1;
+            }
         }
         Self::admit_waiters(&mut state);
     }
@@ -105,11 +114,12 @@ impl Limiter {
                 state.running += 1;
                 return Ok(self.slot());
             }
-            if state.waiters.len() >= state.scale.queue as usize {
+            if state.live >= state.scale.queue {
                 return Err(Refused::Overloaded);
             }
             let (sender, receiver) = oneshot::channel();
             state.waiters.push_back(sender);
+            state.live += 1;
             receiver
         };
         let mut guard = WaitGuard {
@@ -147,9 +157,11 @@ impl Limiter {
             let Some(waiter) = state.waiters.pop_front() else {
                 break;
             };
-            // A send fails when the waiter gave up; its slot goes to the next one.
+            // A send fails when the waiter gave up (it already left the count); its
+            // slot goes to the next one.
             if waiter.send(()).is_ok() {
                 state.running += 1;
+                state.live -= 1;
             }
         }
     }
@@ -172,8 +184,13 @@ impl Drop for WaitGuard<'_> {
             // Granted after all: give the slot back.
             self.limiter.release();
         } else {
+            // O(1): leave the closed entry where it is (admission skips it), and only
+            // compact the queue once dead entries outnumber live ones.
             let mut state = self.limiter.state.lock();
-            state.waiters.retain(|waiter| !waiter.is_closed());
+            state.live = state.live.saturating_sub(1);
+            if state.waiters.len() > 2 * state.live as usize + 16 {
+                state.waiters.retain(|waiter| !waiter.is_closed());
+            }
         }
     }
 }
@@ -188,6 +205,38 @@ mod tests {
             max_concurrency,
             queue,
         }
+    }
+
+    #[tokio::test]
+    async fn waiters_that_give_up_free_their_place_cheaply() {
+        let limiter = Limiter::new(scale(1, 10_000));
+        let _running = limiter.acquire().await.expect("running");
+        let waiting: Vec<_> = (0..10_000)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { limiter.acquire().await })
+            })
+            .collect();
+        while limiter.load().1 < 10_000 {
+            tokio::task::yield_now().await;
+        }
+        for waiter in &waiting {
+            waiter.abort();
+        }
+        for waiter in waiting {
+            let _ = waiter.await;
+        }
+        assert_eq!(limiter.load(), (1, 0), "every place is free again");
+        // The queue takes new waiters up to its length again.
+        let again = tokio::spawn({
+            let limiter = limiter.clone();
+            async move { limiter.acquire().await }
+        });
+        while limiter.load().1 < 1 {
+            tokio::task::yield_now().await;
+        }
+        drop(_running);
+        assert!(again.await.expect("join").is_ok());
     }
 
     #[tokio::test]

@@ -53,24 +53,45 @@ impl Services {
     {
         let shared = &entry.shared;
         shared.faults.request();
-        let draw = (rand::random::<u32>() % 100) as u8;
-        let (deployment, canary) = entry.pick(draw);
+        let arrival = Instant::now();
         let mut record =
-            RequestRecord::start(&self.platform, entry, deployment, &request, request_id);
-        // Waiting in the queue counts against the request's time, and the version
-        // that will serve it sets the limit.
-        let deadline = deadline.within(deployment.timeout);
-        let slot = match tokio::time::timeout_at(deadline.into(), shared.limiter.acquire()).await {
-            Ok(Ok(slot)) => slot,
-            outcome => {
-                record.failure = Some(Failure {
-                    kind: "overload",
-                    guest_fault: false,
-                });
-                shared.faults.count("overload");
-                return overloaded(entry, request_id, outcome.is_err());
-            }
+            RequestRecord::start(&self.platform, entry, &entry.stable, &request, request_id);
+        // Waiting in the queue counts against the request's time; no version allows
+        // more than the longest of the live ones.
+        let wait_deadline = deadline.within(entry.longest_timeout());
+        let slot =
+            match tokio::time::timeout_at(wait_deadline.into(), shared.limiter.acquire()).await {
+                Ok(Ok(slot)) => slot,
+                outcome => {
+                    record.failure = Some(Failure {
+                        kind: "overload",
+                        guest_fault: false,
+                    });
+                    shared.faults.count("overload");
+                    return overloaded(entry, request_id, outcome.is_err());
+                }
+            };
+        // Admitted: the versions live now decide, not those live when it arrived (a
+        // rollback or a new canary while it waited), and a removed service answers.
+        let Some(current) = self.table.entry(entry.name()) else {
+            record.failure = Some(Failure {
+                kind: "removed",
+                guest_fault: false,
+            });
+            let message = format!(
+                "service `{}` was removed while the request waited (request id {request_id})\n",
+                entry.name()
+            );
+            return protocol::with_request_id(
+                protocol::text(StatusCode::SERVICE_UNAVAILABLE, message),
+                request_id,
+            );
         };
+        let draw = (rand::random::<u32>() % 100) as u8;
+        let (deployment, canary) = current.pick(draw);
+        record.set_version(&deployment.record.version);
+        // The version's own time limit runs from the request's arrival.
+        let deadline = deadline.min(Deadline::at(arrival + deployment.timeout));
         // The slot is released when both the guest has finished and the response body
         // has been streamed, whichever comes last.
         let slot = Arc::new(slot);
@@ -92,7 +113,7 @@ impl Services {
         if let Some(canary) = canary {
             let success =
                 !is_failure_status(record.status) || failure.is_some_and(|f| !f.guest_fault);
-            self.record_canary_outcome(entry, canary, success);
+            self.record_canary_outcome(&current, canary, success);
         }
         // The slot is held, and the request measured, until the body has been streamed.
         response.map(|body| {
@@ -377,6 +398,16 @@ struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// The version that serves the request (chosen once it is admitted).
+    fn set_version(&mut self, version: &str) {
+        if self.version != version {
+            self.version = version.to_owned();
+            self.span
+                .span()
+                .set_attribute(KeyValue::new("shoal.version", self.version.clone()));
+        }
+    }
+
     /// Start measuring a request to `deployment` of `entry`, under a server span that
     /// continues the client's trace.
     fn start<B>(

@@ -144,6 +144,14 @@ impl ServiceEntry {
         }
     }
 
+    /// The longest time limit of the live versions.
+    pub fn longest_timeout(&self) -> Duration {
+        let canary = self.canary.as_ref().map(|canary| canary.deployment.timeout);
+        canary.map_or(self.stable.timeout, |canary| {
+            canary.max(self.stable.timeout)
+        })
+    }
+
     /// The deployment a request should use: the canary for `weight`% of draws.
     /// `draw` is uniform in 0..100.
     pub fn pick(&self, draw: u8) -> (&Arc<Deployment>, Option<&Arc<Canary>>) {
