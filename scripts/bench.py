@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 TOKEN = "bench-token"
@@ -25,13 +26,16 @@ TOKEN = "bench-token"
 class Host:
     """A `shoal serve` process on free ports with its own data directory."""
 
-    def __init__(self, shoal, extra=()):
-        self.dir = tempfile.mkdtemp(prefix="shoal-bench-")
+    def __init__(self, shoal, extra=(), directory=None):
+        self.owned = directory is None
+        self.dir = directory or tempfile.mkdtemp(prefix="shoal-bench-")
+        self.started = time.perf_counter()
         env = dict(os.environ, SHOAL_ADMIN_TOKEN=TOKEN, SHOAL_LOG="warn")
         self.proc = subprocess.Popen(
             [shoal, "serve", "--data-dir", os.path.join(self.dir, "data"),
-             "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", *extra],
-            stdout=subprocess.PIPE, stderr=open(os.path.join(self.dir, "host.log"), "wb"),
+             "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+             "--max-instances-per-service", "1000", *extra],
+            stdout=subprocess.PIPE, stderr=open(os.path.join(self.dir, "host.log"), "ab"),
             env=env, text=True)
         self.gateway = self.admin = None
         deadline = time.time() + 120
@@ -43,6 +47,25 @@ class Host:
                 self.gateway = line.strip().split("http://")[1]
             elif line.startswith("admin API listening on http://"):
                 self.admin = line.strip().split("http://")[1]
+        # Keep reading stdout so the host never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+        self.wait_ready(deadline)
+        self.ready_after = time.perf_counter() - self.started
+
+    def wait_ready(self, deadline):
+        """Wait until every persisted service is restored (`/readyz` answers 200)."""
+        while time.time() < deadline:
+            try:
+                conn = http.client.HTTPConnection(self.admin, timeout=5)
+                conn.request("GET", "/readyz")
+                status = conn.getresponse().status
+                conn.close()
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.01)
+        raise RuntimeError("host never became ready")
 
     def admin_call(self, method, path, body=b"", content_type="application/wasm"):
         conn = http.client.HTTPConnection(self.admin, timeout=120)
@@ -71,7 +94,8 @@ class Host:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.owned:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def percentile(values, fraction):
@@ -183,7 +207,7 @@ def fault_storm(args, rows):
     host = Host(args.shoal)
     try:
         read = lambda name: open(os.path.join(args.guests, name + ".wasm"), "rb").read()
-        roomy = "[limits]\nmax_concurrency = 1000\nqueue = 10000\n"
+        roomy = "[limits]\nmemory_mb = 16\nmax_concurrency = 1000\nqueue = 10000\n"
         host.deploy("hello", read("hello"), roomy)
         host.deploy("faulty", read("faulty"), roomy)
         url = f"http://{host.gateway}/hello/"
@@ -262,9 +286,9 @@ def gateway_throughput(args, rows):
     host = Host(args.shoal)
     servers = {}
     try:
-        host.deploy("hello", open(plain, "rb").read(), "[limits]\nmax_concurrency = 1000\nqueue = 10000\n")
+        host.deploy("hello", open(plain, "rb").read(), "[limits]\nmemory_mb = 16\nmax_concurrency = 1000\nqueue = 10000\n")
         host.deploy("hello-reuse", open(plain, "rb").read(),
-                    "[limits]\nmax_concurrency = 1000\nqueue = 10000\ninstance_reuse = 128\n")
+                    "[limits]\nmemory_mb = 16\nmax_concurrency = 1000\nqueue = 10000\ninstance_reuse = 128\n")
         targets = {"shoal serve": f"http://{host.gateway}/hello/",
                    "shoal serve, reuse 128": f"http://{host.gateway}/hello-reuse/"}
         wasmtime = find_wasmtime()
@@ -356,7 +380,7 @@ def telemetry_cost(args, rows):
     hosts = {"on": Host(args.shoal), "off": Host(args.shoal, ["--no-telemetry"])}
     try:
         hello = open(os.path.join(args.guests, "hello.wasm"), "rb").read()
-        roomy = "[limits]\nmax_concurrency = 1000\nqueue = 10000\n"
+        roomy = "[limits]\nmemory_mb = 16\nmax_concurrency = 1000\nqueue = 10000\n"
         for host in hosts.values():
             host.deploy("hello", hello, roomy)
             wrk(f"http://{host.gateway}/hello/", 16, 1)  # warm-up
@@ -416,6 +440,43 @@ def density(args, rows):
         host.stop()
 
 
+def restore(args, rows):
+    """Restart with many services deployed: process start to `/readyz` 200, cold and cached."""
+    count = args.restore_services
+    directory = tempfile.mkdtemp(prefix="shoal-bench-restore-")
+    hello = open(os.path.join(args.guests, "hello.wasm"), "rb").read()
+    faulty = open(os.path.join(args.guests, "faulty.wasm"), "rb").read()
+    host = Host(args.shoal, directory=directory)
+    try:
+        for index in range(count):
+            # Two components, so the cold restore compiles more than one.
+            host.deploy(f"svc-{index:04d}", hello if index % 2 == 0 else faulty)
+    finally:
+        host.stop()
+    cold, cached = [], []
+    for _ in range(args.rounds):
+        shutil.rmtree(os.path.join(directory, "data", "cache"), ignore_errors=True)
+        host = Host(args.shoal, directory=directory)
+        cold.append(host.ready_after)
+        host.stop()
+        host = Host(args.shoal, directory=directory)
+        cached.append(host.ready_after)
+        conn = http.client.HTTPConnection(host.gateway, timeout=30)
+        conn.request("GET", "/svc-0000/")
+        response = conn.getresponse()
+        response.read()
+        host.stop()
+        if response.status != 200:
+            raise RuntimeError(f"a restored service answered {response.status}")
+    args.figures["restore_cold"] = statistics.median(cold)
+    args.figures["restore_cached"] = statistics.median(cached)
+    rows.append(("restore", f"{count} services, cold (no compile cache)", f"{statistics.median(cold) * 1000:.0f} ms to /readyz",
+                 "process start to the first 200 of /readyz; two distinct components"))
+    rows.append(("restore", f"{count} services, cached", f"{statistics.median(cached) * 1000:.0f} ms to /readyz",
+                 "same, compiled code loaded from the cache"))
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -444,10 +505,11 @@ def main():
     args.instantiations = 200 if args.quick else 20000
     args.seconds = 1 if args.quick else 10
     args.density = [5, 10] if args.quick else [100, 500, 1000]
+    args.restore_services = 10 if args.quick else 1000
 
     rows = []
     args.figures = {}
-    for section in (gateway_throughput, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density):
+    for section in (gateway_throughput, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore):
         print(f"== {section.__doc__.splitlines()[0]}", flush=True)
         section(args, rows)
 

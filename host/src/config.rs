@@ -61,6 +61,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_MAX_TOTAL_MEMORY_MB", default_value_t = 0)]
     pub max_total_memory_mb: usize,
 
+    /// Instances one service may run at once (0: half of --max-instances); a service
+    /// whose manifest asks for more concurrency is refused, the default is lowered.
+    #[arg(long, env = "SHOAL_MAX_INSTANCES_PER_SERVICE", default_value_t = 0)]
+    pub max_instances_per_service: u32,
+
     /// Wasm call-stack limit per instance, in KiB. Engine-wide: wasmtime fixes it for
     /// every instance of an engine, so it is a host setting, not a manifest one.
     #[arg(long, env = "SHOAL_MAX_WASM_STACK_KB", default_value_t = 512)]
@@ -103,6 +108,14 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The per-service instance cap: the flag, or half the pool.
+    pub fn instances_per_service(&self) -> u32 {
+        match self.max_instances_per_service {
+            0 => (self.max_instances / 2).max(1),
+            cap => cap.min(self.max_instances),
+        }
+    }
+
     /// The host-wide memory budget in bytes: the flag, or three quarters of the
     /// machine's memory (16 GiB where that cannot be read).
     pub fn memory_budget_bytes(&self) -> usize {

@@ -107,6 +107,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
                 max_concurrency: config.default_max_concurrency,
                 queue: config.default_queue,
             },
+            max_instances_per_service: config.instances_per_service(),
         },
         platform,
     );

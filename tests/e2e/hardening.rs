@@ -569,3 +569,58 @@ fn queued_requests_run_the_version_live_when_they_are_admitted() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("removed"), "{body}");
 }
+
+#[test]
+fn no_service_takes_the_whole_instance_pool() {
+    let root = temp_root();
+    let host = Host::start(
+        root.path(),
+        &["--max-instances", "8", "--max-instances-per-service", "6"],
+    );
+    // Asking for more concurrency than one service may have is refused.
+    let greedy = "[limits]\nmemory_mb = 16\nmax_concurrency = 7\n";
+    let refused = host.deploy_with_manifest("greedy", &guest("faulty"), greedy);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("max-instances-per-service"),
+        "{}",
+        refused.body
+    );
+    // Idle reusable instances hold pool slots; another service still gets them.
+    let reuse = "[limits]\nmemory_mb = 16\nmax_concurrency = 6\ninstance_reuse = 100\n";
+    assert_eq!(
+        host.deploy_with_manifest("reused", &guest("faulty"), reuse)
+            .status,
+        201
+    );
+    let small = "[limits]\nmemory_mb = 16\nmax_concurrency = 3\n";
+    assert_eq!(
+        host.deploy_with_manifest("other", &guest("faulty"), small)
+            .status,
+        201
+    );
+    let gateway = host.gateway.clone();
+    let concurrently = |path: &str, count: usize| -> Vec<u16> {
+        let requests: Vec<_> = (0..count)
+            .map(|_| {
+                let url = format!("{gateway}{path}");
+                std::thread::spawn(move || {
+                    shoal_tests::agent()
+                        .get(&url)
+                        .call()
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0)
+                })
+            })
+            .collect();
+        requests
+            .into_iter()
+            .map(|r| r.join().unwrap_or(0))
+            .collect()
+    };
+    // Six instances of `reused` finish and stay idle, holding six of eight slots.
+    assert_eq!(concurrently("/reused/sleep?ms=300", 6), [200; 6]);
+    // Three concurrent requests of `other` need three slots: one comes from the idle
+    // instances of `reused`, which give theirs up.
+    assert_eq!(concurrently("/other/sleep?ms=300", 3), [200; 3]);
+}

@@ -174,12 +174,15 @@ impl Host {
         stderr: Stdio,
     ) -> Host {
         let mut command = Command::new(shoal_bin());
+        // A small instance pool unless the test sizes it itself.
+        if !args.contains(&"--max-instances") {
+            command.args(["--max-instances", "64"]);
+        }
         command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--max-instances", "64"])
             .args(args)
             .env_remove("SHOAL_ADMIN_TOKEN")
             .env("SHOAL_LOG", "info")

@@ -65,6 +65,7 @@ fn admin_with(restored: bool) -> Admin {
                 max_concurrency: 4,
                 queue: 4,
             },
+            max_instances_per_service: 2,
         },
         platform,
     );

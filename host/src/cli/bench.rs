@@ -51,6 +51,7 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
             memory_bytes: 128 * 1024 * 1024,
             table_elements: 100_000,
             budget: runtime.memory_budget.clone(),
+            idle: runtime.idle.clone(),
         },
         platform,
         request_id: "bench".into(),

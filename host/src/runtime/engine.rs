@@ -9,6 +9,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::GuestState;
 use super::limits::MemoryBudget;
+use super::reuse::IdlePools;
 
 /// Instance slots decommitted at once by the pooling allocator.
 const DECOMMIT_BATCH: usize = 32;
@@ -43,6 +44,8 @@ pub struct Runtime {
     pub(crate) cache_dir: PathBuf,
     /// The host-wide memory budget every instance's growth draws on.
     pub memory_budget: Arc<MemoryBudget>,
+    /// Idle reusable instances of every deployment (evicted under pool pressure).
+    pub idle: Arc<IdlePools>,
 }
 
 impl Runtime {
@@ -99,6 +102,7 @@ impl Runtime {
             linker: Arc::new(linker),
             cache_dir,
             memory_budget: MemoryBudget::new(options.memory_budget_bytes),
+            idle: Arc::default(),
         })
     }
 }

@@ -352,7 +352,17 @@ async fn instantiate(
         .start_with(SpanKind::Internal, &invocation.trace, || {
             ("shoal.instantiate".into(), Vec::new())
         });
-    let proxy = pre.instantiate_async(store).await;
+    let mut proxy = pre.instantiate_async(&mut *store).await;
+    if let Err(error) = &proxy
+        && error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        && invocation.limits.idle.evict_all() > 0
+    {
+        // Every allocator slot is taken and some by idle reusable instances: take
+        // those back and try once more.
+        proxy = pre.instantiate_async(&mut *store).await;
+    }
     span.span().end();
     if telemetry.metrics.enabled() {
         telemetry

@@ -58,13 +58,53 @@ impl InstancePool {
         }
     }
 
-    /// Drop every idle instance (the deployment is retired).
-    pub fn clear(&self) {
-        self.idle.lock().clear();
+    /// Drop every idle instance (the deployment is retired, or the host needs the
+    /// instance slots). Returns how many were dropped.
+    pub fn clear(&self) -> usize {
+        let mut idle = self.idle.lock();
+        let dropped = idle.len();
+        idle.clear();
+        dropped
     }
 
     /// Idle instances right now.
     pub fn idle(&self) -> usize {
         self.idle.lock().len()
+    }
+}
+
+/// Every deployment's pool of idle instances, so the host can take their allocator
+/// slots back when new instances find none free: idle instances never starve
+/// requests of other services.
+#[derive(Default)]
+pub struct IdlePools {
+    pools: Mutex<Vec<std::sync::Weak<InstancePool>>>,
+}
+
+impl std::fmt::Debug for IdlePools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdlePools")
+            .field("pools", &self.pools.lock().len())
+            .finish()
+    }
+}
+
+impl IdlePools {
+    /// Track `pool` (forgotten once it is dropped).
+    pub fn register(&self, pool: &std::sync::Arc<InstancePool>) {
+        let mut pools = self.pools.lock();
+        pools.retain(|pool| pool.strong_count() > 0);
+        pools.push(std::sync::Arc::downgrade(pool));
+    }
+
+    /// Drop every idle instance of every deployment; returns how many.
+    pub fn evict_all(&self) -> usize {
+        let pools: Vec<_> = self
+            .pools
+            .lock()
+            .iter()
+            .filter_map(|p| p.upgrade())
+            .collect();
+        pools.iter().map(|pool| pool.clear()).sum()
     }
 }

@@ -8,6 +8,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::limits::{GuestLimiter, MemoryBudget};
+use super::reuse::IdlePools;
 use crate::caller::outbound::OutboundHooks;
 use crate::capabilities::log::Source;
 use crate::capabilities::output::GuestOutput;
@@ -22,6 +23,8 @@ pub struct InstanceLimits {
     pub table_elements: usize,
     /// The host-wide memory budget its growth draws on.
     pub budget: Arc<MemoryBudget>,
+    /// Idle instances of every service, given up when no instance slot is free.
+    pub idle: Arc<IdlePools>,
 }
 
 /// The host's ends of an instance's standard output and error.

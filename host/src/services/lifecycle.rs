@@ -74,7 +74,9 @@ impl Services {
         manifest.validate(self.defaults.max_memory_mb)?;
         mode.validate()?;
         let memory_mb = manifest.limits.memory_mb.unwrap_or(self.defaults.memory_mb);
-        self.check_memory_budget(memory_mb, self.manifest_scale(&manifest).max_concurrency)?;
+        let concurrency = self.manifest_scale(&manifest).max_concurrency;
+        self.check_instance_cap(concurrency)?;
+        self.check_memory_budget(memory_mb, concurrency)?;
         let record = new_record(name, &component, manifest);
         // Compile before taking the lock: a slow compile must not block other changes.
         let deployment = Arc::new(self.build(record, component.clone()).await?);
@@ -312,6 +314,7 @@ impl Services {
         let _guard = self.changes.lock().await;
         let entry = self.existing(name)?;
         let memory_mb = (entry.stable.limits.memory_bytes / (1024 * 1024)) as u32;
+        self.check_instance_cap(scale.max_concurrency)?;
         self.check_memory_budget(memory_mb, scale.max_concurrency)?;
         let mut state = state_of(&entry);
         state.scale = Some(scale);
@@ -417,6 +420,19 @@ impl Services {
         if blobs + compiled > 0 {
             tracing::info!(blobs, compiled, "removed components no version refers to");
         }
+    }
+
+    /// No service may run more instances at once than the per-service cap.
+    fn check_instance_cap(&self, concurrency: u32) -> Result<(), ServiceError> {
+        let cap = self.defaults.max_instances_per_service;
+        if concurrency > cap {
+            return Err(Invalid::InstanceCap {
+                asked: concurrency,
+                cap,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// A service's worst case (every slot busy, every instance at its memory limit)
@@ -533,11 +549,12 @@ impl Services {
     }
 
     fn manifest_scale(&self, manifest: &Manifest) -> Scale {
+        let cap = self.defaults.max_instances_per_service;
         Scale {
             max_concurrency: manifest
                 .limits
                 .max_concurrency
-                .unwrap_or(self.defaults.scale.max_concurrency),
+                .unwrap_or(self.defaults.scale.max_concurrency.min(cap)),
             queue: manifest.limits.queue.unwrap_or(self.defaults.scale.queue),
         }
     }
@@ -596,7 +613,11 @@ impl Services {
             .limits
             .instance_reuse
             .filter(|uses| *uses > 1)
-            .map(|uses| Arc::new(InstancePool::new(uses, MAX_IDLE_REUSABLE)));
+            .map(|uses| {
+                let pool = Arc::new(InstancePool::new(uses, MAX_IDLE_REUSABLE));
+                self.runtime.idle.register(&pool);
+                pool
+            });
         let limits = InstanceLimits {
             memory_bytes: memory_mb as usize * 1024 * 1024,
             table_elements: record
@@ -605,6 +626,7 @@ impl Services {
                 .table_elements
                 .unwrap_or(DEFAULT_TABLE_ELEMENTS) as usize,
             budget: self.runtime.memory_budget.clone(),
+            idle: self.runtime.idle.clone(),
         };
         let context = Arc::new(ServiceContext {
             name: record.name.as_str().into(),

@@ -40,6 +40,9 @@ pub struct ServiceDefaults {
     pub timeout: Duration,
     /// Concurrency and queue per service.
     pub scale: limiter::Scale,
+    /// Instances one service may run at once (its `max_concurrency` ceiling), well
+    /// under the host's pool so no service can take every slot.
+    pub max_instances_per_service: u32,
 }
 
 /// Why an operation on a service was refused.
@@ -123,6 +126,17 @@ pub enum Invalid {
     /// A scale out of range.
     #[error("`max_concurrency` must be 1 to 100000 and `queue` at most 1000000")]
     Scale,
+    /// The service asks for more concurrent instances than one service may run.
+    #[error(
+        "`max_concurrency` {asked} exceeds the {cap} instances one service may run \
+         (--max-instances-per-service)"
+    )]
+    InstanceCap {
+        /// What was asked.
+        asked: u32,
+        /// The host's cap.
+        cap: u32,
+    },
     /// The service could hold more memory than the whole host may.
     #[error(
         "the service could hold {need_mb} MiB ({memory_mb} MiB per instance × {concurrency} \
