@@ -19,8 +19,9 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Registry id of `service`'s instance on this host.
-    pub fn local_instance_id(&self, service: &str) -> String {
-        format!("{}/{service}", self.host_id)
+    /// Registry id of `version` of `service` on this host: a stable version and its
+    /// canary are distinct instances.
+    pub fn local_instance_id(&self, service: &str, version: &str) -> String {
+        format!("{}/{service}@{version}", self.host_id)
     }
 }

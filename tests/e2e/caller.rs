@@ -115,7 +115,8 @@ fn same_host_calls_take_the_in_process_path_and_propagate_context() {
 
     // Discovery sees the local instances; identity is the registry's.
     let discovered = host.get("/a/discover?service=b");
-    assert!(discovered.body.contains("/b local"), "{}", discovered.body);
+    assert!(discovered.body.contains("/b@"), "{}", discovered.body);
+    assert!(discovered.body.contains(" local "), "{}", discovered.body);
     assert!(discovered.body.contains("serving"), "{}", discovered.body);
     let whoami = host.get("/a/whoami");
     assert!(whoami.body.starts_with("service=a "), "{}", whoami.body);

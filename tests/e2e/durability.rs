@@ -265,3 +265,40 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+#[test]
+fn a_canary_and_its_stable_version_are_distinct_instances() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let hello = guest("hello");
+    assert_eq!(
+        host.deploy_with_manifest("svc", &hello, "version = \"1\"\n")
+            .status,
+        201
+    );
+    let canary = host.deploy_with_manifest_query("svc", &hello, "version = \"2\"\n", "canary=10");
+    assert_eq!(canary.status, 200, "{}", canary.body);
+    let versions = |host: &Host| -> Vec<String> {
+        let found = host.admin("GET", "/v1/discovery/svc").json();
+        let mut versions: Vec<String> = found["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .filter_map(|i| i["version"].as_str().map(str::to_owned))
+            .collect();
+        versions.sort();
+        versions
+    };
+    assert_eq!(versions(&host), ["1", "2"]);
+    assert_eq!(
+        host.admin("POST", "/v1/services/svc/canary/promote").status,
+        200
+    );
+    assert_eq!(
+        versions(&host),
+        ["2"],
+        "the old stable version left discovery"
+    );
+    assert_eq!(host.admin("DELETE", "/v1/services/svc").status, 204);
+    assert!(versions(&host).is_empty());
+}

@@ -174,10 +174,6 @@ impl Host {
         stderr: Stdio,
     ) -> Host {
         let mut command = Command::new(shoal_bin());
-        // A small instance pool unless the test sizes it itself.
-        if !args.contains(&"--max-instances") {
-            command.args(["--max-instances", "64"]);
-        }
         command
             .arg("serve")
             .arg("--data-dir")
@@ -189,6 +185,10 @@ impl Host {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
+        // A small instance pool unless the test sizes it itself.
+        if !args.contains(&"--max-instances") {
+            command.args(["--max-instances", "64"]);
+        }
         for (key, value) in env {
             command.env(key, value);
         }

@@ -203,7 +203,9 @@ impl ExternalServices {
             check.abort();
         }
         for endpoint in &entry.spec.endpoints {
-            let _ = self.registry.deregister(&instance_id(name, endpoint)).await;
+            let id = instance_id(name, endpoint);
+            self.checker.forget(&id);
+            let _ = self.registry.deregister(&id).await;
         }
     }
 
@@ -252,7 +254,10 @@ impl ExternalServices {
             self.entries.lock().iter().find_map(|(name, entry)| {
                 entry.spec.instances(name).into_iter().find(|i| i.id == id)
             });
-        if let Some(instance) = instance {
+        if let Some(mut instance) = instance {
+            if let Some(health) = self.checker.last_verdict(id) {
+                instance.health = health;
+            }
             let _ = self.registry.register(instance, LEASE).await;
         }
     }
@@ -288,6 +293,25 @@ impl ExternalServices {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_registration_renewed_after_a_lost_lease_keeps_its_last_verdict() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry: Arc<dyn Registry> =
+            super::super::embedded::EmbeddedRegistry::start(Duration::from_secs(60));
+        let checker = HealthChecker::new(registry.clone());
+        let external = ExternalServices::new(registry.clone(), checker.clone(), dir.path().into())
+            .expect("external");
+        let spec = ExternalService::parse(br#"{"endpoints":["127.0.0.1:9"]}"#).expect("spec");
+        external.put("db", spec).await.expect("put");
+        let id = instance_id("db", "127.0.0.1:9");
+        checker.record(&id, Health::NotServing);
+        // The lease is lost (a long stall); the heartbeat registers it again.
+        registry.deregister(&id).await.expect("deregister");
+        external.reregister(&id).await;
+        let instances = registry.instances("db").await.expect("instances");
+        assert_eq!(instances[0].health, Health::NotServing);
+    }
 
     #[test]
     fn parses_with_defaults() {

@@ -112,11 +112,14 @@ impl HealthTracker {
     }
 }
 
-/// Runs health-check loops; each loop ends when its handle is aborted.
+/// Runs health-check loops; each loop ends when its handle is aborted. Remembers the
+/// last verdict of every endpoint, so a registration renewed after a lost lease keeps
+/// it instead of starting as serving.
 #[derive(Clone)]
 pub struct HealthChecker {
     registry: Arc<dyn Registry>,
     client: Client<HttpConnector, Empty<Bytes>>,
+    verdicts: Arc<parking_lot::Mutex<std::collections::HashMap<String, Health>>>,
 }
 
 impl HealthChecker {
@@ -127,7 +130,24 @@ impl HealthChecker {
         Self {
             registry,
             client: Client::builder(TokioExecutor::new()).build(connector),
+            verdicts: Arc::default(),
         }
+    }
+
+    /// The last verdict on `instance_id`, if it has been checked.
+    pub fn last_verdict(&self, instance_id: &str) -> Option<Health> {
+        self.verdicts.lock().get(instance_id).copied()
+    }
+
+    /// Record a verdict as a probe loop would (for tests of what depends on it).
+    #[cfg(test)]
+    pub(super) fn record(&self, instance_id: &str, health: Health) {
+        self.verdicts.lock().insert(instance_id.to_owned(), health);
+    }
+
+    /// Forget `instance_id` (its registration is gone).
+    pub fn forget(&self, instance_id: &str) {
+        self.verdicts.lock().remove(instance_id);
     }
 
     /// Probe `endpoint` every interval and report the verdicts for `instance_id`.
@@ -150,6 +170,7 @@ impl HealthChecker {
                     .probe(&url, Duration::from_millis(check.timeout_ms))
                     .await;
                 if let Some(health) = tracker.observe(ok) {
+                    checker.verdicts.lock().insert(instance_id.clone(), health);
                     tracing::info!(instance = %instance_id, ?health, "health check verdict changed");
                     let _ = checker.registry.set_health(&instance_id, health).await;
                 }

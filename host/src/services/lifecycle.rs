@@ -147,11 +147,13 @@ impl Services {
         if let Some(removed) = self.table.remove(name) {
             retire_entry(&removed, None);
             self.platform.telemetry.metrics.forget_service(name);
-            let _ = self
-                .platform
-                .registry
-                .deregister(&removed.stable.context.instance_id)
-                .await;
+            for deployment in removed.deployments() {
+                let _ = self
+                    .platform
+                    .registry
+                    .deregister(&deployment.context.instance_id)
+                    .await;
+            }
         }
         tracing::info!(service = name, "removed");
         Ok(())
@@ -486,10 +488,22 @@ impl Services {
     /// what it replaced.
     async fn install(&self, entry: ServiceEntry) {
         let entry = Arc::new(entry);
-        self.register(&entry.stable).await;
+        for deployment in entry.deployments() {
+            self.register(deployment).await;
+        }
         let previous = self.table.insert(entry.clone());
         if let Some(previous) = previous {
             retire_entry(&previous, Some(&entry));
+            // Versions no longer live leave discovery.
+            for old in previous.deployments() {
+                let id = &old.context.instance_id;
+                if !entry
+                    .deployments()
+                    .any(|live| &live.context.instance_id == id)
+                {
+                    let _ = self.platform.registry.deregister(id).await;
+                }
+            }
             // Only live versions keep their request series.
             let live = |version: &str| {
                 entry.stable.record.version == version
@@ -632,7 +646,9 @@ impl Services {
             name: record.name.as_str().into(),
             version: record.version.as_str().into(),
             config: record.manifest.config.clone(),
-            instance_id: self.platform.local_instance_id(&record.name),
+            instance_id: self
+                .platform
+                .local_instance_id(&record.name, &record.version),
             outbound: Arc::new(record.manifest.outbound.clone()),
             health: Mutex::new(Default::default()),
             log_budget: Default::default(),

@@ -179,19 +179,25 @@ impl Services {
     /// Renew every local registration's lease, re-registering lost ones.
     pub async fn renew_leases(&self) {
         for entry in self.table.entries() {
-            let deployment = &entry.stable;
-            if self
-                .platform
-                .registry
-                .renew(&deployment.context.instance_id)
-                .await
-                .is_err()
-            {
-                // Re-register only what still runs: a service removed (or replaced)
-                // since the snapshot must not come back through its heartbeat.
+            for deployment in entry.deployments() {
+                if self
+                    .platform
+                    .registry
+                    .renew(&deployment.context.instance_id)
+                    .await
+                    .is_ok()
+                {
+                    continue;
+                }
+                // Re-register only what still runs: a service removed (or a version
+                // replaced) since the snapshot must not come back through its heartbeat.
                 let _guard = self.changes.lock().await;
                 let current = self.table.entry(entry.name());
-                if current.is_some_and(|current| Arc::ptr_eq(&current.stable, deployment)) {
+                if current.is_some_and(|current| {
+                    current
+                        .deployments()
+                        .any(|live| Arc::ptr_eq(live, deployment))
+                }) {
                     self.register(deployment).await;
                 }
             }

@@ -144,6 +144,11 @@ impl ServiceEntry {
         }
     }
 
+    /// The live versions: the stable one, and the canary if any.
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        std::iter::once(&self.stable).chain(self.canary.as_ref().map(|canary| &canary.deployment))
+    }
+
     /// The longest time limit of the live versions.
     pub fn longest_timeout(&self) -> Duration {
         let canary = self.canary.as_ref().map(|canary| canary.deployment.timeout);
