@@ -488,10 +488,18 @@ impl Services {
     /// what it replaced.
     async fn install(&self, entry: ServiceEntry) {
         let entry = Arc::new(entry);
+        let previous = match self.table.insert(entry.clone()) {
+            Ok(previous) => previous,
+            Err(error) => {
+                // Every change checks the route under the change lock first; the table
+                // refusing means that check was missed: keep what serves now.
+                tracing::error!(service = %entry.name(), %error, "the route table refused an entry");
+                return;
+            }
+        };
         for deployment in entry.deployments() {
             self.register(deployment).await;
         }
-        let previous = self.table.insert(entry.clone());
         if let Some(previous) = previous {
             retire_entry(&previous, Some(&entry));
             // Versions no longer live leave discovery.

@@ -170,7 +170,41 @@ impl ServiceEntry {
 #[derive(Default)]
 struct Inner {
     by_name: BTreeMap<String, Arc<ServiceEntry>>,
-    by_route: HashMap<String, String>,
+    by_route: Routes,
+}
+
+/// Route → owning service, one owner per route. Pure, so ownership is unit-tested.
+#[derive(Debug, Default)]
+struct Routes(HashMap<String, String>);
+
+impl Routes {
+    fn get(&self, route: &str) -> Option<&String> {
+        self.0.get(route)
+    }
+
+    /// Give `route` to `name`, moving it off `old_route`; refused when another
+    /// service owns `route`.
+    fn claim(&mut self, name: &str, route: &str, old_route: Option<&str>) -> Result<(), String> {
+        if let Some(owner) = self.0.get(route)
+            && owner != name
+        {
+            return Err(owner.clone());
+        }
+        if let Some(old) = old_route
+            && old != route
+        {
+            self.release(name, old);
+        }
+        self.0.insert(route.to_owned(), name.to_owned());
+        Ok(())
+    }
+
+    /// Drop `route` if `name` owns it.
+    fn release(&mut self, name: &str, route: &str) {
+        if self.0.get(route).is_some_and(|owner| owner == name) {
+            self.0.remove(route);
+        }
+    }
 }
 
 /// Name- and route-indexed set of services. Lock hold times are a map lookup or
@@ -214,26 +248,30 @@ impl ServiceTable {
     }
 
     /// Install `entry`, replacing the previous entry of the same name (and its route,
-    /// if the route changed). Returns the replaced entry.
-    pub fn insert(&self, entry: Arc<ServiceEntry>) -> Option<Arc<ServiceEntry>> {
+    /// if the route changed). Returns the replaced entry. Refused, with nothing
+    /// changed, when another service owns the route: one route, one service.
+    pub fn insert(
+        &self,
+        entry: Arc<ServiceEntry>,
+    ) -> Result<Option<Arc<ServiceEntry>>, ServiceError> {
         let mut inner = self.inner.write();
         let name = entry.name().to_owned();
-        let route = entry.route().to_owned();
-        let previous = inner.by_name.insert(name.clone(), entry);
-        if let Some(previous) = &previous
-            && previous.route() != route
-        {
-            inner.by_route.remove(previous.route());
-        }
-        inner.by_route.insert(route, name);
-        previous
+        let old_route = inner.by_name.get(&name).map(|old| old.route().to_owned());
+        inner
+            .by_route
+            .claim(&name, entry.route(), old_route.as_deref())
+            .map_err(|owner| ServiceError::RouteConflict {
+                route: entry.route().to_owned(),
+                owner,
+            })?;
+        Ok(inner.by_name.insert(name, entry))
     }
 
-    /// Remove `name`. Returns the removed entry.
+    /// Remove `name` (and its route, if it owns it). Returns the removed entry.
     pub fn remove(&self, name: &str) -> Option<Arc<ServiceEntry>> {
         let mut inner = self.inner.write();
         let removed = inner.by_name.remove(name)?;
-        inner.by_route.remove(removed.route());
+        inner.by_route.release(name, removed.route());
         Some(removed)
     }
 
@@ -261,5 +299,26 @@ impl ServiceTable {
                 None => "",
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Routes;
+
+    #[test]
+    fn a_route_has_one_owner() {
+        let mut routes = Routes::default();
+        routes.claim("a", "/x", None).expect("free");
+        assert_eq!(routes.claim("b", "/x", None), Err("a".to_owned()));
+        assert_eq!(routes.get("/x").map(String::as_str), Some("a"));
+        // Moving a's route frees the old one; b cannot release what a owns.
+        routes.claim("a", "/y", Some("/x")).expect("move");
+        assert!(routes.get("/x").is_none());
+        routes.release("b", "/y");
+        assert_eq!(routes.get("/y").map(String::as_str), Some("a"));
+        routes.claim("b", "/x", None).expect("free again");
+        routes.release("a", "/y");
+        assert!(routes.get("/y").is_none());
     }
 }
