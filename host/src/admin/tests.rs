@@ -1,6 +1,6 @@
 //! The admin router in process (`oneshot`, no socket, no wasm): every status code of
-//! the admin table that does not need a deployed component. Deploys of real
-//! components are covered end to end in `tests/e2e`.
+//! the admin table (200, 201, 204, 400, 401, 404, 405, 409, 413, 503). Deploys of
+//! real components are covered end to end in `tests/e2e`.
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -27,6 +27,8 @@ const MAX_UPLOAD: usize = 4096;
 
 struct Admin {
     app: axum::Router,
+    services: Arc<Services>,
+    storage: Storage,
     _dir: tempfile::TempDir,
 }
 
@@ -81,12 +83,17 @@ fn admin_with(restored: bool) -> Admin {
         .expect("external"),
     );
     let app = router(AdminState {
-        services,
+        services: services.clone(),
         external,
         token: Arc::new(AdminToken::new(TOKEN.into())),
         max_upload_bytes: MAX_UPLOAD,
     });
-    Admin { app, _dir: dir }
+    Admin {
+        app,
+        services,
+        storage,
+        _dir: dir,
+    }
 }
 
 impl Admin {
@@ -293,4 +300,50 @@ async fn unsupported_methods_are_refused() {
     let admin = admin();
     let (status, _) = admin.send("PATCH", "/v1/services", Body::empty()).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn a_service_that_cannot_be_restored_is_listed_as_failed_and_conflicts_are_409s() {
+    use crate::services::state::ServiceState;
+    use crate::storage::{ServiceRecord, sha256_hex};
+    let admin = admin_with(false);
+    // A persisted service whose component is missing from the data directory.
+    let record = ServiceRecord {
+        name: "broken".into(),
+        version: "1".into(),
+        digest: sha256_hex(b"never stored"),
+        deployed_at: "2026-01-01T00:00:00Z".into(),
+        manifest: Default::default(),
+    };
+    let state = ServiceState {
+        current: record,
+        history: Vec::new(),
+        canary: None,
+        scale: None,
+    };
+    admin.storage.put_service("broken", &state).expect("record");
+    admin.services.restore().await.expect("restore");
+    admin.services.mark_ready();
+
+    let (status, body) = admin
+        .send("GET", "/v1/services/broken", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains(r#""state":"failed""#), "{body}");
+    let (status, body) = admin
+        .send("POST", "/v1/services/broken/rollback", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("no earlier version"), "{body}");
+    let spec = r#"{"endpoints": ["127.0.0.1:9"]}"#;
+    let (status, body) = admin.send("PUT", "/v1/external/broken", spec).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _) = admin
+        .send("DELETE", "/v1/services/broken", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = admin
+        .send("GET", "/v1/services/broken", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
