@@ -175,7 +175,7 @@ def sccs(edges):
 LAYERS = [
     ("leaves", ["protocol.rs", "deadline.rs", "policy/", "manifest.rs", "storage.rs",
                 "telemetry/"]),
-    ("registry", ["registry/"]),
+    ("backends", ["registry/", "store/"]),
     ("caller", ["caller/"]),
     ("platform", ["platform.rs"]),
     ("capabilities", ["bindings.rs", "capabilities/"]),

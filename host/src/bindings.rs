@@ -17,6 +17,7 @@ wasmtime::component::bindgen!({
             import shoal:platform/caller@0.1.0;
             import shoal:platform/metrics@0.1.0;
             import shoal:platform/tracing@0.1.0;
+            import shoal:platform/store@0.1.0;
             export shoal:platform/health-check@0.1.0;
         }
     ",
@@ -27,8 +28,11 @@ wasmtime::component::bindgen!({
         "wasi:io": wasmtime_wasi::p2::bindings::io,
         "shoal:platform/discovery.watcher": crate::capabilities::discovery::Watcher,
         "shoal:platform/tracing.span": crate::capabilities::tracing::GuestSpan,
+        "shoal:platform/store.transaction": crate::capabilities::store::StoreTransaction,
     },
 });
 
 pub use self::exports::shoal::platform::health_check;
-pub use self::shoal::platform::{caller, config, discovery, log, metrics, registry, tracing};
+pub use self::shoal::platform::{
+    caller, config, discovery, log, metrics, registry, store, tracing,
+};

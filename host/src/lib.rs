@@ -14,6 +14,7 @@
 //! - [`listener`]: accepting connections with caps and timeouts (both listeners);
 //!   [`gateway`]: inbound HTTP routing; [`admin`]: the admin API.
 //! - [`storage`]: durable state in the data directory; [`manifest`]: deploy manifests.
+//! - [`store`]: each service's own key-value store (embedded SQLite backend).
 //! - [`telemetry`]: Prometheus metrics and OpenTelemetry traces.
 //! - [`server`]: `shoal serve` wiring; [`cli`]: the command line.
 
@@ -36,4 +37,5 @@ pub mod runtime;
 pub mod server;
 pub mod services;
 pub mod storage;
+pub mod store;
 pub mod telemetry;

@@ -14,6 +14,7 @@
 //! instance_reuse = 1         # requests per instance (1: fresh instance per request)
 //! max_concurrency = 64       # requests running at once
 //! queue = 256                # requests waiting; beyond that: 503 + Retry-After
+//! store_mb = 64              # size quota of the service's own store
 //!
 //! [outbound]
 //! allowed_hosts = ["api.example.com", "127.0.0.1:9000"]  # plain wasi:http beyond services
@@ -205,7 +206,15 @@ pub struct Limits {
     /// Requests that may wait for a slot; beyond that the gateway answers 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<u32>,
+    /// Size quota of the service's store, in MiB (keys and values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_mb: Option<u32>,
 }
+
+/// Store quota when a manifest sets none, in MiB.
+pub const DEFAULT_STORE_MB: u32 = 64;
+/// Largest store quota a manifest may ask for, in MiB.
+const MAX_STORE_MB: u32 = 64 * 1024;
 
 /// A manifest that cannot be accepted, naming the field and the reason.
 #[derive(Debug, Error)]
@@ -299,6 +308,16 @@ impl Manifest {
             return Err(field(
                 "limits.max_concurrency",
                 "must be between 1 and 100000",
+            ));
+        }
+        if self
+            .limits
+            .store_mb
+            .is_some_and(|mb| mb == 0 || mb > MAX_STORE_MB)
+        {
+            return Err(field(
+                "limits.store_mb",
+                &format!("must be between 1 and {MAX_STORE_MB}"),
             ));
         }
         if self.limits.queue.is_some_and(|n| n > 1_000_000) {

@@ -16,6 +16,8 @@ pub struct Platform {
     pub caller: Arc<Caller>,
     /// Metrics and traces.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Every service's own store.
+    pub stores: Arc<dyn crate::store::StoreBackend>,
 }
 
 impl Platform {

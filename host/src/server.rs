@@ -20,6 +20,7 @@ use crate::registry::health::HealthChecker;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::services::{ServiceDefaults, Services};
 use crate::storage::Storage;
+use crate::store::sqlite::SqliteBackend;
 use crate::telemetry::Telemetry;
 use hyper_util::service::TowerToHyperService;
 
@@ -90,11 +91,14 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
     }
     let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(1));
     let caller = Arc::new(Caller::new(registry.clone(), telemetry.clone()));
+    let stores = SqliteBackend::new(storage.root().join("stores"))
+        .map_err(|error| anyhow::anyhow!("opening the stores directory: {error}"))?;
     let platform = Arc::new(Platform {
         host_id: storage.host_id()?,
         registry: registry.clone(),
         caller: caller.clone(),
         telemetry: telemetry.clone(),
+        stores: Arc::new(stores),
     });
     let services = Services::new(
         runtime,

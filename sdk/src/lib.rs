@@ -33,6 +33,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod registry;
+pub mod store;
 pub mod trace;
 
 /// Generated bindings of the `shoal:platform/service` world.

@@ -11,4 +11,5 @@ mod durability;
 mod hardening;
 mod isolation;
 mod lifecycle;
+mod store;
 mod telemetry;

@@ -55,6 +55,9 @@ fn admin_with(restored: bool) -> Admin {
         registry: registry.clone(),
         caller: Arc::new(Caller::new(registry.clone(), telemetry.clone())),
         telemetry,
+        stores: Arc::new(
+            crate::store::sqlite::SqliteBackend::new(dir.path().join("stores")).expect("stores"),
+        ),
     });
     let services = Services::new(
         runtime,

@@ -18,6 +18,7 @@ pub mod log;
 pub mod metrics;
 pub mod output;
 pub mod registry;
+pub mod store;
 pub mod tracing;
 
 #[cfg(test)]
@@ -39,7 +40,6 @@ use crate::registry::HealthSignals;
 use crate::telemetry::TraceScope;
 
 /// What a running service knows about itself; shared by all of its requests.
-#[derive(Debug)]
 pub struct ServiceContext {
     /// The service name, as deployed.
     pub name: Arc<str>,
@@ -55,6 +55,18 @@ pub struct ServiceContext {
     pub health: Mutex<HealthSignals>,
     /// How much it may still log (its log import and its stdout/stderr together).
     pub log_budget: Mutex<LogBudget>,
+    /// Its own key-value store.
+    pub store: Arc<dyn crate::store::ServiceStore>,
+}
+
+impl std::fmt::Debug for ServiceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceContext")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What Shoal's capabilities know about the request an instance is serving.
@@ -109,6 +121,7 @@ pub fn add_to_linker<T: PlatformView + 'static>(linker: &mut Linker<T>) -> wasmt
     caller::add_to_linker(linker)?;
     metrics::add_to_linker(linker)?;
     tracing::add_to_linker(linker)?;
+    store::add_to_linker(linker)?;
     Ok(())
 }
 

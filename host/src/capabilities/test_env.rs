@@ -31,6 +31,8 @@ use crate::platform::Platform;
 use crate::protocol::{self, Body};
 use crate::registry::embedded::EmbeddedRegistry;
 use crate::registry::{self as reg, Endpoint, Health, Instance, Registry};
+use crate::store::StoreBackend;
+use crate::store::sqlite::SqliteBackend;
 use crate::telemetry::{Telemetry, TraceScope};
 
 /// One request's platform state and resource table, on a real registry and caller.
@@ -40,6 +42,8 @@ struct TestEnv {
     registry: Arc<dyn Registry>,
     /// The far end of in-process calls (the caller holds it weakly).
     local: Option<Arc<dyn LocalDispatch>>,
+    /// Where the stores live.
+    _dir: tempfile::TempDir,
 }
 
 impl TestEnv {
@@ -47,11 +51,16 @@ impl TestEnv {
         let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(60));
         let telemetry = Arc::new(Telemetry::from_env(true).expect("telemetry"));
         let caller = Arc::new(Caller::new(registry.clone(), telemetry.clone()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stores: Arc<dyn StoreBackend> =
+            Arc::new(SqliteBackend::new(dir.path().to_path_buf()).expect("stores"));
+        let store = stores.open("orders", 1 << 20).expect("store");
         let platform = Arc::new(Platform {
             host_id: "test-host".into(),
             registry: registry.clone(),
             caller,
             telemetry,
+            stores,
         });
         let service = Arc::new(ServiceContext {
             name: "orders".into(),
@@ -64,6 +73,7 @@ impl TestEnv {
             outbound: Arc::new(outbound),
             health: Default::default(),
             log_budget: Default::default(),
+            store,
         });
         Self {
             ctx: PlatformCtx {
@@ -77,6 +87,7 @@ impl TestEnv {
             table: ResourceTable::new(),
             registry,
             local: None,
+            _dir: dir,
         }
     }
 

@@ -30,11 +30,18 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
     let loaded = runtime.load(&bytes, &digest)?;
     let registry = EmbeddedRegistry::start(Duration::from_secs(60));
     let telemetry = Arc::new(crate::telemetry::Telemetry::from_env(false)?);
+    let stores = crate::store::sqlite::SqliteBackend::new(cache.join("stores"))
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let stores: Arc<dyn crate::store::StoreBackend> = Arc::new(stores);
+    let store = stores
+        .open("bench", 1 << 20)
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
     let platform = Arc::new(Platform {
         host_id: "bench".into(),
         registry: registry.clone(),
         caller: Arc::new(Caller::new(registry, telemetry.clone())),
         telemetry,
+        stores,
     });
     let service = Arc::new(ServiceContext {
         name: "bench".into(),
@@ -44,6 +51,7 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         outbound: Default::default(),
         health: Default::default(),
         log_budget: Default::default(),
+        store,
     });
     let invocation = Invocation {
         service,

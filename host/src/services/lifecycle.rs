@@ -650,6 +650,18 @@ impl Services {
             budget: self.runtime.memory_budget.clone(),
             idle: self.runtime.idle.clone(),
         };
+        let quota_mb = record
+            .manifest
+            .limits
+            .store_mb
+            .unwrap_or(crate::manifest::DEFAULT_STORE_MB);
+        let store = self
+            .platform
+            .stores
+            .open(&record.name, u64::from(quota_mb) * 1024 * 1024)
+            .map_err(|error| {
+                ServiceError::Storage(anyhow::anyhow!("opening the store: {error}"))
+            })?;
         let context = Arc::new(ServiceContext {
             name: record.name.as_str().into(),
             version: record.version.as_str().into(),
@@ -660,6 +672,7 @@ impl Services {
             outbound: Arc::new(record.manifest.outbound.clone()),
             health: Mutex::new(Default::default()),
             log_budget: Default::default(),
+            store,
         });
         Ok(Deployment {
             record,

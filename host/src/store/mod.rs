@@ -1,0 +1,246 @@
+//! Each service's own key-value store.
+//!
+//! [`StoreBackend`] opens the store of one service; [`ServiceStore`] is that store.
+//! The embedded backend ([`sqlite`]) keeps one SQLite database per service in the data
+//! directory; a replicated backend (PostgreSQL) can sit behind the same two traits.
+//!
+//! Transactions are optimistic: a guest's transaction reads through the store and
+//! buffers its writes in the host ([`Transaction`]), and [`ServiceStore::commit`]
+//! applies them in one database transaction only if nothing it read has changed
+//! since (every key carries the sequence number of the commit that last wrote it).
+//! So no lock is held while guest code runs, and no update is lost.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Largest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Writes one transaction may buffer.
+pub const MAX_TRANSACTION_WRITES: usize = 10_000;
+/// Bytes of keys and values one transaction may buffer.
+pub const MAX_TRANSACTION_BYTES: usize = 16 * 1024 * 1024;
+/// Keys one `list-keys` may answer.
+pub const MAX_LIST: u32 = 10_000;
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    /// A concurrent commit changed what was read (or a compare-and-swap found another
+    /// value); nothing was written.
+    #[error("conflict: another commit changed what was read")]
+    Conflict,
+    /// A key or value outside the limits.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The store is full.
+    #[error("the store's quota is exhausted")]
+    QuotaExceeded,
+    /// The transaction is already committed or failed.
+    #[error("the transaction is closed")]
+    Closed,
+    /// The database failed (the host's side).
+    #[error("store backend: {0}")]
+    Backend(String),
+}
+
+/// A value and the sequence number of the commit that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value.
+    pub value: Vec<u8>,
+    /// The commit that wrote it.
+    pub version: u64,
+}
+
+/// What a transaction read and wants to write, checked and applied by
+/// [`ServiceStore::commit`].
+#[derive(Debug, Default, Clone)]
+pub struct Commit {
+    /// Keys read and the version seen (`None`: absent).
+    pub reads: BTreeMap<String, Option<u64>>,
+    /// Prefixes listed and the keys (with versions) seen, up to the limit used.
+    pub listed: Vec<Listed>,
+    /// Keys to write (`None`: delete).
+    pub writes: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+/// One `list-keys` of a transaction, to check again at commit.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// The prefix.
+    pub prefix: String,
+    /// The limit it was listed with.
+    pub limit: u32,
+    /// What the store held then.
+    pub seen: Vec<(String, u64)>,
+}
+
+/// The store of one service.
+pub trait ServiceStore: Send + Sync {
+    /// The value under `key`.
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
+
+    /// Keys starting with `prefix` with their versions, in order, at most `limit`.
+    fn list(&self, prefix: &str, limit: u32) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Check `commit`'s reads against the store and apply its writes atomically and
+    /// durably; `Conflict` when a read is stale, `QuotaExceeded` when the writes do
+    /// not fit.
+    fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
+
+    /// Bytes of keys and values stored.
+    fn size(&self) -> Result<u64, StoreError>;
+}
+
+/// Opens services' stores.
+pub trait StoreBackend: Send + Sync {
+    /// The store of `service` (created empty on first use), limited to `quota` bytes.
+    fn open(&self, service: &str, quota: u64) -> Result<Arc<dyn ServiceStore>, StoreError>;
+
+    /// Delete `service`'s data (the service was removed).
+    fn remove(&self, service: &str) -> Result<(), StoreError>;
+}
+
+/// Check a key against the limits.
+pub fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(StoreError::TooLarge(format!(
+            "a key must be 1 to {MAX_KEY_BYTES} bytes (got {})",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Check a value against the limits.
+pub fn check_value(value: &[u8]) -> Result<(), StoreError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(StoreError::TooLarge(format!(
+            "a value must be at most {MAX_VALUE_BYTES} bytes (got {})",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A guest's transaction: its reads (with the versions seen) and its buffered writes.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    commit: Commit,
+    buffered_bytes: usize,
+    closed: bool,
+}
+
+impl Transaction {
+    /// The value under `key` as this transaction sees it.
+    pub fn get(
+        &mut self,
+        store: &dyn ServiceStore,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.open()?;
+        check_key(key)?;
+        if let Some(write) = self.commit.writes.get(key) {
+            return Ok(write.clone());
+        }
+        let found = store.get(key)?;
+        // The first read of a key is what the commit checks.
+        self.commit
+            .reads
+            .entry(key.to_owned())
+            .or_insert(found.as_ref().map(|v| v.version));
+        Ok(found.map(|v| v.value))
+    }
+
+    /// Buffer a write (`None`: delete).
+    pub fn put(&mut self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        self.open()?;
+        check_key(key)?;
+        if let Some(value) = &value {
+            check_value(value)?;
+        }
+        let added = key.len() + value.as_ref().map_or(0, Vec::len);
+        if self.commit.writes.len() >= MAX_TRANSACTION_WRITES
+            || self.buffered_bytes + added > MAX_TRANSACTION_BYTES
+        {
+            return Err(StoreError::TooLarge(format!(
+                "a transaction may write at most {MAX_TRANSACTION_WRITES} keys and \
+                 {MAX_TRANSACTION_BYTES} bytes"
+            )));
+        }
+        self.buffered_bytes += added;
+        self.commit.writes.insert(key.to_owned(), value);
+        Ok(())
+    }
+
+    /// Keys starting with `prefix` as this transaction sees them.
+    pub fn list(
+        &mut self,
+        store: &dyn ServiceStore,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        self.open()?;
+        let limit = limit.min(MAX_LIST);
+        let seen = store.list(prefix, limit)?;
+        let mut keys: std::collections::BTreeSet<String> =
+            seen.iter().map(|(key, _)| key.clone()).collect();
+        for (key, write) in self.commit.writes.range(prefix.to_owned()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            match write {
+                Some(_) => keys.insert(key.clone()),
+                None => keys.remove(key),
+            };
+        }
+        self.commit.listed.push(Listed {
+            prefix: prefix.to_owned(),
+            limit,
+            seen,
+        });
+        Ok(keys.into_iter().take(limit as usize).collect())
+    }
+
+    /// Commit: check the reads and apply the writes, once. Closed afterwards.
+    pub fn commit(&mut self, store: &dyn ServiceStore) -> Result<(), StoreError> {
+        self.open()?;
+        self.closed = true;
+        if self.commit.writes.is_empty()
+            && self.commit.reads.is_empty()
+            && self.commit.listed.is_empty()
+        {
+            return Ok(());
+        }
+        // Even a read-only transaction is checked: what it read must still hold, so
+        // it saw one consistent state.
+        store.commit(&self.commit)
+    }
+
+    fn open(&self) -> Result<(), StoreError> {
+        if self.closed {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_are_bounded() {
+        assert!(check_key("").is_err());
+        assert!(check_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
+        assert!(check_key("orders/1").is_ok());
+        assert!(check_value(&vec![0; MAX_VALUE_BYTES + 1]).is_err());
+        assert!(check_value(b"").is_ok());
+    }
+}

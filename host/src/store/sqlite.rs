@@ -1,0 +1,391 @@
+//! The embedded store backend: one SQLite database per service, in
+//! `<data dir>/stores/<service>.sqlite3`.
+//!
+//! Why SQLite: it is embedded (no server to run), its commits are atomic and durable
+//! (`journal_mode=WAL`, `synchronous=FULL`: a commit that returned survives `kill -9`
+//! and power loss), and one file per service makes isolation structural: a service's
+//! calls only ever reach its own file, whatever its keys look like.
+//!
+//! Keys are stored as bytes so a prefix is an index range; every row carries the
+//! sequence number of the commit that wrote it, which optimistic transactions check.
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension as _, params};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::{Commit, ServiceStore, StoreBackend, StoreError, Versioned};
+
+/// Stores of every service, one SQLite file each.
+pub struct SqliteBackend {
+    dir: PathBuf,
+    open: Mutex<HashMap<String, Weak<SqliteStore>>>,
+}
+
+impl SqliteBackend {
+    /// Keep stores in `dir` (created if needed).
+    pub fn new(dir: PathBuf) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|error| StoreError::Backend(format!("creating {}: {error}", dir.display())))?;
+        Ok(Self {
+            dir,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, service: &str) -> PathBuf {
+        self.dir.join(format!("{service}.sqlite3"))
+    }
+}
+
+impl StoreBackend for SqliteBackend {
+    fn open(&self, service: &str, quota: u64) -> Result<Arc<dyn ServiceStore>, StoreError> {
+        crate::registry::validate_name(service)
+            .map_err(|error| StoreError::Backend(error.to_string()))?;
+        let mut open = self.open.lock();
+        if let Some(store) = open.get(service).and_then(Weak::upgrade) {
+            *store.quota.lock() = quota;
+            return Ok(store);
+        }
+        let store = Arc::new(SqliteStore::open(self.path(service), quota)?);
+        open.retain(|_, store| store.strong_count() > 0);
+        open.insert(service.to_owned(), Arc::downgrade(&store));
+        Ok(store)
+    }
+
+    fn remove(&self, service: &str) -> Result<(), StoreError> {
+        crate::registry::validate_name(service)
+            .map_err(|error| StoreError::Backend(error.to_string()))?;
+        self.open.lock().remove(service);
+        let path = self.path(service);
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            crate::storage::remove_durably(&file)
+                .map_err(|error| StoreError::Backend(format!("{error:#}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// One service's database.
+pub struct SqliteStore {
+    connection: Mutex<Connection>,
+    quota: Mutex<u64>,
+}
+
+fn backend(error: rusqlite::Error) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+/// The smallest byte string greater than every string starting with `prefix`, if any.
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut bound = prefix.to_vec();
+    while let Some(last) = bound.pop() {
+        if last < u8::MAX {
+            bound.push(last + 1);
+            return Some(bound);
+        }
+    }
+    None
+}
+
+impl SqliteStore {
+    fn open(path: PathBuf, quota: u64) -> Result<Self, StoreError> {
+        let connection = Connection::open(&path).map_err(backend)?;
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(backend)?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 CREATE TABLE IF NOT EXISTS kv (
+                     key BLOB PRIMARY KEY,
+                     value BLOB NOT NULL,
+                     version INTEGER NOT NULL
+                 ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS meta (
+                     name TEXT PRIMARY KEY,
+                     value INTEGER NOT NULL
+                 );
+                 INSERT OR IGNORE INTO meta VALUES ('sequence', 0), ('bytes', 0);",
+            )
+            .map_err(backend)?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+            quota: Mutex::new(quota),
+        })
+    }
+
+    fn list_in(
+        connection: &Connection,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let low = prefix.as_bytes();
+        let rows = match successor(low) {
+            Some(high) => {
+                let mut statement = connection
+                    .prepare_cached(
+                        "SELECT key, version FROM kv WHERE key >= ?1 AND key < ?2 \
+                         ORDER BY key LIMIT ?3",
+                    )
+                    .map_err(backend)?;
+                let rows = statement
+                    .query_map(params![low, high, limit], |row| {
+                        Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
+            }
+            None => {
+                let mut statement = connection
+                    .prepare_cached(
+                        "SELECT key, version FROM kv WHERE key >= ?1 ORDER BY key LIMIT ?2",
+                    )
+                    .map_err(backend)?;
+                let rows = statement
+                    .query_map(params![low, limit], |row| {
+                        Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
+                    })
+                    .map_err(backend)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(key, version)| (String::from_utf8_lossy(&key).into_owned(), version as u64))
+            .collect())
+    }
+
+    fn meta(connection: &Connection, name: &str) -> Result<i64, StoreError> {
+        connection
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
+                row.get(0)
+            })
+            .map_err(backend)
+    }
+}
+
+impl ServiceStore for SqliteStore {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let connection = self.connection.lock();
+        let mut statement = connection
+            .prepare_cached("SELECT value, version FROM kv WHERE key = ?1")
+            .map_err(backend)?;
+        statement
+            .query_row([key.as_bytes()], |row| {
+                Ok(Versioned {
+                    value: row.get(0)?,
+                    version: row.get::<_, i64>(1)? as u64,
+                })
+            })
+            .optional()
+            .map_err(backend)
+    }
+
+    fn list(&self, prefix: &str, limit: u32) -> Result<Vec<(String, u64)>, StoreError> {
+        let connection = self.connection.lock();
+        Self::list_in(&connection, prefix, limit)
+    }
+
+    fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        let quota = *self.quota.lock();
+        let mut connection = self.connection.lock();
+        let transaction = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        // Validate: everything read is as it was.
+        {
+            let mut version_of = transaction
+                .prepare_cached("SELECT version FROM kv WHERE key = ?1")
+                .map_err(backend)?;
+            for (key, seen) in &commit.reads {
+                let now: Option<i64> = version_of
+                    .query_row([key.as_bytes()], |row| row.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                if now.map(|v| v as u64) != *seen {
+                    return Err(StoreError::Conflict);
+                }
+            }
+        }
+        for listed in &commit.listed {
+            if Self::list_in(&transaction, &listed.prefix, listed.limit)? != listed.seen {
+                return Err(StoreError::Conflict);
+            }
+        }
+        if commit.writes.is_empty() {
+            return Ok(());
+        }
+        // Apply, within the quota.
+        let mut bytes = Self::meta(&transaction, "bytes")?;
+        let sequence = Self::meta(&transaction, "sequence")? + 1;
+        {
+            let mut size_of = transaction
+                .prepare_cached("SELECT length(key) + length(value) FROM kv WHERE key = ?1")
+                .map_err(backend)?;
+            let mut upsert = transaction
+                .prepare_cached(
+                    "INSERT INTO kv (key, value, version) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                     version = excluded.version",
+                )
+                .map_err(backend)?;
+            let mut delete = transaction
+                .prepare_cached("DELETE FROM kv WHERE key = ?1")
+                .map_err(backend)?;
+            for (key, value) in &commit.writes {
+                let old: Option<i64> = size_of
+                    .query_row([key.as_bytes()], |row| row.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                bytes -= old.unwrap_or(0);
+                match value {
+                    Some(value) => {
+                        bytes += (key.len() + value.len()) as i64;
+                        upsert
+                            .execute(params![key.as_bytes(), value, sequence])
+                            .map_err(backend)?;
+                    }
+                    None => {
+                        delete.execute([key.as_bytes()]).map_err(backend)?;
+                    }
+                }
+            }
+        }
+        let before = Self::meta(&transaction, "bytes")?;
+        if bytes > before && bytes as u64 > quota {
+            // Dropping the transaction rolls it back.
+            return Err(StoreError::QuotaExceeded);
+        }
+        transaction
+            .execute(
+                "UPDATE meta SET value = CASE name WHEN 'bytes' THEN ?1 ELSE ?2 END \
+                 WHERE name IN ('bytes', 'sequence')",
+                params![bytes, sequence],
+            )
+            .map_err(backend)?;
+        transaction.commit().map_err(backend)
+    }
+
+    fn size(&self) -> Result<u64, StoreError> {
+        let connection = self.connection.lock();
+        Ok(Self::meta(&connection, "bytes")?.max(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Transaction;
+
+    fn store(dir: &tempfile::TempDir, service: &str, quota: u64) -> Arc<dyn ServiceStore> {
+        SqliteBackend::new(dir.path().to_path_buf())
+            .expect("backend")
+            .open(service, quota)
+            .expect("open")
+    }
+
+    #[test]
+    fn prefixes_have_an_upper_bound_unless_all_ones() {
+        assert_eq!(successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(successor(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(successor(b"\xff\xff"), None);
+        assert_eq!(successor(b""), None);
+    }
+
+    #[test]
+    fn transactions_commit_atomically_and_conflicts_lose_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir, "s", 1 << 20);
+        let mut first = Transaction::default();
+        let mut second = Transaction::default();
+        assert_eq!(first.get(&*store, "n").expect("get"), None);
+        assert_eq!(second.get(&*store, "n").expect("get"), None);
+        first.put("n", Some(b"1".to_vec())).expect("put");
+        first.put("m", Some(b"x".to_vec())).expect("put");
+        second.put("n", Some(b"2".to_vec())).expect("put");
+        first.commit(&*store).expect("first commits");
+        assert_eq!(second.commit(&*store), Err(StoreError::Conflict));
+        assert_eq!(
+            store.get("n").expect("get").map(|v| v.value),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(second.commit(&*store), Err(StoreError::Closed));
+    }
+
+    #[test]
+    fn a_listed_prefix_that_changed_is_a_conflict() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir, "s", 1 << 20);
+        let mut listing = Transaction::default();
+        assert!(
+            listing
+                .list(&*store, "order/", 100)
+                .expect("list")
+                .is_empty()
+        );
+        let mut other = Transaction::default();
+        other.put("order/1", Some(b"x".to_vec())).expect("put");
+        other.commit(&*store).expect("commit");
+        listing
+            .put("summary", Some(b"0 orders".to_vec()))
+            .expect("put");
+        assert_eq!(listing.commit(&*store), Err(StoreError::Conflict));
+    }
+
+    #[test]
+    fn reads_see_own_writes_and_listing_merges_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir, "s", 1 << 20);
+        let mut setup = Transaction::default();
+        setup.put("a/1", Some(b"x".to_vec())).expect("put");
+        setup.put("a/2", Some(b"y".to_vec())).expect("put");
+        setup.commit(&*store).expect("commit");
+        let mut tx = Transaction::default();
+        tx.put("a/3", Some(b"z".to_vec())).expect("put");
+        tx.put("a/1", None).expect("delete");
+        assert_eq!(tx.get(&*store, "a/1").expect("get"), None);
+        assert_eq!(tx.list(&*store, "a/", 10).expect("list"), ["a/2", "a/3"]);
+    }
+
+    #[test]
+    fn the_quota_refuses_growth_but_allows_shrinking() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir, "s", 100);
+        let mut big = Transaction::default();
+        big.put("k", Some(vec![0; 200])).expect("put");
+        assert_eq!(big.commit(&*store), Err(StoreError::QuotaExceeded));
+        assert_eq!(store.size().expect("size"), 0, "nothing was written");
+        let mut fits = Transaction::default();
+        fits.put("k", Some(vec![0; 50])).expect("put");
+        fits.commit(&*store).expect("fits");
+        assert_eq!(store.size().expect("size"), 51);
+        let mut shrink = Transaction::default();
+        shrink.put("k", None).expect("delete");
+        shrink.commit(&*store).expect("shrinks");
+        assert_eq!(store.size().expect("size"), 0);
+    }
+
+    #[test]
+    fn data_survives_reopening_and_services_have_separate_files() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let a = store(&dir, "a", 1 << 20);
+            let mut tx = Transaction::default();
+            tx.put("secret", Some(b"a's".to_vec())).expect("put");
+            tx.commit(&*a).expect("commit");
+        }
+        let a = store(&dir, "a", 1 << 20);
+        assert_eq!(
+            a.get("secret").expect("get").map(|v| v.value),
+            Some(b"a's".to_vec())
+        );
+        let b = store(&dir, "b", 1 << 20);
+        assert_eq!(b.get("secret").expect("get"), None);
+        assert!(b.list("", 100).expect("list").is_empty());
+    }
+}

@@ -1,0 +1,173 @@
+//! Each service's own store: semantics, isolation, no lost updates under concurrency,
+//! durability across `kill -9`, quota and bad input.
+
+use shoal_tests::{Host, agent, guest, temp_root};
+
+fn put(host: &Host, path: &str, body: &[u8]) -> (u16, String) {
+    let mut response = agent()
+        .put(format!("{}{path}", host.gateway))
+        .send(body)
+        .expect("put");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+fn post(host: &Host, path: &str, body: &[u8]) -> (u16, String) {
+    let mut response = agent()
+        .post(format!("{}{path}", host.gateway))
+        .send(body)
+        .expect("post");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn single_key_calls_and_compare_and_swap() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("kv", &guest("counter")).status, 201);
+    assert_eq!(host.get("/kv/get?key=a").status, 404);
+    assert_eq!(put(&host, "/kv/set?key=a", b"one").0, 200);
+    assert_eq!(host.get("/kv/get?key=a").body, "one");
+    assert_eq!(post(&host, "/kv/cas?key=a&expected=nope", b"two").0, 409);
+    assert_eq!(post(&host, "/kv/cas?key=a&expected=one", b"two").0, 200);
+    assert_eq!(host.get("/kv/get?key=a").body, "two");
+    assert_eq!(
+        post(&host, "/kv/cas?key=new", b"first").0,
+        200,
+        "absent as expected"
+    );
+    assert_eq!(post(&host, "/kv/cas?key=new", b"again").0, 409);
+    assert_eq!(put(&host, "/kv/set?key=a%2F1", b"x").0, 200);
+    assert_eq!(put(&host, "/kv/set?key=a%2F2", b"y").0, 200);
+    assert_eq!(host.get("/kv/list?prefix=a%2F").body, "a/1\na/2\n");
+    assert_eq!(
+        agent()
+            .delete(format!("{}/kv/delete?key=a%2F1", host.gateway))
+            .call()
+            .expect("delete")
+            .status(),
+        200
+    );
+    assert_eq!(host.get("/kv/list?prefix=a%2F").body, "a/2\n");
+}
+
+#[test]
+fn concurrent_read_modify_writes_lose_no_update() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "[limits]\nmax_concurrency = 16\n";
+    assert_eq!(
+        host.deploy_with_manifest("kv", &guest("counter"), manifest)
+            .status,
+        201
+    );
+    let gateway = host.gateway.clone();
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let url = format!("{gateway}/kv/increment?key=n");
+            std::thread::spawn(move || {
+                let agent = agent();
+                (0..25)
+                    .map(|_| {
+                        let mut response = agent.post(&url).send(&b""[..]).expect("increment");
+                        assert_eq!(response.status(), 200);
+                        response
+                            .body_mut()
+                            .read_to_string()
+                            .expect("body")
+                            .trim()
+                            .parse::<u64>()
+                            .expect("count")
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut seen: Vec<u64> = workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("worker"))
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=200).collect::<Vec<u64>>(),
+        "every increment saw its own value"
+    );
+    assert_eq!(host.get("/kv/get?key=n").body, "200");
+}
+
+#[test]
+fn services_cannot_see_each_others_data_however_they_name_keys() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("a", &guest("counter")).status, 201);
+    assert_eq!(host.deploy("b", &guest("counter")).status, 201);
+    assert_eq!(put(&host, "/a/set?key=secret", b"a's").0, 200);
+    assert_eq!(host.get("/b/get?key=secret").status, 404);
+    for guess in [
+        "..%2Fa%2Fsecret",
+        "a%2Fsecret",
+        "%2F..%2F..%2Fstores%2Fa.sqlite3",
+        "a.sqlite3",
+    ] {
+        assert_eq!(
+            host.get(&format!("/b/get?key={guess}")).status,
+            404,
+            "{guess}"
+        );
+    }
+    assert_eq!(host.get("/b/list?prefix=").body, "", "b's store is empty");
+    assert_eq!(host.get("/a/get?key=secret").body, "a's");
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("kv", &guest("counter")).status, 201);
+    for i in 0..20 {
+        assert_eq!(
+            post(&host, "/kv/increment?key=n", b"").1.trim(),
+            (i + 1).to_string()
+        );
+    }
+    host.crash();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.get("/kv/get?key=n").body, "20");
+}
+
+#[test]
+fn quota_and_limits_are_typed_errors_that_change_nothing() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "[limits]\nstore_mb = 1\n";
+    assert_eq!(
+        host.deploy_with_manifest("kv", &guest("counter"), manifest)
+            .status,
+        201
+    );
+    assert_eq!(post(&host, "/kv/fill?key=a&bytes=600000", b"").0, 200);
+    let (status, body) = post(&host, "/kv/fill?key=b&bytes=600000", b"");
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("QuotaExceeded"), "{body}");
+    assert_eq!(host.get("/kv/get?key=b").status, 404, "nothing was written");
+    // Replacing a value with a smaller one still fits.
+    assert_eq!(post(&host, "/kv/fill?key=a&bytes=10", b"").0, 200);
+    // A value over 1 MiB and a key over 512 bytes are refused with the reason.
+    let (status, body) = post(&host, "/kv/fill?key=c&bytes=1048577", b"");
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("TooLarge"), "{body}");
+    let long = "k".repeat(513);
+    let (status, body) = put(&host, &format!("/kv/set?key={long}"), b"x");
+    assert_eq!(status, 413, "{body}");
+    // A bad manifest quota is refused at deploy.
+    let bad = host.deploy_with_manifest("kv2", &guest("counter"), "[limits]\nstore_mb = 0\n");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+}
