@@ -18,7 +18,9 @@ use crate::bindings::shoal::platform::store as wit;
 pub use wit::StoreError;
 
 /// Attempts [`transaction`] makes before giving up with `conflict`.
-pub const MAX_ATTEMPTS: u32 = 32;
+pub const MAX_ATTEMPTS: u32 = 64;
+/// Longest pause between two attempts, in milliseconds.
+const MAX_BACKOFF_MS: u64 = 50;
 
 /// The value under `key`, if any.
 pub fn get(key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -95,19 +97,29 @@ impl Default for Transaction {
 }
 
 /// Run `work` in a transaction and commit it; when the commit meets a `conflict`,
-/// run `work` again on a fresh transaction (up to [`MAX_ATTEMPTS`] times). `work`
-/// must do nothing but store calls that should be repeated.
+/// wait a random, growing pause and run `work` again on a fresh transaction (up to
+/// [`MAX_ATTEMPTS`] times). `work` must do nothing but store calls that should be
+/// repeated.
 pub fn transaction<T, E: From<StoreError>>(
     mut work: impl FnMut(&Transaction) -> Result<T, E>,
 ) -> Result<T, E> {
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
         let tx = Transaction::new();
         let value = work(&tx)?;
         match tx.commit() {
             Ok(()) => return Ok(value),
-            Err(StoreError::Conflict) => continue,
+            Err(StoreError::Conflict) => backoff(attempt),
             Err(error) => return Err(error.into()),
         }
     }
     Err(StoreError::Conflict.into())
+}
+
+/// Wait a random time that grows with `attempt` ("full jitter"), so transactions that
+/// keep colliding on a hot key spread out instead of colliding again.
+fn backoff(attempt: u32) {
+    let ceiling_ms = (1u64 << attempt.min(6)).min(MAX_BACKOFF_MS);
+    let random = crate::bindings::wasi::random::random::get_random_u64();
+    let micros = random % (ceiling_ms * 1000 + 1);
+    std::thread::sleep(std::time::Duration::from_micros(micros));
 }
