@@ -173,8 +173,8 @@ def sccs(edges):
 
 # Layers, lowest first. A file may import its own layer or lower ones, never higher.
 LAYERS = [
-    ("leaves", ["protocol.rs", "deadline.rs", "policy/", "manifest.rs", "storage.rs",
-                "telemetry/"]),
+    ("leaves", ["protocol.rs", "deadline.rs", "policy/", "events/", "manifest.rs",
+                "storage.rs", "telemetry/"]),
     ("backends", ["registry/", "store/"]),
     ("caller", ["caller/"]),
     ("platform", ["platform.rs"]),

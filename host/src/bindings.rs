@@ -18,6 +18,7 @@ wasmtime::component::bindgen!({
             import shoal:platform/metrics@0.1.0;
             import shoal:platform/tracing@0.1.0;
             import shoal:platform/store@0.1.0;
+            import shoal:platform/events@0.1.0;
             export shoal:platform/health-check@0.1.0;
         }
     ",
@@ -34,5 +35,5 @@ wasmtime::component::bindgen!({
 
 pub use self::exports::shoal::platform::health_check;
 pub use self::shoal::platform::{
-    caller, config, discovery, log, metrics, registry, store, tracing,
+    caller, config, discovery, events, log, metrics, registry, store, tracing,
 };

@@ -15,6 +15,7 @@
 //!   [`gateway`]: inbound HTTP routing; [`admin`]: the admin API.
 //! - [`storage`]: durable state in the data directory; [`manifest`]: deploy manifests.
 //! - [`store`]: each service's own key-value store (embedded SQLite backend).
+//! - [`events`]: the event bus (embedded SQLite queue of deliveries).
 //! - [`telemetry`]: Prometheus metrics and OpenTelemetry traces.
 //! - [`server`]: `shoal serve` wiring; [`cli`]: the command line.
 
@@ -26,6 +27,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod deadline;
+pub mod events;
 pub mod gateway;
 pub mod listener;
 pub mod manifest;

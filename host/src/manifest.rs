@@ -25,6 +25,11 @@
 //! max_attempts = 3
 //! load_balancing = "round-robin" # or "power-of-two-choices" (default)
 //! breaker = { consecutive_failures = 5, cool_down_ms = 5000 }
+//!
+//! [[subscriptions]]              # events of a topic, POSTed to a route of the service
+//! topic = "order.created"
+//! route = "/events/order-created"
+//! max_attempts = 5               # then the event becomes a dead letter
 //! ```
 //!
 //! Unknown keys are errors, so a typo never silently does nothing.
@@ -60,6 +65,26 @@ pub struct Manifest {
     /// Schedule of the service's own health check (when it exports one).
     #[serde(default)]
     pub health: HealthSchedule,
+    /// Topics whose events the service receives, and where.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// A subscription: events of `topic` are delivered as `POST` requests to `route`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// The topic.
+    pub topic: String,
+    /// The service's own path that receives the events (starts with `/`).
+    pub route: String,
+    /// Failed deliveries of one event before it becomes a dead letter.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_max_attempts() -> u32 {
+    5
 }
 
 /// When and how strictly the host runs a service's exported health check.
@@ -319,6 +344,34 @@ impl Manifest {
                 "limits.store_mb",
                 &format!("must be between 1 and {MAX_STORE_MB}"),
             ));
+        }
+        if self.subscriptions.len() > 64 {
+            return Err(field("subscriptions", "at most 64"));
+        }
+        for (index, subscription) in self.subscriptions.iter().enumerate() {
+            if let Err(error) = crate::events::validate_topic(&subscription.topic) {
+                return Err(field(
+                    &format!("subscriptions[{index}].topic"),
+                    &error.to_string(),
+                ));
+            }
+            if !subscription.route.starts_with('/')
+                || subscription
+                    .route
+                    .parse::<http::uri::PathAndQuery>()
+                    .is_err()
+            {
+                return Err(field(
+                    &format!("subscriptions[{index}].route"),
+                    "must be a path starting with `/`",
+                ));
+            }
+            if !(1..=100).contains(&subscription.max_attempts) {
+                return Err(field(
+                    &format!("subscriptions[{index}].max_attempts"),
+                    "must be between 1 and 100",
+                ));
+            }
         }
         if self.limits.queue.is_some_and(|n| n > 1_000_000) {
             return Err(field("limits.queue", "must be at most 1000000"));

@@ -18,6 +18,10 @@ pub struct Platform {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Every service's own store.
     pub stores: Arc<dyn crate::store::StoreBackend>,
+    /// Deliveries of published events.
+    pub bus: Arc<dyn crate::events::EventBus>,
+    /// Woken when an event is published, so delivery starts at once.
+    pub published: tokio::sync::Notify,
 }
 
 impl Platform {

@@ -10,6 +10,7 @@ use crate::admin::{self, AdminState, AdminToken};
 use crate::caller::Caller;
 use crate::caller::transport::LocalDispatch;
 use crate::config::ServeConfig;
+use crate::events::sqlite::SqliteBus;
 use crate::gateway::TrustedPeers;
 use crate::listener::{self, ConnectionLimits};
 use crate::platform::Platform;
@@ -93,12 +94,16 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
     let caller = Arc::new(Caller::new(registry.clone(), telemetry.clone()));
     let stores = SqliteBackend::new(storage.root().join("stores"))
         .map_err(|error| anyhow::anyhow!("opening the stores directory: {error}"))?;
+    let bus = SqliteBus::open(&storage.root().join("events.sqlite3"))
+        .map_err(|error| anyhow::anyhow!("opening the event bus: {error}"))?;
     let platform = Arc::new(Platform {
         host_id: storage.host_id()?,
         registry: registry.clone(),
         caller: caller.clone(),
         telemetry: telemetry.clone(),
         stores: Arc::new(stores),
+        bus: Arc::new(bus),
+        published: Default::default(),
     });
     let services = Services::new(
         runtime,
@@ -250,6 +255,8 @@ async fn restore(services: Arc<Services>, external: Arc<ExternalServices>) {
         }
     };
     services.mark_ready();
+    // Deliveries start once every subscriber is back.
+    tokio::spawn(crate::services::delivery::run(Arc::downgrade(&services)));
     tracing::info!(
         restored,
         restored_external,

@@ -28,6 +28,7 @@ extern crate self as shoal_sdk;
 pub mod caller;
 pub mod config;
 pub mod discovery;
+pub mod events;
 pub mod health;
 pub mod http;
 pub mod log;

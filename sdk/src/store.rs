@@ -84,6 +84,22 @@ impl Transaction {
         self.raw.list_keys(prefix, limit)
     }
 
+    /// Publish `payload` to `topic` when this transaction commits (never if it does
+    /// not); returns the event's id.
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<String, crate::events::PublishError> {
+        crate::bindings::shoal::platform::events::publish_in(&self.raw, topic, payload)
+    }
+
+    /// Record that event `id` is handled, when this transaction commits: the host then
+    /// drops its redeliveries to this service.
+    pub fn mark_handled(&self, id: &str) -> Result<(), StoreError> {
+        crate::bindings::shoal::platform::events::mark_handled(&self.raw, id)
+    }
+
     /// Write everything at once, or nothing.
     pub fn commit(self) -> Result<(), StoreError> {
         self.raw.commit()

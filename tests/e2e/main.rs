@@ -8,6 +8,7 @@ mod caller;
 mod cli;
 mod deploy;
 mod durability;
+mod events;
 mod hardening;
 mod isolation;
 mod lifecycle;

@@ -18,12 +18,16 @@
 //! | PUT    | `/v1/external/{name}` | register an external service (JSON)          |
 //! | GET / DELETE | `/v1/external/{name}` | show / remove one                      |
 //! | GET    | `/v1/discovery/{name}`| every registered instance of a service, with health |
+//! | GET    | `/v1/events`          | deliveries waiting, and the dead letters      |
+//! | POST   | `/v1/events/dead/{subscriber}/{event_id}/replay` | deliver a dead letter again |
+//! | DELETE | `/v1/events/dead/{subscriber}/{event_id}` | drop a dead letter          |
 //!
 //! Every `/v1` call needs `Authorization: Bearer <token>`. Until the host is ready,
 //! calls that change something answer 503 with `Retry-After`.
 
 mod auth;
 mod error;
+mod events;
 mod external;
 mod services;
 #[cfg(test)]
@@ -149,6 +153,15 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/external", get(external::list))
         .route("/discovery/{name}", get(external::discover))
+        .route("/events", get(events::show))
+        .route(
+            "/events/dead/{subscriber}/{event_id}",
+            axum::routing::delete(events::drop_dead),
+        )
+        .route(
+            "/events/dead/{subscriber}/{event_id}/replay",
+            post(events::replay),
+        )
         .layer(DefaultBodyLimit::max(max_upload_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -58,6 +58,11 @@ fn admin_with(restored: bool) -> Admin {
         stores: Arc::new(
             crate::store::sqlite::SqliteBackend::new(dir.path().join("stores")).expect("stores"),
         ),
+        bus: Arc::new(
+            crate::events::sqlite::SqliteBus::open(&dir.path().join("events.sqlite3"))
+                .expect("bus"),
+        ),
+        published: Default::default(),
     });
     let services = Services::new(
         runtime,

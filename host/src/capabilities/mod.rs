@@ -14,6 +14,7 @@
 pub mod caller;
 pub mod config;
 pub mod discovery;
+pub mod events;
 pub mod log;
 pub mod metrics;
 pub mod output;
@@ -122,6 +123,7 @@ pub fn add_to_linker<T: PlatformView + 'static>(linker: &mut Linker<T>) -> wasmt
     metrics::add_to_linker(linker)?;
     tracing::add_to_linker(linker)?;
     store::add_to_linker(linker)?;
+    events::add_to_linker(linker)?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use crate::store::{ServiceStore, StoreError, Transaction, check_key, check_value
 /// A guest's open transaction.
 #[derive(Default)]
 pub struct StoreTransaction {
-    tx: Transaction,
+    pub(super) tx: Transaction,
 }
 
 /// What a store call sees: the service's store and the instance's resource table.
@@ -23,6 +23,8 @@ pub struct StoreView<'a> {
     pub table: &'a mut ResourceTable,
     /// The service, for the call's span.
     pub service: &'a str,
+    /// Woken after a commit, which may have published events.
+    pub published: &'a tokio::sync::Notify,
 }
 
 struct HasStore;
@@ -40,11 +42,13 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
             store: &view.ctx.service.store,
             table: view.table,
             service: &view.ctx.service.name,
+            published: &view.ctx.platform.published,
         }
     })
 }
 
-fn to_wit(error: StoreError) -> WitError {
+/// The WIT form of a store error.
+pub(super) fn store_error_to_wit(error: StoreError) -> WitError {
     match error {
         StoreError::Conflict => WitError::Conflict,
         StoreError::TooLarge(text) => WitError::TooLarge(text),
@@ -62,7 +66,7 @@ async fn blocking<R: Send + 'static>(
 ) -> wasmtime::Result<Result<R, WitError>> {
     let store = store.clone();
     match tokio::task::spawn_blocking(move || work(&*store)).await {
-        Ok(result) => Ok(result.map_err(to_wit)),
+        Ok(result) => Ok(result.map_err(store_error_to_wit)),
         Err(error) => Err(wasmtime::Error::new(HostFault {
             call: "store",
             reason: format!("the store task failed: {error}"),
@@ -85,7 +89,7 @@ impl Host for StoreView<'_> {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, WitError>> {
         traced_fallible("store.get", self.service, async {
             if let Err(error) = check_key(&key) {
-                return Ok(Err(to_wit(error)));
+                return Ok(Err(store_error_to_wit(error)));
             }
             blocking(self.store, move |store| {
                 Ok(store.get(&key)?.map(|found| found.value))
@@ -182,7 +186,7 @@ impl StoreView<'_> {
                 .get_mut(handle)
                 .map_err(|error| HostFault::table(call, error))?;
             entry.tx = tx;
-            Ok(result.map_err(to_wit))
+            Ok(result.map_err(store_error_to_wit))
         })
         .await
     }
@@ -249,10 +253,15 @@ impl HostTransaction for StoreView<'_> {
         &mut self,
         handle: Resource<StoreTransaction>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        self.with_transaction("store.transaction.commit", &handle, |tx, store| {
-            tx.commit(store)
-        })
-        .await
+        let committed = self
+            .with_transaction("store.transaction.commit", &handle, |tx, store| {
+                tx.commit(store)
+            })
+            .await;
+        if matches!(committed, Ok(Ok(()))) {
+            self.published.notify_one();
+        }
+        committed
     }
 
     async fn drop(&mut self, handle: Resource<StoreTransaction>) -> wasmtime::Result<()> {

@@ -61,6 +61,11 @@ impl TestEnv {
             caller,
             telemetry,
             stores,
+            bus: Arc::new(
+                crate::events::sqlite::SqliteBus::open(&dir.path().join("events.sqlite3"))
+                    .expect("bus"),
+            ),
+            published: Default::default(),
         });
         let service = Arc::new(ServiceContext {
             name: "orders".into(),

@@ -42,6 +42,11 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         caller: Arc::new(Caller::new(registry, telemetry.clone())),
         telemetry,
         stores,
+        bus: Arc::new(
+            crate::events::sqlite::SqliteBus::open(&cache.join("events.sqlite3"))
+                .map_err(|error| anyhow::anyhow!("{error}"))?,
+        ),
+        published: Default::default(),
     });
     let service = Arc::new(ServiceContext {
         name: "bench".into(),

@@ -7,6 +7,7 @@
 //! - [`limiter`]: per-service concurrency and queue (pure logic).
 //! - [`state`]: what is persisted per service.
 
+pub mod delivery;
 mod lifecycle;
 pub mod limiter;
 mod serving;

@@ -57,6 +57,20 @@ pub struct Versioned {
     pub version: u64,
 }
 
+/// An event waiting in a service's outbox: stored with the transaction that published
+/// it, moved to the bus after that transaction committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Unique id.
+    pub id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// The publisher's W3C `traceparent`, so the delivery continues its trace.
+    pub traceparent: Option<String>,
+}
+
 /// What a transaction read and wants to write, checked and applied by
 /// [`ServiceStore::commit`].
 #[derive(Debug, Default, Clone)]
@@ -67,6 +81,17 @@ pub struct Commit {
     pub listed: Vec<Listed>,
     /// Keys to write (`None`: delete).
     pub writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Events to publish once committed (the outbox).
+    pub events: Vec<OutboxEvent>,
+    /// Event ids handled by this transaction (the inbox).
+    pub handled: Vec<String>,
+}
+
+impl Commit {
+    /// Whether committing would write anything.
+    pub fn writes_anything(&self) -> bool {
+        !self.writes.is_empty() || !self.events.is_empty() || !self.handled.is_empty()
+    }
 }
 
 /// One `list-keys` of a transaction, to check again at commit.
@@ -95,6 +120,15 @@ pub trait ServiceStore: Send + Sync {
 
     /// Bytes of keys and values stored.
     fn size(&self) -> Result<u64, StoreError>;
+
+    /// Committed events not yet handed to the bus, oldest first, at most `limit`.
+    fn outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// Remove events from the outbox (the bus has them now).
+    fn remove_from_outbox(&self, ids: &[String]) -> Result<(), StoreError>;
+
+    /// Whether a committed transaction marked event `id` handled.
+    fn is_handled(&self, id: &str) -> Result<bool, StoreError>;
 }
 
 /// Opens services' stores.
@@ -207,11 +241,42 @@ impl Transaction {
         Ok(keys.into_iter().take(limit as usize).collect())
     }
 
+    /// Publish `event` when this transaction commits.
+    pub fn publish(&mut self, event: OutboxEvent) -> Result<(), StoreError> {
+        self.open()?;
+        let added = event.topic.len() + event.payload.len();
+        if self.commit.events.len() >= MAX_TRANSACTION_WRITES
+            || self.buffered_bytes + added > MAX_TRANSACTION_BYTES
+        {
+            return Err(StoreError::TooLarge(
+                "a transaction may publish at most 10000 events of 16 MiB in all".into(),
+            ));
+        }
+        self.buffered_bytes += added;
+        self.commit.events.push(event);
+        Ok(())
+    }
+
+    /// Record that event `id` is handled when this transaction commits.
+    pub fn mark_handled(&mut self, id: &str) -> Result<(), StoreError> {
+        self.open()?;
+        if id.is_empty() || id.len() > 128 {
+            return Err(StoreError::TooLarge("an event id is 1 to 128 bytes".into()));
+        }
+        if self.commit.handled.len() >= MAX_TRANSACTION_WRITES {
+            return Err(StoreError::TooLarge(
+                "too many handled events in one transaction".into(),
+            ));
+        }
+        self.commit.handled.push(id.to_owned());
+        Ok(())
+    }
+
     /// Commit: check the reads and apply the writes, once. Closed afterwards.
     pub fn commit(&mut self, store: &dyn ServiceStore) -> Result<(), StoreError> {
         self.open()?;
         self.closed = true;
-        if self.commit.writes.is_empty()
+        if !self.commit.writes_anything()
             && self.commit.reads.is_empty()
             && self.commit.listed.is_empty()
         {

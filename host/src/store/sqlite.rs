@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::{Commit, ServiceStore, StoreBackend, StoreError, Versioned};
+use super::{Commit, OutboxEvent, ServiceStore, StoreBackend, StoreError, Versioned};
 
 /// Stores of every service, one SQLite file each.
 pub struct SqliteBackend {
@@ -110,6 +110,16 @@ impl SqliteStore {
                      name TEXT PRIMARY KEY,
                      value INTEGER NOT NULL
                  );
+                 CREATE TABLE IF NOT EXISTS outbox (
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     id TEXT NOT NULL UNIQUE,
+                     topic TEXT NOT NULL,
+                     payload BLOB NOT NULL,
+                     traceparent TEXT
+                 );
+                 CREATE TABLE IF NOT EXISTS inbox (
+                     id TEXT PRIMARY KEY
+                 ) WITHOUT ROWID;
                  INSERT OR IGNORE INTO meta VALUES ('sequence', 0), ('bytes', 0);",
             )
             .map_err(backend)?;
@@ -217,8 +227,31 @@ impl ServiceStore for SqliteStore {
                 return Err(StoreError::Conflict);
             }
         }
-        if commit.writes.is_empty() {
+        if !commit.writes_anything() {
             return Ok(());
+        }
+        {
+            let mut outbox = transaction
+                .prepare_cached(
+                    "INSERT INTO outbox (id, topic, payload, traceparent) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(backend)?;
+            for event in &commit.events {
+                outbox
+                    .execute(params![
+                        event.id,
+                        event.topic,
+                        event.payload,
+                        event.traceparent
+                    ])
+                    .map_err(backend)?;
+            }
+            let mut inbox = transaction
+                .prepare_cached("INSERT OR IGNORE INTO inbox (id) VALUES (?1)")
+                .map_err(backend)?;
+            for id in &commit.handled {
+                inbox.execute([id]).map_err(backend)?;
+            }
         }
         // Apply, within the quota.
         let mut bytes = Self::meta(&transaction, "bytes")?;
@@ -274,6 +307,49 @@ impl ServiceStore for SqliteStore {
     fn size(&self) -> Result<u64, StoreError> {
         let connection = self.connection.lock();
         Ok(Self::meta(&connection, "bytes")?.max(0) as u64)
+    }
+
+    fn outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
+        let connection = self.connection.lock();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT id, topic, payload, traceparent FROM outbox ORDER BY seq LIMIT ?1",
+            )
+            .map_err(backend)?;
+        let rows = statement
+            .query_map([limit], |row| {
+                Ok(OutboxEvent {
+                    id: row.get(0)?,
+                    topic: row.get(1)?,
+                    payload: row.get(2)?,
+                    traceparent: row.get(3)?,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn remove_from_outbox(&self, ids: &[String]) -> Result<(), StoreError> {
+        let mut connection = self.connection.lock();
+        let transaction = connection.transaction().map_err(backend)?;
+        {
+            let mut delete = transaction
+                .prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                .map_err(backend)?;
+            for id in ids {
+                delete.execute([id]).map_err(backend)?;
+            }
+        }
+        transaction.commit().map_err(backend)
+    }
+
+    fn is_handled(&self, id: &str) -> Result<bool, StoreError> {
+        let connection = self.connection.lock();
+        connection
+            .query_row("SELECT 1 FROM inbox WHERE id = ?1", [id], |_| Ok(()))
+            .optional()
+            .map(|found| found.is_some())
+            .map_err(backend)
     }
 }
 
@@ -387,5 +463,39 @@ mod tests {
         let b = store(&dir, "b", 1 << 20);
         assert_eq!(b.get("secret").expect("get"), None);
         assert!(b.list("", 100).expect("list").is_empty());
+    }
+
+    #[test]
+    fn events_commit_with_the_writes_and_never_without_them() {
+        use crate::store::OutboxEvent;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir, "s", 1 << 20);
+        let event = |id: &str| OutboxEvent {
+            id: id.into(),
+            topic: "t".into(),
+            payload: b"p".to_vec(),
+            traceparent: None,
+        };
+        // Rolled back (conflict): neither the write nor the event.
+        let mut stale = Transaction::default();
+        stale.get(&*store, "k").expect("get");
+        let mut winner = Transaction::default();
+        winner.put("k", Some(b"1".to_vec())).expect("put");
+        winner.commit(&*store).expect("commit");
+        stale.put("k", Some(b"2".to_vec())).expect("put");
+        stale.publish(event("lost")).expect("publish");
+        assert_eq!(stale.commit(&*store), Err(StoreError::Conflict));
+        assert!(store.outbox(10).expect("outbox").is_empty());
+        // Committed: both, and a handled mark.
+        let mut tx = Transaction::default();
+        tx.put("k", Some(b"3".to_vec())).expect("put");
+        tx.publish(event("e1")).expect("publish");
+        tx.mark_handled("incoming-1").expect("mark");
+        tx.commit(&*store).expect("commit");
+        assert_eq!(store.outbox(10).expect("outbox"), [event("e1")]);
+        assert!(store.is_handled("incoming-1").expect("inbox"));
+        assert!(!store.is_handled("incoming-2").expect("inbox"));
+        store.remove_from_outbox(&["e1".into()]).expect("remove");
+        assert!(store.outbox(10).expect("outbox").is_empty());
     }
 }

@@ -1,0 +1,67 @@
+//! `/v1/events`: pending deliveries and dead letters; replay or drop a dead letter.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::json;
+
+use super::AdminState;
+use super::error::ApiError;
+
+/// Dead letters shown at most.
+const MAX_DEAD_LETTERS: u32 = 1000;
+
+fn bus_error(error: crate::events::BusError) -> ApiError {
+    tracing::error!(%error, "event bus failed");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+}
+
+/// Run blocking bus work off the runtime.
+async fn on_bus<R: Send + 'static>(
+    state: &AdminState,
+    work: impl FnOnce(&dyn crate::events::EventBus) -> Result<R, crate::events::BusError>
+    + Send
+    + 'static,
+) -> Result<R, ApiError> {
+    let bus = state.services.platform().bus.clone();
+    tokio::task::spawn_blocking(move || work(&*bus))
+        .await
+        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
+        .map_err(bus_error)
+}
+
+/// `GET /v1/events`: deliveries waiting and the dead letters.
+pub async fn show(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let (pending, dead) = on_bus(&state, |bus| {
+        Ok((bus.pending()?, bus.dead_letters(MAX_DEAD_LETTERS)?))
+    })
+    .await?;
+    Ok(Json(json!({ "pending": pending, "dead_letters": dead })))
+}
+
+/// `POST /v1/events/dead/{subscriber}/{event_id}/replay`: deliver it again.
+pub async fn replay(
+    State(state): State<AdminState>,
+    Path((subscriber, event_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let found = on_bus(&state, move |bus| bus.replay(&event_id, &subscriber)).await?;
+    if found {
+        state.services.platform().published.notify_one();
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "no such dead letter"))
+    }
+}
+
+/// `DELETE /v1/events/dead/{subscriber}/{event_id}`: forget it.
+pub async fn drop_dead(
+    State(state): State<AdminState>,
+    Path((subscriber, event_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let found = on_bus(&state, move |bus| bus.drop_dead(&event_id, &subscriber)).await?;
+    if found {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "no such dead letter"))
+    }
+}

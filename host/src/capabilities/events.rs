@@ -1,0 +1,157 @@
+//! `shoal:platform/events`: publish now or with a transaction (the outbox), and mark
+//! an event handled in a transaction (the inbox).
+
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+use super::store::{StoreTransaction, store_error_to_wit};
+use super::{HostFault, PlatformView, traced_fallible};
+use crate::bindings::events::{self, Host, PublishError};
+use crate::bindings::store::StoreError as WitStoreError;
+use crate::events::{MAX_PAYLOAD_BYTES, validate_topic};
+use crate::platform::Platform;
+use crate::store::{OutboxEvent, ServiceStore, StoreError, Transaction};
+use crate::telemetry::TraceScope;
+
+/// What an events call sees: the service's store (its outbox), the instance's
+/// transactions, the request's spans and the host's bus.
+pub struct EventsView<'a> {
+    /// The service's store.
+    pub store: &'a Arc<dyn ServiceStore>,
+    /// Holds the guest's transactions.
+    pub table: &'a mut ResourceTable,
+    /// The publisher's spans: a delivery continues the current one.
+    pub trace: &'a TraceScope,
+    /// The bus to wake after a publish.
+    pub platform: &'a Platform,
+    /// The service, for the call's span.
+    pub service: &'a str,
+}
+
+struct HasEvents;
+
+impl HasData for HasEvents {
+    type Data<'a> = EventsView<'a>;
+}
+
+pub(super) fn add_to_linker<T: PlatformView + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    events::add_to_linker::<T, HasEvents>(linker, |state| {
+        let view = state.platform();
+        EventsView {
+            store: &view.ctx.service.store,
+            table: view.table,
+            trace: &view.ctx.trace,
+            platform: &view.ctx.platform,
+            service: &view.ctx.service.name,
+        }
+    })
+}
+
+impl EventsView<'_> {
+    /// A new event of `topic`, checked, carrying the current trace context.
+    fn event(&self, topic: String, payload: Vec<u8>) -> Result<OutboxEvent, PublishError> {
+        validate_topic(&topic).map_err(|error| PublishError::InvalidTopic(error.to_string()))?;
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(PublishError::TooLarge(format!(
+                "an event's payload is at most {MAX_PAYLOAD_BYTES} bytes (got {})",
+                payload.len()
+            )));
+        }
+        let mut headers = http::HeaderMap::new();
+        self.platform
+            .telemetry
+            .tracing
+            .inject(&self.trace.current(), &mut headers);
+        let traceparent = headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        Ok(OutboxEvent {
+            id: format!("{:032x}", rand::random::<u128>()),
+            topic,
+            payload,
+            traceparent,
+        })
+    }
+}
+
+fn publish_error(error: StoreError) -> PublishError {
+    match error {
+        StoreError::Backend(text) => PublishError::Unavailable(text),
+        other => PublishError::Store(store_error_to_wit(other)),
+    }
+}
+
+impl Host for EventsView<'_> {
+    async fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<String, PublishError>> {
+        let event = match self.event(topic, payload) {
+            Ok(event) => event,
+            Err(error) => return Ok(Err(error)),
+        };
+        let store = self.store.clone();
+        let platform = self.platform;
+        traced_fallible("events.publish", self.service, async move {
+            let id = event.id.clone();
+            let stored = tokio::task::spawn_blocking(move || {
+                let mut tx = Transaction::default();
+                tx.publish(event)?;
+                tx.commit(&*store)
+            })
+            .await
+            .map_err(|error| {
+                wasmtime::Error::new(HostFault {
+                    call: "events.publish",
+                    reason: format!("the store task failed: {error}"),
+                })
+            })?;
+            if stored.is_ok() {
+                platform.published.notify_one();
+            }
+            Ok(stored.map(|()| id).map_err(publish_error))
+        })
+        .await
+    }
+
+    async fn publish_in(
+        &mut self,
+        tx: Resource<StoreTransaction>,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<String, PublishError>> {
+        let event = match self.event(topic, payload) {
+            Ok(event) => event,
+            Err(error) => return Ok(Err(error)),
+        };
+        let table = &mut *self.table;
+        traced_fallible("events.publish-in", self.service, async move {
+            let entry = table
+                .get_mut(&tx)
+                .map_err(|error| HostFault::table("events.publish-in", error))?;
+            let id = event.id.clone();
+            // Delivered once the transaction commits: the commit wakes the bus.
+            Ok(entry.tx.publish(event).map(|()| id).map_err(publish_error))
+        })
+        .await
+    }
+
+    async fn mark_handled(
+        &mut self,
+        tx: Resource<StoreTransaction>,
+        id: String,
+    ) -> wasmtime::Result<Result<(), WitStoreError>> {
+        let table = &mut *self.table;
+        traced_fallible("events.mark-handled", self.service, async move {
+            let entry = table
+                .get_mut(&tx)
+                .map_err(|error| HostFault::table("events.mark-handled", error))?;
+            Ok(entry.tx.mark_handled(&id).map_err(store_error_to_wit))
+        })
+        .await
+    }
+}

@@ -1,0 +1,159 @@
+//! The event bus: deliveries of published events to subscribed services.
+//!
+//! Publishing writes an event into the publisher's own store (its outbox), in the
+//! same commit as the transaction's writes. The host then moves committed events onto
+//! the bus, one delivery per subscriber, and delivers them at least once: a delivery
+//! that fails is retried with exponential backoff, and after its subscription's
+//! `max_attempts` it becomes a dead letter that an operator can replay or drop.
+//!
+//! [`EventBus`] is the queue of deliveries; the embedded backend ([`sqlite`]) keeps it
+//! in one SQLite database in the data directory. A distributed backend (NATS
+//! JetStream) can sit behind the same trait.
+
+pub mod sqlite;
+
+use std::time::Duration;
+use thiserror::Error;
+
+/// Largest payload of one event, in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Longest topic name.
+pub const MAX_TOPIC_BYTES: usize = 128;
+
+/// A bus failure (the host's side).
+#[derive(Debug, Error)]
+#[error("event bus: {0}")]
+pub struct BusError(pub String);
+
+/// An invalid topic name; the text says why.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid topic `{0}`: use 1 to 128 of a-z, 0-9, `.`, `-` and `_`")]
+pub struct InvalidTopic(pub String);
+
+/// Check a topic name.
+pub fn validate_topic(topic: &str) -> Result<(), InvalidTopic> {
+    let valid = !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_BYTES
+        && topic.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidTopic(topic.chars().take(MAX_TOPIC_BYTES).collect()))
+    }
+}
+
+/// A new event for one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// The event's id.
+    pub event_id: String,
+    /// The subscribing service.
+    pub subscriber: String,
+    /// The topic.
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The publisher's `traceparent`.
+    pub traceparent: Option<String>,
+}
+
+/// A delivery waiting in the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// What is delivered, to whom.
+    pub event: NewDelivery,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// A delivery that ran out of attempts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The event's id.
+    pub event_id: String,
+    /// The subscribing service.
+    pub subscriber: String,
+    /// The topic.
+    pub topic: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub reason: String,
+    /// Payload size in bytes.
+    pub payload_bytes: usize,
+}
+
+/// The queue of deliveries.
+pub trait EventBus: Send + Sync {
+    /// Add deliveries (idempotent: an event already queued for a subscriber is kept
+    /// as it is).
+    fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<(), BusError>;
+
+    /// Deliveries due at `now_ms` (Unix milliseconds), at most `limit`, claimed until
+    /// `now_ms + lease_ms` so no other worker takes them meanwhile.
+    fn claim_due(&self, now_ms: u64, lease_ms: u64, limit: u32) -> Result<Vec<Delivery>, BusError>;
+
+    /// The delivery succeeded (or the subscriber had handled the event already).
+    fn acknowledge(&self, event_id: &str, subscriber: &str) -> Result<(), BusError>;
+
+    /// The delivery failed: try again at `next_ms`, or bury it after `max_attempts`.
+    fn failed(
+        &self,
+        event_id: &str,
+        subscriber: &str,
+        reason: &str,
+        next_ms: u64,
+        max_attempts: u32,
+    ) -> Result<(), BusError>;
+
+    /// Dead letters, at most `limit`.
+    fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, BusError>;
+
+    /// Queue a dead letter for delivery again (attempts start over). Whether it existed.
+    fn replay(&self, event_id: &str, subscriber: &str) -> Result<bool, BusError>;
+
+    /// Forget a dead letter. Whether it existed.
+    fn drop_dead(&self, event_id: &str, subscriber: &str) -> Result<bool, BusError>;
+
+    /// Deliveries waiting (not dead).
+    fn pending(&self) -> Result<u64, BusError>;
+}
+
+/// Wait before attempt `attempts + 1` of a delivery: 100 ms doubling per attempt, at
+/// most 30 s.
+pub fn backoff(attempts: u32) -> Duration {
+    let exponent = attempts.saturating_sub(1).min(16);
+    Duration::from_millis(100u64 << exponent).min(Duration::from_secs(30))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics() {
+        for good in ["order.created", "a", "x_y-z.1"] {
+            assert!(validate_topic(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Order", "a b", "a/b", &"t".repeat(129)] {
+            assert!(validate_topic(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(4), Duration::from_millis(800));
+        assert_eq!(backoff(40), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,268 @@
+//! The embedded event bus: deliveries in one SQLite database
+//! (`<data dir>/events.sqlite3`, WAL, synchronous commits), so a queued delivery
+//! survives a crash of the host.
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension as _, params};
+use std::path::Path;
+use std::time::Duration;
+
+use super::{BusError, DeadLetter, Delivery, EventBus, NewDelivery};
+
+/// The embedded bus.
+pub struct SqliteBus {
+    connection: Mutex<Connection>,
+}
+
+fn bus(error: rusqlite::Error) -> BusError {
+    BusError(error.to_string())
+}
+
+impl SqliteBus {
+    /// Open (or create) the bus at `path`.
+    pub fn open(path: &Path) -> Result<Self, BusError> {
+        let connection = Connection::open(path).map_err(bus)?;
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(bus)?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 CREATE TABLE IF NOT EXISTS deliveries (
+                     event_id TEXT NOT NULL,
+                     subscriber TEXT NOT NULL,
+                     topic TEXT NOT NULL,
+                     payload BLOB NOT NULL,
+                     traceparent TEXT,
+                     attempts INTEGER NOT NULL DEFAULT 0,
+                     due_ms INTEGER NOT NULL DEFAULT 0,
+                     dead INTEGER NOT NULL DEFAULT 0,
+                     reason TEXT NOT NULL DEFAULT '',
+                     PRIMARY KEY (event_id, subscriber)
+                 );
+                 CREATE INDEX IF NOT EXISTS due ON deliveries (dead, due_ms);
+                 -- Claims (and backoffs) of a host that stopped: due again at once.
+                 UPDATE deliveries SET due_ms = 0 WHERE dead = 0;",
+            )
+            .map_err(bus)?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+}
+
+impl EventBus for SqliteBus {
+    fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<(), BusError> {
+        let mut connection = self.connection.lock();
+        let transaction = connection.transaction().map_err(bus)?;
+        {
+            let mut insert = transaction
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO deliveries \
+                     (event_id, subscriber, topic, payload, traceparent) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(bus)?;
+            for delivery in deliveries {
+                insert
+                    .execute(params![
+                        delivery.event_id,
+                        delivery.subscriber,
+                        delivery.topic,
+                        delivery.payload,
+                        delivery.traceparent
+                    ])
+                    .map_err(bus)?;
+            }
+        }
+        transaction.commit().map_err(bus)
+    }
+
+    fn claim_due(&self, now_ms: u64, lease_ms: u64, limit: u32) -> Result<Vec<Delivery>, BusError> {
+        let mut connection = self.connection.lock();
+        let transaction = connection.transaction().map_err(bus)?;
+        let due: Vec<Delivery> = {
+            let mut select = transaction
+                .prepare_cached(
+                    "SELECT event_id, subscriber, topic, payload, traceparent, attempts \
+                     FROM deliveries WHERE dead = 0 AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
+                )
+                .map_err(bus)?;
+            let rows = select
+                .query_map(params![now_ms as i64, limit], |row| {
+                    Ok(Delivery {
+                        event: NewDelivery {
+                            event_id: row.get(0)?,
+                            subscriber: row.get(1)?,
+                            topic: row.get(2)?,
+                            payload: row.get(3)?,
+                            traceparent: row.get(4)?,
+                        },
+                        attempts: row.get::<_, i64>(5)? as u32,
+                    })
+                })
+                .map_err(bus)?;
+            rows.collect::<Result<_, _>>().map_err(bus)?
+        };
+        {
+            // Claimed: not due again until the lease runs out (a delivery in flight
+            // when the host dies is retried after it).
+            let mut lease = transaction
+                .prepare_cached(
+                    "UPDATE deliveries SET due_ms = ?1 WHERE event_id = ?2 AND subscriber = ?3",
+                )
+                .map_err(bus)?;
+            for delivery in &due {
+                lease
+                    .execute(params![
+                        (now_ms + lease_ms) as i64,
+                        delivery.event.event_id,
+                        delivery.event.subscriber
+                    ])
+                    .map_err(bus)?;
+            }
+        }
+        transaction.commit().map_err(bus)?;
+        Ok(due)
+    }
+
+    fn acknowledge(&self, event_id: &str, subscriber: &str) -> Result<(), BusError> {
+        self.connection
+            .lock()
+            .execute(
+                "DELETE FROM deliveries WHERE event_id = ?1 AND subscriber = ?2",
+                params![event_id, subscriber],
+            )
+            .map(drop)
+            .map_err(bus)
+    }
+
+    fn failed(
+        &self,
+        event_id: &str,
+        subscriber: &str,
+        reason: &str,
+        next_ms: u64,
+        max_attempts: u32,
+    ) -> Result<(), BusError> {
+        self.connection
+            .lock()
+            .execute(
+                "UPDATE deliveries SET attempts = attempts + 1, due_ms = ?3, reason = ?4, \
+                 dead = (attempts + 1 >= ?5) WHERE event_id = ?1 AND subscriber = ?2",
+                params![event_id, subscriber, next_ms as i64, reason, max_attempts],
+            )
+            .map(drop)
+            .map_err(bus)
+    }
+
+    fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, BusError> {
+        let connection = self.connection.lock();
+        let mut select = connection
+            .prepare_cached(
+                "SELECT event_id, subscriber, topic, attempts, reason, length(payload) \
+                 FROM deliveries WHERE dead = 1 ORDER BY event_id LIMIT ?1",
+            )
+            .map_err(bus)?;
+        let rows = select
+            .query_map([limit], |row| {
+                Ok(DeadLetter {
+                    event_id: row.get(0)?,
+                    subscriber: row.get(1)?,
+                    topic: row.get(2)?,
+                    attempts: row.get::<_, i64>(3)? as u32,
+                    reason: row.get(4)?,
+                    payload_bytes: row.get::<_, i64>(5)? as usize,
+                })
+            })
+            .map_err(bus)?;
+        rows.collect::<Result<_, _>>().map_err(bus)
+    }
+
+    fn replay(&self, event_id: &str, subscriber: &str) -> Result<bool, BusError> {
+        self.connection
+            .lock()
+            .execute(
+                "UPDATE deliveries SET dead = 0, attempts = 0, due_ms = 0, reason = '' \
+                 WHERE event_id = ?1 AND subscriber = ?2 AND dead = 1",
+                params![event_id, subscriber],
+            )
+            .map(|changed| changed > 0)
+            .map_err(bus)
+    }
+
+    fn drop_dead(&self, event_id: &str, subscriber: &str) -> Result<bool, BusError> {
+        self.connection
+            .lock()
+            .execute(
+                "DELETE FROM deliveries WHERE event_id = ?1 AND subscriber = ?2 AND dead = 1",
+                params![event_id, subscriber],
+            )
+            .map(|changed| changed > 0)
+            .map_err(bus)
+    }
+
+    fn pending(&self) -> Result<u64, BusError> {
+        self.connection
+            .lock()
+            .query_row(
+                "SELECT count(*) FROM deliveries WHERE dead = 0",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|count| count.unwrap_or(0).max(0) as u64)
+            .map_err(bus)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(id: &str) -> NewDelivery {
+        NewDelivery {
+            event_id: id.into(),
+            subscriber: "shipping".into(),
+            topic: "order.created".into(),
+            payload: b"{}".to_vec(),
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn deliveries_are_claimed_retried_buried_and_replayed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let bus = SqliteBus::open(&dir.path().join("events.sqlite3")).expect("bus");
+        bus.enqueue(&[delivery("e1"), delivery("e1")])
+            .expect("enqueue");
+        assert_eq!(bus.pending().expect("pending"), 1, "enqueue is idempotent");
+        let due = bus.claim_due(1_000, 10_000, 10).expect("due");
+        assert_eq!(due.len(), 1);
+        assert!(
+            bus.claim_due(2_000, 10_000, 10).expect("due").is_empty(),
+            "claimed"
+        );
+        bus.failed("e1", "shipping", "503", 3_000, 2)
+            .expect("failed");
+        assert_eq!(
+            bus.claim_due(3_000, 10_000, 10).expect("due")[0].attempts,
+            1
+        );
+        bus.failed("e1", "shipping", "503 again", 4_000, 2)
+            .expect("failed");
+        assert!(
+            bus.claim_due(99_000, 10_000, 10).expect("due").is_empty(),
+            "dead"
+        );
+        let dead = bus.dead_letters(10).expect("dead");
+        assert_eq!(dead[0].attempts, 2);
+        assert_eq!(dead[0].reason, "503 again");
+        assert!(bus.replay("e1", "shipping").expect("replay"));
+        assert_eq!(bus.claim_due(5_000, 10_000, 10).expect("due").len(), 1);
+        bus.acknowledge("e1", "shipping").expect("ack");
+        assert_eq!(bus.pending().expect("pending"), 0);
+        assert!(!bus.drop_dead("e1", "shipping").expect("drop"));
+    }
+}

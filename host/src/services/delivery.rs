@@ -1,0 +1,293 @@
+//! Event delivery: committed events move from each publisher's outbox onto the bus,
+//! one delivery per subscribed service, and due deliveries are sent to their
+//! subscriber's route in process. At least once: an event leaves an outbox only after
+//! the bus has it, and a delivery leaves the bus only after a 2xx (or when the
+//! subscriber already marked the event handled).
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request};
+use http_body_util::{BodyExt as _, Full};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::Services;
+use crate::deadline::Deadline;
+use crate::events::{Delivery, NewDelivery, backoff, now_ms};
+use crate::manifest::Subscription;
+use crate::protocol;
+use crate::store::OutboxEvent;
+
+/// Events taken from one outbox at a time.
+const OUTBOX_BATCH: u32 = 256;
+/// Deliveries sent at once.
+const DELIVERY_BATCH: u32 = 64;
+/// How long a claimed delivery is kept from other attempts (a delivery in flight when
+/// the host dies is retried after this).
+const CLAIM_MS: u64 = 60_000;
+/// How often delivery looks for due work when nothing wakes it.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Attempts of an event for a subscriber that is not deployed (any more).
+const ORPHAN_ATTEMPTS: u32 = 5;
+
+/// Deliver events until the services are gone.
+pub async fn run(services: Weak<Services>) {
+    loop {
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        let busy = services.pump_events().await;
+        let platform = services.platform.clone();
+        drop(services);
+        if !busy {
+            let _ = tokio::time::timeout(IDLE_POLL, platform.published.notified()).await;
+        }
+    }
+}
+
+impl Services {
+    /// One round: route committed events onto the bus, then deliver what is due.
+    /// Returns whether there was anything to do.
+    pub async fn pump_events(self: &Arc<Self>) -> bool {
+        let routed = self.route_outboxes().await;
+        let delivered = self.deliver_due().await;
+        routed + delivered > 0
+    }
+
+    /// Every subscription of every running service: (subscriber, subscription).
+    fn subscriptions(&self) -> Vec<(String, Subscription)> {
+        self.table
+            .entries()
+            .iter()
+            .flat_map(|entry| {
+                entry
+                    .stable
+                    .record
+                    .manifest
+                    .subscriptions
+                    .iter()
+                    .map(|subscription| (entry.name().to_owned(), subscription.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Move committed events from the outboxes onto the bus. Returns how many.
+    async fn route_outboxes(&self) -> usize {
+        let subscriptions = self.subscriptions();
+        let mut moved = 0;
+        for entry in self.table.entries() {
+            let store = entry.stable.context.store.clone();
+            let bus = self.platform.bus.clone();
+            let subscriptions = subscriptions.clone();
+            let publisher = entry.name().to_owned();
+            let outcome = tokio::task::spawn_blocking(move || -> Result<usize, String> {
+                let events = store.outbox(OUTBOX_BATCH).map_err(|e| e.to_string())?;
+                if events.is_empty() {
+                    return Ok(0);
+                }
+                let deliveries: Vec<NewDelivery> = events
+                    .iter()
+                    .flat_map(|event| fan_out(event, &subscriptions))
+                    .collect();
+                // The bus has them before they leave the outbox: a crash in between
+                // enqueues them again, which the bus ignores.
+                bus.enqueue(&deliveries).map_err(|e| e.to_string())?;
+                let ids: Vec<String> = events.iter().map(|event| event.id.clone()).collect();
+                store.remove_from_outbox(&ids).map_err(|e| e.to_string())?;
+                Ok(events.len())
+            })
+            .await;
+            match outcome {
+                Ok(Ok(count)) => moved += count,
+                Ok(Err(error)) => {
+                    tracing::warn!(service = %publisher, %error, "cannot move events to the bus")
+                }
+                Err(error) => {
+                    tracing::error!(service = %publisher, %error, "event routing task failed")
+                }
+            }
+        }
+        moved
+    }
+
+    /// Send the deliveries that are due. Returns how many were attempted.
+    async fn deliver_due(self: &Arc<Self>) -> usize {
+        let bus = self.platform.bus.clone();
+        let due = match tokio::task::spawn_blocking(move || {
+            bus.claim_due(now_ms(), CLAIM_MS, DELIVERY_BATCH)
+        })
+        .await
+        {
+            Ok(Ok(due)) => due,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot read due deliveries");
+                return 0;
+            }
+            Err(error) => {
+                tracing::error!(%error, "delivery task failed");
+                return 0;
+            }
+        };
+        let count = due.len();
+        let attempts = due.into_iter().map(|delivery| {
+            let services = self.clone();
+            async move { services.deliver(delivery).await }
+        });
+        futures::future::join_all(attempts).await;
+        count
+    }
+
+    /// Attempt one delivery and record its outcome on the bus.
+    async fn deliver(&self, delivery: Delivery) {
+        let event = &delivery.event;
+        let attempts = delivery.attempts;
+        let outcome = self.attempt(&delivery).await;
+        let bus = self.platform.bus.clone();
+        let (event_id, subscriber) = (event.event_id.clone(), event.subscriber.clone());
+        let recorded = tokio::task::spawn_blocking(move || match outcome {
+            Attempt::Done => bus.acknowledge(&event_id, &subscriber),
+            Attempt::Failed {
+                reason,
+                max_attempts,
+            } => {
+                let next = now_ms() + backoff(attempts + 1).as_millis() as u64;
+                bus.failed(&event_id, &subscriber, &reason, next, max_attempts)
+            }
+        })
+        .await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::error!(event = %event.event_id, subscriber = %event.subscriber, "cannot record a delivery's outcome");
+        }
+    }
+
+    async fn attempt(&self, delivery: &Delivery) -> Attempt {
+        let event = &delivery.event;
+        let Some(entry) = self.table.entry(&event.subscriber) else {
+            return Attempt::Failed {
+                reason: format!("`{}` is not deployed", event.subscriber),
+                max_attempts: ORPHAN_ATTEMPTS,
+            };
+        };
+        let Some(subscription) = entry
+            .stable
+            .record
+            .manifest
+            .subscriptions
+            .iter()
+            .find(|subscription| subscription.topic == event.topic)
+            .cloned()
+        else {
+            // Unsubscribed since: nothing to deliver.
+            return Attempt::Done;
+        };
+        let store = entry.stable.context.store.clone();
+        let event_id = event.event_id.clone();
+        if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || store.is_handled(&event_id)).await
+        {
+            // The subscriber's own transaction marked it handled: a redelivery.
+            return Attempt::Done;
+        }
+        let failed = |reason: String| Attempt::Failed {
+            reason,
+            max_attempts: subscription.max_attempts,
+        };
+        let request = match delivery_request(delivery, &subscription) {
+            Ok(request) => request,
+            Err(reason) => return failed(reason),
+        };
+        let request_id = protocol::new_request_id();
+        let deadline = Deadline::after(entry.longest_timeout());
+        let response = self.serve(&entry, request, &request_id, deadline).await;
+        let status = response.status();
+        // Read the answer to the end, so the guest finishes.
+        let _ = response.into_body().collect().await;
+        if status.is_success() {
+            Attempt::Done
+        } else {
+            failed(format!("{} answered {status}", event.subscriber))
+        }
+    }
+}
+
+/// What came of one delivery attempt.
+enum Attempt {
+    Done,
+    Failed { reason: String, max_attempts: u32 },
+}
+
+/// One delivery of `event` per subscription to its topic.
+fn fan_out(event: &OutboxEvent, subscriptions: &[(String, Subscription)]) -> Vec<NewDelivery> {
+    subscriptions
+        .iter()
+        .filter(|(_, subscription)| subscription.topic == event.topic)
+        .map(|(subscriber, _)| NewDelivery {
+            event_id: event.id.clone(),
+            subscriber: subscriber.clone(),
+            topic: event.topic.clone(),
+            payload: event.payload.clone(),
+            traceparent: event.traceparent.clone(),
+        })
+        .collect()
+}
+
+/// The `POST` that carries a delivery to its subscriber's route.
+fn delivery_request(
+    delivery: &Delivery,
+    subscription: &Subscription,
+) -> Result<Request<Full<Bytes>>, String> {
+    let event = &delivery.event;
+    let mut headers = http::HeaderMap::new();
+    let value = |text: &str| HeaderValue::from_str(text).map_err(|error| error.to_string());
+    headers.insert("x-shoal-event-id", value(&event.event_id)?);
+    headers.insert("x-shoal-topic", value(&event.topic)?);
+    headers.insert(
+        "x-shoal-delivery-attempt",
+        HeaderValue::from(delivery.attempts + 1),
+    );
+    headers.insert(http::header::HOST, value(&event.subscriber)?);
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(traceparent) = &event.traceparent {
+        headers.insert("traceparent", value(traceparent)?);
+    }
+    let uri = subscription
+        .route
+        .parse()
+        .map_err(|error: http::uri::InvalidUri| error.to_string())?;
+    Ok(protocol::buffered_request(
+        Method::POST,
+        uri,
+        headers,
+        Bytes::from(event.payload.clone()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_goes_to_every_subscriber_of_its_topic_only() {
+        let subscription = |topic: &str| Subscription {
+            topic: topic.into(),
+            route: "/events".into(),
+            max_attempts: 5,
+        };
+        let subscriptions = vec![
+            ("shipping".to_owned(), subscription("order.created")),
+            ("billing".to_owned(), subscription("order.created")),
+            ("audit".to_owned(), subscription("order.cancelled")),
+        ];
+        let event = OutboxEvent {
+            id: "e1".into(),
+            topic: "order.created".into(),
+            payload: b"{}".to_vec(),
+            traceparent: None,
+        };
+        let deliveries = fan_out(&event, &subscriptions);
+        let subscribers: Vec<&str> = deliveries.iter().map(|d| d.subscriber.as_str()).collect();
+        assert_eq!(subscribers, ["shipping", "billing"]);
+    }
+}

@@ -1,0 +1,230 @@
+//! Events: durable publish, transactional outbox, at-least-once delivery with retries,
+//! dead letters and replay, inbox de-duplication, and survival of `kill -9`.
+
+use shoal_tests::{Host, agent, guest, temp_root, wait_for};
+use std::time::Duration;
+
+const TOPIC: &str = "count.changed";
+
+fn subscriber(extra_config: &str, max_attempts: u32) -> String {
+    format!(
+        "[config]\n{extra_config}\n[[subscriptions]]\ntopic = \"{TOPIC}\"\nroute = \"/events/handle\"\nmax_attempts = {max_attempts}\n"
+    )
+}
+
+fn post(host: &Host, path: &str, body: &[u8]) -> (u16, String) {
+    let mut response = agent()
+        .post(format!("{}{path}", host.gateway))
+        .send(body)
+        .expect("post");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+fn handled(host: &Host) -> Vec<String> {
+    host.get("/sub/handled")
+        .body
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_published_event_reaches_its_subscriber_once() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
+            .status,
+        201
+    );
+    let (status, id) = post(&host, &format!("/pub/publish?topic={TOPIC}"), b"hello");
+    assert_eq!(status, 200, "{id}");
+    let id = id.trim().to_owned();
+    wait_for("the delivery", Duration::from_secs(10), || {
+        handled(&host) == [id.clone()]
+    });
+    assert_eq!(
+        host.get(&format!("/sub/get?key=handled%2F{id}")).body,
+        "hello"
+    );
+    // A bad topic is refused and nothing is published.
+    let (status, body) = post(&host, "/pub/publish?topic=Not%20A%20Topic", b"x");
+    assert_eq!(status, 400);
+    assert!(body.contains("InvalidTopic"), "{body}");
+    let (status, body) = post(
+        &host,
+        &format!("/pub/publish?topic={TOPIC}"),
+        &vec![b'x'; 300 * 1024],
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("TooLarge"), "{body}");
+}
+
+#[test]
+fn the_outbox_sends_events_of_committed_transactions_only() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
+            .status,
+        201
+    );
+    let aborted = post(
+        &host,
+        &format!("/pub/increment-and-publish?key=n&topic={TOPIC}&abort=1"),
+        b"",
+    );
+    assert_eq!(aborted.0, 200);
+    for expected in 1..=3 {
+        let (status, body) = post(
+            &host,
+            &format!("/pub/increment-and-publish?key=n&topic={TOPIC}"),
+            b"",
+        );
+        assert_eq!((status, body.trim()), (200, expected.to_string().as_str()));
+    }
+    wait_for("three deliveries", Duration::from_secs(10), || {
+        handled(&host).len() == 3
+    });
+    // Only the committed ones: the payloads are the committed counts.
+    let mut payloads: Vec<String> = handled(&host)
+        .iter()
+        .map(|id| host.get(&format!("/sub/get?key=handled%2F{id}")).body)
+        .collect();
+    payloads.sort();
+    assert_eq!(payloads, ["1", "2", "3"]);
+    assert_eq!(
+        host.get("/pub/get?key=n").body,
+        "3",
+        "the aborted write never landed"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        handled(&host).len(),
+        3,
+        "no event of the aborted transaction"
+    );
+}
+
+#[test]
+fn failing_deliveries_are_retried_then_dead_lettered_and_replayed() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    let failing = subscriber("fail_attempts = \"100\"", 3);
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &failing)
+            .status,
+        201
+    );
+    let id = post(&host, &format!("/pub/publish?topic={TOPIC}"), b"x")
+        .1
+        .trim()
+        .to_owned();
+    wait_for("a dead letter", Duration::from_secs(20), || {
+        let events = host.admin("GET", "/v1/events").json();
+        events["dead_letters"]
+            .as_array()
+            .is_some_and(|dead| !dead.is_empty())
+    });
+    let events = host.admin("GET", "/v1/events").json();
+    let dead = &events["dead_letters"][0];
+    assert_eq!(dead["event_id"], id.as_str(), "{events}");
+    assert_eq!(dead["subscriber"], "sub");
+    assert_eq!(dead["attempts"], 3);
+    assert!(
+        dead["reason"].as_str().unwrap_or("").contains("500"),
+        "{events}"
+    );
+    assert!(handled(&host).is_empty());
+    // Fixed, then replayed: delivered.
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 3))
+            .status,
+        200
+    );
+    let replay = host.admin("POST", &format!("/v1/events/dead/sub/{id}/replay"));
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    wait_for("the replayed delivery", Duration::from_secs(10), || {
+        handled(&host) == [id.clone()]
+    });
+    assert_eq!(
+        host.admin("POST", &format!("/v1/events/dead/sub/{id}/replay"))
+            .status,
+        404
+    );
+    assert_eq!(
+        host.admin("DELETE", &format!("/v1/events/dead/sub/{id}"))
+            .status,
+        404
+    );
+}
+
+#[test]
+fn a_redelivery_of_a_handled_event_is_dropped_by_the_inbox() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    let flaky = subscriber("fail_after_commit = \"1\"", 5);
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &flaky)
+            .status,
+        201
+    );
+    let id = post(&host, &format!("/pub/publish?topic={TOPIC}"), b"x")
+        .1
+        .trim()
+        .to_owned();
+    // The first attempt commits and answers 500; the retry finds the event handled.
+    wait_for("the delivery to settle", Duration::from_secs(10), || {
+        host.admin("GET", "/v1/events").json()["pending"] == 0 && handled(&host) == [id.clone()]
+    });
+    assert_eq!(
+        host.get("/sub/handled-total").body,
+        "1",
+        "the handler ran to commit once"
+    );
+}
+
+#[test]
+fn an_acknowledged_publish_is_delivered_after_kill_9() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    // The subscriber fails until redeployed, so the events are still queued at the crash.
+    let failing = subscriber("fail_attempts = \"100\"", 100);
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &failing)
+            .status,
+        201
+    );
+    let ids: Vec<String> = (0..5)
+        .map(|_| {
+            post(&host, &format!("/pub/publish?topic={TOPIC}"), b"x")
+                .1
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    host.crash();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 100))
+            .status,
+        200
+    );
+    wait_for("every acknowledged event", Duration::from_secs(60), || {
+        handled(&host).len() == 5
+    });
+    let mut got = handled(&host);
+    got.sort();
+    let mut want = ids;
+    want.sort();
+    assert_eq!(got, want);
+}
