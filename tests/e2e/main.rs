@@ -12,5 +12,6 @@ mod events;
 mod hardening;
 mod isolation;
 mod lifecycle;
+mod shop;
 mod store;
 mod telemetry;

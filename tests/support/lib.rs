@@ -17,10 +17,15 @@ pub const TOKEN: &str = "test-admin-token";
 
 /// Root of the repository.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // At run time first: `cargo test` sets it for the checkout being tested, while a
+    // build shared between checkouts may carry another one's compile-time path.
+    let tests_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    tests_dir
         .parent()
+        .map(Path::to_path_buf)
         .expect("tests/ has a parent")
-        .to_path_buf()
 }
 
 /// The `shoal` binary under test: `$SHOAL_BIN`, or the one next to this test's

@@ -1,0 +1,332 @@
+//! The shop (inventory, orders, payment, shipping) through the gateway: no oversell
+//! under concurrency, compensation when payment fails or hangs, effectively-once
+//! shipping, and nothing lost or invented across `kill -9`.
+
+use shoal_tests::{Host, agent, guest, repo_root, temp_root, wait_for};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const SERVICES: [&str; 4] = ["inventory", "payment", "orders", "shipping"];
+
+/// A pool that fits the shop's four services at their manifests' concurrency.
+const SHOP_HOST: &[&str] = &["--max-instances", "256"];
+
+fn deploy_shop(host: &Host) {
+    for name in SERVICES {
+        let manifest =
+            std::fs::read_to_string(repo_root().join(format!("guests/shop/{name}/shoal.toml")))
+                .expect("shop manifest");
+        let reply = host.deploy_with_manifest(name, &guest(name), &manifest);
+        assert!(matches!(reply.status, 200 | 201), "{name}: {}", reply.body);
+    }
+}
+
+fn send(host: &Host, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", host.gateway))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .expect("request");
+    match agent().run(request) {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+            )
+        }
+        Err(error) => panic!("{method} {path}: {error}"),
+    }
+}
+
+fn stock(host: &Host, sku: &str) -> (u64, u64, u64) {
+    let (status, stock) = send(host, "GET", &format!("/inventory/stock/{sku}"), "");
+    assert_eq!(status, 200, "{stock}");
+    let field = |name: &str| stock[name].as_u64().expect("count");
+    (field("available"), field("reserved"), field("sold"))
+}
+
+fn shipped(host: &Host) -> Vec<String> {
+    let (status, handled) = send(host, "GET", "/shipping/handled", "");
+    assert_eq!(status, 200);
+    handled["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .filter_map(|id| id.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn order(host: &Host, sku: &str, quantity: i64) -> (u16, serde_json::Value) {
+    send(
+        host,
+        "POST",
+        "/orders/",
+        &serde_json::json!({ "sku": sku, "quantity": quantity }).to_string(),
+    )
+}
+
+#[test]
+fn two_hundred_concurrent_orders_against_fifty_in_stock_sell_exactly_fifty() {
+    let root = temp_root();
+    let host = Host::start(root.path(), SHOP_HOST);
+    deploy_shop(&host);
+    assert_eq!(
+        send(
+            &host,
+            "PUT",
+            "/inventory/stock/widget",
+            r#"{"available": 50}"#
+        )
+        .0,
+        200
+    );
+    let gateway = host.gateway.clone();
+    let buyers: Vec<_> = (0..8)
+        .map(|_| {
+            let url = format!("{gateway}/orders/");
+            std::thread::spawn(move || {
+                let agent = agent();
+                (0..25)
+                    .map(|_| {
+                        let mut response = agent
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .send(r#"{"sku": "widget", "quantity": 1}"#)
+                            .expect("order");
+                        let status = response.status().as_u16();
+                        let body = response.body_mut().read_to_string().unwrap_or_default();
+                        (status, body)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let outcomes: Vec<(u16, String)> = buyers
+        .into_iter()
+        .flat_map(|b| b.join().expect("buyer"))
+        .collect();
+    let placed: Vec<String> = outcomes
+        .iter()
+        .filter(|(status, _)| *status == 201)
+        .map(|(_, body)| {
+            let order: serde_json::Value = serde_json::from_str(body).expect("json");
+            assert_eq!(order["status"], "placed");
+            order["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    let refused = outcomes
+        .iter()
+        .filter(|(status, body)| *status == 409 && body.contains("insufficient stock"))
+        .count();
+    assert_eq!(placed.len(), 50, "{outcomes:?}");
+    assert_eq!(refused, 150, "{outcomes:?}");
+    // Every placed order exists, is committed by its event, and ships once.
+    for id in &placed {
+        let (status, order) = send(&host, "GET", &format!("/orders/{id}"), "");
+        assert_eq!(status, 200, "{order}");
+        assert_eq!(order["quantity"], 1);
+    }
+    wait_for(
+        "every reservation committed",
+        Duration::from_secs(30),
+        || stock(&host, "widget") == (0, 0, 50),
+    );
+    wait_for("every order shipped", Duration::from_secs(30), || {
+        shipped(&host).len() == 50
+    });
+    let shipped: BTreeSet<String> = shipped(&host).into_iter().collect();
+    assert_eq!(
+        shipped,
+        placed.into_iter().collect::<BTreeSet<_>>(),
+        "each order once"
+    );
+}
+
+#[test]
+fn failed_and_hanging_payments_release_their_reservations() {
+    let root = temp_root();
+    let host = Host::start(root.path(), SHOP_HOST);
+    deploy_shop(&host);
+    assert_eq!(
+        send(
+            &host,
+            "PUT",
+            "/inventory/stock/gadget",
+            r#"{"available": 20}"#
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        send(&host, "PUT", "/payment/mode", r#"{"mode": "fail"}"#).0,
+        200
+    );
+    for _ in 0..5 {
+        let (status, body) = order(&host, "gadget", 2);
+        assert_eq!(status, 402, "{body}");
+        assert_eq!(body["error"], "payment failed");
+    }
+    assert_eq!(
+        send(&host, "PUT", "/payment/mode", r#"{"mode": "hang"}"#).0,
+        200
+    );
+    for _ in 0..2 {
+        let (status, body) = order(&host, "gadget", 3);
+        assert_eq!(status, 402, "a hanging payment fails the order: {body}");
+    }
+    assert_eq!(
+        send(&host, "PUT", "/payment/mode", r#"{"mode": "ok"}"#).0,
+        200
+    );
+    for _ in 0..4 {
+        assert_eq!(order(&host, "gadget", 1).0, 201);
+    }
+    wait_for(
+        "the placed orders committed",
+        Duration::from_secs(30),
+        || {
+            let (available, reserved, sold) = stock(&host, "gadget");
+            reserved == 0 && sold == 4 && available == 16
+        },
+    );
+    let (available, reserved, sold) = stock(&host, "gadget");
+    assert_eq!(available + reserved + sold, 20);
+    assert_eq!(
+        send(&host, "PUT", "/payment/mode", r#"{"mode": "maybe"}"#).0,
+        400
+    );
+}
+
+#[test]
+fn bad_orders_are_refused_and_change_nothing() {
+    let root = temp_root();
+    let host = Host::start(root.path(), SHOP_HOST);
+    deploy_shop(&host);
+    assert_eq!(
+        send(
+            &host,
+            "PUT",
+            "/inventory/stock/widget",
+            r#"{"available": 5}"#
+        )
+        .0,
+        200
+    );
+    for body in [
+        "not json",
+        r#"{"sku": "widget"}"#,
+        r#"{"sku": "widget", "quantity": -1}"#,
+        r#"{"sku": "widget", "quantity": 0}"#,
+        r#"{"sku": "widget", "quantity": 100000}"#,
+        r#"{"sku": "widget", "quantity": 99999999999999999999}"#,
+        r#"{"sku": "../etc", "quantity": 1}"#,
+        r#"{"sku": "no-such-thing", "quantity": 1}"#,
+    ] {
+        let (status, answer) = send(&host, "POST", "/orders/", body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer["error"].is_string(), "{body}: {answer}");
+    }
+    let huge = format!(r#"{{"sku": "{}", "quantity": 1}}"#, "x".repeat(100_000));
+    assert_eq!(send(&host, "POST", "/orders/", &huge).0, 400);
+    assert_eq!(send(&host, "GET", "/orders/o-unknown", "").0, 404);
+    assert_eq!(send(&host, "GET", "/inventory/stock/unknown", "").0, 404);
+    assert_eq!(
+        send(
+            &host,
+            "PUT",
+            "/inventory/stock/widget",
+            r#"{"available": -3}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(stock(&host, "widget"), (5, 0, 0), "nothing changed");
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_burst_loses_and_invents_nothing() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), SHOP_HOST);
+    deploy_shop(&host);
+    assert_eq!(
+        send(
+            &host,
+            "PUT",
+            "/inventory/stock/widget",
+            r#"{"available": 100}"#
+        )
+        .0,
+        200
+    );
+    // A paused payment keeps some orders in flight; a few buyers keep ordering.
+    let gateway = host.gateway.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let buyers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = format!("{gateway}/orders/");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut acknowledged = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut response) = agent
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .send(r#"{"sku": "widget", "quantity": 1}"#)
+                    else {
+                        break;
+                    };
+                    if response.status() == 201 {
+                        let body = response.body_mut().read_to_string().unwrap_or_default();
+                        let order: serde_json::Value = serde_json::from_str(&body).expect("json");
+                        acknowledged.push(order["id"].as_str().expect("id").to_owned());
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    wait_for("some orders", Duration::from_secs(30), || {
+        stock(&host, "widget").0 <= 80
+    });
+    host.crash();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged: Vec<String> = buyers
+        .into_iter()
+        .flat_map(|b| b.join().expect("buyer"))
+        .collect();
+    assert!(!acknowledged.is_empty());
+
+    let host = Host::start(root.path(), SHOP_HOST);
+    // Every acknowledged order exists and ships exactly once.
+    for id in &acknowledged {
+        let (status, order) = send(&host, "GET", &format!("/orders/{id}"), "");
+        assert_eq!(status, 200, "acknowledged order {id} is lost: {order}");
+    }
+    wait_for(
+        "every acknowledged order shipped",
+        Duration::from_secs(60),
+        || {
+            let shipped: BTreeSet<String> = shipped(&host).into_iter().collect();
+            acknowledged.iter().all(|id| shipped.contains(id))
+        },
+    );
+    let shipped = shipped(&host);
+    let unique: BTreeSet<&String> = shipped.iter().collect();
+    assert_eq!(unique.len(), shipped.len(), "an order shipped twice");
+    // No event for an order that does not exist.
+    for id in &shipped {
+        assert_eq!(
+            send(&host, "GET", &format!("/orders/{id}"), "").0,
+            200,
+            "shipped {id} without an order"
+        );
+    }
+    // Stock is conserved: what is not available is reserved or sold.
+    let (available, reserved, sold) = stock(&host, "widget");
+    assert_eq!(available + reserved + sold, 100);
+    assert!(sold as usize >= acknowledged.len());
+}
