@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end: build the host and the example guests, start a host on
-# embedded defaults, deploy the examples over HTTP, call them, restart the host and
-# show that the deploys survived. Prints what happened and how to continue.
+# embedded defaults, deploy the examples and the shop over HTTP, call them, place
+# orders, restart the host and show that the deploys and the data survived. Prints
+# what happened and how to continue.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -37,6 +38,11 @@ start_host() {
     gateway=$(sed -n 's/^gateway listening on //p' "$data_dir.out")
     admin=$(sed -n 's/^admin API listening on //p' "$data_dir.out")
     export SHOAL_ADMIN_URL="$admin"
+    # Serving starts at once; the restore of deployed services finishes a moment later.
+    for _ in $(seq 1 600); do
+        if curl -sf "$admin/readyz" >/dev/null; then break; fi
+        sleep 0.1
+    done
     cat "$data_dir.out"
 }
 stop_host() {
@@ -77,11 +83,37 @@ curl -sS -X PUT -H "Authorization: Bearer $token" --data-binary 'not wasm' \
 printf '$ curl %s/v1/services (no token)\n' "$admin"
 curl -sS -w '  HTTP %{http_code}\n' "$admin/v1/services"
 
+step "the shop: inventory, payment, orders and shipping, each with its own data"
+for service in inventory payment orders shipping; do
+    show "$shoal" deploy "guests/shop/$service" --manifest "guests/shop/$service/shoal.toml"
+done
+show curl -sS -X PUT --data '{"available": 10}' "$gateway/inventory/stock/widget"
+echo "Payment declines: the order fails and its reservation is released."
+show curl -sS -X PUT --data '{"mode": "fail"}' "$gateway/payment/mode"
+show curl -sS -w '  HTTP %{http_code}\n' -X POST --data '{"sku": "widget", "quantity": 1}' "$gateway/orders/"
+show curl -sS -X PUT --data '{"mode": "ok"}' "$gateway/payment/mode"
+echo '$ 14 concurrent orders of one widget each against a stock of 10 (POST $gateway/orders/)'
+seq 1 14 | xargs -P 7 -I{} curl -sS -o /dev/null -w '%{http_code}\n' -X POST \
+    --data '{"sku": "widget", "quantity": 1}' "$gateway/orders/" | sort | uniq -c |
+    sed -e 's/ 201$/ placed (201)/' -e 's/ 409$/ refused: insufficient stock (409)/'
+echo
+show curl -sS -w '  HTTP %{http_code}\n' -X POST --data '{"sku": "widget", "quantity": -5}' "$gateway/orders/"
+sleep 1
+echo "Stock after the orders (10 = available + reserved + sold; failed payments released theirs):"
+show curl -sS "$gateway/inventory/stock/widget"
+echo "Orders shipped, each once (delivered by order.created events from the outbox):"
+show curl -sS "$gateway/shipping/handled"
+echo "Event deliveries waiting and dead letters:"
+printf '$ curl -H "Authorization: Bearer …" %s/v1/events\n' "$admin"
+curl -sS -H "Authorization: Bearer $token" "$admin/v1/events"
+echo
+
 step "restarting the host: deploys are persisted"
 stop_host
 start_host
 show "$shoal" ls
 show curl -sS "$gateway/hello/?name=again"
+show curl -sS "$gateway/inventory/stock/widget"
 
 step "guest log lines are tagged with service, version and request id"
 grep 'guest' "$data_dir.log" | tail -n 3 || true
