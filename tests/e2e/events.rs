@@ -52,6 +52,21 @@ fn a_published_event_reaches_its_subscriber_once() {
         host.get(&format!("/sub/get?key=handled%2F{id}")).body,
         "hello"
     );
+    // Operators see topics, subscriptions, the store's size and the counters.
+    let events = host.admin("GET", "/v1/events").json();
+    assert_eq!(events["topics"], serde_json::json!([TOPIC]), "{events}");
+    assert_eq!(events["subscriptions"][0]["service"], "sub", "{events}");
+    let shown = host.admin("GET", "/v1/services/sub").json();
+    assert!(
+        shown["store_bytes"].as_u64().is_some_and(|bytes| bytes > 0),
+        "{shown}"
+    );
+    wait_for("the delivery counted", Duration::from_secs(10), || {
+        let metrics = host.admin("GET", "/metrics").body;
+        metrics.contains("shoal_event_deliveries_total{outcome=\"delivered\",subscriber=\"sub\"} 1")
+            && metrics.contains("shoal_events_published_total{service=\"pub\"} 1")
+            && metrics.contains("shoal_store_commits_total{outcome=\"ok\",service=\"sub\"}")
+    });
     // A bad topic is refused and nothing is published.
     let (status, body) = post(&host, "/pub/publish?topic=Not%20A%20Topic", b"x");
     assert_eq!(status, 400);

@@ -30,13 +30,46 @@ async fn on_bus<R: Send + 'static>(
         .map_err(bus_error)
 }
 
-/// `GET /v1/events`: deliveries waiting and the dead letters.
+/// `GET /v1/events`: topics and subscriptions, deliveries waiting, dead letters.
 pub async fn show(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, ApiError> {
     let (pending, dead) = on_bus(&state, |bus| {
         Ok((bus.pending()?, bus.dead_letters(MAX_DEAD_LETTERS)?))
     })
     .await?;
-    Ok(Json(json!({ "pending": pending, "dead_letters": dead })))
+    let mut topics = std::collections::BTreeSet::new();
+    let subscriptions: Vec<serde_json::Value> = state
+        .services
+        .table()
+        .entries()
+        .iter()
+        .flat_map(|entry| {
+            let service = entry.name().to_owned();
+            entry
+                .stable
+                .record
+                .manifest
+                .subscriptions
+                .iter()
+                .map(|subscription| {
+                    json!({
+                        "service": service,
+                        "topic": subscription.topic,
+                        "route": subscription.route,
+                        "max_attempts": subscription.max_attempts,
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .inspect(|subscription| {
+            topics.insert(subscription["topic"].as_str().unwrap_or("").to_owned());
+        })
+        .collect();
+    Ok(Json(json!({
+        "topics": topics,
+        "subscriptions": subscriptions,
+        "pending": pending,
+        "dead_letters": dead,
+    })))
 }
 
 /// `POST /v1/events/dead/{subscriber}/{event_id}/replay`: deliver it again.

@@ -30,6 +30,8 @@ pub struct ServiceView {
     requests: u64,
     faults: std::collections::BTreeMap<&'static str, u64>,
     config_keys: Vec<String>,
+    /// Bytes of keys and values in the service's store.
+    store_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     canary: Option<CanaryView>,
     history: Vec<VersionView>,
@@ -98,6 +100,7 @@ impl From<&ServiceEntry> for ServiceView {
                 .load(std::sync::atomic::Ordering::Relaxed),
             faults: entry.shared.faults.snapshot(),
             config_keys: record.manifest.config.keys().cloned().collect(),
+            store_bytes: deployment.context.store.size().ok(),
             canary: entry.canary.as_ref().map(|canary| CanaryView {
                 version: canary.deployment.record.version.clone(),
                 digest: canary.deployment.record.digest.clone(),

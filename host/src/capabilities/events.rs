@@ -73,6 +73,7 @@ impl EventsView<'_> {
             topic,
             payload,
             traceparent,
+            published_ms: crate::events::now_ms(),
         })
     }
 }

@@ -25,6 +25,8 @@ pub struct StoreView<'a> {
     pub service: &'a str,
     /// Woken after a commit, which may have published events.
     pub published: &'a tokio::sync::Notify,
+    /// Where commits are counted.
+    pub metrics: &'a crate::telemetry::Metrics,
 }
 
 struct HasStore;
@@ -43,6 +45,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
             table: view.table,
             service: &view.ctx.service.name,
             published: &view.ctx.platform.published,
+            metrics: &view.ctx.platform.telemetry.metrics,
         }
     })
 }
@@ -100,17 +103,21 @@ impl Host for StoreView<'_> {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), WitError>> {
-        traced_fallible("store.set", self.service, async {
+        let outcome = traced_fallible("store.set", self.service, async {
             blocking(self.store, move |store| write_one(store, &key, Some(value))).await
         })
-        .await
+        .await;
+        self.count(&outcome);
+        outcome
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), WitError>> {
-        traced_fallible("store.delete", self.service, async {
+        let outcome = traced_fallible("store.delete", self.service, async {
             blocking(self.store, move |store| write_one(store, &key, None)).await
         })
-        .await
+        .await;
+        self.count(&outcome);
+        outcome
     }
 
     async fn compare_and_swap(
@@ -119,7 +126,7 @@ impl Host for StoreView<'_> {
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        traced_fallible("store.compare-and-swap", self.service, async {
+        let outcome = traced_fallible("store.compare-and-swap", self.service, async {
             blocking(self.store, move |store| {
                 check_value(&value)?;
                 let mut tx = Transaction::default();
@@ -131,7 +138,9 @@ impl Host for StoreView<'_> {
             })
             .await
         })
-        .await
+        .await;
+        self.count(&outcome);
+        outcome
     }
 
     async fn list_keys(
@@ -155,6 +164,23 @@ impl Host for StoreView<'_> {
 }
 
 impl StoreView<'_> {
+    /// Count a write or commit by its outcome.
+    fn count<T>(&self, outcome: &wasmtime::Result<Result<T, WitError>>) {
+        if !self.metrics.enabled() {
+            return;
+        }
+        let label = match outcome {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(WitError::Conflict)) => "conflict",
+            Ok(Err(WitError::QuotaExceeded)) => "quota",
+            Ok(Err(_)) | Err(_) => "error",
+        };
+        self.metrics
+            .store_commits
+            .with_label_values(&[self.service, label])
+            .inc();
+    }
+
     /// Take the transaction out of the table, run `work` on it on the blocking pool,
     /// and put it back.
     async fn with_transaction<R: Send + 'static>(
@@ -261,6 +287,7 @@ impl HostTransaction for StoreView<'_> {
         if matches!(committed, Ok(Ok(()))) {
             self.published.notify_one();
         }
+        self.count(&committed);
         committed
     }
 

@@ -57,6 +57,8 @@ pub struct NewDelivery {
     pub payload: Vec<u8>,
     /// The publisher's `traceparent`.
     pub traceparent: Option<String>,
+    /// When it was published (Unix milliseconds).
+    pub published_ms: u64,
 }
 
 /// A delivery waiting in the bus.

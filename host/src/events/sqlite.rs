@@ -35,6 +35,7 @@ impl SqliteBus {
                      topic TEXT NOT NULL,
                      payload BLOB NOT NULL,
                      traceparent TEXT,
+                     published_ms INTEGER NOT NULL DEFAULT 0,
                      attempts INTEGER NOT NULL DEFAULT 0,
                      due_ms INTEGER NOT NULL DEFAULT 0,
                      dead INTEGER NOT NULL DEFAULT 0,
@@ -60,8 +61,8 @@ impl EventBus for SqliteBus {
             let mut insert = transaction
                 .prepare_cached(
                     "INSERT OR IGNORE INTO deliveries \
-                     (event_id, subscriber, topic, payload, traceparent) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                     (event_id, subscriber, topic, payload, traceparent, published_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(bus)?;
             for delivery in deliveries {
@@ -71,7 +72,8 @@ impl EventBus for SqliteBus {
                         delivery.subscriber,
                         delivery.topic,
                         delivery.payload,
-                        delivery.traceparent
+                        delivery.traceparent,
+                        delivery.published_ms as i64,
                     ])
                     .map_err(bus)?;
             }
@@ -85,8 +87,8 @@ impl EventBus for SqliteBus {
         let due: Vec<Delivery> = {
             let mut select = transaction
                 .prepare_cached(
-                    "SELECT event_id, subscriber, topic, payload, traceparent, attempts \
-                     FROM deliveries WHERE dead = 0 AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
+                    "SELECT event_id, subscriber, topic, payload, traceparent, attempts, \
+                     published_ms FROM deliveries WHERE dead = 0 AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
                 )
                 .map_err(bus)?;
             let rows = select
@@ -98,6 +100,7 @@ impl EventBus for SqliteBus {
                             topic: row.get(2)?,
                             payload: row.get(3)?,
                             traceparent: row.get(4)?,
+                            published_ms: row.get::<_, i64>(6)? as u64,
                         },
                         attempts: row.get::<_, i64>(5)? as u32,
                     })
@@ -228,6 +231,7 @@ mod tests {
             topic: "order.created".into(),
             payload: b"{}".to_vec(),
             traceparent: None,
+            published_ms: 0,
         }
     }
 

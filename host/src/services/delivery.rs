@@ -80,10 +80,20 @@ impl Services {
             let bus = self.platform.bus.clone();
             let subscriptions = subscriptions.clone();
             let publisher = entry.name().to_owned();
+            let publisher_label = publisher.clone();
+            let platform = self.platform.clone();
             let outcome = tokio::task::spawn_blocking(move || -> Result<usize, String> {
                 let events = store.outbox(OUTBOX_BATCH).map_err(|e| e.to_string())?;
                 if events.is_empty() {
                     return Ok(0);
+                }
+                let metrics = &platform.telemetry.metrics;
+                if metrics.enabled() {
+                    let now = now_ms();
+                    for event in &events {
+                        let lag = now.saturating_sub(event.published_ms) as f64 / 1000.0;
+                        metrics.outbox_lag.observe(lag);
+                    }
                 }
                 let deliveries: Vec<NewDelivery> = events
                     .iter()
@@ -94,6 +104,12 @@ impl Services {
                 bus.enqueue(&deliveries).map_err(|e| e.to_string())?;
                 let ids: Vec<String> = events.iter().map(|event| event.id.clone()).collect();
                 store.remove_from_outbox(&ids).map_err(|e| e.to_string())?;
+                if metrics.enabled() {
+                    metrics
+                        .events_published
+                        .with_label_values(&[&publisher_label])
+                        .inc_by(events.len() as u64);
+                }
                 Ok(events.len())
             })
             .await;
@@ -142,10 +158,35 @@ impl Services {
         let event = &delivery.event;
         let attempts = delivery.attempts;
         let outcome = self.attempt(&delivery).await;
+        let metrics = &self.platform.telemetry.metrics;
+        if metrics.enabled() {
+            let label = match &outcome {
+                Attempt::Done { deduplicated: true } => "deduplicated",
+                Attempt::Done { .. } => "delivered",
+                Attempt::Failed { max_attempts, .. } if attempts + 1 >= *max_attempts => {
+                    "dead-lettered"
+                }
+                Attempt::Failed { .. } => "failed",
+            };
+            metrics
+                .event_deliveries
+                .with_label_values(&[&event.subscriber, label])
+                .inc();
+            if let Attempt::Done {
+                deduplicated: false,
+            } = outcome
+            {
+                let lag = now_ms().saturating_sub(event.published_ms) as f64 / 1000.0;
+                metrics
+                    .delivery_lag
+                    .with_label_values(&[&event.subscriber])
+                    .observe(lag);
+            }
+        }
         let bus = self.platform.bus.clone();
         let (event_id, subscriber) = (event.event_id.clone(), event.subscriber.clone());
         let recorded = tokio::task::spawn_blocking(move || match outcome {
-            Attempt::Done => bus.acknowledge(&event_id, &subscriber),
+            Attempt::Done { .. } => bus.acknowledge(&event_id, &subscriber),
             Attempt::Failed {
                 reason,
                 max_attempts,
@@ -178,14 +219,14 @@ impl Services {
             .cloned()
         else {
             // Unsubscribed since: nothing to deliver.
-            return Attempt::Done;
+            return Attempt::Done { deduplicated: true };
         };
         let store = entry.stable.context.store.clone();
         let event_id = event.event_id.clone();
         if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || store.is_handled(&event_id)).await
         {
             // The subscriber's own transaction marked it handled: a redelivery.
-            return Attempt::Done;
+            return Attempt::Done { deduplicated: true };
         }
         let failed = |reason: String| Attempt::Failed {
             reason,
@@ -202,7 +243,9 @@ impl Services {
         // Read the answer to the end, so the guest finishes.
         let _ = response.into_body().collect().await;
         if status.is_success() {
-            Attempt::Done
+            Attempt::Done {
+                deduplicated: false,
+            }
         } else {
             failed(format!("{} answered {status}", event.subscriber))
         }
@@ -211,8 +254,14 @@ impl Services {
 
 /// What came of one delivery attempt.
 enum Attempt {
-    Done,
-    Failed { reason: String, max_attempts: u32 },
+    /// Acknowledged; `deduplicated` when nothing had to be sent.
+    Done {
+        deduplicated: bool,
+    },
+    Failed {
+        reason: String,
+        max_attempts: u32,
+    },
 }
 
 /// One delivery of `event` per subscription to its topic.
@@ -226,6 +275,7 @@ fn fan_out(event: &OutboxEvent, subscriptions: &[(String, Subscription)]) -> Vec
             topic: event.topic.clone(),
             payload: event.payload.clone(),
             traceparent: event.traceparent.clone(),
+            published_ms: event.published_ms,
         })
         .collect()
 }
@@ -285,6 +335,7 @@ mod tests {
             topic: "order.created".into(),
             payload: b"{}".to_vec(),
             traceparent: None,
+            published_ms: 0,
         };
         let deliveries = fan_out(&event, &subscriptions);
         let subscribers: Vec<&str> = deliveries.iter().map(|d| d.subscriber.as_str()).collect();

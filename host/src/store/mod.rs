@@ -69,6 +69,8 @@ pub struct OutboxEvent {
     pub payload: Vec<u8>,
     /// The publisher's W3C `traceparent`, so the delivery continues its trace.
     pub traceparent: Option<String>,
+    /// When it was published (Unix milliseconds), for the delivery lag.
+    pub published_ms: u64,
 }
 
 /// What a transaction read and wants to write, checked and applied by

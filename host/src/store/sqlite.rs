@@ -115,7 +115,8 @@ impl SqliteStore {
                      id TEXT NOT NULL UNIQUE,
                      topic TEXT NOT NULL,
                      payload BLOB NOT NULL,
-                     traceparent TEXT
+                     traceparent TEXT,
+                     published_ms INTEGER NOT NULL DEFAULT 0
                  );
                  CREATE TABLE IF NOT EXISTS inbox (
                      id TEXT PRIMARY KEY
@@ -233,7 +234,8 @@ impl ServiceStore for SqliteStore {
         {
             let mut outbox = transaction
                 .prepare_cached(
-                    "INSERT INTO outbox (id, topic, payload, traceparent) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO outbox (id, topic, payload, traceparent, published_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(backend)?;
             for event in &commit.events {
@@ -242,7 +244,8 @@ impl ServiceStore for SqliteStore {
                         event.id,
                         event.topic,
                         event.payload,
-                        event.traceparent
+                        event.traceparent,
+                        event.published_ms as i64
                     ])
                     .map_err(backend)?;
             }
@@ -313,7 +316,8 @@ impl ServiceStore for SqliteStore {
         let connection = self.connection.lock();
         let mut statement = connection
             .prepare_cached(
-                "SELECT id, topic, payload, traceparent FROM outbox ORDER BY seq LIMIT ?1",
+                "SELECT id, topic, payload, traceparent, published_ms FROM outbox \
+                 ORDER BY seq LIMIT ?1",
             )
             .map_err(backend)?;
         let rows = statement
@@ -323,6 +327,7 @@ impl ServiceStore for SqliteStore {
                     topic: row.get(1)?,
                     payload: row.get(2)?,
                     traceparent: row.get(3)?,
+                    published_ms: row.get::<_, i64>(4)? as u64,
                 })
             })
             .map_err(backend)?;
@@ -475,6 +480,7 @@ mod tests {
             topic: "t".into(),
             payload: b"p".to_vec(),
             traceparent: None,
+            published_ms: 0,
         };
         // Rolled back (conflict): neither the write nor the event.
         let mut stale = Transaction::default();

@@ -45,6 +45,16 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// `shoal_in_flight_requests{service}`
     pub in_flight: IntGaugeVec,
+    /// `shoal_store_commits_total{service, outcome}`: store writes and transactions.
+    pub store_commits: IntCounterVec,
+    /// `shoal_events_published_total{service}`: events committed to an outbox.
+    pub events_published: IntCounterVec,
+    /// `shoal_event_deliveries_total{subscriber, outcome}`: delivery attempts.
+    pub event_deliveries: IntCounterVec,
+    /// `shoal_outbox_lag_seconds`: from publish to the event's move onto the bus.
+    pub outbox_lag: prometheus::Histogram,
+    /// `shoal_event_delivery_lag_seconds{subscriber}`: from publish to acknowledgement.
+    pub delivery_lag: HistogramVec,
     /// `shoal_guest_log_lines_dropped_total{service}`: over the service's log budget.
     pub guest_log_dropped: IntCounterVec,
     /// `shoal_log_lines_dropped_total`: lines the host's log writer could not keep up with.
@@ -174,6 +184,38 @@ impl Metrics {
                 ),
                 &["service"],
             )?,
+            store_commits: IntCounterVec::new(
+                Opts::new(
+                    "shoal_store_commits_total",
+                    "Store writes and transaction commits by outcome (ok, conflict, quota, error).",
+                ),
+                &["service", "outcome"],
+            )?,
+            events_published: IntCounterVec::new(
+                Opts::new(
+                    "shoal_events_published_total",
+                    "Events committed to a service's outbox.",
+                ),
+                &["service"],
+            )?,
+            event_deliveries: IntCounterVec::new(
+                Opts::new(
+                    "shoal_event_deliveries_total",
+                    "Event deliveries by outcome (delivered, deduplicated, failed, dead-lettered).",
+                ),
+                &["subscriber", "outcome"],
+            )?,
+            outbox_lag: prometheus::Histogram::with_opts(histogram(
+                "shoal_outbox_lag_seconds",
+                "Time from publish (commit) to the event's move onto the bus.",
+            ))?,
+            delivery_lag: HistogramVec::new(
+                histogram(
+                    "shoal_event_delivery_lag_seconds",
+                    "Time from publish to the subscriber's acknowledgement.",
+                ),
+                &["subscriber"],
+            )?,
             guest_log_dropped: IntCounterVec::new(
                 Opts::new(
                     "shoal_guest_log_lines_dropped_total",
@@ -236,6 +278,11 @@ impl Metrics {
             Box::new(metrics.queued.clone()),
             Box::new(metrics.memory_reserved.clone()),
             Box::new(metrics.guest_log_dropped.clone()),
+            Box::new(metrics.store_commits.clone()),
+            Box::new(metrics.events_published.clone()),
+            Box::new(metrics.event_deliveries.clone()),
+            Box::new(metrics.outbox_lag.clone()),
+            Box::new(metrics.delivery_lag.clone()),
             Box::new(metrics.log_lines_dropped.clone()),
             Box::new(metrics.memory_budget.clone()),
             Box::new(metrics.instantiation.clone()),
@@ -417,6 +464,10 @@ impl Metrics {
         remove_series(&self.instantiation, |l| is(l, "service"));
         remove_series(&self.compile, |l| is(l, "service"));
         remove_series(&self.guest_log_dropped, |l| is(l, "service"));
+        remove_series(&self.store_commits, |l| is(l, "service"));
+        remove_series(&self.events_published, |l| is(l, "service"));
+        remove_series(&self.event_deliveries, |l| is(l, "subscriber"));
+        remove_series(&self.delivery_lag, |l| is(l, "subscriber"));
         remove_series(&self.calls, |l| is(l, "caller") || is(l, "target"));
         remove_series(&self.call_duration, |l| is(l, "caller") || is(l, "target"));
         remove_series(&self.breaker_state, |l| is(l, "caller") || is(l, "target"));
