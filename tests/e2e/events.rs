@@ -1,7 +1,7 @@
 //! Events: durable publish, transactional outbox, at-least-once delivery with retries,
 //! dead letters and replay, inbox de-duplication, and survival of `kill -9`.
 
-use shoal_tests::{Host, agent, guest, temp_root, wait_for};
+use shoal_tests::{Host, TOKEN, agent, guest, shoal_cli, temp_root, wait_for};
 use std::time::Duration;
 
 const TOPIC: &str = "count.changed";
@@ -164,8 +164,18 @@ fn failing_deliveries_are_retried_then_dead_lettered_and_replayed() {
             .status,
         200
     );
-    let replay = host.admin("POST", &format!("/v1/events/dead/sub/{id}/replay"));
-    assert_eq!(replay.status, 200, "{}", replay.body);
+    // The CLI lists the dead letter and replays it.
+    let env = [
+        ("SHOAL_ADMIN_URL", host.admin.as_str()),
+        ("SHOAL_ADMIN_TOKEN", TOKEN),
+    ];
+    let (ok, listed, stderr) = shoal_cli(&["events"], &env);
+    assert!(ok, "{stderr}");
+    assert!(listed.contains("dead letters: 1"), "{listed}");
+    assert!(listed.contains(&id), "{listed}");
+    let (ok, replayed, stderr) = shoal_cli(&["events", "replay", "sub", &id], &env);
+    assert!(ok, "{stderr}");
+    assert!(replayed.contains("replaying"), "{replayed}");
     wait_for("the replayed delivery", Duration::from_secs(10), || {
         handled(&host) == [id.clone()]
     });

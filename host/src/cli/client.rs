@@ -328,6 +328,61 @@ fn json_body(value: &serde_json::Value) -> Body {
     Full::new(Bytes::from(value.to_string())).boxed()
 }
 
+/// Print topics, subscriptions, waiting deliveries and dead letters.
+pub async fn events(args: &AdminArgs) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let (_, json) = client
+        .send(Method::GET, "/v1/events", None, empty())
+        .await?;
+    println!("deliveries waiting: {}", json["pending"]);
+    println!(
+        "\nSUBSCRIBER               TOPIC                    ROUTE                    ATTEMPTS"
+    );
+    for subscription in json["subscriptions"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<24} {:<24} {}",
+            subscription["service"].as_str().unwrap_or(""),
+            subscription["topic"].as_str().unwrap_or(""),
+            subscription["route"].as_str().unwrap_or(""),
+            subscription["max_attempts"]
+        );
+    }
+    let dead = json["dead_letters"].as_array().cloned().unwrap_or_default();
+    println!("\ndead letters: {}", dead.len());
+    for letter in dead {
+        println!(
+            "  {} to {} ({}, {} attempts): {}",
+            letter["event_id"].as_str().unwrap_or(""),
+            letter["subscriber"].as_str().unwrap_or(""),
+            letter["topic"].as_str().unwrap_or(""),
+            letter["attempts"],
+            letter["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// Replay (or drop) one dead letter.
+pub async fn dead_letter(
+    args: &AdminArgs,
+    replay: bool,
+    subscriber: &str,
+    event: &str,
+) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let path = format!("/v1/events/dead/{subscriber}/{event}");
+    if replay {
+        client
+            .send(Method::POST, &format!("{path}/replay"), None, empty())
+            .await?;
+        println!("replaying {event} to {subscriber}");
+    } else {
+        client.send(Method::DELETE, &path, None, empty()).await?;
+        println!("dropped {event} for {subscriber}");
+    }
+    Ok(())
+}
+
 /// Remove a service.
 pub async fn remove(args: &AdminArgs, name: &str) -> Result<()> {
     let client = AdminClient::new(args)?;

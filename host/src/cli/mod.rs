@@ -117,6 +117,19 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
     },
+    /// Events: topics, subscriptions, deliveries waiting and dead letters; replay or
+    /// drop a dead letter.
+    Events {
+        /// What to do with a dead letter (`replay` or `drop`); without it, list.
+        #[arg(value_parser = ["replay", "drop"], requires_all = ["subscriber", "event"])]
+        action: Option<String>,
+        /// The dead letter's subscribing service.
+        subscriber: Option<String>,
+        /// The dead letter's event id.
+        event: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Remove a service from a running host.
     Rm {
         /// Service name.
@@ -190,5 +203,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             no_pooling,
         } => bench::instantiate(&component, iterations, !no_pooling).await,
         Command::Rm { name, admin } => client::remove(&admin, &name).await,
+        Command::Events {
+            action,
+            subscriber,
+            event,
+            admin,
+        } => match (action.as_deref(), subscriber, event) {
+            (Some(action), Some(subscriber), Some(event)) => {
+                client::dead_letter(&admin, action == "replay", &subscriber, &event).await
+            }
+            _ => client::events(&admin).await,
+        },
     }
 }
