@@ -477,6 +477,123 @@ def restore(args, rows):
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def http_call(address, method, path, body=b"", timeout=60):
+    conn = http.client.HTTPConnection(address, timeout=timeout)
+    conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, data
+
+
+def histogram_quantile(metrics_text, name, quantile):
+    """A quantile of a Prometheus histogram from its buckets (the bucket's upper bound)."""
+    buckets = []
+    for line in metrics_text.splitlines():
+        match = re.match(rf'{name}_bucket{{.*le="([^"]+)".*}} (\S+)', line)
+        if match:
+            bound = float("inf") if match.group(1) == "+Inf" else float(match.group(1))
+            buckets.append((bound, float(match.group(2))))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+    for bound, count in sorted(buckets):
+        if count >= quantile * total:
+            return bound
+    return None
+
+
+def shop(args, rows):
+    """The shop: orders per second, store transactions against native SQLite, event delivery."""
+    import concurrent.futures
+    import sqlite3
+    host = Host(args.shoal, ["--max-instances", "512"])
+    try:
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        for name in ("inventory", "payment", "orders", "shipping"):
+            manifest = open(os.path.join(root, "guests", "shop", name, "shoal.toml")).read()
+            host.deploy(name, open(os.path.join(args.guests, f"{name}.wasm"), "rb").read(), manifest)
+        host.deploy("kv", open(os.path.join(args.guests, "counter.wasm"), "rb").read())
+        subscriber = ('[[subscriptions]]\ntopic = "bench.event"\nroute = "/events/handle"\n'
+                      'max_attempts = 10\n')
+        host.deploy("sub", open(os.path.join(args.guests, "counter.wasm"), "rb").read(), subscriber)
+        http_call(host.gateway, "PUT", "/inventory/stock/widget", b'{"available": 100000000}')
+
+        # Orders per second, 16 clients at once.
+        body = b'{"sku": "widget", "quantity": 1}'
+        deadline = time.time() + args.seconds
+        def buyer():
+            placed = 0
+            while time.time() < deadline:
+                status, _ = http_call(host.gateway, "POST", "/orders/", body)
+                placed += status == 201
+            return placed
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            placed = sum(pool.map(lambda _: buyer(), range(16)))
+        elapsed = time.perf_counter() - started
+        rows.append(("shop", "orders placed", f"{placed / elapsed:,.0f} orders/s",
+                     f"16 clients for {args.seconds}s; each order: reserve at inventory, charge at payment, "
+                     "order + order.created in one commit (3 services, 3 synchronous commits)"))
+
+        # Store transactions: a guest's read-modify-write against the same done natively.
+        count = 200 if args.quick else 2000
+        started = time.perf_counter()
+        for _ in range(count):
+            http_call(host.gateway, "POST", "/kv/increment?key=n")
+        guest_rate = count / (time.perf_counter() - started)
+        path = os.path.join(tempfile.mkdtemp(prefix="shoal-bench-sqlite-"), "native.sqlite3")
+        native = sqlite3.connect(path, isolation_level=None)
+        native.execute("PRAGMA journal_mode = WAL")
+        native.execute("PRAGMA synchronous = FULL")
+        native.execute("CREATE TABLE kv (key BLOB PRIMARY KEY, value BLOB, version INTEGER) WITHOUT ROWID")
+        started = time.perf_counter()
+        for version in range(count):
+            native.execute("BEGIN IMMEDIATE")
+            row = native.execute("SELECT value FROM kv WHERE key = ?", (b"n",)).fetchone()
+            value = int(row[0]) + 1 if row else 1
+            native.execute("INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                           "value = excluded.value, version = excluded.version",
+                           (b"n", str(value).encode(), version))
+            native.execute("COMMIT")
+        native_rate = count / (time.perf_counter() - started)
+        native.close()
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+        rows.append(("shop", "store transactions from a guest", f"{guest_rate:,.0f} tx/s",
+                     f"{count} sequential read-modify-write transactions over HTTP (counter /increment)"))
+        rows.append(("shop", "the same transactions natively", f"{native_rate:,.0f} tx/s",
+                     "Python sqlite3, WAL, synchronous=FULL, same machine (the ceiling)"))
+        rows.append(("shop", "guest / native", f"{guest_rate / native_rate:.2f}×", "same run"))
+        args.figures["store_ratio"] = guest_rate / native_rate
+
+        # Events delivered end to end.
+        events = 200 if args.quick else 2000
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: http_call(host.gateway, "POST", "/kv/publish?topic=bench.event", b"x"),
+                          range(events)))
+        while True:
+            status, total = http_call(host.gateway, "GET", "/sub/handled-total")
+            if status == 200 and int(total or b"0") >= events:
+                break
+            if time.perf_counter() - started > 300:
+                raise RuntimeError("events were not all delivered")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        conn = http.client.HTTPConnection(host.admin, timeout=30)
+        conn.request("GET", "/metrics")
+        metrics_text = conn.getresponse().read().decode()
+        conn.close()
+        lag = {q: histogram_quantile(metrics_text, "shoal_outbox_lag_seconds", q) for q in (0.5, 0.99)}
+        rows.append(("shop", "events delivered end to end", f"{events / elapsed:,.0f} events/s",
+                     f"{events} publishes from 8 clients until the subscriber committed all of them"))
+        fmt = lambda v: "n/a" if v is None else f"≤ {v * 1000:.1f} ms"
+        rows.append(("shop", "outbox lag p50 / p99", f"{fmt(lag[0.5])} / {fmt(lag[0.99])}",
+                     "commit to bus, from the shoal_outbox_lag_seconds histogram (bucket bounds)"))
+    finally:
+        host.stop()
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -509,7 +626,7 @@ def main():
 
     rows = []
     args.figures = {}
-    for section in (gateway_throughput, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore):
+    for section in (gateway_throughput, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop):
         print(f"== {section.__doc__.splitlines()[0]}", flush=True)
         section(args, rows)
 
