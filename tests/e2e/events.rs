@@ -132,7 +132,7 @@ fn failing_deliveries_are_retried_then_dead_lettered_and_replayed() {
     let root = temp_root();
     let host = Host::start(root.path(), &[]);
     assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
-    let failing = subscriber("fail_attempts = \"100\"", 3);
+    let failing = subscriber("fail_attempts = \"100\"", 5);
     assert_eq!(
         host.deploy_with_manifest("sub", &guest("counter"), &failing)
             .status,
@@ -152,7 +152,7 @@ fn failing_deliveries_are_retried_then_dead_lettered_and_replayed() {
     let dead = &events["dead_letters"][0];
     assert_eq!(dead["event_id"], id.as_str(), "{events}");
     assert_eq!(dead["subscriber"], "sub");
-    assert_eq!(dead["attempts"], 3);
+    assert_eq!(dead["attempts"], 5);
     assert!(
         dead["reason"].as_str().unwrap_or("").contains("500"),
         "{events}"
