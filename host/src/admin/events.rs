@@ -79,7 +79,7 @@ pub async fn replay(
 ) -> Result<StatusCode, ApiError> {
     let found = on_bus(&state, move |bus| bus.replay(&event_id, &subscriber)).await?;
     if found {
-        state.services.platform().published.notify_one();
+        state.services.platform().published.wake();
         Ok(StatusCode::OK)
     } else {
         Err(ApiError::new(StatusCode::NOT_FOUND, "no such dead letter"))

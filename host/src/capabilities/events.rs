@@ -97,7 +97,8 @@ impl Host for EventsView<'_> {
         };
         let store = self.store.clone();
         let platform = self.platform;
-        traced_fallible("events.publish", self.service, async move {
+        let service = self.service;
+        traced_fallible("events.publish", service, async move {
             let id = event.id.clone();
             let stored = tokio::task::spawn_blocking(move || {
                 let mut tx = Transaction::default();
@@ -112,7 +113,7 @@ impl Host for EventsView<'_> {
                 })
             })?;
             if stored.is_ok() {
-                platform.published.notify_one();
+                platform.published.mark(service);
             }
             Ok(stored.map(|()| id).map_err(publish_error))
         })

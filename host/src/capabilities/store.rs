@@ -23,8 +23,8 @@ pub struct StoreView<'a> {
     pub table: &'a mut ResourceTable,
     /// The service, for the call's span.
     pub service: &'a str,
-    /// Woken after a commit, which may have published events.
-    pub published: &'a tokio::sync::Notify,
+    /// Told after a commit, which may have published events.
+    pub published: &'a crate::platform::Published,
     /// Where commits are counted.
     pub metrics: &'a crate::telemetry::Metrics,
 }
@@ -285,7 +285,7 @@ impl HostTransaction for StoreView<'_> {
             })
             .await;
         if matches!(committed, Ok(Ok(()))) {
-            self.published.notify_one();
+            self.published.mark(self.service);
         }
         self.count(&committed);
         committed

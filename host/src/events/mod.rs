@@ -87,6 +87,22 @@ pub struct DeadLetter {
     pub payload_bytes: usize,
 }
 
+/// How one delivery attempt ended, as the bus records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Delivered (or already handled): it leaves the bus.
+    Acknowledged,
+    /// Failed: try again at `next_ms`, or bury it after `max_attempts`.
+    Failed {
+        /// Why.
+        reason: String,
+        /// When to try again (Unix milliseconds).
+        next_ms: u64,
+        /// Attempts before it becomes a dead letter.
+        max_attempts: u32,
+    },
+}
+
 /// The queue of deliveries.
 pub trait EventBus: Send + Sync {
     /// Add deliveries (idempotent: an event already queued for a subscriber is kept
@@ -109,6 +125,22 @@ pub trait EventBus: Send + Sync {
         next_ms: u64,
         max_attempts: u32,
     ) -> Result<(), BusError>;
+
+    /// Record many outcomes at once (one durable write): `(event_id, subscriber,
+    /// outcome)`.
+    fn settle(&self, outcomes: &[(String, String, Settlement)]) -> Result<(), BusError> {
+        for (event_id, subscriber, outcome) in outcomes {
+            match outcome {
+                Settlement::Acknowledged => self.acknowledge(event_id, subscriber)?,
+                Settlement::Failed {
+                    reason,
+                    next_ms,
+                    max_attempts,
+                } => self.failed(event_id, subscriber, reason, *next_ms, *max_attempts)?,
+            }
+        }
+        Ok(())
+    }
 
     /// Dead letters, at most `limit`.
     fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, BusError>;

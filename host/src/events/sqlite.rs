@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use std::path::Path;
 use std::time::Duration;
 
-use super::{BusError, DeadLetter, Delivery, EventBus, NewDelivery};
+use super::{BusError, DeadLetter, Delivery, EventBus, NewDelivery, Settlement};
 
 /// The embedded bus.
 pub struct SqliteBus {
@@ -160,6 +160,46 @@ impl EventBus for SqliteBus {
             .map_err(bus)
     }
 
+    fn settle(&self, outcomes: &[(String, String, Settlement)]) -> Result<(), BusError> {
+        let mut connection = self.connection.lock();
+        let transaction = connection.transaction().map_err(bus)?;
+        {
+            let mut acknowledge = transaction
+                .prepare_cached("DELETE FROM deliveries WHERE event_id = ?1 AND subscriber = ?2")
+                .map_err(bus)?;
+            let mut fail = transaction
+                .prepare_cached(
+                    "UPDATE deliveries SET attempts = attempts + 1, due_ms = ?3, reason = ?4, \
+                     dead = (attempts + 1 >= ?5) WHERE event_id = ?1 AND subscriber = ?2",
+                )
+                .map_err(bus)?;
+            for (event_id, subscriber, outcome) in outcomes {
+                match outcome {
+                    Settlement::Acknowledged => {
+                        acknowledge
+                            .execute(params![event_id, subscriber])
+                            .map_err(bus)?;
+                    }
+                    Settlement::Failed {
+                        reason,
+                        next_ms,
+                        max_attempts,
+                    } => {
+                        fail.execute(params![
+                            event_id,
+                            subscriber,
+                            *next_ms as i64,
+                            reason,
+                            max_attempts
+                        ])
+                        .map_err(bus)?;
+                    }
+                }
+            }
+        }
+        transaction.commit().map_err(bus)
+    }
+
     fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, BusError> {
         let connection = self.connection.lock();
         let mut select = connection
@@ -265,7 +305,8 @@ mod tests {
         assert_eq!(dead[0].reason, "503 again");
         assert!(bus.replay("e1", "shipping").expect("replay"));
         assert_eq!(bus.claim_due(5_000, 10_000, 10).expect("due").len(), 1);
-        bus.acknowledge("e1", "shipping").expect("ack");
+        bus.settle(&[("e1".into(), "shipping".into(), Settlement::Acknowledged)])
+            .expect("settle");
         assert_eq!(bus.pending().expect("pending"), 0);
         assert!(!bus.drop_dead("e1", "shipping").expect("drop"));
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::Services;
 use crate::deadline::Deadline;
-use crate::events::{Delivery, NewDelivery, backoff, now_ms};
+use crate::events::{Delivery, NewDelivery, Settlement, backoff, now_ms};
 use crate::manifest::Subscription;
 use crate::protocol;
 use crate::store::OutboxEvent;
@@ -29,17 +29,25 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 /// Attempts of an event for a subscriber that is not deployed (any more).
 const ORPHAN_ATTEMPTS: u32 = 5;
 
+/// How often every outbox is read, whatever was marked (a safety net).
+const FULL_SWEEP: Duration = Duration::from_secs(5);
+
 /// Deliver events until the services are gone.
 pub async fn run(services: Weak<Services>) {
+    let mut last_sweep = std::time::Instant::now();
     loop {
         let Some(services) = services.upgrade() else {
             return;
         };
+        if last_sweep.elapsed() >= FULL_SWEEP {
+            services.platform.published.mark_all();
+            last_sweep = std::time::Instant::now();
+        }
         let busy = services.pump_events().await;
         let platform = services.platform.clone();
         drop(services);
         if !busy {
-            let _ = tokio::time::timeout(IDLE_POLL, platform.published.notified()).await;
+            let _ = tokio::time::timeout(IDLE_POLL, platform.published.notify.notified()).await;
         }
     }
 }
@@ -73,9 +81,17 @@ impl Services {
 
     /// Move committed events from the outboxes onto the bus. Returns how many.
     async fn route_outboxes(&self) -> usize {
+        let entries = match self.platform.published.take() {
+            None => self.table.entries(),
+            Some(marked) if marked.is_empty() => return 0,
+            Some(marked) => marked
+                .iter()
+                .filter_map(|name| self.table.entry(name))
+                .collect(),
+        };
         let subscriptions = self.subscriptions();
         let mut moved = 0;
-        for entry in self.table.entries() {
+        for entry in entries {
             let store = entry.stable.context.store.clone();
             let bus = self.platform.bus.clone();
             let subscriptions = subscriptions.clone();
@@ -114,8 +130,15 @@ impl Services {
             })
             .await;
             match outcome {
-                Ok(Ok(count)) => moved += count,
+                Ok(Ok(count)) => {
+                    moved += count;
+                    if count == OUTBOX_BATCH as usize {
+                        // More may wait: read this outbox again next round.
+                        self.platform.published.mark(entry.name());
+                    }
+                }
                 Ok(Err(error)) => {
+                    // The periodic sweep reads this outbox again.
                     tracing::warn!(service = %publisher, %error, "cannot move events to the bus")
                 }
                 Err(error) => {
@@ -149,12 +172,19 @@ impl Services {
             let services = self.clone();
             async move { services.deliver(delivery).await }
         });
-        futures::future::join_all(attempts).await;
+        // Every outcome of the round in one durable write.
+        let outcomes: Vec<(String, String, Settlement)> = futures::future::join_all(attempts).await;
+        let bus = self.platform.bus.clone();
+        let recorded = tokio::task::spawn_blocking(move || bus.settle(&outcomes)).await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            // The claims run out and the deliveries are attempted again: at least once.
+            tracing::error!("cannot record the outcomes of a delivery round");
+        }
         count
     }
 
-    /// Attempt one delivery and record its outcome on the bus.
-    async fn deliver(&self, delivery: Delivery) {
+    /// Attempt one delivery; answer its outcome for the bus.
+    async fn deliver(&self, delivery: Delivery) -> (String, String, Settlement) {
         let event = &delivery.event;
         let attempts = delivery.attempts;
         let outcome = self.attempt(&delivery).await;
@@ -183,22 +213,18 @@ impl Services {
                     .observe(lag);
             }
         }
-        let bus = self.platform.bus.clone();
-        let (event_id, subscriber) = (event.event_id.clone(), event.subscriber.clone());
-        let recorded = tokio::task::spawn_blocking(move || match outcome {
-            Attempt::Done { .. } => bus.acknowledge(&event_id, &subscriber),
+        let settlement = match outcome {
+            Attempt::Done { .. } => Settlement::Acknowledged,
             Attempt::Failed {
                 reason,
                 max_attempts,
-            } => {
-                let next = now_ms() + backoff(attempts + 1).as_millis() as u64;
-                bus.failed(&event_id, &subscriber, &reason, next, max_attempts)
-            }
-        })
-        .await;
-        if !matches!(recorded, Ok(Ok(()))) {
-            tracing::error!(event = %event.event_id, subscriber = %event.subscriber, "cannot record a delivery's outcome");
-        }
+            } => Settlement::Failed {
+                reason,
+                next_ms: now_ms() + backoff(attempts + 1).as_millis() as u64,
+                max_attempts,
+            },
+        };
+        (event.event_id.clone(), event.subscriber.clone(), settlement)
     }
 
     async fn attempt(&self, delivery: &Delivery) -> Attempt {
