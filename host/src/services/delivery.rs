@@ -32,8 +32,17 @@ const ORPHAN_ATTEMPTS: u32 = 5;
 /// How often every outbox is read, whatever was marked (a safety net).
 const FULL_SWEEP: Duration = Duration::from_secs(5);
 
-/// Deliver events until the services are gone.
+/// Move events onto the bus and deliver them until the services are gone: two loops,
+/// so a slow round of deliveries never holds committed events in their outboxes.
 pub async fn run(services: Weak<Services>) {
+    let routed = Arc::new(tokio::sync::Notify::new());
+    let router = tokio::spawn(route_loop(services.clone(), routed.clone()));
+    deliver_loop(services, routed).await;
+    router.abort();
+}
+
+/// Route committed events from marked outboxes onto the bus, as soon as they commit.
+async fn route_loop(services: Weak<Services>, routed: Arc<tokio::sync::Notify>) {
     let mut last_sweep = std::time::Instant::now();
     loop {
         let Some(services) = services.upgrade() else {
@@ -43,24 +52,33 @@ pub async fn run(services: Weak<Services>) {
             services.platform.published.mark_all();
             last_sweep = std::time::Instant::now();
         }
-        let busy = services.pump_events().await;
+        let moved = services.route_outboxes().await;
+        if moved > 0 {
+            routed.notify_one();
+        }
         let platform = services.platform.clone();
         drop(services);
-        if !busy {
+        if moved == 0 {
             let _ = tokio::time::timeout(IDLE_POLL, platform.published.notify.notified()).await;
         }
     }
 }
 
-impl Services {
-    /// One round: route committed events onto the bus, then deliver what is due.
-    /// Returns whether there was anything to do.
-    pub async fn pump_events(self: &Arc<Self>) -> bool {
-        let routed = self.route_outboxes().await;
-        let delivered = self.deliver_due().await;
-        routed + delivered > 0
+/// Deliver what is due, round after round; idle until events arrive or a retry is due.
+async fn deliver_loop(services: Weak<Services>, routed: Arc<tokio::sync::Notify>) {
+    loop {
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        let delivered = services.deliver_due().await;
+        drop(services);
+        if delivered == 0 {
+            let _ = tokio::time::timeout(IDLE_POLL, routed.notified()).await;
+        }
     }
+}
 
+impl Services {
     /// Every subscription of every running service: (subscriber, subscription).
     fn subscriptions(&self) -> Vec<(String, Subscription)> {
         self.table
