@@ -181,6 +181,17 @@ impl Storage {
     }
 }
 
+/// Open (or create) a SQLite database for durable state: WAL journal, synchronous
+/// commits (a commit that returned survives a crash or power loss), and a wait for
+/// the lock instead of an immediate "busy". Runs `schema` once opened.
+pub fn open_sqlite(path: &Path, schema: &str) -> rusqlite::Result<rusqlite::Connection> {
+    let connection = rusqlite::Connection::open(path)?;
+    connection.busy_timeout(std::time::Duration::from_secs(5))?;
+    connection.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+    connection.execute_batch(schema)?;
+    Ok(connection)
+}
+
 /// SHA-256 of `bytes` as lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;

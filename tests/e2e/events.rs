@@ -1,7 +1,7 @@
 //! Events: durable publish, transactional outbox, at-least-once delivery with retries,
 //! dead letters and replay, inbox de-duplication, and survival of `kill -9`.
 
-use shoal_tests::{Host, TOKEN, agent, guest, shoal_cli, temp_root, wait_for};
+use shoal_tests::{Host, TOKEN, guest, shoal_cli, temp_root, wait_for};
 use std::time::Duration;
 
 const TOPIC: &str = "count.changed";
@@ -13,15 +13,7 @@ fn subscriber(extra_config: &str, max_attempts: u32) -> String {
 }
 
 fn post(host: &Host, path: &str, body: &[u8]) -> (u16, String) {
-    let mut response = agent()
-        .post(format!("{}{path}", host.gateway))
-        .send(body)
-        .expect("post");
-    let status = response.status().as_u16();
-    (
-        status,
-        response.body_mut().read_to_string().unwrap_or_default(),
-    )
+    host.send_bytes("POST", path, body)
 }
 
 fn handled(host: &Host) -> Vec<String> {

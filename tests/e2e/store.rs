@@ -4,27 +4,11 @@
 use shoal_tests::{Host, agent, guest, temp_root};
 
 fn put(host: &Host, path: &str, body: &[u8]) -> (u16, String) {
-    let mut response = agent()
-        .put(format!("{}{path}", host.gateway))
-        .send(body)
-        .expect("put");
-    let status = response.status().as_u16();
-    (
-        status,
-        response.body_mut().read_to_string().unwrap_or_default(),
-    )
+    host.send_bytes("PUT", path, body)
 }
 
 fn post(host: &Host, path: &str, body: &[u8]) -> (u16, String) {
-    let mut response = agent()
-        .post(format!("{}{path}", host.gateway))
-        .send(body)
-        .expect("post");
-    let status = response.status().as_u16();
-    (
-        status,
-        response.body_mut().read_to_string().unwrap_or_default(),
-    )
+    host.send_bytes("POST", path, body)
 }
 
 #[test]

@@ -264,6 +264,17 @@ impl Host {
         reply(self.agent.get(format!("{}{path}", self.gateway)).call())
     }
 
+    /// Send `body` with `method` to a gateway path; answer status and body text.
+    pub fn send_bytes(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.gateway))
+            .body(body.to_vec())
+            .expect("request");
+        let reply = reply(self.agent.run(request));
+        (reply.status, reply.body)
+    }
+
     /// POST to a gateway path.
     pub fn post(&self, path: &str, body: &str) -> Reply {
         reply(

@@ -36,32 +36,20 @@ pub async fn show(State(state): State<AdminState>) -> Result<Json<serde_json::Va
         Ok((bus.pending()?, bus.dead_letters(MAX_DEAD_LETTERS)?))
     })
     .await?;
-    let mut topics = std::collections::BTreeSet::new();
-    let subscriptions: Vec<serde_json::Value> = state
-        .services
-        .table()
-        .entries()
+    let subscriptions = state.services.subscriptions();
+    let topics: std::collections::BTreeSet<&str> = subscriptions
         .iter()
-        .flat_map(|entry| {
-            let service = entry.name().to_owned();
-            entry
-                .stable
-                .record
-                .manifest
-                .subscriptions
-                .iter()
-                .map(|subscription| {
-                    json!({
-                        "service": service,
-                        "topic": subscription.topic,
-                        "route": subscription.route,
-                        "max_attempts": subscription.max_attempts,
-                    })
-                })
-                .collect::<Vec<_>>()
-        })
-        .inspect(|subscription| {
-            topics.insert(subscription["topic"].as_str().unwrap_or("").to_owned());
+        .map(|(_, subscription)| subscription.topic.as_str())
+        .collect();
+    let subscriptions: Vec<serde_json::Value> = subscriptions
+        .iter()
+        .map(|(service, subscription)| {
+            json!({
+                "service": service,
+                "topic": subscription.topic,
+                "route": subscription.route,
+                "max_attempts": subscription.max_attempts,
+            })
         })
         .collect();
     Ok(Json(json!({

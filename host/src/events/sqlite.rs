@@ -5,7 +5,6 @@
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension as _, params};
 use std::path::Path;
-use std::time::Duration;
 
 use super::{BusError, DeadLetter, Delivery, EventBus, NewDelivery, Settlement};
 
@@ -21,15 +20,9 @@ fn bus(error: rusqlite::Error) -> BusError {
 impl SqliteBus {
     /// Open (or create) the bus at `path`.
     pub fn open(path: &Path) -> Result<Self, BusError> {
-        let connection = Connection::open(path).map_err(bus)?;
-        connection
-            .busy_timeout(Duration::from_secs(5))
-            .map_err(bus)?;
-        connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = FULL;
-                 CREATE TABLE IF NOT EXISTS deliveries (
+        let connection = crate::storage::open_sqlite(
+            path,
+            "CREATE TABLE IF NOT EXISTS deliveries (
                      event_id TEXT NOT NULL,
                      subscriber TEXT NOT NULL,
                      topic TEXT NOT NULL,
@@ -45,8 +38,8 @@ impl SqliteBus {
                  CREATE INDEX IF NOT EXISTS due ON deliveries (dead, due_ms);
                  -- Claims (and backoffs) of a host that stopped: due again at once.
                  UPDATE deliveries SET due_ms = 0 WHERE dead = 0;",
-            )
-            .map_err(bus)?;
+        )
+        .map_err(bus)?;
         Ok(Self {
             connection: Mutex::new(connection),
         })

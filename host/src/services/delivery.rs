@@ -80,7 +80,7 @@ async fn deliver_loop(services: Weak<Services>, routed: Arc<tokio::sync::Notify>
 
 impl Services {
     /// Every subscription of every running service: (subscriber, subscription).
-    fn subscriptions(&self) -> Vec<(String, Subscription)> {
+    pub fn subscriptions(&self) -> Vec<(String, Subscription)> {
         self.table
             .entries()
             .iter()

@@ -14,7 +14,6 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use super::{Commit, OutboxEvent, ServiceStore, StoreBackend, StoreError, Versioned};
 
@@ -93,15 +92,9 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
 
 impl SqliteStore {
     fn open(path: PathBuf, quota: u64) -> Result<Self, StoreError> {
-        let connection = Connection::open(&path).map_err(backend)?;
-        connection
-            .busy_timeout(Duration::from_secs(5))
-            .map_err(backend)?;
-        connection
-            .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 PRAGMA synchronous = FULL;
-                 CREATE TABLE IF NOT EXISTS kv (
+        let connection = crate::storage::open_sqlite(
+            &path,
+            "CREATE TABLE IF NOT EXISTS kv (
                      key BLOB PRIMARY KEY,
                      value BLOB NOT NULL,
                      version INTEGER NOT NULL
@@ -122,8 +115,8 @@ impl SqliteStore {
                      id TEXT PRIMARY KEY
                  ) WITHOUT ROWID;
                  INSERT OR IGNORE INTO meta VALUES ('sequence', 0), ('bytes', 0);",
-            )
-            .map_err(backend)?;
+        )
+        .map_err(backend)?;
         Ok(Self {
             connection: Mutex::new(connection),
             quota: Mutex::new(quota),
