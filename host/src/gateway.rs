@@ -37,11 +37,13 @@ impl TrustedPeers {
 
 /// Headers a client may not set unless it is a trusted peer: forwarding information
 /// (whom the request came through) and Shoal's internal headers.
-const FORWARDING_HEADERS: [&str; 5] = [
+const FORWARDING_HEADERS: [&str; 7] = [
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
     "x-real-ip",
 ];
 
@@ -155,8 +157,21 @@ fn sanitize_headers(headers: &mut HeaderMap, trusted: &TrustedPeers, peer: Socke
     headers.remove(&CALLER);
     let mut deadline = Deadline::longest();
     let peer_ip = peer.ip();
-    if trusted.contains(peer_ip) {
+    let trusted_peer = trusted.contains(peer_ip);
+    if trusted_peer {
         deadline = deadline.within_header(headers.get(&DEADLINE_MS));
+    }
+    // Shoal's other internal headers (event ids, topics, ...) are never a client's,
+    // whoever forwards them.
+    let internal: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
+    }
+    if trusted_peer {
         let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(chain) if !chain.trim().is_empty() => format!("{chain}, {peer_ip}"),
             _ => peer_ip.to_string(),
@@ -166,14 +181,6 @@ fn sanitize_headers(headers: &mut HeaderMap, trusted: &TrustedPeers, peer: Socke
         }
     } else {
         for name in FORWARDING_HEADERS {
-            headers.remove(name);
-        }
-        let internal: Vec<http::HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
-            .cloned()
-            .collect();
-        for name in internal {
             headers.remove(name);
         }
         if let Ok(value) = HeaderValue::from_str(&peer_ip.to_string()) {
@@ -231,12 +238,17 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-shoal-deadline-ms", "250"),
             ("x-shoal-caller", "forged"),
+            ("x-shoal-event-id", "forged"),
         ]);
         let deadline = sanitize_headers(&mut map, &trusted, peer("10.1.2.3"));
         assert_eq!(map["x-forwarded-for"], "1.2.3.4, 10.1.2.3");
         assert!(
             map.get("x-shoal-caller").is_none(),
             "only the host names the caller"
+        );
+        assert!(
+            map.get("x-shoal-event-id").is_none(),
+            "nor does a proxy forward events"
         );
         assert!(deadline.remaining() <= Duration::from_millis(250));
         // An IPv4 peer seen through an IPv6 socket is the same peer.

@@ -195,9 +195,11 @@ where
     fn call(&self, request: R) -> Self::Future {
         let activity = self.activity.clone();
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        // The guard exists before the future is first polled, so a future dropped
+        // unpolled still gives its count back.
+        let guard = InFlight(activity);
         let future = self.inner.call(request);
         Box::pin(async move {
-            let guard = InFlight(activity);
             let outcome = future.await;
             guard.0.touch();
             outcome

@@ -80,19 +80,24 @@ async fn deliver_loop(services: Weak<Services>, routed: Arc<tokio::sync::Notify>
 
 impl Services {
     /// Every subscription of every running service: (subscriber, subscription).
+    /// A service that failed to restore keeps its subscriptions: its events wait (and
+    /// become dead letters an operator can replay) instead of being skipped.
     pub fn subscriptions(&self) -> Vec<(String, Subscription)> {
-        self.table
-            .entries()
-            .iter()
-            .flat_map(|entry| {
-                entry
-                    .stable
-                    .record
-                    .manifest
+        let running = self.table.entries().into_iter().map(|entry| {
+            let manifest = entry.stable.record.manifest.clone();
+            (entry.name().to_owned(), manifest)
+        });
+        let failed = self
+            .failed()
+            .into_iter()
+            .map(|(name, failed)| (name, failed.state.current.manifest));
+        running
+            .chain(failed)
+            .flat_map(|(service, manifest)| {
+                manifest
                     .subscriptions
-                    .iter()
-                    .map(|subscription| (entry.name().to_owned(), subscription.clone()))
-                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .map(move |subscription| (service.clone(), subscription))
             })
             .collect()
     }
@@ -284,12 +289,15 @@ impl Services {
         let deadline = Deadline::after(entry.longest_timeout());
         let response = self.serve(&entry, request, &request_id, deadline).await;
         let status = response.status();
-        // Read the answer to the end, so the guest finishes.
-        let _ = response.into_body().collect().await;
-        if status.is_success() {
+        // Read the answer to the end: a guest that sends its head and then fails
+        // (traps, runs out of time) has not handled the event.
+        let complete = response.into_body().collect().await.is_ok();
+        if status.is_success() && complete {
             Attempt::Done {
                 deduplicated: false,
             }
+        } else if !complete {
+            failed(format!("{} failed while answering", event.subscriber))
         } else {
             failed(format!("{} answered {status}", event.subscriber))
         }

@@ -224,6 +224,7 @@ impl ServiceStore for SqliteStore {
         if !commit.writes_anything() {
             return Ok(());
         }
+        let mut inbox_bytes = 0i64;
         {
             let mut outbox = transaction
                 .prepare_cached(
@@ -246,11 +247,15 @@ impl ServiceStore for SqliteStore {
                 .prepare_cached("INSERT OR IGNORE INTO inbox (id) VALUES (?1)")
                 .map_err(backend)?;
             for id in &commit.handled {
-                inbox.execute([id]).map_err(backend)?;
+                // Handled ids count against the quota, so the inbox cannot grow
+                // without bound.
+                if inbox.execute([id]).map_err(backend)? > 0 {
+                    inbox_bytes += id.len() as i64;
+                }
             }
         }
         // Apply, within the quota.
-        let mut bytes = Self::meta(&transaction, "bytes")?;
+        let mut bytes = Self::meta(&transaction, "bytes")? + inbox_bytes;
         let sequence = Self::meta(&transaction, "sequence")? + 1;
         {
             let mut size_of = transaction
