@@ -113,34 +113,11 @@ pub trait EventBus: Send + Sync {
     /// `now_ms + lease_ms` so no other worker takes them meanwhile.
     fn claim_due(&self, now_ms: u64, lease_ms: u64, limit: u32) -> Result<Vec<Delivery>, BusError>;
 
-    /// The delivery succeeded (or the subscriber had handled the event already).
-    fn acknowledge(&self, event_id: &str, subscriber: &str) -> Result<(), BusError>;
-
-    /// The delivery failed: try again at `next_ms`, or bury it after `max_attempts`.
-    fn failed(
-        &self,
-        event_id: &str,
-        subscriber: &str,
-        reason: &str,
-        next_ms: u64,
-        max_attempts: u32,
-    ) -> Result<(), BusError>;
-
-    /// Record many outcomes at once (one durable write): `(event_id, subscriber,
-    /// outcome)`.
-    fn settle(&self, outcomes: &[(String, String, Settlement)]) -> Result<(), BusError> {
-        for (event_id, subscriber, outcome) in outcomes {
-            match outcome {
-                Settlement::Acknowledged => self.acknowledge(event_id, subscriber)?,
-                Settlement::Failed {
-                    reason,
-                    next_ms,
-                    max_attempts,
-                } => self.failed(event_id, subscriber, reason, *next_ms, *max_attempts)?,
-            }
-        }
-        Ok(())
-    }
+    /// Record the outcomes of a round of deliveries in one durable write:
+    /// `(event_id, subscriber, outcome)`. An acknowledged delivery leaves the bus; a
+    /// failed one is due again at its `next_ms`, or becomes a dead letter after
+    /// `max_attempts`.
+    fn settle(&self, outcomes: &[(String, String, Settlement)]) -> Result<(), BusError>;
 
     /// Dead letters, at most `limit`.
     fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, BusError>;

@@ -123,36 +123,6 @@ impl EventBus for SqliteBus {
         Ok(due)
     }
 
-    fn acknowledge(&self, event_id: &str, subscriber: &str) -> Result<(), BusError> {
-        self.connection
-            .lock()
-            .execute(
-                "DELETE FROM deliveries WHERE event_id = ?1 AND subscriber = ?2",
-                params![event_id, subscriber],
-            )
-            .map(drop)
-            .map_err(bus)
-    }
-
-    fn failed(
-        &self,
-        event_id: &str,
-        subscriber: &str,
-        reason: &str,
-        next_ms: u64,
-        max_attempts: u32,
-    ) -> Result<(), BusError> {
-        self.connection
-            .lock()
-            .execute(
-                "UPDATE deliveries SET attempts = attempts + 1, due_ms = ?3, reason = ?4, \
-                 dead = (attempts + 1 >= ?5) WHERE event_id = ?1 AND subscriber = ?2",
-                params![event_id, subscriber, next_ms as i64, reason, max_attempts],
-            )
-            .map(drop)
-            .map_err(bus)
-    }
-
     fn settle(&self, outcomes: &[(String, String, Settlement)]) -> Result<(), BusError> {
         let mut connection = self.connection.lock();
         let transaction = connection.transaction().map_err(bus)?;
@@ -268,6 +238,15 @@ mod tests {
         }
     }
 
+    fn failure(reason: &str, next_ms: u64) -> (String, String, Settlement) {
+        let outcome = Settlement::Failed {
+            reason: reason.into(),
+            next_ms,
+            max_attempts: 2,
+        };
+        ("e1".into(), "shipping".into(), outcome)
+    }
+
     #[test]
     fn deliveries_are_claimed_retried_buried_and_replayed() {
         let dir = tempfile::tempdir().expect("dir");
@@ -281,14 +260,12 @@ mod tests {
             bus.claim_due(2_000, 10_000, 10).expect("due").is_empty(),
             "claimed"
         );
-        bus.failed("e1", "shipping", "503", 3_000, 2)
-            .expect("failed");
+        bus.settle(&[failure("503", 3_000)]).expect("failed");
         assert_eq!(
             bus.claim_due(3_000, 10_000, 10).expect("due")[0].attempts,
             1
         );
-        bus.failed("e1", "shipping", "503 again", 4_000, 2)
-            .expect("failed");
+        bus.settle(&[failure("503 again", 4_000)]).expect("failed");
         assert!(
             bus.claim_due(99_000, 10_000, 10).expect("due").is_empty(),
             "dead"
