@@ -137,9 +137,6 @@ pub trait ServiceStore: Send + Sync {
 pub trait StoreBackend: Send + Sync {
     /// The store of `service` (created empty on first use), limited to `quota` bytes.
     fn open(&self, service: &str, quota: u64) -> Result<Arc<dyn ServiceStore>, StoreError>;
-
-    /// Delete `service`'s data (the service was removed).
-    fn remove(&self, service: &str) -> Result<(), StoreError>;
 }
 
 /// Check a key against the limits.

@@ -53,19 +53,6 @@ impl StoreBackend for SqliteBackend {
         open.insert(service.to_owned(), Arc::downgrade(&store));
         Ok(store)
     }
-
-    fn remove(&self, service: &str) -> Result<(), StoreError> {
-        crate::registry::validate_name(service)
-            .map_err(|error| StoreError::Backend(error.to_string()))?;
-        self.open.lock().remove(service);
-        let path = self.path(service);
-        for suffix in ["", "-wal", "-shm"] {
-            let file = PathBuf::from(format!("{}{suffix}", path.display()));
-            crate::storage::remove_durably(&file)
-                .map_err(|error| StoreError::Backend(format!("{error:#}")))?;
-        }
-        Ok(())
-    }
 }
 
 /// One service's database.
