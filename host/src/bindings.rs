@@ -1,7 +1,8 @@
 //! Host-side bindings of the `shoal:platform` interfaces the host implements.
 //!
-//! The `wasi:*` interfaces come from `wasmtime-wasi` and `wasmtime-wasi-http`; only
-//! Shoal's own interfaces are generated here, from the same WIT the guests use.
+//! The `wasi:*` interfaces come from `wasmtime-wasi` and `wasmtime-wasi-http`, except
+//! `wasi:keyvalue`, which Shoal implements over its store; those and Shoal's own
+//! interfaces are generated here, from the same WIT the guests use.
 //! Every import is `trappable`: a host method returns `wasmtime::Result`, whose `Err`
 //! is a host fault that traps the instance, while expected failures are WIT values.
 
@@ -19,6 +20,9 @@ wasmtime::component::bindgen!({
             import shoal:platform/tracing@0.1.0;
             import shoal:platform/store@0.1.0;
             import shoal:platform/events@0.1.0;
+            import wasi:keyvalue/store@0.2.0-draft2;
+            import wasi:keyvalue/atomics@0.2.0-draft2;
+            import wasi:keyvalue/batch@0.2.0-draft2;
             export shoal:platform/health-check@0.1.0;
         }
     ",
@@ -30,6 +34,8 @@ wasmtime::component::bindgen!({
         "shoal:platform/discovery.watcher": crate::capabilities::discovery::Watcher,
         "shoal:platform/tracing.span": crate::capabilities::tracing::GuestSpan,
         "shoal:platform/store.transaction": crate::capabilities::store::StoreTransaction,
+        "wasi:keyvalue/store.bucket": crate::capabilities::keyvalue::KvBucket,
+        "wasi:keyvalue/atomics.cas": crate::capabilities::keyvalue::KvCas,
     },
 });
 
@@ -37,3 +43,4 @@ pub use self::exports::shoal::platform::health_check;
 pub use self::shoal::platform::{
     caller, config, discovery, events, log, metrics, registry, store, tracing,
 };
+pub use self::wasi::keyvalue;

@@ -192,6 +192,24 @@ pub fn open_sqlite(path: &Path, schema: &str) -> rusqlite::Result<rusqlite::Conn
     Ok(connection)
 }
 
+/// Add `column` (with its SQL declaration) to `table` unless it is there: a database
+/// written by an earlier version gains the columns a later one reads.
+pub fn ensure_column(
+    connection: &rusqlite::Connection,
+    table: &str,
+    column: &str,
+    declaration: &str,
+) -> rusqlite::Result<()> {
+    let mut statement = connection.prepare(&format!("PRAGMA table_info({table})"))?;
+    let mut names = statement.query_map([], |row| row.get::<_, String>(1))?;
+    if names.any(|name| name.is_ok_and(|name| name == column)) {
+        return Ok(());
+    }
+    connection.execute_batch(&format!(
+        "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+    ))
+}
+
 /// SHA-256 of `bytes` as lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;

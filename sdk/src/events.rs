@@ -17,6 +17,21 @@ pub fn publish(topic: &str, payload: &[u8]) -> Result<String, PublishError> {
     wit::publish(topic, payload)
 }
 
+/// Publish `payload` to `topic`, delivered no sooner than `delay` from now (at most
+/// 30 days); returns the event's id.
+pub fn schedule(
+    topic: &str,
+    payload: &[u8],
+    delay: std::time::Duration,
+) -> Result<String, PublishError> {
+    wit::schedule(topic, payload, millis(delay))
+}
+
+/// `delay` in whole milliseconds, saturating.
+pub(crate) fn millis(delay: std::time::Duration) -> u64 {
+    u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// An event delivered to this service.
 #[derive(Debug, Clone)]
 pub struct Event {

@@ -94,6 +94,22 @@ impl Transaction {
         crate::bindings::shoal::platform::events::publish_in(&self.raw, topic, payload)
     }
 
+    /// Publish `payload` to `topic` when this transaction commits, delivered no sooner
+    /// than `delay` from now.
+    pub fn schedule(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        delay: std::time::Duration,
+    ) -> Result<String, crate::events::PublishError> {
+        crate::bindings::shoal::platform::events::schedule_in(
+            &self.raw,
+            topic,
+            payload,
+            crate::events::millis(delay),
+        )
+    }
+
     /// Record that event `id` is handled, when this transaction commits: the host then
     /// drops its redeliveries to this service.
     pub fn mark_handled(&self, id: &str) -> Result<(), StoreError> {

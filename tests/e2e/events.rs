@@ -245,3 +245,61 @@ fn an_acknowledged_publish_is_delivered_after_kill_9() {
     want.sort();
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_scheduled_event_waits_for_its_delay_even_across_kill_9() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
+            .status,
+        201
+    );
+    // One now, one in a transaction with a delay, one with a delay that a crash and
+    // restart must not cut short.
+    let now = post(&host, &format!("/pub/publish?topic={TOPIC}"), b"now").1;
+    let published = std::time::Instant::now();
+    let (status, _) = post(
+        &host,
+        &format!("/pub/increment-and-publish?key=n&topic={TOPIC}&delay_ms=3000"),
+        b"",
+    );
+    assert_eq!(status, 200);
+    let later = post(
+        &host,
+        &format!("/pub/publish?topic={TOPIC}&delay_ms=6000"),
+        b"later",
+    )
+    .1;
+    wait_for("the undelayed event", Duration::from_secs(10), || {
+        handled(&host).contains(&now.trim().to_owned())
+    });
+    assert_eq!(handled(&host).len(), 1, "the delayed ones wait");
+    wait_for(
+        "the event scheduled in a transaction",
+        Duration::from_secs(20),
+        || handled(&host).len() == 2,
+    );
+    assert!(published.elapsed() >= Duration::from_millis(3000));
+    host.crash();
+    let host = Host::start(root.path(), &[]);
+    if published.elapsed() < Duration::from_millis(5500) {
+        assert_eq!(handled(&host).len(), 2, "a restart does not make it due");
+    }
+    wait_for(
+        "the event scheduled before the crash",
+        Duration::from_secs(20),
+        || handled(&host).contains(&later.trim().to_owned()),
+    );
+    assert!(published.elapsed() >= Duration::from_millis(6000));
+
+    // A delay beyond 30 days is refused, and nothing is published.
+    let (status, text) = post(
+        &host,
+        &format!("/pub/publish?topic={TOPIC}&delay_ms=2592000001"),
+        b"x",
+    );
+    assert_eq!(status, 400);
+    assert!(text.contains("delay is at most"), "{text}");
+}

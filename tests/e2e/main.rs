@@ -11,6 +11,7 @@ mod durability;
 mod events;
 mod hardening;
 mod isolation;
+mod keyvalue;
 mod lifecycle;
 mod shop;
 mod store;

@@ -1,6 +1,7 @@
 //! The shop (inventory, orders, payment, shipping) through the gateway: no oversell
 //! under concurrency, compensation when payment fails or hangs, effectively-once
-//! shipping, and nothing lost or invented across `kill -9`.
+//! shipping, nothing lost or invented across `kill -9`, and no reservation stranded
+//! by an order whose request died with the host.
 
 use shoal_tests::{Host, agent, guest, repo_root, temp_root, wait_for};
 use std::collections::BTreeSet;
@@ -11,11 +12,30 @@ const SERVICES: [&str; 4] = ["inventory", "payment", "orders", "shipping"];
 /// A pool that fits the shop's four services at their manifests' concurrency.
 const SHOP_HOST: &[&str] = &["--max-instances", "256"];
 
+/// The orders' request timeout and order timeout in these tests: short, so an order
+/// whose request died is compensated within seconds.
+const TEST_TIMEOUTS: [(&str, &str); 2] = [
+    ("timeout_ms = 10000", "timeout_ms = 3000"),
+    (
+        "order_timeout_ms = \"20000\"",
+        "order_timeout_ms = \"4000\"",
+    ),
+];
+
 fn deploy_shop(host: &Host) {
     for name in SERVICES {
-        let manifest =
+        let mut manifest =
             std::fs::read_to_string(repo_root().join(format!("guests/shop/{name}/shoal.toml")))
                 .expect("shop manifest");
+        for (shipped, short) in TEST_TIMEOUTS {
+            if name == "orders" {
+                assert!(
+                    manifest.contains(shipped),
+                    "orders' manifest sets {shipped}"
+                );
+            }
+            manifest = manifest.replace(shipped, short);
+        }
         let reply = host.deploy_with_manifest(name, &guest(name), &manifest);
         assert!(matches!(reply.status, 200 | 201), "{name}: {}", reply.body);
     }
@@ -325,8 +345,102 @@ fn a_crash_in_the_middle_of_a_burst_loses_and_invents_nothing() {
             "shipped {id} without an order"
         );
     }
-    // Stock is conserved: what is not available is reserved or sold.
+    // Stock is conserved, and the orders in flight at the crash are compensated by
+    // their timeouts: nothing stays reserved.
+    wait_for("no reservation stranded", Duration::from_secs(60), || {
+        stock(&host, "widget").1 == 0
+    });
     let (available, reserved, sold) = stock(&host, "widget");
     assert_eq!(available + reserved + sold, 100);
     assert!(sold as usize >= acknowledged.len());
+}
+
+#[test]
+fn an_order_whose_request_died_with_the_host_is_compensated_by_its_timeout() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), SHOP_HOST);
+    deploy_shop(&host);
+    assert_eq!(
+        send(
+            &host,
+            "PUT",
+            "/inventory/stock/lamp",
+            r#"{"available": 10}"#
+        )
+        .0,
+        200
+    );
+    // Payment hangs: the order holds its reservation while it waits, and the host
+    // dies then.
+    assert_eq!(
+        send(&host, "PUT", "/payment/mode", r#"{"mode": "hang"}"#).0,
+        200
+    );
+    let url = format!("{}/orders/", host.gateway);
+    let ordered = std::time::Instant::now();
+    let buyer = std::thread::spawn(move || {
+        agent()
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(r#"{"sku": "lamp", "quantity": 3}"#)
+            .map(|response| response.status().as_u16())
+    });
+    wait_for("the reservation", Duration::from_secs(10), || {
+        stock(&host, "lamp").1 == 3
+    });
+    host.crash();
+    assert!(
+        !matches!(buyer.join().expect("buyer"), Ok(201)),
+        "the order was not placed"
+    );
+
+    let host = Host::start(root.path(), SHOP_HOST);
+    if ordered.elapsed() < Duration::from_millis(3500) {
+        assert_eq!(stock(&host, "lamp"), (7, 3, 0), "held across the crash");
+    }
+    wait_for(
+        "the timeout to release the reservation",
+        Duration::from_secs(30),
+        || stock(&host, "lamp") == (10, 0, 0),
+    );
+    assert!(
+        ordered.elapsed() >= Duration::from_millis(4000),
+        "not released before the order timeout"
+    );
+    // The shop goes on: a new order sells from the released stock.
+    assert_eq!(
+        send(&host, "PUT", "/payment/mode", r#"{"mode": "ok"}"#).0,
+        200
+    );
+    let (status, placed) = order(&host, "lamp", 10);
+    assert_eq!(status, 201, "{placed}");
+    wait_for("the order committed", Duration::from_secs(30), || {
+        stock(&host, "lamp") == (0, 0, 10)
+    });
+}
+
+#[test]
+fn a_payment_that_arrives_after_its_refund_is_refused() {
+    let root = temp_root();
+    let host = Host::start(root.path(), SHOP_HOST);
+    deploy_shop(&host);
+    // The refund of a charge not yet made leaves a tombstone.
+    let (status, refund) = send(&host, "POST", "/payment/charges/o-late/refund", "");
+    assert_eq!(status, 200, "{refund}");
+    let late = r#"{"order": "o-late", "amount": 100}"#;
+    let (status, refused) = send(&host, "POST", "/payment/charges", late);
+    assert_eq!(status, 409, "{refused}");
+    // A charge, retried, is one charge; refunded, it stays refunded.
+    let charge = r#"{"order": "o-1", "amount": 250}"#;
+    assert_eq!(send(&host, "POST", "/payment/charges", charge).0, 201);
+    assert_eq!(send(&host, "POST", "/payment/charges", charge).0, 201);
+    let (status, refund) = send(&host, "POST", "/payment/charges/o-1/refund", "");
+    assert_eq!((status, refund["refunded"].as_u64()), (200, Some(250)));
+    assert_eq!(
+        send(&host, "POST", "/payment/charges/o-1/refund", "").0,
+        200
+    );
+    let (_, record) = send(&host, "GET", "/payment/charges/o-1", "");
+    assert_eq!(record["refunded"], true);
+    assert_eq!(send(&host, "POST", "/payment/charges", charge).0, 409);
 }

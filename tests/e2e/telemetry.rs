@@ -306,3 +306,65 @@ fn an_invalid_traceparent_starts_a_new_trace_and_is_otherwise_ignored() {
         );
     }
 }
+
+#[test]
+fn every_store_call_is_a_client_span_under_the_request() {
+    let root = temp_root();
+    let receiver = OtlpReceiver::start();
+    let host = start_traced_host(root.path(), &receiver);
+    assert_eq!(host.deploy("kv", &guest("counter")).status, 201);
+    let trace_id = "5cf92f3577b34da6a3ce929d0e0e4737";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let reply = host.get_with_headers("/kv/increment?key=n", &[("traceparent", &traceparent)]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let conflict_trace = "6cf92f3577b34da6a3ce929d0e0e4738";
+    let request = ureq::http::Request::builder()
+        .method("POST")
+        .uri(format!("{}/kv/cas?key=n&expected=wrong", host.gateway))
+        .header(
+            "traceparent",
+            format!("00-{conflict_trace}-00f067aa0ba902b7-01"),
+        )
+        .body(b"x".to_vec())
+        .expect("request");
+    let status = shoal_tests::agent()
+        .run(request)
+        .expect("cas")
+        .status()
+        .as_u16();
+    assert_eq!(status, 409);
+
+    let spans = wait_for_spans(&receiver, trace_id, |spans| {
+        spans.iter().any(|s| s.name == "store.transaction.commit")
+            && spans.iter().any(|s| s.name == "GET /kv")
+    });
+    let request_span = find(&spans, "GET /kv");
+    let in_request: std::collections::BTreeSet<&str> = spans
+        .iter()
+        .filter(|s| s.name == "shoal.guest" || s.name == "GET /kv")
+        .map(|s| s.span_id.as_str())
+        .collect();
+    for name in [
+        "store.transaction.get",
+        "store.transaction.set",
+        "store.transaction.commit",
+    ] {
+        let span = find(&spans, name);
+        assert_eq!(span.kind, 3, "{name} is a client span");
+        assert_eq!(span.attributes["db.system.name"], "sqlite");
+        assert_eq!(span.attributes["db.operation.name"], name);
+        assert_eq!(span.attributes["shoal.service"], "kv");
+        assert!(
+            in_request.contains(span.parent_span_id.as_str()),
+            "{name} is a child of the request ({}): {span:?}",
+            request_span.span_id
+        );
+        assert_ne!(span.status.0, 2, "{name} succeeded: {span:?}");
+    }
+    let spans = wait_for_spans(&receiver, conflict_trace, |spans| {
+        spans.iter().any(|s| s.name == "store.compare-and-swap")
+    });
+    let cas = find(&spans, "store.compare-and-swap");
+    assert_eq!(cas.status.0, 2, "a conflict is an error status: {cas:?}");
+    assert!(cas.status.1.contains("Conflict"), "{cas:?}");
+}

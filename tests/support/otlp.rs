@@ -18,6 +18,8 @@ pub struct ReceivedSpan {
     pub kind: i32,
     pub attributes: BTreeMap<String, String>,
     pub service_name: String,
+    /// The status: its code (0 unset, 1 ok, 2 error) and message.
+    pub status: (i32, String),
 }
 
 /// A running receiver.
@@ -108,6 +110,11 @@ impl OtlpReceiver {
                                                     .map(|a| (a.key.clone(), value_text(&a.value)))
                                                     .collect(),
                                                 service_name: service_name.clone(),
+                                                status: span
+                                                    .status
+                                                    .as_ref()
+                                                    .map(|s| (s.code, s.message.clone()))
+                                                    .unwrap_or_default(),
                                             });
                                         }
                                     }

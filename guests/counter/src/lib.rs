@@ -8,10 +8,12 @@
 //! - `POST /increment?key=K` adds one to a decimal counter in a transaction (retried
 //!   on conflict) and answers the new value.
 //! - `POST /fill?key=K&bytes=N` stores N bytes under K (for quota tests).
-//! - `POST /publish?topic=T` publishes the body to T and answers the event id.
-//! - `POST /increment-and-publish?key=K&topic=T[&abort=1]` increments K and publishes
-//!   the new count to T in one transaction; with `abort=1` it drops the transaction
-//!   instead of committing (nothing is written, nothing is published).
+//! - `POST /publish?topic=T[&delay_ms=D]` publishes the body to T (delivered after D
+//!   ms) and answers the event id.
+//! - `POST /increment-and-publish?key=K&topic=T[&abort=1][&delay_ms=D]` increments K
+//!   and publishes the new count to T in one transaction (delivered after D ms); with
+//!   `abort=1` it drops the transaction instead of committing (nothing is written,
+//!   nothing is published).
 //! - `POST /events/handle` receives subscribed events: while the delivery attempt is
 //!   at most the config value `fail_attempts`, it answers 500; then it records the
 //!   event under `handled/<id>` and marks it handled in one transaction. With the
@@ -78,7 +80,11 @@ fn handle(req: Request) -> Response {
         }
         "/publish" => {
             let topic = req.query_param("topic").unwrap_or_default();
-            return match events::publish(&topic, req.body()) {
+            let published = match delay(&req) {
+                Some(delay) => events::schedule(&topic, req.body(), delay),
+                None => events::publish(&topic, req.body()),
+            };
+            return match published {
                 Ok(id) => Response::text(200, format!("{id}\n")),
                 Err(error) => Response::text(400, format!("{error:?}\n")),
             };
@@ -99,6 +105,13 @@ fn handle(req: Request) -> Response {
         other => return Response::text(404, format!("no route for {other}\n")),
     };
     outcome.unwrap_or_else(failure)
+}
+
+/// The `delay_ms` query parameter: publish with this delay.
+fn delay(req: &Request) -> Option<std::time::Duration> {
+    req.query_param("delay_ms")
+        .and_then(|ms| ms.parse().ok())
+        .map(std::time::Duration::from_millis)
 }
 
 /// Why a transactional step failed.
@@ -125,8 +138,12 @@ fn increment_and_publish(req: &Request, key: &str) -> Response {
     let outcome = store::transaction(|tx| {
         let now = read_count(tx.get(key)?);
         tx.set(key, (now + 1).to_string().as_bytes())?;
-        tx.publish(&topic, (now + 1).to_string().as_bytes())
-            .map_err(StepError::Publish)?;
+        let payload = (now + 1).to_string();
+        match delay(req) {
+            Some(delay) => tx.schedule(&topic, payload.as_bytes(), delay),
+            None => tx.publish(&topic, payload.as_bytes()),
+        }
+        .map_err(StepError::Publish)?;
         Ok::<_, StepError>(now + 1)
     });
     match outcome {

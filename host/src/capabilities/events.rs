@@ -51,8 +51,18 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
 
 impl EventsView<'_> {
     /// A new event of `topic`, checked, carrying the current trace context.
-    fn event(&self, topic: String, payload: Vec<u8>) -> Result<OutboxEvent, PublishError> {
+    fn event(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        delay_ms: u64,
+    ) -> Result<OutboxEvent, PublishError> {
         validate_topic(&topic).map_err(|error| PublishError::InvalidTopic(error.to_string()))?;
+        if delay_ms > MAX_DELAY_MS {
+            return Err(PublishError::TooLarge(format!(
+                "an event's delay is at most {MAX_DELAY_MS} ms, 30 days (got {delay_ms})"
+            )));
+        }
         if payload.len() > MAX_PAYLOAD_BYTES {
             return Err(PublishError::TooLarge(format!(
                 "an event's payload is at most {MAX_PAYLOAD_BYTES} bytes (got {})",
@@ -68,15 +78,86 @@ impl EventsView<'_> {
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        let published_ms = crate::events::now_ms();
         Ok(OutboxEvent {
             id: format!("{:032x}", rand::random::<u128>()),
             topic,
             payload,
             traceparent,
-            published_ms: crate::events::now_ms(),
+            published_ms,
+            deliver_at_ms: if delay_ms == 0 {
+                0
+            } else {
+                published_ms.saturating_add(delay_ms)
+            },
         })
     }
+
+    /// Store a new event in a transaction of its own: `publish` and `schedule`.
+    async fn publish_now(
+        &mut self,
+        call: &'static str,
+        topic: String,
+        payload: Vec<u8>,
+        delay_ms: u64,
+    ) -> wasmtime::Result<Result<String, PublishError>> {
+        let event = match self.event(topic, payload, delay_ms) {
+            Ok(event) => event,
+            Err(error) => return Ok(Err(error)),
+        };
+        let store = self.store.clone();
+        let platform = self.platform;
+        let service = self.service;
+        traced_fallible(call, service, async move {
+            let id = event.id.clone();
+            let stored = tokio::task::spawn_blocking(move || {
+                let mut tx = Transaction::default();
+                tx.publish(event)?;
+                tx.commit(&*store)
+            })
+            .await
+            .map_err(|error| {
+                wasmtime::Error::new(HostFault {
+                    call,
+                    reason: format!("the store task failed: {error}"),
+                })
+            })?;
+            if stored.is_ok() {
+                platform.published.mark(service);
+            }
+            Ok(stored.map(|()| id).map_err(publish_error))
+        })
+        .await
+    }
+
+    /// Add a new event to a guest's transaction: `publish-in` and `schedule-in`.
+    async fn publish_with(
+        &mut self,
+        call: &'static str,
+        tx: Resource<StoreTransaction>,
+        topic: String,
+        payload: Vec<u8>,
+        delay_ms: u64,
+    ) -> wasmtime::Result<Result<String, PublishError>> {
+        let event = match self.event(topic, payload, delay_ms) {
+            Ok(event) => event,
+            Err(error) => return Ok(Err(error)),
+        };
+        let table = &mut *self.table;
+        traced_fallible(call, self.service, async move {
+            let entry = table
+                .get_mut(&tx)
+                .map_err(|error| HostFault::table(call, error))?;
+            let id = event.id.clone();
+            // Delivered once the transaction commits: the commit wakes the bus.
+            Ok(entry.tx.publish(event).map(|()| id).map_err(publish_error))
+        })
+        .await
+    }
 }
+
+/// Longest delay of a scheduled event: 30 days.
+const MAX_DELAY_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 fn publish_error(error: StoreError) -> PublishError {
     match error {
@@ -91,33 +172,17 @@ impl Host for EventsView<'_> {
         topic: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<String, PublishError>> {
-        let event = match self.event(topic, payload) {
-            Ok(event) => event,
-            Err(error) => return Ok(Err(error)),
-        };
-        let store = self.store.clone();
-        let platform = self.platform;
-        let service = self.service;
-        traced_fallible("events.publish", service, async move {
-            let id = event.id.clone();
-            let stored = tokio::task::spawn_blocking(move || {
-                let mut tx = Transaction::default();
-                tx.publish(event)?;
-                tx.commit(&*store)
-            })
+        self.publish_now("events.publish", topic, payload, 0).await
+    }
+
+    async fn schedule(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        delay_ms: u64,
+    ) -> wasmtime::Result<Result<String, PublishError>> {
+        self.publish_now("events.schedule", topic, payload, delay_ms)
             .await
-            .map_err(|error| {
-                wasmtime::Error::new(HostFault {
-                    call: "events.publish",
-                    reason: format!("the store task failed: {error}"),
-                })
-            })?;
-            if stored.is_ok() {
-                platform.published.mark(service);
-            }
-            Ok(stored.map(|()| id).map_err(publish_error))
-        })
-        .await
     }
 
     async fn publish_in(
@@ -126,20 +191,19 @@ impl Host for EventsView<'_> {
         topic: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<String, PublishError>> {
-        let event = match self.event(topic, payload) {
-            Ok(event) => event,
-            Err(error) => return Ok(Err(error)),
-        };
-        let table = &mut *self.table;
-        traced_fallible("events.publish-in", self.service, async move {
-            let entry = table
-                .get_mut(&tx)
-                .map_err(|error| HostFault::table("events.publish-in", error))?;
-            let id = event.id.clone();
-            // Delivered once the transaction commits: the commit wakes the bus.
-            Ok(entry.tx.publish(event).map(|()| id).map_err(publish_error))
-        })
-        .await
+        self.publish_with("events.publish-in", tx, topic, payload, 0)
+            .await
+    }
+
+    async fn schedule_in(
+        &mut self,
+        tx: Resource<StoreTransaction>,
+        topic: String,
+        payload: Vec<u8>,
+        delay_ms: u64,
+    ) -> wasmtime::Result<Result<String, PublishError>> {
+        self.publish_with("events.schedule-in", tx, topic, payload, delay_ms)
+            .await
     }
 
     async fn mark_handled(

@@ -15,6 +15,7 @@ pub mod caller;
 pub mod config;
 pub mod discovery;
 pub mod events;
+pub mod keyvalue;
 pub mod log;
 pub mod metrics;
 pub mod output;
@@ -124,6 +125,7 @@ pub fn add_to_linker<T: PlatformView + 'static>(linker: &mut Linker<T>) -> wasmt
     tracing::add_to_linker(linker)?;
     store::add_to_linker(linker)?;
     events::add_to_linker(linker)?;
+    keyvalue::add_to_linker(linker)?;
     Ok(())
 }
 

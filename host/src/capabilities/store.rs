@@ -1,13 +1,17 @@
 //! `shoal:platform/store`: the service's own key-value store, with single-key calls
 //! and optimistic transactions. Database work runs on the blocking pool, never on a
-//! runtime worker.
+//! runtime worker. Every call is an OpenTelemetry client span under the guest's
+//! current span when traces are exported.
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use super::{HostFault, PlatformView, traced, traced_fallible};
 use crate::bindings::store::{self, Host, HostTransaction, StoreError as WitError};
 use crate::store::{ServiceStore, StoreError, Transaction, check_key, check_value};
+use crate::telemetry::{TraceScope, Tracing};
 
 /// A guest's open transaction.
 #[derive(Default)]
@@ -27,6 +31,24 @@ pub struct StoreView<'a> {
     pub published: &'a crate::platform::Published,
     /// Where commits are counted.
     pub metrics: &'a crate::telemetry::Metrics,
+    /// Where store spans go.
+    pub tracing: &'a Tracing,
+    /// The request's spans: a store span is a child of the current one.
+    pub trace: &'a TraceScope,
+}
+
+/// The view of one instance's store data (the linker's accessor).
+pub(super) fn store_view<T: PlatformView>(state: &mut T) -> StoreView<'_> {
+    let view = state.platform();
+    StoreView {
+        store: &view.ctx.service.store,
+        table: view.table,
+        service: &view.ctx.service.name,
+        published: &view.ctx.platform.published,
+        metrics: &view.ctx.platform.telemetry.metrics,
+        tracing: &view.ctx.platform.telemetry.tracing,
+        trace: &view.ctx.trace,
+    }
 }
 
 struct HasStore;
@@ -38,16 +60,7 @@ impl HasData for HasStore {
 pub(super) fn add_to_linker<T: PlatformView + 'static>(
     linker: &mut Linker<T>,
 ) -> wasmtime::Result<()> {
-    store::add_to_linker::<T, HasStore>(linker, |state| {
-        let view = state.platform();
-        StoreView {
-            store: &view.ctx.service.store,
-            table: view.table,
-            service: &view.ctx.service.name,
-            published: &view.ctx.platform.published,
-            metrics: &view.ctx.platform.telemetry.metrics,
-        }
-    })
+    store::add_to_linker::<T, HasStore>(linker, store_view)
 }
 
 /// The WIT form of a store error.
@@ -62,18 +75,88 @@ pub(super) fn store_error_to_wit(error: StoreError) -> WitError {
 }
 
 /// Run `work` against `store` on the blocking pool (SQLite calls block, and commits
-/// wait for the disk).
+/// wait for the disk). A task that fails to run is the host's fault in `call`.
+pub(super) async fn blocking_store<R: Send + 'static>(
+    store: &Arc<dyn ServiceStore>,
+    call: &'static str,
+    work: impl FnOnce(&dyn ServiceStore) -> Result<R, StoreError> + Send + 'static,
+) -> wasmtime::Result<Result<R, StoreError>> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || work(&*store))
+        .await
+        .map_err(|error| {
+            wasmtime::Error::new(HostFault {
+                call,
+                reason: format!("the store task failed: {error}"),
+            })
+        })
+}
+
+/// [`blocking_store`] with the `shoal:platform` error type.
 async fn blocking<R: Send + 'static>(
     store: &Arc<dyn ServiceStore>,
+    call: &'static str,
     work: impl FnOnce(&dyn ServiceStore) -> Result<R, StoreError> + Send + 'static,
 ) -> wasmtime::Result<Result<R, WitError>> {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || work(&*store)).await {
-        Ok(result) => Ok(result.map_err(store_error_to_wit)),
-        Err(error) => Err(wasmtime::Error::new(HostFault {
-            call: "store",
-            reason: format!("the store task failed: {error}"),
-        })),
+    Ok(to_wit(blocking_store(store, call, work).await?))
+}
+
+/// A store result with the WIT error.
+fn to_wit<R>(result: Result<R, StoreError>) -> Result<R, WitError> {
+    result.map_err(store_error_to_wit)
+}
+
+/// The metric label of a write's outcome.
+pub(super) fn commit_label<T>(outcome: &wasmtime::Result<Result<T, StoreError>>) -> &'static str {
+    match outcome {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(StoreError::Conflict)) => "conflict",
+        Ok(Err(StoreError::QuotaExceeded)) => "quota",
+        Ok(Err(_)) | Err(_) => "error",
+    }
+}
+
+/// Where a store call's spans go.
+#[derive(Clone, Copy)]
+struct Observed<'a> {
+    tracing: &'a Tracing,
+    trace: &'a TraceScope,
+    service: &'a str,
+    engine: &'static str,
+}
+
+impl Observed<'_> {
+    /// Run `body` in a `host_call` span and, when traces are exported, in an
+    /// OpenTelemetry client span named after `call`, whose status says whether the
+    /// call failed.
+    async fn run<T, E: std::fmt::Debug>(
+        self,
+        call: &'static str,
+        body: impl Future<Output = wasmtime::Result<Result<T, E>>>,
+    ) -> wasmtime::Result<Result<T, E>> {
+        let span = self
+            .tracing
+            .start_with(SpanKind::Client, &self.trace.current(), || {
+                (
+                    call.to_owned(),
+                    vec![
+                        KeyValue::new("db.system.name", self.engine),
+                        KeyValue::new("db.operation.name", call),
+                        KeyValue::new("shoal.service", self.service.to_owned()),
+                    ],
+                )
+            });
+        let result = traced_fallible(call, self.service, body).await;
+        let span = span.span();
+        match &result {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                span.set_status(opentelemetry::trace::Status::error(format!("{error:?}")))
+            }
+            Err(_) => span.set_status(opentelemetry::trace::Status::error("host fault")),
+        }
+        span.end();
+        result
     }
 }
 
@@ -90,11 +173,9 @@ fn write_one(
 
 impl Host for StoreView<'_> {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, WitError>> {
-        traced_fallible("store.get", self.service, async {
-            if let Err(error) = check_key(&key) {
-                return Ok(Err(store_error_to_wit(error)));
-            }
-            blocking(self.store, move |store| {
+        self.run("store.get", |store, call| async move {
+            blocking(&store, call, move |store| {
+                check_key(&key)?;
                 Ok(store.get(&key)?.map(|found| found.value))
             })
             .await
@@ -103,21 +184,15 @@ impl Host for StoreView<'_> {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), WitError>> {
-        let outcome = traced_fallible("store.set", self.service, async {
-            blocking(self.store, move |store| write_one(store, &key, Some(value))).await
+        self.write("store.set", move |store| {
+            write_one(store, &key, Some(value))
         })
-        .await;
-        self.count(&outcome);
-        outcome
+        .await
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), WitError>> {
-        let outcome = traced_fallible("store.delete", self.service, async {
-            blocking(self.store, move |store| write_one(store, &key, None)).await
-        })
-        .await;
-        self.count(&outcome);
-        outcome
+        self.write("store.delete", move |store| write_one(store, &key, None))
+            .await
     }
 
     async fn compare_and_swap(
@@ -126,21 +201,16 @@ impl Host for StoreView<'_> {
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        let outcome = traced_fallible("store.compare-and-swap", self.service, async {
-            blocking(self.store, move |store| {
-                check_value(&value)?;
-                let mut tx = Transaction::default();
-                if tx.get(store, &key)? != expected {
-                    return Err(StoreError::Conflict);
-                }
-                tx.put(&key, Some(value))?;
-                tx.commit(store)
-            })
-            .await
+        self.write("store.compare-and-swap", move |store| {
+            check_value(&value)?;
+            let mut tx = Transaction::default();
+            if tx.get(store, &key)? != expected {
+                return Err(StoreError::Conflict);
+            }
+            tx.put(&key, Some(value))?;
+            tx.commit(store)
         })
-        .await;
-        self.count(&outcome);
-        outcome
+        .await
     }
 
     async fn list_keys(
@@ -148,8 +218,8 @@ impl Host for StoreView<'_> {
         prefix: String,
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<String>, WitError>> {
-        traced_fallible("store.list-keys", self.service, async {
-            blocking(self.store, move |store| {
+        self.run("store.list-keys", |store, call| async move {
+            blocking(&store, call, move |store| {
                 let limit = limit.min(crate::store::MAX_LIST);
                 Ok(store
                     .list(&prefix, limit)?
@@ -163,22 +233,53 @@ impl Host for StoreView<'_> {
     }
 }
 
-impl StoreView<'_> {
-    /// Count a write or commit by its outcome.
-    fn count<T>(&self, outcome: &wasmtime::Result<Result<T, WitError>>) {
-        if !self.metrics.enabled() {
-            return;
+impl<'a> StoreView<'a> {
+    fn observed(&self) -> Observed<'a> {
+        Observed {
+            tracing: self.tracing,
+            trace: self.trace,
+            service: self.service,
+            engine: self.store.engine(),
         }
-        let label = match outcome {
-            Ok(Ok(_)) => "ok",
-            Ok(Err(WitError::Conflict)) => "conflict",
-            Ok(Err(WitError::QuotaExceeded)) => "quota",
-            Ok(Err(_)) | Err(_) => "error",
-        };
-        self.metrics
-            .store_commits
-            .with_label_values(&[self.service, label])
-            .inc();
+    }
+
+    /// Run one call that needs only the store (not the resource table), observed.
+    pub(super) async fn run<T, E: std::fmt::Debug, F>(
+        &mut self,
+        call: &'static str,
+        body: impl FnOnce(Arc<dyn ServiceStore>, &'static str) -> F,
+    ) -> wasmtime::Result<Result<T, E>>
+    where
+        F: Future<Output = wasmtime::Result<Result<T, E>>>,
+    {
+        self.observed()
+            .run(call, body(self.store.clone(), call))
+            .await
+    }
+
+    /// Count a write or commit under `label` (see [`commit_label`]).
+    pub(super) fn count(&self, label: &'static str) {
+        if self.metrics.enabled() {
+            self.metrics
+                .store_commits
+                .with_label_values(&[self.service, label])
+                .inc();
+        }
+    }
+
+    /// Run one write on the blocking pool, observed and counted.
+    async fn write(
+        &mut self,
+        call: &'static str,
+        work: impl FnOnce(&dyn ServiceStore) -> Result<(), StoreError> + Send + 'static,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        let outcome = self
+            .run(call, |store, call| async move {
+                blocking_store(&store, call, work).await
+            })
+            .await;
+        self.count(commit_label(&outcome));
+        outcome.map(to_wit)
     }
 
     /// Take the transaction out of the table, run `work` on it on the blocking pool,
@@ -188,33 +289,34 @@ impl StoreView<'_> {
         call: &'static str,
         handle: &Resource<StoreTransaction>,
         work: impl FnOnce(&mut Transaction, &dyn ServiceStore) -> Result<R, StoreError> + Send + 'static,
-    ) -> wasmtime::Result<Result<R, WitError>> {
-        let service = self.service;
+    ) -> wasmtime::Result<Result<R, StoreError>> {
+        let observed = self.observed();
         let store = self.store.clone();
         let table = &mut *self.table;
-        traced_fallible(call, service, async move {
-            let entry = table
-                .get_mut(handle)
-                .map_err(|error| HostFault::table(call, error))?;
-            let mut tx = std::mem::take(&mut entry.tx);
-            let outcome = tokio::task::spawn_blocking(move || {
-                let result = work(&mut tx, &*store);
-                (tx, result)
-            })
-            .await;
-            let (tx, result) = outcome.map_err(|error| {
-                wasmtime::Error::new(HostFault {
-                    call,
-                    reason: format!("the store task failed: {error}"),
+        observed
+            .run(call, async move {
+                let entry = table
+                    .get_mut(handle)
+                    .map_err(|error| HostFault::table(call, error))?;
+                let mut tx = std::mem::take(&mut entry.tx);
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let result = work(&mut tx, &*store);
+                    (tx, result)
                 })
-            })?;
-            let entry = table
-                .get_mut(handle)
-                .map_err(|error| HostFault::table(call, error))?;
-            entry.tx = tx;
-            Ok(result.map_err(store_error_to_wit))
-        })
-        .await
+                .await;
+                let (tx, result) = outcome.map_err(|error| {
+                    wasmtime::Error::new(HostFault {
+                        call,
+                        reason: format!("the store task failed: {error}"),
+                    })
+                })?;
+                let entry = table
+                    .get_mut(handle)
+                    .map_err(|error| HostFault::table(call, error))?;
+                entry.tx = tx;
+                Ok(result)
+            })
+            .await
     }
 }
 
@@ -238,6 +340,7 @@ impl HostTransaction for StoreView<'_> {
             tx.get(store, &key)
         })
         .await
+        .map(to_wit)
     }
 
     async fn set(
@@ -250,6 +353,7 @@ impl HostTransaction for StoreView<'_> {
             tx.put(&key, Some(value))
         })
         .await
+        .map(to_wit)
     }
 
     async fn delete(
@@ -261,6 +365,7 @@ impl HostTransaction for StoreView<'_> {
             tx.put(&key, None)
         })
         .await
+        .map(to_wit)
     }
 
     async fn list_keys(
@@ -273,6 +378,7 @@ impl HostTransaction for StoreView<'_> {
             tx.list(store, &prefix, limit)
         })
         .await
+        .map(to_wit)
     }
 
     async fn commit(
@@ -287,8 +393,8 @@ impl HostTransaction for StoreView<'_> {
         if matches!(committed, Ok(Ok(()))) {
             self.published.mark(self.service);
         }
-        self.count(&committed);
-        committed
+        self.count(commit_label(&committed));
+        committed.map(to_wit)
     }
 
     async fn drop(&mut self, handle: Resource<StoreTransaction>) -> wasmtime::Result<()> {

@@ -59,6 +59,15 @@ pub struct NewDelivery {
     pub traceparent: Option<String>,
     /// When it was published (Unix milliseconds).
     pub published_ms: u64,
+    /// Not delivered before this time (Unix milliseconds; 0: at once).
+    pub deliver_at_ms: u64,
+}
+
+impl NewDelivery {
+    /// When it could first be delivered: the delivery lag counts from here.
+    pub fn ready_ms(&self) -> u64 {
+        self.published_ms.max(self.deliver_at_ms)
+    }
 }
 
 /// A delivery waiting in the bus.

@@ -35,11 +35,21 @@ impl SqliteBus {
                      reason TEXT NOT NULL DEFAULT '',
                      PRIMARY KEY (event_id, subscriber)
                  );
-                 CREATE INDEX IF NOT EXISTS due ON deliveries (dead, due_ms);
-                 -- Claims (and backoffs) of a host that stopped: due again at once.
-                 UPDATE deliveries SET due_ms = 0 WHERE dead = 0;",
+                 CREATE INDEX IF NOT EXISTS due ON deliveries (dead, due_ms);",
         )
         .map_err(bus)?;
+        crate::storage::ensure_column(
+            &connection,
+            "deliveries",
+            "not_before_ms",
+            "INTEGER NOT NULL DEFAULT 0",
+        )
+        .map_err(bus)?;
+        // Claims (and backoffs) of a host that stopped: due again at once, but a
+        // scheduled event still not before its time.
+        connection
+            .execute_batch("UPDATE deliveries SET due_ms = not_before_ms WHERE dead = 0")
+            .map_err(bus)?;
         Ok(Self {
             connection: Mutex::new(connection),
         })
@@ -54,8 +64,9 @@ impl EventBus for SqliteBus {
             let mut insert = transaction
                 .prepare_cached(
                     "INSERT OR IGNORE INTO deliveries \
-                     (event_id, subscriber, topic, payload, traceparent, published_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     (event_id, subscriber, topic, payload, traceparent, published_ms, \
+                      not_before_ms, due_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
                 )
                 .map_err(bus)?;
             for delivery in deliveries {
@@ -67,6 +78,7 @@ impl EventBus for SqliteBus {
                         delivery.payload,
                         delivery.traceparent,
                         delivery.published_ms as i64,
+                        delivery.deliver_at_ms as i64,
                     ])
                     .map_err(bus)?;
             }
@@ -81,7 +93,7 @@ impl EventBus for SqliteBus {
             let mut select = transaction
                 .prepare_cached(
                     "SELECT event_id, subscriber, topic, payload, traceparent, attempts, \
-                     published_ms FROM deliveries WHERE dead = 0 AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
+                     published_ms, not_before_ms FROM deliveries WHERE dead = 0 AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
                 )
                 .map_err(bus)?;
             let rows = select
@@ -94,6 +106,7 @@ impl EventBus for SqliteBus {
                             payload: row.get(3)?,
                             traceparent: row.get(4)?,
                             published_ms: row.get::<_, i64>(6)? as u64,
+                            deliver_at_ms: row.get::<_, i64>(7)? as u64,
                         },
                         attempts: row.get::<_, i64>(5)? as u32,
                     })
@@ -235,6 +248,7 @@ mod tests {
             payload: b"{}".to_vec(),
             traceparent: None,
             published_ms: 0,
+            deliver_at_ms: 0,
         }
     }
 
@@ -279,5 +293,31 @@ mod tests {
             .expect("settle");
         assert_eq!(bus.pending().expect("pending"), 0);
         assert!(!bus.drop_dead("e1", "shipping").expect("drop"));
+    }
+
+    #[test]
+    fn a_scheduled_delivery_waits_for_its_time_across_restarts() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("events.sqlite3");
+        let bus = SqliteBus::open(&path).expect("bus");
+        let mut later = delivery("e1");
+        later.deliver_at_ms = 50_000;
+        bus.enqueue(&[later, delivery("e2")]).expect("enqueue");
+        let due = bus.claim_due(1_000, 10_000, 10).expect("due");
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].event.event_id, "e2");
+        drop(bus);
+        // A restart makes claims due again, but not a scheduled event before its time.
+        let bus = SqliteBus::open(&path).expect("reopen");
+        let due = bus.claim_due(2_000, 10_000, 10).expect("due");
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].event.event_id, "e2");
+        bus.settle(&[("e2".into(), "shipping".into(), Settlement::Acknowledged)])
+            .expect("settle");
+        assert!(bus.claim_due(49_999, 10_000, 10).expect("due").is_empty());
+        let due = bus.claim_due(50_000, 10_000, 10).expect("due");
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].event.event_id, "e1");
+        assert_eq!(due[0].event.deliver_at_ms, 50_000);
     }
 }

@@ -229,7 +229,7 @@ impl Services {
                 deduplicated: false,
             } = outcome
             {
-                let lag = now_ms().saturating_sub(event.published_ms) as f64 / 1000.0;
+                let lag = now_ms().saturating_sub(event.ready_ms()) as f64 / 1000.0;
                 metrics
                     .delivery_lag
                     .with_label_values(&[&event.subscriber])
@@ -328,6 +328,7 @@ fn fan_out(event: &OutboxEvent, subscriptions: &[(String, Subscription)]) -> Vec
             payload: event.payload.clone(),
             traceparent: event.traceparent.clone(),
             published_ms: event.published_ms,
+            deliver_at_ms: event.deliver_at_ms,
         })
         .collect()
 }
@@ -388,6 +389,7 @@ mod tests {
             payload: b"{}".to_vec(),
             traceparent: None,
             published_ms: 0,
+            deliver_at_ms: 0,
         };
         let deliveries = fan_out(&event, &subscriptions);
         let subscribers: Vec<&str> = deliveries.iter().map(|d| d.subscriber.as_str()).collect();

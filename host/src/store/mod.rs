@@ -71,6 +71,8 @@ pub struct OutboxEvent {
     pub traceparent: Option<String>,
     /// When it was published (Unix milliseconds), for the delivery lag.
     pub published_ms: u64,
+    /// Not delivered before this time (Unix milliseconds; 0: at once).
+    pub deliver_at_ms: u64,
 }
 
 /// What a transaction read and wants to write, checked and applied by
@@ -109,11 +111,18 @@ pub struct Listed {
 
 /// The store of one service.
 pub trait ServiceStore: Send + Sync {
+    /// The database engine, as OpenTelemetry's `db.system.name` names it.
+    fn engine(&self) -> &'static str;
+
     /// The value under `key`.
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
 
     /// Keys starting with `prefix` with their versions, in order, at most `limit`.
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Keys strictly after `after` (all keys when `None`), in order, at most `limit`:
+    /// a page of a scan that resumes where the previous page ended.
+    fn keys_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<String>, StoreError>;
 
     /// Check `commit`'s reads against the store and apply its writes atomically and
     /// durably; `Conflict` when a read is stale, `QuotaExceeded` when the writes do

@@ -104,6 +104,13 @@ impl SqliteStore {
                  INSERT OR IGNORE INTO meta VALUES ('sequence', 0), ('bytes', 0);",
         )
         .map_err(backend)?;
+        crate::storage::ensure_column(
+            &connection,
+            "outbox",
+            "deliver_at_ms",
+            "INTEGER NOT NULL DEFAULT 0",
+        )
+        .map_err(backend)?;
         Ok(Self {
             connection: Mutex::new(connection),
             quota: Mutex::new(quota),
@@ -161,6 +168,10 @@ impl SqliteStore {
 }
 
 impl ServiceStore for SqliteStore {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         let connection = self.connection.lock();
         let mut statement = connection
@@ -180,6 +191,23 @@ impl ServiceStore for SqliteStore {
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<(String, u64)>, StoreError> {
         let connection = self.connection.lock();
         Self::list_in(&connection, prefix, limit)
+    }
+
+    fn keys_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<String>, StoreError> {
+        let connection = self.connection.lock();
+        let mut statement = connection
+            .prepare_cached("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT ?2")
+            .map_err(backend)?;
+        // Every key is at least one byte, so the empty string is below them all.
+        let after = after.unwrap_or("").as_bytes();
+        let rows = statement
+            .query_map(params![after, limit], |row| row.get::<_, Vec<u8>>(0))
+            .map_err(backend)?;
+        rows.map(|key| {
+            key.map(|key| String::from_utf8_lossy(&key).into_owned())
+                .map_err(backend)
+        })
+        .collect()
     }
 
     fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
@@ -215,8 +243,9 @@ impl ServiceStore for SqliteStore {
         {
             let mut outbox = transaction
                 .prepare_cached(
-                    "INSERT INTO outbox (id, topic, payload, traceparent, published_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO outbox \
+                     (id, topic, payload, traceparent, published_ms, deliver_at_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(backend)?;
             for event in &commit.events {
@@ -226,7 +255,8 @@ impl ServiceStore for SqliteStore {
                         event.topic,
                         event.payload,
                         event.traceparent,
-                        event.published_ms as i64
+                        event.published_ms as i64,
+                        event.deliver_at_ms as i64,
                     ])
                     .map_err(backend)?;
             }
@@ -301,7 +331,7 @@ impl ServiceStore for SqliteStore {
         let connection = self.connection.lock();
         let mut statement = connection
             .prepare_cached(
-                "SELECT id, topic, payload, traceparent, published_ms FROM outbox \
+                "SELECT id, topic, payload, traceparent, published_ms, deliver_at_ms FROM outbox \
                  ORDER BY seq LIMIT ?1",
             )
             .map_err(backend)?;
@@ -313,6 +343,7 @@ impl ServiceStore for SqliteStore {
                     payload: row.get(2)?,
                     traceparent: row.get(3)?,
                     published_ms: row.get::<_, i64>(4)? as u64,
+                    deliver_at_ms: row.get::<_, i64>(5)? as u64,
                 })
             })
             .map_err(backend)?;
@@ -466,6 +497,7 @@ mod tests {
             payload: b"p".to_vec(),
             traceparent: None,
             published_ms: 0,
+            deliver_at_ms: 0,
         };
         // Rolled back (conflict): neither the write nor the event.
         let mut stale = Transaction::default();

@@ -1,24 +1,37 @@
-//! `orders`: places orders across inventory and payment, without overselling and
-//! without leaking reservations.
+//! `orders`: places orders across inventory and payment, without overselling, without
+//! leaking reservations or charges, even if the host dies in the middle of an order.
 //!
 //! `POST /` `{"sku", "quantity"}`:
+//! 0. record the order as `pending` and schedule its `order.timeout` event in one
+//!    store transaction;
 //! 1. reserve the stock at `inventory` (idempotent by order id, so the caller may
 //!    retry it);
 //! 2. charge at `payment` (no retry; the manifest gives it a short deadline);
-//! 3. write the order and publish `order.created` in one store transaction (the
-//!    event is delivered after the commit, never without it); `inventory` commits the
-//!    reservation when the event arrives.
+//! 3. mark the order `placed` and publish `order.created` in one store transaction,
+//!    only if it is still `pending` (the event is delivered after the commit, never
+//!    without it); `inventory` commits the reservation when the event arrives.
 //!
-//! Any failure after step 1 releases the reservation (a release of a reservation that
-//! never arrived leaves a tombstone, so a late one is refused).
+//! Any failure after step 1 releases the reservation and refunds the charge (both
+//! idempotent; a release or refund that arrives first leaves a tombstone, so a late
+//! reservation or charge is refused) and marks the order `failed`.
+//!
+//! If the order's request never finishes (the host died during it), the
+//! `order.timeout` event arrives after `order_timeout_ms` (config; longer than the
+//! request's own deadline, so the request is over by then). An order still `pending`
+//! becomes `abandoned` and is compensated the same way; redeliveries compensate again
+//! until it succeeds. A `failed` order is compensated again (which finishes a
+//! compensation that failed at the time); a `placed` one needs nothing.
+//!
 //! Answers: 201 `{"id", "status": "placed"}`, 409 `insufficient stock`, 402
 //! `payment failed`, 400 on bad input or an unknown product, 503 when a dependency is
 //! down. `GET /{id}` answers the order or 404.
 
 use serde::{Deserialize, Serialize};
 use shoal_sdk::caller::{Call, CallError};
+use shoal_sdk::events::Event;
 use shoal_sdk::http::{Request, Response};
-use shoal_sdk::store::{self, StoreError};
+use shoal_sdk::store::{self, StoreError, Transaction};
+use std::time::Duration;
 
 #[derive(Deserialize)]
 struct NewOrder {
@@ -36,6 +49,13 @@ struct Order {
 
 /// Price of one unit, in cents (the shop sells one thing at one price).
 const UNIT_PRICE: u64 = 1250;
+/// When an order's request is surely over, if the config does not say.
+const DEFAULT_ORDER_TIMEOUT_MS: u64 = 60_000;
+
+#[derive(Deserialize)]
+struct OrderTimeout {
+    id: String,
+}
 
 fn error(status: u16, message: &str) -> Response {
     Response::json(status, serde_json::json!({ "error": message }).to_string())
@@ -54,17 +74,71 @@ fn new_id() -> String {
     format!("o-{random:016x}")
 }
 
-/// Give the reservation back (compensation). Idempotent, so the caller retries it.
-fn release(id: &str) {
-    let released = Call::new("inventory", "POST", &format!("/reservations/{id}/release"))
-        .idempotent(true)
-        .send();
-    if let Err(failure) = released {
-        shoal_sdk::log::error(
-            "could not release a reservation",
-            &[("order", id), ("error", failure.kind())],
-        );
+/// Give the reservation back and refund the charge (compensation), each retried by
+/// the caller (both are idempotent). Whether both are done.
+fn compensate(id: &str) -> bool {
+    let steps = [
+        ("inventory", format!("/reservations/{id}/release")),
+        ("payment", format!("/charges/{id}/refund")),
+    ];
+    let mut done = true;
+    for (service, path) in steps {
+        let answered = Call::new(service, "POST", &path).idempotent(true).send();
+        if !matches!(&answered, Ok(response) if response.status() == 200) {
+            let reason = match &answered {
+                Ok(response) => response.status().to_string(),
+                Err(failure) => failure.kind().to_owned(),
+            };
+            shoal_sdk::log::error(
+                "compensation failed",
+                &[("order", id), ("service", service), ("error", &reason)],
+            );
+            done = false;
+        }
     }
+    done
+}
+
+fn order_key(id: &str) -> String {
+    format!("order/{id}")
+}
+
+fn read_order(tx: &Transaction, id: &str) -> Result<Option<Order>, StoreError> {
+    Ok(tx
+        .get(&order_key(id))?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
+fn write_order(tx: &Transaction, order: &Order) -> Result<(), StoreError> {
+    tx.set(
+        &order_key(&order.id),
+        &serde_json::to_vec(order).unwrap_or_default(),
+    )
+}
+
+/// Record a failed order as `failed` (if it is still pending: a timeout may have taken
+/// it over, and then compensates it itself), compensating first when a reservation
+/// or charge may have been made.
+fn fail(id: &str, response: Response, may_hold: bool) -> Response {
+    if may_hold {
+        compensate(id);
+    }
+    let _ = store::transaction(|tx| {
+        if let Some(mut order) = read_order(tx, id)?
+            && order.status == "pending"
+        {
+            order.status = "failed".into();
+            write_order(tx, &order)?;
+        }
+        Ok::<_, StoreError>(())
+    });
+    response
+}
+
+fn order_timeout_ms() -> u64 {
+    shoal_sdk::config::get("order_timeout_ms")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(DEFAULT_ORDER_TIMEOUT_MS)
 }
 
 /// Why placing an order stopped.
@@ -92,6 +166,34 @@ fn place(body: &[u8]) -> Response {
     let quantity = quantity as u64;
     let id = new_id();
 
+    // 0. The order, pending, and its timeout, together.
+    let recorded = store::transaction(|tx| {
+        write_order(
+            tx,
+            &Order {
+                id: id.clone(),
+                sku: sku.clone(),
+                quantity,
+                status: "pending".into(),
+            },
+        )?;
+        let timeout = serde_json::json!({ "id": id });
+        tx.schedule(
+            "order.timeout",
+            timeout.to_string().as_bytes(),
+            Duration::from_millis(order_timeout_ms()),
+        )
+        .map_err(|failure| Stop::Answer(error(503, &format!("cannot schedule: {failure:?}"))))?;
+        Ok::<_, Stop>(())
+    });
+    match recorded {
+        Ok(()) => {}
+        Err(Stop::Answer(response)) => return response,
+        Err(Stop::Store(failure)) => {
+            return error(503, &format!("cannot record the order: {failure:?}"));
+        }
+    }
+
     // 1. Reserve.
     let reservation = serde_json::json!({ "id": id, "sku": sku, "quantity": quantity });
     let reserved = Call::new("inventory", "POST", "/reservations")
@@ -101,14 +203,17 @@ fn place(body: &[u8]) -> Response {
         .send();
     match reserved {
         Ok(response) if response.status() == 201 => {}
-        Ok(response) if response.status() == 409 => return error(409, "insufficient stock"),
-        Ok(response) if response.status() == 404 => return error(400, "unknown product"),
-        Ok(response) if response.status() == 400 => return error(400, "bad order"),
-        Ok(_) | Err(_) => {
-            // Whether the reservation was made is unknown: release it to be sure.
-            release(&id);
-            return error(503, "inventory unavailable");
+        Ok(response) if response.status() == 409 => {
+            return fail(&id, error(409, "insufficient stock"), false);
         }
+        Ok(response) if response.status() == 404 => {
+            return fail(&id, error(400, "unknown product"), false);
+        }
+        Ok(response) if response.status() == 400 => {
+            return fail(&id, error(400, "bad order"), false);
+        }
+        // Whether the reservation was made is unknown: compensating releases it.
+        Ok(_) | Err(_) => return fail(&id, error(503, "inventory unavailable"), true),
     }
 
     // 2. Charge.
@@ -121,22 +226,19 @@ fn place(body: &[u8]) -> Response {
         if let Err(CallError::Timeout) = &charged {
             shoal_sdk::log::warn("payment did not answer in time", &[("order", &id)]);
         }
-        release(&id);
-        return error(402, "payment failed");
+        return fail(&id, error(402, "payment failed"), true);
     }
 
-    // 3. The order and its event, together.
+    // 3. Placed, with its event, if the timeout has not taken the order over.
     let written = store::transaction(|tx| {
-        let order = Order {
-            id: id.clone(),
-            sku: sku.clone(),
-            quantity,
-            status: "placed".into(),
+        let Some(mut order) = read_order(tx, &id)? else {
+            return Err(Stop::Answer(error(503, "the order record is gone")));
         };
-        tx.set(
-            &format!("order/{id}"),
-            &serde_json::to_vec(&order).unwrap_or_default(),
-        )?;
+        if order.status != "pending" {
+            return Err(Stop::Answer(error(503, "the order timed out")));
+        }
+        order.status = "placed".into();
+        write_order(tx, &order)?;
         let event = serde_json::json!({ "id": id, "sku": sku, "quantity": quantity });
         tx.publish("order.created", event.to_string().as_bytes())
             .map_err(|failure| Stop::Answer(error(503, &format!("cannot publish: {failure:?}"))))?;
@@ -147,15 +249,57 @@ fn place(body: &[u8]) -> Response {
             201,
             serde_json::json!({ "id": id, "status": "placed" }).to_string(),
         ),
-        Err(stop) => {
-            release(&id);
-            match stop {
-                Stop::Answer(response) => response,
-                Stop::Store(failure) => {
-                    error(503, &format!("cannot record the order: {failure:?}"))
-                }
+        Err(Stop::Answer(response)) => fail(&id, response, true),
+        Err(Stop::Store(failure)) => fail(
+            &id,
+            error(503, &format!("cannot record the order: {failure:?}")),
+            true,
+        ),
+    }
+}
+
+/// `order.timeout`: an order still pending when its request must be over is
+/// abandoned and compensated; a failed one is compensated again (idempotent: it
+/// finishes a compensation that failed at the time); a placed one needs nothing.
+fn order_timeout(req: &Request) -> Response {
+    let Some(event) = Event::from_request(req) else {
+        return error(400, "not an event delivery");
+    };
+    let Ok(OrderTimeout { id }) = serde_json::from_slice(&event.payload) else {
+        // Retrying cannot fix a malformed event: acknowledge it.
+        return error(200, "ignored a malformed order.timeout");
+    };
+    // Take the order over first, so a request still finishing cannot place it.
+    let taken = store::transaction(|tx| {
+        let Some(mut order) = read_order(tx, &id)? else {
+            return Ok(false);
+        };
+        match order.status.as_str() {
+            "pending" => {
+                order.status = "abandoned".into();
+                write_order(tx, &order)?;
+                Ok(true)
             }
+            // Compensating again finishes one that failed at the time.
+            "abandoned" | "failed" => Ok(true),
+            _ => Ok::<_, StoreError>(false),
         }
+    });
+    let needs_compensation = match taken {
+        Ok(needs) => needs,
+        Err(failure) => return error(503, &format!("{failure:?}")),
+    };
+    if needs_compensation && !compensate(&id) {
+        // Redelivered with backoff until the compensation succeeds.
+        return error(503, "compensation incomplete");
+    }
+    let handled = store::transaction(|tx| tx.mark_handled(&event.id));
+    match handled {
+        Ok(()) => Response::json(
+            200,
+            serde_json::json!({ "order": id, "compensated": needs_compensation }).to_string(),
+        ),
+        Err(failure) => error(503, &format!("{failure:?}")),
     }
 }
 
@@ -170,6 +314,7 @@ fn show(id: &str) -> Response {
 fn handle(req: Request) -> Response {
     match (req.method(), req.path()) {
         ("POST", "/") => place(req.body()),
+        ("POST", "/events/order-timeout") => order_timeout(&req),
         ("GET", path) if path.len() > 1 && !path[1..].contains('/') => show(&path[1..]),
         _ => error(404, "no such route"),
     }

@@ -2,12 +2,16 @@
 //! what the shop does when payment goes wrong.
 //!
 //! - `PUT /mode` `{"mode": "ok" | "fail" | "hang"}`.
-//! - `POST /charges` `{"order", "amount"}`: 201 `{"charge"}`; 402 in `fail` mode; in
-//!   `hang` mode it never answers in time.
+//! - `POST /charges` `{"order", "amount"}`: 201 `{"charge"}` (idempotent by order);
+//!   402 in `fail` mode; in `hang` mode it never answers in time; 409 when the
+//!   order was already refunded.
+//! - `POST /charges/{order}/refund`: 200, idempotent. A refund of a charge not (yet)
+//!   made leaves a tombstone, so a charge that arrives late is refused.
+//! - `GET /charges/{order}`: the charge or 404.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use shoal_sdk::http::{Request, Response};
-use shoal_sdk::store;
+use shoal_sdk::store::{self, StoreError};
 
 #[derive(Deserialize)]
 struct SetMode {
@@ -18,6 +22,30 @@ struct SetMode {
 struct Charge {
     order: String,
     amount: u64,
+}
+
+/// What the store keeps per order.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    amount: u64,
+    refunded: bool,
+}
+
+fn charge_key(order: &str) -> String {
+    format!("charges/{order}")
+}
+
+fn read(tx: &store::Transaction, order: &str) -> Result<Option<Record>, StoreError> {
+    Ok(tx
+        .get(&charge_key(order))?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+}
+
+fn write(tx: &store::Transaction, order: &str, record: &Record) -> Result<(), StoreError> {
+    tx.set(
+        &charge_key(order),
+        &serde_json::to_vec(record).unwrap_or_default(),
+    )
 }
 
 fn error(status: u16, message: &str) -> Response {
@@ -57,12 +85,57 @@ fn charge(body: &[u8]) -> Response {
             error(504, "hung")
         }
         _ => {
-            let charge = format!("charge-{order}");
-            match store::set(&format!("charges/{order}"), amount.to_string().as_bytes()) {
-                Ok(()) => Response::json(201, serde_json::json!({ "charge": charge }).to_string()),
+            let charged = store::transaction(|tx| match read(tx, &order)? {
+                Some(record) if record.refunded => Ok(false),
+                Some(_) => Ok(true),
+                None => {
+                    write(
+                        tx,
+                        &order,
+                        &Record {
+                            amount,
+                            refunded: false,
+                        },
+                    )?;
+                    Ok::<_, StoreError>(true)
+                }
+            });
+            match charged {
+                Ok(true) => Response::json(
+                    201,
+                    serde_json::json!({ "charge": format!("charge-{order}") }).to_string(),
+                ),
+                Ok(false) => error(409, "the order was refunded"),
                 Err(failure) => error(503, &format!("{failure:?}")),
             }
         }
+    }
+}
+
+fn refund(order: &str) -> Response {
+    let refunded = store::transaction(|tx| {
+        let mut record = read(tx, order)?.unwrap_or(Record {
+            amount: 0,
+            refunded: true,
+        });
+        record.refunded = true;
+        write(tx, order, &record)?;
+        Ok::<_, StoreError>(record.amount)
+    });
+    match refunded {
+        Ok(amount) => Response::json(
+            200,
+            serde_json::json!({ "order": order, "refunded": amount }).to_string(),
+        ),
+        Err(failure) => error(503, &format!("{failure:?}")),
+    }
+}
+
+fn show(order: &str) -> Response {
+    match store::get(&charge_key(order)) {
+        Ok(Some(bytes)) => Response::json(200, String::from_utf8_lossy(&bytes).into_owned()),
+        Ok(None) => error(404, "no such charge"),
+        Err(failure) => error(503, &format!("{failure:?}")),
     }
 }
 
@@ -70,7 +143,14 @@ fn handle(req: Request) -> Response {
     match (req.method(), req.path()) {
         ("PUT", "/mode") => set_mode(req.body()),
         ("POST", "/charges") => charge(req.body()),
-        _ => error(404, "no such route"),
+        (method, path) => {
+            let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+            match (method, parts.as_slice()) {
+                ("POST", ["charges", order, "refund"]) => refund(order),
+                ("GET", ["charges", order]) => show(order),
+                _ => error(404, "no such route"),
+            }
+        }
     }
 }
 
