@@ -103,10 +103,17 @@ echo "Stock after the orders (10 = available + reserved + sold; failed payments 
 show curl -sS "$gateway/inventory/stock/widget"
 echo "Orders shipped, each once (delivered by order.created events from the outbox):"
 show curl -sS "$gateway/shipping/handled"
-echo "Event deliveries waiting and dead letters:"
+echo "Event deliveries waiting (each order's order.timeout, due 20 s after it: it compensates"
+echo "an order whose request died with the host) and dead letters:"
 printf '$ curl -H "Authorization: Bearer …" %s/v1/events\n' "$admin"
 curl -sS -H "Authorization: Bearer $token" "$admin/v1/events"
 echo
+
+step "a portable component on the standard wasi:keyvalue (no Shoal crate) keeps its own data"
+show "$shoal" deploy "$guests_dir/keyvalue.wasm" --name notes
+show curl -sS -X PUT --data 'remember the milk' "$gateway/notes/kv/todo"
+show curl -sS "$gateway/notes/kv/todo"
+show curl -sS -X POST "$gateway/notes/incr/visits?by=5"
 
 step "restarting the host: deploys are persisted"
 stop_host
@@ -114,6 +121,7 @@ start_host
 show "$shoal" ls
 show curl -sS "$gateway/hello/?name=again"
 show curl -sS "$gateway/inventory/stock/widget"
+show curl -sS "$gateway/notes/kv/todo"
 
 step "guest log lines are tagged with service, version and request id"
 grep 'guest' "$data_dir.log" | tail -n 3 || true
