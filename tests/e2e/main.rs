@@ -16,3 +16,4 @@ mod lifecycle;
 mod shop;
 mod store;
 mod telemetry;
+mod wasi;

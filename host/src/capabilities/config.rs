@@ -1,10 +1,37 @@
-//! `shoal:platform/config`: the service's `[config]` table from its manifest.
+//! `shoal:platform/config` and the standard `wasi:config/store@0.2.0-rc.1`: the
+//! service's `[config]` table from its manifest, through either interface, so a
+//! component written for another host's `wasi:config` runs unchanged.
 
 use std::collections::BTreeMap;
 use wasmtime::component::{HasData, Linker};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 
 use super::{PlatformView, traced};
 use crate::bindings::config::{self, Host};
+
+/// A service's `[config]` table, kept in the form each interface reads.
+#[derive(Default)]
+pub struct ServiceConfig {
+    values: BTreeMap<String, String>,
+    wasi: WasiConfigVariables,
+}
+
+impl From<BTreeMap<String, String>> for ServiceConfig {
+    fn from(values: BTreeMap<String, String>) -> Self {
+        let wasi = values
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Self { values, wasi }
+    }
+}
+
+impl ServiceConfig {
+    /// The table, in key order.
+    pub fn values(&self) -> &BTreeMap<String, String> {
+        &self.values
+    }
+}
 
 /// What a config call sees: the service's table and name.
 pub struct ConfigView<'a> {
@@ -26,9 +53,12 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
     config::add_to_linker::<T, HasConfig>(linker, |state| {
         let ctx = state.platform().ctx;
         ConfigView {
-            config: &ctx.service.config,
+            config: ctx.service.config.values(),
             service: &ctx.service.name,
         }
+    })?;
+    wasmtime_wasi_config::add_to_linker(linker, |state: &mut T| {
+        WasiConfig::new(&state.platform().ctx.service.config.wasi)
     })
 }
 

@@ -28,7 +28,6 @@ mod test_env;
 
 use ::tracing::Instrument as _;
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use thiserror::Error;
 use wasmtime::component::{Linker, ResourceTable, ResourceTableError};
@@ -48,7 +47,7 @@ pub struct ServiceContext {
     /// The deployed version.
     pub version: Arc<str>,
     /// The `[config]` table of its manifest.
-    pub config: BTreeMap<String, String>,
+    pub config: config::ServiceConfig,
     /// Registry id of this version's instance on this host.
     pub instance_id: String,
     /// Outbound settings from the manifest.

@@ -73,7 +73,8 @@ impl TestEnv {
             config: BTreeMap::from([
                 ("b".to_owned(), "2".to_owned()),
                 ("a".to_owned(), "1".to_owned()),
-            ]),
+            ])
+            .into(),
             instance_id: "test-host/orders".into(),
             outbound: Arc::new(outbound),
             health: Default::default(),
@@ -105,7 +106,7 @@ impl TestEnv {
 
     fn config(&self) -> ConfigView<'_> {
         ConfigView {
-            config: &self.ctx.service.config,
+            config: self.ctx.service.config.values(),
             service: &self.ctx.service.name,
         }
     }

@@ -665,7 +665,7 @@ impl Services {
         let context = Arc::new(ServiceContext {
             name: record.name.as_str().into(),
             version: record.version.as_str().into(),
-            config: record.manifest.config.clone(),
+            config: record.manifest.config.clone().into(),
             instance_id: self
                 .platform
                 .local_instance_id(&record.name, &record.version),
