@@ -21,6 +21,7 @@ show() { printf '$ %s\n' "$*"; "$@"; echo; }
 
 step "building the example guests (wasm32-wasip2 components)"
 (cd guests && cargo build --release --target wasm32-wasip2)
+bash scripts/polyglot.sh "$guests_dir"
 ls -l "$guests_dir"/*.wasm
 
 step "building the host ($profile)"
@@ -108,6 +109,11 @@ echo "an order whose request died with the host) and dead letters:"
 printf '$ curl -H "Authorization: Bearer …" %s/v1/events\n' "$admin"
 curl -sS -H "Authorization: Bearer $token" "$admin/v1/events"
 echo
+
+step "guests in JavaScript and Python on the same platform: JavaScript calls Python calls Rust"
+show "$shoal" deploy "$guests_dir/python_greeter.wasm" --name python-greeter
+show "$shoal" deploy "$guests_dir/js_greeter.wasm" --name js-greeter
+show curl -sS -H 'x-request-id: demo-chain' "$gateway/js-greeter/"
 
 step "a portable component on the standard wasi:keyvalue (no Shoal crate) keeps its own data"
 show "$shoal" deploy "$guests_dir/keyvalue.wasm" --name notes

@@ -33,6 +33,22 @@ shoal_setup() {
     fi
 }
 
+# The component tooling of the other guest languages (scripts/polyglot.sh).
+shoal_polyglot_setup() {
+    if ! command -v componentize-py >/dev/null 2>&1 ||
+        [ "$(componentize-py --version 2>/dev/null | awk '{print $2}')" != "0.25.1" ]; then
+        echo "== pip install componentize-py==0.25.1"
+        python3 -m pip install --quiet --disable-pip-version-check componentize-py==0.25.1
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "== apt-get install nodejs npm"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm
+    fi
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     shoal_setup
 fi

@@ -12,6 +12,8 @@ export SHOAL_GUESTS_DIR="$guests_target/wasm32-wasip2/release"
 
 echo "== guests (wasm32-wasip2)"
 (cd guests && cargo build --release --target wasm32-wasip2)
+echo "== guests in Python and JavaScript"
+bash scripts/polyglot.sh "$SHOAL_GUESTS_DIR"
 
 echo "== formatting"
 cargo fmt --all --check

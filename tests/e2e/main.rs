@@ -13,6 +13,7 @@ mod hardening;
 mod isolation;
 mod keyvalue;
 mod lifecycle;
+mod polyglot;
 mod shop;
 mod store;
 mod telemetry;

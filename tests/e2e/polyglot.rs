@@ -1,0 +1,150 @@
+//! Guests in other languages on the same `shoal:platform` imports: a JavaScript
+//! service calls a Python service that calls a Rust service, with one request id and
+//! one trace end to end; each uses its config, store and events, metrics, spans and
+//! log, and each language's toolchain built it (scripts/polyglot.sh).
+
+use shoal_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use shoal_tests::{Host, TOKEN, guest, temp_root, wait_for};
+use std::time::Duration;
+
+fn chain_host(root: &std::path::Path, receiver: &OtlpReceiver) -> Host {
+    let host = Host::start_with_env(
+        &root.join("data"),
+        &root.join("host.log"),
+        &["--max-instances", "64"],
+        &[
+            ("SHOAL_ADMIN_TOKEN", TOKEN),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    let python = "[config]\ndownstream = \"hello\"\ndownstream_path = \"/echo\"\n";
+    let reply = host.deploy_with_manifest("python-greeter", &guest("python_greeter"), python);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let js = "[config]\ngreeting = \"Hi\"\n";
+    let reply = host.deploy_with_manifest("js-greeter", &guest("js_greeter"), js);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    host
+}
+
+fn span<'a>(spans: &'a [ReceivedSpan], name: &str, service: &str) -> &'a ReceivedSpan {
+    spans
+        .iter()
+        .find(|s| {
+            s.name == name && s.attributes.get("shoal.service").map(String::as_str) == Some(service)
+        })
+        .unwrap_or_else(|| {
+            let names: Vec<_> = spans
+                .iter()
+                .map(|s| (&s.name, s.attributes.get("shoal.service")))
+                .collect();
+            panic!("no span `{name}` of {service} in {names:#?}")
+        })
+}
+
+#[test]
+fn javascript_calls_python_calls_rust_with_one_request_id_and_one_trace() {
+    let root = temp_root();
+    let receiver = OtlpReceiver::start();
+    let host = chain_host(root.path(), &receiver);
+
+    let trace_id = "7af92f3577b34da6a3ce929d0e0e4739";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let reply = host.get_with_headers(
+        "/js-greeter/",
+        &[("traceparent", &traceparent), ("x-request-id", "chain-42")],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body = &reply.body;
+    // JavaScript: its config and its store; Python's answer under it, and Rust's
+    // echo under that.
+    assert!(
+        body.starts_with("greeting: Hi\nvisits: 1\ndownstream: 200 greeting: Hello\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\n  visits: 1\n"),
+        "python's own store: {body}"
+    );
+
+    assert!(
+        body.contains("header x-request-id: chain-42"),
+        "one request id: {body}"
+    );
+    assert!(
+        body.contains(&format!("header traceparent: 00-{trace_id}-")),
+        "one trace: {body}"
+    );
+    assert!(body.ends_with(&format!("trace: {trace_id}\n")), "{body}");
+    assert_eq!(
+        body.matches(&format!("trace: {trace_id}")).count(),
+        2,
+        "{body}"
+    );
+
+    // A second request: each service counts in its own store.
+    let again = host.get("/js-greeter/").body;
+    assert!(again.starts_with("greeting: Hi\nvisits: 2\n"), "{again}");
+    assert!(again.contains("\n  visits: 2\n"), "{again}");
+
+    // One trace: server, guest and client spans chain from JavaScript to Rust.
+    let spans = {
+        let mut spans = Vec::new();
+        wait_for("the chain's spans", Duration::from_secs(30), || {
+            spans = receiver
+                .spans()
+                .into_iter()
+                .filter(|s| s.trace_id == trace_id)
+                .collect();
+            spans.iter().any(|s| s.name == "GET /hello")
+                && spans.iter().any(|s| s.name == "GET /js-greeter")
+                && spans.iter().filter(|s| s.name == "greet").count() == 2
+        });
+        spans
+    };
+    let js = span(&spans, "GET /js-greeter", "js-greeter");
+    let py = span(&spans, "GET /python-greeter", "python-greeter");
+    let rust = span(&spans, "GET /hello", "hello");
+    assert_eq!(js.parent_span_id, "00f067aa0ba902b7");
+    let call_py = spans
+        .iter()
+        .find(|s| s.name == "call python-greeter")
+        .expect("call span");
+    assert_eq!(py.parent_span_id, call_py.span_id);
+    let call_rust = spans
+        .iter()
+        .find(|s| s.name == "call hello")
+        .expect("call span");
+    assert_eq!(rust.parent_span_id, call_rust.span_id);
+    let greets: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.name == "greet").collect();
+    let languages: std::collections::BTreeSet<&str> = greets
+        .iter()
+        .map(|s| s.attributes["language"].as_str())
+        .collect();
+    assert_eq!(languages, ["javascript", "python"].into());
+    assert!(
+        greets.iter().any(|g| call_py.parent_span_id == g.span_id),
+        "javascript's call is a child of its own span"
+    );
+    for service in ["js-greeter", "python-greeter"] {
+        span(&spans, "store.transaction.commit", service);
+    }
+
+    // Metrics and logs of both languages.
+    let metrics = host.admin("GET", "/metrics").body;
+    for line in [
+        "shoal_guest_js_greeter:greetings_total{language=\"javascript\",service=\"js-greeter\"} 2",
+        "shoal_guest_python_greeter:greetings_total{language=\"python\",service=\"python-greeter\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    let log = host.log();
+    for service in ["js-greeter", "python-greeter"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("greeted") && l.contains(service) && l.contains("chain-42")),
+            "{service}'s log line with the request id"
+        );
+    }
+}
