@@ -2,7 +2,8 @@
 # Build the guests written in other languages into components, each with its own
 # language's component tooling: Python (componentize-py), JavaScript
 # (componentize-js, the engine behind `jco componentize`; jco 1.35's own wrapper
-# cannot open a WIT folder on Node here: "failed to get path metadata"). Writes `<name>.wasm` into the directory given (default: beside the
+# cannot open a WIT folder on Node here: "failed to get path metadata"), and C
+# (`wit-bindgen c`, clang for wasm32-wasi with wasi-libc, `wasm-tools component new`). Writes `<name>.wasm` into the directory given (default: beside the
 # Rust guests), and rebuilds a guest only when its sources changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,4 +61,23 @@ if stale "$out/js_greeter.wasm" guests/js-greeter wit; then
         node_modules/.bin/componentize-js app.js --wit "$work/js-greeter-wit" \
             --world-name shoal-examples:js-greeter/greeter -o "$out/js_greeter.wasm")
 fi
-ls -l "$out"/python_greeter.wasm "$out"/js_greeter.wasm
+echo "== c-greeter (wit-bindgen c, clang, wasm-tools)"
+if stale "$out/c_greeter.wasm" guests/c-greeter wit; then
+    tools="$work/tools"
+    shoal_component_tools "$tools"
+    build="$work/c-greeter"
+    rm -rf "$build"
+    mkdir -p "$build"
+    "$tools/bin/wit-bindgen" c wit --world shoal:platform/service@0.1.0 --out-dir "$build"
+    clang-16 --target=wasm32-wasi -O2 -Wall -Wextra -Werror -mexec-model=reactor \
+        -fuse-ld=/usr/bin/wasm-ld-16 -I"$build" \
+        guests/c-greeter/greeter.c "$build/service.c" "$build/service_component_type.o" \
+        -o "$build/core.wasm"
+    # wasi-libc speaks WASI preview 1; the adapter turns that into WASI 0.2 imports
+    # (the one `jco` ships, installed with componentize-js above).
+    adapter=guests/js-greeter/node_modules/@bytecodealliance/jco/lib/wasi_snapshot_preview1.reactor.wasm
+    [ -e "$adapter" ] || (cd guests/js-greeter && npm ci --no-audit --no-fund --loglevel=error)
+    "$tools/bin/wasm-tools" component new "$build/core.wasm" \
+        --adapt "wasi_snapshot_preview1=$adapter" -o "$out/c_greeter.wasm"
+fi
+ls -l "$out"/python_greeter.wasm "$out"/js_greeter.wasm "$out"/c_greeter.wasm

@@ -40,12 +40,36 @@ shoal_polyglot_setup() {
         echo "== pip install componentize-py==0.25.1"
         python3 -m pip install --quiet --disable-pip-version-check componentize-py==0.25.1
     fi
-    if ! command -v npm >/dev/null 2>&1; then
-        echo "== apt-get install nodejs npm"
+    # Node for JavaScript; clang, wasm-ld, wasi-libc and compiler-rt for wasm32 C.
+    local missing=()
+    command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+    command -v clang-16 >/dev/null 2>&1 || missing+=(clang-16)
+    command -v wasm-ld-16 >/dev/null 2>&1 || missing+=(lld-16)
+    [ -e /usr/lib/wasm32-wasi/libc.a ] || missing+=(wasi-libc)
+    [ -e /usr/lib/llvm-16/lib/clang/16/lib/wasi/libclang_rt.builtins-wasm32.a ] ||
+        missing+=(libclang-rt-16-dev-wasm32)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "== apt-get install ${missing[*]}"
         local sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# `wit-bindgen` (C bindings) and `wasm-tools` (core module to component), built once
+# into `$1/bin`.
+shoal_component_tools() {
+    local root="$1"
+    if [ "$("$root/bin/wit-bindgen" --version 2>/dev/null | awk '{print $2}')" != "0.63.0" ]; then
+        echo "== cargo install wit-bindgen-cli 0.63.0 (C generator only)"
+        cargo install --quiet --locked --root "$root" wit-bindgen-cli@0.63.0 \
+            --no-default-features --features c
+    fi
+    if [ "$("$root/bin/wasm-tools" --version 2>/dev/null | awk '{print $2}')" != "1.254.2" ]; then
+        echo "== cargo install wasm-tools 1.254.2 (component support only)"
+        cargo install --quiet --locked --root "$root" wasm-tools@1.254.2 \
+            --no-default-features --features component
     fi
 }
 

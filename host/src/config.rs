@@ -71,6 +71,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_MAX_WASM_STACK_KB", default_value_t = 512)]
     pub max_wasm_stack_kb: usize,
 
+    /// Elements one table of an instance may have, reserved for every table slot of
+    /// the instance pool. A component with a larger table is refused at deploy.
+    #[arg(long, env = "SHOAL_MAX_TABLE_ELEMENTS", default_value_t = 20_000)]
+    pub max_table_elements: usize,
+
     /// Measure nothing and trace nothing (the benchmark's baseline).
     #[arg(long, env = "SHOAL_NO_TELEMETRY")]
     pub no_telemetry: bool,

@@ -84,6 +84,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         max_memory_bytes: config.max_memory_mb as usize * 1024 * 1024,
         pooling: !config.no_pooling,
         max_wasm_stack: config.max_wasm_stack_kb * 1024,
+        max_table_elements: config.max_table_elements,
         memory_budget_bytes: config.memory_budget_bytes(),
     })?;
     let telemetry = Arc::new(Telemetry::from_env(!config.no_telemetry)?);

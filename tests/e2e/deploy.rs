@@ -134,3 +134,38 @@ fn custom_route_list_show_and_delete() {
     assert_eq!(host.admin("DELETE", "/v1/services/hello").status, 404);
     assert_eq!(host.get("/plain/").status, 200);
 }
+
+#[test]
+fn a_component_beyond_the_instance_pool_is_refused_with_the_limit_to_raise() {
+    let root = temp_root();
+    let host = Host::start(
+        root.path(),
+        &[
+            "--max-memory-mb",
+            "1",
+            "--default-memory-mb",
+            "1",
+            "--max-instances",
+            "8",
+        ],
+    );
+    let reply = host.deploy("hello", &guest("hello"));
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    for part in [
+        "does not fit this host's instance pool",
+        "memory has a minimum byte size",
+        "--max-memory-mb",
+    ] {
+        assert!(reply.body.contains(part), "{part}: {}", reply.body);
+    }
+    assert_eq!(host.admin("GET", "/readyz").status, 200, "the host is fine");
+    assert_eq!(host.get("/hello/").status, 404, "nothing was deployed");
+
+    let root = temp_root();
+    let host = Host::start(root.path(), &["--max-table-elements", "10"]);
+    let reply = host.deploy("hello", &guest("hello"));
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    for part in ["minimum element size", "--max-table-elements"] {
+        assert!(reply.body.contains(part), "{part}: {}", reply.body);
+    }
+}

@@ -1,7 +1,8 @@
 //! Guests in other languages on the same `shoal:platform` imports: a JavaScript
 //! service calls a Python service that calls a Rust service, with one request id and
 //! one trace end to end; each uses its config, store and events, metrics, spans and
-//! log, and each language's toolchain built it (scripts/polyglot.sh).
+//! log, and each language's toolchain built it (scripts/polyglot.sh). A C service
+//! uses the same imports.
 
 use shoal_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use shoal_tests::{Host, TOKEN, guest, temp_root, wait_for};
@@ -147,4 +148,38 @@ fn javascript_calls_python_calls_rust_with_one_request_id_and_one_trace() {
             "{service}'s log line with the request id"
         );
     }
+}
+
+#[test]
+fn a_c_service_uses_the_platform_too() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    let manifest = "[config]\ngreeting = \"Bonjour\"\n";
+    let reply = host.deploy_with_manifest("c-greeter", &guest("c_greeter"), manifest);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let reply = host.get_with_headers("/c-greeter/", &[("x-request-id", "from-c-1")]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply
+            .body
+            .starts_with("greeting: Bonjour\nvisits: 1\ndownstream: 200 Hello, c!\ntrace: "),
+        "{}",
+        reply.body
+    );
+    let again = host.get("/c-greeter/");
+    assert!(again.body.contains("visits: 2\n"), "{}", again.body);
+    assert_eq!(host.get("/c-greeter/missing").status, 404);
+    let metrics = host.admin("GET", "/metrics").body;
+    let line = "shoal_guest_c_greeter:greetings_total{language=\"c\",service=\"c-greeter\"} 2";
+    assert!(metrics.contains(line), "{line} in\n{metrics}");
+    assert!(
+        host.log()
+            .lines()
+            .any(|l| l.contains("greeted") && l.contains("c-greeter") && l.contains("from-c-1")),
+        "the C service's log line carries the request id"
+    );
+    // The store outlives the instance: the count is the service's, not the instance's.
+    let third = host.get("/c-greeter/");
+    assert!(third.body.contains("visits: 3\n"), "{}", third.body);
 }

@@ -45,6 +45,7 @@ fn admin_with(restored: bool) -> Admin {
         max_memory_bytes: 16 * 1024 * 1024,
         pooling: false,
         max_wasm_stack: 512 * 1024,
+        max_table_elements: 20_000,
         memory_budget_bytes: 1024 * 1024 * 1024,
     })
     .expect("runtime");

@@ -22,6 +22,7 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         max_memory_bytes: 128 * 1024 * 1024,
         pooling,
         max_wasm_stack: 512 * 1024,
+        max_table_elements: 20_000,
         memory_budget_bytes: usize::MAX,
     })?;
     let bytes =

@@ -40,6 +40,14 @@ pub enum LoadError {
          serve requests: {0}"
     )]
     NotAService(String),
+    /// The component needs more of something than the instance pool reserves per
+    /// instance; the text names what and the limit.
+    #[error(
+        "the component does not fit this host's instance pool: {0}. Raise the limit it \
+         names (`--max-memory-mb` for memory, `--max-table-elements` for tables), or \
+         serve with `--no-pooling`"
+    )]
+    ExceedsPool(String),
     /// A host-side failure (disk, threads).
     #[error("internal error while loading the component: {0:#}")]
     Internal(anyhow::Error),
@@ -80,6 +88,9 @@ impl Runtime {
             // fingerprint. A file that fails to load is recompiled below.
             match deserialize(&self.engine, &cached) {
                 Ok(component) => return Ok((component, None)),
+                Err(error) if exceeds_pool(&error) => {
+                    return Err(LoadError::ExceedsPool(format!("{error:#}")));
+                }
                 Err(error) => {
                     tracing::warn!(path = %cached.display(), %error, "discarding unusable cached code");
                     let _ = std::fs::remove_file(&cached);
@@ -98,7 +109,13 @@ impl Runtime {
         );
         let elapsed = started.elapsed();
         crate::storage::write_durably(&cached, &compiled).map_err(LoadError::Internal)?;
-        let component = deserialize(&self.engine, &cached).map_err(LoadError::Internal)?;
+        let component = deserialize(&self.engine, &cached).map_err(|error| {
+            if exceeds_pool(&error) {
+                LoadError::ExceedsPool(format!("{error:#}"))
+            } else {
+                LoadError::Internal(error)
+            }
+        })?;
         Ok((component, Some(elapsed)))
     }
 
@@ -160,6 +177,12 @@ fn check_format(bytes: &[u8]) -> Result<(), LoadError> {
         ));
     }
     Ok(())
+}
+
+/// Whether loading failed because the component needs more than the pooling
+/// allocator reserves per instance (wasmtime checks this when code is loaded).
+fn exceeds_pool(error: &anyhow::Error) -> bool {
+    format!("{error:#}").contains("pooling allocator")
 }
 
 #[allow(unsafe_code)]

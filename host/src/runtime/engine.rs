@@ -32,6 +32,8 @@ pub struct RuntimeOptions {
     pub pooling: bool,
     /// Wasm call-stack limit per instance, in bytes (engine-wide in wasmtime).
     pub max_wasm_stack: usize,
+    /// Elements one table of a pooled instance may have.
+    pub max_table_elements: usize,
     /// Linear memory all live instances together may hold, in bytes.
     pub memory_budget_bytes: usize,
 }
@@ -64,6 +66,7 @@ impl Runtime {
                 .total_tables(options.max_instances.saturating_mul(4))
                 .total_stacks(options.max_instances)
                 .max_memory_size(options.max_memory_bytes)
+                .table_elements(options.max_table_elements)
                 // Give memory back to the kernel in batches: one madvise (and one TLB
                 // shootdown across threads) per batch instead of per instance.
                 .decommit_batch_size(DECOMMIT_BATCH)
