@@ -76,6 +76,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_MAX_TABLE_ELEMENTS", default_value_t = 20_000)]
     pub max_table_elements: usize,
 
+    /// MiB of compiled functions kept on disk for later deploys: components that
+    /// share code (one language runtime) then compile only what is new. 0 turns it off.
+    #[arg(long, env = "SHOAL_FUNCTION_CACHE_MB", default_value_t = 1024)]
+    pub function_cache_mb: u64,
+
     /// Measure nothing and trace nothing (the benchmark's baseline).
     #[arg(long, env = "SHOAL_NO_TELEMETRY")]
     pub no_telemetry: bool,

@@ -85,6 +85,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         pooling: !config.no_pooling,
         max_wasm_stack: config.max_wasm_stack_kb * 1024,
         max_table_elements: config.max_table_elements,
+        function_cache_bytes: config.function_cache_mb * 1024 * 1024,
         memory_budget_bytes: config.memory_budget_bytes(),
     })?;
     let telemetry = Arc::new(Telemetry::from_env(!config.no_telemetry)?);

@@ -46,6 +46,7 @@ fn admin_with(restored: bool) -> Admin {
         pooling: false,
         max_wasm_stack: 512 * 1024,
         max_table_elements: 20_000,
+        function_cache_bytes: 0,
         memory_budget_bytes: 1024 * 1024 * 1024,
     })
     .expect("runtime");

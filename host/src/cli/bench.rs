@@ -23,6 +23,7 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         pooling,
         max_wasm_stack: 512 * 1024,
         max_table_elements: 20_000,
+        function_cache_bytes: 0,
         memory_budget_bytes: usize::MAX,
     })?;
     let bytes =

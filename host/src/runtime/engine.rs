@@ -34,6 +34,8 @@ pub struct RuntimeOptions {
     pub max_wasm_stack: usize,
     /// Elements one table of a pooled instance may have.
     pub max_table_elements: usize,
+    /// Bytes of compiled functions kept for later compiles (0: none).
+    pub function_cache_bytes: u64,
     /// Linear memory all live instances together may hold, in bytes.
     pub memory_budget_bytes: usize,
 }
@@ -57,6 +59,18 @@ impl Runtime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(options.max_wasm_stack);
+        if options.function_cache_bytes > 0 {
+            std::fs::create_dir_all(&options.cache_dir).with_context(|| {
+                format!("creating the compile cache {}", options.cache_dir.display())
+            })?;
+            let path = options.cache_dir.join("functions.sqlite3");
+            let functions =
+                super::function_cache::FunctionCache::open(&path, options.function_cache_bytes)
+                    .with_context(|| format!("opening the function cache {}", path.display()))?;
+            config
+                .enable_incremental_compilation(Arc::new(functions))
+                .map_err(anyhow::Error::from)?;
+        }
         if options.pooling {
             let mut pooling = PoolingAllocationConfig::default();
             pooling

@@ -4,6 +4,8 @@
 //! - [`engine`] builds the engine (component model, pooling allocator, epochs).
 //! - [`compile`] turns uploaded bytes into a ready-to-instantiate service, with a
 //!   content-addressed on-disk cache of compiled code.
+//! - [`function_cache`] keeps compiled functions, so components that share code
+//!   (one toolchain's runtime) compile only what is new to them.
 //! - [`state`] is the per-request store data that lends capabilities their views.
 //! - [`invoke`] runs one HTTP request through a fresh (or reused) instance.
 //! - [`reuse`] keeps idle instances of services that opt in to reuse.
@@ -11,6 +13,7 @@
 
 pub mod compile;
 pub mod engine;
+pub mod function_cache;
 pub mod invoke;
 pub mod limits;
 pub mod reuse;
