@@ -110,10 +110,12 @@ printf '$ curl -H "Authorization: Bearer …" %s/v1/events\n' "$admin"
 curl -sS -H "Authorization: Bearer $token" "$admin/v1/events"
 echo
 
-step "guests in JavaScript and Python on the same platform: JavaScript calls Python calls Rust"
+step "guests in JavaScript, Python and C on the same platform: JavaScript calls Python calls Rust"
 show "$shoal" deploy "$guests_dir/python_greeter.wasm" --name python-greeter
 show "$shoal" deploy "$guests_dir/js_greeter.wasm" --name js-greeter
 show curl -sS -H 'x-request-id: demo-chain' "$gateway/js-greeter/"
+show "$shoal" deploy "$guests_dir/c_greeter.wasm" --name c-greeter
+show curl -sS "$gateway/c-greeter/"
 
 step "a portable component on the standard wasi:keyvalue (no Shoal crate) keeps its own data"
 show "$shoal" deploy "$guests_dir/keyvalue.wasm" --name notes
