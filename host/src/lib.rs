@@ -19,6 +19,7 @@
 //! - [`telemetry`]: Prometheus metrics and OpenTelemetry traces.
 //! - [`server`]: `shoal serve` wiring; [`cli`]: the command line.
 
+pub mod access;
 pub mod admin;
 #[allow(missing_docs)]
 pub mod bindings;

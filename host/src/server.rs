@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminState, AdminToken};
+use crate::admin::{self, AdminState};
 use crate::caller::Caller;
 use crate::caller::transport::LocalDispatch;
 use crate::config::ServeConfig;
@@ -150,7 +150,14 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
     let admin = admin::router(AdminState {
         services: services.clone(),
         external: external.clone(),
-        token: Arc::new(AdminToken::new(token)),
+        tokens: Arc::new(
+            crate::access::tokens::TokenStore::open(storage.root(), &token)
+                .context("opening the admin tokens")?,
+        ),
+        audit: Arc::new(
+            crate::access::audit::AuditLog::open(storage.root())
+                .context("opening the audit log")?,
+        ),
         max_upload_bytes: config.max_upload_bytes,
     });
     let (gateway_limits, admin_limits) = config.connection_limits();

@@ -3,6 +3,7 @@
 //! Needs the host (`cargo build -p shoal`) and the guests (`cargo build --release
 //! --target wasm32-wasip2` in `guests/`); `scripts/test.sh` builds both.
 
+mod access;
 mod bad_input;
 mod caller;
 mod cli;

@@ -286,10 +286,15 @@ impl Host {
 
     /// Deploy raw bytes as `name` (`application/wasm`), with the test token.
     pub fn deploy(&self, name: &str, wasm: &[u8]) -> Reply {
+        self.deploy_with_token(name, wasm, TOKEN)
+    }
+
+    /// Deploy raw bytes as `name` with a chosen token.
+    pub fn deploy_with_token(&self, name: &str, wasm: &[u8], token: &str) -> Reply {
         reply(
             self.agent
                 .put(format!("{}/v1/services/{name}", self.admin))
-                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("authorization", format!("Bearer {token}"))
                 .header("content-type", "application/wasm")
                 .send(wasm),
         )
@@ -336,10 +341,21 @@ impl Host {
 
     /// An admin call with a JSON body and the test token.
     pub fn admin_json(&self, method: &str, path: &str, json: &str) -> Reply {
+        self.admin_json_with_token(method, path, json, TOKEN)
+    }
+
+    /// An admin call with a JSON body and a chosen token.
+    pub fn admin_json_with_token(
+        &self,
+        method: &str,
+        path: &str,
+        json: &str,
+        token: &str,
+    ) -> Reply {
         let request = ureq::http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.admin))
-            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("authorization", format!("Bearer {token}"))
             .header("content-type", "application/json")
             .body(json.to_owned())
             .expect("request");

@@ -1,35 +1,30 @@
-//! Bearer-token authentication of the admin API.
+//! Authentication, authorization and auditing of the admin API.
+//!
+//! Every `/v1` request presents `Authorization: Bearer <token>`. The token is looked
+//! up (by hash) in the host's [`TokenStore`]; an unknown or revoked one is a 401. Its
+//! grant must permit what the request does ([`classify`]), or it is a 403 that says
+//! why. Every request that changes something, and every refused one, is appended to
+//! the [`AuditLog`] before the answer goes out.
 
 use anyhow::{Context as _, Result};
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
-use subtle::ConstantTimeEq as _;
 
 use super::AdminState;
 use super::error::ApiError;
+use crate::access::Action;
+use crate::access::audit::{Entry, Outcome};
 
 /// File in the data directory that holds a generated token.
 pub const TOKEN_FILE: &str = "admin-token";
-
-/// The secret an admin caller must present.
-pub struct AdminToken(String);
-
-impl AdminToken {
-    /// Wrap a token given by the operator.
-    pub fn new(token: String) -> Self {
-        Self(token)
-    }
-
-    /// Compare in constant time, so response timing reveals nothing about the token.
-    fn matches(&self, presented: &str) -> bool {
-        bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
-    }
-}
+/// Bytes of an answer read back for the audit log (its digest or error).
+const AUDITED_BODY_BYTES: usize = 64 * 1024;
 
 /// The token from the data directory, generated (mode 0600) on first start.
 /// Returns the token and whether it was just created.
@@ -58,31 +53,196 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<(String, bool)> {
     Ok((token, true))
 }
 
-/// Middleware: refuse any request without the right `Authorization: Bearer` token.
-pub async fn require_token(
-    State(state): State<AdminState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// What a request does: its permission, and its audit name and target when it
+/// changes something (`None`: a read, audited only when refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    /// What the token must permit.
+    pub action: Action,
+    /// The audit log's name for it, for changes.
+    pub audited: Option<&'static str>,
+    /// What it acts on.
+    pub target: Option<String>,
+}
+
+/// Classify an admin request by method and path (below `/v1`). Pure.
+pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Classified {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let read = |action| Classified {
+        action,
+        audited: None,
+        target: None,
+    };
+    let change = |audited: &'static str, target: &str, action| Classified {
+        action,
+        audited: Some(audited),
+        target: Some(target.to_owned()),
+    };
+    let service = |name: &str| Action::ChangeService(name.to_owned());
+    let canary_deploy = query.is_some_and(|q| q.split('&').any(|p| p.starts_with("canary=")));
+    match (method.as_str(), parts.as_slice()) {
+        ("GET" | "HEAD", ["audit"] | ["tokens"]) => read(Action::Administer),
+        ("GET" | "HEAD", _) => read(Action::Read),
+        ("PUT", ["services", name]) if canary_deploy => {
+            change("canary.deploy", name, service(name))
+        }
+        ("PUT", ["services", name]) => change("deploy", name, service(name)),
+        ("DELETE", ["services", name]) => change("remove", name, service(name)),
+        ("PUT", ["services", name, "scale"]) => change("scale", name, service(name)),
+        ("POST", ["services", name, "rollback"]) => change("rollback", name, service(name)),
+        ("PUT", ["services", name, "canary"]) => change("canary.weight", name, service(name)),
+        ("DELETE", ["services", name, "canary"]) => change("canary.abort", name, service(name)),
+        ("POST", ["services", name, "canary", "promote"]) => {
+            change("canary.promote", name, service(name))
+        }
+        ("PUT", ["external", name]) => change("external.register", name, Action::Administer),
+        ("DELETE", ["external", name]) => change("external.remove", name, Action::Administer),
+        ("POST", ["events", "dead", subscriber, event, "replay"]) => change(
+            "events.replay",
+            &format!("{subscriber}/{event}"),
+            Action::Administer,
+        ),
+        ("DELETE", ["events", "dead", subscriber, event]) => change(
+            "events.drop",
+            &format!("{subscriber}/{event}"),
+            Action::Administer,
+        ),
+        ("POST", ["tokens"]) => Classified {
+            action: Action::Administer,
+            audited: Some("token.create"),
+            target: None,
+        },
+        ("DELETE", ["tokens", id]) => change("token.revoke", id, Action::Administer),
+        _ => Classified {
+            action: Action::Administer,
+            audited: Some("unknown"),
+            target: Some(path.chars().take(128).collect()),
+        },
+    }
+}
+
+/// Middleware: authenticate the token, check its grant, run the request, and audit.
+pub async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let path = path.strip_prefix("/v1").unwrap_or(path).to_owned();
+    let classified = classify(request.method(), &path, request.uri().query());
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if state.token.matches(token.trim()) => next.run(request).await,
-        Some(_) => unauthorized("the admin token is wrong"),
-        None => unauthorized("missing `Authorization: Bearer <token>` header"),
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let refused = |token_id: Option<String>, status: StatusCode, reason: String| {
+        let entry = entry(
+            &classified,
+            token_id,
+            Outcome::Refused,
+            status,
+            None,
+            Some(reason.clone()),
+        );
+        (entry, ApiError::new(status, reason))
+    };
+    let identity = match presented {
+        None => Err(refused(
+            None,
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>` header".into(),
+        )),
+        Some(secret) => match state.tokens.authenticate(secret) {
+            None => Err(refused(
+                None,
+                StatusCode::UNAUTHORIZED,
+                "the admin token is unknown or revoked".into(),
+            )),
+            Some((id, grant)) => match grant.permits(&classified.action) {
+                Err(reason) => Err(refused(Some(id), StatusCode::FORBIDDEN, reason)),
+                Ok(()) => Ok(id),
+            },
+        },
+    };
+    let token_id = match identity {
+        Ok(id) => id,
+        Err((entry, error)) => {
+            state.record(entry).await;
+            let status = error.status;
+            let mut response = error.into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            return response;
+        }
+    };
+    let Some(_) = classified.audited else {
+        return next.run(request).await;
+    };
+    let response = next.run(request).await;
+    // Read the (small) answer back for its digest or error, then pass it on.
+    let (parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, AUDITED_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(_) => axum::body::Bytes::new(),
+    };
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let status = parts.status;
+    let outcome = if status.is_success() {
+        Outcome::Ok
+    } else if status.is_server_error() {
+        Outcome::Failed
+    } else {
+        Outcome::Refused
+    };
+    let mut classified = classified;
+    if classified.target.is_none() {
+        // A new token's id is known only from the answer.
+        classified.target = json["id"].as_str().map(str::to_owned);
+    }
+    let digest = json["digest"].as_str().map(str::to_owned);
+    let reason = json["error"]
+        .as_str()
+        .map(|e| e.chars().take(512).collect());
+    let record = entry(&classified, Some(token_id), outcome, status, digest, reason);
+    state.record(record).await;
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+fn entry(
+    classified: &Classified,
+    token_id: Option<String>,
+    outcome: Outcome,
+    status: StatusCode,
+    digest: Option<String>,
+    reason: Option<String>,
+) -> Entry {
+    Entry {
+        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        token_id,
+        action: classified.audited.unwrap_or("read").to_owned(),
+        target: classified.target.clone(),
+        outcome,
+        status: status.as_u16(),
+        digest,
+        reason,
+        refused_not_logged: None,
     }
 }
 
-fn unauthorized(message: &str) -> Response {
-    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
-    response
+impl AdminState {
+    /// Append `entry` to the audit log (flushed to disk) before the answer goes out.
+    async fn record(&self, entry: Entry) {
+        let audit = self.audit.clone();
+        let written = tokio::task::spawn_blocking(move || audit.append(entry)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(error = %format!("{error:#}"), "writing the audit log failed")
+            }
+            Err(error) => tracing::error!(%error, "the audit log task failed"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -107,11 +267,38 @@ mod tests {
     }
 
     #[test]
-    fn comparison() {
-        let token = AdminToken::new("secret".into());
-        assert!(token.matches("secret"));
-        assert!(!token.matches("secreT"));
-        assert!(!token.matches("secret2"));
-        assert!(!token.matches(""));
+    fn requests_are_classified() {
+        let c = |m: &str, p: &str, q: Option<&str>| {
+            classify(&Method::from_bytes(m.as_bytes()).expect("method"), p, q)
+        };
+        assert_eq!(c("GET", "/services", None).action, Action::Read);
+        assert_eq!(c("GET", "/services", None).audited, None);
+        assert_eq!(c("GET", "/audit", None).action, Action::Administer);
+        assert_eq!(c("GET", "/tokens", None).action, Action::Administer);
+        let deploy = c("PUT", "/services/shop-a", None);
+        assert_eq!(deploy.action, Action::ChangeService("shop-a".into()));
+        assert_eq!(deploy.audited, Some("deploy"));
+        assert_eq!(
+            c("PUT", "/services/a", Some("canary=10")).audited,
+            Some("canary.deploy")
+        );
+        assert_eq!(c("DELETE", "/services/a", None).audited, Some("remove"));
+        assert_eq!(c("PUT", "/services/a/scale", None).audited, Some("scale"));
+        assert_eq!(
+            c("POST", "/services/a/rollback", None).audited,
+            Some("rollback")
+        );
+        assert_eq!(
+            c("POST", "/services/a/canary/promote", None).audited,
+            Some("canary.promote")
+        );
+        assert_eq!(c("PUT", "/external/db", None).action, Action::Administer);
+        assert_eq!(c("POST", "/tokens", None).audited, Some("token.create"));
+        let revoke = c("DELETE", "/tokens/tok_1", None);
+        assert_eq!(
+            (revoke.audited, revoke.target.as_deref()),
+            (Some("token.revoke"), Some("tok_1"))
+        );
+        assert_eq!(c("PATCH", "/services/a", None).action, Action::Administer);
     }
 }

@@ -21,10 +21,17 @@
 //! | GET    | `/v1/events`          | deliveries waiting, and the dead letters      |
 //! | POST   | `/v1/events/dead/{subscriber}/{event_id}/replay` | deliver a dead letter again |
 //! | DELETE | `/v1/events/dead/{subscriber}/{event_id}` | drop a dead letter          |
+//! | POST   | `/v1/tokens`          | `{"name", "scope", "services"}` → 201 `{"id", "token", …}` (shown once) |
+//! | GET    | `/v1/tokens`          | every token, without secrets                 |
+//! | DELETE | `/v1/tokens/{id}`     | revoke a token                               |
+//! | GET    | `/v1/audit?limit=N`   | the audit log's last N entries, oldest first |
 //!
-//! Every `/v1` call needs `Authorization: Bearer <token>`. Until the host is ready,
-//! calls that change something answer 503 with `Retry-After`.
+//! Every `/v1` call needs `Authorization: Bearer <token>`: the operator's token, or a
+//! scoped one (`read`, `deploy` limited to service patterns, `admin`); see
+//! [`auth`]. Until the host is ready, calls that change something answer 503 with
+//! `Retry-After`.
 
+mod access;
 mod auth;
 mod error;
 mod events;
@@ -33,7 +40,7 @@ mod services;
 #[cfg(test)]
 mod tests;
 
-pub use auth::{AdminToken, TOKEN_FILE, load_or_create_token};
+pub use auth::{TOKEN_FILE, classify, load_or_create_token};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -50,8 +57,10 @@ pub struct AdminState {
     pub services: Arc<Services>,
     /// External services registered by operators.
     pub external: Arc<ExternalServices>,
-    /// The token every `/v1` call must present.
-    pub token: Arc<AdminToken>,
+    /// The tokens a `/v1` call may present.
+    pub tokens: Arc<crate::access::tokens::TokenStore>,
+    /// Where changes and refused attempts are recorded.
+    pub audit: Arc<crate::access::audit::AuditLog>,
     /// Largest accepted upload, in bytes.
     pub max_upload_bytes: usize,
 }
@@ -155,6 +164,14 @@ pub fn router(state: AdminState) -> Router {
         .route("/discovery/{name}", get(external::discover))
         .route("/events", get(events::show))
         .route(
+            "/tokens",
+            get(access::list)
+                .post(access::create)
+                .layer(DefaultBodyLimit::max(64 * 1024)),
+        )
+        .route("/tokens/{id}", axum::routing::delete(access::revoke))
+        .route("/audit", get(access::audit))
+        .route(
             "/events/dead/{subscriber}/{event_id}",
             axum::routing::delete(events::drop_dead),
         )
@@ -169,7 +186,7 @@ pub fn router(state: AdminState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            auth::require_token,
+            auth::authorize,
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt as _;
 
-use super::{AdminState, AdminToken, router};
+use super::{AdminState, router};
 use crate::caller::Caller;
 use crate::platform::Platform;
 use crate::registry::Registry;
@@ -95,7 +95,10 @@ fn admin_with(restored: bool) -> Admin {
     let app = router(AdminState {
         services: services.clone(),
         external,
-        token: Arc::new(AdminToken::new(TOKEN.into())),
+        tokens: Arc::new(
+            crate::access::tokens::TokenStore::open(dir.path(), TOKEN).expect("tokens"),
+        ),
+        audit: Arc::new(crate::access::audit::AuditLog::open(dir.path()).expect("audit")),
         max_upload_bytes: MAX_UPLOAD,
     });
     Admin {

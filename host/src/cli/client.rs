@@ -435,6 +435,104 @@ fn default_data_dir() -> PathBuf {
         .join("shoal")
 }
 
+/// Create a scoped token and print its secret (shown this once).
+pub async fn token_create(
+    args: &AdminArgs,
+    name: &str,
+    scope: &str,
+    services: &[String],
+) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let body = serde_json::json!({ "name": name, "scope": scope, "services": services });
+    let (_, json) = client
+        .send(
+            Method::POST,
+            "/v1/tokens",
+            Some("application/json"),
+            json_body(&body),
+        )
+        .await?;
+    println!("id:    {}", json["id"].as_str().unwrap_or(""));
+    println!("token: {}", json["token"].as_str().unwrap_or(""));
+    println!("(the token is shown only now: keep it)");
+    Ok(())
+}
+
+/// List tokens (never their secrets).
+pub async fn token_list(args: &AdminArgs) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let (_, json) = client
+        .send(Method::GET, "/v1/tokens", None, empty())
+        .await?;
+    println!(
+        "{:<22} {:<20} {:<7} {:<24} CREATED",
+        "ID", "NAME", "SCOPE", "SERVICES"
+    );
+    for token in json["tokens"].as_array().into_iter().flatten() {
+        let services: Vec<&str> = token["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str())
+            .collect();
+        println!(
+            "{:<22} {:<20} {:<7} {:<24} {}",
+            token["id"].as_str().unwrap_or(""),
+            token["name"].as_str().unwrap_or(""),
+            token["scope"].as_str().unwrap_or(""),
+            if services.is_empty() {
+                "*".to_owned()
+            } else {
+                services.join(",")
+            },
+            token["created_at"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// Revoke a token.
+pub async fn token_revoke(args: &AdminArgs, id: &str) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    client
+        .send(Method::DELETE, &format!("/v1/tokens/{id}"), None, empty())
+        .await?;
+    println!("revoked {id}");
+    Ok(())
+}
+
+/// Print the audit log's last `limit` entries, oldest first.
+pub async fn audit(args: &AdminArgs, limit: usize) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let (_, json) = client
+        .send(
+            Method::GET,
+            &format!("/v1/audit?limit={limit}"),
+            None,
+            empty(),
+        )
+        .await?;
+    for entry in json["entries"].as_array().into_iter().flatten() {
+        let mut line = format!(
+            "{} {:<22} {:<16} {:<20} {:<8} {}",
+            entry["at"].as_str().unwrap_or(""),
+            entry["token_id"].as_str().unwrap_or("-"),
+            entry["action"].as_str().unwrap_or(""),
+            entry["target"].as_str().unwrap_or("-"),
+            entry["outcome"].as_str().unwrap_or(""),
+            entry["status"]
+        );
+        if let Some(digest) = entry["digest"].as_str() {
+            line.push_str(&format!(" sha256:{}", &digest[..digest.len().min(12)]));
+        }
+        if let Some(reason) = entry["reason"].as_str() {
+            line.push_str(&format!(" ({reason})"));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,10 +130,54 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Scoped admin tokens: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// The audit log: every change and every refused attempt, oldest first.
+    Audit {
+        /// Entries to show (the most recent).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Remove a service from a running host.
     Rm {
         /// Service name.
         name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// What to do with tokens.
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// A name for it (letters, digits, `-`, `_`, `.`).
+        name: String,
+        /// What it may do.
+        #[arg(long, value_parser = ["read", "deploy", "admin"])]
+        scope: String,
+        /// With `--scope deploy`: services it may change (glob patterns, repeatable;
+        /// default all).
+        #[arg(long = "service")]
+        services: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List tokens (never their secrets).
+    Ls {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// The token's id (`tok_…`).
+        id: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -203,6 +247,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             no_pooling,
         } => bench::instantiate(&component, iterations, !no_pooling).await,
         Command::Rm { name, admin } => client::remove(&admin, &name).await,
+        Command::Token { action } => match action {
+            TokenAction::Create {
+                name,
+                scope,
+                services,
+                admin,
+            } => client::token_create(&admin, &name, &scope, &services).await,
+            TokenAction::Ls { admin } => client::token_list(&admin).await,
+            TokenAction::Revoke { id, admin } => client::token_revoke(&admin, &id).await,
+        },
+        Command::Audit { limit, admin } => client::audit(&admin, limit).await,
         Command::Events {
             action,
             subscriber,

@@ -1,0 +1,279 @@
+//! Scoped admin tokens and the audit log: `read`, `deploy` (limited to service
+//! patterns) and `admin` tokens, stored hashed, created, listed and revoked over the
+//! API and the CLI; every change and every refused attempt in the audit log, which
+//! survives `kill -9`.
+
+use shoal_tests::{Host, TOKEN, guest, shoal_cli, temp_root};
+
+fn create(host: &Host, body: &str) -> (String, String) {
+    let reply = host.admin_json("POST", "/v1/tokens", body);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let json = reply.json();
+    (
+        json["id"].as_str().expect("id").to_owned(),
+        json["token"].as_str().expect("token").to_owned(),
+    )
+}
+
+#[test]
+fn scoped_tokens_do_what_their_scope_allows_and_nothing_else() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let hello = guest("hello");
+    let (_, read) = create(&host, r#"{"name": "dashboard", "scope": "read"}"#);
+    let (deploy_id, deploy) = create(
+        &host,
+        r#"{"name": "ci", "scope": "deploy", "services": ["shop-*"]}"#,
+    );
+    let (_, admin) = create(&host, r#"{"name": "ops", "scope": "admin"}"#);
+
+    // Listed without secrets.
+    let listed = host.admin("GET", "/v1/tokens");
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json()["tokens"].as_array().expect("tokens").len(), 3);
+    assert!(!listed.body.contains(&deploy) && !listed.body.contains("hash"));
+    assert!(listed.body.contains("shop-*"));
+    let on_disk = std::fs::read_to_string(root.path().join("data/tokens.json")).expect("file");
+    assert!(!on_disk.contains(&deploy), "stored hashed only");
+
+    // read: reads, nothing else.
+    assert_eq!(
+        host.admin_with_token("GET", "/v1/services", Some(&read))
+            .status,
+        200
+    );
+    let refused = host.deploy_with_token("shop-a", &hello, &read);
+    assert_eq!(refused.status, 403);
+    assert!(refused.body.contains("read"), "{}", refused.body);
+    assert_eq!(
+        host.admin_with_token("GET", "/v1/audit", Some(&read))
+            .status,
+        403
+    );
+
+    // deploy: the services its patterns match, nothing else.
+    assert_eq!(
+        host.deploy_with_token("shop-a", &hello, &deploy).status,
+        201
+    );
+    let refused = host.deploy_with_token("billing", &hello, &deploy);
+    assert_eq!(refused.status, 403);
+    assert!(refused.body.contains("shop-*"), "{}", refused.body);
+    let scale = r#"{"max_concurrency": 4}"#;
+    let reply = host.admin_json_with_token("PUT", "/v1/services/shop-a/scale", scale, &deploy);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = host.admin_json_with_token(
+        "POST",
+        "/v1/tokens",
+        r#"{"name": "x", "scope": "admin"}"#,
+        &deploy,
+    );
+    assert_eq!(reply.status, 403, "no token management");
+    assert_eq!(
+        host.admin_with_token("DELETE", "/v1/external/db", Some(&deploy))
+            .status,
+        403
+    );
+
+    // admin: everything.
+    assert_eq!(
+        host.admin_with_token("GET", "/v1/audit", Some(&admin))
+            .status,
+        200
+    );
+    assert_eq!(
+        host.deploy_with_token("billing", &hello, &admin).status,
+        201
+    );
+
+    // Revoked and unknown tokens are 401.
+    assert_eq!(
+        host.admin("DELETE", &format!("/v1/tokens/{deploy_id}"))
+            .status,
+        204
+    );
+    assert_eq!(
+        host.deploy_with_token("shop-b", &hello, &deploy).status,
+        401
+    );
+    assert_eq!(
+        host.admin_with_token("GET", "/v1/services", Some("shoal_made_up"))
+            .status,
+        401
+    );
+    assert_eq!(
+        host.admin("DELETE", &format!("/v1/tokens/{deploy_id}"))
+            .status,
+        404
+    );
+    // The operator's token stays an admin token.
+    assert_eq!(
+        host.admin_with_token("GET", "/v1/tokens", Some(TOKEN))
+            .status,
+        200
+    );
+}
+
+#[test]
+fn bad_token_requests_get_clear_errors() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    for (body, expect) in [
+        (r#"{"name": "x", "scope": "root"}"#, "scope"),
+        (r#"{"name": "", "scope": "read"}"#, "token name"),
+        (r#"{"name": "a b", "scope": "read"}"#, "token name"),
+        (
+            r#"{"name": "r", "scope": "read", "services": ["a*"]}"#,
+            "deploy",
+        ),
+        (
+            r#"{"name": "d", "scope": "deploy", "services": ["a/b"]}"#,
+            "pattern",
+        ),
+        (
+            r#"{"name": "x", "scope": "read", "extra": 1}"#,
+            "unknown field",
+        ),
+        ("not json", "expected"),
+    ] {
+        let reply = host.admin_json("POST", "/v1/tokens", body);
+        assert_eq!(reply.status, 400, "{body}: {}", reply.body);
+        assert!(reply.body.contains(expect), "{body}: {}", reply.body);
+    }
+    let huge = format!(r#"{{"name": "{}", "scope": "read"}}"#, "x".repeat(100_000));
+    assert_eq!(host.admin_json("POST", "/v1/tokens", &huge).status, 413);
+    assert_eq!(
+        host.admin("GET", "/v1/tokens").json()["tokens"],
+        serde_json::json!([])
+    );
+    assert_eq!(host.admin("DELETE", "/v1/tokens/tok_nope").status, 404);
+}
+
+#[test]
+fn every_change_and_refusal_is_audited_and_survives_kill_9() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    let hello = guest("hello");
+    let (read_id, read) = create(&host, r#"{"name": "viewer", "scope": "read"}"#);
+    assert_eq!(host.deploy("hello", &hello).status, 201);
+    assert_eq!(host.deploy_with_token("hello", &hello, &read).status, 403);
+    assert_eq!(
+        host.admin_with_token("GET", "/v1/services", Some("wrong"))
+            .status,
+        401
+    );
+    assert_eq!(host.deploy("bad", b"not wasm").status, 400);
+    assert_eq!(host.admin("DELETE", "/v1/services/hello").status, 204);
+    // Reads with a good token are not audited.
+    assert_eq!(host.admin("GET", "/v1/services").status, 200);
+    host.crash();
+
+    let host = Host::start(root.path(), &[]);
+    let entries = host.admin("GET", "/v1/audit").json()["entries"]
+        .as_array()
+        .cloned()
+        .expect("entries");
+    let summary: Vec<(String, String, String, u64)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or("").to_owned(),
+                e["target"].as_str().unwrap_or("-").to_owned(),
+                e["outcome"].as_str().unwrap_or("").to_owned(),
+                e["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let expected = [
+        ("token.create", read_id.as_str(), "ok", 201),
+        ("deploy", "hello", "ok", 201),
+        ("deploy", "hello", "refused", 403),
+        ("read", "-", "refused", 401),
+        ("deploy", "bad", "refused", 400),
+        ("remove", "hello", "ok", 204),
+    ];
+    let expected: Vec<(String, String, String, u64)> = expected
+        .iter()
+        .map(|(a, t, o, s)| (a.to_string(), t.to_string(), o.to_string(), *s))
+        .collect();
+    assert_eq!(summary, expected, "oldest first, across kill -9");
+    assert_eq!(entries[1]["token_id"], "operator");
+    let digest = entries[1]["digest"].as_str().expect("digest");
+    assert_eq!(digest.len(), 64);
+    assert_eq!(entries[2]["token_id"], read_id.as_str());
+    assert!(entries[2]["reason"].as_str().unwrap_or("").contains("read"));
+    assert!(entries[3]["token_id"].is_null());
+    assert!(
+        entries[4]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not WebAssembly")
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["at"].as_str().is_some_and(|at| at.ends_with('Z')))
+    );
+
+    // The CLI reads it too.
+    let env = [
+        ("SHOAL_ADMIN_URL", host.admin.as_str()),
+        ("SHOAL_ADMIN_TOKEN", TOKEN),
+    ];
+    let (ok, out, err) = shoal_cli(&["audit"], &env);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("deploy") && out.contains("refused") && out.contains("sha256:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_cli_manages_tokens() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let env = [
+        ("SHOAL_ADMIN_URL", host.admin.as_str()),
+        ("SHOAL_ADMIN_TOKEN", TOKEN),
+    ];
+    let (ok, out, err) = shoal_cli(
+        &[
+            "token",
+            "create",
+            "ci",
+            "--scope",
+            "deploy",
+            "--service",
+            "shop-*",
+        ],
+        &env,
+    );
+    assert!(ok, "{err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .expect(name)
+    };
+    let (id, secret) = (field("id:"), field("token:"));
+    assert!(secret.starts_with("shoal_"));
+    assert_eq!(
+        host.deploy_with_token("shop-x", &guest("hello"), &secret)
+            .status,
+        201
+    );
+    let (ok, out, _) = shoal_cli(&["token", "ls"], &env);
+    assert!(
+        ok && out.contains(&id) && out.contains("shop-*") && !out.contains(&secret),
+        "{out}"
+    );
+    let (ok, _, err) = shoal_cli(&["token", "revoke", &id], &env);
+    assert!(ok, "{err}");
+    assert_eq!(
+        host.deploy_with_token("shop-x", &guest("hello"), &secret)
+            .status,
+        401
+    );
+    let (ok, _, err) = shoal_cli(&["token", "create", "x", "--scope", "root"], &env);
+    assert!(!ok && err.contains("root"), "{err}");
+}
