@@ -153,7 +153,7 @@ pub async fn authorize(State(state): State<AdminState>, request: Request, next: 
             None => Err(refused(
                 None,
                 StatusCode::UNAUTHORIZED,
-                "the admin token is unknown or revoked".into(),
+                "the admin token is wrong: unknown or revoked".into(),
             )),
             Some((id, grant)) => match grant.permits(&classified.action) {
                 Err(reason) => Err(refused(Some(id), StatusCode::FORBIDDEN, reason)),
@@ -180,13 +180,26 @@ pub async fn authorize(State(state): State<AdminState>, request: Request, next: 
         return next.run(request).await;
     };
     let response = next.run(request).await;
-    // Read the (small) answer back for its digest or error, then pass it on.
+    // Read a small answer back for its digest or error, then pass it on; a larger
+    // one (or one of unknown size) passes untouched and is audited by status.
     let (parts, body) = response.into_parts();
-    let bytes = match axum::body::to_bytes(body, AUDITED_BODY_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => axum::body::Bytes::new(),
+    let small = axum::body::HttpBody::size_hint(&body)
+        .upper()
+        .is_some_and(|size| size <= AUDITED_BODY_BYTES as u64);
+    let (body, json) = if small {
+        match axum::body::to_bytes(body, AUDITED_BODY_BYTES).await {
+            Ok(bytes) => {
+                let json = serde_json::from_slice(&bytes).unwrap_or_default();
+                (Body::from(bytes), json)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading an audited answer failed");
+                (Body::empty(), serde_json::Value::Null)
+            }
+        }
+    } else {
+        (body, serde_json::Value::Null)
     };
-    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let status = parts.status;
     let outcome = if status.is_success() {
         Outcome::Ok
@@ -206,7 +219,7 @@ pub async fn authorize(State(state): State<AdminState>, request: Request, next: 
         .map(|e| e.chars().take(512).collect());
     let record = entry(&classified, Some(token_id), outcome, status, digest, reason);
     state.record(record).await;
-    Response::from_parts(parts, Body::from(bytes))
+    Response::from_parts(parts, body)
 }
 
 fn entry(
