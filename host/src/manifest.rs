@@ -26,6 +26,9 @@
 //! load_balancing = "round-robin" # or "power-of-two-choices" (default)
 //! breaker = { consecutive_failures = 5, cool_down_ms = 5000 }
 //!
+//! [inbound]
+//! allowed_callers = ["orders", "shop-*"]  # services that may call this one (default: any)
+//!
 //! [[subscriptions]]              # events of a topic, POSTed to a route of the service
 //! topic = "order.created"
 //! route = "/events/order-created"
@@ -68,6 +71,9 @@ pub struct Manifest {
     /// Topics whose events the service receives, and where.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscriptions: Vec<Subscription>,
+    /// Who may call it.
+    #[serde(default, skip_serializing_if = "Inbound::is_open")]
+    pub inbound: Inbound,
 }
 
 /// A subscription: events of `topic` are delivered as `POST` requests to `route`.
@@ -128,6 +134,25 @@ fn default_unhealthy() -> u32 {
 fn default_healthy() -> u32 {
     1
 }
+
+/// Inbound call settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inbound {
+    /// Services (name patterns) that may call this one through the caller; unset:
+    /// any. Requests from the gateway are not service calls and are not affected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_callers: Option<Vec<String>>,
+}
+
+impl Inbound {
+    fn is_open(&self) -> bool {
+        self.allowed_callers.is_none()
+    }
+}
+
+/// Most caller patterns one manifest may list.
+const MAX_ALLOWED_CALLERS: usize = 64;
 
 /// Outbound call settings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -388,6 +413,19 @@ impl Manifest {
         }
         if health.unhealthy_threshold == 0 || health.healthy_threshold == 0 {
             return Err(field("health", "thresholds must be at least 1"));
+        }
+        if let Some(callers) = &self.inbound.allowed_callers {
+            if callers.len() > MAX_ALLOWED_CALLERS {
+                return Err(field(
+                    "inbound.allowed_callers",
+                    "lists at most 64 service patterns",
+                ));
+            }
+            for (index, pattern) in callers.iter().enumerate() {
+                crate::policy::glob::validate_pattern(pattern).map_err(|reason| {
+                    field(&format!("inbound.allowed_callers[{index}]"), &reason)
+                })?;
+            }
         }
         self.validate_outbound()
     }

@@ -277,3 +277,69 @@ fn the_cli_manages_tokens() {
     let (ok, _, err) = shoal_cli(&["token", "create", "x", "--scope", "root"], &env);
     assert!(!ok && err.contains("root"), "{err}");
 }
+
+#[test]
+fn a_service_is_called_only_by_the_services_its_manifest_allows() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let restricted = "[inbound]\nallowed_callers = [\"orders\", \"shop-*\"]\n";
+    let reply = host.deploy_with_manifest("payment", &guest("hello"), restricted);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    for name in ["orders", "shop-web", "shipping"] {
+        assert_eq!(host.deploy(name, &guest("caller")).status, 201);
+    }
+    assert_eq!(host.deploy("web", &guest("plain_http")).status, 201);
+
+    for allowed in ["orders", "shop-web"] {
+        let reply = host.get(&format!("/{allowed}/call?service=payment&path=/"));
+        assert!(
+            reply.body.starts_with("outcome=ok status=200"),
+            "{allowed}: {}",
+            reply.body
+        );
+    }
+    let denied = host.get("/shipping/call?service=payment&path=/");
+    assert!(
+        denied.body.starts_with("outcome=error kind=denied"),
+        "{}",
+        denied.body
+    );
+    assert!(
+        denied
+            .body
+            .contains("does not accept calls from `shipping`"),
+        "{}",
+        denied.body
+    );
+    // Plain wasi:http to the service takes the same path and is denied too.
+    let plain = host.get("/web/proxy?url=http://payment/");
+    assert!(plain.body.contains("HttpRequestDenied"), "{}", plain.body);
+    // Clients through the gateway are not service calls.
+    assert_eq!(host.get("/payment/").status, 200);
+    // Denied calls are counted, and never reach the target.
+    let metrics = host.admin("GET", "/metrics").body;
+    let line =
+        "shoal_outbound_calls_total{caller=\"shipping\",outcome=\"denied\",target=\"payment\"} 1";
+    assert!(metrics.contains(line), "{line} in\n{metrics}");
+    let served = host.admin("GET", "/v1/services/payment").json()["requests"].as_u64();
+    assert_eq!(served, Some(3), "two allowed calls and one gateway request");
+
+    // A redeploy that opens the service lets everyone in.
+    assert_eq!(
+        host.deploy_with_manifest("payment", &guest("hello"), "")
+            .status,
+        200
+    );
+    let reply = host.get("/shipping/call?service=payment&path=/");
+    assert!(reply.body.starts_with("outcome=ok"), "{}", reply.body);
+
+    // Bad patterns name the field.
+    let bad = "[inbound]\nallowed_callers = [\"a/b\"]\n";
+    let reply = host.deploy_with_manifest("vault", &guest("hello"), bad);
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.body.contains("inbound.allowed_callers[0]"),
+        "{}",
+        reply.body
+    );
+}

@@ -340,6 +340,14 @@ impl Caller {
             self.record(cx, UNREGISTERED, started, failure.kind());
             return Err(failure);
         };
+        // The target's inbound policy: refused before anything is sent.
+        if let Some(reason) = discovered.iter().find_map(|instance| {
+            crate::policy::inbound::permits(&cx.caller, target, &instance.tags).err()
+        }) {
+            let failure = CallError::Denied(reason);
+            self.record(cx, target, started, failure.kind());
+            return Err(failure);
+        }
         let span = telemetry
             .tracing
             .start_with(SpanKind::Client, &cx.trace.current(), || {

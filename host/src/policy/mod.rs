@@ -4,6 +4,8 @@
 pub mod balancer;
 pub mod breaker;
 pub mod error_rate;
+pub mod glob;
+pub mod inbound;
 pub mod rate;
 pub mod retry;
 

@@ -168,7 +168,14 @@ impl Services {
             service: deployment.record.name.clone(),
             endpoint: Endpoint::Local,
             version: deployment.record.version.clone(),
-            tags: Vec::new(),
+            tags: crate::policy::inbound::tags(
+                deployment
+                    .record
+                    .manifest
+                    .inbound
+                    .allowed_callers
+                    .as_deref(),
+            ),
             health: deployment.context.health.lock().effective(),
         };
         if let Err(error) = self.platform.registry.register(instance, LOCAL_LEASE).await {
