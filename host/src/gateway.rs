@@ -278,4 +278,63 @@ mod tests {
         let (parts, ()) = bad.into_parts();
         assert!(authority_of(&parts).is_err());
     }
+
+    /// Property test: whatever headers a client sends, the host's own headers never
+    /// get through from an untrusted peer, and the deadline is never extended.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn header() -> impl Strategy<Value = (String, Vec<u8>)> {
+            let name = prop_oneof![
+                Just("x-shoal-caller".to_owned()),
+                Just("x-shoal-deadline-ms".to_owned()),
+                Just("x-shoal-event-id".to_owned()),
+                Just("x-forwarded-for".to_owned()),
+                Just("x-forwarded-prefix".to_owned()),
+                Just("host".to_owned()),
+                "x-shoal-[a-z-]{1,12}",
+                "[a-z][a-z0-9-]{0,20}",
+            ];
+            (name, prop::collection::vec(0x20u8..0x7f, 0..64))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn untrusted_clients_never_pass_internal_headers(
+                headers in prop::collection::vec(header(), 0..12),
+                trusted in any::<bool>(),
+            ) {
+                let mut map = HeaderMap::new();
+                for (name, value) in &headers {
+                    if let (Ok(name), Ok(value)) = (
+                        http::HeaderName::from_bytes(name.as_bytes()),
+                        http::HeaderValue::from_bytes(value),
+                    ) {
+                        map.append(name, value);
+                    }
+                }
+                let peer: SocketAddr = "192.0.2.7:4000".parse().expect("addr");
+                let peers = if trusted {
+                    TrustedPeers::new(vec!["192.0.2.7/32".parse().expect("net")])
+                } else {
+                    TrustedPeers::new(Vec::new())
+                };
+                let deadline = sanitize_headers(&mut map, &peers, peer);
+                prop_assert!(map.get(&CALLER).is_none(), "only the host names the caller");
+                if !trusted {
+                    prop_assert!(
+                        map.keys().all(|name| !name.as_str().starts_with(INTERNAL_PREFIX)),
+                        "{map:?}"
+                    );
+                }
+                prop_assert!(deadline.remaining() <= Deadline::longest().remaining());
+                let mut parts = http::Request::new(()).into_parts().0;
+                parts.headers = map;
+                let _ = authority_of(&parts);
+            }
+        }
+    }
 }

@@ -628,4 +628,73 @@ mod tests {
         assert!(Manifest::parse("version = \"1 0\"", 256).is_err());
         assert!(Manifest::parse("version = \"1.0.0-rc.1+b7\"", 256).is_ok());
     }
+
+    /// Property tests: whatever the text, parsing answers a manifest or an error,
+    /// never a panic; a manifest it accepts survives a round trip unchanged.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A TOML value of the kinds manifests use, including the extremes.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                (0u64..100_000).prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| format!("{f:?}")),
+                any::<bool>().prop_map(|b| b.to_string()),
+                "[ -~]{0,40}".prop_map(|s| format!("{s:?}")),
+                prop::collection::vec("[a-z*?/.-]{0,12}", 0..4)
+                    .prop_map(|items| format!("{items:?}")),
+                Just("{ consecutive_failures = 0 }".to_owned()),
+            ]
+        }
+
+        /// A manifest-shaped document: known sections and keys, random values.
+        fn document() -> impl Strategy<Value = String> {
+            let keys = prop::sample::select(vec![
+                "version",
+                "route",
+                "limits.memory_mb",
+                "limits.timeout_ms",
+                "limits.max_concurrency",
+                "limits.queue",
+                "limits.store_mb",
+                "limits.instance_reuse",
+                "limits.table_elements",
+                "config.greeting",
+                "outbound.allowed_hosts",
+                "outbound.targets.inventory.max_attempts",
+                "outbound.targets.inventory.deadline_ms",
+                "outbound.targets.inventory.breaker",
+                "inbound.allowed_callers",
+                "health.interval_ms",
+                "health.timeout_ms",
+                "unknown_key",
+            ]);
+            prop::collection::vec((keys, value()), 0..8).prop_map(|pairs| {
+                pairs
+                    .into_iter()
+                    .map(|(key, value)| format!("{key} = {value}\n"))
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+                let _ = Manifest::parse(&text, 128);
+            }
+
+            #[test]
+            fn accepted_manifests_round_trip(text in document()) {
+                if let Ok(manifest) = Manifest::parse(&text, 128) {
+                    let again = toml::to_string(&manifest).expect("serializes");
+                    let reparsed = Manifest::parse(&again, 128).expect("still valid");
+                    prop_assert_eq!(reparsed, manifest);
+                }
+            }
+        }
+    }
 }

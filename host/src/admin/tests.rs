@@ -360,3 +360,98 @@ async fn a_service_that_cannot_be_restored_is_listed_as_failed_and_conflicts_are
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// Property test: whatever body a client sends to an endpoint that reads one, the
+/// answer is a client error (or success), never a server error or a panic.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use serde_json::Value;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "\\PC{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop::sample::select(vec![
+                        "max_concurrency",
+                        "queue",
+                        "weight",
+                        "version",
+                        "endpoints",
+                        "health_check",
+                        "name",
+                        "scope",
+                        "services",
+                        "path",
+                        "x",
+                    ])
+                    .prop_map(str::to_owned),
+                    inner,
+                    0..5,
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            json_value().prop_map(|v| v.to_string().into_bytes()),
+            prop::collection::vec(any::<u8>(), 0..300),
+            "\\PC{0,200}".prop_map(String::into_bytes),
+        ]
+    }
+
+    #[test]
+    fn random_bodies_are_client_errors_never_server_errors() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let admin = runtime.block_on(async { admin() });
+        let endpoints = prop::sample::select(vec![
+            ("PUT", "/v1/services/hello/scale", "application/json"),
+            ("PUT", "/v1/services/hello/canary", "application/json"),
+            ("POST", "/v1/services/hello/rollback", "application/json"),
+            ("PUT", "/v1/external/db", "application/json"),
+            ("POST", "/v1/tokens", "application/json"),
+            (
+                "PUT",
+                "/v1/services/fresh",
+                "multipart/form-data; boundary=XyZ",
+            ),
+            ("PUT", "/v1/services/fresh", "application/wasm"),
+            ("PUT", "/v1/services/fresh", "text/plain"),
+        ]);
+        let mut runner = TestRunner::new(Config::with_cases(400));
+        runner
+            .run(
+                &(endpoints, body()),
+                |((method, path, content_type), body)| {
+                    let request = Request::builder()
+                        .method(method)
+                        .uri(path)
+                        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                        .header(header::CONTENT_TYPE, content_type)
+                        .body(Body::from(body))
+                        .expect("request");
+                    let (status, text) = runtime.block_on(admin.oneshot(request));
+                    prop_assert!(
+                        !status.is_server_error(),
+                        "{method} {path} ({content_type}) answered {status}: {text}"
+                    );
+                    Ok(())
+                },
+            )
+            .expect("no body makes the admin API fail");
+    }
+}
