@@ -181,7 +181,7 @@ LAYERS = [
     ("capabilities", ["bindings.rs", "capabilities/"]),
     ("runtime", ["runtime/"]),
     ("services", ["services/"]),
-    ("edges", ["listener.rs", "gateway.rs", "admin/"]),
+    ("edges", ["listener.rs", "tls.rs", "gateway.rs", "admin/"]),
     ("wiring", ["config.rs", "server.rs", "cli/"]),
 ]
 

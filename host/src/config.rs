@@ -22,6 +22,24 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
 
+    /// PEM certificate chain of the gateway: it then speaks HTTPS only. Reloaded when
+    /// the file changes.
+    #[arg(long, env = "SHOAL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of the gateway's certificate.
+    #[arg(long, env = "SHOAL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// PEM certificate chain of the admin API: it then speaks HTTPS only. Reloaded
+    /// when the file changes.
+    #[arg(long, env = "SHOAL_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of the admin API's certificate.
+    #[arg(long, env = "SHOAL_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<std::path::PathBuf>,
+
     /// Token the admin API requires. When unset, one is generated into the data
     /// directory on first start and printed once.
     #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]

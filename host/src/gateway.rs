@@ -52,6 +52,7 @@ const FORWARDING_HEADERS: [&str; 7] = [
 pub async fn serve(
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     services: Arc<Services>,
     trusted: TrustedPeers,
     shutdown: impl Future<Output = ()>,
@@ -67,7 +68,16 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(route(&services, &trusted, peer, request).await) }
         })
     };
-    listener::serve("gateway", listener, limits, service_for, shutdown, drain).await;
+    listener::serve(
+        "gateway",
+        listener,
+        limits,
+        tls,
+        service_for,
+        shutdown,
+        drain,
+    )
+    .await;
 }
 
 /// A client error answered by the gateway itself, counted against no service.

@@ -42,3 +42,4 @@ pub mod services;
 pub mod storage;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -8,7 +8,9 @@
 //!   time is closed (slowloris);
 //! - an idle timeout: a keep-alive connection with no request in flight and no
 //!   traffic for that long is closed;
-//! - graceful drain on shutdown.
+//! - graceful drain on shutdown;
+//! - TLS when the listener has certificates: the handshake, too, must finish within
+//!   the header-read timeout.
 
 use http::{Request, Response};
 use hyper::body::{Body as HttpBody, Incoming};
@@ -49,6 +51,7 @@ pub async fn serve<F, S, B>(
     name: &'static str,
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     service_for: F,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -92,21 +95,40 @@ pub async fn serve<F, S, B>(
             inner: service_for(peer),
             activity: activity.clone(),
         };
-        let mut builder = http1::Builder::new();
-        builder
-            .keep_alive(true)
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .max_headers(MAX_HEADERS);
-        let io = TokioIo::new(ActivityIo {
-            inner: stream,
-            activity: activity.clone(),
-        });
-        let connection = graceful.watch(builder.serve_connection(io, service));
-        let idle_timeout = limits.idle_timeout;
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let stream = match tls {
+                None => Stream::Plain(stream),
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => Stream::Tls(Box::new(stream)),
+                        Ok(Err(error)) => {
+                            tracing::debug!(listener = name, %peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = name, %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let mut builder = http1::Builder::new();
+            builder
+                .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .max_headers(MAX_HEADERS);
+            let io = TokioIo::new(ActivityIo {
+                inner: stream,
+                activity: activity.clone(),
+            });
+            let connection = watcher.watch(builder.serve_connection(io, service));
+            let idle_timeout = limits.idle_timeout;
             tokio::select! {
                 outcome = connection => {
                     if let Err(error) = outcome {
@@ -215,9 +237,73 @@ impl Drop for InFlight {
     }
 }
 
-/// A TCP stream that records when it last moved bytes.
+/// A connection's byte stream: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, data),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(stream) => stream.is_write_vectored(),
+            Stream::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection's stream that records when it last moved bytes.
 struct ActivityIo {
-    inner: TcpStream,
+    inner: Stream,
     activity: Arc<Activity>,
 }
 

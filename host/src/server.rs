@@ -43,6 +43,8 @@ pub struct Host {
     admin_limits: ConnectionLimits,
     trusted: TrustedPeers,
     drain: Duration,
+    gateway_tls: Option<tokio_rustls::TlsAcceptor>,
+    admin_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Host {
@@ -60,8 +62,17 @@ impl Host {
 /// Run a host until SIGTERM or SIGINT, then drain and return.
 pub async fn run(config: ServeConfig) -> Result<()> {
     let host = build(config).await?;
-    println!("gateway listening on http://{}", host.gateway_addr()?);
-    println!("admin API listening on http://{}", host.admin_addr()?);
+    let scheme = |tls: bool| if tls { "https" } else { "http" };
+    println!(
+        "gateway listening on {}://{}",
+        scheme(host.gateway_tls.is_some()),
+        host.gateway_addr()?
+    );
+    println!(
+        "admin API listening on {}://{}",
+        scheme(host.admin_tls.is_some()),
+        host.admin_addr()?
+    );
     serve(host, wait_for_signal()).await
 }
 
@@ -172,6 +183,13 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         admin_limits,
         trusted: TrustedPeers::new(config.trusted_proxies.clone()),
         drain: Duration::from_secs(config.drain_secs),
+        gateway_tls: tls_acceptor(config.tls_cert.as_deref(), config.tls_key.as_deref())
+            .context("the gateway's TLS certificate")?,
+        admin_tls: tls_acceptor(
+            config.admin_tls_cert.as_deref(),
+            config.admin_tls_key.as_deref(),
+        )
+        .context("the admin API's TLS certificate")?,
     })
 }
 
@@ -194,6 +212,17 @@ fn admin_token(config: &ServeConfig, storage: &Storage) -> Result<String> {
     }
 }
 
+/// A TLS acceptor for a listener given a certificate and key, or none.
+fn tls_acceptor(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<tokio_rustls::TlsAcceptor>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::CertFiles::open(cert, key)?.acceptor()?)),
+        _ => Ok(None),
+    }
+}
+
 /// Serve the gateway and the admin API until `shutdown` resolves, then stop accepting,
 /// drain in-flight requests (up to the drain time) and return.
 pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Result<()> {
@@ -208,6 +237,8 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         admin_limits,
         trusted,
         drain,
+        gateway_tls,
+        admin_tls,
     } = host;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -216,6 +247,7 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
     let gateway = tokio::spawn(crate::gateway::serve(
         gateway_listener,
         gateway_limits,
+        gateway_tls,
         services.clone(),
         trusted,
         stopped(stop_rx.clone()),
@@ -226,6 +258,7 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         "admin",
         admin_listener,
         admin_limits,
+        admin_tls,
         admin_service,
         stopped(stop_rx.clone()),
         drain,

@@ -18,4 +18,5 @@ mod polyglot;
 mod shop;
 mod store;
 mod telemetry;
+mod tls;
 mod wasi;

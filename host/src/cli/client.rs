@@ -23,7 +23,87 @@ const CHUNK: usize = 64 * 1024;
 struct AdminClient {
     base: String,
     token: String,
-    http: Client<HttpConnector, Body>,
+    transport: Transport,
+}
+
+/// How requests reach the admin API.
+enum Transport {
+    /// `http://`: a pooled client.
+    Plain(Client<HttpConnector, Body>),
+    /// `https://`: a TLS connection per request, verified against these roots.
+    Tls(tokio_rustls::TlsConnector),
+}
+
+/// The roots to verify an admin API's certificate against.
+fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("{} is not PEM certificates", path.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                bail!("{} holds no usable certificate", path.display());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
+/// Send `request` over a new TLS connection to its URI's authority.
+async fn send_tls(
+    connector: &tokio_rustls::TlsConnector,
+    mut request: Request<Body>,
+) -> Result<http::Response<hyper::body::Incoming>> {
+    let authority = request
+        .uri()
+        .authority()
+        .context("the admin URL has no host")?
+        .clone();
+    // One connection per request: the request line carries the path, `Host` the
+    // authority.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .context("invalid admin URL path")?;
+    *request.uri_mut() = path;
+    request.headers_mut().insert(
+        header::HOST,
+        header::HeaderValue::from_str(authority.as_str()).context("invalid admin URL host")?,
+    );
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .with_context(|| format!("cannot reach the admin API at {authority}"))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .with_context(|| format!("`{host}` is not a host name or address"))?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS with the admin API at {authority} failed"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(connection);
+    Ok(sender.send_request(request).await?)
 }
 
 impl AdminClient {
@@ -45,10 +125,16 @@ impl AdminClient {
                     .to_owned()
             }
         };
+        let base = args.url.trim_end_matches('/').to_owned();
+        let transport = if base.starts_with("https://") {
+            Transport::Tls(tls_connector(args.ca_file.as_deref())?)
+        } else {
+            Transport::Plain(Client::builder(TokioExecutor::new()).build_http())
+        };
         Ok(Self {
-            base: args.url.trim_end_matches('/').to_owned(),
+            base,
             token,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            transport,
         })
     }
 
@@ -70,11 +156,13 @@ impl AdminClient {
         let request = request
             .body(body)
             .with_context(|| format!("invalid URL {url}"))?;
-        let response = self
-            .http
-            .request(request)
-            .await
-            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let response = match &self.transport {
+            Transport::Plain(client) => client
+                .request(request)
+                .await
+                .with_context(|| format!("cannot reach the admin API at {}", self.base))?,
+            Transport::Tls(connector) => send_tls(connector, request).await?,
+        };
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         let json = if bytes.is_empty() {

@@ -199,6 +199,10 @@ pub struct AdminArgs {
     /// Data directory of a local host, to read its generated token from.
     #[arg(long, env = "SHOAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// PEM certificates to trust for an `https://` admin API (default: the public
+    /// web's roots).
+    #[arg(long, env = "SHOAL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Run the parsed command.
