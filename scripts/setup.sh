@@ -18,12 +18,15 @@ shoal_setup() {
             rustup component add "$component"
         fi
     done
-    # curl drives the demo; wrk the benchmark (and its smoke run in the tests);
-    # the end-to-end tests scrape the host with a real Prometheus server.
+    # curl drives the demo and the TLS tests; wrk the benchmark (and its smoke run
+    # in the tests); the end-to-end tests scrape the host with a real Prometheus
+    # server.
     local missing=()
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+    # openssl makes the TLS tests' certificates.
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "== apt-get install ${missing[*]}"
         local sudo=""
