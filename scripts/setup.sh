@@ -3,6 +3,16 @@
 # Sourced by demo.sh and test.sh, or run on its own.
 set -euo pipefail
 
+# Install Debian packages (none: do nothing), with sudo unless root.
+apt_install() {
+    [ $# -gt 0 ] || return 0
+    echo "== apt-get install $*"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
+
 shoal_setup() {
     if ! command -v cargo >/dev/null 2>&1; then
         echo "error: cargo not found: install Rust with rustup (https://rustup.rs) first" >&2
@@ -27,13 +37,7 @@ shoal_setup() {
     command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
     # openssl makes the TLS tests' certificates.
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "== apt-get install ${missing[*]}"
-        local sudo=""
-        [ "$(id -u)" -eq 0 ] || sudo="sudo"
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    fi
+    apt_install "${missing[@]}"
 }
 
 # The component tooling of the other guest languages (scripts/polyglot.sh).
@@ -51,13 +55,7 @@ shoal_polyglot_setup() {
     [ -e /usr/lib/wasm32-wasi/libc.a ] || missing+=(wasi-libc)
     [ -e /usr/lib/llvm-16/lib/clang/16/lib/wasi/libclang_rt.builtins-wasm32.a ] ||
         missing+=(libclang-rt-16-dev-wasm32)
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "== apt-get install ${missing[*]}"
-        local sudo=""
-        [ "$(id -u)" -eq 0 ] || sudo="sudo"
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    fi
+    apt_install "${missing[@]}"
 }
 
 # `wit-bindgen` (C bindings) and `wasm-tools` (core module to component), built once

@@ -40,7 +40,7 @@ mod services;
 #[cfg(test)]
 mod tests;
 
-pub use auth::{TOKEN_FILE, classify, load_or_create_token};
+pub use auth::{TOKEN_FILE, load_or_create_token};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

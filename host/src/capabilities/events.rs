@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use super::store::{StoreTransaction, store_error_to_wit};
+use super::store::{StoreTransaction, blocking_store, store_error_to_wit};
 use super::{HostFault, PlatformView, traced_fallible};
 use crate::bindings::events::{self, Host, PublishError};
 use crate::bindings::store::StoreError as WitStoreError;
@@ -110,18 +110,12 @@ impl EventsView<'_> {
         let service = self.service;
         traced_fallible(call, service, async move {
             let id = event.id.clone();
-            let stored = tokio::task::spawn_blocking(move || {
+            let stored = blocking_store(&store, call, move |store| {
                 let mut tx = Transaction::default();
                 tx.publish(event)?;
-                tx.commit(&*store)
+                tx.commit(store)
             })
-            .await
-            .map_err(|error| {
-                wasmtime::Error::new(HostFault {
-                    call,
-                    reason: format!("the store task failed: {error}"),
-                })
-            })?;
+            .await?;
             if stored.is_ok() {
                 platform.published.mark(service);
             }
