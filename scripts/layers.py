@@ -175,7 +175,7 @@ def sccs(edges):
 LAYERS = [
     ("leaves", ["protocol.rs", "deadline.rs", "policy/", "events/", "manifest.rs",
                 "storage.rs", "telemetry/"]),
-    ("backends", ["registry/", "store/", "access/"]),
+    ("backends", ["registry/", "store/", "access/", "secrets/"]),
     ("caller", ["caller/"]),
     ("platform", ["platform.rs"]),
     ("capabilities", ["bindings.rs", "capabilities/"]),

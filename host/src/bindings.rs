@@ -12,6 +12,7 @@ wasmtime::component::bindgen!({
         package shoal:host;
         world host {
             import shoal:platform/config@0.1.0;
+            import shoal:platform/secrets@0.1.0;
             import shoal:platform/log@0.1.0;
             import shoal:platform/registry@0.1.0;
             import shoal:platform/discovery@0.1.0;
@@ -41,6 +42,6 @@ wasmtime::component::bindgen!({
 
 pub use self::exports::shoal::platform::health_check;
 pub use self::shoal::platform::{
-    caller, config, discovery, events, log, metrics, registry, store, tracing,
+    caller, config, discovery, events, log, metrics, registry, secrets, store, tracing,
 };
 pub use self::wasi::keyvalue;

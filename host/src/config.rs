@@ -40,6 +40,16 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
     pub admin_tls_key: Option<std::path::PathBuf>,
 
+    /// Key that seals the secrets set through the admin API (64 hex digits). Created
+    /// on first use; keep it apart from the data directory (default: in it).
+    #[arg(long, env = "SHOAL_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+
+    /// Directory of operator-provided secrets, one file per secret named like it
+    /// (a mounted secret volume); re-read while running.
+    #[arg(long, env = "SHOAL_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+
     /// Token the admin API requires. When unset, one is generated into the data
     /// directory on first start and printed once.
     #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]

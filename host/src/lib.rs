@@ -16,6 +16,8 @@
 //! - [`storage`]: durable state in the data directory; [`manifest`]: deploy manifests.
 //! - [`store`]: each service's own key-value store (embedded SQLite backend).
 //! - [`events`]: the event bus (embedded SQLite queue of deliveries).
+//! - [`access`]: scoped admin tokens and the audit log; [`secrets`]: the operator's
+//!   secrets for services, sealed at rest and masked in everything the host writes.
 //! - [`telemetry`]: Prometheus metrics and OpenTelemetry traces.
 //! - [`server`]: `shoal serve` wiring; [`cli`]: the command line.
 
@@ -37,6 +39,7 @@ pub mod policy;
 pub mod protocol;
 pub mod registry;
 pub mod runtime;
+pub mod secrets;
 pub mod server;
 pub mod services;
 pub mod storage;

@@ -4,6 +4,8 @@
 //! version = "1.2.0"          # shown by `shoal ls`; defaults to the digest prefix
 //! route = "/api/hello"       # gateway path prefix; defaults to "/<name>"
 //!
+//! secrets = ["db-password"]  # operator-provided secrets it reads (shoal:platform/secrets)
+//!
 //! [config]                   # values the service reads through shoal:platform/config
 //! greeting = "Hi"
 //!
@@ -43,6 +45,8 @@ use thiserror::Error;
 
 /// Longest accepted config value, in bytes.
 const MAX_CONFIG_VALUE_BYTES: usize = 64 * 1024;
+/// Secrets one service may name.
+const MAX_SECRETS: usize = 64;
 /// Longest accepted request deadline.
 const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
@@ -56,6 +60,9 @@ pub struct Manifest {
     /// Gateway path prefix that routes to this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// Names of the operator's secrets the service reads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// Configuration values handed to the service.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -313,6 +320,15 @@ impl Manifest {
         if let Some(route) = &self.route {
             validate_route(route).map_err(|reason| field("route", reason))?;
         }
+        if self.secrets.len() > MAX_SECRETS {
+            return Err(field(
+                "secrets",
+                &format!("a service names at most {MAX_SECRETS} secrets"),
+            ));
+        }
+        for name in &self.secrets {
+            validate_secret_name(name).map_err(|reason| field("secrets", &reason))?;
+        }
         for (key, value) in &self.config {
             if key.is_empty() || key.len() > 128 {
                 return Err(field("config", "keys must be 1 to 128 characters"));
@@ -503,6 +519,26 @@ fn field(name: &str, reason: &str) -> ManifestError {
     }
 }
 
+/// Check that `name` is a secret name: 1 to 63 of `a-z`, `0-9` and `-`, starting
+/// with a letter or digit (so it maps one-to-one onto `SHOAL_SECRET_<NAME>`).
+pub fn validate_secret_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid secret name `{}`: use 1 to 63 lower-case letters, digits and `-`, \
+             not starting with `-`",
+            name.chars().take(64).collect::<String>()
+        ))
+    }
+}
+
 /// A route is `/` or `/segment[/segment...]` of URL-safe characters.
 fn validate_route(route: &str) -> Result<(), &'static str> {
     if route == "/" {
@@ -539,6 +575,21 @@ mod tests {
         assert_eq!(manifest.route.as_deref(), Some("/api/hi"));
         assert_eq!(manifest.config["greeting"], "Hi");
         assert_eq!(manifest.limits.memory_mb, Some(16));
+    }
+
+    #[test]
+    fn secrets_are_named_by_valid_names() {
+        let manifest =
+            Manifest::parse("secrets = [\"db-password\", \"api-key\"]", 256).expect("valid");
+        assert_eq!(manifest.secrets, ["db-password", "api-key"]);
+        for bad in ["Upper", "-lead", "", "a_b", "a.b"] {
+            let text = format!("secrets = [\"{bad}\"]");
+            let error = Manifest::parse(&text, 256).expect_err(bad);
+            assert!(error.to_string().contains("secrets"), "{error}");
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("\"s{i}\"")).collect();
+        let text = format!("secrets = [{}]", many.join(","));
+        assert!(Manifest::parse(&text, 256).is_err());
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Platform {
     pub bus: Arc<dyn crate::events::EventBus>,
     /// Which services committed events since delivery last looked, and a wake-up.
     pub published: Published,
+    /// The operator's secrets, and the redactor that masks them.
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 /// Services whose outboxes got events, so delivery reads only those (not every

@@ -14,11 +14,13 @@ use crate::events::sqlite::SqliteBus;
 use crate::gateway::TrustedPeers;
 use crate::listener::{self, ConnectionLimits};
 use crate::platform::Platform;
+use crate::policy::redact::Redactor;
 use crate::registry::Registry;
 use crate::registry::embedded::EmbeddedRegistry;
 use crate::registry::external::ExternalServices;
 use crate::registry::health::HealthChecker;
 use crate::runtime::{Runtime, RuntimeOptions};
+use crate::secrets::Secrets;
 use crate::services::{ServiceDefaults, Services};
 use crate::storage::Storage;
 use crate::store::sqlite::SqliteBackend;
@@ -27,6 +29,8 @@ use hyper_util::service::TowerToHyperService;
 
 /// How often leases of local and external registrations are renewed.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often the secrets directory is read again.
+const SECRETS_DIR_CHECK: Duration = Duration::from_secs(1);
 
 /// A host that is built and bound but not yet serving: what [`build`] makes and
 /// [`serve`] runs, so tests and embedders can bind port 0 and choose the shutdown.
@@ -99,6 +103,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         function_cache_bytes: config.function_cache_mb * 1024 * 1024,
         memory_budget_bytes: config.memory_budget_bytes(),
     })?;
+    let secrets = open_secrets(&config, &storage)?;
     let telemetry = Arc::new(Telemetry::from_env(!config.no_telemetry)?);
     if telemetry.tracing.exporting() {
         tracing::info!("exporting traces over OTLP");
@@ -117,6 +122,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         stores: Arc::new(stores),
         bus: Arc::new(bus),
         published: Default::default(),
+        secrets: secrets.clone(),
     });
     let services = Services::new(
         runtime,
@@ -140,6 +146,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         HealthChecker::new(registry.clone()),
         storage.root().join("external"),
     )?);
+    tokio::spawn(reread_secrets_dir(Arc::downgrade(&secrets)));
     tokio::spawn(heartbeat(
         Arc::downgrade(&services),
         Arc::downgrade(&external),
@@ -305,6 +312,43 @@ async fn restore(services: Arc<Services>, external: Arc<ExternalServices>) {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "shoal is ready"
     );
+}
+
+/// The host's secrets: sealed in the data directory, from `SHOAL_SECRET_*` and from
+/// `--secrets-dir`, masked through the process's redactor (the log and the span
+/// exporter use it).
+fn open_secrets(config: &ServeConfig, storage: &Storage) -> Result<Arc<Secrets>> {
+    let key = config
+        .secrets_key_file
+        .clone()
+        .unwrap_or_else(|| storage.root().join(crate::secrets::sealed::KEY_FILE));
+    let backend = crate::secrets::sealed::SealedFile::open(storage.root(), &key)
+        .context("opening the sealed secrets")?;
+    let secrets = Secrets::open(
+        Box::new(backend),
+        std::env::vars(),
+        config.secrets_dir.clone(),
+        Redactor::process(),
+    )
+    .context("loading the secrets")?;
+    Ok(Arc::new(secrets))
+}
+
+/// Pick up changes in the secrets directory (a rotated mounted secret).
+async fn reread_secrets_dir(secrets: std::sync::Weak<Secrets>) {
+    let mut tick = tokio::time::interval(SECRETS_DIR_CHECK);
+    loop {
+        tick.tick().await;
+        let Some(secrets) = secrets.upgrade() else {
+            break;
+        };
+        if tokio::task::spawn_blocking(move || secrets.refresh_dir())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
 }
 
 /// Keep every registration's lease alive while the host runs.

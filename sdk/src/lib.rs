@@ -34,6 +34,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod registry;
+pub mod secrets;
 pub mod store;
 pub mod trace;
 

@@ -45,6 +45,16 @@ fn scoped_tokens_do_what_their_scope_allows_and_nothing_else() {
     let refused = host.deploy_with_token("shop-a", &hello, &read);
     assert_eq!(refused.status, 403);
     assert!(refused.body.contains("read"), "{}", refused.body);
+    // Refused before its body is read, the connection is closed, not left for reuse.
+    let head = host.raw_admin_head(&format!(
+        "PUT /v1/services/shop-a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {read}\r\n\
+         Content-Type: application/wasm\r\nContent-Length: 3000000\r\n\r\n"
+    ));
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
     assert_eq!(
         host.admin_with_token("GET", "/v1/audit", Some(&read))
             .status,

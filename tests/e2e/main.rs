@@ -15,6 +15,7 @@ mod isolation;
 mod keyvalue;
 mod lifecycle;
 mod polyglot;
+mod secrets;
 mod shop;
 mod store;
 mod telemetry;

@@ -1,7 +1,9 @@
 //! TLS on the gateway and the admin API, from PEM files: HTTPS only, certificates
-//! reloaded without a restart, and a broken renewal never takes the listener down.
+//! reloaded without a restart, and a broken renewal never takes the listener down;
+//! traces exported to an HTTPS collector.
 
-use shoal_tests::{TOKEN, guest, shoal_bin, shoal_cli, temp_root, wait_for};
+use shoal_tests::otlp::OtlpReceiver;
+use shoal_tests::{Host, TOKEN, guest, shoal_bin, shoal_cli, temp_root, wait_for};
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -85,16 +87,7 @@ impl Drop for TlsHost {
 
 fn start(root: &Path, cert: &Path, key: &Path) -> TlsHost {
     let log = root.join("host.log");
-    let mut child = Command::new(shoal_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(root.join("data"))
+    let mut child = serve_on_free_ports(&root.join("data"))
         .arg("--tls-cert")
         .arg(cert)
         .arg("--tls-key")
@@ -103,8 +96,6 @@ fn start(root: &Path, cert: &Path, key: &Path) -> TlsHost {
         .arg(cert)
         .arg("--admin-tls-key")
         .arg(key)
-        .env("SHOAL_ADMIN_TOKEN", TOKEN)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
@@ -237,22 +228,11 @@ fn a_missing_or_mismatched_certificate_stops_the_start_with_a_reason() {
             "missing.crt",
         ),
     ] {
-        let output = Command::new(shoal_bin())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(root.path().join("data"))
+        let output = serve_on_free_ports(&root.path().join("data"))
             .arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")
             .arg(&key)
-            .env("SHOAL_ADMIN_TOKEN", TOKEN)
-            .stdin(Stdio::null())
             .output()
             .expect("run shoal");
         assert!(!output.status.success());
@@ -267,4 +247,76 @@ fn a_missing_or_mismatched_certificate_stops_the_start_with_a_reason() {
         .expect("run shoal");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--tls-key"));
+}
+
+#[test]
+fn traces_reach_an_https_collector_that_the_ca_file_vouches_for() {
+    let root = temp_root();
+    let (ca, cert, key) = certificate(root.path(), "otlp", "127.0.0.1");
+    let receiver = OtlpReceiver::start_tls(&cert, &key);
+    assert!(receiver.endpoint.starts_with("https://"));
+    let ca = ca.to_string_lossy().into_owned();
+    let host = |name: &str, ca: Option<&str>| {
+        let mut env = vec![
+            ("SHOAL_ADMIN_TOKEN", TOKEN),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+            ("OTEL_SERVICE_NAME", name),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ];
+        env.extend(ca.map(|ca| ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca)));
+        let dir = root.path().join(name);
+        Host::start_with_env(
+            &dir.join("data"),
+            &root.path().join(format!("{name}.log")),
+            &[],
+            &env,
+        )
+    };
+    // Without the CA the collector is not trusted: nothing is sent, the host serves on.
+    let untrusted = host("untrusted", None);
+    let trusted = host("trusted", Some(&ca));
+    for host in [&untrusted, &trusted] {
+        assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+        for _ in 0..3 {
+            assert_eq!(host.get("/hello/").status, 200);
+        }
+    }
+    wait_for("spans over https", Duration::from_secs(30), || {
+        receiver.spans().iter().any(|s| s.service_name == "trusted")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        receiver.spans().iter().all(|s| s.service_name == "trusted"),
+        "a host that does not trust the collector sent it nothing"
+    );
+
+    // A CA file that holds no certificate stops the start with a reason.
+    let empty = root.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("write");
+    let output = serve_on_free_ports(&root.path().join("bad-ca-data"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &empty)
+        .output()
+        .expect("run shoal");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
+}
+
+/// `shoal serve` on free ports with the test token and no input.
+fn serve_on_free_ports(data_dir: &Path) -> Command {
+    let mut command = Command::new(shoal_bin());
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("SHOAL_ADMIN_TOKEN", TOKEN)
+        .stdin(Stdio::null());
+    command
 }

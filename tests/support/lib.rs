@@ -362,6 +362,18 @@ impl Host {
         reply(self.agent.run(request))
     }
 
+    /// An admin call with a body of any content type and the test token.
+    pub fn admin_body(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Reply {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.admin))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", content_type)
+            .body(body.to_vec())
+            .expect("request");
+        reply(self.agent.run(request))
+    }
+
     /// GET a gateway path with extra headers.
     pub fn get_with_headers(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         let mut request = self.agent.get(format!("{}{path}", self.gateway));

@@ -81,7 +81,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Classified 
     let service = |name: &str| Action::ChangeService(name.to_owned());
     let canary_deploy = query.is_some_and(|q| q.split('&').any(|p| p.starts_with("canary=")));
     match (method.as_str(), parts.as_slice()) {
-        ("GET" | "HEAD", ["audit"] | ["tokens"]) => read(Action::Administer),
+        ("GET" | "HEAD", ["audit"] | ["tokens"] | ["secrets"]) => read(Action::Administer),
         ("GET" | "HEAD", _) => read(Action::Read),
         ("PUT", ["services", name]) if canary_deploy => {
             change("canary.deploy", name, service(name))
@@ -113,6 +113,8 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Classified 
             target: None,
         },
         ("DELETE", ["tokens", id]) => change("token.revoke", id, Action::Administer),
+        ("PUT", ["secrets", name]) => change("secret.put", name, Action::Administer),
+        ("DELETE", ["secrets", name]) => change("secret.remove", name, Action::Administer),
         _ => Classified {
             action: Action::Administer,
             audited: Some("unknown"),
@@ -132,6 +134,9 @@ pub async fn authorize(State(state): State<AdminState>, request: Request, next: 
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim);
+    // A refusal is sent before the body is read; the client must not reuse the
+    // connection for its next request, or that request meets the closed socket.
+    let unread_body = super::carries_body(request.headers());
     let refused = |token_id: Option<String>, status: StatusCode, reason: String| {
         let entry = entry(
             &classified,
@@ -166,6 +171,7 @@ pub async fn authorize(State(state): State<AdminState>, request: Request, next: 
         Err((entry, error)) => {
             state.record(entry).await;
             let status = error.status;
+            let error = if unread_body { error.closing() } else { error };
             let mut response = error.into_response();
             if status == StatusCode::UNAUTHORIZED {
                 response.headers_mut().insert(
@@ -313,5 +319,15 @@ mod tests {
             (Some("token.revoke"), Some("tok_1"))
         );
         assert_eq!(c("PATCH", "/services/a", None).action, Action::Administer);
+        assert_eq!(c("GET", "/secrets", None).action, Action::Administer);
+        let secret = c("PUT", "/secrets/db", None);
+        assert_eq!(
+            (secret.action, secret.audited, secret.target.as_deref()),
+            (Action::Administer, Some("secret.put"), Some("db"))
+        );
+        assert_eq!(
+            c("DELETE", "/secrets/db", None).audited,
+            Some("secret.remove")
+        );
     }
 }

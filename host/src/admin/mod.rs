@@ -25,6 +25,9 @@
 //! | GET    | `/v1/tokens`          | every token, without secrets                 |
 //! | DELETE | `/v1/tokens/{id}`     | revoke a token                               |
 //! | GET    | `/v1/audit?limit=N`   | the audit log's last N entries, oldest first |
+//! | PUT    | `/v1/secrets/{name}`  | set a secret: `{"value", "services"}` JSON, or the raw value (`?services=a,b`) |
+//! | GET    | `/v1/secrets`         | every secret's name, source and services, never its value |
+//! | DELETE | `/v1/secrets/{name}`  | remove a secret set through the API          |
 //!
 //! Every `/v1` call needs `Authorization: Bearer <token>`: the operator's token, or a
 //! scoped one (`read`, `deploy` limited to service patterns, `admin`); see
@@ -36,6 +39,7 @@ mod auth;
 mod error;
 mod events;
 mod external;
+mod secrets;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -123,6 +127,16 @@ fn restoring() -> axum::response::Response {
         .into_response()
 }
 
+/// Whether a request has a body: one answered before it is read leaves the
+/// connection unusable for another request, so that answer closes it.
+fn carries_body(headers: &axum::http::HeaderMap) -> bool {
+    use axum::http::header;
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0")
+}
+
 /// Changes (anything but `GET`) wait for the restore to finish: a deploy must not
 /// race the restore of the same service.
 async fn changes_wait_for_restore(
@@ -131,7 +145,14 @@ async fn changes_wait_for_restore(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     if request.method() != axum::http::Method::GET && !state.services.is_ready() {
-        return restoring();
+        let mut response = restoring();
+        if carries_body(request.headers()) {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        return response;
     }
     next.run(request).await
 }
@@ -171,6 +192,13 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/tokens/{id}", axum::routing::delete(access::revoke))
         .route("/audit", get(access::audit))
+        .route("/secrets", get(secrets::list))
+        .route(
+            "/secrets/{name}",
+            put(secrets::put)
+                .delete(secrets::remove)
+                .layer(DefaultBodyLimit::max(secrets::MAX_BODY_BYTES)),
+        )
         .route(
             "/events/dead/{subscriber}/{event_id}",
             axum::routing::delete(events::drop_dead),

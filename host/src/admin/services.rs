@@ -157,7 +157,22 @@ impl From<&ServiceRecord> for VersionView {
 
 fn view_of(state: &AdminState, name: &str) -> Result<Json<serde_json::Value>, ApiError> {
     let view = match state.services.existing(name) {
-        Ok(entry) => serde_json::to_value(ServiceView::from(entry.as_ref())),
+        Ok(entry) => serde_json::to_value(ServiceView::from(entry.as_ref())).map(|mut view| {
+            // Whether each secret it names can be read now (never the value).
+            let secrets = &state.services.platform().secrets;
+            let status: serde_json::Map<String, serde_json::Value> = entry
+                .stable
+                .record
+                .manifest
+                .secrets
+                .iter()
+                .map(|secret| (secret.clone(), secrets.status(name, secret).into()))
+                .collect();
+            if !status.is_empty() {
+                view["secrets"] = status.into();
+            }
+            view
+        }),
         Err(ServiceError::NotFound(_)) => match state.services.failed_service(name) {
             Some(failed) => serde_json::to_value(FailedView::new(name, &failed)),
             None => return Err(ServiceError::NotFound(name.to_owned()).into()),

@@ -65,6 +65,13 @@ fn admin_with(restored: bool) -> Admin {
                 .expect("bus"),
         ),
         published: Default::default(),
+        secrets: Arc::new(
+            crate::secrets::Secrets::in_data_dir(
+                dir.path(),
+                Arc::new(crate::policy::redact::Redactor::default()),
+            )
+            .expect("secrets"),
+        ),
     });
     let services = Services::new(
         runtime,

@@ -7,6 +7,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::{PlatformView, ServiceContext, bounded_text, traced};
 use crate::bindings::log::{self, Host, Level};
+use crate::policy::redact::Redactor;
 use crate::telemetry::{Metrics, TraceScope, traces};
 
 /// Longest message or field list the host keeps from one guest log line.
@@ -22,6 +23,8 @@ pub struct LogView<'a> {
     pub trace: &'a TraceScope,
     /// Where dropped lines are counted.
     pub metrics: &'a Metrics,
+    /// Masks secret values.
+    pub redactor: &'a Redactor,
 }
 
 /// Where a guest's line came from.
@@ -59,16 +62,19 @@ pub struct GuestLine<'a> {
 
 /// Write a guest's line to the host log, tagged with service, version, request and
 /// trace, within the service's log budget (lines beyond it are dropped and counted
-/// in `shoal_guest_log_lines_dropped_total`). Never blocks on the log's writer.
+/// in `shoal_guest_log_lines_dropped_total`), with secret values masked. Never blocks
+/// on the log's writer.
 pub fn emit(
     service: &ServiceContext,
     metrics: &Metrics,
+    redactor: &Redactor,
     request_id: &str,
     trace_id: &str,
     line: GuestLine<'_>,
 ) {
-    let message = escape_controls(&bounded_text(line.message, MAX_LINE_BYTES));
-    let rendered = render_fields(line.fields);
+    let message = redactor.redact_owned(line.message);
+    let message = escape_controls(&bounded_text(message, MAX_LINE_BYTES));
+    let rendered = render_fields(redactor, line.fields);
     let allowed = service
         .log_budget
         .lock()
@@ -125,6 +131,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
             request_id: &ctx.request_id,
             trace: &ctx.trace,
             metrics: &ctx.platform.telemetry.metrics,
+            redactor: ctx.platform.secrets.redactor(),
         }
     })
 }
@@ -147,7 +154,7 @@ pub(crate) fn escape_controls(text: &str) -> String {
 }
 
 /// `key="value"` pairs, bounded, with control characters escaped.
-fn render_fields(fields: &[(String, String)]) -> String {
+fn render_fields(redactor: &Redactor, fields: &[(String, String)]) -> String {
     let mut rendered = String::new();
     for (key, value) in fields {
         if rendered.len() > MAX_LINE_BYTES {
@@ -157,7 +164,9 @@ fn render_fields(fields: &[(String, String)]) -> String {
         if !rendered.is_empty() {
             rendered.push(' ');
         }
-        let _ = write!(rendered, "{}={value:?}", escape_controls(key));
+        let key = redactor.redact(key);
+        let value = redactor.redact(value);
+        let _ = write!(rendered, "{}={value:?}", escape_controls(&key));
     }
     bounded_text(rendered, MAX_LINE_BYTES)
 }
@@ -177,7 +186,14 @@ impl Host for LogView<'_> {
                 message,
                 fields: &fields,
             };
-            emit(self.service, self.metrics, self.request_id, &trace_id, line);
+            emit(
+                self.service,
+                self.metrics,
+                self.redactor,
+                self.request_id,
+                &trace_id,
+                line,
+            );
             Ok(())
         })
         .await
@@ -196,16 +212,28 @@ mod tests {
         );
         assert_eq!(escape_controls("plain é"), "plain é");
         let fields = vec![("k\nx".to_owned(), "v\nw".to_owned())];
-        assert!(!render_fields(&fields).contains('\n'));
+        assert!(!render_fields(&Redactor::default(), &fields).contains('\n'));
     }
 
     #[test]
     fn fields_are_rendered_and_bounded() {
+        let none = Redactor::default();
         let fields = vec![("a".to_owned(), "1".to_owned()), ("b".into(), "x y".into())];
-        assert_eq!(render_fields(&fields), "a=\"1\" b=\"x y\"");
+        assert_eq!(render_fields(&none, &fields), "a=\"1\" b=\"x y\"");
         let many: Vec<(String, String)> = (0..10_000)
             .map(|i| (format!("k{i}"), "v".repeat(10)))
             .collect();
-        assert!(render_fields(&many).len() <= MAX_LINE_BYTES + '…'.len_utf8());
+        assert!(render_fields(&none, &many).len() <= MAX_LINE_BYTES + '…'.len_utf8());
+    }
+
+    #[test]
+    fn secret_values_in_fields_are_masked_before_quoting() {
+        let redactor = Redactor::default();
+        redactor.set_values(["pa\"ss-word-1"]);
+        let fields = vec![("password".to_owned(), "x pa\"ss-word-1".to_owned())];
+        assert_eq!(
+            render_fields(&redactor, &fields),
+            "password=\"x [redacted]\""
+        );
     }
 }

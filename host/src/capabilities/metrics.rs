@@ -5,6 +5,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::{PlatformView, traced_fallible};
 use crate::bindings::metrics::{self, Host, MetricError};
+use crate::policy::redact::Redactor;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{GuestKind, GuestMetricError};
 
@@ -14,6 +15,8 @@ pub struct MetricsView<'a> {
     pub metrics: &'a Metrics,
     /// The service whose namespace the series go to.
     pub service: &'a str,
+    /// Masks secret values in label values.
+    pub redactor: &'a Redactor,
 }
 
 struct HasMetrics;
@@ -30,6 +33,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
         MetricsView {
             metrics: &ctx.platform.telemetry.metrics,
             service: &ctx.service.name,
+            redactor: ctx.platform.secrets.redactor(),
         }
     })
 }
@@ -53,9 +57,15 @@ impl MetricsView<'_> {
         value: f64,
     ) -> wasmtime::Result<Result<(), MetricError>> {
         traced_fallible(call, self.service, async {
+            // A label value is text the guest chose: it may hold a secret.
+            let labels: Vec<(String, String)> = labels
+                .iter()
+                .map(|(key, value)| (key.clone(), self.redactor.redact(value).into_owned()))
+                .collect();
+            let name = self.redactor.redact(name);
             Ok(self
                 .metrics
-                .guest_record(self.service, kind, name, labels, value)
+                .guest_record(self.service, kind, &name, &labels, value)
                 .map_err(to_wit))
         })
         .await

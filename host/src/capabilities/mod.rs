@@ -20,6 +20,7 @@ pub mod log;
 pub mod metrics;
 pub mod output;
 pub mod registry;
+pub mod secrets;
 pub mod store;
 pub mod tracing;
 
@@ -48,6 +49,8 @@ pub struct ServiceContext {
     pub version: Arc<str>,
     /// The `[config]` table of its manifest.
     pub config: config::ServiceConfig,
+    /// The secrets its manifest names.
+    pub secrets: Vec<String>,
     /// Registry id of this version's instance on this host.
     pub instance_id: String,
     /// Outbound settings from the manifest.
@@ -116,6 +119,7 @@ pub trait PlatformView: Send {
 /// Add every `shoal:platform` interface the host implements to `linker`.
 pub fn add_to_linker<T: PlatformView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     config::add_to_linker(linker)?;
+    secrets::add_to_linker(linker)?;
     log::add_to_linker(linker)?;
     registry::add_to_linker(linker)?;
     discovery::add_to_linker(linker)?;

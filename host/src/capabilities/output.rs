@@ -94,14 +94,16 @@ impl GuestOutput {
         }
     }
 
-    /// The last lines written, oldest first, joined with ` | ` (empty when none).
+    /// The last lines written, oldest first, joined with ` | ` (empty when none),
+    /// with secret values masked.
     pub fn tail(&self) -> String {
         let state = self.sink.state.lock();
         let mut lines: Vec<&str> = state.tail.iter().map(String::as_str).collect();
         if !state.partial.is_empty() {
             lines.push("…");
         }
-        lines.join(" | ")
+        let tail = lines.join(" | ");
+        self.sink.platform.secrets.redactor().redact_owned(tail)
     }
 }
 
@@ -153,6 +155,7 @@ impl Sink {
         emit(
             &self.service,
             &self.platform.telemetry.metrics,
+            self.platform.secrets.redactor(),
             request_id,
             "",
             line,

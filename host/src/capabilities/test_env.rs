@@ -20,6 +20,7 @@ use super::config::ConfigView;
 use super::discovery::DiscoveryView;
 use super::metrics::MetricsView;
 use super::registry::RegistryView;
+use super::secrets::SecretsView;
 use super::tracing::TracingView;
 use super::{HostFault, PlatformCtx, ServiceContext};
 use crate::bindings;
@@ -66,6 +67,13 @@ impl TestEnv {
                     .expect("bus"),
             ),
             published: Default::default(),
+            secrets: Arc::new(
+                crate::secrets::Secrets::in_data_dir(
+                    dir.path(),
+                    Arc::new(crate::policy::redact::Redactor::default()),
+                )
+                .expect("secrets"),
+            ),
         });
         let service = Arc::new(ServiceContext {
             name: "orders".into(),
@@ -75,6 +83,7 @@ impl TestEnv {
                 ("a".to_owned(), "1".to_owned()),
             ])
             .into(),
+            secrets: vec!["db-password".into()],
             instance_id: "test-host/orders".into(),
             outbound: Arc::new(outbound),
             health: Default::default(),
@@ -142,6 +151,15 @@ impl TestEnv {
         MetricsView {
             metrics: &self.ctx.platform.telemetry.metrics,
             service: &self.ctx.service.name,
+            redactor: self.ctx.platform.secrets.redactor(),
+        }
+    }
+
+    fn secrets(&self) -> SecretsView<'_> {
+        SecretsView {
+            secrets: &self.ctx.platform.secrets,
+            service: &self.ctx.service.name,
+            declared: &self.ctx.service.secrets,
         }
     }
 
@@ -185,6 +203,47 @@ async fn config_answers_from_the_manifest_table_in_key_order() {
     assert_eq!(
         all,
         vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+    );
+}
+
+#[tokio::test]
+async fn secrets_are_given_only_when_named_provided_and_granted() {
+    use bindings::secrets::{Host as _, SecretError};
+    let env = TestEnv::plain();
+    let secrets = &env.ctx.platform.secrets;
+    let mut view = env.secrets();
+    assert_eq!(
+        view.get("db-password".into()).await.expect("get"),
+        Err(SecretError::NotFound)
+    );
+    secrets
+        .put(
+            "db-password",
+            "correct-horse-1".into(),
+            vec!["orders".into()],
+        )
+        .expect("put");
+    assert_eq!(
+        view.get("db-password".into())
+            .await
+            .expect("get")
+            .as_deref(),
+        Ok("correct-horse-1")
+    );
+    assert_eq!(
+        view.get("api-key".into()).await.expect("get"),
+        Err(SecretError::NotDeclared)
+    );
+    secrets
+        .put(
+            "db-password",
+            "correct-horse-2".into(),
+            vec!["billing".into()],
+        )
+        .expect("rotate");
+    assert_eq!(
+        view.get("db-password".into()).await.expect("get"),
+        Err(SecretError::Denied)
     );
 }
 

@@ -49,11 +49,16 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
                 .map_err(|error| anyhow::anyhow!("{error}"))?,
         ),
         published: Default::default(),
+        secrets: Arc::new(crate::secrets::Secrets::in_data_dir(
+            &cache,
+            Arc::new(crate::policy::redact::Redactor::default()),
+        )?),
     });
     let service = Arc::new(ServiceContext {
         name: "bench".into(),
         version: "1".into(),
         config: Default::default(),
+        secrets: Vec::new(),
         instance_id: "bench/bench".into(),
         outbound: Default::default(),
         health: Default::default(),

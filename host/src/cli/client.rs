@@ -557,26 +557,31 @@ pub async fn token_list(args: &AdminArgs) -> Result<()> {
         "ID", "NAME", "SCOPE", "SERVICES"
     );
     for token in json["tokens"].as_array().into_iter().flatten() {
-        let services: Vec<&str> = token["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str())
-            .collect();
         println!(
             "{:<22} {:<20} {:<7} {:<24} {}",
             token["id"].as_str().unwrap_or(""),
             token["name"].as_str().unwrap_or(""),
             token["scope"].as_str().unwrap_or(""),
-            if services.is_empty() {
-                "*".to_owned()
-            } else {
-                services.join(",")
-            },
+            patterns_column(&token["services"]),
             token["created_at"].as_str().unwrap_or("")
         );
     }
     Ok(())
+}
+
+/// A list of service patterns as one column: `*` when empty (every service).
+fn patterns_column(patterns: &serde_json::Value) -> String {
+    let patterns: Vec<&str> = patterns
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .collect();
+    if patterns.is_empty() {
+        "*".to_owned()
+    } else {
+        patterns.join(",")
+    }
 }
 
 /// Revoke a token.
@@ -586,6 +591,77 @@ pub async fn token_revoke(args: &AdminArgs, id: &str) -> Result<()> {
         .send(Method::DELETE, &format!("/v1/tokens/{id}"), None, empty())
         .await?;
     println!("revoked {id}");
+    Ok(())
+}
+
+/// Set a secret from a file or standard input.
+pub async fn secret_set(
+    args: &AdminArgs,
+    name: &str,
+    from_file: Option<&std::path::Path>,
+    services: &[String],
+) -> Result<()> {
+    let mut value = match from_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the secret from {}", path.display()))?,
+        None => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading the secret from standard input")?;
+            text
+        }
+    };
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    let client = AdminClient::new(args)?;
+    let body = serde_json::json!({ "value": value, "services": services });
+    client
+        .send(
+            Method::PUT,
+            &format!("/v1/secrets/{name}"),
+            Some("application/json"),
+            json_body(&body),
+        )
+        .await?;
+    println!("set secret {name}");
+    Ok(())
+}
+
+/// List secrets (never their values).
+pub async fn secret_list(args: &AdminArgs) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let (_, json) = client
+        .send(Method::GET, "/v1/secrets", None, empty())
+        .await?;
+    println!("{:<32} {:<6} {:<24} UPDATED", "NAME", "SOURCE", "SERVICES");
+    for secret in json["secrets"].as_array().into_iter().flatten() {
+        println!(
+            "{:<32} {:<6} {:<24} {}",
+            secret["name"].as_str().unwrap_or(""),
+            secret["source"].as_str().unwrap_or(""),
+            patterns_column(&secret["services"]),
+            secret["updated_at"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// Remove a secret.
+pub async fn secret_remove(args: &AdminArgs, name: &str) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    client
+        .send(
+            Method::DELETE,
+            &format!("/v1/secrets/{name}"),
+            None,
+            empty(),
+        )
+        .await?;
+    println!("removed secret {name}");
     Ok(())
 }
 

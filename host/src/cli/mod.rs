@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a host: the gateway, the admin API and every deployed service.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Build a service to a component (wasm32-wasip2) and print the path of the result.
     Build {
         /// Directory of the service (a Cargo package).
@@ -135,6 +135,11 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Secrets for services: set, list, remove (values are never shown).
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// The audit log: every change and every refused attempt, oldest first.
     Audit {
         /// Entries to show (the most recent).
@@ -183,6 +188,38 @@ enum TokenAction {
     },
 }
 
+/// What to do with secrets.
+#[derive(Debug, Subcommand)]
+enum SecretAction {
+    /// Set a secret. The value is read from standard input (one trailing newline
+    /// dropped) or from `--from-file`, never from the command line.
+    Set {
+        /// Its name (lower-case letters, digits, `-`).
+        name: String,
+        /// Read the value from this file instead of standard input.
+        #[arg(long)]
+        from_file: Option<PathBuf>,
+        /// Services that may read it (glob patterns, repeatable; default all that
+        /// name it).
+        #[arg(long = "service")]
+        services: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List secrets: name, source and services, never values.
+    Ls {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a secret set through the admin API.
+    Rm {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
 /// How to reach a host's admin API.
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
@@ -208,7 +245,7 @@ pub struct AdminArgs {
 /// Run the parsed command.
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(config) => crate::server::run(config).await,
+        Command::Serve(config) => crate::server::run(*config).await,
         Command::Build { dir } => {
             let wasm = tokio::task::spawn_blocking(move || build::build(&dir)).await??;
             println!("{}", wasm.display());
@@ -260,6 +297,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             } => client::token_create(&admin, &name, &scope, &services).await,
             TokenAction::Ls { admin } => client::token_list(&admin).await,
             TokenAction::Revoke { id, admin } => client::token_revoke(&admin, &id).await,
+        },
+        Command::Secret { action } => match action {
+            SecretAction::Set {
+                name,
+                from_file,
+                services,
+                admin,
+            } => client::secret_set(&admin, &name, from_file.as_deref(), &services).await,
+            SecretAction::Ls { admin } => client::secret_list(&admin).await,
+            SecretAction::Rm { name, admin } => client::secret_remove(&admin, &name).await,
         },
         Command::Audit { limit, admin } => client::audit(&admin, limit).await,
         Command::Events {

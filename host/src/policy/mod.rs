@@ -7,6 +7,7 @@ pub mod error_rate;
 pub mod glob;
 pub mod inbound;
 pub mod rate;
+pub mod redact;
 pub mod retry;
 
 /// Whether an answered status counts as a failure of the service that gave it: for

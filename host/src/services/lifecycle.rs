@@ -666,6 +666,7 @@ impl Services {
             name: record.name.as_str().into(),
             version: record.version.as_str().into(),
             config: record.manifest.config.clone().into(),
+            secrets: record.manifest.secrets.clone(),
             instance_id: self
                 .platform
                 .local_instance_id(&record.name, &record.version),

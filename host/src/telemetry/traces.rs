@@ -1,7 +1,10 @@
 //! OpenTelemetry traces: one tracer for the host, W3C `traceparent`/`tracestate`
 //! extracted from inbound requests and injected into outbound calls, OTLP/HTTP export
 //! configured by the standard `OTEL_EXPORTER_OTLP_*` and `OTEL_SERVICE_NAME`
-//! variables. Nothing is exported unless an endpoint is set.
+//! variables. Nothing is exported unless an endpoint is set. An `https://` endpoint
+//! is verified against the public roots, or against the PEM file named by
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE` (or `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`).
+//! Every exported span passes the process's [`Redactor`] first.
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
@@ -9,8 +12,11 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanProcessor};
 use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::policy::redact::Redactor;
 
 /// The host's tracer and propagator.
 pub struct Tracing {
@@ -74,11 +80,17 @@ impl Tracing {
             .build();
         let mut builder = SdkTracerProvider::builder().with_resource(resource);
         if endpoint_set {
+            use opentelemetry_otlp::WithHttpConfig as _;
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_http_client(otlp_http_client()?)
                 .build()
                 .map_err(|error| anyhow::anyhow!("configuring the OTLP exporter: {error}"))?;
-            builder = builder.with_batch_exporter(exporter);
+            let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build();
+            builder = builder.with_span_processor(Masked {
+                next: batch,
+                redactor: Redactor::process(),
+            });
         }
         let provider = builder.build();
         let tracer = provider.tracer("shoal");
@@ -155,6 +167,131 @@ impl Tracing {
         if let Some(provider) = &self.provider {
             let _ = provider.shutdown();
         }
+    }
+}
+
+/// The HTTP client of the OTLP exporter: rustls over the public roots plus the CA of
+/// `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, with `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT`
+/// (milliseconds, default 10 s). Built on its own thread: a blocking client may not
+/// be made inside the async runtime.
+fn otlp_http_client() -> anyhow::Result<reqwest::blocking::Client> {
+    use anyhow::Context as _;
+    let setting = |name: &str| {
+        [
+            format!("OTEL_EXPORTER_OTLP_TRACES_{name}"),
+            format!("OTEL_EXPORTER_OTLP_{name}"),
+        ]
+        .into_iter()
+        .find_map(|key| {
+            std::env::var(key)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+        })
+    };
+    let timeout_ms = match setting("TIMEOUT") {
+        Some(text) => text
+            .trim()
+            .parse::<u64>()
+            .with_context(|| format!("OTEL_EXPORTER_OTLP_TIMEOUT `{text}` is not milliseconds"))?,
+        None => 10_000,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = setting("CERTIFICATE") {
+        let pem =
+            std::fs::read(&path).with_context(|| format!("reading the OTLP CA file {path}"))?;
+        let mut added = 0;
+        for certificate in rustls_pki_types_certs(&pem) {
+            roots
+                .add(certificate?)
+                .with_context(|| format!("the OTLP CA file {path} holds a bad certificate"))?;
+            added += 1;
+        }
+        anyhow::ensure!(
+            added > 0,
+            "the OTLP CA file {path} holds no PEM certificate"
+        );
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS settings for OTLP")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_millis(timeout_ms))
+            .tls_backend_preconfigured(tls)
+            .build()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("building the OTLP HTTP client panicked"))?
+    .context("building the OTLP HTTP client")
+}
+
+fn rustls_pki_types_certs(
+    pem: &[u8],
+) -> impl Iterator<Item = anyhow::Result<rustls::pki_types::CertificateDer<'static>>> + '_ {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|certificate| certificate.map_err(|error| anyhow::anyhow!("reading PEM: {error}")))
+}
+
+/// Masks secret values in a finished span (its name, attributes, events and status)
+/// before handing it to the exporting processor.
+#[derive(Debug)]
+struct Masked<P> {
+    next: P,
+    redactor: Arc<Redactor>,
+}
+
+fn mask_attributes(redactor: &Redactor, attributes: &mut [KeyValue]) {
+    for attribute in attributes {
+        if let opentelemetry::Value::String(text) = &attribute.value
+            && let Cow::Owned(masked) = redactor.redact(text.as_str())
+        {
+            attribute.value = opentelemetry::Value::String(masked.into());
+        }
+    }
+}
+
+fn mask_cow(redactor: &Redactor, text: &mut Cow<'static, str>) {
+    if let Cow::Owned(masked) = redactor.redact(text) {
+        *text = Cow::Owned(masked);
+    }
+}
+
+impl<P: SpanProcessor> SpanProcessor for Masked<P> {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.next.on_start(span, cx);
+    }
+
+    fn on_end(&self, mut span: SpanData) {
+        mask_cow(&self.redactor, &mut span.name);
+        mask_attributes(&self.redactor, &mut span.attributes);
+        for event in &mut span.events.events {
+            mask_cow(&self.redactor, &mut event.name);
+            mask_attributes(&self.redactor, &mut event.attributes);
+        }
+        if let opentelemetry::trace::Status::Error { description } = &mut span.status {
+            mask_cow(&self.redactor, description);
+        }
+        self.next.on_end(span);
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.next.force_flush()
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.next.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.next.set_resource(resource);
     }
 }
 

@@ -1,0 +1,117 @@
+//! `/v1/secrets`: the operator's secrets for services (admin scope). Values go in and
+//! never come out: listings carry names, sources and service patterns only.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AdminState;
+use super::error::ApiError;
+use crate::secrets::SecretError;
+
+/// Largest accepted body of `PUT /v1/secrets/{name}`.
+pub const MAX_BODY_BYTES: usize = 128 * 1024;
+
+/// A JSON body: the value and, optionally, the services that may read it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSecret {
+    value: String,
+    #[serde(default)]
+    services: Vec<String>,
+}
+
+/// Query of a raw-body `PUT`: `?services=a,shop-*`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutQuery {
+    services: Option<String>,
+}
+
+fn secret_error(error: SecretError) -> ApiError {
+    let status = match &error {
+        SecretError::Invalid(_) => StatusCode::BAD_REQUEST,
+        SecretError::Operator(..) => StatusCode::CONFLICT,
+        SecretError::NotFound(_) => StatusCode::NOT_FOUND,
+        SecretError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, error.to_string())
+}
+
+/// `PUT /v1/secrets/{name}`: set a secret. The body is JSON
+/// `{"value": "...", "services": ["pattern"]}` when sent as `application/json`, and
+/// the value itself (UTF-8) otherwise, with `?services=` patterns comma-separated.
+pub async fn put(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    Query(query): Query<PutQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    let (value, services) = if json {
+        if query.services.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "a JSON body carries its own `services`; drop the query",
+            ));
+        }
+        // serde's message may quote the body, which holds the value: say what is
+        // expected instead.
+        let new: NewSecret = serde_json::from_slice(&body).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "expected {\"value\": \"...\", \"services\": [\"pattern\", ...]} (services optional)",
+            )
+        })?;
+        (new.value, new.services)
+    } else {
+        let value = String::from_utf8(body.to_vec()).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "a secret's value must be UTF-8 text",
+            )
+        })?;
+        let services = query
+            .services
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|pattern| !pattern.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        (value, services)
+    };
+    let secrets = state.services.platform().secrets.clone();
+    let info = tokio::task::spawn_blocking(move || secrets.put(&name, value, services))
+        .await
+        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
+        .map_err(secret_error)?;
+    Ok(Json(serde_json::to_value(info).unwrap_or_default()))
+}
+
+/// `GET /v1/secrets`: every secret, without values.
+pub async fn list(State(state): State<AdminState>) -> Json<Value> {
+    Json(json!({ "secrets": state.services.platform().secrets.list() }))
+}
+
+/// `DELETE /v1/secrets/{name}`: 204; services that name it get `not-found` from now on.
+pub async fn remove(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let secrets = state.services.platform().secrets.clone();
+    tokio::task::spawn_blocking(move || secrets.remove(&name))
+        .await
+        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
+        .map_err(secret_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}

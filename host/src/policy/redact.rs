@@ -1,0 +1,128 @@
+//! Masking secret values wherever the host writes text it did not choose: its log,
+//! exported spans, guest metric labels and fault records. The set of values changes
+//! when the operator sets or removes a secret; every reader sees the new set at once.
+//!
+//! Values shorter than [`MIN_SECRET_BYTES`] are refused where secrets are set, so
+//! masking them never eats ordinary words.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use parking_lot::RwLock;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+
+/// What a masked value is replaced with.
+pub const MASK: &str = "[redacted]";
+/// Shortest secret value accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 8;
+
+/// The secret values to mask, swapped whole when they change.
+#[derive(Default)]
+pub struct Redactor {
+    matcher: RwLock<Option<Arc<AhoCorasick>>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("active", &self.matcher.read().is_some())
+            .finish()
+    }
+}
+
+static PROCESS: OnceLock<Arc<Redactor>> = OnceLock::new();
+
+impl Redactor {
+    /// The redactor of this process: the log writer masks with it, and the host's
+    /// secrets keep it up to date.
+    pub fn process() -> Arc<Redactor> {
+        PROCESS.get_or_init(Default::default).clone()
+    }
+
+    /// Mask exactly `values` from now on (values shorter than [`MIN_SECRET_BYTES`]
+    /// are ignored).
+    pub fn set_values<I, S>(&self, values: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<[u8]>,
+    {
+        let values: Vec<S> = values
+            .into_iter()
+            .filter(|value| value.as_ref().len() >= MIN_SECRET_BYTES)
+            .collect();
+        let matcher = if values.is_empty() {
+            None
+        } else {
+            // The longest match wins, so a secret that contains another is masked whole.
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&values)
+                .ok()
+                .map(Arc::new)
+        };
+        *self.matcher.write() = matcher;
+    }
+
+    fn current(&self) -> Option<Arc<AhoCorasick>> {
+        self.matcher.read().clone()
+    }
+
+    /// `text` with every secret value replaced by [`MASK`].
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match self.current() {
+            Some(matcher) if matcher.is_match(text) => {
+                let masks = vec![MASK; matcher.patterns_len()];
+                Cow::Owned(matcher.replace_all(text, &masks))
+            }
+            _ => Cow::Borrowed(text),
+        }
+    }
+
+    /// [`Redactor::redact`] for an owned string, returning it unchanged when clean.
+    pub fn redact_owned(&self, text: String) -> String {
+        match self.redact(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(masked) => masked,
+        }
+    }
+
+    /// `bytes` with every secret value replaced by [`MASK`].
+    pub fn redact_bytes<'a>(&self, bytes: &'a [u8]) -> Cow<'a, [u8]> {
+        match self.current() {
+            Some(matcher) if matcher.is_match(bytes) => {
+                let masks = vec![MASK.as_bytes(); matcher.patterns_len()];
+                Cow::Owned(matcher.replace_all_bytes(bytes, &masks))
+            }
+            _ => Cow::Borrowed(bytes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_every_value_and_leaves_clean_text_alone() {
+        let redactor = Redactor::default();
+        assert_eq!(redactor.redact("nothing set"), "nothing set");
+        redactor.set_values(["hunter2-password", "api-key-123456", "short"]);
+        let masked = redactor.redact("a hunter2-password and api-key-123456, short stays");
+        assert_eq!(masked, "a [redacted] and [redacted], short stays");
+        assert!(matches!(redactor.redact("clean"), Cow::Borrowed(_)));
+        assert_eq!(
+            &*redactor.redact_bytes(b"x=hunter2-password\n"),
+            b"x=[redacted]\n"
+        );
+    }
+
+    #[test]
+    fn the_longest_value_wins_and_a_new_set_replaces_the_old() {
+        let redactor = Redactor::default();
+        redactor.set_values(["abcdefgh", "abcdefgh-ijkl"]);
+        assert_eq!(redactor.redact("abcdefgh-ijkl!"), "[redacted]!");
+        redactor.set_values(["zzzzzzzzzz"]);
+        assert_eq!(redactor.redact("abcdefgh"), "abcdefgh");
+        redactor.set_values(Vec::<String>::new());
+        assert_eq!(redactor.redact("zzzzzzzzzz"), "zzzzzzzzzz");
+    }
+}
