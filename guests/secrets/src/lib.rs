@@ -29,7 +29,11 @@ fn handle(req: Request) -> Response {
     match req.path() {
         "/equals" => {
             let candidate = req.query_param("candidate").unwrap_or_default();
-            let verdict = if candidate == value { "equal" } else { "different" };
+            let verdict = if candidate == value {
+                "equal"
+            } else {
+                "different"
+            };
             Response::text(200, format!("{verdict}\n"))
         }
         "/leak" => leak(&value),
