@@ -165,19 +165,19 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         data_dir = %storage.root().display(),
         "shoal is listening; restoring services"
     );
-    let admin = admin::router(AdminState {
-        services: services.clone(),
-        external: external.clone(),
-        tokens: Arc::new(
+    let admin = admin::router(AdminState::new(
+        services.clone(),
+        external.clone(),
+        Arc::new(
             crate::access::tokens::TokenStore::open(storage.root(), &token)
                 .context("opening the admin tokens")?,
         ),
-        audit: Arc::new(
+        Arc::new(
             crate::access::audit::AuditLog::open(storage.root())
                 .context("opening the audit log")?,
         ),
-        max_upload_bytes: config.max_upload_bytes,
-    });
+        config.max_upload_bytes,
+    ));
     let (gateway_limits, admin_limits) = config.connection_limits();
     Ok(Host {
         services,
@@ -275,6 +275,7 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
     shutdown.await?;
     restoring.abort();
     tracing::info!("shutting down: no new connections, draining in-flight requests");
+    telemetry.guest_logs.close();
     let _ = stop_tx.send(true);
     let _ = gateway.await;
     if let Err(error) = admin_server.await {

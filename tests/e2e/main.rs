@@ -14,6 +14,7 @@ mod hardening;
 mod isolation;
 mod keyvalue;
 mod lifecycle;
+mod operations;
 mod polyglot;
 mod secrets;
 mod shop;

@@ -141,13 +141,7 @@ fn a_canary_secret_reaches_its_service_and_appears_nowhere_else() {
     let spans: Vec<String> = receiver.spans().into_iter().map(|s| s.everything).collect();
     assert!(spans.iter().any(|s| s.contains("span [redacted]")));
     assert!(spans.iter().any(|s| s.contains("failed with [redacted]")));
-    let metrics = shoal_tests::agent()
-        .get(format!("{}/metrics", host.admin))
-        .call()
-        .expect("metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("body");
+    let metrics = host.metrics_text();
     assert!(
         metrics.contains("secret=\"[redacted]\""),
         "the label is masked"

@@ -5,17 +5,6 @@ use shoal_tests::prometheus::Prometheus;
 use shoal_tests::{Host, TOKEN, guest, temp_root};
 use std::time::{Duration, Instant};
 
-/// The host's `/metrics` page.
-fn metrics_text(host: &Host) -> String {
-    shoal_tests::agent()
-        .get(format!("{}/metrics", host.admin))
-        .call()
-        .expect("metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("body")
-}
-
 #[test]
 fn prometheus_scrapes_request_error_and_guest_metrics() {
     let root = temp_root();
@@ -84,7 +73,7 @@ fn prometheus_scrapes_request_error_and_guest_metrics() {
             >= 1.0
     );
     // The exposition follows the conventions: base units, _total counters.
-    let text = metrics_text(&host);
+    let text = host.metrics_text();
     assert!(
         text.contains("# TYPE shoal_request_duration_seconds histogram"),
         "{text}"
@@ -135,11 +124,11 @@ fn bad_guest_metrics_get_clear_errors_and_stay_bounded() {
         refused += usize::from(reply.body.starts_with("error too-many-series"));
     }
     assert_eq!(refused, 5);
-    let text = metrics_text(&host);
+    let text = host.metrics_text();
     assert_eq!(text.matches("shoal_guest_a:per_user{").count(), 1000);
     // Removing the service drops its series.
     assert_eq!(host.admin("DELETE", "/v1/services/a").status, 204);
-    let text = metrics_text(&host);
+    let text = host.metrics_text();
     assert!(
         !text.contains("shoal_guest_a:"),
         "series of a removed service remain"

@@ -432,6 +432,17 @@ impl Host {
             .unwrap_or(0)
     }
 
+    /// The host's `/metrics` page.
+    pub fn metrics_text(&self) -> String {
+        self.agent
+            .get(format!("{}/metrics", self.admin))
+            .call()
+            .expect("metrics")
+            .body_mut()
+            .read_to_string()
+            .expect("body")
+    }
+
     /// Everything the host has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

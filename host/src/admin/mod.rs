@@ -9,6 +9,7 @@
 //! | GET    | `/v1/services/{name}` | one service                                  |
 //! | PUT    | `/v1/services/{name}` | deploy: `application/wasm` body, or multipart with `component` and `manifest` parts |
 //! | DELETE | `/v1/services/{name}` | remove                                       |
+//! | GET    | `/v1/services/{name}/logs` | recent log lines; `?follow=1` streams them (server-sent events), `level`, `request_id`, `tail` filter |
 //! | PUT    | `/v1/services/{name}?canary=N` | deploy as a canary taking N % of traffic (`&max_error_rate=0.1` rolls it back automatically) |
 //! | PUT    | `/v1/services/{name}/scale` | `{"max_concurrency": N, "queue": M}`, live |
 //! | POST   | `/v1/services/{name}/rollback` | back to the previous version, or `{"version": "..."}` |
@@ -39,6 +40,7 @@ mod auth;
 mod error;
 mod events;
 mod external;
+mod logs;
 mod secrets;
 mod services;
 #[cfg(test)]
@@ -67,6 +69,28 @@ pub struct AdminState {
     pub audit: Arc<crate::access::audit::AuditLog>,
     /// Largest accepted upload, in bytes.
     pub max_upload_bytes: usize,
+    /// Log followers that may connect at once.
+    pub followers: Arc<tokio::sync::Semaphore>,
+}
+
+impl AdminState {
+    /// The admin state over `services`, `external`, `tokens` and `audit`.
+    pub fn new(
+        services: Arc<Services>,
+        external: Arc<ExternalServices>,
+        tokens: Arc<crate::access::tokens::TokenStore>,
+        audit: Arc<crate::access::audit::AuditLog>,
+        max_upload_bytes: usize,
+    ) -> Self {
+        Self {
+            services,
+            external,
+            tokens,
+            audit,
+            max_upload_bytes,
+            followers: Arc::new(tokio::sync::Semaphore::new(logs::MAX_FOLLOWERS)),
+        }
+    }
 }
 
 /// `GET /metrics`: Prometheus text format (no token, like `/healthz`).
@@ -169,6 +193,7 @@ pub fn router(state: AdminState) -> Router {
                 .delete(services::remove),
         )
         .route("/services/{name}/scale", put(services::scale))
+        .route("/services/{name}/logs", get(logs::logs))
         .route("/services/{name}/rollback", post(services::rollback))
         .route(
             "/services/{name}/canary",

@@ -29,6 +29,8 @@ pub struct ServiceView {
     load: LoadView,
     requests: u64,
     faults: std::collections::BTreeMap<&'static str, u64>,
+    /// What it has used of the host (CPU, instances, memory).
+    usage: crate::telemetry::metering::Usage,
     config_keys: Vec<String>,
     /// Bytes of keys and values in the service's store.
     store_bytes: Option<u64>,
@@ -99,6 +101,7 @@ impl From<&ServiceEntry> for ServiceView {
                 .requests
                 .load(std::sync::atomic::Ordering::Relaxed),
             faults: entry.shared.faults.snapshot(),
+            usage: deployment.context.meter.usage(),
             config_keys: record.manifest.config.keys().cloned().collect(),
             store_bytes: deployment.context.store.size().ok(),
             canary: entry.canary.as_ref().map(|canary| CanaryView {

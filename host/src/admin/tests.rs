@@ -99,15 +99,13 @@ fn admin_with(restored: bool) -> Admin {
         )
         .expect("external"),
     );
-    let app = router(AdminState {
-        services: services.clone(),
+    let app = router(AdminState::new(
+        services.clone(),
         external,
-        tokens: Arc::new(
-            crate::access::tokens::TokenStore::open(dir.path(), TOKEN).expect("tokens"),
-        ),
-        audit: Arc::new(crate::access::audit::AuditLog::open(dir.path()).expect("audit")),
-        max_upload_bytes: MAX_UPLOAD,
-    });
+        Arc::new(crate::access::tokens::TokenStore::open(dir.path(), TOKEN).expect("tokens")),
+        Arc::new(crate::access::audit::AuditLog::open(dir.path()).expect("audit")),
+        MAX_UPLOAD,
+    ));
     Admin {
         app,
         services,

@@ -91,6 +91,16 @@ pub fn emit(
     let service_name = &*service.name;
     let version = &*service.version;
     let source = line.source.name();
+    service.logs.push(crate::telemetry::guest_logs::LogLine {
+        seq: 0,
+        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        level: level_name(line.level),
+        source,
+        version: version.to_owned(),
+        request_id: request_id.to_owned(),
+        message: message.clone(),
+        fields: rendered.clone(),
+    });
     macro_rules! event {
         ($level:expr) => {
             ::tracing::event!(
@@ -112,6 +122,16 @@ pub fn emit(
         Level::Info => event!(::tracing::Level::INFO),
         Level::Warn => event!(::tracing::Level::WARN),
         Level::Error => event!(::tracing::Level::ERROR),
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Trace => "trace",
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
     }
 }
 

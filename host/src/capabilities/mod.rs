@@ -61,6 +61,10 @@ pub struct ServiceContext {
     pub log_budget: Mutex<LogBudget>,
     /// Its own key-value store.
     pub store: Arc<dyn crate::store::ServiceStore>,
+    /// What it uses of the host.
+    pub meter: crate::telemetry::metering::ServiceMeter,
+    /// Its recent log lines (shared by its versions).
+    pub logs: Arc<crate::telemetry::guest_logs::ServiceLogs>,
 }
 
 impl std::fmt::Debug for ServiceContext {

@@ -89,6 +89,8 @@ impl TestEnv {
             health: Default::default(),
             log_budget: Default::default(),
             store,
+            meter: Default::default(),
+            logs: Default::default(),
         });
         Self {
             ctx: PlatformCtx {

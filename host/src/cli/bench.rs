@@ -64,6 +64,8 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         health: Default::default(),
         log_budget: Default::default(),
         store,
+        meter: Default::default(),
+        logs: Default::default(),
     });
     let invocation = Invocation {
         service,

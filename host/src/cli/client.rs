@@ -145,6 +145,30 @@ impl AdminClient {
         content_type: Option<&str>,
         body: Body,
     ) -> Result<(StatusCode, serde_json::Value)> {
+        let response = self.response(method, path, content_type, body).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }))
+        };
+        if !status.is_success() {
+            let message = json["error"].as_str().unwrap_or("no details");
+            bail!("{status}: {message}");
+        }
+        Ok((status, json))
+    }
+
+    /// Send a request and return the answer with its body unread.
+    async fn response(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Body,
+    ) -> Result<http::Response<hyper::body::Incoming>> {
         let url = format!("{}{path}", self.base);
         let mut request = Request::builder()
             .method(method)
@@ -163,20 +187,117 @@ impl AdminClient {
                 .with_context(|| format!("cannot reach the admin API at {}", self.base))?,
             Transport::Tls(connector) => send_tls(connector, request).await?,
         };
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        let json = if bytes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }))
-        };
-        if !status.is_success() {
-            let message = json["error"].as_str().unwrap_or("no details");
-            bail!("{status}: {message}");
-        }
-        Ok((status, json))
+        Ok(response)
     }
+}
+
+/// What `shoal logs` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct LogOptions {
+    /// Keep printing new lines.
+    pub follow: bool,
+    /// Only this level and above.
+    pub level: Option<String>,
+    /// Only this request's lines.
+    pub request_id: Option<String>,
+    /// Kept lines to print first.
+    pub tail: usize,
+}
+
+fn print_log_line(line: &serde_json::Value) {
+    let text = |key: &str| line[key].as_str().unwrap_or("").to_owned();
+    let fields = text("fields");
+    println!(
+        "{} {:<5} [{}] {} {}{}{}",
+        text("at"),
+        text("level").to_uppercase(),
+        text("version"),
+        text("request_id"),
+        text("message"),
+        if fields.is_empty() { "" } else { " " },
+        fields
+    );
+}
+
+/// Print a service's recent log lines, and with `follow`, every new one until the
+/// service is removed or the host stops.
+pub async fn logs(args: &AdminArgs, name: &str, options: &LogOptions) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let mut query = format!("tail={}", options.tail);
+    if options.follow {
+        query.push_str("&follow=1");
+    }
+    for (key, value) in [
+        ("level", &options.level),
+        ("request_id", &options.request_id),
+    ] {
+        if let Some(value) = value {
+            query.push_str(&format!("&{key}={}", percent_encode(value)));
+        }
+    }
+    let path = format!("/v1/services/{name}/logs?{query}");
+    if !options.follow {
+        let (_, json) = client.send(Method::GET, &path, None, empty()).await?;
+        json["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .for_each(print_log_line);
+        return Ok(());
+    }
+    let response = client.response(Method::GET, &path, None, empty()).await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let bytes = body.collect().await?.to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        bail!(
+            "{status}: {}",
+            json["error"].as_str().unwrap_or("no details")
+        );
+    }
+    // Server-sent events: `event:` and `data:` lines, a blank line ends one.
+    let mut pending = Vec::new();
+    let mut event = String::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\r', '\n']);
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                let json: serde_json::Value = serde_json::from_str(data.trim()).unwrap_or_default();
+                match event.as_str() {
+                    "dropped" => eprintln!(
+                        "… {} lines were dropped (the reader fell behind)",
+                        json["lines"]
+                    ),
+                    _ => print_log_line(&json),
+                }
+                std::io::Write::flush(&mut std::io::stdout()).ok();
+            } else if line.is_empty() {
+                event.clear();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `text` with everything but unreserved characters percent-encoded (a query value).
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Deploy as a canary.
@@ -312,13 +433,128 @@ pub async fn list(args: &AdminArgs) -> Result<()> {
     Ok(())
 }
 
-/// Print one service as JSON.
-pub async fn show(args: &AdminArgs, name: &str) -> Result<()> {
+/// Print one service: a summary for people, or its JSON for scripts.
+pub async fn show(args: &AdminArgs, name: &str, as_json: bool) -> Result<()> {
     let client = AdminClient::new(args)?;
     let (_, json) = client
         .send(Method::GET, &format!("/v1/services/{name}"), None, empty())
         .await?;
-    println!("{}", serde_json::to_string_pretty(&json)?);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let recent = if json["state"] == "running" {
+        let path = format!("/v1/services/{name}/logs?level=warn&tail=5");
+        let (_, logs) = client.send(Method::GET, &path, None, empty()).await?;
+        logs["lines"].as_array().cloned().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    print!("{}", super::people::render_service(&json, &recent));
+    Ok(())
+}
+
+/// Show services ordered by CPU, requests or errors, refreshing every `interval`;
+/// `iterations` samples (0: until interrupted).
+pub async fn top(
+    args: &AdminArgs,
+    order: super::people::TopOrder,
+    interval: std::time::Duration,
+    iterations: u32,
+) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut before: Option<(std::time::Instant, Vec<super::people::Counters>)> = None;
+    let mut sample = 0;
+    loop {
+        let (_, json) = client
+            .send(Method::GET, "/v1/services", None, empty())
+            .await?;
+        let now = (std::time::Instant::now(), super::people::counters(&json));
+        let table = super::people::render_top(
+            before.as_ref().map(|(_, counters)| counters.as_slice()),
+            &now.1,
+            before
+                .as_ref()
+                .map_or(std::time::Duration::ZERO, |(at, _)| now.0 - *at),
+            order,
+        );
+        if terminal {
+            // Clear the screen and go home, like top.
+            print!("\x1b[2J\x1b[H");
+        }
+        println!("{table}");
+        std::io::Write::flush(&mut std::io::stdout()).ok();
+        before = Some(now);
+        sample += 1;
+        if iterations != 0 && sample >= iterations {
+            return Ok(());
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Register (or replace) an external service.
+pub async fn external_add(
+    args: &AdminArgs,
+    name: &str,
+    endpoints: &[String],
+    health_path: Option<&str>,
+) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let mut body = serde_json::json!({ "endpoints": endpoints });
+    if let Some(path) = health_path {
+        body["health_check"] = serde_json::json!({ "path": path });
+    }
+    client
+        .send(
+            Method::PUT,
+            &format!("/v1/external/{name}"),
+            Some("application/json"),
+            json_body(&body),
+        )
+        .await?;
+    println!("registered external service {name}");
+    Ok(())
+}
+
+/// List external services with their endpoints' health.
+pub async fn external_list(args: &AdminArgs) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    let (_, json) = client
+        .send(Method::GET, "/v1/external", None, empty())
+        .await?;
+    println!("{:<24} {:<48} HEALTH CHECK", "NAME", "ENDPOINTS");
+    for external in json["external"].as_array().into_iter().flatten() {
+        let spec = &external["spec"];
+        let endpoints: Vec<&str> = spec["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str())
+            .collect();
+        let check = spec["health_check"]["path"].as_str().unwrap_or("-");
+        println!(
+            "{:<24} {:<48} {check}",
+            external["name"].as_str().unwrap_or(""),
+            endpoints.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// Remove an external service.
+pub async fn external_remove(args: &AdminArgs, name: &str) -> Result<()> {
+    let client = AdminClient::new(args)?;
+    client
+        .send(
+            Method::DELETE,
+            &format!("/v1/external/{name}"),
+            None,
+            empty(),
+        )
+        .await?;
+    println!("removed external service {name}");
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod client;
+mod people;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -47,12 +48,34 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Show one service: versions, limits, load, faults, canary.
+    /// Show one service: versions, limits, load, faults, usage, canary, recent errors.
     Show {
         /// Service name.
         name: String,
+        /// Print the admin API's JSON instead (for scripts).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Services ordered by CPU, requests or errors, refreshing.
+    Top {
+        /// What to order by.
+        #[arg(long, value_enum, default_value = "cpu")]
+        sort: people::TopOrder,
+        /// Time between refreshes, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        interval_ms: u64,
+        /// Refreshes before exiting (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        iterations: u32,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// External services (plain HTTP endpoints the registry knows): add, list, remove.
+    External {
+        #[command(subcommand)]
+        action: ExternalAction,
     },
     /// Change a service's concurrency limit and queue, live.
     Scale {
@@ -135,6 +158,25 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// A service's recent log lines (its log import, stdout and stderr).
+    Logs {
+        /// Service name.
+        name: String,
+        /// Keep printing new lines as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines of this level and above.
+        #[arg(long, value_parser = ["trace", "debug", "info", "warn", "error"])]
+        level: Option<String>,
+        /// Only lines of this request.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Kept lines to print first.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Secrets for services: set, list, remove (values are never shown).
     Secret {
         #[command(subcommand)]
@@ -183,6 +225,36 @@ enum TokenAction {
     Revoke {
         /// The token's id (`tok_…`).
         id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// What to do with external services.
+#[derive(Debug, Subcommand)]
+enum ExternalAction {
+    /// Register an external service (or replace its endpoints).
+    Add {
+        /// Its name, as services call it.
+        name: String,
+        /// An endpoint, `host:port` (repeatable).
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        /// Path of its HTTP health check (checked with the defaults).
+        #[arg(long)]
+        health_path: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List external services.
+    Ls {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove an external service.
+    Rm {
+        /// Its name.
+        name: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -265,7 +337,26 @@ pub async fn run(cli: Cli) -> Result<()> {
             });
             client::deploy(&admin, &path, name, manifest.as_deref(), canary).await
         }
-        Command::Show { name, admin } => client::show(&admin, &name).await,
+        Command::Show { name, json, admin } => client::show(&admin, &name, json).await,
+        Command::Top {
+            sort,
+            interval_ms,
+            iterations,
+            admin,
+        } => {
+            let interval = std::time::Duration::from_millis(interval_ms.max(100));
+            client::top(&admin, sort, interval, iterations).await
+        }
+        Command::External { action } => match action {
+            ExternalAction::Add {
+                name,
+                endpoints,
+                health_path,
+                admin,
+            } => client::external_add(&admin, &name, &endpoints, health_path.as_deref()).await,
+            ExternalAction::Ls { admin } => client::external_list(&admin).await,
+            ExternalAction::Rm { name, admin } => client::external_remove(&admin, &name).await,
+        },
         Command::Scale {
             name,
             max_concurrency,
@@ -298,6 +389,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             TokenAction::Ls { admin } => client::token_list(&admin).await,
             TokenAction::Revoke { id, admin } => client::token_revoke(&admin, &id).await,
         },
+        Command::Logs {
+            name,
+            follow,
+            level,
+            request_id,
+            tail,
+            admin,
+        } => {
+            let options = client::LogOptions {
+                follow,
+                level,
+                request_id,
+                tail,
+            };
+            client::logs(&admin, &name, &options).await
+        }
         Command::Secret { action } => match action {
             SecretAction::Set {
                 name,

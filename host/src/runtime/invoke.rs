@@ -316,9 +316,13 @@ async fn run_guest(
             .map_err(|error| classify(error, budget, memory_limit))?;
         Ok((proxy, uses))
     };
-    let result = match tokio::time::timeout_at(invocation.deadline.into(), run).await {
-        Ok(result) => result,
-        Err(_) => Err(GuestFailure::Deadline(budget)),
+    let result = {
+        let run = std::pin::pin!(run);
+        let run = super::cpu::CpuMetered::new(run, invocation.service.clone());
+        match tokio::time::timeout_at(invocation.deadline.into(), run).await {
+            Ok(result) => result,
+            Err(_) => Err(GuestFailure::Deadline(budget)),
+        }
     };
     let output = &store.data().output;
     output.stdout.finish();
@@ -364,6 +368,9 @@ async fn instantiate(
         proxy = pre.instantiate_async(&mut *store).await;
     }
     span.span().end();
+    if proxy.is_ok() {
+        invocation.service.meter.instance_created();
+    }
     if telemetry.metrics.enabled() {
         telemetry
             .metrics

@@ -87,6 +87,8 @@ pub struct GuestLimiter {
     budget: Arc<MemoryBudget>,
     /// Bytes this store holds of the budget.
     reserved: usize,
+    /// The most it has held.
+    peak: usize,
 }
 
 impl GuestLimiter {
@@ -97,7 +99,13 @@ impl GuestLimiter {
             table_max,
             budget,
             reserved: 0,
+            peak: 0,
         }
+    }
+
+    /// The most linear memory this store has held, in bytes.
+    pub fn peak(&self) -> usize {
+        self.peak
     }
 }
 
@@ -123,6 +131,7 @@ impl ResourceLimiter for GuestLimiter {
             .into());
         }
         self.reserved += delta;
+        self.peak = self.peak.max(self.reserved);
         Ok(true)
     }
 
@@ -176,6 +185,7 @@ mod tests {
         let mut a = GuestLimiter::new(8 * MIB, 100, budget.clone());
         let mut b = GuestLimiter::new(8 * MIB, 100, budget.clone());
         assert!(a.memory_growing(0, 6 * MIB, None).expect("fits"));
+        assert_eq!(a.peak(), 6 * MIB);
         let error = a
             .memory_growing(6 * MIB, 9 * MIB, None)
             .expect_err("instance limit");

@@ -12,6 +12,7 @@
 //! - [`limits`] bounds each instance and all of them together (memory budget).
 
 pub mod compile;
+pub mod cpu;
 pub mod engine;
 pub mod function_cache;
 pub mod invoke;

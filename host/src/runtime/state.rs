@@ -91,6 +91,16 @@ impl GuestState {
     }
 }
 
+impl Drop for GuestState {
+    fn drop(&mut self) {
+        // The instance ends with its store.
+        self.platform
+            .service
+            .meter
+            .instance_ended(self.limits.peak());
+    }
+}
+
 /// A resource table that holds at most [`MAX_TABLE_ENTRIES`] handles.
 fn bounded_table() -> ResourceTable {
     let mut table = ResourceTable::new();

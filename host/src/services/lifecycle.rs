@@ -147,6 +147,7 @@ impl Services {
         if let Some(removed) = self.table.remove(name) {
             retire_entry(&removed, None);
             self.platform.telemetry.metrics.forget_service(name);
+            self.platform.telemetry.guest_logs.forget(name);
             for deployment in removed.deployments() {
                 let _ = self
                     .platform
@@ -674,6 +675,11 @@ impl Services {
             health: Mutex::new(Default::default()),
             log_budget: Default::default(),
             store,
+            meter: crate::telemetry::metering::ServiceMeter::new(
+                &self.platform.telemetry.metrics,
+                &record.name,
+            ),
+            logs: self.platform.telemetry.guest_logs.service(&record.name),
         });
         Ok(Deployment {
             record,

@@ -21,6 +21,19 @@ pub const MAX_GUEST_SERIES_HOST: usize = 50_000;
 /// Labels one guest metric may have.
 const MAX_GUEST_LABELS: usize = 10;
 
+/// Buckets of instance memory peaks: 64 KiB (one page) to 4 GiB, by fours.
+const MEMORY_BUCKETS: &[f64] = &[
+    65_536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+    268_435_456.0,
+    1_073_741_824.0,
+    4_294_967_296.0,
+];
+
 /// Buckets for request and call durations, in seconds.
 const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -71,6 +84,12 @@ pub struct Metrics {
     pub compile: HistogramVec,
     /// `shoal_deploys_total{outcome}`
     pub deploys: IntCounterVec,
+    /// CPU time in each service's guest code.
+    pub guest_cpu: prometheus::CounterVec,
+    /// Instances created per service.
+    pub instances_created: IntCounterVec,
+    /// Peak linear memory of each ended instance, per service.
+    pub instance_memory_peak: HistogramVec,
     guests: Mutex<BTreeMap<(String, String), GuestFamily>>,
     /// Series of every guest family together.
     guest_series_total: std::sync::atomic::AtomicUsize,
@@ -263,6 +282,28 @@ impl Metrics {
                 ),
                 &["outcome"],
             )?,
+            guest_cpu: prometheus::CounterVec::new(
+                Opts::new(
+                    "shoal_guest_cpu_seconds_total",
+                    "CPU time spent running each service's guest code (and the host calls it makes inline).",
+                ),
+                &["service"],
+            )?,
+            instances_created: IntCounterVec::new(
+                Opts::new(
+                    "shoal_instances_created_total",
+                    "Instances created for each service.",
+                ),
+                &["service"],
+            )?,
+            instance_memory_peak: HistogramVec::new(
+                HistogramOpts::new(
+                    "shoal_instance_memory_peak_bytes",
+                    "The largest linear memory each instance reached, observed when it ends.",
+                )
+                .buckets(MEMORY_BUCKETS.to_vec()),
+                &["service"],
+            )?,
             guests: Mutex::new(BTreeMap::new()),
             guest_series_total: std::sync::atomic::AtomicUsize::new(0),
             registry,
@@ -288,6 +329,9 @@ impl Metrics {
             Box::new(metrics.instantiation.clone()),
             Box::new(metrics.compile.clone()),
             Box::new(metrics.deploys.clone()),
+            Box::new(metrics.guest_cpu.clone()),
+            Box::new(metrics.instances_created.clone()),
+            Box::new(metrics.instance_memory_peak.clone()),
         ] {
             metrics.registry.register(collector)?;
         }
@@ -464,6 +508,9 @@ impl Metrics {
         remove_series(&self.instantiation, |l| is(l, "service"));
         remove_series(&self.compile, |l| is(l, "service"));
         remove_series(&self.guest_log_dropped, |l| is(l, "service"));
+        remove_series(&self.guest_cpu, |l| is(l, "service"));
+        remove_series(&self.instances_created, |l| is(l, "service"));
+        remove_series(&self.instance_memory_peak, |l| is(l, "service"));
         remove_series(&self.store_commits, |l| is(l, "service"));
         remove_series(&self.events_published, |l| is(l, "service"));
         remove_series(&self.event_deliveries, |l| is(l, "subscriber"));

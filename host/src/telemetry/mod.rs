@@ -5,9 +5,13 @@
 //! - [`traces`]: the tracer (OTLP over HTTP when `OTEL_EXPORTER_OTLP_*` is set) and
 //!   the `traceparent` helpers.
 //! - [`scope`]: the spans open during one request.
-//! - [`logs`]: the host's own log, written without blocking.
+//! - [`logs`]: the host's own log, written without blocking; [`guest_logs`]: each
+//!   service's recent lines, kept to read and follow.
+//! - [`metering`]: what each service uses of the host (CPU, instances, memory).
 
+pub mod guest_logs;
 pub mod logs;
+pub mod metering;
 pub mod metrics;
 pub mod scope;
 pub mod traces;
@@ -22,6 +26,8 @@ pub struct Telemetry {
     pub metrics: Metrics,
     /// OpenTelemetry traces.
     pub tracing: Tracing,
+    /// Each service's recent log lines.
+    pub guest_logs: guest_logs::GuestLogs,
 }
 
 impl Telemetry {
@@ -31,6 +37,7 @@ impl Telemetry {
         Ok(Self {
             metrics: Metrics::new(enabled)?,
             tracing: Tracing::from_env(enabled)?,
+            guest_logs: Default::default(),
         })
     }
 }
