@@ -37,6 +37,9 @@ shoal_setup() {
     command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
     # openssl makes the TLS tests' certificates.
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # The dashboard's test drives a real headless browser over WebDriver.
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
     apt_install "${missing[@]}"
 }
 

@@ -40,4 +40,6 @@ python3 scripts/bench.py --shoal "$target_dir/debug/shoal" --guests "$SHOAL_GUES
     --out "$target_dir/bench-quick.md" --quick
 
 echo "== end-to-end tests"
+export SHOAL_ARTIFACTS_DIR="$target_dir/artifacts"
 SHOAL_BIN="$target_dir/debug/shoal" cargo test -p shoal-tests
+echo "== artifacts: $SHOAL_ARTIFACTS_DIR (the dashboard's screenshot: dashboard.png)"

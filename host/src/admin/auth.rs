@@ -123,8 +123,21 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Classified 
     }
 }
 
+/// Who made an authorized request: its token's id and grant.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's id (`operator` for the operator's token).
+    pub token_id: String,
+    /// What it may do.
+    pub grant: crate::access::Grant,
+}
+
 /// Middleware: authenticate the token, check its grant, run the request, and audit.
-pub async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+pub async fn authorize(
+    State(state): State<AdminState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path();
     let path = path.strip_prefix("/v1").unwrap_or(path).to_owned();
     let classified = classify(request.method(), &path, request.uri().query());
@@ -162,12 +175,19 @@ pub async fn authorize(State(state): State<AdminState>, request: Request, next: 
             )),
             Some((id, grant)) => match grant.permits(&classified.action) {
                 Err(reason) => Err(refused(Some(id), StatusCode::FORBIDDEN, reason)),
-                Ok(()) => Ok(id),
+                Ok(()) => Ok((id, grant)),
             },
         },
     };
     let token_id = match identity {
-        Ok(id) => id,
+        Ok((id, grant)) => {
+            // Handlers may ask who is calling (`/v1/whoami`).
+            request.extensions_mut().insert(Caller {
+                token_id: id.clone(),
+                grant,
+            });
+            id
+        }
         Err((entry, error)) => {
             state.record(entry).await;
             let status = error.status;

@@ -2,6 +2,7 @@
 //!
 //! | method | path                  | what                                         |
 //! |--------|-----------------------|----------------------------------------------|
+//! | GET    | `/`                   | the dashboard (its data calls need a token)  |
 //! | GET    | `/healthz`            | liveness (no token needed)                   |
 //! | GET    | `/metrics`            | Prometheus text format (no token needed)     |
 //! | GET    | `/readyz`             | 200 once every persisted service is restored, 503 before (no token) |
@@ -26,6 +27,8 @@
 //! | GET    | `/v1/tokens`          | every token, without secrets                 |
 //! | DELETE | `/v1/tokens/{id}`     | revoke a token                               |
 //! | GET    | `/v1/audit?limit=N`   | the audit log's last N entries, oldest first |
+//! | GET    | `/v1/whoami`          | the calling token's id, scope and service patterns |
+//! | GET    | `/v1/stats`           | requests, failures, by-version counts and latency histograms per service; breaker states |
 //! | PUT    | `/v1/secrets/{name}`  | set a secret: `{"value", "services"}` JSON, or the raw value (`?services=a,b`) |
 //! | GET    | `/v1/secrets`         | every secret's name, source and services, never its value |
 //! | DELETE | `/v1/secrets/{name}`  | remove a secret set through the API          |
@@ -37,6 +40,7 @@
 
 mod access;
 mod auth;
+mod dashboard;
 mod error;
 mod events;
 mod external;
@@ -217,6 +221,8 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/tokens/{id}", axum::routing::delete(access::revoke))
         .route("/audit", get(access::audit))
+        .route("/whoami", get(dashboard::whoami))
+        .route("/stats", get(dashboard::stats))
         .route("/secrets", get(secrets::list))
         .route(
             "/secrets/{name}",
@@ -242,6 +248,9 @@ pub fn router(state: AdminState) -> Router {
             auth::authorize,
         ));
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/style.css", get(dashboard::style))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -533,6 +533,53 @@ impl Metrics {
         remove_series(&self.request_duration, matches);
     }
 
+    /// Requests, failures, requests by version and the latency histogram of each
+    /// service, summed over methods and status classes (for the dashboard).
+    pub fn request_stats(&self) -> BTreeMap<String, RequestStats> {
+        let mut stats: BTreeMap<String, RequestStats> = BTreeMap::new();
+        for family in self.request_duration.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| label_value(metric, name);
+                let histogram = metric.get_histogram();
+                let count = histogram.get_sample_count();
+                let service = stats.entry(label("service")).or_default();
+                service.requests += count;
+                if label("status_class") == "5xx" {
+                    service.failures += count;
+                }
+                *service.by_version.entry(label("version")).or_default() += count;
+                let buckets = histogram.get_bucket();
+                if service.buckets.is_empty() {
+                    service.buckets = buckets
+                        .iter()
+                        .map(|bucket| (bucket.upper_bound(), 0))
+                        .collect();
+                }
+                for (sum, bucket) in service.buckets.iter_mut().zip(buckets) {
+                    sum.1 += bucket.cumulative_count();
+                }
+            }
+        }
+        stats
+    }
+
+    /// Every service-level circuit breaker: caller, target and state (0 closed,
+    /// 1 half-open, 2 open).
+    pub fn breaker_states(&self) -> Vec<(String, String, i64)> {
+        let mut states = Vec::new();
+        for family in self.breaker_state.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| label_value(metric, name);
+                states.push((
+                    label("caller"),
+                    label("target"),
+                    metric.get_gauge().get_value() as i64,
+                ));
+            }
+        }
+        states
+    }
+
     /// Number of `service`'s series (for the admin view and tests).
     pub fn guest_series(&self, service: &str) -> usize {
         self.guests
@@ -542,6 +589,29 @@ impl Metrics {
             .map(|(_, family)| family.series.len())
             .sum()
     }
+}
+
+/// The value of label `name` of `metric` (empty when it has none).
+fn label_value(metric: &prometheus::proto::Metric, name: &str) -> String {
+    metric
+        .get_label()
+        .iter()
+        .find(|pair| pair.name() == name)
+        .map(|pair| pair.value().to_owned())
+        .unwrap_or_default()
+}
+
+/// One service's requests as the dashboard reads them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RequestStats {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of them, answered with a 5xx.
+    pub failures: u64,
+    /// Requests answered by each version (a canary's share).
+    pub by_version: BTreeMap<String, u64>,
+    /// Cumulative latency histogram: (upper bound in seconds, requests at most that).
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// Remove every series of `vec` whose labels `doomed` picks.
@@ -662,6 +732,38 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn request_stats_sum_methods_and_statuses_and_split_versions() {
+        let metrics = Metrics::new(true).expect("metrics");
+        let observe = |version: &str, method: &str, class: &str, seconds: f64| {
+            metrics
+                .request_duration
+                .with_label_values(&["web", version, method, class])
+                .observe(seconds);
+        };
+        observe("1", "GET", "2xx", 0.002);
+        observe("1", "POST", "5xx", 0.2);
+        observe("2", "GET", "2xx", 0.002);
+        let stats = metrics.request_stats();
+        let web = &stats["web"];
+        assert_eq!((web.requests, web.failures), (3, 1));
+        assert_eq!(web.by_version["1"], 2);
+        assert_eq!(web.by_version["2"], 1);
+        let at_most = |bound: f64| {
+            web.buckets
+                .iter()
+                .find(|(le, _)| (*le - bound).abs() < 1e-12)
+                .map(|(_, count)| *count)
+        };
+        assert_eq!(at_most(0.0025), Some(2));
+        assert_eq!(at_most(0.25), Some(3));
+        metrics
+            .breaker_state
+            .with_label_values(&["a", "web"])
+            .set(2);
+        assert_eq!(metrics.breaker_states(), [("a".into(), "web".into(), 2)]);
     }
 
     #[test]

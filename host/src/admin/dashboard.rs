@@ -1,0 +1,89 @@
+//! The dashboard: one page at `/` on the admin port, plain HTML, CSS and JavaScript
+//! compiled into the binary (no CDN, no build step). The page holds no data of its
+//! own: it logs in with a token and reads the `/v1` API like any client, so a `read`
+//! token sees everything and changes nothing. `/v1/whoami` tells it what the token
+//! may do; `/v1/stats` gives it request counts and latency histograms to chart.
+
+use axum::Json;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AdminState;
+use super::auth::Caller;
+
+const INDEX: &str = include_str!("dashboard/index.html");
+const SCRIPT: &str = include_str!("dashboard/app.js");
+const STYLE: &str = include_str!("dashboard/style.css");
+
+/// Scripts and styles from this origin only; nothing inline, no framing.
+const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                      connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+                      form-action 'none'; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// `GET /`: the page.
+pub async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+/// `GET /dashboard/app.js`
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// `GET /dashboard/style.css`
+pub async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+/// `GET /v1/whoami`: the calling token's id, scope and service patterns.
+pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> {
+    Json(json!({
+        "token_id": caller.token_id,
+        "scope": caller.grant.scope,
+        "services": caller.grant.services,
+    }))
+}
+
+/// `GET /v1/stats`: per service, requests, failures, requests by version and the
+/// latency histogram, summed since start; and every circuit breaker's state.
+pub async fn stats(State(state): State<AdminState>) -> Json<Value> {
+    let metrics = &state.services.platform().telemetry.metrics;
+    let breakers: Vec<Value> = metrics
+        .breaker_states()
+        .into_iter()
+        .map(|(caller, target, state)| {
+            let state = match state {
+                0 => "closed",
+                1 => "half-open",
+                _ => "open",
+            };
+            json!({ "caller": caller, "target": target, "state": state })
+        })
+        .collect();
+    Json(json!({
+        "services": metrics.request_stats(),
+        "breakers": breakers,
+    }))
+}
