@@ -318,7 +318,7 @@ async fn run_guest(
     };
     let result = {
         let run = std::pin::pin!(run);
-        let run = super::cpu::CpuMetered::new(run, invocation.service.clone());
+        let run = super::cpu::CpuMetered::new(run, &invocation.service.meter);
         match tokio::time::timeout_at(invocation.deadline.into(), run).await {
             Ok(result) => result,
             Err(_) => Err(GuestFailure::Deadline(budget)),

@@ -285,7 +285,7 @@ impl Metrics {
             guest_cpu: prometheus::CounterVec::new(
                 Opts::new(
                     "shoal_guest_cpu_seconds_total",
-                    "CPU time spent running each service's guest code (and the host calls it makes inline).",
+                    "Time each service's guest task spent running (its guest code and the host calls it makes inline; waiting is not counted).",
                 ),
                 &["service"],
             )?,
