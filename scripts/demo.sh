@@ -123,6 +123,15 @@ show curl -sS -X PUT --data 'remember the milk' "$gateway/notes/kv/todo"
 show curl -sS "$gateway/notes/kv/todo"
 show curl -sS -X POST "$gateway/notes/incr/visits?by=5"
 
+step "an operator's view: a secret, a summary, who uses the host, the log, the dashboard"
+echo '$ printf demo-secret-value-42 | shoal secret set demo-key --service notes'
+printf 'demo-secret-value-42' | "$shoal" secret set demo-key --service notes
+show "$shoal" secret ls
+show "$shoal" show hello
+show "$shoal" top --iterations 1
+show "$shoal" logs hello --tail 3
+echo "The dashboard: open $admin/ and log in with the token in $data_dir/admin-token."
+
 step "restarting the host: deploys are persisted"
 stop_host
 start_host
@@ -142,6 +151,7 @@ Done. What to try next:
   $shoal serve --data-dir $data_dir          # restart it; the services come back
   $shoal deploy guests/hello --manifest guests/hello/shoal.toml   # build + deploy
   $shoal ls / $shoal rm NAME                 # with SHOAL_DATA_DIR=$data_dir for the token
+  $shoal show NAME / top / logs NAME -f      # an operator's view; the dashboard is at the admin address
   $shoal --help                              # every command and flag
 The host log of this run is in $data_dir.log.
 EOT

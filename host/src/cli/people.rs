@@ -223,7 +223,7 @@ pub fn render_top(
     });
     let rates = before.is_some();
     let mut out = format!(
-        "{:<24} {:<16} {:>9} {:>10} {:>10} {:>9} {:>12}\n",
+        "{:<24} {:<20} {:>9} {:>10} {:>10} {:>9} {:>12}\n",
         "NAME",
         "VERSION",
         if rates { "CPU %" } else { "CPU s" },
@@ -235,7 +235,7 @@ pub fn render_top(
     for (counters, cpu, requests, errors) in rows {
         let _ = writeln!(
             out,
-            "{:<24} {:<16} {:>9.1} {:>10.1} {:>10.1} {:>9} {:>12}",
+            "{:<24} {:<20} {:>9.1} {:>10.1} {:>10.1} {:>9} {:>12}",
             counters.name,
             counters.version,
             cpu,
