@@ -149,6 +149,9 @@ pub struct Secrets {
     /// them, so they stay masked (the most recent [`MAX_RETIRED`]) until a restart.
     retired: parking_lot::Mutex<std::collections::VecDeque<String>>,
     redactor: Arc<Redactor>,
+    /// Serialises changes through the API, so the backend and memory agree on which
+    /// of two concurrent changes of one secret came last.
+    changes: parking_lot::Mutex<()>,
 }
 
 /// Replaced or removed values kept masked at most.
@@ -264,6 +267,7 @@ impl Secrets {
             entries: RwLock::new(entries),
             retired: Default::default(),
             redactor,
+            changes: Default::default(),
         };
         secrets.update_redactor();
         Ok(secrets)
@@ -374,6 +378,7 @@ impl Secrets {
         for pattern in &services {
             validate_pattern(pattern).map_err(SecretError::Invalid)?;
         }
+        let _change = self.changes.lock();
         if let Some(source) = self.operator_source(name) {
             return Err(SecretError::Operator(name.to_owned(), source));
         }
@@ -419,6 +424,7 @@ impl Secrets {
 
     /// Remove `name` (set through the API).
     pub fn remove(&self, name: &str) -> Result<(), SecretError> {
+        let _change = self.changes.lock();
         if let Some(source) = self.operator_source(name) {
             return Err(SecretError::Operator(name.to_owned(), source));
         }
