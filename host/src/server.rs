@@ -327,7 +327,9 @@ fn open_secrets(config: &ServeConfig, storage: &Storage) -> Result<Arc<Secrets>>
         .context("opening the sealed secrets")?;
     let secrets = Secrets::open(
         Box::new(backend),
-        std::env::vars(),
+        // Only UTF-8 variables can be secrets; `vars()` would panic on another one.
+        std::env::vars_os()
+            .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?))),
         config.secrets_dir.clone(),
         Redactor::process(),
     )

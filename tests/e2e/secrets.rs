@@ -314,6 +314,30 @@ fn only_admin_tokens_manage_secrets() {
     );
     assert_eq!(host.admin_json("PUT", "/v1/secrets/x", body).status, 200);
 
+    // A deploy token cannot read a secret by deploying a service that names it: only
+    // one the operator granted to that service by pattern may be named.
+    let granted = r#"{"value": "canary-8c1f3a9e-granted", "services": ["shop-*"]}"#;
+    assert_eq!(host.admin_json("PUT", "/v1/secrets/y", granted).status, 200);
+    let secret = guest("secrets");
+    let deploy_with = |name: &str, manifest: &str, token: &str| {
+        host.deploy_multipart_with_token(name, &secret, manifest, token)
+    };
+    let refused = deploy_with("shop-a", "secrets = [\"x\"]\n", &deploy);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("every service"), "{}", refused.body);
+    let refused = deploy_with("shop-a", "secrets = [\"unset\"]\n", &deploy);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let allowed = deploy_with("shop-a", "secrets = [\"y\"]\n", &deploy);
+    assert_eq!(allowed.status, 201, "{}", allowed.body);
+    assert_eq!(
+        host.get("/shop-a/equals?name=y&candidate=canary-8c1f3a9e-granted")
+            .body
+            .trim(),
+        "equal"
+    );
+    let by_admin = deploy_with("shop-b", "secrets = [\"x\"]\n", TOKEN);
+    assert_eq!(by_admin.status, 201, "{}", by_admin.body);
+
     // The CLI reads the value from a file (or standard input), never from argv.
     let env = [
         ("SHOAL_ADMIN_URL", host.admin.as_str()),

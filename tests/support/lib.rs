@@ -313,6 +313,28 @@ impl Host {
         manifest: &str,
         query: &str,
     ) -> Reply {
+        self.deploy_multipart(name, wasm, manifest, query, TOKEN)
+    }
+
+    /// Deploy with a manifest, as multipart, with a chosen token.
+    pub fn deploy_multipart_with_token(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        manifest: &str,
+        token: &str,
+    ) -> Reply {
+        self.deploy_multipart(name, wasm, manifest, "", token)
+    }
+
+    fn deploy_multipart(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        manifest: &str,
+        query: &str,
+        token: &str,
+    ) -> Reply {
         let boundary = "shoal-test-boundary-7f3a";
         let mut body = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"manifest\"\r\n\r\n{manifest}\r\n\
@@ -330,7 +352,7 @@ impl Host {
         reply(
             self.agent
                 .put(format!("{}/v1/services/{name}{query}", self.admin))
-                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("authorization", format!("Bearer {token}"))
                 .header(
                     "content-type",
                     format!("multipart/form-data; boundary={boundary}"),

@@ -77,7 +77,10 @@ pub async fn logs(
     // A service that exists (or was restored as failed) has lines, maybe none yet.
     state.services.existing(&name)?;
     let telemetry = &state.services.platform().telemetry;
-    let ring = telemetry.guest_logs.service(&name);
+    // Only the service's own deploys make its ring: one removed meanwhile is gone.
+    let ring = telemetry.guest_logs.get(&name).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("no service named `{name}`"))
+    })?;
     if !follow {
         let lines = ring.recent(tail, |line| filter.keeps(line));
         let lines: Vec<&LogLine> = lines.iter().map(|line| &**line).collect();

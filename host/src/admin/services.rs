@@ -394,6 +394,7 @@ pub async fn deploy(
         )
         .closing());
     }
+    let caller = request.extensions().get::<super::auth::Caller>().cloned();
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -416,9 +417,20 @@ pub async fn deploy(
     let Query(query) =
         query.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text()))?;
     let mode = query.mode()?;
+    let manifest = manifest?;
+    // A guest can hand out what it reads: below `admin`, a deploy may name only the
+    // secrets granted to this service.
+    if caller.is_none_or(|caller| caller.grant.scope != crate::access::Scope::Admin) {
+        let secrets = &state.services.platform().secrets;
+        for secret in &manifest.secrets {
+            secrets
+                .deployer_may_name(&name, secret)
+                .map_err(|reason| ApiError::new(StatusCode::FORBIDDEN, reason))?;
+        }
+    }
     let (_, kind) = state
         .services
-        .deploy(&name, component, manifest?, mode)
+        .deploy(&name, component, manifest, mode)
         .await?;
     let status = match kind {
         DeployKind::Created => StatusCode::CREATED,

@@ -73,7 +73,8 @@ pub fn emit(
     line: GuestLine<'_>,
 ) {
     let message = redactor.redact_owned(line.message);
-    let message = escape_controls(&bounded_text(message, MAX_LINE_BYTES));
+    // Escaped first, then bounded: escaping may grow the text several times over.
+    let message = bounded_text(escape_controls(&message), MAX_LINE_BYTES);
     let rendered = render_fields(redactor, line.fields);
     let allowed = service
         .log_budget

@@ -140,7 +140,9 @@ impl Sink {
             if state.tail.len() == TAIL_LINES {
                 state.tail.pop_front();
             }
-            state.tail.push_back(text.chars().take(512).collect());
+            // Masked before it is cut, so no part of a secret is left at the cut.
+            let masked = self.platform.secrets.redactor().redact(&text);
+            state.tail.push_back(masked.chars().take(512).collect());
         }
         let level = match self.source {
             Source::Stderr => Level::Warn,

@@ -51,7 +51,7 @@ pub fn render_service(service: &Value, recent_errors: &[Value]) -> String {
         text(service, "name"),
         text(service, "state"),
         text(service, "version"),
-        &digest[..digest.len().min(19)]
+        digest.chars().take(19).collect::<String>()
     );
     let _ = writeln!(
         out,

@@ -31,6 +31,19 @@ impl std::fmt::Debug for Redactor {
 
 static PROCESS: OnceLock<Arc<Redactor>> = OnceLock::new();
 
+/// The values long enough to mask, owned.
+fn values_in<I, S>(values: I) -> Vec<Vec<u8>>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<[u8]>,
+{
+    values
+        .into_iter()
+        .filter(|value| value.as_ref().len() >= MIN_SECRET_BYTES)
+        .map(|value| value.as_ref().to_vec())
+        .collect()
+}
+
 impl Redactor {
     /// The redactor of this process: the log writer masks with it, and the host's
     /// secrets keep it up to date.
@@ -45,21 +58,38 @@ impl Redactor {
         I: IntoIterator<Item = S>,
         S: AsRef<[u8]>,
     {
-        let values: Vec<S> = values
-            .into_iter()
-            .filter(|value| value.as_ref().len() >= MIN_SECRET_BYTES)
-            .collect();
-        let matcher = if values.is_empty() {
-            None
-        } else {
-            // The longest match wins, so a secret that contains another is masked whole.
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&values)
-                .ok()
-                .map(Arc::new)
-        };
-        *self.matcher.write() = matcher;
+        // Each value also as the JSON log format and `Debug` fields write it (quotes,
+        // backslashes and control characters escaped), where that differs.
+        let given = values_in(values);
+        let mut values: Vec<Vec<u8>> = Vec::with_capacity(given.len());
+        for value in given {
+            if let Ok(text) = std::str::from_utf8(&value) {
+                let json = serde_json::to_string(text).unwrap_or_default();
+                let debug = format!("{text:?}");
+                for escaped in [json, debug] {
+                    let inner = escaped
+                        .strip_prefix('"')
+                        .and_then(|e| e.strip_suffix('"'))
+                        .unwrap_or_default();
+                    if inner.as_bytes() != value.as_slice() && !inner.is_empty() {
+                        values.push(inner.as_bytes().to_vec());
+                    }
+                }
+            }
+            values.push(value);
+        }
+        if values.is_empty() {
+            *self.matcher.write() = None;
+            return;
+        }
+        // The longest match wins, so a secret that contains another is masked whole.
+        // Should the matcher fail to build, the one in use stays: masking never stops.
+        if let Ok(matcher) = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&values)
+        {
+            *self.matcher.write() = Some(Arc::new(matcher));
+        }
     }
 
     fn current(&self) -> Option<Arc<AhoCorasick>> {
@@ -124,5 +154,15 @@ mod tests {
         assert_eq!(redactor.redact("abcdefgh"), "abcdefgh");
         redactor.set_values(Vec::<String>::new());
         assert_eq!(redactor.redact("zzzzzzzzzz"), "zzzzzzzzzz");
+    }
+
+    #[test]
+    fn escaped_forms_are_masked_too() {
+        let redactor = Redactor::default();
+        redactor.set_values(["quote\"and\\slash"]);
+        let json = serde_json::to_string("x quote\"and\\slash y").expect("json");
+        assert_eq!(redactor.redact(&json), "\"x [redacted] y\"");
+        let debug = format!("{:?}", "quote\"and\\slash");
+        assert_eq!(redactor.redact(&debug), "\"[redacted]\"");
     }
 }

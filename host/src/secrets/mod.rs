@@ -281,11 +281,12 @@ impl Secrets {
     }
 
     fn update_redactor(&self) {
-        self.mask_also(None);
+        self.mask_also(&[]);
     }
 
-    /// Mask every current and retired value, and `extra`.
-    fn mask_also(&self, extra: Option<&str>) {
+    /// Mask every current and retired value, and `extra` (values about to be added:
+    /// masked before anyone can read them).
+    fn mask_also(&self, extra: &[&str]) {
         let entries = self.entries.read();
         let retired = self.retired.lock();
         self.redactor.set_values(
@@ -293,7 +294,7 @@ impl Secrets {
                 .values()
                 .map(|entry| entry.secret.value.as_bytes())
                 .chain(retired.iter().map(String::as_bytes))
-                .chain(extra.map(str::as_bytes)),
+                .chain(extra.iter().map(|value| value.as_bytes())),
         );
     }
 
@@ -341,6 +342,35 @@ impl Secrets {
                 updated_at: entry.secret.updated_at.clone(),
             })
             .collect()
+    }
+
+    /// Whether a deployer below the `admin` scope may deploy `service` naming the
+    /// secret `name`. Its guest could hand the value to anyone, so only a secret the
+    /// operator has granted to this service by pattern qualifies: not one granted to
+    /// every service (the environment's, the directory's, or one set without
+    /// patterns), and not a missing one, which the operator could later set for all.
+    pub fn deployer_may_name(&self, service: &str, name: &str) -> Result<(), String> {
+        let entries = self.entries.read();
+        match entries.get(name) {
+            Some(entry)
+                if entry
+                    .secret
+                    .services
+                    .iter()
+                    .any(|pattern| glob_matches(pattern, service)) =>
+            {
+                Ok(())
+            }
+            Some(entry) if entry.secret.services.is_empty() => Err(format!(
+                "secret `{name}` is granted to every service; only an admin token may deploy \
+                 a service that names it (or grant it to `{service}` by pattern)"
+            )),
+            Some(_) => Err(format!("secret `{name}` is not granted to `{service}`")),
+            None => Err(format!(
+                "secret `{name}` is not set; only an admin token may deploy a service that \
+                 names a secret the operator has not granted to it"
+            )),
+        }
     }
 
     /// Whether `service` can read `name` now, without revealing it: for `shoal show`.
@@ -397,7 +427,7 @@ impl Secrets {
             updated_at: now(),
         };
         // The value is masked before anyone can read it.
-        self.mask_also(Some(&secret.value));
+        self.mask_also(&[&secret.value]);
         if let Err(error) = self.backend.put(name, &secret) {
             self.update_redactor();
             return Err(SecretError::Storage(error));
@@ -453,6 +483,8 @@ impl Secrets {
                 return;
             }
         };
+        let new_values: Vec<&str> = files.values().map(|secret| secret.value.as_str()).collect();
+        self.mask_also(&new_values);
         let mut entries = self.entries.write();
         let mut changed = false;
         let mut gone = Vec::new();
@@ -547,6 +579,14 @@ mod tests {
             secrets.remove("db-password"),
             Err(SecretError::Operator(..))
         ));
+        // Below admin, a deploy may name only a secret granted to it by pattern.
+        assert!(secrets.deployer_may_name("shop-a", "api-key").is_ok());
+        assert!(secrets.deployer_may_name("billing", "api-key").is_err());
+        let open = secrets
+            .deployer_may_name("shop-a", "db-password")
+            .expect_err("for all");
+        assert!(open.contains("every service"), "{open}");
+        assert!(secrets.deployer_may_name("shop-a", "nope").is_err());
         let listed = format!("{:?}", secrets.list());
         assert!(!listed.contains("api-value-12345") && listed.contains("api-key"));
     }

@@ -90,7 +90,7 @@ impl ServiceLogs {
     /// Keep `line` (its `seq` is set here) and hand it to every follower.
     pub fn push(&self, mut line: LogLine) {
         let size = line.bytes();
-        let line = {
+        {
             let mut ring = self.state.lock();
             line.seq = ring.next_seq;
             ring.next_seq += 1;
@@ -109,10 +109,11 @@ impl ServiceLogs {
                 ring.bytes -= freed;
                 self.total.fetch_sub(freed, Ordering::Relaxed);
             }
-            line
-        };
-        // No follower is not an error.
-        let _ = self.followers.send(line);
+            // Sent under the lock (it never blocks), so followers get lines in `seq`
+            // order and one subscribing now never sees this line twice. No follower
+            // is not an error.
+            let _ = self.followers.send(line);
+        }
     }
 
     /// The last `limit` kept lines that `keep` accepts, oldest first.

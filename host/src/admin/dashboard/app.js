@@ -138,9 +138,10 @@ function windowOf(name) {
   if (seconds <= 0) return null;
   const a = oldest.stats || { requests: 0, failures: 0, by_version: {}, buckets: [] };
   const b = newest.stats || a;
-  const requests = b.requests - a.requests;
-  const failures = b.failures - a.failures;
-  const buckets = (b.buckets || []).map(([bound, count], i) => [bound, count - ((a.buckets[i] || [0, 0])[1])]);
+  // Counters of a replaced version are dropped, so a difference may go negative.
+  const requests = Math.max(0, b.requests - a.requests);
+  const failures = Math.max(0, b.failures - a.failures);
+  const buckets = (b.buckets || []).map(([bound, count], i) => [bound, Math.max(0, count - ((a.buckets[i] || [0, 0])[1]))]);
   const byVersion = {};
   for (const [version, count] of Object.entries(b.by_version || {})) {
     byVersion[version] = count - ((a.by_version || {})[version] || 0);
