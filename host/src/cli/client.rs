@@ -232,7 +232,10 @@ pub async fn logs(args: &AdminArgs, name: &str, options: &LogOptions) -> Result<
         ("request_id", &options.request_id),
     ] {
         if let Some(value) = value {
-            query.push_str(&format!("&{key}={}", percent_encode(value)));
+            query.push_str(&format!(
+                "&{key}={}",
+                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+            ));
         }
     }
     let path = format!("/v1/services/{name}/logs?{query}");
@@ -286,18 +289,6 @@ pub async fn logs(args: &AdminArgs, name: &str, options: &LogOptions) -> Result<
         }
     }
     Ok(())
-}
-
-/// `text` with everything but unreserved characters percent-encoded (a query value).
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Deploy as a canary.

@@ -483,47 +483,52 @@ impl Secrets {
                 return;
             }
         };
-        let new_values: Vec<&str> = files.values().map(|secret| secret.value.as_str()).collect();
+        // Most rounds change nothing: compare first, and rebuild the masks only when a
+        // file was added, changed or removed.
+        let (changed, removed): (Vec<(String, Secret)>, Vec<String>) = {
+            let entries = self.entries.read();
+            let removed = entries
+                .iter()
+                .filter(|(name, entry)| entry.source == Source::File && !files.contains_key(*name))
+                .map(|(name, _)| name.clone())
+                .collect();
+            let changed = files
+                .into_iter()
+                .filter(|(name, secret)| match entries.get(name) {
+                    // The environment's value wins (a conflict at start stops it).
+                    Some(entry) if entry.source == Source::Env => false,
+                    Some(entry) => {
+                        entry.source != Source::File || entry.secret.value != secret.value
+                    }
+                    None => true,
+                })
+                .collect();
+            (changed, removed)
+        };
+        if changed.is_empty() && removed.is_empty() {
+            return;
+        }
+        let new_values: Vec<&str> = changed.iter().map(|(_, s)| s.value.as_str()).collect();
         self.mask_also(&new_values);
-        let mut entries = self.entries.write();
-        let mut changed = false;
         let mut gone = Vec::new();
-        entries.retain(|name, entry| {
-            let keep = entry.source != Source::File || files.contains_key(name);
-            if !keep {
-                gone.push(entry.secret.value.clone());
+        {
+            let mut entries = self.entries.write();
+            for name in removed {
+                gone.extend(entries.remove(&name).map(|entry| entry.secret.value));
             }
-            keep
-        });
-        for (name, secret) in files {
-            match entries.get(&name) {
-                Some(entry) if entry.source == Source::Env => {
-                    tracing::warn!(secret = %name, "a file in the secrets directory names a secret the environment gives; ignored");
-                }
-                Some(entry)
-                    if entry.source == Source::File && entry.secret.value == secret.value => {}
-                _ => {
-                    changed = true;
-                    let replaced = entries.insert(
-                        name,
-                        Entry {
-                            secret,
-                            source: Source::File,
-                        },
-                    );
-                    gone.extend(replaced.map(|entry| entry.secret.value));
-                }
+            for (name, secret) in changed {
+                let entry = Entry {
+                    secret,
+                    source: Source::File,
+                };
+                gone.extend(entries.insert(name, entry).map(|old| old.secret.value));
             }
         }
-        drop(entries);
-        changed |= !gone.is_empty();
         for value in gone {
             self.retire(value);
         }
-        if changed {
-            tracing::info!("the secrets directory changed");
-            self.update_redactor();
-        }
+        tracing::info!("the secrets directory changed");
+        self.update_redactor();
     }
 }
 

@@ -90,30 +90,28 @@ impl ServiceLogs {
     /// Keep `line` (its `seq` is set here) and hand it to every follower.
     pub fn push(&self, mut line: LogLine) {
         let size = line.bytes();
+        let mut ring = self.state.lock();
+        line.seq = ring.next_seq;
+        ring.next_seq += 1;
+        let line = Arc::new(line);
+        ring.lines.push_back(line.clone());
+        ring.bytes += size;
+        self.total.fetch_add(size, Ordering::Relaxed);
+        while ring.lines.len() > MAX_LINES
+            || ring.bytes > MAX_RING_BYTES
+            || (self.total.load(Ordering::Relaxed) > MAX_TOTAL_BYTES && ring.lines.len() > 1)
         {
-            let mut ring = self.state.lock();
-            line.seq = ring.next_seq;
-            ring.next_seq += 1;
-            let line = Arc::new(line);
-            ring.lines.push_back(line.clone());
-            ring.bytes += size;
-            self.total.fetch_add(size, Ordering::Relaxed);
-            while ring.lines.len() > MAX_LINES
-                || ring.bytes > MAX_RING_BYTES
-                || (self.total.load(Ordering::Relaxed) > MAX_TOTAL_BYTES && ring.lines.len() > 1)
-            {
-                let Some(oldest) = ring.lines.pop_front() else {
-                    break;
-                };
-                let freed = oldest.bytes();
-                ring.bytes -= freed;
-                self.total.fetch_sub(freed, Ordering::Relaxed);
-            }
-            // Sent under the lock (it never blocks), so followers get lines in `seq`
-            // order and one subscribing now never sees this line twice. No follower
-            // is not an error.
-            let _ = self.followers.send(line);
+            let Some(oldest) = ring.lines.pop_front() else {
+                break;
+            };
+            let freed = oldest.bytes();
+            ring.bytes -= freed;
+            self.total.fetch_sub(freed, Ordering::Relaxed);
         }
+        // Sent under the lock (it never blocks), so followers get lines in `seq`
+        // order and one subscribing now never sees this line twice. No follower
+        // is not an error.
+        let _ = self.followers.send(line);
     }
 
     /// The last `limit` kept lines that `keep` accepts, oldest first.
