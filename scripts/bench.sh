@@ -21,6 +21,8 @@ if [ -z "$quick" ] && ! wasmtime --version 2>/dev/null | grep -q '48\.0\.8'; the
 fi
 
 (cd guests && cargo build --release --target wasm32-wasip2)
+# The JavaScript and Python greeters (big components for the deploy benchmark).
+bash scripts/polyglot.sh "$guests_dir"
 
 # A large component for the deploy benchmark: the Python hello (componentize-py).
 large=""

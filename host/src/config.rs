@@ -109,6 +109,16 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_FUNCTION_CACHE_MB", default_value_t = 1024)]
     pub function_cache_mb: u64,
 
+    /// Components of at least this many KiB whose optimised code is not cached yet
+    /// serve at once on code from the baseline compiler (Winch), and switch to the
+    /// optimised code (Cranelift) when its background compile is done.
+    #[arg(long, env = "SHOAL_BASELINE_ABOVE_KB", default_value_t = 2048)]
+    pub baseline_above_kb: usize,
+
+    /// Never serve baseline code: a deploy waits for optimised code.
+    #[arg(long, env = "SHOAL_NO_BASELINE")]
+    pub no_baseline: bool,
+
     /// Measure nothing and trace nothing (the benchmark's baseline).
     #[arg(long, env = "SHOAL_NO_TELEMETRY")]
     pub no_telemetry: bool,

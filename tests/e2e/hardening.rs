@@ -517,6 +517,9 @@ fn wait_queued(host: &Host, service: &str, queued: u64) {
 
 #[test]
 fn queued_requests_run_the_version_live_when_they_are_admitted() {
+    // Holds the only slot long enough for a second request to queue behind it, even
+    // on a machine busy with other tests.
+    const BUSY: &str = "/svc/sleep?ms=4000";
     let root = temp_root();
     let host = Host::start(root.path(), &[]);
     let manifest = |release: &str| {
@@ -539,7 +542,7 @@ fn queued_requests_run_the_version_live_when_they_are_admitted() {
             )
         })
     };
-    let busy = get("/svc/sleep?ms=1000");
+    let busy = get(BUSY);
     wait_for("the slot to be taken", Duration::from_secs(10), || {
         host.admin("GET", "/v1/services/svc").json()["load"]["in_flight"] == 1
     });
@@ -557,7 +560,7 @@ fn queued_requests_run_the_version_live_when_they_are_admitted() {
     assert!(body.contains("r2"), "ran the version it queued for: {body}");
 
     // The service is removed while a request waits: it is told so.
-    let busy = get("/svc/sleep?ms=1000");
+    let busy = get(BUSY);
     wait_for("the slot to be taken", Duration::from_secs(10), || {
         host.admin("GET", "/v1/services/svc").json()["load"]["in_flight"] == 1
     });

@@ -183,3 +183,77 @@ fn a_c_service_uses_the_platform_too() {
     let third = host.get("/c-greeter/");
     assert!(third.body.contains("visits: 3\n"), "{}", third.body);
 }
+
+#[test]
+fn a_big_component_serves_on_baseline_code_then_switches_to_optimised_code_without_a_failure() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &["--max-instances", "64"]);
+    // Small components (hello: under the 2 MiB default) wait for optimised code.
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    let code =
+        |name: &str| host.admin("GET", &format!("/v1/services/{name}")).json()["code"].clone();
+    assert_eq!(code("hello"), "optimized");
+
+    // A componentize-py service (18 MB) answers on baseline code as soon as its
+    // deploy returns, while the optimising compile runs.
+    let manifest = "[config]\ndownstream = \"hello\"\ndownstream_path = \"/echo\"\n";
+    let reply = host.deploy_with_manifest("python-greeter", &guest("python_greeter"), manifest);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(code("python-greeter"), "baseline");
+    let first = host.get("/python-greeter/");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(
+        first.body.starts_with("greeting: Hello\nvisits: 1\n"),
+        "{}",
+        first.body
+    );
+    let (ok, shown, err) = shoal_tests::shoal_cli(
+        &["show", "python-greeter"],
+        &[
+            ("SHOAL_ADMIN_URL", host.admin.as_str()),
+            ("SHOAL_ADMIN_TOKEN", TOKEN),
+        ],
+    );
+    assert!(ok && shown.contains("code       baseline"), "{shown}{err}");
+
+    // Requests keep being answered across the swap; the store sees every one.
+    let mut served = 1;
+    wait_for("the optimised code", Duration::from_secs(300), || {
+        let reply = host.get("/python-greeter/");
+        assert_eq!(
+            reply.status, 200,
+            "a request failed during the swap: {}",
+            reply.body
+        );
+        served += 1;
+        code("python-greeter") == "optimized"
+    });
+    for _ in 0..3 {
+        let reply = host.get("/python-greeter/");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        served += 1;
+    }
+    let last = host.get("/python-greeter/");
+    assert!(
+        last.body.contains(&format!("visits: {}\n", served + 1)),
+        "every request counted once ({served} before): {}",
+        last.body
+    );
+    let metrics = host.metrics_text();
+    for tier in ["baseline", "optimized"] {
+        let series = format!(
+            "shoal_compile_duration_seconds_count{{service=\"python-greeter\",tier=\"{tier}\"}} 1"
+        );
+        assert!(metrics.contains(&series), "{series} in\n{metrics}");
+    }
+
+    // The optimised code is cached: after a restart the service runs it at once.
+    drop(host);
+    let host = Host::start(root.path(), &["--max-instances", "64"]);
+    wait_for("the restore", Duration::from_secs(60), || {
+        host.admin("GET", "/readyz").status == 200
+    });
+    let view = host.admin("GET", "/v1/services/python-greeter").json();
+    assert_eq!(view["code"], "optimized", "{view}");
+    assert_eq!(host.get("/python-greeter/").status, 200);
+}

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::AdminState;
 use super::error::ApiError;
 use crate::manifest::Manifest;
+use crate::runtime::CodeTier;
 use crate::services::limiter::Scale;
 use crate::services::state::AutoRollback;
 use crate::services::{DeployKind, DeployMode, FailedService, ServiceEntry, ServiceError};
@@ -25,6 +26,9 @@ pub struct ServiceView {
     deployed_at: String,
     route: String,
     state: &'static str,
+    /// Which compiler's code new requests run: `baseline` until the optimised code
+    /// of a big new component is ready, then `optimized`.
+    code: CodeTier,
     limits: LimitsView,
     load: LoadView,
     requests: u64,
@@ -60,6 +64,7 @@ struct LoadView {
 struct CanaryView {
     version: String,
     digest: String,
+    code: CodeTier,
     weight: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     auto_rollback: Option<AutoRollback>,
@@ -85,6 +90,7 @@ impl From<&ServiceEntry> for ServiceView {
             deployed_at: record.deployed_at.clone(),
             route: deployment.route.clone(),
             state: "running",
+            code: deployment.loaded().tier,
             limits: LimitsView {
                 memory_mb: (deployment.limits.memory_bytes / (1024 * 1024)) as u64,
                 memory_budget_mb: (deployment.limits.memory_bytes / (1024 * 1024)) as u64
@@ -107,6 +113,7 @@ impl From<&ServiceEntry> for ServiceView {
             canary: entry.canary.as_ref().map(|canary| CanaryView {
                 version: canary.deployment.record.version.clone(),
                 digest: canary.deployment.record.digest.clone(),
+                code: canary.deployment.loaded().tier,
                 weight: canary.weight,
                 auto_rollback: canary.auto_rollback.clone(),
             }),

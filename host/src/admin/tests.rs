@@ -48,6 +48,7 @@ fn admin_with(restored: bool) -> Admin {
         max_table_elements: 20_000,
         function_cache_bytes: 0,
         memory_budget_bytes: 1024 * 1024 * 1024,
+        baseline_above_bytes: None,
     })
     .expect("runtime");
     let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(60));

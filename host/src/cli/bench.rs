@@ -1,5 +1,6 @@
 //! `shoal bench-instantiate`: time the per-request instantiation path in isolation
-//! (fresh store + instantiate from the pre-instantiated component), for the benchmark.
+//! (fresh store + instantiate from the pre-instantiated component), or a whole
+//! request handled in-process with no gateway (`--handle`), for the benchmark.
 
 use anyhow::{Context as _, Result};
 use std::path::Path;
@@ -13,8 +14,25 @@ use crate::registry::embedded::EmbeddedRegistry;
 use crate::runtime::invoke::Invocation;
 use crate::runtime::{InstanceLimits, Runtime, RuntimeOptions, ServiceContext};
 
-/// Instantiate `component` `iterations` times and print mean and percentiles in µs.
-pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Result<()> {
+/// What one timed iteration does.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchMode {
+    /// Allocate instances from the pool.
+    pub pooling: bool,
+    /// Also hand the instance a `GET /` and read its whole response.
+    pub handle: bool,
+    /// Run code from the baseline compiler instead of the optimising one.
+    pub baseline: bool,
+}
+
+/// Instantiate `component` (and handle a request, per `mode`) `iterations` times and
+/// print mean and percentiles in µs.
+pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> Result<()> {
+    let BenchMode {
+        pooling,
+        handle,
+        baseline,
+    } = mode;
     let cache = std::env::temp_dir().join(format!("shoal-bench-{:016x}", rand::random::<u64>()));
     let runtime = Runtime::new(&RuntimeOptions {
         cache_dir: cache.clone(),
@@ -25,11 +43,15 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         max_table_elements: 20_000,
         function_cache_bytes: 0,
         memory_budget_bytes: usize::MAX,
+        baseline_above_bytes: baseline.then_some(0),
     })?;
     let bytes =
         std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
     let digest = crate::storage::sha256_hex(&bytes);
     let loaded = runtime.load(&bytes, &digest)?;
+    if baseline && loaded.tier != crate::runtime::CodeTier::Baseline {
+        anyhow::bail!("the baseline compiler cannot compile this component (see the log)");
+    }
     let registry = EmbeddedRegistry::start(Duration::from_secs(60));
     let telemetry = Arc::new(crate::telemetry::Telemetry::from_env(false)?);
     let stores = crate::store::sqlite::SqliteBackend::new(cache.join("stores"))
@@ -67,21 +89,30 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         meter: Default::default(),
         logs: Default::default(),
     });
-    let invocation = Invocation {
-        service,
-        limits: InstanceLimits {
-            memory_bytes: 128 * 1024 * 1024,
-            table_elements: 100_000,
-            budget: runtime.memory_budget.clone(),
-            idle: runtime.idle.clone(),
-        },
-        platform,
+    let limits = InstanceLimits {
+        memory_bytes: 128 * 1024 * 1024,
+        table_elements: 100_000,
+        budget: runtime.memory_budget.clone(),
+        idle: runtime.idle.clone(),
+    };
+    let invocation = || Invocation {
+        service: service.clone(),
+        limits: limits.clone(),
+        platform: platform.clone(),
         request_id: "bench".into(),
         deadline: Deadline::after(Duration::from_secs(3600)),
         trace: opentelemetry::Context::new(),
         held_until_done: None,
     };
-    let run = || crate::runtime::invoke::instantiate_once(&loaded.pre, &invocation);
+    let run = || async {
+        if handle {
+            handle_once(&loaded.pre, invocation()).await
+        } else {
+            crate::runtime::invoke::instantiate_once(&loaded.pre, &invocation())
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
     for _ in 0..(iterations / 10).max(10) {
         run().await?;
     }
@@ -99,6 +130,8 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         "{}",
         serde_json::json!({
             "allocator": if pooling { "pooling" } else { "on-demand" },
+            "measured": if handle { "instantiate and handle GET /" } else { "instantiate" },
+            "code": loaded.tier,
             "iterations": iterations,
             "mean_us": mean,
             "p50_us": at(0.5),
@@ -106,6 +139,34 @@ pub async fn instantiate(component: &Path, iterations: u32, pooling: bool) -> Re
         })
     );
     let _ = std::fs::remove_dir_all(cache);
+    Ok(())
+}
+
+/// One `GET /` through a fresh instance, its whole response read: the component's
+/// own cost with no gateway in front.
+async fn handle_once(
+    pre: &wasmtime_wasi_http::p2::bindings::ProxyPre<crate::runtime::GuestState>,
+    invocation: Invocation,
+) -> Result<()> {
+    use http_body_util::BodyExt as _;
+    let request = hyper::Request::get("http://bench/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new().map_err(
+            |never| -> wasmtime_wasi_http::p2::bindings::http::types::ErrorCode { match never {} },
+        ))
+        .context("building the request")?;
+    let response = crate::runtime::invoke::handle(pre, None, invocation, request)
+        .await
+        .map_err(|failure| anyhow::anyhow!("{failure}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "the component answered {}",
+        response.status()
+    );
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|code| anyhow::anyhow!("reading the body: {code:?}"))?;
     Ok(())
 }
 

@@ -132,6 +132,12 @@ enum Command {
         /// Allocate on demand instead of from the pool.
         #[arg(long)]
         no_pooling: bool,
+        /// Also handle a `GET /` per instance and read the whole response.
+        #[arg(long)]
+        handle: bool,
+        /// Run the baseline compiler's code instead of the optimising compiler's.
+        #[arg(long)]
+        baseline: bool,
     },
     /// Serve a fixed hello world with plain hyper (the benchmark's native ceiling).
     #[command(hide = true)]
@@ -377,7 +383,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             component,
             iterations,
             no_pooling,
-        } => bench::instantiate(&component, iterations, !no_pooling).await,
+            handle,
+            baseline,
+        } => {
+            let mode = bench::BenchMode {
+                pooling: !no_pooling,
+                handle,
+                baseline,
+            };
+            bench::instantiate(&component, iterations, mode).await
+        }
         Command::Rm { name, admin } => client::remove(&admin, &name).await,
         Command::Token { action } => match action {
             TokenAction::Create {

@@ -62,6 +62,12 @@ pub fn render_service(service: &Value, recent_errors: &[Value]) -> String {
     if service["state"] == "failed" {
         let _ = writeln!(out, "  reason     {}", text(service, "reason"));
     }
+    if service["code"] == "baseline" {
+        let _ = writeln!(
+            out,
+            "  code       baseline (optimised code is compiling in the background)"
+        );
+    }
     if let Some(canary) = service["canary"].as_object() {
         let canary = Value::Object(canary.clone());
         let mut line = format!(
@@ -257,6 +263,7 @@ mod tests {
         json!({
             "name": name, "version": "1.0.0", "digest": "sha256:0123456789abcdef",
             "state": "running", "route": format!("/{name}"), "deployed_at": "2026-12-01T00:00:00Z",
+            "code": "baseline",
             "limits": {"memory_mb": 128, "timeout_ms": 30000, "max_concurrency": 64, "queue": 256, "scaled_by_operator": false},
             "load": {"in_flight": 1, "queued": 0},
             "requests": requests, "faults": {"trap": traps, "timeout": 0},
@@ -273,6 +280,7 @@ mod tests {
         let text = render_service(&service("orders", 1.5, 10, 2), &errors);
         for expected in [
             "orders  running  version 1.0.0",
+            "code       baseline (optimised code is compiling in the background)",
             "canary     1.1.0 takes 10%, rolled back above 5% errors",
             "memory 128 MiB, timeout 30000 ms, concurrency 64, queue 256",
             "requests   10 served; faults: trap 2",

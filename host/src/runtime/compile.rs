@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::{GuestState, Runtime};
@@ -53,9 +53,22 @@ pub enum LoadError {
     Internal(anyhow::Error),
 }
 
+/// Which compiler produced a service's running code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CodeTier {
+    /// The baseline compiler's: ready in a fraction of the time, runs slower; the
+    /// optimised code replaces it when it is ready.
+    Baseline,
+    /// The optimising compiler's.
+    Optimized,
+}
+
 /// A compiled, linked component, ready to be instantiated per request.
 #[derive(Clone)]
 pub struct Loaded {
+    /// Which compiler produced the code.
+    pub tier: CodeTier,
     /// Pre-instantiated component, typed as a `wasi:http/proxy`.
     pub pre: ProxyPre<GuestState>,
     /// Where its `shoal:platform/health-check` export is, when it has one.
@@ -67,12 +80,67 @@ pub struct Loaded {
 impl Runtime {
     /// Validate, compile (or load from cache) and link `bytes`, whose SHA-256 is `digest`.
     ///
+    /// A big component whose optimised code is not cached yet comes back compiled by
+    /// the baseline compiler ([`CodeTier::Baseline`]): the caller serves it and asks
+    /// for [`Runtime::load_optimized`] in the background. Anything the baseline
+    /// compiler cannot handle is compiled by the optimising one at once.
+    ///
     /// CPU-heavy: call from a blocking thread.
     pub fn load(&self, bytes: &[u8], digest: &str) -> Result<Loaded, LoadError> {
         check_format(bytes)?;
+        if let Some(baseline) = &self.baseline
+            && bytes.len() >= baseline.above_bytes
+            && !self.cache_path(digest).exists()
+        {
+            match self.load_baseline(baseline, bytes, digest) {
+                Ok(loaded) => return Ok(loaded),
+                Err(error @ LoadError::ExceedsPool(_)) => return Err(error),
+                // Invalid for the baseline compiler (a proposal it lacks) or for
+                // everyone: the optimising compiler decides, and its error is the one
+                // reported.
+                Err(error) => tracing::info!(
+                    digest,
+                    %error,
+                    "the baseline compiler cannot take this component; optimising now"
+                ),
+            }
+        }
+        self.load_optimized(bytes, digest)
+    }
+
+    /// [`Runtime::load`] with the optimising compiler only (or its cached code).
+    pub fn load_optimized(&self, bytes: &[u8], digest: &str) -> Result<Loaded, LoadError> {
+        check_format(bytes)?;
         let (component, compiled_in) = self.compile_cached(bytes, digest)?;
-        let mut loaded = self.link(&component)?;
+        let mut loaded = link(&self.engine, &self.linker, &component)?;
         loaded.compiled_in = compiled_in;
+        Ok(loaded)
+    }
+
+    fn load_baseline(
+        &self,
+        baseline: &super::engine::Baseline,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Loaded, LoadError> {
+        let started = std::time::Instant::now();
+        let component = Component::new(&baseline.engine, bytes).map_err(|error| {
+            let error = anyhow::Error::from(error);
+            if exceeds_pool(&error) {
+                LoadError::ExceedsPool(format!("{error:#}"))
+            } else {
+                LoadError::Invalid(format!("{error:#}"))
+            }
+        })?;
+        let elapsed = started.elapsed();
+        tracing::info!(
+            digest,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "compiled component (baseline)"
+        );
+        let mut loaded = link(&baseline.engine, &baseline.linker, &component)?;
+        loaded.tier = CodeTier::Baseline;
+        loaded.compiled_in = Some(elapsed);
         Ok(loaded)
     }
 
@@ -122,45 +190,55 @@ impl Runtime {
     fn cache_path(&self, digest: &str) -> PathBuf {
         self.cache_dir.join(format!("{digest}.cwasm"))
     }
+}
 
-    fn link(&self, component: &Component) -> Result<Loaded, LoadError> {
-        let instance_pre = match self.linker.instantiate_pre(component) {
-            Ok(pre) => pre,
-            Err(error) => {
-                let missing = self.missing_imports(component);
-                return Err(if missing.is_empty() {
-                    LoadError::IncompatibleImports(format!("{error:#}"))
-                } else {
-                    LoadError::MissingImports(missing)
-                });
-            }
-        };
-        let health_check = crate::bindings::health_check::GuestIndices::new(&instance_pre).ok();
-        let pre = ProxyPre::new(instance_pre)
-            .map_err(|error| LoadError::NotAService(format!("{error:#}")))?;
-        Ok(Loaded {
-            pre,
-            health_check,
-            compiled_in: None,
-        })
-    }
-
-    /// Names of the component's imports that the linker has no definition for.
-    ///
-    /// The linker has no lookup API, so each import name is probed on a copy: defining
-    /// a name succeeds exactly when the linker does not already provide it (semver-
-    /// compatible versions count as provided).
-    fn missing_imports(&self, component: &Component) -> Vec<String> {
-        let mut probe = (*self.linker).clone();
-        let ty = component.component_type();
-        let mut missing = Vec::new();
-        for (name, _) in ty.imports(&self.engine) {
-            if probe.root().func_new(name, |_, _, _, _| Ok(())).is_ok() {
-                missing.push(name.to_owned());
-            }
+/// Link `component` against `linker` (both of `engine`) and check it is a service.
+fn link(
+    engine: &wasmtime::Engine,
+    linker: &Linker<GuestState>,
+    component: &Component,
+) -> Result<Loaded, LoadError> {
+    let instance_pre = match linker.instantiate_pre(component) {
+        Ok(pre) => pre,
+        Err(error) => {
+            let missing = missing_imports(engine, linker, component);
+            return Err(if missing.is_empty() {
+                LoadError::IncompatibleImports(format!("{error:#}"))
+            } else {
+                LoadError::MissingImports(missing)
+            });
         }
-        missing
+    };
+    let health_check = crate::bindings::health_check::GuestIndices::new(&instance_pre).ok();
+    let pre = ProxyPre::new(instance_pre)
+        .map_err(|error| LoadError::NotAService(format!("{error:#}")))?;
+    Ok(Loaded {
+        tier: CodeTier::Optimized,
+        pre,
+        health_check,
+        compiled_in: None,
+    })
+}
+
+/// Names of the component's imports that the linker has no definition for.
+///
+/// The linker has no lookup API, so each import name is probed on a copy: defining
+/// a name succeeds exactly when the linker does not already provide it (semver-
+/// compatible versions count as provided).
+fn missing_imports(
+    engine: &wasmtime::Engine,
+    linker: &Linker<GuestState>,
+    component: &Component,
+) -> Vec<String> {
+    let mut probe = linker.clone();
+    let ty = component.component_type();
+    let mut missing = Vec::new();
+    for (name, _) in ty.imports(engine) {
+        if probe.root().func_new(name, |_, _, _, _| Ok(())).is_ok() {
+            missing.push(name.to_owned());
+        }
     }
+    missing
 }
 
 /// Reject bytes that are not WebAssembly, or are a core module.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 
 use super::GuestState;
 use super::limits::MemoryBudget;
@@ -38,13 +38,21 @@ pub struct RuntimeOptions {
     pub function_cache_bytes: u64,
     /// Linear memory all live instances together may hold, in bytes.
     pub memory_budget_bytes: usize,
+    /// Components of at least this many bytes whose optimised code is not cached yet
+    /// are first compiled by the baseline compiler and served at once, while the
+    /// optimised code is compiled in the background (none: always wait for it).
+    pub baseline_above_bytes: Option<usize>,
 }
 
 /// The engine, the linker every component is checked against, and the compile cache.
 #[derive(Clone)]
 pub struct Runtime {
+    /// Optimising compiler (Cranelift): the code every service ends up running.
     pub(crate) engine: Engine,
     pub(crate) linker: Arc<Linker<GuestState>>,
+    /// Baseline compiler (Winch): code in a fraction of the time, which runs slower;
+    /// serves big components until their optimised code is ready.
+    pub(crate) baseline: Option<Baseline>,
     pub(crate) cache_dir: PathBuf,
     /// The host-wide memory budget every instance's growth draws on.
     pub memory_budget: Arc<MemoryBudget>,
@@ -52,13 +60,20 @@ pub struct Runtime {
     pub idle: Arc<IdlePools>,
 }
 
+/// The baseline tier: its own engine (compiler strategy is engine-wide) and a linker
+/// with the same host functions.
+#[derive(Clone)]
+pub(crate) struct Baseline {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Arc<Linker<GuestState>>,
+    /// Components smaller than this wait for optimised code (it is quick for them).
+    pub(crate) above_bytes: usize,
+}
+
 impl Runtime {
-    /// Build the engine and linker, and start the epoch ticker that enforces deadlines.
+    /// Build the engines and linkers, and start the epoch tickers that enforce deadlines.
     pub fn new(options: &RuntimeOptions) -> Result<Self> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        config.max_wasm_stack(options.max_wasm_stack);
+        let mut config = engine_config(options, Strategy::Cranelift);
         if options.function_cache_bytes > 0 {
             std::fs::create_dir_all(&options.cache_dir).with_context(|| {
                 format!("creating the compile cache {}", options.cache_dir.display())
@@ -71,41 +86,21 @@ impl Runtime {
                 .enable_incremental_compilation(Arc::new(functions))
                 .map_err(anyhow::Error::from)?;
         }
-        if options.pooling {
-            let mut pooling = PoolingAllocationConfig::default();
-            pooling
-                .total_component_instances(options.max_instances)
-                .total_core_instances(options.max_instances.saturating_mul(4))
-                .total_memories(options.max_instances.saturating_mul(2))
-                .total_tables(options.max_instances.saturating_mul(4))
-                .total_stacks(options.max_instances)
-                .max_memory_size(options.max_memory_bytes)
-                .table_elements(options.max_table_elements)
-                // Give memory back to the kernel in batches: one madvise (and one TLB
-                // shootdown across threads) per batch instead of per instance.
-                .decommit_batch_size(DECOMMIT_BATCH)
-                // Small tables and the first pages of memory and stacks are reset
-                // with memset instead of madvise: cheaper for small guests.
-                .linear_memory_keep_resident(KEEP_RESIDENT)
-                .table_keep_resident(KEEP_RESIDENT)
-                .async_stack_keep_resident(KEEP_RESIDENT);
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        }
-        let engine = Engine::new(&config).map_err(anyhow::Error::from).context(
-            "cannot create the wasmtime engine (lower --max-instances or --max-memory-mb, \
-             or pass --no-pooling)",
-        )?;
-
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking WASI")?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking wasi:http")?;
-        crate::capabilities::add_to_linker::<GuestState>(&mut linker)
-            .map_err(anyhow::Error::from)
-            .context("linking shoal:platform")?;
+        let engine = new_engine(&config)?;
+        let linker = new_linker(&engine)?;
+        let baseline = match options.baseline_above_bytes {
+            Some(above_bytes) => {
+                let engine = new_engine(&engine_config(options, Strategy::Winch))?;
+                let linker = new_linker(&engine)?;
+                start_epoch_ticker(&engine);
+                Some(Baseline {
+                    engine,
+                    linker,
+                    above_bytes,
+                })
+            }
+            None => None,
+        };
 
         let fingerprint = engine_fingerprint(&engine);
         let cache_dir = options.cache_dir.join(&fingerprint);
@@ -116,12 +111,67 @@ impl Runtime {
         start_epoch_ticker(&engine);
         Ok(Self {
             engine,
-            linker: Arc::new(linker),
+            linker,
+            baseline,
             cache_dir,
             memory_budget: MemoryBudget::new(options.memory_budget_bytes),
             idle: Arc::default(),
         })
     }
+}
+
+/// Engine settings shared by both compilers. Each engine gets a pool of the same
+/// size: the baseline one only holds instances while optimised code is on its way,
+/// and an unused pool costs address space, not memory.
+fn engine_config(options: &RuntimeOptions, strategy: Strategy) -> Config {
+    let mut config = Config::new();
+    config.strategy(strategy);
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.max_wasm_stack(options.max_wasm_stack);
+    if options.pooling {
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(options.max_instances)
+            .total_core_instances(options.max_instances.saturating_mul(4))
+            .total_memories(options.max_instances.saturating_mul(2))
+            .total_tables(options.max_instances.saturating_mul(4))
+            .total_stacks(options.max_instances)
+            .max_memory_size(options.max_memory_bytes)
+            .table_elements(options.max_table_elements)
+            // Give memory back to the kernel in batches: one madvise (and one TLB
+            // shootdown across threads) per batch instead of per instance.
+            .decommit_batch_size(DECOMMIT_BATCH)
+            // Small tables and the first pages of memory and stacks are reset
+            // with memset instead of madvise: cheaper for small guests.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .async_stack_keep_resident(KEEP_RESIDENT);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    }
+    config
+}
+
+fn new_engine(config: &Config) -> Result<Engine> {
+    Engine::new(config).map_err(anyhow::Error::from).context(
+        "cannot create the wasmtime engine (lower --max-instances or --max-memory-mb, \
+         or pass --no-pooling)",
+    )
+}
+
+/// Every host function a component may import: WASI, `wasi:http` and `shoal:platform`.
+fn new_linker(engine: &Engine) -> Result<Arc<Linker<GuestState>>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking WASI")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking wasi:http")?;
+    crate::capabilities::add_to_linker::<GuestState>(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("linking shoal:platform")?;
+    Ok(Arc::new(linker))
 }
 
 /// A short name for "code compiled by this engine": wasmtime's own compatibility hash

@@ -228,7 +228,12 @@ where
 {
     // A reused instance keeps its store; only the per-request state and the deadline
     // are renewed.
-    let mut prepared = match pool.as_ref().and_then(|pool| pool.take()) {
+    // An idle instance of code that has since been swapped out is not reused.
+    let idle = pool
+        .as_ref()
+        .and_then(|pool| pool.take())
+        .filter(|idle| wasmtime::Engine::same(idle.store.engine(), pre.engine()));
+    let mut prepared = match idle {
         Some(Reusable {
             mut store,
             proxy,

@@ -1,6 +1,7 @@
 //! Deploy, remove, restore, roll back, canary and scale: every change is validated
 //! first, persisted next, and swapped into the live table last.
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use parking_lot::Mutex;
@@ -16,7 +17,7 @@ use crate::manifest::Manifest;
 use crate::policy::error_rate::ErrorWindow;
 use crate::registry::validate_name;
 use crate::runtime::reuse::InstancePool;
-use crate::runtime::{InstanceLimits, ServiceContext};
+use crate::runtime::{CodeTier, InstanceLimits, Loaded, ServiceContext};
 use crate::storage::{ServiceRecord, sha256_hex};
 
 /// How a deploy takes traffic.
@@ -602,19 +603,16 @@ impl Services {
         let digest = record.digest.clone();
         // At most one compile per core at once; the rest wait here, never under the
         // change lock.
-        let _permit = self.compiles.acquire().await.map_err(storage_error)?;
-        let loaded = tokio::task::spawn_blocking(move || runtime.load(&component, &digest))
-            .await
-            .map_err(storage_error)??;
-        let metrics = &self.platform.telemetry.metrics;
-        if let Some(elapsed) = loaded.compiled_in
-            && metrics.enabled()
-        {
-            metrics
-                .compile
-                .with_label_values(&[&record.name])
-                .observe(elapsed.as_secs_f64());
-        }
+        let permit = self.compiles.acquire().await.map_err(storage_error)?;
+        let loaded = {
+            let component = component.clone();
+            tokio::task::spawn_blocking(move || runtime.load(&component, &digest))
+                .await
+                .map_err(storage_error)??
+        };
+        drop(permit);
+        self.observe_compile(&record.name, &loaded);
+        let tier = loaded.tier;
         let memory_mb = record
             .manifest
             .limits
@@ -681,16 +679,83 @@ impl Services {
             ),
             logs: self.platform.telemetry.guest_logs.service(&record.name),
         });
-        Ok(Deployment {
+        let deployment = Deployment {
             record,
             route,
             context,
             limits,
-            loaded,
+            code: Arc::new(ArcSwap::from_pointee(loaded)),
             timeout,
             health_task: Mutex::new(None),
             pool,
-        })
+        };
+        if tier == CodeTier::Baseline {
+            self.optimize_in_background(&deployment, component);
+        }
+        Ok(deployment)
+    }
+
+    fn observe_compile(&self, service: &str, loaded: &Loaded) {
+        let metrics = &self.platform.telemetry.metrics;
+        if let Some(elapsed) = loaded.compiled_in
+            && metrics.enabled()
+        {
+            let tier = match loaded.tier {
+                CodeTier::Baseline => "baseline",
+                CodeTier::Optimized => "optimized",
+            };
+            metrics
+                .compile
+                .with_label_values(&[service, tier])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Compile `component` with the optimising compiler (within the compile limit)
+    /// and swap it in for the deployment's baseline code. Requests already running
+    /// finish on the code they started on; idle reusable instances of the baseline
+    /// code are dropped. If optimising fails, the baseline code keeps serving.
+    fn optimize_in_background(&self, deployment: &Deployment, component: Bytes) {
+        let Some(services) = self.me.upgrade() else {
+            return;
+        };
+        let code = deployment.code.clone();
+        let pool = deployment.pool.clone();
+        let name = deployment.record.name.clone();
+        let digest = deployment.record.digest.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = services.compiles.acquire().await else {
+                return;
+            };
+            let runtime = services.runtime.clone();
+            let optimized = {
+                let digest = digest.clone();
+                tokio::task::spawn_blocking(move || runtime.load_optimized(&component, &digest))
+                    .await
+            };
+            match optimized {
+                Ok(Ok(loaded)) => {
+                    services.observe_compile(&name, &loaded);
+                    code.store(Arc::new(loaded));
+                    if let Some(pool) = &pool {
+                        pool.clear();
+                    }
+                    tracing::info!(service = %name, digest, "optimised code swapped in");
+                }
+                Ok(Err(error)) => tracing::error!(
+                    service = %name,
+                    digest,
+                    %error,
+                    "optimising failed; the baseline code keeps serving"
+                ),
+                Err(error) => tracing::error!(
+                    service = %name,
+                    digest,
+                    %error,
+                    "the optimising compile panicked; the baseline code keeps serving"
+                ),
+            }
+        });
     }
 }
 

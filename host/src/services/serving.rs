@@ -214,9 +214,9 @@ impl Services {
     /// Run the component's exported health check on the manifest's schedule, and
     /// record the verdicts in the registry, until the deployment is retired.
     pub(super) fn start_health_checks(&self, deployment: &Arc<Deployment>) {
-        let Some(indices) = deployment.loaded.health_check.clone() else {
+        if deployment.loaded().health_check.is_none() {
             return;
-        };
+        }
         let schedule = deployment.record.manifest.health.clone();
         let weak = Arc::downgrade(deployment);
         let platform = self.platform.clone();
@@ -237,8 +237,12 @@ impl Services {
                     Deadline::after(timeout),
                     opentelemetry::Context::new(),
                 );
-                let verdict =
-                    invoke::check_health(&deployment.loaded.pre, &indices, &invocation).await;
+                // The code may have been swapped for optimised code since the last check.
+                let loaded = deployment.loaded();
+                let Some(indices) = &loaded.health_check else {
+                    break;
+                };
+                let verdict = invoke::check_health(&loaded.pre, indices, &invocation).await;
                 let reported = match verdict {
                     Ok(health) => health_from_wit(health),
                     Err(failure) => {
@@ -322,7 +326,7 @@ where
     let request = Request::from_parts(parts, body);
     let trace_id = crate::telemetry::traces::trace_id(&invocation.trace);
     let outcome = invoke::handle(
-        &deployment.loaded.pre,
+        &deployment.code.load().pre,
         deployment.pool.clone(),
         invocation,
         request,

@@ -1,6 +1,7 @@
 //! The live table of services: name → entry (stable version, optional canary,
 //! admission limiter), route → name.
 
+use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,8 +28,9 @@ pub struct Deployment {
     pub context: Arc<ServiceContext>,
     /// What bounds each of its instances.
     pub limits: InstanceLimits,
-    /// The compiled, linked component.
-    pub loaded: Loaded,
+    /// The compiled, linked component. Baseline code is swapped for optimised code
+    /// when that is ready; a request keeps the code it started on.
+    pub code: Arc<ArcSwap<Loaded>>,
     /// Deadline per request.
     pub timeout: Duration,
     /// The periodic health check of this version, when the component exports one.
@@ -38,6 +40,11 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// The code new requests run.
+    pub fn loaded(&self) -> Arc<Loaded> {
+        self.code.load_full()
+    }
+
     /// Stop this version's background work: its health checks, and its idle reusable
     /// instances (requests still running on it finish).
     pub fn retire(&self) {

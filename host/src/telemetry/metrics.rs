@@ -271,9 +271,10 @@ impl Metrics {
             compile: HistogramVec::new(
                 histogram(
                     "shoal_compile_duration_seconds",
-                    "Time to compile an uploaded component (cache misses only).",
+                    "Time to compile an uploaded component (cache misses only), by \
+                     compiler tier (baseline, optimized).",
                 ),
-                &["service"],
+                &["service", "tier"],
             )?,
             deploys: IntCounterVec::new(
                 Opts::new(
