@@ -63,7 +63,8 @@ if stale "$out/js_greeter.wasm" guests/js-greeter wit; then
 fi
 echo "== c-greeter (wit-bindgen c, clang, wasm-tools)"
 if stale "$out/c_greeter.wasm" guests/c-greeter wit; then
-    tools="$work/tools"
+    # Cargo's own root, where docs/languages/c.md installs them too.
+    tools="${CARGO_HOME:-$HOME/.cargo}"
     shoal_component_tools "$tools"
     build="$work/c-greeter"
     rm -rf "$build"

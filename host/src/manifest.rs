@@ -81,6 +81,20 @@ pub struct Manifest {
     /// Who may call it.
     #[serde(default, skip_serializing_if = "Inbound::is_open")]
     pub inbound: Inbound,
+    /// How `shoal build` builds the service (the host ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+}
+
+/// The `[build]` section: the shell command `shoal build` runs in the service's
+/// directory, and the component it leaves there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    /// Run with `sh -c` in the service's directory.
+    pub command: String,
+    /// The component, relative to the service's directory.
+    pub output: String,
 }
 
 /// A subscription: events of `topic` are delivered as `POST` requests to `route`.

@@ -14,6 +14,7 @@ mod events;
 mod hardening;
 mod isolation;
 mod keyvalue;
+mod languages;
 mod lifecycle;
 mod operations;
 mod polyglot;

@@ -1,22 +1,76 @@
-//! `shoal build`: compile a Rust service to a `wasm32-wasip2` component.
+//! `shoal build`: turn a service's directory into a component. The manifest's
+//! `[build]` command when it has one; otherwise by the language its files show
+//! (Rust through cargo for `wasm32-wasip2`; the others through the command `shoal
+//! new` writes for them).
 
 use anyhow::{Context as _, Result, bail};
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Build the Cargo package in `dir` for `wasm32-wasip2` (release) and return the path
-/// of the component it produced.
+use super::scaffold::Lang;
+
+/// Build the service in `dir` and return the path of the component it produced.
 pub fn build(dir: &Path) -> Result<PathBuf> {
-    let manifest = dir.join("Cargo.toml");
-    if !manifest.is_file() {
-        bail!(
-            "{} has no Cargo.toml: `shoal build` builds Rust services; for other languages \
-             use their component tooling (componentize-py, jco componentize, wit-bindgen c) \
-             and deploy the resulting .wasm",
+    let manifest_path = dir.join("shoal.toml");
+    let declared = if manifest_path.is_file() {
+        let text = std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("reading {}", manifest_path.display()))?;
+        crate::manifest::Manifest::from_toml(&text)
+            .with_context(|| format!("{} is not a valid manifest", manifest_path.display()))?
+            .build
+    } else {
+        None
+    };
+    let (command, output) = match (declared, Lang::detect(dir)) {
+        (Some(build), _) => (build.command, build.output),
+        (None, Some(Lang::Rust)) => return build_rust(dir),
+        (None, Some(lang)) => {
+            let name = super::client::name_from_path(dir)?;
+            match lang.build_command(&name) {
+                Some(command) => (command, format!("{name}.wasm")),
+                None => return build_rust(dir),
+            }
+        }
+        (None, None) => bail!(
+            "{} has no `[build]` command in shoal.toml and no service `shoal build` \
+             recognises (Cargo.toml, app.py, app.js with package.json, service.c); \
+             `shoal new --lang rust|js|python|c NAME` writes one",
             dir.display()
+        ),
+    };
+    run_command(dir, &command, &output)
+}
+
+/// Run a declared build command with `sh -c` in `dir`; its output goes to stderr, so
+/// stdout carries only the component's path.
+fn run_command(dir: &Path, command: &str, output: &str) -> Result<PathBuf> {
+    eprintln!("building in {}: {command}", dir.display());
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(std::io::stderr())
+        .stderr(Stdio::inherit())
+        .status()
+        .context("running sh")?;
+    if !status.success() {
+        bail!("the build command failed ({status}): {command}");
+    }
+    let component = dir.join(output);
+    if !component.is_file() {
+        bail!(
+            "the build command succeeded but left no {} (the manifest's `[build] output`)",
+            component.display()
         );
     }
+    Ok(component)
+}
+
+/// Build the Cargo package in `dir` for `wasm32-wasip2` (release).
+fn build_rust(dir: &Path) -> Result<PathBuf> {
+    let manifest = dir.join("Cargo.toml");
     let mut child = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args([
             "build",

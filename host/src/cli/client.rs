@@ -322,6 +322,13 @@ pub async fn deploy(
     let component = tokio::fs::read(&wasm)
         .await
         .with_context(|| format!("reading {}", wasm.display()))?;
+    // A service directory's own manifest, unless another one is named.
+    let own_manifest = path.join("shoal.toml");
+    let manifest = match manifest {
+        Some(manifest) => Some(manifest),
+        None if path.is_dir() && own_manifest.is_file() => Some(own_manifest.as_path()),
+        None => None,
+    };
     let (content_type, payload) = match manifest {
         Some(manifest) => {
             let text = tokio::fs::read_to_string(manifest)
@@ -718,13 +725,18 @@ fn empty() -> Body {
 }
 
 /// `target/.../hello_world.wasm` → `hello-world`.
-fn name_from_path(path: &Path) -> Result<String> {
-    let stem = path.file_stem().and_then(|s| s.to_str()).with_context(|| {
-        format!(
-            "cannot derive a service name from {}; pass --name",
-            path.display()
-        )
-    })?;
+/// A service name from a component's file name or a service directory's name.
+pub(super) fn name_from_path(path: &Path) -> Result<String> {
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let stem = absolute
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .with_context(|| {
+            format!(
+                "cannot derive a service name from {}; pass --name",
+                path.display()
+            )
+        })?;
     Ok(stem.to_ascii_lowercase().replace(['_', '.', ' '], "-"))
 }
 

@@ -4,6 +4,8 @@ mod bench;
 mod build;
 mod client;
 mod people;
+mod scaffold;
+mod wit_files;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -23,11 +25,27 @@ pub struct Cli {
 enum Command {
     /// Run a host: the gateway, the admin API and every deployed service.
     Serve(Box<ServeConfig>),
-    /// Build a service to a component (wasm32-wasip2) and print the path of the result.
+    /// Build a service to a component and print the path of the result: the
+    /// `[build]` command of its shoal.toml, or by its language (Rust: cargo).
     Build {
-        /// Directory of the service (a Cargo package).
+        /// Directory of the service.
         #[arg(default_value = ".")]
         dir: PathBuf,
+    },
+    /// Write a new service that builds (`shoal build`) and deploys as it stands.
+    New {
+        /// Service name (lowercase letters, digits and dashes).
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum)]
+        lang: scaffold::Lang,
+        /// Directory to write (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The Shoal SDK a Rust service depends on (default: the SDK of this
+        /// checkout).
+        #[arg(long, env = "SHOAL_SDK_DIR")]
+        sdk: Option<PathBuf>,
     },
     /// Deploy a component (or a service directory, built first) to a running host.
     Deploy {
@@ -327,6 +345,33 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Build { dir } => {
             let wasm = tokio::task::spawn_blocking(move || build::build(&dir)).await??;
             println!("{}", wasm.display());
+            Ok(())
+        }
+        Command::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let sdk = sdk
+                .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk")));
+            if lang == scaffold::Lang::Rust && !sdk.join("Cargo.toml").is_file() {
+                anyhow::bail!(
+                    "the Shoal SDK is not at {}: pass --sdk (or SHOAL_SDK_DIR) with the \
+                     path of the repository's sdk/ folder",
+                    sdk.display()
+                );
+            }
+            let sdk = std::fs::canonicalize(&sdk).unwrap_or(sdk);
+            scaffold::create(lang, &name, &dir, &sdk)?;
+            println!(
+                "created {} ({lang:?}); build it with `shoal build {}`, deploy it with \
+                 `shoal deploy {}`",
+                dir.display(),
+                dir.display(),
+                dir.display()
+            );
             Ok(())
         }
         Command::Deploy {

@@ -733,6 +733,11 @@ impl Services {
                 tokio::task::spawn_blocking(move || runtime.load_optimized(&component, &digest))
                     .await
             };
+            // The deployment is gone (replaced or removed): its code and its metric
+            // series with it; the optimised code is in the cache for a later deploy.
+            if Arc::strong_count(&code) == 1 {
+                return;
+            }
             match optimized {
                 Ok(Ok(loaded)) => {
                     services.observe_compile(&name, &loaded);
