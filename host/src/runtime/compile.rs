@@ -110,8 +110,33 @@ impl Runtime {
 
     /// [`Runtime::load`] with the optimising compiler only (or its cached code).
     pub fn load_optimized(&self, bytes: &[u8], digest: &str) -> Result<Loaded, LoadError> {
+        self.load_optimized_with(&self.engine, bytes, digest)
+    }
+
+    /// [`Runtime::load_optimized`] for code that is not waited for: one thread, at a
+    /// lower scheduling priority, so requests and foreground deploys come first.
+    /// Lowers the priority of the calling thread: call it on a thread of its own.
+    pub fn load_optimized_in_background(
+        &self,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Loaded, LoadError> {
+        super::cpu::lower_this_thread_priority();
+        self.load_optimized_with(&self.background, bytes, digest)
+    }
+
+    fn load_optimized_with(
+        &self,
+        compiler: &wasmtime::Engine,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Loaded, LoadError> {
         check_format(bytes)?;
-        let (component, compiled_in) = self.compile_cached(bytes, digest)?;
+        let compiled = self.compile_cached(compiler, bytes, digest);
+        // Cached now (or failed for good): later deploys of these bytes need no
+        // baseline code.
+        self.pending_baseline.lock().remove(digest);
+        let (component, compiled_in) = compiled?;
         let mut loaded = link(&self.engine, &self.linker, &component)?;
         loaded.compiled_in = compiled_in;
         Ok(loaded)
@@ -123,6 +148,12 @@ impl Runtime {
         bytes: &[u8],
         digest: &str,
     ) -> Result<Loaded, LoadError> {
+        let pending = self.pending_baseline.lock().get(digest).cloned();
+        if let Some(component) = pending {
+            let mut loaded = link(&baseline.engine, &baseline.linker, &component)?;
+            loaded.tier = CodeTier::Baseline;
+            return Ok(loaded);
+        }
         let started = std::time::Instant::now();
         let component = Component::new(&baseline.engine, bytes).map_err(|error| {
             let error = anyhow::Error::from(error);
@@ -141,11 +172,17 @@ impl Runtime {
         let mut loaded = link(&baseline.engine, &baseline.linker, &component)?;
         loaded.tier = CodeTier::Baseline;
         loaded.compiled_in = Some(elapsed);
+        self.pending_baseline
+            .lock()
+            .insert(digest.to_owned(), component);
         Ok(loaded)
     }
 
+    /// Load the cached code of `digest`, or compile it with `compiler` (this engine or
+    /// one whose code is compatible with it), cache it and load it.
     fn compile_cached(
         &self,
+        compiler: &wasmtime::Engine,
         bytes: &[u8],
         digest: &str,
     ) -> Result<(Component, Option<std::time::Duration>), LoadError> {
@@ -166,8 +203,7 @@ impl Runtime {
             }
         }
         let started = std::time::Instant::now();
-        let compiled = self
-            .engine
+        let compiled = compiler
             .precompile_component(bytes)
             .map_err(|error| LoadError::Invalid(format!("{error:#}")))?;
         tracing::info!(

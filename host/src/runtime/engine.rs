@@ -53,6 +53,14 @@ pub struct Runtime {
     /// Baseline compiler (Winch): code in a fraction of the time, which runs slower;
     /// serves big components until their optimised code is ready.
     pub(crate) baseline: Option<Baseline>,
+    /// The optimising compiler on one thread, for background compiles: its code is
+    /// the same as `engine`'s (and loads into it), but it leaves the other cores to
+    /// requests and to deploys in the foreground.
+    pub(crate) background: Engine,
+    /// Baseline code of components whose optimised code is being compiled, by digest:
+    /// a deploy of the same bytes meanwhile reuses it instead of compiling again.
+    pub(crate) pending_baseline:
+        Arc<parking_lot::Mutex<std::collections::HashMap<String, wasmtime::component::Component>>>,
     pub(crate) cache_dir: PathBuf,
     /// The host-wide memory budget every instance's growth draws on.
     pub memory_budget: Arc<MemoryBudget>,
@@ -73,24 +81,32 @@ pub(crate) struct Baseline {
 impl Runtime {
     /// Build the engines and linkers, and start the epoch tickers that enforce deadlines.
     pub fn new(options: &RuntimeOptions) -> Result<Self> {
-        let mut config = engine_config(options, Strategy::Cranelift);
+        let mut config = engine_config(options, Strategy::Cranelift, options.pooling);
+        // Same settings, no instance pool (it never instantiates), one thread.
+        let mut background = engine_config(options, Strategy::Cranelift, false);
+        background.parallel_compilation(false);
         if options.function_cache_bytes > 0 {
             std::fs::create_dir_all(&options.cache_dir).with_context(|| {
                 format!("creating the compile cache {}", options.cache_dir.display())
             })?;
             let path = options.cache_dir.join("functions.sqlite3");
-            let functions =
+            let functions = Arc::new(
                 super::function_cache::FunctionCache::open(&path, options.function_cache_bytes)
-                    .with_context(|| format!("opening the function cache {}", path.display()))?;
+                    .with_context(|| format!("opening the function cache {}", path.display()))?,
+            );
             config
-                .enable_incremental_compilation(Arc::new(functions))
+                .enable_incremental_compilation(functions.clone())
+                .map_err(anyhow::Error::from)?;
+            background
+                .enable_incremental_compilation(functions)
                 .map_err(anyhow::Error::from)?;
         }
         let engine = new_engine(&config)?;
+        let background = new_engine(&background)?;
         let linker = new_linker(&engine)?;
         let baseline = match options.baseline_above_bytes {
             Some(above_bytes) => {
-                let engine = new_engine(&engine_config(options, Strategy::Winch))?;
+                let engine = new_engine(&engine_config(options, Strategy::Winch, options.pooling))?;
                 let linker = new_linker(&engine)?;
                 start_epoch_ticker(&engine);
                 Some(Baseline {
@@ -113,6 +129,8 @@ impl Runtime {
             engine,
             linker,
             baseline,
+            background,
+            pending_baseline: Arc::default(),
             cache_dir,
             memory_budget: MemoryBudget::new(options.memory_budget_bytes),
             idle: Arc::default(),
@@ -120,16 +138,16 @@ impl Runtime {
     }
 }
 
-/// Engine settings shared by both compilers. Each engine gets a pool of the same
-/// size: the baseline one only holds instances while optimised code is on its way,
-/// and an unused pool costs address space, not memory.
-fn engine_config(options: &RuntimeOptions, strategy: Strategy) -> Config {
+/// Engine settings shared by both compilers. Each engine that instantiates gets a
+/// pool of the same size: the baseline one only holds instances while optimised code
+/// is on its way, and an unused pool costs address space, not memory.
+fn engine_config(options: &RuntimeOptions, strategy: Strategy, pooling: bool) -> Config {
     let mut config = Config::new();
     config.strategy(strategy);
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.max_wasm_stack(options.max_wasm_stack);
-    if options.pooling {
+    if pooling {
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_component_instances(options.max_instances)

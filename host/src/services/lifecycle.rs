@@ -711,8 +711,8 @@ impl Services {
         }
     }
 
-    /// Compile `component` with the optimising compiler (within the compile limit)
-    /// and swap it in for the deployment's baseline code. Requests already running
+    /// Compile `component` with the optimising compiler (one background compile at a
+    /// time, at low priority) and swap it in for the deployment's baseline code. Requests already running
     /// finish on the code they started on; idle reusable instances of the baseline
     /// code are dropped. If optimising fails, the baseline code keeps serving.
     fn optimize_in_background(&self, deployment: &Deployment, component: Bytes) {
@@ -724,15 +724,26 @@ impl Services {
         let name = deployment.record.name.clone();
         let digest = deployment.record.digest.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = services.compiles.acquire().await else {
+            let Ok(_permit) = services.background_compiles.acquire().await else {
                 return;
             };
             let runtime = services.runtime.clone();
-            let optimized = {
+            // A thread of its own: the compile lowers its priority.
+            let (done, optimized) = tokio::sync::oneshot::channel();
+            let spawned = {
                 let digest = digest.clone();
-                tokio::task::spawn_blocking(move || runtime.load_optimized(&component, &digest))
-                    .await
+                std::thread::Builder::new()
+                    .name("shoal-optimize".into())
+                    .spawn(move || {
+                        let _ =
+                            done.send(runtime.load_optimized_in_background(&component, &digest));
+                    })
             };
+            if let Err(error) = spawned {
+                tracing::error!(service = %name, %error, "cannot start the optimising compile; the baseline code keeps serving");
+                return;
+            }
+            let optimized = optimized.await;
             // The deployment is gone (replaced or removed): its code and its metric
             // series with it; the optimised code is in the cache for a later deploy.
             if Arc::strong_count(&code) == 1 {
@@ -753,10 +764,9 @@ impl Services {
                     %error,
                     "optimising failed; the baseline code keeps serving"
                 ),
-                Err(error) => tracing::error!(
+                Err(_) => tracing::error!(
                     service = %name,
                     digest,
-                    %error,
                     "the optimising compile panicked; the baseline code keeps serving"
                 ),
             }

@@ -191,6 +191,9 @@ pub struct Services {
     changes: tokio::sync::Mutex<()>,
     /// Compiles at once (each takes a core).
     compiles: tokio::sync::Semaphore,
+    /// Background compiles (optimised code for a service already serving baseline
+    /// code) at once: one, on a core of its own, never holding up a deploy.
+    background_compiles: tokio::sync::Semaphore,
     /// Set once everything persisted has been restored (`/readyz`).
     ready: std::sync::atomic::AtomicBool,
     /// This object, for background work it starts (automatic canary rollback).
@@ -214,6 +217,7 @@ impl Services {
             defaults,
             changes: tokio::sync::Mutex::new(()),
             compiles: tokio::sync::Semaphore::new(parallelism()),
+            background_compiles: tokio::sync::Semaphore::new(1),
             ready: std::sync::atomic::AtomicBool::new(false),
             me: me.clone(),
         })
