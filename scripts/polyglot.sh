@@ -61,6 +61,19 @@ if stale "$out/js_greeter.wasm" guests/js-greeter wit; then
         node_modules/.bin/componentize-js app.js --wit "$work/js-greeter-wit" \
             --world-name shoal-examples:js-greeter/greeter -o "$out/js_greeter.wasm")
 fi
+echo "== the shop's payment in Python and inventory in JavaScript"
+if stale "$out/payment_py.wasm" guests/shop-polyglot/payment-py wit; then
+    (cd guests/shop-polyglot/payment-py &&
+        componentize-py -d ../../../wit -w shoal:platform/service@0.1.0 componentize app \
+            -o "$out/payment_py.wasm")
+fi
+if stale "$out/inventory_js.wasm" guests/shop-polyglot/inventory-js wit; then
+    (cd guests/shop-polyglot/inventory-js && npm ci --no-audit --no-fund --loglevel=error)
+    assemble_wit guests/shop-polyglot/inventory-js 0.2.10 "$work/inventory-js-wit"
+    (cd guests/shop-polyglot/inventory-js &&
+        node_modules/.bin/componentize-js app.js --wit "$work/inventory-js-wit" \
+            --world-name shoal-examples:inventory-js/inventory -o "$out/inventory_js.wasm")
+fi
 echo "== c-greeter (wit-bindgen c, clang, wasm-tools)"
 if stale "$out/c_greeter.wasm" guests/c-greeter wit; then
     # Cargo's own root, where docs/languages/c.md installs them too.
@@ -81,4 +94,5 @@ if stale "$out/c_greeter.wasm" guests/c-greeter wit; then
     "$tools/bin/wasm-tools" component new "$build/core.wasm" \
         --adapt "wasi_snapshot_preview1=$adapter" -o "$out/c_greeter.wasm"
 fi
-ls -l "$out"/python_greeter.wasm "$out"/js_greeter.wasm "$out"/c_greeter.wasm
+ls -l "$out"/python_greeter.wasm "$out"/js_greeter.wasm "$out"/c_greeter.wasm \
+    "$out"/payment_py.wasm "$out"/inventory_js.wasm

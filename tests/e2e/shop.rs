@@ -23,6 +23,11 @@ const TEST_TIMEOUTS: [(&str, &str); 2] = [
 ];
 
 fn deploy_shop(host: &Host) {
+    deploy_shop_from(host, guest);
+}
+
+/// Deploy the shop's four services, taking each one's component from `component`.
+fn deploy_shop_from(host: &Host, component: impl Fn(&str) -> Vec<u8>) {
     for name in SERVICES {
         let mut manifest =
             std::fs::read_to_string(repo_root().join(format!("guests/shop/{name}/shoal.toml")))
@@ -36,7 +41,7 @@ fn deploy_shop(host: &Host) {
             }
             manifest = manifest.replace(shipped, short);
         }
-        let reply = host.deploy_with_manifest(name, &guest(name), &manifest);
+        let reply = host.deploy_with_manifest(name, &component(name), &manifest);
         assert!(matches!(reply.status, 200 | 201), "{name}: {}", reply.body);
     }
 }
@@ -443,4 +448,130 @@ fn a_payment_that_arrives_after_its_refund_is_refused() {
     let (_, record) = send(&host, "GET", "/payment/charges/o-1", "");
     assert_eq!(record["refunded"], true);
     assert_eq!(send(&host, "POST", "/payment/charges", charge).0, 409);
+}
+
+#[test]
+fn the_shop_with_inventory_in_javascript_and_payment_in_python_keeps_its_promises() {
+    let root = temp_root();
+    let host = Host::start(root.path(), SHOP_HOST);
+    // The same HTTP contract in other languages: orders (Rust) calls them unchanged.
+    deploy_shop_from(&host, |name| match name {
+        "inventory" => guest("inventory_js"),
+        "payment" => guest("payment_py"),
+        other => guest(other),
+    });
+    assert_eq!(
+        send(
+            &host,
+            "PUT",
+            "/inventory/stock/widget",
+            r#"{"available": 20}"#
+        )
+        .0,
+        200
+    );
+    let gateway = host.gateway.clone();
+    let buyers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = format!("{gateway}/orders/");
+            std::thread::spawn(move || {
+                let agent = agent();
+                (0..15)
+                    .map(|_| {
+                        let mut response = agent
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .send(r#"{"sku": "widget", "quantity": 1}"#)
+                            .expect("order");
+                        let status = response.status().as_u16();
+                        (
+                            status,
+                            response.body_mut().read_to_string().unwrap_or_default(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let outcomes: Vec<(u16, String)> = buyers
+        .into_iter()
+        .flat_map(|b| b.join().expect("buyer"))
+        .collect();
+    let placed = outcomes.iter().filter(|(status, _)| *status == 201).count();
+    let refused = outcomes
+        .iter()
+        .filter(|(status, body)| *status == 409 && body.contains("insufficient stock"))
+        .count();
+    assert_eq!((placed, refused), (20, 40), "{outcomes:?}");
+    wait_for(
+        "every reservation committed",
+        Duration::from_secs(60),
+        || stock(&host, "widget") == (0, 0, 20),
+    );
+    wait_for("every order shipped", Duration::from_secs(60), || {
+        shipped(&host).len() == 20
+    });
+
+    // Payment (Python) declines, then hangs: the reservation (JavaScript) is released.
+    assert_eq!(
+        send(
+            &host,
+            "PUT",
+            "/inventory/stock/gadget",
+            r#"{"available": 5}"#
+        )
+        .0,
+        200
+    );
+    for mode in ["fail", "hang"] {
+        let (status, body) = send(
+            &host,
+            "PUT",
+            "/payment/mode",
+            &format!(r#"{{"mode": "{mode}"}}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = order(&host, "gadget", 2);
+        assert_eq!(status, 402, "{mode}: {body}");
+        assert_eq!(body["error"], "payment failed");
+        assert_eq!(stock(&host, "gadget"), (5, 0, 0), "{mode}: released");
+    }
+    assert_eq!(
+        send(&host, "PUT", "/payment/mode", r#"{"mode": "bogus"}"#).0,
+        400
+    );
+    assert_eq!(
+        send(&host, "PUT", "/payment/mode", r#"{"mode": "ok"}"#).0,
+        200
+    );
+    let (status, body) = order(&host, "gadget", 2);
+    assert_eq!(status, 201, "{body}");
+    wait_for("the sale committed", Duration::from_secs(60), || {
+        stock(&host, "gadget") == (3, 0, 2)
+    });
+    // Bad input reaches the JavaScript inventory unchanged and changes nothing.
+    let (status, body) = order(&host, "nope", 1);
+    assert_eq!(status, 400, "an unknown product: {body}");
+    assert_eq!(
+        send(
+            &host,
+            "PUT",
+            "/inventory/stock/bad%20sku",
+            r#"{"available": 1}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        send(
+            &host,
+            "PUT",
+            "/inventory/stock/gadget",
+            r#"{"available": -1}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(send(&host, "GET", "/inventory/stock/unknown", "").0, 404);
+    assert_eq!(stock(&host, "gadget"), (3, 0, 2));
 }
