@@ -93,6 +93,39 @@ fn order(host: &Host, sku: &str, quantity: i64) -> (u16, serde_json::Value) {
     )
 }
 
+/// `buyers` threads each placing `each` orders of one `sku`, all at once; every
+/// answer's status and body.
+fn order_concurrently(host: &Host, buyers: usize, each: usize, sku: &str) -> Vec<(u16, String)> {
+    let url = format!("{}/orders/", host.gateway);
+    let body = serde_json::json!({ "sku": sku, "quantity": 1 }).to_string();
+    let threads: Vec<_> = (0..buyers)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || {
+                let agent = agent();
+                (0..each)
+                    .map(|_| {
+                        let mut response = agent
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .send(&body)
+                            .expect("order");
+                        let status = response.status().as_u16();
+                        (
+                            status,
+                            response.body_mut().read_to_string().unwrap_or_default(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("buyer"))
+        .collect()
+}
+
 #[test]
 fn two_hundred_concurrent_orders_against_fifty_in_stock_sell_exactly_fifty() {
     let root = temp_root();
@@ -108,31 +141,7 @@ fn two_hundred_concurrent_orders_against_fifty_in_stock_sell_exactly_fifty() {
         .0,
         200
     );
-    let gateway = host.gateway.clone();
-    let buyers: Vec<_> = (0..8)
-        .map(|_| {
-            let url = format!("{gateway}/orders/");
-            std::thread::spawn(move || {
-                let agent = agent();
-                (0..25)
-                    .map(|_| {
-                        let mut response = agent
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .send(r#"{"sku": "widget", "quantity": 1}"#)
-                            .expect("order");
-                        let status = response.status().as_u16();
-                        let body = response.body_mut().read_to_string().unwrap_or_default();
-                        (status, body)
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let outcomes: Vec<(u16, String)> = buyers
-        .into_iter()
-        .flat_map(|b| b.join().expect("buyer"))
-        .collect();
+    let outcomes = order_concurrently(&host, 8, 25, "widget");
     let placed: Vec<String> = outcomes
         .iter()
         .filter(|(status, _)| *status == 201)
@@ -470,33 +479,7 @@ fn the_shop_with_inventory_in_javascript_and_payment_in_python_keeps_its_promise
         .0,
         200
     );
-    let gateway = host.gateway.clone();
-    let buyers: Vec<_> = (0..4)
-        .map(|_| {
-            let url = format!("{gateway}/orders/");
-            std::thread::spawn(move || {
-                let agent = agent();
-                (0..15)
-                    .map(|_| {
-                        let mut response = agent
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .send(r#"{"sku": "widget", "quantity": 1}"#)
-                            .expect("order");
-                        let status = response.status().as_u16();
-                        (
-                            status,
-                            response.body_mut().read_to_string().unwrap_or_default(),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let outcomes: Vec<(u16, String)> = buyers
-        .into_iter()
-        .flat_map(|b| b.join().expect("buyer"))
-        .collect();
+    let outcomes = order_concurrently(&host, 4, 15, "widget");
     let placed = outcomes.iter().filter(|(status, _)| *status == 201).count();
     let refused = outcomes
         .iter()
