@@ -76,7 +76,7 @@ if stale "$out/inventory_js.wasm" guests/shop-polyglot/inventory-js wit; then
 fi
 echo "== c-greeter (wit-bindgen c, clang, wasm-tools)"
 if stale "$out/c_greeter.wasm" guests/c-greeter wit; then
-    # Cargo's own root, where docs/languages/c.md installs them too.
+    # Cargo's own root, where guests/languages/c.md installs them too.
     tools="${CARGO_HOME:-$HOME/.cargo}"
     shoal_component_tools "$tools"
     build="$work/c-greeter"

@@ -62,7 +62,7 @@ shoal_polyglot_setup() {
 }
 
 # `wit-bindgen` (C bindings) and `wasm-tools` (core module to component), built once
-# into `$1/bin` with the features docs/languages/c.md names (so its steps find them).
+# into `$1/bin` with the features guests/languages/c.md names (so its steps find them).
 shoal_component_tools() {
     local root="$1"
     if [ "$("$root/bin/wit-bindgen" --version 2>/dev/null | awk '{print $2}')" != "0.63.0" ]; then

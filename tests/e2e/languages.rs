@@ -1,4 +1,4 @@
-//! One page per language (`docs/languages/*.md`): every `sh` block of a page runs as
+//! One page per language (`guests/languages/*.md`): every `sh` block of a page runs as
 //! it stands, in order, against a real host — install the tool, `shoal new`, bindings,
 //! `shoal build`, `shoal deploy .`, `curl` — so the pages cannot rot.
 
@@ -7,7 +7,7 @@ use std::process::Command;
 
 /// The `sh` blocks of `page`, in order.
 fn steps(page: &str) -> String {
-    let text = std::fs::read_to_string(repo_root().join("docs/languages").join(page))
+    let text = std::fs::read_to_string(repo_root().join("guests/languages").join(page))
         .expect("the language page");
     let mut script = String::new();
     let mut inside = false;
