@@ -26,7 +26,7 @@ pub fn build(dir: &Path) -> Result<PathBuf> {
         (Some(build), _) => (build.command, build.output),
         (None, Some(Lang::Rust)) => return build_rust(dir),
         (None, Some(lang)) => {
-            let name = super::client::name_from_path(dir)?;
+            let name = name_from_path(dir)?;
             match lang.build_command(&name) {
                 Some(command) => (command, format!("{name}.wasm")),
                 None => return build_rust(dir),
@@ -133,4 +133,19 @@ fn same_file(a: &str, b: &Path) -> bool {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     }
+}
+
+/// A service name from a component's file name or a service directory's name.
+pub(super) fn name_from_path(path: &Path) -> Result<String> {
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let stem = absolute
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .with_context(|| {
+            format!(
+                "cannot derive a service name from {}; pass --name",
+                path.display()
+            )
+        })?;
+    Ok(stem.to_ascii_lowercase().replace(['_', '.', ' '], "-"))
 }

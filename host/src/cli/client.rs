@@ -317,7 +317,7 @@ pub async fn deploy(
     };
     let name = match name {
         Some(name) => name,
-        None => name_from_path(if path.is_dir() { path } else { &wasm })?,
+        None => super::build::name_from_path(if path.is_dir() { path } else { &wasm })?,
     };
     let component = tokio::fs::read(&wasm)
         .await
@@ -725,21 +725,6 @@ fn empty() -> Body {
 }
 
 /// `target/.../hello_world.wasm` → `hello-world`.
-/// A service name from a component's file name or a service directory's name.
-pub(super) fn name_from_path(path: &Path) -> Result<String> {
-    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let stem = absolute
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .with_context(|| {
-            format!(
-                "cannot derive a service name from {}; pass --name",
-                path.display()
-            )
-        })?;
-    Ok(stem.to_ascii_lowercase().replace(['_', '.', ' '], "-"))
-}
-
 fn multipart(boundary: &str, component: &[u8], manifest: &str) -> Vec<u8> {
     let mut body = Vec::with_capacity(component.len() + manifest.len() + 512);
     body.extend_from_slice(
@@ -943,11 +928,12 @@ mod tests {
     #[test]
     fn names_from_paths() {
         assert_eq!(
-            name_from_path(Path::new("target/x/hello_world.wasm")).expect("name"),
+            crate::cli::build::name_from_path(Path::new("target/x/hello_world.wasm"))
+                .expect("name"),
             "hello-world"
         );
         assert_eq!(
-            name_from_path(Path::new("guests/hello")).expect("name"),
+            crate::cli::build::name_from_path(Path::new("guests/hello")).expect("name"),
             "hello"
         );
     }
