@@ -169,3 +169,52 @@ fn a_component_beyond_the_instance_pool_is_refused_with_the_limit_to_raise() {
         assert!(reply.body.contains(part), "{part}: {}", reply.body);
     }
 }
+
+/// Mappings of the host's compiled-code files (`*.cwasm`) and its open store files.
+fn code_mappings_and_open_stores(pid: u32) -> (usize, usize) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let mappings = maps.lines().filter(|line| line.ends_with(".cwasm")).count();
+    let stores = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| {
+            let target = target.to_string_lossy();
+            target.contains("/stores/") && target.ends_with(".sqlite3")
+        })
+        .count();
+    (mappings, stores)
+}
+
+#[test]
+fn services_of_the_same_bytes_share_code_and_idle_ones_hold_no_store_connection() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let counter = guest("counter");
+    assert_eq!(host.deploy("c0", &counter).status, 201);
+    let (one, stores) = code_mappings_and_open_stores(host.pid());
+    assert!(one > 0, "the code is mapped from the compile cache");
+    assert_eq!(
+        stores, 0,
+        "a service that never used its store holds no connection"
+    );
+    for index in 1..30 {
+        assert_eq!(host.deploy(&format!("c{index}"), &counter).status, 201);
+    }
+    let (thirty, stores) = code_mappings_and_open_stores(host.pid());
+    assert_eq!(
+        thirty, one,
+        "thirty services of the same bytes map their code once"
+    );
+    assert_eq!(stores, 0);
+    // Used, a store opens; each service still reads only its own.
+    let increment =
+        |service: &str| host.send_bytes("POST", &format!("/{service}/increment?key=n"), b"");
+    assert_eq!(increment("c3"), (200, "1\n".to_owned()));
+    assert_eq!(increment("c3"), (200, "2\n".to_owned()));
+    assert_eq!(increment("c4"), (200, "1\n".to_owned()));
+    let (_, stores) = code_mappings_and_open_stores(host.pid());
+    assert_eq!(stores, 2, "the two stores in use are open");
+    // The code outlives the removal of the service it was loaded for.
+    assert_eq!(host.admin("DELETE", "/v1/services/c0").status, 204);
+    assert_eq!(increment("c5"), (200, "1\n".to_owned()));
+}

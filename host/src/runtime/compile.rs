@@ -5,6 +5,7 @@
 //! the host provides, and the component exports `wasi:http/incoming-handler`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -64,8 +65,8 @@ pub enum CodeTier {
     Optimized,
 }
 
-/// A compiled, linked component, ready to be instantiated per request.
-#[derive(Clone)]
+/// A compiled, linked component, ready to be instantiated per request. Shared by
+/// every deployment of the same bytes.
 pub struct Loaded {
     /// Which compiler produced the code.
     pub tier: CodeTier,
@@ -73,7 +74,14 @@ pub struct Loaded {
     pub pre: ProxyPre<GuestState>,
     /// Where its `shoal:platform/health-check` export is, when it has one.
     pub health_check: Option<crate::bindings::health_check::GuestIndices>,
-    /// How long compiling took; none when the compiled code came from the cache.
+}
+
+/// What a load produced: the code, and how long compiling it took (none when it came
+/// from the compile cache or from a deployment already running it).
+pub struct Compiled {
+    /// The code.
+    pub code: Arc<Loaded>,
+    /// Time spent compiling, for the compile metric.
     pub compiled_in: Option<std::time::Duration>,
 }
 
@@ -85,9 +93,18 @@ impl Runtime {
     /// for [`Runtime::load_optimized`] in the background. Anything the baseline
     /// compiler cannot handle is compiled by the optimising one at once.
     ///
+    /// Optimised code already running for the same bytes is shared, not loaded again:
+    /// a second copy would cost its memory once more (code mapped, metadata, links).
+    ///
     /// CPU-heavy: call from a blocking thread.
-    pub fn load(&self, bytes: &[u8], digest: &str) -> Result<Loaded, LoadError> {
+    pub fn load(&self, bytes: &[u8], digest: &str) -> Result<Compiled, LoadError> {
         check_format(bytes)?;
+        if let Some(code) = self.running_code(digest) {
+            return Ok(Compiled {
+                code,
+                compiled_in: None,
+            });
+        }
         if let Some(baseline) = &self.baseline
             && bytes.len() >= baseline.above_bytes
             && !self.cache_path(digest).exists()
@@ -109,7 +126,7 @@ impl Runtime {
     }
 
     /// [`Runtime::load`] with the optimising compiler only (or its cached code).
-    pub fn load_optimized(&self, bytes: &[u8], digest: &str) -> Result<Loaded, LoadError> {
+    pub fn load_optimized(&self, bytes: &[u8], digest: &str) -> Result<Compiled, LoadError> {
         self.load_optimized_with(&self.engine, bytes, digest)
     }
 
@@ -120,7 +137,7 @@ impl Runtime {
         &self,
         bytes: &[u8],
         digest: &str,
-    ) -> Result<Loaded, LoadError> {
+    ) -> Result<Compiled, LoadError> {
         super::cpu::lower_this_thread_priority();
         self.load_optimized_with(&self.background, bytes, digest)
     }
@@ -130,16 +147,32 @@ impl Runtime {
         compiler: &wasmtime::Engine,
         bytes: &[u8],
         digest: &str,
-    ) -> Result<Loaded, LoadError> {
+    ) -> Result<Compiled, LoadError> {
         check_format(bytes)?;
+        if let Some(code) = self.running_code(digest) {
+            return Ok(Compiled {
+                code,
+                compiled_in: None,
+            });
+        }
         let compiled = self.compile_cached(compiler, bytes, digest);
         // Cached now (or failed for good): later deploys of these bytes need no
         // baseline code.
         self.pending_baseline.lock().remove(digest);
         let (component, compiled_in) = compiled?;
-        let mut loaded = link(&self.engine, &self.linker, &component)?;
-        loaded.compiled_in = compiled_in;
-        Ok(loaded)
+        let code = Arc::new(link(&self.engine, &self.linker, &component)?);
+        let mut running = self.running.lock();
+        running.retain(|_, code| code.strong_count() > 0);
+        running.insert(digest.to_owned(), Arc::downgrade(&code));
+        Ok(Compiled { code, compiled_in })
+    }
+
+    /// The optimised code of `digest` if a deployment still runs it.
+    fn running_code(&self, digest: &str) -> Option<Arc<Loaded>> {
+        self.running
+            .lock()
+            .get(digest)
+            .and_then(std::sync::Weak::upgrade)
     }
 
     fn load_baseline(
@@ -147,12 +180,15 @@ impl Runtime {
         baseline: &super::engine::Baseline,
         bytes: &[u8],
         digest: &str,
-    ) -> Result<Loaded, LoadError> {
+    ) -> Result<Compiled, LoadError> {
         let pending = self.pending_baseline.lock().get(digest).cloned();
         if let Some(component) = pending {
             let mut loaded = link(&baseline.engine, &baseline.linker, &component)?;
             loaded.tier = CodeTier::Baseline;
-            return Ok(loaded);
+            return Ok(Compiled {
+                code: Arc::new(loaded),
+                compiled_in: None,
+            });
         }
         let started = std::time::Instant::now();
         let component = Component::new(&baseline.engine, bytes).map_err(|error| {
@@ -171,11 +207,13 @@ impl Runtime {
         );
         let mut loaded = link(&baseline.engine, &baseline.linker, &component)?;
         loaded.tier = CodeTier::Baseline;
-        loaded.compiled_in = Some(elapsed);
         self.pending_baseline
             .lock()
             .insert(digest.to_owned(), component);
-        Ok(loaded)
+        Ok(Compiled {
+            code: Arc::new(loaded),
+            compiled_in: Some(elapsed),
+        })
     }
 
     /// Load the cached code of `digest`, or compile it with `compiler` (this engine or
@@ -252,7 +290,6 @@ fn link(
         tier: CodeTier::Optimized,
         pre,
         health_check,
-        compiled_in: None,
     })
 }
 

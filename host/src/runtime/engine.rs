@@ -61,6 +61,9 @@ pub struct Runtime {
     /// a deploy of the same bytes meanwhile reuses it instead of compiling again.
     pub(crate) pending_baseline:
         Arc<parking_lot::Mutex<std::collections::HashMap<String, wasmtime::component::Component>>>,
+    /// Optimised code deployments run, by digest: a deploy of the same bytes shares it.
+    pub(crate) running:
+        Arc<parking_lot::Mutex<std::collections::HashMap<String, std::sync::Weak<super::Loaded>>>>,
     pub(crate) cache_dir: PathBuf,
     /// The host-wide memory budget every instance's growth draws on.
     pub memory_budget: Arc<MemoryBudget>,
@@ -131,6 +134,7 @@ impl Runtime {
             baseline,
             background,
             pending_baseline: Arc::default(),
+            running: Arc::default(),
             cache_dir,
             memory_budget: MemoryBudget::new(options.memory_budget_bytes),
             idle: Arc::default(),

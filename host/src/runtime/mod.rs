@@ -21,6 +21,6 @@ pub mod reuse;
 pub mod state;
 
 pub use crate::capabilities::ServiceContext;
-pub use compile::{CodeTier, LoadError, Loaded};
+pub use compile::{CodeTier, Compiled, LoadError, Loaded};
 pub use engine::{Runtime, RuntimeOptions};
 pub use state::{GuestState, InstanceLimits};

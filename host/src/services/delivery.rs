@@ -116,6 +116,9 @@ impl Services {
         let mut moved = 0;
         for entry in entries {
             let store = entry.stable.context.store.clone();
+            if !store.outbox_may_hold_events() {
+                continue;
+            }
             let bus = self.platform.bus.clone();
             let subscriptions = subscriptions.clone();
             let publisher = entry.name().to_owned();

@@ -17,7 +17,7 @@ use crate::manifest::Manifest;
 use crate::policy::error_rate::ErrorWindow;
 use crate::registry::validate_name;
 use crate::runtime::reuse::InstancePool;
-use crate::runtime::{CodeTier, InstanceLimits, Loaded, ServiceContext};
+use crate::runtime::{CodeTier, Compiled, InstanceLimits, ServiceContext};
 use crate::storage::{ServiceRecord, sha256_hex};
 
 /// How a deploy takes traffic.
@@ -604,15 +604,15 @@ impl Services {
         // At most one compile per core at once; the rest wait here, never under the
         // change lock.
         let permit = self.compiles.acquire().await.map_err(storage_error)?;
-        let loaded = {
+        let compiled = {
             let component = component.clone();
             tokio::task::spawn_blocking(move || runtime.load(&component, &digest))
                 .await
                 .map_err(storage_error)??
         };
         drop(permit);
-        self.observe_compile(&record.name, &loaded);
-        let tier = loaded.tier;
+        self.observe_compile(&record.name, &compiled);
+        let tier = compiled.code.tier;
         let memory_mb = record
             .manifest
             .limits
@@ -684,7 +684,7 @@ impl Services {
             route,
             context,
             limits,
-            code: Arc::new(ArcSwap::from_pointee(loaded)),
+            code: Arc::new(ArcSwap::new(compiled.code)),
             timeout,
             health_task: Mutex::new(None),
             pool,
@@ -695,12 +695,12 @@ impl Services {
         Ok(deployment)
     }
 
-    fn observe_compile(&self, service: &str, loaded: &Loaded) {
+    fn observe_compile(&self, service: &str, compiled: &Compiled) {
         let metrics = &self.platform.telemetry.metrics;
-        if let Some(elapsed) = loaded.compiled_in
+        if let Some(elapsed) = compiled.compiled_in
             && metrics.enabled()
         {
-            let tier = match loaded.tier {
+            let tier = match compiled.code.tier {
                 CodeTier::Baseline => "baseline",
                 CodeTier::Optimized => "optimized",
             };
@@ -750,9 +750,9 @@ impl Services {
                 return;
             }
             match optimized {
-                Ok(Ok(loaded)) => {
-                    services.observe_compile(&name, &loaded);
-                    code.store(Arc::new(loaded));
+                Ok(Ok(compiled)) => {
+                    services.observe_compile(&name, &compiled);
+                    code.store(compiled.code);
                     if let Some(pool) = &pool {
                         pool.clear();
                     }

@@ -135,6 +135,13 @@ pub trait ServiceStore: Send + Sync {
     /// Committed events not yet handed to the bus, oldest first, at most `limit`.
     fn outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError>;
 
+    /// Whether [`ServiceStore::outbox`] may return events. A backend that knows its
+    /// outbox is empty answers false without touching its database, so an idle
+    /// service costs the event router nothing.
+    fn outbox_may_hold_events(&self) -> bool {
+        true
+    }
+
     /// Remove events from the outbox (the bus has them now).
     fn remove_from_outbox(&self, ids: &[String]) -> Result<(), StoreError>;
 

@@ -8,30 +8,47 @@
 //!
 //! Keys are stored as bytes so a prefix is an index range; every row carries the
 //! sequence number of the commit that wrote it, which optimistic transactions check.
+//!
+//! A connection costs about 150 KiB (page cache, lookaside, the WAL index mapping),
+//! so a store holds one only while it is used: it opens on first use and closes
+//! after [`IDLE_CLOSE`] without a call. Ten thousand idle services hold none.
 
-use parking_lot::Mutex;
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use super::{Commit, OutboxEvent, ServiceStore, StoreBackend, StoreError, Versioned};
+
+/// A store's connection is closed after this long without a call.
+const IDLE_CLOSE: Duration = Duration::from_secs(30);
+/// How often idle connections are looked for.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
+type OpenStores = Arc<Mutex<HashMap<String, Weak<SqliteStore>>>>;
 
 /// Stores of every service, one SQLite file each.
 pub struct SqliteBackend {
     dir: PathBuf,
-    open: Mutex<HashMap<String, Weak<SqliteStore>>>,
+    open: OpenStores,
 }
 
 impl SqliteBackend {
-    /// Keep stores in `dir` (created if needed).
+    /// Keep stores in `dir` (created if needed). A thread closes the connections of
+    /// idle stores until the backend is dropped.
     pub fn new(dir: PathBuf) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&dir)
             .map_err(|error| StoreError::Backend(format!("creating {}: {error}", dir.display())))?;
-        Ok(Self {
-            dir,
-            open: Mutex::new(HashMap::new()),
-        })
+        let open = OpenStores::default();
+        let weak = Arc::downgrade(&open);
+        std::thread::Builder::new()
+            .name("shoal-store-idle".into())
+            .spawn(move || close_idle_connections(weak))
+            .map_err(|error| StoreError::Backend(format!("starting the idle closer: {error}")))?;
+        Ok(Self { dir, open })
     }
 
     fn path(&self, service: &str) -> PathBuf {
@@ -55,10 +72,40 @@ impl StoreBackend for SqliteBackend {
     }
 }
 
+/// Close the connections of stores idle for [`IDLE_CLOSE`], every [`IDLE_CHECK`],
+/// until the backend is gone.
+fn close_idle_connections(open: Weak<Mutex<HashMap<String, Weak<SqliteStore>>>>) {
+    loop {
+        std::thread::sleep(IDLE_CHECK);
+        let Some(open) = open.upgrade() else {
+            return;
+        };
+        let stores: Vec<Arc<SqliteStore>> =
+            open.lock().values().filter_map(Weak::upgrade).collect();
+        drop(open);
+        for store in stores {
+            store.close_if_idle(IDLE_CLOSE);
+        }
+    }
+}
+
 /// One service's database.
 pub struct SqliteStore {
-    connection: Mutex<Connection>,
+    path: PathBuf,
+    connection: Mutex<Lazy>,
     quota: Mutex<u64>,
+    /// The outbox was seen empty and nothing was published since: the event router
+    /// need not open the store to look.
+    outbox_empty: AtomicBool,
+    /// Bytes stored, as of the last commit: the admin view reads it without opening
+    /// the store.
+    bytes: AtomicU64,
+}
+
+/// A connection opened on first use.
+struct Lazy {
+    connection: Option<Connection>,
+    last_used: Instant,
 }
 
 fn backend(error: rusqlite::Error) -> StoreError {
@@ -78,6 +125,8 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl SqliteStore {
+    /// Create or migrate the database at `path`, note whether its outbox holds
+    /// events, and close it until it is used.
     fn open(path: PathBuf, quota: u64) -> Result<Self, StoreError> {
         let connection = crate::storage::open_sqlite(
             &path,
@@ -111,10 +160,47 @@ impl SqliteStore {
             "INTEGER NOT NULL DEFAULT 0",
         )
         .map_err(backend)?;
+        let outbox_empty = connection
+            .query_row("SELECT 1 FROM outbox LIMIT 1", [], |_| Ok(()))
+            .optional()
+            .map_err(backend)?
+            .is_none();
+        let bytes = Self::meta(&connection, "bytes")?.max(0) as u64;
         Ok(Self {
-            connection: Mutex::new(connection),
+            path,
+            connection: Mutex::new(Lazy {
+                connection: None,
+                last_used: Instant::now(),
+            }),
             quota: Mutex::new(quota),
+            outbox_empty: AtomicBool::new(outbox_empty),
+            bytes: AtomicU64::new(bytes),
         })
+    }
+
+    /// The connection, opened if it was closed. Held until the guard is dropped.
+    fn connection(&self) -> Result<MappedMutexGuard<'_, Connection>, StoreError> {
+        let mut lazy = self.connection.lock();
+        if lazy.connection.is_none() {
+            lazy.connection = Some(connect(&self.path)?);
+        }
+        lazy.last_used = Instant::now();
+        MutexGuard::try_map(lazy, |lazy| lazy.connection.as_mut())
+            .map_err(|_| StoreError::Backend("the store's connection is closed".into()))
+    }
+
+    /// Close the connection if no call used it for `idle`; the next call reopens it.
+    fn close_if_idle(&self, idle: Duration) {
+        let mut lazy = self.connection.lock();
+        if lazy.connection.is_some() && lazy.last_used.elapsed() >= idle {
+            lazy.connection = None;
+        }
+    }
+
+    /// Whether the connection is open now.
+    #[cfg(test)]
+    fn is_connected(&self) -> bool {
+        self.connection.lock().connection.is_some()
     }
 
     fn list_in(
@@ -167,13 +253,18 @@ impl SqliteStore {
     }
 }
 
+/// Open an existing store's database (its schema was made when it was created).
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    crate::storage::open_sqlite(path, "").map_err(backend)
+}
+
 impl ServiceStore for SqliteStore {
     fn engine(&self) -> &'static str {
         "sqlite"
     }
 
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let connection = self.connection.lock();
+        let connection = self.connection()?;
         let mut statement = connection
             .prepare_cached("SELECT value, version FROM kv WHERE key = ?1")
             .map_err(backend)?;
@@ -189,12 +280,12 @@ impl ServiceStore for SqliteStore {
     }
 
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<(String, u64)>, StoreError> {
-        let connection = self.connection.lock();
+        let connection = self.connection()?;
         Self::list_in(&connection, prefix, limit)
     }
 
     fn keys_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<String>, StoreError> {
-        let connection = self.connection.lock();
+        let connection = self.connection()?;
         let mut statement = connection
             .prepare_cached("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT ?2")
             .map_err(backend)?;
@@ -212,7 +303,7 @@ impl ServiceStore for SqliteStore {
 
     fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         let quota = *self.quota.lock();
-        let mut connection = self.connection.lock();
+        let mut connection = self.connection()?;
         let transaction = connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(backend)?;
@@ -319,16 +410,22 @@ impl ServiceStore for SqliteStore {
                 params![bytes, sequence],
             )
             .map_err(backend)?;
-        transaction.commit().map_err(backend)
+        transaction.commit().map_err(backend)?;
+        self.bytes.store(bytes.max(0) as u64, Ordering::SeqCst);
+        if !commit.events.is_empty() {
+            // Under the connection's lock, so a concurrent look at the outbox that
+            // found it empty cannot overwrite this.
+            self.outbox_empty.store(false, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     fn size(&self) -> Result<u64, StoreError> {
-        let connection = self.connection.lock();
-        Ok(Self::meta(&connection, "bytes")?.max(0) as u64)
+        Ok(self.bytes.load(Ordering::SeqCst))
     }
 
     fn outbox(&self, limit: u32) -> Result<Vec<OutboxEvent>, StoreError> {
-        let connection = self.connection.lock();
+        let connection = self.connection()?;
         let mut statement = connection
             .prepare_cached(
                 "SELECT id, topic, payload, traceparent, published_ms, deliver_at_ms FROM outbox \
@@ -347,11 +444,19 @@ impl ServiceStore for SqliteStore {
                 })
             })
             .map_err(backend)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        let events = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
+        if events.is_empty() {
+            self.outbox_empty.store(true, Ordering::SeqCst);
+        }
+        Ok(events)
+    }
+
+    fn outbox_may_hold_events(&self) -> bool {
+        !self.outbox_empty.load(Ordering::SeqCst)
     }
 
     fn remove_from_outbox(&self, ids: &[String]) -> Result<(), StoreError> {
-        let mut connection = self.connection.lock();
+        let mut connection = self.connection()?;
         let transaction = connection.transaction().map_err(backend)?;
         {
             let mut delete = transaction
@@ -365,7 +470,7 @@ impl ServiceStore for SqliteStore {
     }
 
     fn is_handled(&self, id: &str) -> Result<bool, StoreError> {
-        let connection = self.connection.lock();
+        let connection = self.connection()?;
         connection
             .query_row("SELECT 1 FROM inbox WHERE id = ?1", [id], |_| Ok(()))
             .optional()
@@ -520,5 +625,68 @@ mod tests {
         assert!(!store.is_handled("incoming-2").expect("inbox"));
         store.remove_from_outbox(&["e1".into()]).expect("remove");
         assert!(store.outbox(10).expect("outbox").is_empty());
+    }
+
+    fn event(id: &str) -> crate::store::OutboxEvent {
+        crate::store::OutboxEvent {
+            id: id.into(),
+            topic: "t".into(),
+            payload: b"p".to_vec(),
+            traceparent: None,
+            published_ms: 0,
+            deliver_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn an_idle_store_closes_its_connection_and_reopens_on_use() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = SqliteStore::open(dir.path().join("s.sqlite3"), 1 << 20).expect("open");
+        assert!(!store.is_connected(), "a new store holds no connection");
+        let mut tx = Transaction::default();
+        tx.put("k", Some(b"v".to_vec())).expect("put");
+        tx.commit(&store).expect("commit");
+        assert!(store.is_connected());
+        store.close_if_idle(Duration::from_secs(3600));
+        assert!(
+            store.is_connected(),
+            "a recently used store keeps its connection"
+        );
+        store.close_if_idle(Duration::ZERO);
+        assert!(!store.is_connected());
+        assert_eq!(
+            store.get("k").expect("get").map(|v| v.value),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(store.size().expect("size"), 2);
+    }
+
+    #[test]
+    fn the_outbox_is_looked_at_only_when_it_may_hold_events() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("s.sqlite3");
+        let store = SqliteStore::open(path.clone(), 1 << 20).expect("open");
+        assert!(
+            !store.outbox_may_hold_events(),
+            "a new store's outbox is empty"
+        );
+        let mut tx = Transaction::default();
+        tx.put("k", Some(b"v".to_vec())).expect("put");
+        tx.commit(&store).expect("commit");
+        assert!(!store.outbox_may_hold_events(), "no event was published");
+        let mut tx = Transaction::default();
+        tx.publish(event("e1")).expect("publish");
+        tx.put("k", Some(b"w".to_vec())).expect("put");
+        tx.commit(&store).expect("commit");
+        assert!(store.outbox_may_hold_events());
+        drop(store);
+        // Reopened (a restart): the event waiting in the outbox is known at once.
+        let store = SqliteStore::open(path, 1 << 20).expect("reopen");
+        assert!(store.outbox_may_hold_events());
+        assert_eq!(store.outbox(10).expect("outbox"), [event("e1")]);
+        store.remove_from_outbox(&["e1".into()]).expect("remove");
+        assert!(store.outbox_may_hold_events(), "not looked at since");
+        assert!(store.outbox(10).expect("outbox").is_empty());
+        assert!(!store.outbox_may_hold_events());
     }
 }
