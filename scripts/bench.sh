@@ -19,6 +19,10 @@ if [ -z "$quick" ] && ! wasmtime --version 2>/dev/null | grep -q '48\.0\.8'; the
     # on this toolchain). Takes a while the first time.
     cargo install --locked wasmtime-cli@48.0.8
 fi
+# hey drives a fixed request rate for the latency-at-half-load rows.
+if [ -z "$quick" ] && ! command -v hey >/dev/null 2>&1; then
+    apt_install hey
+fi
 
 (cd guests && cargo build --release --target wasm32-wasip2)
 # The JavaScript and Python greeters (big components for the deploy benchmark).
