@@ -593,17 +593,8 @@ mod tests {
 
     #[test]
     fn events_commit_with_the_writes_and_never_without_them() {
-        use crate::store::OutboxEvent;
         let dir = tempfile::tempdir().expect("dir");
         let store = store(&dir, "s", 1 << 20);
-        let event = |id: &str| OutboxEvent {
-            id: id.into(),
-            topic: "t".into(),
-            payload: b"p".to_vec(),
-            traceparent: None,
-            published_ms: 0,
-            deliver_at_ms: 0,
-        };
         // Rolled back (conflict): neither the write nor the event.
         let mut stale = Transaction::default();
         stale.get(&*store, "k").expect("get");
