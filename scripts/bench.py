@@ -359,7 +359,7 @@ def gateway_throughput(args, rows):
             rows.append(("gateway", f"{label}: shoal / native hyper", f"{rate['shoal serve'] / rate['native hyper']:.2f}×", "same run"))
 
 
-def cores(args, rows):
+def core_scaling(args, rows):
     """Cores: throughput with 1 and 2 server threads, and the gateway's cost over an in-process call."""
     component = os.path.join(args.guests, "wasi_hello.wasm")
     rate = {}
@@ -818,7 +818,7 @@ def main():
 
     rows = []
     args.figures = {}
-    sections = (gateway_throughput, latency_at_half_load, cores, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop)
+    sections = (gateway_throughput, latency_at_half_load, core_scaling, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {section.__name__ for section in sections}
