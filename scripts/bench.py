@@ -398,6 +398,56 @@ def core_scaling(args, rows):
                  "shoal serve with one worker thread (wrk on the other core) ÷ the in-process rate"))
 
 
+def perf_top(pid, seconds, key):
+    """`perf record` of `pid` for `seconds`; the top entries of the report sorted by
+    `key` (dso or sym) as (percent, name)."""
+    data = tempfile.mktemp(prefix="shoal-perf-")
+    subprocess.run(["perf", "record", "-F", "999", "-p", str(pid), "-o", data, "--", "sleep", str(seconds)],
+                   capture_output=True, check=True)
+    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", key, "-g", "none", "--stdio"],
+                         capture_output=True, text=True, check=True).stdout
+    os.unlink(data)
+    entries = []
+    for line in out.splitlines():
+        match = re.match(r"^\s+([\d.]+)%\s+(.*\S)\s*$", line)
+        if match:
+            entries.append((float(match.group(1)), match.group(2)))
+    return entries
+
+
+def profile(args, rows):
+    """Profile: where a request's time goes, shoal and wasmtime serve reusing instances."""
+    if not shutil.which("perf") or not find_wasmtime():
+        rows.append(("profile", "perf", "not measured", "needs perf and wasmtime-cli 48.0.8"))
+        return
+    component = os.path.join(args.guests, "wasi_hello.wasm")
+    servers, urls = start_servers(args, component)
+    seconds = max(2, args.seconds // 2)
+    lines = ["", "## Profile", "",
+             f"`perf record -F 999` of each server for {seconds} s under `wrk -t2 -c64` (wasi_hello.wasm, "
+             "instance reuse 128 on both); self time, top entries. In this VM, time in the kernel lands mostly on "
+             "the scheduler's context-switch and interrupt-return symbols.", ""]
+    try:
+        for name, proc in (("shoal serve, reuse 128", servers[0].proc), ("wasmtime serve, reuse 128", servers[-1].proc)):
+            url = urls[name]
+            wrk(url, 16, 1)
+            load = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{seconds + 2}s", url], stdout=subprocess.DEVNULL)
+            time.sleep(1)
+            by_dso = perf_top(proc.pid, seconds, "dso")
+            by_sym = perf_top(proc.pid, seconds, "sym")
+            load.wait()
+            lines.append(f"**{name}** — by object: " + ", ".join(f"{name} {pct:.0f} %" for pct, name in by_dso[:4]))
+            lines.append("")
+            lines.append("| self | symbol |")
+            lines.append("|---|---|")
+            lines += [f"| {pct:.1f} % | `{sym[:110]}` |" for pct, sym in by_sym[:15]]
+            lines.append("")
+    finally:
+        for server in servers:
+            server.stop()
+    args.appendix += lines
+
+
 def hey(url, rate, connections, seconds):
     """Run hey at a fixed total rate; return (p50 ms, p99 ms, requests/s, errors)."""
     per_worker = max(1, round(rate / connections))
@@ -818,7 +868,8 @@ def main():
 
     rows = []
     args.figures = {}
-    sections = (gateway_throughput, latency_at_half_load, core_scaling, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop)
+    args.appendix = []
+    sections = (gateway_throughput, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {section.__name__ for section in sections}
@@ -872,6 +923,7 @@ def main():
     target("10,000 idle services", "≤ 1 GiB RSS", "density_10000", "{:.0f} MiB", lambda v: v <= 1024)
     target("cold deploy of a big component (Python, JS) to first 200", "≤ 1 s", "cold_deploy", "{:.0f} ms", lambda v: v <= 1000)
     target("baseline code ÷ optimised code, time per request", "reported", "baseline_slowdown", "{:.2f}×", lambda v: True)
+    lines += args.appendix
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as out:
         out.write(text)

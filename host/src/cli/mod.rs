@@ -436,7 +436,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 handle,
                 baseline,
             };
-            bench::instantiate(&component, iterations, mode).await
+            // On a worker thread, as the gateway's requests are: a request's guest
+            // task then starts on the same worker instead of waking another thread.
+            tokio::spawn(async move { bench::instantiate(&component, iterations, mode).await })
+                .await
+                .map_err(|error| anyhow::anyhow!("the benchmark task failed: {error}"))?
         }
         Command::Rm { name, admin } => client::remove(&admin, &name).await,
         Command::Token { action } => match action {

@@ -1,6 +1,7 @@
 //! Run one HTTP request through a fresh instance of a service.
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http::StatusCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,33 +138,63 @@ fn stderr_suffix(stderr: &Option<String>) -> String {
     }
 }
 
-/// The guest task of one request. If the caller stops waiting before the response head
-/// (client gone, caller's attempt timed out), the guest is stopped instead of running
-/// on to its deadline.
-struct AbortUnlessDetached(Option<tokio::task::JoinHandle<Result<(), GuestFailure>>>);
+/// The rest of a request's guest once its response head is out.
+type GuestFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), GuestFailure>> + Send>>;
 
-impl AbortUnlessDetached {
+/// A response body that also runs its guest: each read first lets the guest go on
+/// (writing more of the body), in the task that reads it. When the body ends, or
+/// is dropped unread, a guest that is not done yet continues in a task of its own,
+/// so it always runs to its end or its deadline, as it would have alone.
+pub struct GuestBody {
+    body: HyperOutgoingBody,
+    guest: Option<GuestFuture>,
+}
+
+impl GuestBody {
+    /// Let an unfinished guest run on in a task of its own.
     fn detach(&mut self) {
-        self.0 = None;
-    }
-
-    async fn join(&mut self) -> Result<Result<(), GuestFailure>, tokio::task::JoinError> {
-        match self.0.as_mut() {
-            Some(handle) => {
-                let result = handle.await;
-                self.0 = None;
-                result
-            }
-            None => Ok(Ok(())),
+        if let Some(guest) = self.guest.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(guest);
         }
     }
 }
 
-impl Drop for AbortUnlessDetached {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.abort();
+impl hyper::body::Body for GuestBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(guest) = this.guest.as_mut()
+            && guest.as_mut().poll(cx).is_ready()
+        {
+            // Its outcome was recorded on its span; the head is long gone.
+            this.guest = None;
         }
+        let frame = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(frame, std::task::Poll::Ready(None)) {
+            this.detach();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for GuestBody {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 
@@ -214,14 +245,15 @@ struct Prepared {
 /// Instantiate `pre` in a fresh store (or take an idle instance from `pool`) and hand
 /// it `request`.
 ///
-/// Returns as soon as the guest has sent its response head; the body streams from a
-/// task that keeps the instance alive until the guest finishes (or the deadline hits).
+/// Returns as soon as the guest has sent its response head; a guest still writing its
+/// body runs on while the body is read (see [`GuestBody`]) until it finishes or its
+/// deadline hits.
 pub async fn handle<B>(
     pre: &ProxyPre<GuestState>,
     pool: Option<Arc<InstancePool>>,
     invocation: Invocation,
     request: hyper::Request<B>,
-) -> Result<hyper::Response<HyperOutgoingBody>, GuestFailure>
+) -> Result<hyper::Response<GuestBody>, GuestFailure>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
@@ -264,29 +296,55 @@ where
         (incoming, outparam)
     };
 
-    let mut task = AbortUnlessDetached(Some(tokio::spawn(run_guest(
-        pre.clone(),
-        pool,
-        invocation,
-        prepared,
-        incoming,
-        outparam,
-    ))));
-
-    match receiver.await {
-        Ok(Ok(response)) => {
-            // The head is out; the task keeps the instance alive to stream the body.
-            task.detach();
-            Ok(response)
+    // The guest runs in the caller's task, and then in its response body's: no task
+    // of its own and no other worker thread woken for it, and each chunk it writes
+    // is taken by the same task that writes it to the socket.
+    // A panic in the host while it serves the guest fails this request only.
+    let mut guest: GuestFuture = Box::pin(
+        std::panic::AssertUnwindSafe(run_guest(
+            pre.clone(),
+            pool,
+            invocation,
+            prepared,
+            incoming,
+            outparam,
+        ))
+        .catch_unwind()
+        .map(|outcome| {
+            outcome.unwrap_or_else(|_| {
+                Err(GuestFailure::Host(
+                    "the host panicked while serving the request".into(),
+                ))
+            })
+        }),
+    );
+    let mut receiver = receiver;
+    let head = tokio::select! {
+        biased;
+        head = &mut receiver => head,
+        finished = &mut guest => {
+            // Done: the head was sent by now, or it never will be (even if a leaked
+            // handle keeps its sender alive).
+            return match (receiver.try_recv(), finished) {
+                (Ok(Ok(response)), _) => Ok(response.map(|body| GuestBody { body, guest: None })),
+                (Ok(Err(code)), _) => Err(GuestFailure::ErrorCode(code)),
+                (Err(_), Ok(())) => Err(GuestFailure::NoResponse),
+                (Err(_), Err(failure)) => Err(failure),
+            };
         }
+    };
+    match head {
+        // The head is out; the body runs the rest of the guest.
+        Ok(Ok(response)) => Ok(response.map(|body| GuestBody {
+            body,
+            guest: Some(guest),
+        })),
+        // An error instead of a response: the guest is stopped (dropped here).
         Ok(Err(code)) => Err(GuestFailure::ErrorCode(code)),
-        // The outparam was dropped unset: the task's outcome says why.
-        Err(_) => match task.join().await {
-            Ok(Ok(())) => Err(GuestFailure::NoResponse),
-            Ok(Err(failure)) => Err(failure),
-            Err(join_error) => Err(GuestFailure::Host(format!(
-                "the host task serving the request failed: {join_error}"
-            ))),
+        // The outparam was dropped unset: the guest's outcome says why.
+        Err(_) => match guest.await {
+            Ok(()) => Err(GuestFailure::NoResponse),
+            Err(failure) => Err(failure),
         },
     }
 }
