@@ -398,21 +398,24 @@ def core_scaling(args, rows):
                  "shoal serve with one worker thread (wrk on the other core) ÷ the in-process rate"))
 
 
-def perf_top(pid, seconds, key):
-    """`perf record` of `pid` for `seconds`; the top entries of the report sorted by
-    `key` (dso or sym) as (percent, name)."""
+def perf_top(pid, seconds):
+    """`perf record` of `pid` for `seconds`; the report's entries by object and by
+    symbol, each as [(percent, name)]."""
     data = tempfile.mktemp(prefix="shoal-perf-")
     subprocess.run(["perf", "record", "-F", "999", "-p", str(pid), "-o", data, "--", "sleep", str(seconds)],
                    capture_output=True, check=True)
-    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", key, "-g", "none", "--stdio"],
-                         capture_output=True, text=True, check=True).stdout
+    tops = []
+    for key in ("dso", "sym"):
+        out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", key, "-g", "none", "--stdio"],
+                             capture_output=True, text=True, check=True).stdout
+        entries = []
+        for line in out.splitlines():
+            match = re.match(r"^\s+([\d.]+)%\s+(.*\S)\s*$", line)
+            if match:
+                entries.append((float(match.group(1)), match.group(2)))
+        tops.append(entries)
     os.unlink(data)
-    entries = []
-    for line in out.splitlines():
-        match = re.match(r"^\s+([\d.]+)%\s+(.*\S)\s*$", line)
-        if match:
-            entries.append((float(match.group(1)), match.group(2)))
-    return entries
+    return tops
 
 
 def profile(args, rows):
@@ -433,8 +436,7 @@ def profile(args, rows):
             wrk(url, 16, 1)
             load = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{seconds + 2}s", url], stdout=subprocess.DEVNULL)
             time.sleep(1)
-            by_dso = perf_top(proc.pid, seconds, "dso")
-            by_sym = perf_top(proc.pid, seconds, "sym")
+            by_dso, by_sym = perf_top(proc.pid, seconds)
             load.wait()
             lines.append(f"**{name}** — by object: " + ", ".join(f"{name} {pct:.0f} %" for pct, name in by_dso[:4]))
             lines.append("")
