@@ -469,8 +469,9 @@ def hey(url, rate, connections, seconds):
 def latency_at_half_load(args, rows):
     """Latency at half load: p50/p99 of shoal and wasmtime serve at the same fixed rate."""
     saturation = getattr(args, "saturation", {}).get("hello")
-    if not find_wasmtime() or not saturation:
-        rows.append(("latency", "at half load", "not measured", "needs wasmtime-cli 48.0.8 and the gateway section"))
+    if not find_wasmtime() or not shutil.which("hey") or not saturation:
+        rows.append(("latency", "at half load", "not measured",
+                     "needs wasmtime-cli 48.0.8, hey and the gateway section (scripts/bench.sh installs them)"))
         return
     component = os.path.join(args.guests, "wasi_hello.wasm")
     servers, urls = start_servers(args, component)
