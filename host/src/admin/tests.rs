@@ -49,6 +49,7 @@ fn admin_with(restored: bool) -> Admin {
         function_cache_bytes: 0,
         memory_budget_bytes: 1024 * 1024 * 1024,
         baseline_above_bytes: None,
+        keep_resident_bytes: 64 * 1024,
     })
     .expect("runtime");
     let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(60));

@@ -23,6 +23,8 @@ pub struct BenchMode {
     pub handle: bool,
     /// Run code from the baseline compiler instead of the optimising one.
     pub baseline: bool,
+    /// The pooling allocator's keep-resident size, in KiB.
+    pub keep_resident_kb: usize,
 }
 
 /// Instantiate `component` (and handle a request, per `mode`) `iterations` times and
@@ -32,6 +34,7 @@ pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> 
         pooling,
         handle,
         baseline,
+        ..
     } = mode;
     let cache = std::env::temp_dir().join(format!("shoal-bench-{:016x}", rand::random::<u64>()));
     let runtime = Runtime::new(&RuntimeOptions {
@@ -44,6 +47,7 @@ pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> 
         function_cache_bytes: 0,
         memory_budget_bytes: usize::MAX,
         baseline_above_bytes: baseline.then_some(0),
+        keep_resident_bytes: mode.keep_resident_kb * 1024,
     })?;
     let bytes =
         std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;

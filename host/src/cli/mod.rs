@@ -156,6 +156,9 @@ enum Command {
         /// Run the baseline compiler's code instead of the optimising compiler's.
         #[arg(long)]
         baseline: bool,
+        /// The pooling allocator's keep-resident size (as `serve --keep-resident-kb`).
+        #[arg(long, default_value_t = 64)]
+        keep_resident_kb: usize,
     },
     /// Serve a fixed hello world with plain hyper (the benchmark's native ceiling).
     #[command(hide = true)]
@@ -430,11 +433,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             no_pooling,
             handle,
             baseline,
+            keep_resident_kb,
         } => {
             let mode = bench::BenchMode {
                 pooling: !no_pooling,
                 handle,
                 baseline,
+                keep_resident_kb,
             };
             // On a worker thread, as the gateway's requests are: a request's guest
             // task then starts on the same worker instead of waking another thread.

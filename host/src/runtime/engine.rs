@@ -13,8 +13,6 @@ use super::reuse::IdlePools;
 
 /// Instance slots decommitted at once by the pooling allocator.
 const DECOMMIT_BATCH: usize = 32;
-/// Bytes of memory, tables and stacks reset in place instead of decommitted.
-const KEEP_RESIDENT: usize = 64 * 1024;
 
 /// How often the epoch advances; the granularity of execution deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -42,6 +40,9 @@ pub struct RuntimeOptions {
     /// are first compiled by the baseline compiler and served at once, while the
     /// optimised code is compiled in the background (none: always wait for it).
     pub baseline_above_bytes: Option<usize>,
+    /// Bytes of each pooled memory, table and stack reset in place (memset) instead of
+    /// decommitted when an instance ends.
+    pub keep_resident_bytes: usize,
 }
 
 /// The engine, the linker every component is checked against, and the compile cache.
@@ -166,9 +167,9 @@ fn engine_config(options: &RuntimeOptions, strategy: Strategy, pooling: bool) ->
             .decommit_batch_size(DECOMMIT_BATCH)
             // Small tables and the first pages of memory and stacks are reset
             // with memset instead of madvise: cheaper for small guests.
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(KEEP_RESIDENT)
-            .async_stack_keep_resident(KEEP_RESIDENT);
+            .linear_memory_keep_resident(options.keep_resident_bytes)
+            .table_keep_resident(options.keep_resident_bytes)
+            .async_stack_keep_resident(options.keep_resident_bytes);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     }
     config
