@@ -86,6 +86,20 @@ fn plain_wasi_http_component_runs_unchanged_and_streams() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, "plain wasi:http here\npath: /some/path?x=1\n");
     assert_eq!(host.get("/plain/missing").status, 404);
+    // A body of many chunks, more than the host buffers: the guest writes each one as
+    // the previous leaves, reuse or not.
+    let long: String = "abcdefgh/".repeat(5_000);
+    let manifest = "[limits]\ninstance_reuse = 4\n";
+    assert_eq!(
+        host.deploy_with_manifest("plain-reuse", &guest("plain_http"), manifest)
+            .status,
+        201
+    );
+    for service in ["plain", "plain-reuse", "plain-reuse", "plain-reuse"] {
+        let reply = host.get(&format!("/{service}/{long}"));
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, format!("plain wasi:http here\npath: /{long}\n"));
+    }
 }
 
 #[test]
