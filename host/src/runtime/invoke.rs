@@ -284,7 +284,7 @@ where
         },
     };
 
-    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (sender, mut receiver) = tokio::sync::oneshot::channel();
     let (incoming, outparam) = {
         let mut http = prepared.store.data_mut().http();
         let incoming = http
@@ -318,7 +318,6 @@ where
             })
         }),
     );
-    let mut receiver = receiver;
     let head = tokio::select! {
         biased;
         head = &mut receiver => head,

@@ -28,7 +28,9 @@ const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// How often idle connections are looked for.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
 
-type OpenStores = Arc<Mutex<HashMap<String, Weak<SqliteStore>>>>;
+/// The stores handed out, by service (a store lives as long as its deployments).
+type OpenStores = Arc<OpenStoresInner>;
+type OpenStoresInner = Mutex<HashMap<String, Weak<SqliteStore>>>;
 
 /// Stores of every service, one SQLite file each.
 pub struct SqliteBackend {
@@ -74,7 +76,7 @@ impl StoreBackend for SqliteBackend {
 
 /// Close the connections of stores idle for [`IDLE_CLOSE`], every [`IDLE_CHECK`],
 /// until the backend is gone.
-fn close_idle_connections(open: Weak<Mutex<HashMap<String, Weak<SqliteStore>>>>) {
+fn close_idle_connections(open: Weak<OpenStoresInner>) {
     loop {
         std::thread::sleep(IDLE_CHECK);
         let Some(open) = open.upgrade() else {
