@@ -13,7 +13,9 @@
 //! memory_mb = 64             # linear memory per instance
 //! timeout_ms = 30000         # wall-clock and CPU deadline per request
 //! table_elements = 20000     # elements per table of one instance
-//! instance_reuse = 1         # requests per instance (1: fresh instance per request)
+//! instance_reuse = 1         # requests per instance (1: fresh instance per request;
+//!                            #   WASIp3 components default to 128)
+//! instance_concurrency = 16  # WASIp3 only: requests one instance serves at once
 //! max_concurrency = 64       # requests running at once
 //! queue = 256                # requests waiting; beyond that: 503 + Retry-After
 //! store_mb = 64              # size quota of the service's own store
@@ -271,6 +273,10 @@ pub struct Limits {
     /// instance per request). Faster, but requests share the instance's memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_reuse: Option<u32>,
+    /// Requests one instance of a WASIp3 component serves at once (default 16; a
+    /// WASIp2 instance serves one at a time). They share the instance's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_concurrency: Option<u32>,
     /// Requests that may run at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
@@ -378,6 +384,16 @@ impl Manifest {
             return Err(field(
                 "limits.instance_reuse",
                 "must be between 1 and 1000000",
+            ));
+        }
+        if self
+            .limits
+            .instance_concurrency
+            .is_some_and(|n| !(1..=1024).contains(&n))
+        {
+            return Err(field(
+                "limits.instance_concurrency",
+                "must be between 1 and 1024",
             ));
         }
         if self
@@ -725,6 +741,7 @@ mod tests {
                 "limits.queue",
                 "limits.store_mb",
                 "limits.instance_reuse",
+                "limits.instance_concurrency",
                 "limits.table_elements",
                 "config.greeting",
                 "outbound.allowed_hosts",

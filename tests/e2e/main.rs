@@ -24,3 +24,4 @@ mod store;
 mod telemetry;
 mod tls;
 mod wasi;
+mod wasip3;

@@ -110,9 +110,12 @@ pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> 
     };
     let run = || async {
         if handle {
-            handle_once(&loaded.pre, invocation()).await
+            let crate::runtime::Handler::Sequential(pre) = &loaded.handler else {
+                anyhow::bail!("--handle measures WASIp2 components only");
+            };
+            handle_once(pre, invocation()).await
         } else {
-            crate::runtime::invoke::instantiate_once(&loaded.pre, &invocation())
+            crate::runtime::invoke::instantiate_once(&loaded.handler, &invocation())
                 .await
                 .map_err(anyhow::Error::from)
         }

@@ -2,13 +2,15 @@
 //!
 //! Every check a deploy needs happens here, before anything is swapped in: the bytes
 //! are WebAssembly, they are a component (not a core module), every import is one
-//! the host provides, and the component exports `wasi:http/incoming-handler`.
+//! the host provides, and the component exports an HTTP handler: WASIp2's
+//! `wasi:http/incoming-handler` or WASIp3's `wasi:http/handler`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use super::{GuestState, Runtime};
 
@@ -37,8 +39,8 @@ pub enum LoadError {
     IncompatibleImports(String),
     /// The component does not export an HTTP handler.
     #[error(
-        "the component does not export `wasi:http/incoming-handler` (0.2.x), so it cannot \
-         serve requests: {0}"
+        "the component exports neither `wasi:http/incoming-handler` (WASIp2, 0.2.x) nor \
+         `wasi:http/handler` (WASIp3, 0.3.x), so it cannot serve requests: {0}"
     )]
     NotAService(String),
     /// The component needs more of something than the instance pool reserves per
@@ -70,10 +72,41 @@ pub enum CodeTier {
 pub struct Loaded {
     /// Which compiler produced the code.
     pub tier: CodeTier,
-    /// Pre-instantiated component, typed as a `wasi:http/proxy`.
-    pub pre: ProxyPre<GuestState>,
+    /// Pre-instantiated component, typed by the HTTP handler it exports.
+    pub handler: Handler,
     /// Where its `shoal:platform/health-check` export is, when it has one.
     pub health_check: Option<crate::bindings::health_check::GuestIndices>,
+}
+
+/// The HTTP entry point a component exports, which decides how it is served.
+pub enum Handler {
+    /// WASIp2 `wasi:http/incoming-handler`: an instance serves one request at a time.
+    Sequential(ProxyPre<GuestState>),
+    /// WASIp3 `wasi:http/handler`: an instance serves several requests at once.
+    Concurrent(ServicePre<GuestState>),
+}
+
+impl Handler {
+    /// The component, linked and ready to instantiate.
+    pub fn instance_pre(&self) -> &wasmtime::component::InstancePre<GuestState> {
+        match self {
+            Handler::Sequential(pre) => pre.instance_pre(),
+            Handler::Concurrent(pre) => pre.instance_pre(),
+        }
+    }
+
+    /// The engine its code belongs to.
+    pub fn engine(&self) -> &wasmtime::Engine {
+        self.instance_pre().engine()
+    }
+
+    /// The WASI generation of its HTTP interface, as the admin API shows it.
+    pub fn wasi(&self) -> &'static str {
+        match self {
+            Handler::Sequential(_) => "p2",
+            Handler::Concurrent(_) => "p3",
+        }
+    }
 }
 
 /// What a load produced: the code, and how long compiling it took (none when it came
@@ -284,11 +317,20 @@ fn link(
         }
     };
     let health_check = crate::bindings::health_check::GuestIndices::new(&instance_pre).ok();
-    let pre = ProxyPre::new(instance_pre)
-        .map_err(|error| LoadError::NotAService(format!("{error:#}")))?;
+    let handler = match ProxyPre::new(instance_pre.clone()) {
+        Ok(pre) => Handler::Sequential(pre),
+        Err(p2) => match ServicePre::new(instance_pre) {
+            Ok(pre) => Handler::Concurrent(pre),
+            Err(p3) => {
+                return Err(LoadError::NotAService(format!(
+                    "as WASIp2: {p2:#}; as WASIp3: {p3:#}"
+                )));
+            }
+        },
+    };
     Ok(Loaded {
         tier: CodeTier::Optimized,
-        pre,
+        handler,
         health_check,
     })
 }

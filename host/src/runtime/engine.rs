@@ -182,7 +182,8 @@ fn new_engine(config: &Config) -> Result<Engine> {
     )
 }
 
-/// Every host function a component may import: WASI, `wasi:http` and `shoal:platform`.
+/// Every host function a component may import: WASI and `wasi:http` (0.2 and 0.3) and
+/// `shoal:platform`.
 fn new_linker(engine: &Engine) -> Result<Arc<Linker<GuestState>>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -191,6 +192,14 @@ fn new_linker(engine: &Engine) -> Result<Arc<Linker<GuestState>>> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)
         .context("linking wasi:http")?;
+    // WASIp3: what its `wasi:http/service` world imports, and no more (no files, no
+    // sockets, as for WASIp2 nothing is granted).
+    wasmtime_wasi::p3::cli::add_to_linker(&mut linker)
+        .and_then(|()| wasmtime_wasi::p3::clocks::add_to_linker(&mut linker))
+        .and_then(|()| wasmtime_wasi::p3::random::add_to_linker(&mut linker))
+        .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
+        .map_err(anyhow::Error::from)
+        .context("linking WASIp3")?;
     crate::capabilities::add_to_linker::<GuestState>(&mut linker)
         .map_err(anyhow::Error::from)
         .context("linking shoal:platform")?;

@@ -2,141 +2,26 @@
 
 use bytes::Bytes;
 use futures::FutureExt as _;
-use http::StatusCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use thiserror::Error;
+use std::time::Instant;
 use wasmtime::component::Resource;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
-use super::limits::{HostMemoryExhausted, InstanceMemoryExceeded};
+pub use super::failure::GuestFailure;
+use super::failure::{DeadlineExceeded, classify, instantiate_failure};
 use super::reuse::{InstancePool, Reusable};
 use super::{GuestState, InstanceLimits, ServiceContext};
-use crate::capabilities::{HostFault, PlatformCtx};
+use crate::capabilities::PlatformCtx;
 use crate::deadline::Deadline;
 use crate::platform::Platform;
 use crate::telemetry::TraceScope;
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
-
-/// How a request to a guest failed. A failure ends that request only.
-#[derive(Debug, Error)]
-pub enum GuestFailure {
-    /// No instance could be created (e.g. the instance pool is exhausted).
-    #[error("could not start an instance: {0}")]
-    Instantiate(String),
-    /// The guest trapped (including Rust panics, which abort as a trap). `stderr` is
-    /// the end of what it wrote to standard error (a panic's message), for the log.
-    #[error("the service trapped: {reason}{}", stderr_suffix(.stderr))]
-    Trap {
-        /// The trap.
-        reason: String,
-        /// The guest's last standard-error lines, if any.
-        stderr: Option<String>,
-    },
-    /// The guest tried to grow its memory past its limit.
-    #[error("the service exceeded its memory limit of {0} MiB")]
-    MemoryLimit(usize),
-    /// The guest's memory growth did not fit the host-wide memory budget.
-    #[error("the host's memory budget is exhausted; retry later")]
-    HostMemory,
-    /// The guest overflowed its wasm stack (runaway recursion).
-    #[error("the service overflowed its stack")]
-    StackOverflow,
-    /// The guest ran past its execution deadline.
-    #[error("the service exceeded its execution time limit of {0:?}")]
-    Deadline(Duration),
-    /// The guest returned without ever sending a response.
-    #[error("the service returned without sending a response")]
-    NoResponse,
-    /// The guest answered with a `wasi:http` error code instead of a response.
-    #[error("the service answered with an error: {0:?}")]
-    ErrorCode(ErrorCode),
-    /// The host failed while serving the request (a host call's own failure, a
-    /// panicked host task): not the service's fault, and not counted as its fault.
-    #[error("the host failed while serving the request: {0}")]
-    Host(String),
-}
-
-impl GuestFailure {
-    /// The status the gateway answers with.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            GuestFailure::Instantiate(_) | GuestFailure::HostMemory => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            GuestFailure::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
-            GuestFailure::ErrorCode(_) => StatusCode::BAD_GATEWAY,
-            GuestFailure::Trap { .. }
-            | GuestFailure::MemoryLimit(_)
-            | GuestFailure::StackOverflow
-            | GuestFailure::NoResponse
-            | GuestFailure::Host(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// A short name of the failure, for counters and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            GuestFailure::Instantiate(_) => "instantiate",
-            GuestFailure::Trap { .. } => "trap",
-            GuestFailure::MemoryLimit(_) => "memory",
-            GuestFailure::HostMemory => "host-memory",
-            GuestFailure::StackOverflow => "stack",
-            GuestFailure::Deadline(_) => "timeout",
-            GuestFailure::NoResponse => "no-response",
-            GuestFailure::ErrorCode(_) => "error-response",
-            GuestFailure::Host(_) => "host",
-        }
-    }
-
-    /// What a client is told: the fault without the host's internal details and
-    /// without the guest's output (those go to the log).
-    pub fn public_message(&self) -> String {
-        match self {
-            GuestFailure::Instantiate(_) => "could not start an instance".into(),
-            GuestFailure::Host(_) => "the host failed while serving the request".into(),
-            GuestFailure::Trap { reason, .. } => format!("the service trapped: {reason}"),
-            other => other.to_string(),
-        }
-    }
-
-    fn trap(reason: String) -> Self {
-        GuestFailure::Trap {
-            reason,
-            stderr: None,
-        }
-    }
-
-    /// Attach what the guest last wrote to standard error to a trap.
-    fn with_stderr(self, tail: String) -> Self {
-        match self {
-            GuestFailure::Trap { reason, .. } if !tail.is_empty() => GuestFailure::Trap {
-                reason,
-                stderr: Some(tail),
-            },
-            other => other,
-        }
-    }
-
-    /// Whether the service is to blame (counted against it, its canary and breakers
-    /// of its callers) rather than the host.
-    pub fn is_guest_fault(&self) -> bool {
-        !matches!(self, GuestFailure::Host(_) | GuestFailure::HostMemory)
-    }
-}
-
-fn stderr_suffix(stderr: &Option<String>) -> String {
-    match stderr {
-        Some(tail) => format!("; its last standard error: {tail}"),
-        None => String::new(),
-    }
-}
 
 /// The rest of a request's guest once its response head is out.
 type GuestFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), GuestFailure>> + Send>>;
@@ -198,11 +83,6 @@ impl Drop for GuestBody {
     }
 }
 
-/// Marker error raised from the epoch callback when a request's time is up.
-#[derive(Debug, Error)]
-#[error("execution deadline exceeded")]
-struct DeadlineExceeded;
-
 /// Who serves a request, for whom, until when, in which trace.
 pub struct Invocation {
     /// The service's own context.
@@ -224,7 +104,7 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    fn platform_ctx(&self) -> PlatformCtx {
+    pub(crate) fn platform_ctx(&self) -> PlatformCtx {
         PlatformCtx {
             service: self.service.clone(),
             platform: self.platform.clone(),
@@ -271,7 +151,9 @@ where
             proxy,
             uses,
         }) => {
-            store.data_mut().prepare(invocation.platform_ctx());
+            store
+                .data_mut()
+                .prepare(Arc::new(invocation.platform_ctx()));
             arm_deadline(&mut store, invocation.deadline);
             Prepared {
                 store,
@@ -326,7 +208,7 @@ where
             // handle keeps its sender alive).
             return match (receiver.try_recv(), finished) {
                 (Ok(Ok(response)), _) => Ok(response.map(|body| GuestBody { body, guest: None })),
-                (Ok(Err(code)), _) => Err(GuestFailure::ErrorCode(code)),
+                (Ok(Err(code)), _) => Err(GuestFailure::ErrorCode(format!("{code:?}"))),
                 (Err(_), Ok(())) => Err(GuestFailure::NoResponse),
                 (Err(_), Err(failure)) => Err(failure),
             };
@@ -339,7 +221,7 @@ where
             guest: Some(guest),
         })),
         // An error instead of a response: the guest is stopped (dropped here).
-        Ok(Err(code)) => Err(GuestFailure::ErrorCode(code)),
+        Ok(Err(code)) => Err(GuestFailure::ErrorCode(format!("{code:?}"))),
         // The outparam was dropped unset: the guest's outcome says why.
         Err(_) => match guest.await {
             Ok(()) => Err(GuestFailure::NoResponse),
@@ -440,27 +322,18 @@ async fn instantiate(
             .with_label_values(&[&*invocation.service.name])
             .observe(started.elapsed().as_secs_f64());
     }
-    proxy.map_err(instantiate_failure)
-}
-
-/// Why an instance could not be created: its memory did not fit (its own limit or the
-/// host's budget), or anything else.
-fn instantiate_failure(error: wasmtime::Error) -> GuestFailure {
-    if error.downcast_ref::<HostMemoryExhausted>().is_some() {
-        GuestFailure::HostMemory
-    } else if let Some(exceeded) = error.downcast_ref::<InstanceMemoryExceeded>() {
-        GuestFailure::MemoryLimit(exceeded.limit / (1024 * 1024))
-    } else {
-        GuestFailure::Instantiate(format!("{error:#}"))
-    }
+    proxy.map_err(|error| instantiate_failure(&error))
 }
 
 /// A fresh store for one guest invocation: limits, and an epoch deadline that traps at
 /// the invocation's deadline and yields to the executor on every tick before it.
-fn new_store(engine: &wasmtime::Engine, invocation: &Invocation) -> Store<GuestState> {
+pub(crate) fn new_store(engine: &wasmtime::Engine, invocation: &Invocation) -> Store<GuestState> {
     let mut store = Store::new(
         engine,
-        GuestState::new(invocation.platform_ctx(), invocation.limits.clone()),
+        GuestState::new(
+            Arc::new(invocation.platform_ctx()),
+            invocation.limits.clone(),
+        ),
     );
     store.limiter(|state| &mut state.limits);
     arm_deadline(&mut store, invocation.deadline);
@@ -468,7 +341,7 @@ fn new_store(engine: &wasmtime::Engine, invocation: &Invocation) -> Store<GuestS
 }
 
 /// Trap at `deadline`; yield to the executor on every epoch tick before it.
-fn arm_deadline(store: &mut Store<GuestState>, deadline: Deadline) {
+pub(crate) fn arm_deadline(store: &mut Store<GuestState>, deadline: Deadline) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if deadline.is_past() {
@@ -483,32 +356,33 @@ fn arm_deadline(store: &mut Store<GuestState>, deadline: Deadline) {
 /// Create a store and instantiate `pre` in it, then drop both: exactly the per-request
 /// instantiation work, without a request. Used by `shoal bench-instantiate`.
 pub async fn instantiate_once(
-    pre: &ProxyPre<GuestState>,
+    handler: &super::Handler,
     invocation: &Invocation,
 ) -> Result<(), GuestFailure> {
-    let mut store = new_store(pre.engine(), invocation);
-    pre.instantiate_async(&mut store)
-        .await
-        .map(drop)
-        .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))
+    let mut store = new_store(handler.engine(), invocation);
+    let instantiated = match handler {
+        super::Handler::Sequential(pre) => pre.instantiate_async(&mut store).await.map(drop),
+        super::Handler::Concurrent(pre) => pre.instantiate_async(&mut store).await.map(drop),
+    };
+    instantiated.map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))
 }
 
 /// Run a service's exported health check in a fresh instance, by the invocation's
 /// deadline.
 pub async fn check_health(
-    pre: &ProxyPre<GuestState>,
+    handler: &super::Handler,
     indices: &crate::bindings::health_check::GuestIndices,
     invocation: &Invocation,
 ) -> Result<crate::bindings::registry::Health, GuestFailure> {
     let budget = invocation.deadline.remaining();
     let memory_limit = invocation.limits.memory_bytes;
-    let mut store = new_store(pre.engine(), invocation);
+    let mut store = new_store(handler.engine(), invocation);
     let run = async {
-        let instance = pre
+        let instance = handler
             .instance_pre()
             .instantiate_async(&mut store)
             .await
-            .map_err(instantiate_failure)?;
+            .map_err(|error| instantiate_failure(&error))?;
         let guest = indices
             .load(&mut store, &instance)
             .map_err(|error| GuestFailure::Instantiate(format!("{error:#}")))?;
@@ -521,27 +395,4 @@ pub async fn check_health(
         Ok(result) => result,
         Err(_) => Err(GuestFailure::Deadline(budget)),
     }
-}
-
-fn classify(error: wasmtime::Error, timeout: Duration, memory_limit: usize) -> GuestFailure {
-    if error.downcast_ref::<DeadlineExceeded>().is_some() {
-        return GuestFailure::Deadline(timeout);
-    }
-    if let Some(fault) = error.downcast_ref::<HostFault>() {
-        return GuestFailure::Host(fault.to_string());
-    }
-    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-        if *trap == wasmtime::Trap::StackOverflow {
-            return GuestFailure::StackOverflow;
-        }
-        return GuestFailure::trap(trap.to_string());
-    }
-    if error.downcast_ref::<InstanceMemoryExceeded>().is_some() {
-        return GuestFailure::MemoryLimit(memory_limit / (1024 * 1024));
-    }
-    if error.downcast_ref::<HostMemoryExhausted>().is_some() {
-        return GuestFailure::HostMemory;
-    }
-    // The root cause without the (long) wasm backtrace context.
-    GuestFailure::trap(error.root_cause().to_string())
 }

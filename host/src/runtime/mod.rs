@@ -8,12 +8,15 @@
 //!   (one toolchain's runtime) compile only what is new to them.
 //! - [`state`] is the per-request store data that lends capabilities their views.
 //! - [`invoke`] runs one HTTP request through a fresh (or reused) instance.
+//! - [`concurrent`] serves WASIp3 components: one instance, several requests at once.
 //! - [`reuse`] keeps idle instances of services that opt in to reuse.
 //! - [`limits`] bounds each instance and all of them together (memory budget).
 
 pub mod compile;
+pub mod concurrent;
 pub mod cpu;
 pub mod engine;
+pub mod failure;
 pub mod function_cache;
 pub mod invoke;
 pub mod limits;
@@ -21,6 +24,6 @@ pub mod reuse;
 pub mod state;
 
 pub use crate::capabilities::ServiceContext;
-pub use compile::{CodeTier, Compiled, LoadError, Loaded};
+pub use compile::{CodeTier, Compiled, Handler, LoadError, Loaded};
 pub use engine::{Runtime, RuntimeOptions};
 pub use state::{GuestState, InstanceLimits};

@@ -35,20 +35,23 @@ pub struct Output {
     pub stderr: GuestOutput,
 }
 
-/// Store data for one request.
+/// Store data for one instance: the request it serves (or, for a WASIp3 instance
+/// serving several at once, the one whose task is calling the host right now).
 pub struct GuestState {
-    pub(crate) platform: PlatformCtx,
+    pub(crate) platform: Arc<PlatformCtx>,
     pub(crate) output: Output,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
     hooks: OutboundHooks,
     pub(crate) limits: GuestLimiter,
+    /// The requests of a WASIp3 instance, by the guest task that serves each.
+    pub(crate) requests: Option<super::concurrent::RequestsByTask>,
 }
 
 impl GuestState {
     /// Fresh state for the request `platform` describes, within `limits`.
-    pub fn new(platform: PlatformCtx, limits: InstanceLimits) -> Self {
+    pub fn new(platform: Arc<PlatformCtx>, limits: InstanceLimits) -> Self {
         // No preopened directories, no environment, no network sockets: a service gets
         // only what Shoal's interfaces grant. Its output goes to the host log.
         let output_of = |source| {
@@ -79,11 +82,12 @@ impl GuestState {
             table: bounded_table(),
             hooks,
             limits: store_limits,
+            requests: None,
         }
     }
 
     /// Make a reused instance's state serve the request `next` describes.
-    pub(crate) fn prepare(&mut self, next: PlatformCtx) {
+    pub(crate) fn prepare(&mut self, next: Arc<PlatformCtx>) {
         self.output.stdout.next_request(next.request_id.clone());
         self.output.stderr.next_request(next.request_id.clone());
         self.hooks = OutboundHooks::new(next.platform.caller.clone(), next.call_context());

@@ -13,11 +13,12 @@ use super::limiter::{Limiter, Scale};
 use super::state::{AutoRollback, CanaryState, ServiceState};
 use super::table::{Canary, Deployment, FaultCounters, ServiceEntry, Shared};
 use super::{Conflict, DeployKind, Invalid, ServiceError, Services};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestError};
 use crate::policy::error_rate::ErrorWindow;
 use crate::registry::validate_name;
+use crate::runtime::concurrent::{self, Concurrency, ConcurrentService, ConcurrentSetup};
 use crate::runtime::reuse::InstancePool;
-use crate::runtime::{CodeTier, Compiled, InstanceLimits, ServiceContext};
+use crate::runtime::{CodeTier, Compiled, Handler, InstanceLimits, ServiceContext};
 use crate::storage::{ServiceRecord, sha256_hex};
 
 /// How a deploy takes traffic.
@@ -629,16 +630,33 @@ impl Services {
             .route
             .clone()
             .unwrap_or_else(|| format!("/{}", record.name));
-        let pool = record
-            .manifest
-            .limits
+        let concurrent_code = matches!(compiled.code.handler, Handler::Concurrent(_));
+        let manifest_limits = &record.manifest.limits;
+        if !concurrent_code && manifest_limits.instance_concurrency.is_some_and(|n| n > 1) {
+            return Err(ServiceError::Manifest(ManifestError::Field {
+                field: "limits.instance_concurrency".into(),
+                reason: "only a WASIp3 component (exporting `wasi:http/handler@0.3`) serves \
+                         several requests in one instance; this one is WASIp2"
+                    .into(),
+            }));
+        }
+        let pool = manifest_limits
             .instance_reuse
-            .filter(|uses| *uses > 1)
+            .filter(|uses| *uses > 1 && !concurrent_code)
             .map(|uses| {
                 let pool = Arc::new(InstancePool::new(uses, MAX_IDLE_REUSABLE));
                 self.runtime.idle.register(&pool);
                 pool
             });
+        let concurrency = Concurrency {
+            per_instance: manifest_limits
+                .instance_concurrency
+                .unwrap_or(concurrent::DEFAULT_PER_INSTANCE) as usize,
+            requests_per_instance: manifest_limits
+                .instance_reuse
+                .unwrap_or(concurrent::DEFAULT_REQUESTS_PER_INSTANCE)
+                as usize,
+        };
         let limits = InstanceLimits {
             memory_bytes: memory_mb as usize * 1024 * 1024,
             table_elements: record
@@ -679,15 +697,27 @@ impl Services {
             ),
             logs: self.platform.telemetry.guest_logs.service(&record.name),
         });
+        let code = Arc::new(ArcSwap::new(compiled.code));
+        let concurrent = concurrent_code.then(|| {
+            Arc::new(ConcurrentService::new(ConcurrentSetup {
+                code: code.clone(),
+                service: context.clone(),
+                limits: limits.clone(),
+                platform: self.platform.clone(),
+                concurrency,
+                timeout,
+            }))
+        });
         let deployment = Deployment {
             record,
             route,
             context,
             limits,
-            code: Arc::new(ArcSwap::new(compiled.code)),
+            code,
             timeout,
             health_task: Mutex::new(None),
             pool,
+            concurrent,
         };
         if tier == CodeTier::Baseline {
             self.optimize_in_background(&deployment, component);

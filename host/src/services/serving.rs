@@ -23,6 +23,7 @@ use crate::policy::is_failure_status;
 use crate::protocol::{self, Body};
 use crate::registry::health::HealthTracker;
 use crate::registry::{Endpoint, Health, Instance};
+use crate::runtime::Handler;
 use crate::runtime::invoke::{self, Invocation};
 use crate::telemetry::metrics::status_class;
 use opentelemetry::KeyValue;
@@ -242,7 +243,7 @@ impl Services {
                 let Some(indices) = &loaded.health_check else {
                     break;
                 };
-                let verdict = invoke::check_health(&loaded.pre, indices, &invocation).await;
+                let verdict = invoke::check_health(&loaded.handler, indices, &invocation).await;
                 let reported = match verdict {
                     Ok(health) => health_from_wit(health),
                     Err(failure) => {
@@ -325,21 +326,30 @@ where
     }
     let request = Request::from_parts(parts, body);
     let trace_id = crate::telemetry::traces::trace_id(&invocation.trace);
-    let outcome = invoke::handle(
-        &deployment.code.load().pre,
-        deployment.pool.clone(),
-        invocation,
-        request,
-    )
-    .await;
-    let (response, failure) = match outcome {
-        Ok(response) => {
-            let response = response.map(|body| {
-                body.map_err(|code| std::io::Error::other(format!("{code:?}")))
-                    .boxed_unsync()
-            });
-            (response, None)
+    let code = deployment.loaded();
+    let outcome = match (&code.handler, &deployment.concurrent) {
+        (Handler::Concurrent(_), Some(concurrent)) => concurrent
+            .handle(invocation, request)
+            .await
+            .map(|response| {
+                response.map(|body| body.map_err(std::io::Error::other).boxed_unsync())
+            }),
+        (Handler::Sequential(pre), _) => {
+            invoke::handle(pre, deployment.pool.clone(), invocation, request)
+                .await
+                .map(|response| {
+                    response.map(|body| {
+                        body.map_err(|code| std::io::Error::other(format!("{code:?}")))
+                            .boxed_unsync()
+                    })
+                })
         }
+        (Handler::Concurrent(_), None) => Err(invoke::GuestFailure::Host(
+            "the deployment has WASIp3 code but no WASIp3 dispatcher".into(),
+        )),
+    };
+    let (response, failure) = match outcome {
+        Ok(response) => (response, None),
         Err(failure) => {
             tracing::error!(
                 service = %deployment.record.name,

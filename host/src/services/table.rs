@@ -35,8 +35,10 @@ pub struct Deployment {
     pub timeout: Duration,
     /// The periodic health check of this version, when the component exports one.
     pub(crate) health_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Idle instances kept for reuse, when the manifest opts in.
+    /// Idle instances kept for reuse, when the manifest opts in (WASIp2 code).
     pub pool: Option<Arc<crate::runtime::reuse::InstancePool>>,
+    /// The instances serving requests several at a time (WASIp3 code).
+    pub concurrent: Option<Arc<crate::runtime::concurrent::ConcurrentService>>,
 }
 
 impl Deployment {

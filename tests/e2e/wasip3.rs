@@ -1,0 +1,241 @@
+//! WASIp3 services (`wasi:http/handler@0.3`): detected at deploy, one instance serving
+//! several requests at once within its limits, isolation kept (a trapped instance is
+//! never reused, a runaway request ends at its deadline), and `shoal:platform` calls
+//! from concurrent requests each seeing their own request.
+
+use shoal_tests::{Host, guest, temp_root};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// `instance=<id> most=<m> served=<s>` as a map.
+fn fields(body: &str) -> HashMap<String, String> {
+    body.split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// GET `path` from `threads` threads at once; the replies' (status, body).
+fn at_once(host: &Host, path: &str, threads: usize) -> Vec<(u16, String)> {
+    std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let reply = host.get(path);
+                    (reply.status, reply.body)
+                })
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|call| call.join().expect("caller thread"))
+            .collect()
+    })
+}
+
+#[test]
+fn a_wasip3_hello_is_served() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let deployed = host.deploy("p3hello", &guest("p3_hello"));
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    for _ in 0..3 {
+        let reply = host.get("/p3hello/");
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, "Hello, world!\n")
+        );
+        assert_eq!(reply.header("content-type"), Some("text/plain"));
+    }
+}
+
+#[test]
+fn one_wasip3_instance_serves_several_requests_at_once_up_to_its_limit() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "[limits]\ninstance_concurrency = 3\n";
+    let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+
+    let started = Instant::now();
+    let replies = at_once(&host, "/p3/sleep?ms=1500", 6);
+    let elapsed = started.elapsed();
+    let mut instances: HashMap<String, usize> = HashMap::new();
+    let mut most_seen = 0;
+    for (status, body) in &replies {
+        assert_eq!(*status, 200, "{body}");
+        let fields = fields(body);
+        let most: usize = fields["most"].parse().expect("most");
+        assert!(
+            most <= 3,
+            "an instance held {most} requests at once: {body}"
+        );
+        most_seen = most_seen.max(most);
+        *instances.entry(fields["instance"].clone()).or_default() += 1;
+    }
+    assert_eq!(most_seen, 3, "no instance served 3 at once: {replies:?}");
+    assert!(
+        instances.len() >= 2,
+        "6 requests, 3 per instance, need two instances: {replies:?}"
+    );
+    // Six waits of 1.5 s, three at a time in each instance: far less than one after
+    // another.
+    assert!(elapsed < Duration::from_secs(6), "took {elapsed:?}");
+}
+
+#[test]
+fn a_wasip3_instance_serves_its_requests_per_instance_then_a_new_one_takes_over() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "[limits]\ninstance_concurrency = 1\ninstance_reuse = 3\n";
+    let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let seen: Vec<HashMap<String, String>> = (0..6)
+        .map(|_| {
+            let reply = host.get("/p3/whoami");
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            fields(&reply.body)
+        })
+        .collect();
+    let served: Vec<&str> = seen
+        .iter()
+        .map(|fields| fields["served"].as_str())
+        .collect();
+    assert_eq!(served, ["1", "2", "3", "1", "2", "3"]);
+    assert_eq!(seen[0]["instance"], seen[2]["instance"]);
+    assert_ne!(seen[2]["instance"], seen[3]["instance"]);
+}
+
+#[test]
+fn a_trapping_wasip3_instance_fails_the_requests_it_holds_and_is_never_reused() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "[limits]\ninstance_concurrency = 4\n";
+    let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let before = fields(&host.get("/p3/whoami").body)["instance"].clone();
+
+    let (slow, trapped) = std::thread::scope(|scope| {
+        let slow = scope.spawn(|| host.get("/p3/sleep?ms=3000"));
+        std::thread::sleep(Duration::from_millis(500));
+        let trapped = host.get("/p3/trap");
+        (slow.join().expect("slow request"), trapped)
+    });
+    assert_eq!(trapped.status, 500, "{}", trapped.body);
+    assert!(trapped.body.contains("trapped"), "{}", trapped.body);
+    // The request that shared the instance ends with it, and says so.
+    assert_eq!(slow.status, 500, "{}", slow.body);
+    assert!(slow.body.contains("trapped"), "{}", slow.body);
+
+    let after = host.get("/p3/whoami");
+    assert_eq!(after.status, 200, "{}", after.body);
+    let after = fields(&after.body);
+    assert_ne!(
+        after["instance"], before,
+        "the trapped instance served again"
+    );
+    assert_eq!(after["served"], "1");
+    // The panic message reached the host log.
+    shoal_tests::wait_for("the panic message", Duration::from_secs(10), || {
+        host.log().contains("asked to trap")
+    });
+}
+
+#[test]
+fn a_runaway_wasip3_request_ends_at_its_deadline_and_the_service_keeps_serving() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "[limits]\ntimeout_ms = 1000\n";
+    let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let started = Instant::now();
+    let spun = host.get("/p3/spin");
+    assert_eq!(spun.status, 504, "{}", spun.body);
+    assert!(spun.body.contains("time limit"), "{}", spun.body);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let next = host.get("/p3/whoami");
+    assert_eq!(next.status, 200, "{}", next.body);
+    assert_eq!(fields(&next.body)["served"], "1", "{}", next.body);
+}
+
+#[test]
+fn platform_calls_of_concurrent_wasip3_requests_each_see_their_own_request() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "[config]\ngreeting = \"hi\"\n[limits]\ninstance_concurrency = 8\n";
+    let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    // Later requests wait less, so the guest's calls interleave across requests.
+    let ids: Vec<String> = (0..4).map(|n| format!("p3-request-{n}")).collect();
+    let replies: Vec<_> = std::thread::scope(|scope| {
+        let calls: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let host = &host;
+                scope.spawn(move || {
+                    let path = format!("/p3/platform?ms={}", 800 - 200 * n);
+                    host.get_with_headers(&path, &[("x-request-id", id)])
+                })
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|call| call.join().expect("caller"))
+            .collect()
+    });
+    for (id, reply) in ids.iter().zip(&replies) {
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body, format!("{id} {id} hi\n"));
+    }
+    let most = fields(&host.get("/p3/whoami").body)["most"].clone();
+    assert_ne!(most, "1", "the requests did not run at once");
+    shoal_tests::wait_for("the guests' log lines", Duration::from_secs(10), || {
+        ids.iter()
+            .all(|id| host.log().contains(&format!("p3 request {id}")))
+    });
+    let log = host.log();
+    for id in &ids {
+        let line = log
+            .lines()
+            .find(|line| line.contains(&format!("p3 request {id}")))
+            .expect("logged");
+        assert!(
+            line.contains(&format!("request_id=\"{id}\"")),
+            "a line of {id} is tagged with another request: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_wasip3_body_written_after_the_handler_returns_reaches_the_client() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("p3", &guest("p3_service")).status, 201);
+    let reply = host.get("/p3/stream?chunks=12&ms=20");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let expected: String = (0..12).map(|n| format!("chunk {n}\n")).collect();
+    assert_eq!(reply.body, expected);
+}
+
+#[test]
+fn instance_concurrency_is_refused_for_a_wasip2_component() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "[limits]\ninstance_concurrency = 4\n";
+    let refused = host.deploy_with_manifest("hello", &guest("wasi_hello"), manifest);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("limits.instance_concurrency") && refused.body.contains("WASIp3"),
+        "{}",
+        refused.body
+    );
+    // Nothing was deployed.
+    assert_eq!(host.admin("GET", "/v1/services/hello").status, 404);
+    let out_of_range = host.deploy_with_manifest(
+        "p3",
+        &guest("p3_service"),
+        "[limits]\ninstance_concurrency = 0\n",
+    );
+    assert_eq!(out_of_range.status, 400, "{}", out_of_range.body);
+}
