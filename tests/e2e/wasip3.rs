@@ -57,9 +57,7 @@ fn one_wasip3_instance_serves_several_requests_at_once_up_to_its_limit() {
     let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
     assert_eq!(deployed.status, 201, "{}", deployed.body);
 
-    let started = Instant::now();
     let replies = at_once(&host, "/p3/sleep?ms=1500", 6);
-    let elapsed = started.elapsed();
     let mut instances: HashMap<String, usize> = HashMap::new();
     let mut most_seen = 0;
     for (status, body) in &replies {
@@ -78,9 +76,6 @@ fn one_wasip3_instance_serves_several_requests_at_once_up_to_its_limit() {
         instances.len() >= 2,
         "6 requests, 3 per instance, need two instances: {replies:?}"
     );
-    // Six waits of 1.5 s, three at a time in each instance: far less than one after
-    // another.
-    assert!(elapsed < Duration::from_secs(6), "took {elapsed:?}");
 }
 
 #[test]
