@@ -328,6 +328,18 @@ def start_servers(args, component, threads=None):
     return servers, urls
 
 
+def alternate(args, urls):
+    """wrk each of `urls` after a warm-up, in rounds of A/B/A/B with the same connections
+    and duration; {name: [wrk results]}."""
+    for url in urls.values():
+        wrk(url, 16, 1)
+    results = {name: [] for name in urls}
+    for _ in range(args.rounds):
+        for name, url in urls.items():
+            results[name].append(wrk(url, 64, args.seconds, threads=2))
+    return results
+
+
 def gateway_throughput(args, rows):
     """Gateway throughput: the same wasi:http components under shoal, wasmtime serve, and native hyper."""
     wasmtime = find_wasmtime()
@@ -343,12 +355,7 @@ def gateway_throughput(args, rows):
                 port = free_port()
                 servers.append(Server([args.shoal, "bench-native-hello", "--listen", f"127.0.0.1:{port}"], f"127.0.0.1:{port}"))
                 urls["native hyper"] = f"http://127.0.0.1:{port}/"
-            for url in urls.values():
-                wrk(url, 16, 1)  # warm-up
-            results = {name: [] for name in urls}
-            for _ in range(args.rounds):
-                for name, url in urls.items():  # A/B/A/B: same connections and duration
-                    results[name].append(wrk(url, 64, args.seconds, threads=2))
+            results = alternate(args, urls)
         finally:
             for server in servers:
                 server.stop()
@@ -371,6 +378,45 @@ def gateway_throughput(args, rows):
             rows.append(("gateway", f"{label}: shoal / wasmtime serve, both reusing 128", f"{reuse:.2f}×", "same run"))
         if "native hyper" in rate:
             rows.append(("gateway", f"{label}: shoal / native hyper", f"{rate['shoal serve'] / rate['native hyper']:.2f}×", "same run"))
+
+
+P3_MANIFEST = GATEWAY_MANIFEST + "instance_reuse = 128\ninstance_concurrency = 16\n"
+P3_WASMTIME = ["--max-instance-reuse-count", "128", "--max-instance-concurrent-reuse-count", "16"]
+
+
+def wasip3_concurrency(args, rows):
+    """WASIp3: the same p3 component, instances serving 16 requests at once on both servers."""
+    component = os.path.join(args.guests, "p3_hello.wasm")
+    host = Host(args.shoal)
+    servers = [host]
+    host.deploy("p3", open(component, "rb").read(), P3_MANIFEST)
+    urls = {"shoal serve, p3": f"http://{host.gateway}/p3/"}
+    wasmtime = find_wasmtime()
+    try:
+        if wasmtime:
+            port = free_port()
+            servers.append(Server([wasmtime, "serve", *WASMTIME_SERVE_BEST, *P3_WASMTIME,
+                                   "--addr", f"127.0.0.1:{port}", component], f"127.0.0.1:{port}"))
+            urls["wasmtime serve, p3"] = f"http://127.0.0.1:{port}/"
+        results = alternate(args, urls)
+    finally:
+        for server in servers:
+            server.stop()
+    rate = {}
+    for name, runs in results.items():
+        rate[name] = statistics.median(r[0] for r in runs)
+        how = (f"wrk -t2 -c64 -d{args.seconds}s, p3_hello.wasm (wasi:http/handler@0.3.0), "
+               + ("`instance_reuse = 128`, `instance_concurrency = 16`" if name.startswith("shoal")
+                  else " ".join(P3_WASMTIME)))
+        rows.append(("wasip3", name, f"{rate[name]:,.0f} req/s, p50 {statistics.median(r[1] for r in runs):.2f} ms, "
+                     f"p99 {statistics.median(r[2] for r in runs):.2f} ms", how))
+    if "wasmtime serve, p3" in rate:
+        ratio = rate["shoal serve, p3"] / rate["wasmtime serve, p3"]
+        args.figures["p3"] = ratio
+        rows.append(("wasip3", "shoal / wasmtime serve, p3 concurrent reuse", f"{ratio:.2f}×", "same run"))
+    else:
+        rows.append(("wasip3", "wasmtime serve, p3", "not measured",
+                     "wasmtime-cli 48.0.8 is not installed (scripts/bench.sh installs it)"))
 
 
 def core_scaling(args, rows):
@@ -886,7 +932,7 @@ def main():
     rows = []
     args.figures = {}
     args.appendix = []
-    sections = (gateway_throughput, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop)
+    sections = (gateway_throughput, wasip3_concurrency, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {section.__name__ for section in sections}
@@ -910,7 +956,9 @@ def main():
         "48.0.8; tokio's default of one worker thread per core), and the same with `--max-instance-reuse-count 128` "
         "for the reuse rows; Shoal with its defaults (pooling allocator, one worker thread per core) and, for reuse, "
         "`limits.instance_reuse = 128`; native hyper is `shoal bench-native-hello`. The same wasi:http component on "
-        "every server: `plain_http.wasm` (several body chunks) and `wasi_hello.wasm` (one write). wrk and hey run "
+        "every server: `plain_http.wasm` (several body chunks) and `wasi_hello.wasm` (one write). The WASIp3 rows run "
+        "`p3_hello.wasm` on both, with `" + " ".join(P3_WASMTIME) + "` for wasmtime serve and "
+        "`instance_reuse = 128`, `instance_concurrency = 16` for Shoal. wrk and hey run "
         "on the same 2 cores as the server.",
         "- Every figure is the median of 3 rounds; alternatives are measured side by side in one run.",
         "",
@@ -931,6 +979,7 @@ def main():
     for label, file in GATEWAY_COMPONENTS:
         target(f"gateway, fresh instance per request ({file})", "≥ 2.0× wasmtime serve (pooling)", f"fresh_{label}", "{:.2f}×", lambda v: v >= 2.0)
         target(f"gateway, instance reuse 128 ({file})", "≥ 1.2× wasmtime serve (pooling) --max-instance-reuse-count 128", f"reuse_{label}", "{:.2f}×", lambda v: v >= 1.2)
+    target("WASIp3 component, concurrent reuse on both (p3_hello.wasm)", "≥ 1.0× wasmtime serve (pooling) " + " ".join(P3_WASMTIME), "p3", "{:.2f}×", lambda v: v >= 1.0)
     target("instantiation (pooling)", "≤ 6 µs", "instantiation", "{:.1f} µs", lambda v: v <= 6)
     target("gateway ÷ in-process floor (one thread)", "≥ 0.8×", "gateway_overhead", "{:.2f}×", lambda v: v >= 0.8)
     target("p99 at half load, shoal ÷ wasmtime serve", "≤ 1.0×", "p99", "{:.2f}×", lambda v: v <= 1.0)

@@ -157,20 +157,28 @@ fn a_runaway_wasip3_request_ends_at_its_deadline_and_the_service_keeps_serving()
 fn platform_calls_of_concurrent_wasip3_requests_each_see_their_own_request() {
     let root = temp_root();
     let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("callee", &guest("wasi_hello")).status, 201);
     let manifest = "[config]\ngreeting = \"hi\"\n[limits]\ninstance_concurrency = 8\n";
     let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
     assert_eq!(deployed.status, 201, "{}", deployed.body);
-    // Later requests wait less, so the guest's calls interleave across requests.
-    let ids: Vec<String> = (0..4).map(|n| format!("p3-request-{n}")).collect();
+    // Later requests wait less, so the guest's calls interleave across requests. Each
+    // request comes in a trace of its own.
+    let requests: Vec<(String, String)> = (0..4)
+        .map(|n| (format!("p3-request-{n}"), format!("{:032x}", 0xabc0 + n)))
+        .collect();
     let replies: Vec<_> = std::thread::scope(|scope| {
-        let calls: Vec<_> = ids
+        let calls: Vec<_> = requests
             .iter()
             .enumerate()
-            .map(|(n, id)| {
+            .map(|(n, (id, trace))| {
                 let host = &host;
                 scope.spawn(move || {
                     let path = format!("/p3/platform?ms={}", 800 - 200 * n);
-                    host.get_with_headers(&path, &[("x-request-id", id)])
+                    let traceparent = format!("00-{trace}-00000000000000a1-01");
+                    host.get_with_headers(
+                        &path,
+                        &[("x-request-id", id), ("traceparent", &traceparent)],
+                    )
                 })
             })
             .collect();
@@ -179,24 +187,30 @@ fn platform_calls_of_concurrent_wasip3_requests_each_see_their_own_request() {
             .map(|call| call.join().expect("caller"))
             .collect()
     });
-    for (id, reply) in ids.iter().zip(&replies) {
+    for ((id, trace), reply) in requests.iter().zip(&replies) {
         assert_eq!(reply.status, 200, "{}", reply.body);
-        assert_eq!(reply.body, format!("{id} {id} hi\n"));
+        let expected = format!(
+            "{id} {id} hi\ntrace={trace}\ncall=200 Hello, world!\ndiscovered=1\n\
+             identity=p3\ncounted=ok\npublished=ok\n"
+        );
+        assert_eq!(reply.body, expected);
     }
     let most = fields(&host.get("/p3/whoami").body)["most"].clone();
     assert_ne!(most, "1", "the requests did not run at once");
     shoal_tests::wait_for("the guests' log lines", Duration::from_secs(10), || {
-        ids.iter()
-            .all(|id| host.log().contains(&format!("p3 request {id}")))
+        let log = host.log();
+        requests
+            .iter()
+            .all(|(id, _)| log.contains(&format!("p3 request {id}")))
     });
     let log = host.log();
-    for id in &ids {
+    for (id, trace) in &requests {
         let line = log
             .lines()
             .find(|line| line.contains(&format!("p3 request {id}")))
             .expect("logged");
         assert!(
-            line.contains(&format!("request_id=\"{id}\"")),
+            line.contains(&format!("request_id=\"{id}\"")) && line.contains(trace),
             "a line of {id} is tagged with another request: {line}"
         );
     }

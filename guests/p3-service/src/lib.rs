@@ -10,7 +10,11 @@
 //! - `GET /platform?ms=N` waits N ms, then logs `p3 request <x-request-id>` through
 //!   `shoal:platform/log`, stores the request id under its own key in
 //!   `shoal:platform/store`, reads it back, and answers
-//!   `<x-request-id> <value read back> <config greeting>`.
+//!   `<x-request-id> <value read back> <config greeting>`, then, one per line:
+//!   `trace=<trace id>` (`tracing`, inside a span of its own), `call=<status> <body>`
+//!   (`caller`, `GET /` of the service `callee`), `discovered=<instances of callee>`
+//!   (`discovery`), `identity=<its own name>` (`registry`), `counted=<ok|error>`
+//!   (`metrics`), `published=<ok|error>` (`events`).
 //! - `GET /stream?chunks=N&ms=M` answers at once and then writes N chunks, M ms
 //!   apart, after the handler has returned.
 
@@ -27,7 +31,9 @@ mod platform {
     });
 }
 
-use platform::shoal::platform::{config, log, store};
+use platform::shoal::platform::{
+    caller, config, discovery, events, log, metrics, registry, store, tracing,
+};
 
 thread_local! {
     static INSTANCE: u64 = wasip3::random::random::get_random_u64();
@@ -102,6 +108,46 @@ fn respond(status: u16, chunks: Vec<Vec<u8>>, gap_ms: u64) -> Result<Response, E
     Ok(response)
 }
 
+/// One call of each other `shoal:platform` interface, a line each.
+fn other_capabilities() -> String {
+    let span = tracing::start_span("p3-platform");
+    span.set_attribute("service.kind", "wasip3");
+    let trace = tracing::trace_id();
+    span.end();
+    let called = caller::call(
+        "callee",
+        &caller::Request {
+            method: "GET".into(),
+            path_with_query: "/".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        },
+        caller::CallOptions {
+            attempt_timeout_ms: None,
+            deadline_ms: None,
+            idempotent: None,
+        },
+    );
+    let call = match called {
+        Ok(response) => format!(
+            "{} {}",
+            response.status,
+            String::from_utf8_lossy(&response.body).trim()
+        ),
+        Err(error) => format!("error {error:?}"),
+    };
+    let discovered = discovery::discover("callee").map_or(0, |instances| instances.len());
+    let identity = registry::get_identity().service;
+    let outcome = |ok: bool| if ok { "ok" } else { "error" };
+    let counted = metrics::counter_add("p3_requests", &[], 1.0).is_ok();
+    let published = events::publish("p3.seen", trace.as_bytes()).is_ok();
+    format!(
+        "trace={trace}\ncall={call}\ndiscovered={discovered}\nidentity={identity}\ncounted={}\npublished={}\n",
+        outcome(counted),
+        outcome(published)
+    )
+}
+
 struct P3Service;
 
 impl wasip3::exports::http::handler::Guest for P3Service {
@@ -137,11 +183,9 @@ impl wasip3::exports::http::handler::Guest for P3Service {
                     .map(|value| String::from_utf8_lossy(&value.unwrap_or_default()).into_owned())
                     .unwrap_or_else(|error| format!("store error: {error:?}"));
                 let greeting = config::get("greeting").unwrap_or_default();
-                respond(
-                    200,
-                    vec![format!("{request_id} {stored} {greeting}\n").into_bytes()],
-                    0,
-                )
+                let mut answer = format!("{request_id} {stored} {greeting}\n");
+                answer.push_str(&other_capabilities());
+                respond(200, vec![answer.into_bytes()], 0)
             }
             "/stream" => {
                 let chunks = query(&path, "chunks").unwrap_or(3);
