@@ -238,14 +238,20 @@ impl WorkerExpiration for Expiry {
     }
 }
 
-/// Makes the instances of one deployment.
+/// What a WASIp3 deployment is made of; makes its instances.
 pub struct Instances {
-    code: Arc<arc_swap::ArcSwap<Loaded>>,
-    service: Arc<ServiceContext>,
-    limits: InstanceLimits,
-    platform: Arc<Platform>,
-    concurrency: Concurrency,
-    timeout: Duration,
+    /// Its code (swapped from baseline to optimised code while it runs).
+    pub code: Arc<arc_swap::ArcSwap<Loaded>>,
+    /// The service.
+    pub service: Arc<ServiceContext>,
+    /// What bounds each instance.
+    pub limits: InstanceLimits,
+    /// Registry, caller, telemetry.
+    pub platform: Arc<Platform>,
+    /// How many requests an instance takes.
+    pub concurrency: Concurrency,
+    /// A request's time limit.
+    pub timeout: Duration,
 }
 
 impl Instances {
@@ -349,34 +355,11 @@ pub struct ConcurrentService {
     handler: ProxyHandler<Instances>,
 }
 
-/// What a WASIp3 deployment is made of.
-pub struct ConcurrentSetup {
-    /// Its code (swapped from baseline to optimised code while it runs).
-    pub code: Arc<arc_swap::ArcSwap<Loaded>>,
-    /// The service.
-    pub service: Arc<ServiceContext>,
-    /// What bounds each instance.
-    pub limits: InstanceLimits,
-    /// Registry, caller, telemetry.
-    pub platform: Arc<Platform>,
-    /// How many requests an instance takes.
-    pub concurrency: Concurrency,
-    /// A request's time limit.
-    pub timeout: Duration,
-}
-
 impl ConcurrentService {
     /// Serve a deployment's requests with instances of its (WASIp3) code.
-    pub fn new(setup: ConcurrentSetup) -> Self {
+    pub fn new(instances: Instances) -> Self {
         Self {
-            handler: ProxyHandler::new(Instances {
-                code: setup.code,
-                service: setup.service,
-                limits: setup.limits,
-                platform: setup.platform,
-                concurrency: setup.concurrency,
-                timeout: setup.timeout,
-            }),
+            handler: ProxyHandler::new(instances),
         }
     }
 

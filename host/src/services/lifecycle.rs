@@ -16,7 +16,7 @@ use super::{Conflict, DeployKind, Invalid, ServiceError, Services};
 use crate::manifest::{Manifest, ManifestError};
 use crate::policy::error_rate::ErrorWindow;
 use crate::registry::validate_name;
-use crate::runtime::concurrent::{self, Concurrency, ConcurrentService, ConcurrentSetup};
+use crate::runtime::concurrent::{self, Concurrency, ConcurrentService, Instances};
 use crate::runtime::reuse::InstancePool;
 use crate::runtime::{CodeTier, Compiled, Handler, InstanceLimits, ServiceContext};
 use crate::storage::{ServiceRecord, sha256_hex};
@@ -699,7 +699,7 @@ impl Services {
         });
         let code = Arc::new(ArcSwap::new(compiled.code));
         let concurrent = concurrent_code.then(|| {
-            Arc::new(ConcurrentService::new(ConcurrentSetup {
+            Arc::new(ConcurrentService::new(Instances {
                 code: code.clone(),
                 service: context.clone(),
                 limits: limits.clone(),
