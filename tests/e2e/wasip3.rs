@@ -187,16 +187,18 @@ fn platform_calls_of_concurrent_wasip3_requests_each_see_their_own_request() {
             .map(|call| call.join().expect("caller"))
             .collect()
     });
+    let mut most_at_once = 0;
     for ((id, trace), reply) in requests.iter().zip(&replies) {
         assert_eq!(reply.status, 200, "{}", reply.body);
+        let (body, most) = reply.body.rsplit_once("most=").expect("most");
+        most_at_once = most_at_once.max(most.trim().parse::<u32>().expect("a count"));
         let expected = format!(
             "{id} {id} hi\ntrace={trace}\ncall=200 Hello, world!\ndiscovered=1\n\
              identity=p3\ncounted=ok\npublished=ok\n"
         );
-        assert_eq!(reply.body, expected);
+        assert_eq!(body, expected);
     }
-    let most = fields(&host.get("/p3/whoami").body)["most"].clone();
-    assert_ne!(most, "1", "the requests did not run at once");
+    assert!(most_at_once > 1, "the requests did not run at once");
     shoal_tests::wait_for("the guests' log lines", Duration::from_secs(10), || {
         let log = host.log();
         requests

@@ -14,7 +14,7 @@
 //!   `trace=<trace id>` (`tracing`, inside a span of its own), `call=<status> <body>`
 //!   (`caller`, `GET /` of the service `callee`), `discovered=<instances of callee>`
 //!   (`discovery`), `identity=<its own name>` (`registry`), `counted=<ok|error>`
-//!   (`metrics`), `published=<ok|error>` (`events`).
+//!   (`metrics`), `published=<ok|error>` (`events`), and last `most=<m>` as `/sleep`.
 //! - `GET /stream?chunks=N&ms=M` answers at once and then writes N chunks, M ms
 //!   apart, after the handler has returned.
 
@@ -185,6 +185,7 @@ impl wasip3::exports::http::handler::Guest for P3Service {
                 let greeting = config::get("greeting").unwrap_or_default();
                 let mut answer = format!("{request_id} {stored} {greeting}\n");
                 answer.push_str(&other_capabilities());
+                answer.push_str(&format!("most={}\n", MOST.with(Cell::get)));
                 respond(200, vec![answer.into_bytes()], 0)
             }
             "/stream" => {
