@@ -250,3 +250,65 @@ fn instance_concurrency_is_refused_for_a_wasip2_component() {
     );
     assert_eq!(out_of_range.status, 400, "{}", out_of_range.body);
 }
+
+/// The compiled code under `cache`: (path, modified time) of each `.cwasm`, sorted.
+fn compiled_code(cache: &std::path::Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+    let mut found = Vec::new();
+    for dir in std::fs::read_dir(cache).expect("cache dir").flatten() {
+        let Ok(entries) = std::fs::read_dir(dir.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|ext| ext == "cwasm") {
+                let modified = entry.metadata().and_then(|m| m.modified()).expect("mtime");
+                found.push((path, modified));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn wasip2_and_wasip3_services_run_side_by_side_each_on_its_engine_and_restart_from_cache() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("p2", &guest("wasi_hello")).status, 201);
+    assert_eq!(host.deploy("p3", &guest("p3_hello")).status, 201);
+    for (name, wasi) in [("p2", "p2"), ("p3", "p3")] {
+        let reply = host.get(&format!("/{name}/"));
+        assert_eq!(reply.status, 200, "{name}: {}", reply.body);
+        let view = host.admin("GET", &format!("/v1/services/{name}")).json();
+        assert_eq!(view["wasi"], wasi, "{name}: {view}");
+    }
+    // Each engine caches its code in a directory of its own (named by what its code
+    // is compatible with): two engines, two directories, one component each.
+    let cache = root.path().join("data").join("cache");
+    let before = compiled_code(&cache);
+    let dirs: std::collections::HashSet<_> = before
+        .iter()
+        .filter_map(|(path, _)| path.parent())
+        .collect();
+    assert_eq!(
+        (before.len(), dirs.len()),
+        (2, 2),
+        "one compiled component in each engine's cache: {before:?}"
+    );
+
+    host.crash();
+    let host = Host::start(root.path(), &[]);
+    for name in ["p2", "p3"] {
+        let reply = host.get(&format!("/{name}/"));
+        assert_eq!(
+            reply.status, 200,
+            "{name} after the restart: {}",
+            reply.body
+        );
+    }
+    assert_eq!(
+        compiled_code(&cache),
+        before,
+        "both services restarted from their cached code: nothing removed or compiled again"
+    );
+}

@@ -29,6 +29,9 @@ pub struct ServiceView {
     /// Which compiler's code new requests run: `baseline` until the optimised code
     /// of a big new component is ready, then `optimized`.
     code: CodeTier,
+    /// Which WASI its HTTP handler is: `p2` (an instance serves one request at a time)
+    /// or `p3` (an instance serves several at once).
+    wasi: &'static str,
     limits: LimitsView,
     load: LoadView,
     requests: u64,
@@ -91,6 +94,7 @@ impl From<&ServiceEntry> for ServiceView {
             route: deployment.route.clone(),
             state: "running",
             code: deployment.loaded().tier,
+            wasi: deployment.loaded().handler.wasi(),
             limits: LimitsView {
                 memory_mb: (deployment.limits.memory_bytes / (1024 * 1024)) as u64,
                 memory_budget_mb: (deployment.limits.memory_bytes / (1024 * 1024)) as u64

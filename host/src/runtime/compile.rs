@@ -138,9 +138,11 @@ impl Runtime {
                 compiled_in: None,
             });
         }
+        // Baseline code is WASIp2 only: WASIp3 code is always optimised at once.
         if let Some(baseline) = &self.baseline
             && bytes.len() >= baseline.above_bytes
-            && !self.cache_path(digest).exists()
+            && !uses_wasip3(bytes)
+            && !cache_path(&self.sequential, digest).exists()
         {
             match self.load_baseline(baseline, bytes, digest) {
                 Ok(loaded) => return Ok(loaded),
@@ -160,7 +162,8 @@ impl Runtime {
 
     /// [`Runtime::load`] with the optimising compiler only (or its cached code).
     pub fn load_optimized(&self, bytes: &[u8], digest: &str) -> Result<Compiled, LoadError> {
-        self.load_optimized_with(&self.engine, bytes, digest)
+        let target = self.code_engine(bytes);
+        self.load_optimized_with(target, &target.engine, bytes, digest)
     }
 
     /// [`Runtime::load_optimized`] for code that is not waited for: one thread, at a
@@ -172,11 +175,28 @@ impl Runtime {
         digest: &str,
     ) -> Result<Compiled, LoadError> {
         super::cpu::lower_this_thread_priority();
-        self.load_optimized_with(&self.background, bytes, digest)
+        let target = self.code_engine(bytes);
+        // The background compiler makes code for the WASIp2 engine only.
+        let compiler = if std::ptr::eq(target, &self.sequential) {
+            &self.background
+        } else {
+            &target.engine
+        };
+        self.load_optimized_with(target, compiler, bytes, digest)
+    }
+
+    /// The engine `bytes` run on: the WASIp3 one when the component uses WASIp3.
+    fn code_engine(&self, bytes: &[u8]) -> &super::engine::CodeEngine {
+        if uses_wasip3(bytes) {
+            &self.concurrent
+        } else {
+            &self.sequential
+        }
     }
 
     fn load_optimized_with(
         &self,
+        target: &super::engine::CodeEngine,
         compiler: &wasmtime::Engine,
         bytes: &[u8],
         digest: &str,
@@ -188,12 +208,12 @@ impl Runtime {
                 compiled_in: None,
             });
         }
-        let compiled = self.compile_cached(compiler, bytes, digest);
+        let compiled = self.compile_cached(target, compiler, bytes, digest);
         // Cached now (or failed for good): later deploys of these bytes need no
         // baseline code.
         self.pending_baseline.lock().remove(digest);
         let (component, compiled_in) = compiled?;
-        let code = Arc::new(link(&self.engine, &self.linker, &component)?);
+        let code = Arc::new(link(&target.engine, &target.linker, &component)?);
         let mut running = self.running.lock();
         running.retain(|_, code| code.strong_count() > 0);
         running.insert(digest.to_owned(), Arc::downgrade(&code));
@@ -249,20 +269,21 @@ impl Runtime {
         })
     }
 
-    /// Load the cached code of `digest`, or compile it with `compiler` (this engine or
-    /// one whose code is compatible with it), cache it and load it.
+    /// Load the cached code of `digest` into `target`, or compile it with `compiler`
+    /// (`target`'s engine or one whose code is compatible with it), cache it and load it.
     fn compile_cached(
         &self,
+        target: &super::engine::CodeEngine,
         compiler: &wasmtime::Engine,
         bytes: &[u8],
         digest: &str,
     ) -> Result<(Component, Option<std::time::Duration>), LoadError> {
-        let cached = self.cache_path(digest);
+        let cached = cache_path(target, digest);
         if cached.exists() {
             // SAFETY-relevant: the cache directory belongs to this host and only ever
             // holds output of `precompile_component` from an engine with the same
             // fingerprint. A file that fails to load is recompiled below.
-            match deserialize(&self.engine, &cached) {
+            match deserialize(&target.engine, &cached) {
                 Ok(component) => return Ok((component, None)),
                 Err(error) if exceeds_pool(&error) => {
                     return Err(LoadError::ExceedsPool(format!("{error:#}")));
@@ -284,7 +305,7 @@ impl Runtime {
         );
         let elapsed = started.elapsed();
         crate::storage::write_durably(&cached, &compiled).map_err(LoadError::Internal)?;
-        let component = deserialize(&self.engine, &cached).map_err(|error| {
+        let component = deserialize(&target.engine, &cached).map_err(|error| {
             if exceeds_pool(&error) {
                 LoadError::ExceedsPool(format!("{error:#}"))
             } else {
@@ -293,10 +314,53 @@ impl Runtime {
         })?;
         Ok((component, Some(elapsed)))
     }
+}
 
-    fn cache_path(&self, digest: &str) -> PathBuf {
-        self.cache_dir.join(format!("{digest}.cwasm"))
+fn cache_path(target: &super::engine::CodeEngine, digest: &str) -> PathBuf {
+    target.cache_dir.join(format!("{digest}.cwasm"))
+}
+
+/// Whether the component uses WASIp3: it exports or imports a `wasi:` interface of
+/// version 0.3. Such code needs the engine with concurrency support. Read from the
+/// top-level import and export names, before anything is compiled; bytes that do
+/// not parse are WASIp2's to reject with the compiler's own error.
+fn uses_wasip3(bytes: &[u8]) -> bool {
+    use wasmparser::Payload;
+    let is_wasip3 = |name: &str| name.starts_with("wasi:") && name.contains("@0.3.");
+    // Nested modules and components start with their own `Version` and end with an
+    // `End`: only depth 1 is the component itself.
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return false;
+        };
+        match payload {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(imports)
+                if depth == 1
+                    && imports
+                        .clone()
+                        .into_iter()
+                        .flatten()
+                        .any(|import| is_wasip3(import.name.name)) =>
+            {
+                return true;
+            }
+            Payload::ComponentExportSection(exports)
+                if depth == 1
+                    && exports
+                        .clone()
+                        .into_iter()
+                        .flatten()
+                        .any(|export| is_wasip3(export.name.name)) =>
+            {
+                return true;
+            }
+            _ => {}
+        }
     }
+    false
 }
 
 /// Link `component` against `linker` (both of `engine`) and check it is a service.
@@ -399,6 +463,36 @@ mod tests {
     fn empty_core_module_is_rejected_as_core() {
         let module = b"\0asm\x01\0\0\0";
         assert!(matches!(check_format(module), Err(LoadError::CoreModule)));
+    }
+
+    fn component(text: &str) -> Vec<u8> {
+        wat::parse_str(text).expect("valid component text")
+    }
+
+    #[test]
+    fn a_wasip3_import_or_export_picks_the_concurrent_engine() {
+        let import =
+            component(r#"(component (import "wasi:clocks/monotonic-clock@0.3.0" (instance)))"#);
+        assert!(uses_wasip3(&import));
+        let export = component(
+            r#"(component (instance $h) (export "wasi:http/handler@0.3.0-rc-2025-09-16" (instance $h)))"#,
+        );
+        assert!(uses_wasip3(&export));
+    }
+
+    #[test]
+    fn wasip2_nested_or_foreign_names_keep_the_sequential_engine() {
+        let p2 =
+            component(r#"(component (import "wasi:clocks/monotonic-clock@0.2.6" (instance)))"#);
+        assert!(!uses_wasip3(&p2));
+        // Only the component's own imports and exports count, not a nested one's.
+        let nested = component(
+            r#"(component (component (import "wasi:clocks/monotonic-clock@0.3.0" (instance))))"#,
+        );
+        assert!(!uses_wasip3(&nested));
+        let foreign = component(r#"(component (import "acme:lib/thing@0.3.0" (instance)))"#);
+        assert!(!uses_wasip3(&foreign));
+        assert!(!uses_wasip3(b"\0asm\x0d\0\x01\0garbage"));
     }
 
     #[test]

@@ -273,20 +273,9 @@ impl Instances {
         store: &mut Store<GuestState>,
         pre: &wasmtime_wasi_http::p3::bindings::ServicePre<GuestState>,
     ) -> wasmtime::Result<wasmtime_wasi_http::p3::bindings::Service> {
-        let instantiate = async {
-            let mut service = pre.instantiate_async(&mut *store).await;
-            if let Err(error) = &service
-                && error
-                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                    .is_some()
-                && self.limits.idle.evict_all() > 0
-            {
-                // Every allocator slot is taken, some by idle reusable WASIp2
-                // instances: take those back and try once more.
-                service = pre.instantiate_async(&mut *store).await;
-            }
-            service
-        };
+        // WASIp3 instances have a pool of their own (their engine's), so idle WASIp2
+        // instances are no help when it is full.
+        let instantiate = pre.instantiate_async(&mut *store);
         match tokio::time::timeout(self.timeout, instantiate).await {
             Ok(service) => service,
             Err(_) => Err(wasmtime::format_err!(
