@@ -384,20 +384,33 @@ P3_MANIFEST = GATEWAY_MANIFEST + "instance_reuse = 128\ninstance_concurrency = 1
 P3_WASMTIME = ["--max-instance-reuse-count", "128", "--max-instance-concurrent-reuse-count", "16"]
 
 
-def wasip3_concurrency(args, rows):
-    """WASIp3: the same p3 component, instances serving 16 requests at once on both servers."""
+def start_p3_servers(args):
+    """Shoal and `wasmtime serve` serving p3_hello.wasm, 16 requests at once per instance
+    and 128 in its life on both. Returns (servers to stop, {name: url}), in the same order."""
     component = os.path.join(args.guests, "p3_hello.wasm")
     host = Host(args.shoal)
     servers = [host]
-    host.deploy("p3", open(component, "rb").read(), P3_MANIFEST)
-    urls = {"shoal serve, p3": f"http://{host.gateway}/p3/"}
-    wasmtime = find_wasmtime()
+    urls = {}
     try:
+        host.deploy("p3", open(component, "rb").read(), P3_MANIFEST)
+        urls["shoal serve, p3"] = f"http://{host.gateway}/p3/"
+        wasmtime = find_wasmtime()
         if wasmtime:
             port = free_port()
             servers.append(Server([wasmtime, "serve", *WASMTIME_SERVE_BEST, *P3_WASMTIME,
                                    "--addr", f"127.0.0.1:{port}", component], f"127.0.0.1:{port}"))
             urls["wasmtime serve, p3"] = f"http://127.0.0.1:{port}/"
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers, urls
+
+
+def wasip3_concurrency(args, rows):
+    """WASIp3: the same p3 component, instances serving 16 requests at once on both servers."""
+    servers, urls = start_p3_servers(args)
+    try:
         results = alternate(args, urls)
     finally:
         for server in servers:
@@ -478,32 +491,47 @@ def perf_top(pid, seconds):
     return tops
 
 
+def profile_servers(seconds, title, targets):
+    """Markdown of `perf` profiles of each (name, process, url) in `targets` under load."""
+    lines = [f"### {title}", ""]
+    for name, proc, url in targets:
+        wrk(url, 16, 1)
+        load = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{seconds + 2}s", url], stdout=subprocess.DEVNULL)
+        time.sleep(1)
+        by_dso, by_sym = perf_top(proc.pid, seconds)
+        load.wait()
+        lines.append(f"**{name}** — by object: " + ", ".join(f"{dso} {pct:.0f} %" for pct, dso in by_dso[:4]))
+        lines.append("")
+        lines.append("| self | symbol |")
+        lines.append("|---|---|")
+        lines += [f"| {pct:.1f} % | `{sym[:110]}` |" for pct, sym in by_sym[:15]]
+        lines.append("")
+    return lines
+
+
 def profile(args, rows):
-    """Profile: where a request's time goes, shoal and wasmtime serve reusing instances."""
+    """Profile: where a request's time goes, shoal and wasmtime serve reusing instances
+    (WASIp2) and serving many requests per instance (WASIp3)."""
     if not shutil.which("perf") or not find_wasmtime():
         rows.append(("profile", "perf", "not measured", "needs perf and wasmtime-cli 48.0.8"))
         return
-    component = os.path.join(args.guests, "wasi_hello.wasm")
-    servers, urls = start_servers(args, component)
     seconds = max(2, args.seconds // 2)
     lines = ["", "## Profile", "",
-             f"`perf record -F 999` of each server for {seconds} s under `wrk -t2 -c64` (wasi_hello.wasm, "
-             "instance reuse 128 on both); self time, top entries. In this VM, time in the kernel lands mostly on "
-             "the scheduler's context-switch and interrupt-return symbols.", ""]
+             f"`perf record -F 999` of each server for {seconds} s under `wrk -t2 -c64`; self time, top entries. "
+             "In this VM, time in the kernel lands mostly on the scheduler's context-switch and interrupt-return "
+             "symbols, and on loopback delivery to the client.", ""]
+    servers, urls = start_servers(args, os.path.join(args.guests, "wasi_hello.wasm"))
     try:
-        for name, proc in (("shoal serve, reuse 128", servers[0].proc), ("wasmtime serve, reuse 128", servers[-1].proc)):
-            url = urls[name]
-            wrk(url, 16, 1)
-            load = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{seconds + 2}s", url], stdout=subprocess.DEVNULL)
-            time.sleep(1)
-            by_dso, by_sym = perf_top(proc.pid, seconds)
-            load.wait()
-            lines.append(f"**{name}** — by object: " + ", ".join(f"{name} {pct:.0f} %" for pct, name in by_dso[:4]))
-            lines.append("")
-            lines.append("| self | symbol |")
-            lines.append("|---|---|")
-            lines += [f"| {pct:.1f} % | `{sym[:110]}` |" for pct, sym in by_sym[:15]]
-            lines.append("")
+        lines += profile_servers(seconds, "WASIp2, instance reuse 128 on both (wasi_hello.wasm)", [
+            ("shoal serve, reuse 128", servers[0].proc, urls["shoal serve, reuse 128"]),
+            ("wasmtime serve, reuse 128", servers[-1].proc, urls["wasmtime serve, reuse 128"])])
+    finally:
+        for server in servers:
+            server.stop()
+    servers, urls = start_p3_servers(args)
+    try:
+        lines += profile_servers(seconds, "WASIp3, 16 requests at once per instance on both (p3_hello.wasm)", [
+            (name, server.proc, urls[name]) for server, name in zip(servers, urls)])
     finally:
         for server in servers:
             server.stop()
