@@ -79,7 +79,8 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_DEFAULT_QUEUE", default_value_t = 256)]
     pub default_queue: u32,
 
-    /// Instances that may run at once across all services (pooling allocator size).
+    /// Instances that may run at once across all services, for each kind of code
+    /// (WASIp2, WASIp3, baseline): the size of each engine's pooling allocator.
     #[arg(long, env = "SHOAL_MAX_INSTANCES", default_value_t = 1000)]
     pub max_instances: u32,
 

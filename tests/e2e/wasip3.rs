@@ -312,3 +312,34 @@ fn wasip2_and_wasip3_services_run_side_by_side_each_on_its_engine_and_restart_fr
         "both services restarted from their cached code: nothing removed or compiled again"
     );
 }
+
+#[test]
+fn a_wasip3_service_is_charged_for_the_time_its_guest_runs_not_for_the_time_it_waits() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "[limits]\ntimeout_ms = 800\n";
+    let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let cpu = || {
+        host.admin("GET", "/v1/services/p3").json()["usage"]["cpu_seconds"]
+            .as_f64()
+            .expect("cpu_seconds")
+    };
+
+    // Three requests that wait 600 ms each, at once: almost no CPU.
+    for (status, body) in at_once(&host, "/p3/sleep?ms=600", 3) {
+        assert_eq!(status, 200, "{body}");
+    }
+    let waited = cpu();
+    assert!(waited < 0.2, "waiting was charged as CPU: {waited} s");
+
+    // A guest that spins until its deadline ends it: its whole time is charged.
+    assert_eq!(host.get("/p3/spin").status, 504);
+    let spun = cpu() - waited;
+    assert!(spun >= 0.5, "an 800 ms spin was charged {spun} s");
+    let metrics = host.metrics_text();
+    assert!(
+        metrics.contains("shoal_guest_cpu_seconds_total{service=\"p3\"}"),
+        "no CPU series for the WASIp3 service"
+    );
+}

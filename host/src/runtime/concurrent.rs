@@ -76,6 +76,16 @@ impl Concurrency {
 pub struct RequestsByTask {
     by_task: HashMap<GuestTaskId, Weak<PlatformCtx>>,
     current: Option<GuestTaskId>,
+    /// When the guest last entered wasm (called in, or got back from the host), while
+    /// it runs there: the instance's CPU time is the sum of these stretches.
+    in_wasm_since: Option<Instant>,
+}
+
+impl RequestsByTask {
+    /// Time in wasm not yet added to the service's CPU time (the instance ended in it).
+    pub(crate) fn unmetered(&mut self) -> Option<Duration> {
+        self.in_wasm_since.take().map(|since| since.elapsed())
+    }
 }
 
 impl RequestsByTask {
@@ -88,32 +98,59 @@ impl RequestsByTask {
     }
 }
 
-/// On every entry into the host, make the store's request state that of the request
-/// whose task is calling (the root of the component model's async call stack).
-fn follow_calling_request(
-    mut store: StoreContextMut<'_, GuestState>,
-    hook: CallHook,
-) -> wasmtime::Result<()> {
+/// On every crossing between wasm and the host: add the stretch spent in wasm to the
+/// service's CPU time, and on an entry into the host make the store's request state
+/// that of the request whose task is calling (the root of the component model's async
+/// call stack).
+fn on_crossing(mut store: StoreContextMut<'_, GuestState>, hook: CallHook) -> wasmtime::Result<()> {
+    meter_wasm_time(store.data_mut(), hook);
     if !matches!(hook, CallHook::CallingHost) {
         return Ok(());
     }
+    follow_calling_request(store);
+    Ok(())
+}
+
+/// A WASIp3 instance's CPU time: wasm runs between a call into it (or a return to it
+/// from the host) and its next call into the host (or its return). Only one of an
+/// instance's tasks runs at a time, so the stretches never overlap. Waiting happens
+/// in the host (between `CallingHost` and `ReturningFromHost`) and is not counted;
+/// time the thread is preempted inside wasm is, as for WASIp2 requests, and so is an
+/// epoch yield of a guest that runs for longer than a tick.
+fn meter_wasm_time(state: &mut GuestState, hook: CallHook) {
+    let Some(requests) = state.requests.as_mut() else {
+        return;
+    };
+    match hook {
+        CallHook::CallingWasm | CallHook::ReturningFromHost => {
+            requests.in_wasm_since = Some(Instant::now());
+        }
+        CallHook::CallingHost | CallHook::ReturningFromWasm => {
+            if let Some(spent) = requests.unmetered() {
+                state.platform.service.meter.add_cpu(spent);
+            }
+        }
+    }
+}
+
+/// Make the store's request state that of the request whose guest task is running.
+fn follow_calling_request(mut store: StoreContextMut<'_, GuestState>) {
     // Outside a guest task (instantiation, the event loop's own work) nothing changes.
     let Some(root) = store.async_call_stack().ok().and_then(|stack| stack.last()) else {
-        return Ok(());
+        return;
     };
     let state = store.data_mut();
     let Some(requests) = state.requests.as_mut() else {
-        return Ok(());
+        return;
     };
     if requests.current == Some(root) {
-        return Ok(());
+        return;
     }
     let Some(request) = requests.by_task.get(&root).and_then(Weak::upgrade) else {
-        return Ok(());
+        return;
     };
     requests.current = Some(root);
     state.prepare(request);
-    Ok(())
 }
 
 /// What one instance's requests and its expiry share.
@@ -309,7 +346,7 @@ impl HandlerState for Instances {
         // instance whose guest never waits.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-        store.call_hook(follow_calling_request);
+        store.call_hook(on_crossing);
         let service = self.instantiate_within_timeout(&mut store, pre).await?;
         self.service.meter.instance_created();
         let metrics = &self.platform.telemetry.metrics;

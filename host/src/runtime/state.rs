@@ -97,6 +97,10 @@ impl GuestState {
 
 impl Drop for GuestState {
     fn drop(&mut self) {
+        // A WASIp3 instance ended while running wasm (trap, deadline): that time counts.
+        if let Some(spent) = self.requests.as_mut().and_then(|r| r.unmetered()) {
+            self.platform.service.meter.add_cpu(spent);
+        }
         // The instance ends with its store.
         self.platform
             .service
