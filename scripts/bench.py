@@ -1018,6 +1018,10 @@ def main():
     target("cold deploy of a big component (Python, JS) to first 200", "≤ 1 s", "cold_deploy", "{:.0f} ms", lambda v: v <= 1000)
     target("baseline code ÷ optimised code, time per request", "reported", "baseline_slowdown", "{:.2f}×", lambda v: True)
     lines += args.appendix
+    # The record of levers tried (hand-kept, with the runs each figure came from).
+    levers = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-levers.md")
+    with open(levers) as record:
+        lines += ["", record.read().rstrip("\n")]
     text = "\n".join(lines) + "\n"
     with open(args.out, "w") as out:
         out.write(text)
