@@ -163,7 +163,21 @@ impl Runtime {
     /// [`Runtime::load`] with the optimising compiler only (or its cached code).
     pub fn load_optimized(&self, bytes: &[u8], digest: &str) -> Result<Compiled, LoadError> {
         let target = self.code_engine(bytes);
-        self.load_optimized_with(target, &target.engine, bytes, digest)
+        let loaded = self.load_optimized_with(target, &target.engine, bytes, digest);
+        match loaded {
+            // Component-model async features (async lifts, streams, futures) need the
+            // engine with concurrency support even where no WASIp3 interface names
+            // them: the WASIp2 engine's validator refuses them, so they get a second
+            // try there. If that fails too, the first reason is the one reported.
+            Err(LoadError::Invalid(reason)) if std::ptr::eq(target, &self.sequential) => {
+                let concurrent = &self.concurrent;
+                match self.load_optimized_with(concurrent, &concurrent.engine, bytes, digest) {
+                    Err(LoadError::Invalid(_)) => Err(LoadError::Invalid(reason)),
+                    other => other,
+                }
+            }
+            other => other,
+        }
     }
 
     /// [`Runtime::load_optimized`] for code that is not waited for: one thread, at a
@@ -493,6 +507,39 @@ mod tests {
         let foreign = component(r#"(component (import "acme:lib/thing@0.3.0" (instance)))"#);
         assert!(!uses_wasip3(&foreign));
         assert!(!uses_wasip3(b"\0asm\x0d\0\x01\0garbage"));
+    }
+
+    #[test]
+    fn async_features_without_wasip3_names_compile_on_the_concurrent_engine() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let runtime = Runtime::new(&super::super::RuntimeOptions {
+            cache_dir: cache.path().to_owned(),
+            max_instances: 4,
+            max_memory_bytes: 1 << 20,
+            pooling: false,
+            max_wasm_stack: 512 * 1024,
+            max_table_elements: 1_000,
+            function_cache_bytes: 0,
+            memory_budget_bytes: usize::MAX,
+            baseline_above_bytes: None,
+            keep_resident_bytes: 0,
+        })
+        .expect("runtime");
+        // A stream type is a component-model async feature, named by no WASI interface.
+        let bytes = component("(component (type (stream u8)))");
+        assert!(!uses_wasip3(&bytes));
+        let Err(error) = runtime.load(&bytes, "streams") else {
+            panic!("a component with no HTTP handler loaded");
+        };
+        // It compiled (on the engine with concurrency support) and then failed as
+        // what it is: not a service.
+        assert!(matches!(error, LoadError::NotAService(_)), "{error}");
+        let invalid = component("(component (type (stream u8)) (type (stream u8)))");
+        let truncated = &invalid[..invalid.len() - 3];
+        let Err(error) = runtime.load(truncated, "truncated") else {
+            panic!("truncated bytes loaded");
+        };
+        assert!(matches!(error, LoadError::Invalid(_)), "{error}");
     }
 
     #[test]

@@ -113,10 +113,11 @@ fn on_crossing(mut store: StoreContextMut<'_, GuestState>, hook: CallHook) -> wa
 
 /// A WASIp3 instance's CPU time: wasm runs between a call into it (or a return to it
 /// from the host) and its next call into the host (or its return). Only one of an
-/// instance's tasks runs at a time, so the stretches never overlap. Waiting happens
-/// in the host (between `CallingHost` and `ReturningFromHost`) and is not counted;
-/// time the thread is preempted inside wasm is, as for WASIp2 requests, and so is an
-/// epoch yield of a guest that runs for longer than a tick.
+/// instance's tasks runs at a time, so the stretches never overlap. Everything
+/// between `CallingHost` and `ReturningFromHost` is left out: waiting, an epoch
+/// yield (wasmtime yields inside a host libcall), and also the host's own work for
+/// the call, which a WASIp2 request's meter includes (it times the whole poll).
+/// Time the thread is preempted inside wasm is counted, as for WASIp2.
 fn meter_wasm_time(state: &mut GuestState, hook: CallHook) {
     let Some(requests) = state.requests.as_mut() else {
         return;

@@ -142,6 +142,8 @@ impl Runtime {
 
         let sequential = CodeEngine::new(engine, Wasi::P2, &options.cache_dir)?;
         let concurrent = CodeEngine::new(concurrent, Wasi::P3, &options.cache_dir)?;
+        // Directories of earlier engines (another wasmtime, other settings, or the one
+        // engine of a host before the split) are not these two: removed.
         remove_stale_caches(
             &options.cache_dir,
             &[&sequential.cache_dir, &concurrent.cache_dir],
@@ -161,9 +163,14 @@ impl Runtime {
 
 impl CodeEngine {
     /// Link `wasi` against `engine`, make its cache directory and start its epoch ticker.
+    /// The directory is named by the kind of code and the engine's fingerprint.
     fn new(engine: Engine, wasi: Wasi, cache_root: &std::path::Path) -> Result<Self> {
         let linker = new_linker(&engine, wasi)?;
-        let cache_dir = cache_root.join(engine_fingerprint(&engine));
+        let kind = match wasi {
+            Wasi::P2 => "p2",
+            Wasi::P3 => "p3",
+        };
+        let cache_dir = cache_root.join(format!("{kind}-{}", engine_fingerprint(&engine)));
         std::fs::create_dir_all(&cache_dir)
             .with_context(|| format!("creating the compile cache {}", cache_dir.display()))?;
         start_epoch_ticker(&engine);
