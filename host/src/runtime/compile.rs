@@ -123,7 +123,7 @@ impl Runtime {
     ///
     /// A big component whose optimised code is not cached yet comes back compiled by
     /// the baseline compiler ([`CodeTier::Baseline`]): the caller serves it and asks
-    /// for [`Runtime::load_optimized`] in the background. Anything the baseline
+    /// for [`Runtime::load_optimized_in_background`]. Anything the baseline
     /// compiler cannot handle is compiled by the optimising one at once.
     ///
     /// Optimised code already running for the same bytes is shared, not loaded again:
@@ -138,11 +138,12 @@ impl Runtime {
                 compiled_in: None,
             });
         }
+        let target = self.code_engine(bytes);
         // Baseline code is WASIp2 only: WASIp3 code is always optimised at once.
         if let Some(baseline) = &self.baseline
             && bytes.len() >= baseline.above_bytes
-            && !uses_wasip3(bytes)
-            && !cache_path(&self.sequential, digest).exists()
+            && std::ptr::eq(target, &self.sequential)
+            && !cache_path(target, digest).exists()
         {
             match self.load_baseline(baseline, bytes, digest) {
                 Ok(loaded) => return Ok(loaded),
@@ -157,12 +158,17 @@ impl Runtime {
                 ),
             }
         }
-        self.load_optimized(bytes, digest)
+        self.load_optimized_on(target, bytes, digest)
     }
 
-    /// [`Runtime::load`] with the optimising compiler only (or its cached code).
-    pub fn load_optimized(&self, bytes: &[u8], digest: &str) -> Result<Compiled, LoadError> {
-        let target = self.code_engine(bytes);
+    /// [`Runtime::load`] with the optimising compiler only (or its cached code), for
+    /// `target`, the engine the bytes' imports and exports call for.
+    fn load_optimized_on(
+        &self,
+        target: &super::engine::CodeEngine,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Compiled, LoadError> {
         let loaded = self.load_optimized_with(target, &target.engine, bytes, digest);
         match loaded {
             // Component-model async features (async lifts, streams, futures) need the
@@ -180,7 +186,7 @@ impl Runtime {
         }
     }
 
-    /// [`Runtime::load_optimized`] for code that is not waited for: one thread, at a
+    /// [`Runtime::load`]'s optimised code, when it is not waited for: one thread, at a
     /// lower scheduling priority, so requests and foreground deploys come first.
     /// Lowers the priority of the calling thread: call it on a thread of its own.
     pub fn load_optimized_in_background(
@@ -348,30 +354,27 @@ fn uses_wasip3(bytes: &[u8]) -> bool {
         let Ok(payload) = payload else {
             return false;
         };
-        match payload {
-            Payload::Version { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentImportSection(imports)
-                if depth == 1
-                    && imports
-                        .clone()
-                        .into_iter()
-                        .flatten()
-                        .any(|import| is_wasip3(import.name.name)) =>
-            {
-                return true;
+        let names_wasip3 = match payload {
+            Payload::Version { .. } => {
+                depth += 1;
+                false
             }
-            Payload::ComponentExportSection(exports)
-                if depth == 1
-                    && exports
-                        .clone()
-                        .into_iter()
-                        .flatten()
-                        .any(|export| is_wasip3(export.name.name)) =>
-            {
-                return true;
+            Payload::End(_) => {
+                depth = depth.saturating_sub(1);
+                false
             }
-            _ => {}
+            Payload::ComponentImportSection(imports) if depth == 1 => imports
+                .into_iter()
+                .flatten()
+                .any(|i| is_wasip3(i.name.name)),
+            Payload::ComponentExportSection(exports) if depth == 1 => exports
+                .into_iter()
+                .flatten()
+                .any(|e| is_wasip3(e.name.name)),
+            _ => false,
+        };
+        if names_wasip3 {
+            return true;
         }
     }
     false

@@ -86,9 +86,7 @@ impl RequestsByTask {
     pub(crate) fn unmetered(&mut self) -> Option<Duration> {
         self.in_wasm_since.take().map(|since| since.elapsed())
     }
-}
 
-impl RequestsByTask {
     fn insert(&mut self, task: GuestTaskId, request: &Arc<PlatformCtx>) {
         // Requests that are over (their response is gone) are forgotten as new ones come.
         if self.by_task.len() >= 64 {
