@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::deadline::Deadline;
 use crate::listener::{self, ConnectionLimits};
-use crate::protocol::{self, Body, CALLER, DEADLINE_MS, FORWARDED_PREFIX, INTERNAL_PREFIX};
+use crate::protocol::{self, Body, DEADLINE_MS, FORWARDED_PREFIX, INTERNAL_PREFIX};
 use crate::services::Services;
 
 /// Who the gateway trusts with forwarding and internal headers.
@@ -58,14 +58,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let trusted = Arc::new(trusted);
-    let service_for = move |peer: SocketAddr| {
+    let service_for = move |address: SocketAddr| {
         let services = services.clone();
-        let trusted = trusted.clone();
+        // Who the peer is, and whether it is trusted, is settled once per connection.
+        let peer = Arc::new(Peer::new(address, &trusted));
         hyper::service::service_fn(move |request| {
             let services = services.clone();
-            let trusted = trusted.clone();
-            async move { Ok::<_, Infallible>(route(&services, &trusted, peer, request).await) }
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(route(&services, &peer, request).await) }
         })
     };
     listener::serve(
@@ -80,18 +80,34 @@ pub async fn serve(
     .await;
 }
 
+/// The other end of a connection, as the gateway's header rules see it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    ip: IpAddr,
+    trusted: bool,
+    /// Its address as an `X-Forwarded-For` entry.
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl Peer {
+    /// The peer at `address`, trusted if `trusted` holds it.
+    pub fn new(address: SocketAddr, trusted: &TrustedPeers) -> Self {
+        let ip = address.ip();
+        Self {
+            ip,
+            trusted: trusted.contains(ip),
+            forwarded_for: HeaderValue::from_str(&ip.to_string()).ok(),
+        }
+    }
+}
+
 /// A client error answered by the gateway itself, counted against no service.
 fn refuse(status: StatusCode, message: String, request_id: &str) -> Response<Body> {
     protocol::with_request_id(protocol::text(status, message), request_id)
 }
 
 /// Route one request from `peer` to its service.
-pub async fn route(
-    services: &Services,
-    trusted: &TrustedPeers,
-    peer: SocketAddr,
-    request: Request<Incoming>,
-) -> Response<Body> {
+pub async fn route(services: &Services, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
     let request_id = protocol::request_id(request.headers());
     let path = request.uri().path();
     let Some((entry, prefix_len)) = services.table().resolve(path) else {
@@ -133,7 +149,7 @@ pub async fn route(
     if let Ok(value) = prefix_header {
         parts.headers.insert(FORWARDED_PREFIX.clone(), value);
     }
-    let deadline = sanitize_headers(&mut parts.headers, trusted, peer);
+    let deadline = sanitize_headers(&mut parts.headers, peer);
     let request = Request::from_parts(parts, body);
     services.serve(&entry, request, &request_id, deadline).await
 }
@@ -163,39 +179,37 @@ fn authority_of(parts: &http::request::Parts) -> Result<HeaderValue, String> {
 /// calls; forwarding and `x-shoal-*` headers are kept from trusted peers only, and the
 /// peer is added to `X-Forwarded-For`. Returns the request's deadline: the host's
 /// longest, narrowed by a trusted peer's `x-shoal-deadline-ms`.
-fn sanitize_headers(headers: &mut HeaderMap, trusted: &TrustedPeers, peer: SocketAddr) -> Deadline {
-    headers.remove(&CALLER);
+fn sanitize_headers(headers: &mut HeaderMap, peer: &Peer) -> Deadline {
     let mut deadline = Deadline::longest();
-    let peer_ip = peer.ip();
-    let trusted_peer = trusted.contains(peer_ip);
-    if trusted_peer {
+    if peer.trusted {
         deadline = deadline.within_header(headers.get(&DEADLINE_MS));
     }
-    // Shoal's other internal headers (event ids, topics, ...) are never a client's,
-    // whoever forwards them.
-    let internal: Vec<http::HeaderName> = headers
+    // Shoal's internal headers (the caller, event ids, topics, ...) are never a
+    // client's, whoever forwards them; forwarding headers only a trusted peer's.
+    // One pass over the names; most requests have none of them.
+    let unwanted: Vec<http::HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with(INTERNAL_PREFIX))
+        .filter(|name| {
+            name.as_str().starts_with(INTERNAL_PREFIX)
+                || (!peer.trusted && FORWARDING_HEADERS.contains(&name.as_str()))
+        })
         .cloned()
         .collect();
-    for name in internal {
+    for name in unwanted {
         headers.remove(name);
     }
-    if trusted_peer {
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(chain) if !chain.trim().is_empty() => format!("{chain}, {peer_ip}"),
-            _ => peer_ip.to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert("x-forwarded-for", value);
+    let forwarded_for = if peer.trusted {
+        match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(chain) if !chain.trim().is_empty() => {
+                HeaderValue::from_str(&format!("{chain}, {}", peer.ip)).ok()
+            }
+            _ => peer.forwarded_for.clone(),
         }
     } else {
-        for name in FORWARDING_HEADERS {
-            headers.remove(name);
-        }
-        if let Ok(value) = HeaderValue::from_str(&peer_ip.to_string()) {
-            headers.insert("x-forwarded-for", value);
-        }
+        peer.forwarded_for.clone()
+    };
+    if let Some(value) = forwarded_for {
+        headers.insert("x-forwarded-for", value);
     }
     deadline
 }
@@ -203,6 +217,7 @@ fn sanitize_headers(headers: &mut HeaderMap, trusted: &TrustedPeers, peer: Socke
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::CALLER;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -227,7 +242,7 @@ mod tests {
             ("x-shoal-anything", "x"),
             ("x-kept", "yes"),
         ]);
-        let deadline = sanitize_headers(&mut map, &trusted, peer("192.0.2.7"));
+        let deadline = sanitize_headers(&mut map, &Peer::new(peer("192.0.2.7"), &trusted));
         assert_eq!(map["x-forwarded-for"], "192.0.2.7");
         assert!(map.get("forwarded").is_none());
         assert!(
@@ -250,7 +265,7 @@ mod tests {
             ("x-shoal-caller", "forged"),
             ("x-shoal-event-id", "forged"),
         ]);
-        let deadline = sanitize_headers(&mut map, &trusted, peer("10.1.2.3"));
+        let deadline = sanitize_headers(&mut map, &Peer::new(peer("10.1.2.3"), &trusted));
         assert_eq!(map["x-forwarded-for"], "1.2.3.4, 10.1.2.3");
         assert!(
             map.get("x-shoal-caller").is_none(),
@@ -332,7 +347,7 @@ mod tests {
                 } else {
                     TrustedPeers::new(Vec::new())
                 };
-                let deadline = sanitize_headers(&mut map, &peers, peer);
+                let deadline = sanitize_headers(&mut map, &Peer::new(peer, &peers));
                 // Taken after: the longest deadline from any later instant is later still.
                 let ceiling = Deadline::longest();
                 prop_assert!(map.get(&CALLER).is_none(), "only the host names the caller");

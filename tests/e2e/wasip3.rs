@@ -343,3 +343,68 @@ fn a_wasip3_service_is_charged_for_the_time_its_guest_runs_not_for_the_time_it_w
         "no CPU series for the WASIp3 service"
     );
 }
+
+#[test]
+fn a_small_wasip3_response_leaves_whole_with_its_length_and_a_slow_stream_still_streams() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("p3", &guest("p3_service")).status, 201);
+    // The guest writes its body from a task of its own, after the head: the host
+    // waits a moment for it, so the whole answer goes out with its length.
+    let (head, body) = host.raw_gateway_get("/p3/whoami");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", body.len())),
+        "a small answer is sent whole, with its length: {head}{body}"
+    );
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(body.starts_with("instance="), "{body}");
+    // Five chunks 300 ms apart: the head does not wait for the body's end.
+    let started = Instant::now();
+    let mut first_chunk_at = None;
+    let address = host.gateway.trim_start_matches("http://").to_owned();
+    let (head, body) = {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        stream
+            .write_all(
+                b"GET /p3/stream?chunks=5&ms=300 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            )
+            .expect("write");
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    received.extend_from_slice(&buffer[..n]);
+                    if first_chunk_at.is_none() && received.windows(7).any(|w| w == b"chunk 0") {
+                        first_chunk_at = Some(started.elapsed());
+                    }
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&received).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        (head.to_ascii_lowercase(), body.to_owned())
+    };
+    assert!(
+        head.contains("transfer-encoding: chunked"),
+        "a stream keeps streaming: {head}"
+    );
+    for n in 0..5 {
+        assert!(
+            body.contains(&format!("chunk {n}\n")),
+            "nothing is lost: {body}"
+        );
+    }
+    let at = first_chunk_at.expect("the first chunk arrived");
+    assert!(
+        at + Duration::from_millis(600) < started.elapsed(),
+        "the first chunk ({at:?}) came well before the last ({:?})",
+        started.elapsed()
+    );
+}

@@ -116,6 +116,27 @@ fn reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Rep
     }
 }
 
+/// Send `request` to `address` (`http://host:port`) and read the answer's head; the
+/// stream is left for the rest.
+fn raw_exchange(address: &str, request: &str) -> (String, std::net::TcpStream) {
+    use std::io::{Read as _, Write as _};
+    let address = address.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    (String::from_utf8_lossy(&head).into_owned(), stream)
+}
+
 /// A running `shoal serve` process with its own data directory.
 pub struct Host {
     child: Option<Child>,
@@ -424,22 +445,23 @@ impl Host {
     /// Send raw request bytes to the admin port and return the status line and headers
     /// of the answer (what a client sees before it has sent any body).
     pub fn raw_admin_head(&self, request: &str) -> String {
-        use std::io::{Read as _, Write as _};
-        let address = self.admin.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(address).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        stream.write_all(request.as_bytes()).expect("write");
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match stream.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                _ => break,
-            }
-        }
-        String::from_utf8_lossy(&head).into_owned()
+        let (head, _stream) = raw_exchange(&self.admin, request);
+        head
+    }
+
+    /// `GET path` on the gateway as a raw HTTP/1.1 client sees it: the response head
+    /// (lowercased) and the bytes after it, read to the connection's end.
+    pub fn raw_gateway_get(&self, path: &str) -> (String, String) {
+        use std::io::Read as _;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: shoal.test\r\nConnection: close\r\n\r\n");
+        let (head, mut stream) = raw_exchange(&self.gateway, &request);
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        (
+            head.to_ascii_lowercase(),
+            String::from_utf8_lossy(&rest).into_owned(),
+        )
     }
 
     /// The host's process id.

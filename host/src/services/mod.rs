@@ -10,6 +10,7 @@
 pub mod delivery;
 mod lifecycle;
 pub mod limiter;
+mod read_ahead;
 mod serving;
 pub mod state;
 mod table;

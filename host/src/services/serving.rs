@@ -318,6 +318,8 @@ where
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let (mut parts, body) = request.into_parts();
+    // A response to HEAD has no body to wait for, and its length is the guest's to say.
+    let read_ahead = parts.method != http::Method::HEAD;
     protocol::set_request_id(&mut parts.headers, request_id);
     if !parts.headers.contains_key(HOST)
         && let Ok(value) = HeaderValue::from_str(&deployment.record.name)
@@ -328,12 +330,22 @@ where
     let trace_id = crate::telemetry::traces::trace_id(&invocation.trace);
     let code = deployment.loaded();
     let outcome = match (&code.handler, &deployment.concurrent) {
-        (Handler::Concurrent(_), Some(concurrent)) => concurrent
-            .handle(invocation, request)
-            .await
-            .map(|response| {
-                response.map(|body| body.map_err(std::io::Error::other).boxed_unsync())
-            }),
+        (Handler::Concurrent(_), Some(concurrent)) => {
+            match concurrent.handle(invocation, request).await {
+                Ok(response) => {
+                    let response =
+                        response.map(|body| body.map_err(std::io::Error::other).boxed_unsync());
+                    // Its body is written by another task of the instance: the head
+                    // waits a moment for it, so both leave in one write.
+                    Ok(if read_ahead {
+                        super::read_ahead::read_ahead(response, super::read_ahead::WAIT).await
+                    } else {
+                        response
+                    })
+                }
+                Err(failure) => Err(failure),
+            }
+        }
         (Handler::Sequential(pre), _) => {
             invoke::handle(pre, deployment.pool.clone(), invocation, request)
                 .await
