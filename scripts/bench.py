@@ -133,12 +133,15 @@ def a_to_b(args, rows):
             return samples
 
         paths = {"in-process": "service=b&path=/", "loopback socket": "service=bloop&path=/b2/"}
-        for query in paths.values():
-            measure(query, args.warmup)
+        # Every call A made to b (only A calls it), for the mean set against b's own.
+        in_process = measure(paths["in-process"], args.warmup)
+        measure(paths["loopback socket"], args.warmup)
         results = {name: [] for name in paths}
         for _ in range(args.rounds):
             for name, query in paths.items():  # alternate A/B in every round
                 samples = measure(query, args.calls)
+                if name == "in-process":
+                    in_process += samples
                 results[name].append((percentile(samples, 0.5), percentile(samples, 0.99)))
         medians = {}
         for name, per_round in results.items():
@@ -149,8 +152,9 @@ def a_to_b(args, rows):
                          f"{args.rounds}×{args.calls} sequential calls, timed inside A around the host call"))
         rows.append(("service-to-service", "loopback / in-process (p50)",
                      f"{medians['loopback socket'] / max(medians['in-process'], 1):.2f}×", "same component, same run"))
-        # B's own time (admission to end of body), from the host's histogram: what the
-        # call adds on top of it is the caller's overhead.
+        # B's own time (admission to end of body), from the host's histogram, over the
+        # same calls as A's timings: the difference of the two means is what the call
+        # path adds. (A median set against a mean can come out below zero.)
         metrics = http.client.HTTPConnection(host.admin, timeout=30)
         metrics.request("GET", "/metrics")
         text = metrics.getresponse().read().decode()
@@ -158,10 +162,12 @@ def a_to_b(args, rows):
         count = sum(float(m) for m in re.findall(r'^shoal_request_duration_seconds_count\{[^}]*service="b"[^}]*\} (\S+)$', text, re.M))
         if count:
             own = total / count * 1e6
-            args.figures["added"] = medians["in-process"] - own
+            calls = statistics.mean(in_process)
+            args.figures["added"] = calls - own
             rows.append(("service-to-service", "in-process path, added to B's own time",
-                         f"{medians['in-process'] - own:.0f} µs (B itself: {own:.0f} µs mean)",
-                         "A→B p50 minus B's mean serving time; target ≤ 50 µs"))
+                         f"{calls - own:.0f} µs (A→B {calls:.0f} µs, B itself {own:.0f} µs, means)",
+                         f"mean of A's {len(in_process)} timed calls minus B's mean serving time over "
+                         "the same calls (it serves no others); target ≤ 50 µs"))
     finally:
         host.stop()
 
@@ -1012,7 +1018,7 @@ def main():
     target("gateway ÷ in-process floor (one thread)", "≥ 0.8×", "gateway_overhead", "{:.2f}×", lambda v: v >= 0.8)
     target("p99 at half load, shoal ÷ wasmtime serve", "≤ 1.0×", "p99", "{:.2f}×", lambda v: v <= 1.0)
     target("p99 at half load, both reusing 128", "≤ 1.0×", "p99_reuse", "{:.2f}×", lambda v: v <= 1.0)
-    target("in-process A→B added latency (p50)", "≤ 50 µs", "added", "{:.0f} µs", lambda v: v <= 50)
+    target("in-process A→B added latency (means, same calls)", "≤ 50 µs", "added", "{:.0f} µs", lambda v: v <= 50)
     target("cached redeploy to first 200 (Rust)", "≤ 50 ms", "cached_deploy", "{:.1f} ms", lambda v: v <= 50)
     target("10,000 idle services", "≤ 1 GiB RSS", "density_10000", "{:.0f} MiB", lambda v: v <= 1024)
     target("cold deploy of a big component (Python, JS) to first 200", "≤ 1 s", "cold_deploy", "{:.0f} ms", lambda v: v <= 1000)
