@@ -5,52 +5,60 @@
 //! A WASIp3 instance hands back its response head and writes the body from a task of
 //! its own, on whichever worker thread runs the instance, so the connection often
 //! finds the head without the body. (A WASIp2 guest runs in the task that writes the
-//! response, so its head and first chunk already leave together.) The wait is short
-//! ([`WAIT`]) and bounded in bytes ([`MAX_BYTES`]): a guest that streams (server-sent
-//! events, a long download) gets its head out after the wait and streams on as
-//! before; only what was read ahead is held.
+//! response, so its head and first chunk already leave together.) The head waits a
+//! few turns of the scheduler ([`TURNS`]), which let the instance's task run, and no
+//! more than [`MAX_BYTES`] are held: a guest that streams (server-sent events, a long
+//! download) gets its head out at once and streams on as before. No timer is set.
 
 use bytes::{Bytes, BytesMut};
 use http::Response;
 use http_body_util::{BodyExt as _, BodyStream, StreamBody};
 use hyper::body::{Body as _, Frame};
-use std::time::Duration;
-use tokio::time::Instant;
+use std::pin::Pin;
+use std::task::Poll;
 
 use crate::protocol::{self, Body};
 
-/// How long a response head waits for the rest of its response.
-pub const WAIT: Duration = Duration::from_millis(2);
+/// How many times a response head lets other tasks run (the instance writing its
+/// body among them) while its body is not ready.
+pub const TURNS: u32 = 8;
 /// Most body bytes read ahead of the head.
 pub const MAX_BYTES: usize = 64 * 1024;
 
-/// `response`, with as much of its body as arrives within `wait` (at most
-/// [`MAX_BYTES`]) read before it is returned. A body that ended in that time becomes
-/// one complete body of known length; any other goes on with what was read first.
-pub async fn read_ahead(response: Response<Body>, wait: Duration) -> Response<Body> {
+/// `response`, with as much of its body as is written while it yields to other tasks
+/// up to `turns` times (at most [`MAX_BYTES`]) read before it is returned. A body that
+/// ended by then becomes one complete body of known length; any other goes on with
+/// what was read first.
+pub async fn read_ahead(response: Response<Body>, turns: u32) -> Response<Body> {
     let (parts, mut body) = response.into_parts();
     if body.is_end_stream() {
         return Response::from_parts(parts, body);
     }
-    let until = Instant::now() + wait;
+    let mut turned = 0;
     let mut read: Vec<Result<Frame<Bytes>, std::io::Error>> = Vec::new();
     let mut bytes = 0;
     let ended = loop {
         if bytes >= MAX_BYTES {
             break false;
         }
-        // A frame that is ready is taken without a timer; only a wait arms one.
-        match tokio::time::timeout_at(until, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
+        // One poll, with this task's waker: a body not ready yet is not waited for here.
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
                 bytes += frame.data_ref().map_or(0, Bytes::len);
                 read.push(Ok(frame));
             }
-            Ok(Some(Err(error))) => {
+            Poll::Ready(Some(Err(error))) => {
                 read.push(Err(error));
                 break false;
             }
-            Ok(None) => break true,
-            Err(_) => break false,
+            Poll::Ready(None) => break true,
+            Poll::Pending if turned < turns => {
+                turned += 1;
+                tokio::task::yield_now().await;
+            }
+            Poll::Pending => break false,
         }
     };
     let body = if ended
@@ -96,15 +104,21 @@ mod tests {
     use super::*;
     use futures::StreamExt as _;
     use http_body_util::Full;
+    use std::time::Duration;
 
-    /// A body of `chunks` sent `gap` apart, then ended (or not, with `end` false).
+    /// A body of `chunks` sent `gap` apart (or one turn of the scheduler apart, for a
+    /// zero gap), then ended (or not, with `end` false).
     fn streamed(chunks: &[&'static str], gap: Duration, end: bool) -> Response<Body> {
         let (sender, receiver) =
             tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
         let chunks: Vec<&'static str> = chunks.to_vec();
         tokio::spawn(async move {
             for chunk in chunks {
-                tokio::time::sleep(gap).await;
+                if gap.is_zero() {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(gap).await;
+                }
                 if sender
                     .send(Ok(Frame::data(Bytes::from(chunk))))
                     .await
@@ -134,22 +148,25 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_that_ends_within_the_wait_becomes_one_body_of_known_length() {
-        let response = streamed(&["Hello, ", "world", "!\n"], Duration::from_millis(1), true);
-        let response = read_ahead(response, Duration::from_secs(10)).await;
+        let response = streamed(&["Hello, ", "world", "!\n"], Duration::ZERO, true);
+        let response = read_ahead(response, TURNS).await;
         assert_eq!(response.body().size_hint().exact(), Some(14));
         assert_eq!(collected(response).await, "Hello, world!\n");
     }
 
     #[tokio::test]
-    async fn a_streaming_body_leaves_after_the_wait_with_nothing_lost() {
+    async fn a_streaming_body_leaves_at_once_with_nothing_lost() {
         let response = streamed(
             &["first ", "second ", "third"],
             Duration::from_millis(400),
             true,
         );
-        let started = Instant::now();
-        let response = read_ahead(response, WAIT).await;
-        assert!(started.elapsed() >= WAIT, "the head waited for the body");
+        let started = std::time::Instant::now();
+        let response = read_ahead(response, TURNS).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(400),
+            "the head did not wait for the first chunk"
+        );
         assert_eq!(
             response.body().size_hint().exact(),
             None,
@@ -161,7 +178,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_that_never_ends_keeps_what_was_read_first() {
         let response = streamed(&["early"], Duration::ZERO, false);
-        let response = read_ahead(response, Duration::from_millis(50)).await;
+        let response = read_ahead(response, TURNS).await;
         let mut body = response.into_body();
         let first = body.frame().await.expect("a frame").expect("no error");
         assert_eq!(first.into_data().expect("data"), "early");
@@ -181,7 +198,7 @@ mod tests {
             })
             .chain(futures::stream::pending());
         let response = Response::new(StreamBody::new(stream).boxed_unsync());
-        let mut body = read_ahead(response, WAIT).await.into_body();
+        let mut body = read_ahead(response, TURNS).await.into_body();
         assert_eq!(
             taken.load(std::sync::atomic::Ordering::SeqCst),
             2,
@@ -200,7 +217,7 @@ mod tests {
             Err(std::io::Error::other("the guest trapped")),
         ]);
         let response = Response::new(StreamBody::new(stream).boxed_unsync());
-        let mut body = read_ahead(response, WAIT).await.into_body();
+        let mut body = read_ahead(response, TURNS).await.into_body();
         let first = body.frame().await.expect("a frame").expect("no error");
         assert_eq!(first.into_data().expect("data"), "part");
         let error = body.frame().await.expect("a frame").expect_err("the error");
@@ -214,7 +231,7 @@ mod tests {
                 .map_err(|never| match never {})
                 .boxed_unsync(),
         );
-        let response = read_ahead(response, WAIT).await;
+        let response = read_ahead(response, TURNS).await;
         assert_eq!(collected(response).await, "done");
     }
 }

@@ -338,7 +338,7 @@ where
                     // Its body is written by another task of the instance: the head
                     // waits a moment for it, so both leave in one write.
                     Ok(if read_ahead {
-                        super::read_ahead::read_ahead(response, super::read_ahead::WAIT).await
+                        super::read_ahead::read_ahead(response, super::read_ahead::TURNS).await
                     } else {
                         response
                     })
