@@ -24,9 +24,12 @@ use crate::protocol::{self, Body};
 pub const TURNS: u32 = 8;
 /// Most body bytes read ahead of the head.
 pub const MAX_BYTES: usize = 64 * 1024;
+/// Most body frames read ahead of the head (empty ones add no bytes).
+pub const MAX_FRAMES: usize = 64;
 
 /// `response`, with as much of its body as is written while it yields to other tasks
-/// up to `turns` times (at most [`MAX_BYTES`]) read before it is returned. A body that
+/// up to `turns` times (at most [`MAX_BYTES`] in [`MAX_FRAMES`]) read before it is
+/// returned. A body that
 /// ended by then becomes one complete body of known length; any other goes on with
 /// what was read first.
 pub async fn read_ahead(response: Response<Body>, turns: u32) -> Response<Body> {
@@ -38,7 +41,7 @@ pub async fn read_ahead(response: Response<Body>, turns: u32) -> Response<Body> 
     let mut read: Vec<Result<Frame<Bytes>, std::io::Error>> = Vec::new();
     let mut bytes = 0;
     let ended = loop {
-        if bytes >= MAX_BYTES {
+        if bytes >= MAX_BYTES || read.len() >= MAX_FRAMES {
             break false;
         }
         // One poll, with this task's waker: a body not ready yet is not waited for here.
@@ -208,6 +211,26 @@ mod tests {
             let frame = body.frame().await.expect("a frame").expect("no error");
             assert_eq!(frame.into_data().expect("data").len(), 40 * 1024);
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_many_empty_frames_is_read_ahead_no_further_than_the_frame_bound() {
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = taken.clone();
+        let stream = futures::stream::repeat_with(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Frame::data(Bytes::new()))
+        })
+        .take(100_000)
+        .chain(futures::stream::pending());
+        let response = Response::new(StreamBody::new(stream).boxed_unsync());
+        let response = read_ahead(response, TURNS).await;
+        assert_eq!(taken.load(std::sync::atomic::Ordering::SeqCst), MAX_FRAMES);
+        assert_eq!(
+            response.body().size_hint().exact(),
+            None,
+            "the body goes on"
+        );
     }
 
     #[tokio::test]
