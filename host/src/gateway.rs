@@ -81,7 +81,7 @@ pub async fn serve(
 }
 
 /// The other end of a connection, as the gateway's header rules see it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Peer {
     ip: IpAddr,
     trusted: bool,

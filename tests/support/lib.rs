@@ -449,19 +449,24 @@ impl Host {
         head
     }
 
+    /// `GET path` on the gateway as a raw HTTP/1.1 client (one request, then the
+    /// connection closes): the response head (lowercased) and the open stream, which
+    /// holds the rest.
+    pub fn raw_gateway(&self, path: &str) -> (String, std::net::TcpStream) {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: shoal.test\r\nConnection: close\r\n\r\n");
+        let (head, stream) = raw_exchange(&self.gateway, &request);
+        (head.to_ascii_lowercase(), stream)
+    }
+
     /// `GET path` on the gateway as a raw HTTP/1.1 client sees it: the response head
     /// (lowercased) and the bytes after it, read to the connection's end.
     pub fn raw_gateway_get(&self, path: &str) -> (String, String) {
         use std::io::Read as _;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: shoal.test\r\nConnection: close\r\n\r\n");
-        let (head, mut stream) = raw_exchange(&self.gateway, &request);
+        let (head, mut stream) = self.raw_gateway(path);
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest);
-        (
-            head.to_ascii_lowercase(),
-            String::from_utf8_lossy(&rest).into_owned(),
-        )
+        (head, String::from_utf8_lossy(&rest).into_owned())
     }
 
     /// The host's process id.

@@ -29,9 +29,8 @@ pub const MAX_FRAMES: usize = 64;
 
 /// `response`, with as much of its body as is written while it yields to other tasks
 /// up to `turns` times (at most [`MAX_BYTES`] in [`MAX_FRAMES`]) read before it is
-/// returned. A body that
-/// ended by then becomes one complete body of known length; any other goes on with
-/// what was read first.
+/// returned. A body that ended by then becomes one complete body of known length; any
+/// other goes on with what was read first.
 pub async fn read_ahead(response: Response<Body>, turns: u32) -> Response<Body> {
     let (parts, mut body) = response.into_parts();
     if body.is_end_stream() {
