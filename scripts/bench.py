@@ -312,11 +312,13 @@ GATEWAY_COMPONENTS = [("plain", "plain_http.wasm"), ("hello", "wasi_hello.wasm")
 
 def start_servers(args, component, threads=None):
     """Shoal and `wasmtime serve` serving `component`, each fresh per request and with
-    reuse 128. Returns (servers to stop, {name: url}). `threads` sets the worker threads
-    of both (tokio's TOKIO_WORKER_THREADS, which both read)."""
+    reuse 128. Returns (servers to stop, {name: url}). `threads` sets the threads that
+    serve requests on both: tokio's worker threads (TOKIO_WORKER_THREADS, which both
+    read) and Shoal's gateway serving threads (SHOAL_GATEWAY_THREADS)."""
     env = dict(os.environ)
     if threads:
         env["TOKIO_WORKER_THREADS"] = str(threads)
+        env["SHOAL_GATEWAY_THREADS"] = str(threads)
     wasm = open(component, "rb").read()
     host = Host(args.shoal, env=env)
     servers = [host]
@@ -459,7 +461,7 @@ def core_scaling(args, rows):
     for name in sorted({name for name, _ in rate}):
         one, two = rate[(name, 1)], rate[(name, 2)]
         rows.append(("cores", name, f"{one:,.0f} → {two:,.0f} req/s ({two / one:.2f}×)",
-                     f"TOKIO_WORKER_THREADS=1 then 2; wrk -t1 -c64 -d{args.seconds}s on the same 2 cores, wasi_hello.wasm"))
+                     f"TOKIO_WORKER_THREADS (and Shoal's SHOAL_GATEWAY_THREADS)=1 then 2; wrk -t1 -c64 -d{args.seconds}s on the same 2 cores, wasi_hello.wasm"))
     # The floor: the same request handled in process, no socket and no HTTP parsing.
     floors = []
     for _ in range(args.rounds):
@@ -474,7 +476,7 @@ def core_scaling(args, rows):
     rows.append(("cores", "in-process floor", f"{floor_us:.1f} µs per request ({1e6 / floor_us:,.0f} req/s on one thread)",
                  "`shoal bench-instantiate --handle`: fresh instance + GET / + whole body, no gateway"))
     rows.append(("cores", "gateway ÷ floor, one thread", f"{overhead:.2f}×",
-                 "shoal serve with one worker thread (wrk on the other core) ÷ the in-process rate"))
+                 "shoal serve with one serving thread (wrk on the other core) ÷ the in-process rate"))
 
 
 def perf_top(pid, seconds):
@@ -988,7 +990,7 @@ def main():
         "- Command: `scripts/bench.sh`" + (" --quick" if args.quick else ""),
         "- Peers: `wasmtime serve " + " ".join(WASMTIME_SERVE_BEST) + " --addr ADDR COMPONENT` (wasmtime-cli "
         "48.0.8; tokio's default of one worker thread per core), and the same with `--max-instance-reuse-count 128` "
-        "for the reuse rows; Shoal with its defaults (pooling allocator, one worker thread per core) and, for reuse, "
+        "for the reuse rows; Shoal with its defaults (pooling allocator, one gateway serving thread per core) and, for reuse, "
         "`limits.instance_reuse = 128`; native hyper is `shoal bench-native-hello`. The same wasi:http component on "
         "every server: `plain_http.wasm` (several body chunks) and `wasi_hello.wasm` (one write). The WASIp3 rows run "
         "`p3_hello.wasm` on both, with `" + " ".join(P3_WASMTIME) + "` for wasmtime serve and "

@@ -139,6 +139,13 @@ pub struct ServeConfig {
     #[arg(long, env = "SHOAL_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
+    /// Threads that serve gateway connections, each with an event loop of its own
+    /// (0: one per core). A connection stays on the thread that took it, and a
+    /// WASIp3 service keeps instances per thread. At most 64.
+    #[arg(long, env = "SHOAL_GATEWAY_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub gateway_threads: u16,
+
     /// Admin API connections open at once.
     #[arg(long, env = "SHOAL_ADMIN_MAX_CONNECTIONS", default_value_t = 256)]
     pub admin_max_connections: usize,
@@ -180,6 +187,14 @@ impl ServeConfig {
         crate::runtime::limits::machine_memory_bytes()
             .map(|total| total / 4 * 3)
             .unwrap_or(16 << 30)
+    }
+
+    /// How many gateway serving threads to start: the flag, or one per core.
+    pub fn serving_threads(&self) -> usize {
+        match self.gateway_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            count => usize::from(count),
+        }
     }
 
     /// The defences of the gateway and admin listeners.

@@ -15,6 +15,7 @@ use crate::deadline::Deadline;
 use crate::listener::{self, ConnectionLimits};
 use crate::protocol::{self, Body, DEADLINE_MS, FORWARDED_PREFIX, INTERNAL_PREFIX};
 use crate::services::Services;
+use crate::serving_threads::ServingThreads;
 
 /// Who the gateway trusts with forwarding and internal headers.
 #[derive(Debug, Clone, Default)]
@@ -49,10 +50,12 @@ const FORWARDING_HEADERS: [&str; 7] = [
 
 /// Serve the gateway on `listener` until `shutdown` resolves, then stop accepting,
 /// let in-flight requests finish (up to `drain`), and return.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     limits: ConnectionLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    threads: Arc<ServingThreads>,
     services: Arc<Services>,
     trusted: TrustedPeers,
     shutdown: impl Future<Output = ()>,
@@ -73,6 +76,7 @@ pub async fn serve(
         listener,
         limits,
         tls,
+        Some(threads),
         service_for,
         shutdown,
         drain,

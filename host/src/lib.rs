@@ -42,6 +42,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod server;
 pub mod services;
+pub mod serving_threads;
 pub mod storage;
 pub mod store;
 pub mod telemetry;

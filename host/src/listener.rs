@@ -28,6 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::serving_threads::ServingThreads;
+
 /// The defences of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -46,12 +48,15 @@ const MAX_HEADERS: usize = 128;
 
 /// Serve connections from `listener` with `service_for(peer)` until `shutdown`
 /// resolves; then stop accepting and let open connections finish their requests for
-/// up to `drain`.
+/// up to `drain`. Connections are served on `threads` when given (see
+/// [`ServingThreads`]), otherwise on the calling runtime.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<F, S, B>(
     name: &'static str,
     listener: TcpListener,
     limits: ConnectionLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    threads: Option<Arc<ServingThreads>>,
     service_for: F,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -97,8 +102,30 @@ pub async fn serve<F, S, B>(
         };
         let watcher = graceful.watcher();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        // A serving thread watches the socket with its own event loop, so it leaves
+        // this runtime's.
+        let stream = match &threads {
+            Some(_) => match stream.into_std() {
+                Ok(stream) => Accepted::Detached(stream),
+                Err(error) => {
+                    tracing::warn!(listener = name, %peer, %error, "cannot hand over a connection");
+                    continue;
+                }
+            },
+            None => Accepted::Here(stream),
+        };
+        let connection = async move {
             let _permit = permit;
+            let stream = match stream {
+                Accepted::Here(stream) => stream,
+                Accepted::Detached(stream) => match TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::warn!(listener = name, %peer, %error, "cannot take up a connection");
+                        return;
+                    }
+                },
+            };
             let stream = match tls {
                 None => Stream::Plain(stream),
                 Some(acceptor) => {
@@ -139,7 +166,13 @@ pub async fn serve<F, S, B>(
                     tracing::debug!(listener = name, %peer, "closing an idle connection");
                 }
             }
-        });
+        };
+        match &threads {
+            Some(threads) => threads.spawn(connection),
+            None => {
+                tokio::spawn(connection);
+            }
+        }
     }
     drop(listener);
     tracing::info!(listener = name, "draining in-flight requests");
@@ -358,4 +391,11 @@ impl AsyncWrite for ActivityIo {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// A connection as accepted: still on the accepting runtime, or detached from it to
+/// be taken up by a serving thread's.
+enum Accepted {
+    Here(TcpStream),
+    Detached(std::net::TcpStream),
 }

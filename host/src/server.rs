@@ -22,6 +22,7 @@ use crate::registry::health::HealthChecker;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::secrets::Secrets;
 use crate::services::{ServiceDefaults, Services};
+use crate::serving_threads::ServingThreads;
 use crate::storage::Storage;
 use crate::store::sqlite::SqliteBackend;
 use crate::telemetry::Telemetry;
@@ -49,6 +50,7 @@ pub struct Host {
     drain: Duration,
     gateway_tls: Option<tokio_rustls::TlsAcceptor>,
     admin_tls: Option<tokio_rustls::TlsAcceptor>,
+    gateway_threads: Arc<ServingThreads>,
 }
 
 impl Host {
@@ -181,7 +183,10 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         config.max_upload_bytes,
     ));
     let (gateway_limits, admin_limits) = config.connection_limits();
+    let gateway_threads = ServingThreads::start("shoal-gateway", config.serving_threads())
+        .context("starting the gateway's serving threads")?;
     Ok(Host {
+        gateway_threads: Arc::new(gateway_threads),
         services,
         external,
         telemetry,
@@ -248,6 +253,7 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         drain,
         gateway_tls,
         admin_tls,
+        gateway_threads,
     } = host;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -257,6 +263,7 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         gateway_listener,
         gateway_limits,
         gateway_tls,
+        gateway_threads,
         services.clone(),
         trusted,
         stopped(stop_rx.clone()),
@@ -268,6 +275,7 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         admin_listener,
         admin_limits,
         admin_tls,
+        None,
         admin_service,
         stopped(stop_rx.clone()),
         drain,

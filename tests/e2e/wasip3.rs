@@ -15,6 +15,10 @@ fn fields(body: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Host flags for a test whose requests must meet in one instance: instances are
+/// kept per gateway serving thread.
+const ONE_SERVING_THREAD: &[&str] = &["--gateway-threads", "1"];
+
 /// GET `path` from `threads` threads at once; the replies' (status, body).
 fn at_once(host: &Host, path: &str, threads: usize) -> Vec<(u16, String)> {
     std::thread::scope(|scope| {
@@ -79,9 +83,43 @@ fn one_wasip3_instance_serves_several_requests_at_once_up_to_its_limit() {
 }
 
 #[test]
+fn each_gateway_serving_thread_has_its_own_wasip3_instances() {
+    let manifest = "[limits]\ninstance_concurrency = 4\n";
+    // A second connection opened while the first is still waiting goes to the other
+    // serving thread, so to another instance; with one thread it joins the first
+    // request's instance (which takes 4 at once).
+    for (threads, instances) in [("2", 2), ("1", 1)] {
+        let root = temp_root();
+        let host = Host::start(root.path(), &["--gateway-threads", threads]);
+        let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
+        assert_eq!(deployed.status, 201, "{}", deployed.body);
+        let (first, second) = std::thread::scope(|scope| {
+            let first = scope.spawn(|| host.get("/p3/sleep?ms=2000"));
+            std::thread::sleep(Duration::from_millis(500));
+            let second = host.get("/p3/sleep?ms=10");
+            (first.join().expect("first request"), second)
+        });
+        assert_eq!(first.status, 200, "{}", first.body);
+        assert_eq!(second.status, 200, "{}", second.body);
+        let seen: std::collections::HashSet<String> = [&first.body, &second.body]
+            .into_iter()
+            .map(|body| fields(body)["instance"].clone())
+            .collect();
+        assert_eq!(
+            seen.len(),
+            instances,
+            "{threads} serving thread(s): {} / {}",
+            first.body,
+            second.body
+        );
+    }
+}
+
+#[test]
 fn a_wasip3_instance_serves_its_requests_per_instance_then_a_new_one_takes_over() {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    // One serving thread: every request reaches the same lane of instances.
+    let host = Host::start(root.path(), ONE_SERVING_THREAD);
     let manifest = "[limits]\ninstance_concurrency = 1\ninstance_reuse = 3\n";
     let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
     assert_eq!(deployed.status, 201, "{}", deployed.body);
@@ -104,7 +142,8 @@ fn a_wasip3_instance_serves_its_requests_per_instance_then_a_new_one_takes_over(
 #[test]
 fn a_trapping_wasip3_instance_fails_the_requests_it_holds_and_is_never_reused() {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    // One serving thread, so the trapping request shares the slow one's instance.
+    let host = Host::start(root.path(), ONE_SERVING_THREAD);
     let manifest = "[limits]\ninstance_concurrency = 4\n";
     let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
     assert_eq!(deployed.status, 201, "{}", deployed.body);
@@ -156,13 +195,15 @@ fn a_runaway_wasip3_request_ends_at_its_deadline_and_the_service_keeps_serving()
 #[test]
 fn platform_calls_of_concurrent_wasip3_requests_each_see_their_own_request() {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    // One serving thread, so the requests interleave inside one instance.
+    let host = Host::start(root.path(), ONE_SERVING_THREAD);
     assert_eq!(host.deploy("callee", &guest("wasi_hello")).status, 201);
     let manifest = "[config]\ngreeting = \"hi\"\n[limits]\ninstance_concurrency = 8\n";
     let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
     assert_eq!(deployed.status, 201, "{}", deployed.body);
     // Later requests wait less, so the guest's calls interleave across requests. Each
-    // request comes in a trace of its own.
+    // request comes in a trace of its own. One request first, so an instance is up.
+    assert_eq!(host.get("/p3/whoami").status, 200);
     let requests: Vec<(String, String)> = (0..4)
         .map(|n| (format!("p3-request-{n}"), format!("{:032x}", 0xabc0 + n)))
         .collect();
@@ -173,6 +214,8 @@ fn platform_calls_of_concurrent_wasip3_requests_each_see_their_own_request() {
             .map(|(n, (id, trace))| {
                 let host = &host;
                 scope.spawn(move || {
+                    // A little apart, so each finds the instance already waiting.
+                    std::thread::sleep(Duration::from_millis(100 * n as u64));
                     let path = format!("/p3/platform?ms={}", 800 - 200 * n);
                     let traceparent = format!("00-{trace}-00000000000000a1-01");
                     host.get_with_headers(

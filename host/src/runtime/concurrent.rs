@@ -36,6 +36,7 @@ use super::{GuestState, Handler, InstanceLimits, Loaded, ServiceContext};
 use crate::capabilities::PlatformCtx;
 use crate::deadline::Deadline;
 use crate::platform::Platform;
+use crate::serving_threads;
 use crate::telemetry::TraceScope;
 
 /// Requests one instance of a WASIp3 service serves at once, unless its manifest says.
@@ -275,6 +276,7 @@ impl WorkerExpiration for Expiry {
 }
 
 /// What a WASIp3 deployment is made of; makes its instances.
+#[derive(Clone)]
 pub struct Instances {
     /// Its code (swapped from baseline to optimised code while it runs).
     pub code: Arc<arc_swap::ArcSwap<Loaded>>,
@@ -376,16 +378,32 @@ impl HandlerState for Instances {
 }
 
 /// The instances of one WASIp3 deployment, and the requests waiting for room in them.
+///
+/// Kept per lane ([`serving_threads::lane`]): requests that arrive on one gateway
+/// serving thread are served by instances whose tasks run on that thread, so a
+/// request and its instance never wait on each other across threads. Requests from
+/// the rest of the host (health checks, deliveries) have a lane of their own. A
+/// lane's dispatcher is made when its first request comes.
 pub struct ConcurrentService {
-    handler: ProxyHandler<Instances>,
+    instances: Instances,
+    lanes: Box<[OnceLock<ProxyHandler<Instances>>]>,
 }
 
 impl ConcurrentService {
     /// Serve a deployment's requests with instances of its (WASIp3) code.
     pub fn new(instances: Instances) -> Self {
         Self {
-            handler: ProxyHandler::new(instances),
+            instances,
+            lanes: (0..=serving_threads::MAX_THREADS)
+                .map(|_| OnceLock::new())
+                .collect(),
         }
+    }
+
+    /// The dispatcher of the calling thread's lane.
+    fn lane(&self) -> &ProxyHandler<Instances> {
+        let lane = &self.lanes[serving_threads::lane().min(self.lanes.len() - 1)];
+        lane.get_or_init(|| ProxyHandler::new(self.instances.clone()))
     }
 
     /// Hand `request` to an instance with room for it (starting one if none has) and
@@ -417,7 +435,7 @@ impl ConcurrentService {
         let request = absolute(request).map(|body| body.map_err(Into::into).boxed_unsync());
         let handled = tokio::time::timeout_at(
             invocation.deadline.into(),
-            self.handler.handle(admitted, request),
+            self.lane().handle(admitted, request),
         )
         .await;
         let outcome = match handled {
