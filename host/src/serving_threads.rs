@@ -10,6 +10,8 @@
 //! keeps instances per serving thread ([`lane`]): requests arriving on one thread are
 //! served by that thread's instances.
 //!
+//! Idle reusable WASIp2 instances are kept per lane the same way ([`LaneStacks`]).
+//!
 //! The price is that load is balanced per connection, not per request: a new
 //! connection goes to the thread with the fewest open ones, and stays there.
 
@@ -31,6 +33,58 @@ thread_local! {
 /// below `MAX_THREADS + 1`.
 pub fn lane() -> usize {
     SERVING_THREAD.with(Cell::get).map_or(0, |index| index + 1)
+}
+
+/// A stack of items per lane, each behind a lock of its own: what a thread puts back
+/// it takes again (its memory is warm in that core's cache), and threads never wait
+/// on each other's lock.
+pub struct LaneStacks<T> {
+    lanes: Box<[parking_lot::Mutex<Vec<T>>]>,
+    /// Most items one lane keeps.
+    per_lane: usize,
+}
+
+impl<T> LaneStacks<T> {
+    /// Stacks that keep at most `per_lane` items each.
+    pub fn new(per_lane: usize) -> Self {
+        Self {
+            lanes: (0..=MAX_THREADS).map(|_| Default::default()).collect(),
+            per_lane,
+        }
+    }
+
+    /// The item the calling thread's lane put back last, if any.
+    pub fn pop(&self) -> Option<T> {
+        self.lanes[lane()].lock().pop()
+    }
+
+    /// Keep `item` in the calling thread's lane; handed back when the lane is full.
+    pub fn push(&self, item: T) -> Result<(), T> {
+        let mut stack = self.lanes[lane()].lock();
+        if stack.len() >= self.per_lane {
+            return Err(item);
+        }
+        stack.push(item);
+        Ok(())
+    }
+
+    /// Drop every item of every lane; returns how many there were.
+    pub fn clear(&self) -> usize {
+        self.lanes
+            .iter()
+            .map(|stack| std::mem::take(&mut *stack.lock()).len())
+            .sum()
+    }
+
+    /// Items kept, in all lanes.
+    pub fn len(&self) -> usize {
+        self.lanes.iter().map(|stack| stack.lock().len()).sum()
+    }
+
+    /// Whether no lane keeps anything.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Threads that each serve the connections handed to them.
@@ -185,6 +239,29 @@ mod tests {
             report.send(lane()).expect("report");
         });
         assert_eq!(reports.recv_timeout(Duration::from_secs(10)), Ok(1));
+    }
+
+    #[test]
+    fn each_lane_takes_back_what_it_put_and_keeps_at_most_its_share() {
+        let stacks = Arc::new(LaneStacks::new(2));
+        assert_eq!(stacks.push(1), Ok(()));
+        assert_eq!(stacks.push(2), Ok(()));
+        assert_eq!(stacks.push(3), Err(3), "a full lane hands the item back");
+        let threads = ServingThreads::start("test-lanes", 1).expect("threads start");
+        let (report, reports) = std::sync::mpsc::channel();
+        let on_thread = stacks.clone();
+        threads.spawn(async move {
+            // A serving thread's lane is empty though lane 0 holds two.
+            let found = on_thread.pop();
+            let kept = on_thread.push(7);
+            report.send((found, kept, on_thread.pop())).expect("report");
+        });
+        let seen = reports.recv_timeout(Duration::from_secs(10));
+        assert_eq!(seen, Ok((None, Ok(()), Some(7))));
+        assert_eq!(stacks.len(), 2);
+        assert_eq!(stacks.pop(), Some(2), "the last one put back comes first");
+        assert_eq!(stacks.clear(), 1);
+        assert!(stacks.is_empty());
     }
 
     #[test]

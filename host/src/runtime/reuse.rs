@@ -12,6 +12,7 @@ use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::Proxy;
 
 use super::GuestState;
+use crate::serving_threads::LaneStacks;
 
 /// An instance kept between requests.
 pub struct Reusable {
@@ -23,27 +24,28 @@ pub struct Reusable {
     pub uses: u32,
 }
 
-/// Idle instances of one deployment.
+/// Idle instances of one deployment, kept per serving thread (see
+/// [`LaneStacks`]): a request takes an instance last used on its own thread.
 pub struct InstancePool {
-    idle: Mutex<Vec<Reusable>>,
+    idle: LaneStacks<Reusable>,
     max_uses: u32,
-    max_idle: usize,
 }
 
 impl InstancePool {
     /// A pool whose instances serve at most `max_uses` requests each, keeping at most
-    /// `max_idle` idle (each holds an instance slot of the allocator).
+    /// `max_idle` idle per serving thread (each holds an instance slot of the
+    /// allocator).
     pub fn new(max_uses: u32, max_idle: usize) -> Self {
         Self {
-            idle: Mutex::new(Vec::new()),
+            idle: LaneStacks::new(max_idle),
             max_uses,
-            max_idle,
         }
     }
 
-    /// An idle instance, if any (most recently used first: its memory is warm).
+    /// An idle instance of the calling thread's lane, if any (most recently used
+    /// first: its memory is warm).
     pub fn take(&self) -> Option<Reusable> {
-        self.idle.lock().pop()
+        self.idle.pop()
     }
 
     /// Return an instance after a request that completed cleanly.
@@ -52,24 +54,19 @@ impl InstancePool {
         if instance.uses >= self.max_uses {
             return;
         }
-        let mut idle = self.idle.lock();
-        if idle.len() < self.max_idle {
-            idle.push(instance);
-        }
+        // A full lane drops it.
+        let _ = self.idle.push(instance);
     }
 
     /// Drop every idle instance (the deployment is retired, or the host needs the
     /// instance slots). Returns how many were dropped.
     pub fn clear(&self) -> usize {
-        let mut idle = self.idle.lock();
-        let dropped = idle.len();
-        idle.clear();
-        dropped
+        self.idle.clear()
     }
 
     /// Idle instances right now.
     pub fn idle(&self) -> usize {
-        self.idle.lock().len()
+        self.idle.len()
     }
 }
 

@@ -804,7 +804,8 @@ impl Services {
     }
 }
 
-/// Idle instances one deployment keeps for reuse (each holds an allocator slot).
+/// Idle instances one deployment keeps for reuse on each serving thread (each holds
+/// an allocator slot).
 const MAX_IDLE_REUSABLE: usize = 32;
 
 /// Table elements per instance when the manifest sets none.
