@@ -19,12 +19,14 @@ fn fields(body: &str) -> HashMap<String, String> {
 /// kept per gateway serving thread.
 const ONE_SERVING_THREAD: &[&str] = &["--gateway-threads", "1"];
 
-/// GET `path` from `threads` threads at once; the replies' (status, body).
-fn at_once(host: &Host, path: &str, threads: usize) -> Vec<(u16, String)> {
+/// GET `path` from `threads` threads, each starting `apart` after the one before;
+/// the replies' (status, body).
+fn at_once(host: &Host, path: &str, threads: usize, apart: Duration) -> Vec<(u16, String)> {
     std::thread::scope(|scope| {
         let calls: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
+            .map(|n| {
+                scope.spawn(move || {
+                    std::thread::sleep(apart * n as u32);
                     let reply = host.get(path);
                     (reply.status, reply.body)
                 })
@@ -56,12 +58,16 @@ fn a_wasip3_hello_is_served() {
 #[test]
 fn one_wasip3_instance_serves_several_requests_at_once_up_to_its_limit() {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    // One serving thread, an instance up first and the requests 100 ms apart: each
+    // finds the instance waiting (a burst that arrives before any instance has room
+    // gets an instance per request).
+    let host = Host::start(root.path(), ONE_SERVING_THREAD);
     let manifest = "[limits]\ninstance_concurrency = 3\n";
     let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
     assert_eq!(deployed.status, 201, "{}", deployed.body);
+    assert_eq!(host.get("/p3/whoami").status, 200);
 
-    let replies = at_once(&host, "/p3/sleep?ms=1500", 6);
+    let replies = at_once(&host, "/p3/sleep?ms=1500", 6, Duration::from_millis(100));
     let mut instances: HashMap<String, usize> = HashMap::new();
     let mut most_seen = 0;
     for (status, body) in &replies {
@@ -370,7 +376,7 @@ fn a_wasip3_service_is_charged_for_the_time_its_guest_runs_not_for_the_time_it_w
     };
 
     // Three requests that wait 600 ms each, at once: almost no CPU.
-    for (status, body) in at_once(&host, "/p3/sleep?ms=600", 3) {
+    for (status, body) in at_once(&host, "/p3/sleep?ms=600", 3, Duration::ZERO) {
         assert_eq!(status, 200, "{body}");
     }
     let waited = cpu();
