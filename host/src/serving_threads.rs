@@ -110,16 +110,6 @@ impl ServingThreads {
         Ok(Self { threads })
     }
 
-    /// How many there are.
-    pub fn len(&self) -> usize {
-        self.threads.len()
-    }
-
-    /// Whether there are none (never: at least one is started).
-    pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
-    }
-
     /// Serve `connection` on the thread with the fewest open connections; it counts
     /// there until it ends.
     pub fn spawn<F>(&self, connection: F)
@@ -199,7 +189,7 @@ mod tests {
     #[test]
     fn connections_spread_over_the_threads_and_each_runs_in_its_threads_lane() {
         let threads = ServingThreads::start("test-serving", 2).expect("threads start");
-        assert_eq!(threads.len(), 2);
+        assert_eq!(threads.threads.len(), 2);
         assert_eq!(lane(), 0, "a thread that is not serving is lane 0");
         let (release, released) = tokio::sync::watch::channel(false);
         let (report, reports) = std::sync::mpsc::channel();
@@ -266,10 +256,14 @@ mod tests {
 
     #[test]
     fn the_thread_count_is_at_least_one_and_at_most_the_cap() {
-        assert_eq!(ServingThreads::start("t", 0).expect("start").len(), 1);
+        assert_eq!(
+            ServingThreads::start("t", 0).expect("start").threads.len(),
+            1
+        );
         assert_eq!(
             ServingThreads::start("t", MAX_THREADS + 5)
                 .expect("start")
+                .threads
                 .len(),
             MAX_THREADS
         );

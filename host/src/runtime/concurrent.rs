@@ -402,8 +402,8 @@ impl ConcurrentService {
 
     /// The dispatcher of the calling thread's lane.
     fn lane(&self) -> &ProxyHandler<Instances> {
-        let lane = &self.lanes[serving_threads::lane().min(self.lanes.len() - 1)];
-        lane.get_or_init(|| ProxyHandler::new(self.instances.clone()))
+        self.lanes[serving_threads::lane()]
+            .get_or_init(|| ProxyHandler::new(self.instances.clone()))
     }
 
     /// Hand `request` to an instance with room for it (starting one if none has) and
