@@ -106,6 +106,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         memory_budget_bytes: config.memory_budget_bytes(),
         baseline_above_bytes: (!config.no_baseline).then(|| config.baseline_above_kb * 1024),
         keep_resident_bytes: config.keep_resident_kb * 1024,
+        pagemap_scan: true,
     })?;
     let secrets = open_secrets(&config, &storage)?;
     let telemetry = Arc::new(Telemetry::from_env(!config.no_telemetry)?);

@@ -50,6 +50,7 @@ fn admin_with(restored: bool) -> Admin {
         memory_budget_bytes: 1024 * 1024 * 1024,
         baseline_above_bytes: None,
         keep_resident_bytes: 64 * 1024,
+        pagemap_scan: true,
     })
     .expect("runtime");
     let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(60));

@@ -25,6 +25,9 @@ pub struct BenchMode {
     pub baseline: bool,
     /// The pooling allocator's keep-resident size, in KiB.
     pub keep_resident_kb: usize,
+    /// Reset whole kept-resident regions, without asking the kernel which pages were
+    /// written.
+    pub no_pagemap_scan: bool,
 }
 
 /// Instantiate `component` (and handle a request, per `mode`) `iterations` times and
@@ -48,6 +51,7 @@ pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> 
         memory_budget_bytes: usize::MAX,
         baseline_above_bytes: baseline.then_some(0),
         keep_resident_bytes: mode.keep_resident_kb * 1024,
+        pagemap_scan: !mode.no_pagemap_scan,
     })?;
     let bytes =
         std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;

@@ -159,6 +159,10 @@ enum Command {
         /// The pooling allocator's keep-resident size (as `serve --keep-resident-kb`).
         #[arg(long, default_value_t = 64)]
         keep_resident_kb: usize,
+        /// Reset the whole kept-resident size of each memory and table, instead of
+        /// only the pages the kernel says were written (`PAGEMAP_SCAN`).
+        #[arg(long)]
+        no_pagemap_scan: bool,
     },
     /// Serve a fixed hello world with plain hyper (the benchmark's native ceiling).
     #[command(hide = true)]
@@ -434,12 +438,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             handle,
             baseline,
             keep_resident_kb,
+            no_pagemap_scan,
         } => {
             let mode = bench::BenchMode {
                 pooling: !no_pooling,
                 handle,
                 baseline,
                 keep_resident_kb,
+                no_pagemap_scan,
             };
             // On a worker thread, as the gateway's requests are: a request's guest
             // task then starts on the same worker instead of waking another thread.

@@ -526,6 +526,7 @@ mod tests {
             memory_budget_bytes: usize::MAX,
             baseline_above_bytes: None,
             keep_resident_bytes: 0,
+            pagemap_scan: true,
         })
         .expect("runtime");
         // A stream type is a component-model async feature, named by no WASI interface.
