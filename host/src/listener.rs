@@ -149,7 +149,10 @@ pub async fn serve<F, S, B>(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(MAX_HEAD_BYTES)
-                .max_headers(MAX_HEADERS);
+                .max_headers(MAX_HEADERS)
+                // Head, chunk sizes and body in one buffer, sent with one plain write:
+                // a small answer would otherwise be a writev of five tiny slices.
+                .writev(false);
             let io = TokioIo::new(ActivityIo {
                 inner: stream,
                 activity: activity.clone(),

@@ -327,7 +327,8 @@ where
         parts.headers.insert(HOST, value);
     }
     let request = Request::from_parts(parts, body);
-    let trace_id = crate::telemetry::traces::trace_id(&invocation.trace);
+    // Formatted only for a failure's log line.
+    let span_context = invocation.trace.span().span_context().clone();
     let code = deployment.loaded();
     let outcome = match (&code.handler, &deployment.concurrent) {
         (Handler::Concurrent(_), Some(concurrent)) => {
@@ -367,7 +368,7 @@ where
                 service = %deployment.record.name,
                 version = %deployment.record.version,
                 request_id = %request_id,
-                trace_id = %trace_id.as_deref().unwrap_or(""),
+                trace_id = %crate::telemetry::traces::trace_id_of(&span_context).unwrap_or_default(),
                 error = %failure,
                 fault = if failure.is_guest_fault() { "guest" } else { "host" },
                 "request failed"
