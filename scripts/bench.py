@@ -7,6 +7,7 @@ written to --out. Standard library only.
 
 import argparse
 import datetime
+import glob
 import http.client
 import json
 import os
@@ -506,9 +507,69 @@ def perf_top(pid, seconds):
     return tops
 
 
-def profile_servers(seconds, title, targets):
-    """Markdown of `perf` profiles of each (name, process, url) in `targets` under load."""
+def thread_counters(pid):
+    """CPU seconds and voluntary and involuntary context switches of `pid`, summed over
+    its threads (from /proc; a thread that ends meanwhile drops out)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = voluntary = involuntary = 0
+    for task in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            fields = open(f"{task}/stat").read().rsplit(")", 1)[1].split()
+            status = open(f"{task}/status").read()
+        except OSError:
+            continue
+        cpu += (int(fields[11]) + int(fields[12])) / tick
+        voluntary += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+        involuntary += int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+    return cpu, voluntary, involuntary
+
+
+def per_request_costs(pid, url, seconds):
+    """Under `wrk -t2 -c64` for `seconds`, with no profiler attached: requests/s, and CPU
+    µs, voluntary and involuntary context switches per request of `pid`."""
+    before = thread_counters(pid)
+    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{seconds}s", url],
+                         capture_output=True, text=True, check=True).stdout
+    after = thread_counters(pid)
+    requests = max(1, int(re.search(r"(\d+) requests in", out).group(1)))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    cpu, voluntary, involuntary = (b - a for a, b in zip(before, after))
+    return rate, cpu / requests * 1e6, voluntary / requests, involuntary / requests
+
+
+def compare_costs(args, seconds, targets, section, label):
+    """Per-request costs of the two (name, process, url) `targets`, measured in
+    alternated rounds; rows with each one's medians and their ratio, and the markdown
+    lines for the profile."""
+    costs = {name: [] for name, _, _ in targets}
+    for url in (url for _, _, url in targets):
+        wrk(url, 16, 1)
+    for _ in range(args.rounds):
+        for name, proc, url in targets:
+            costs[name].append(per_request_costs(proc.pid, url, seconds))
+    median = {name: [statistics.median(values) for values in zip(*runs)] for name, runs in costs.items()}
+    how = f"wrk -t2 -c64 -d{seconds}s, /proc of the server (CPU of all its threads, context switches), no profiler"
+    rows = []
+    lines = []
+    for name, (rate, cpu, voluntary, involuntary) in median.items():
+        rows.append((section, f"{label}: {name}, per request",
+                     f"{cpu:.1f} µs CPU, {involuntary:.2f} involuntary + {voluntary:.3f} voluntary context switches "
+                     f"at {rate:,.0f} req/s", how))
+        lines.append(f"- {name}: {cpu:.1f} µs of CPU a request, {involuntary:.2f} involuntary and "
+                     f"{voluntary:.3f} voluntary context switches a request, at {rate:,.0f} req/s")
+    (first, a), (second, b) = median.items()
+    rows.append((section, f"{label}: CPU per request, {first} / {second}", f"{a[1] / b[1]:.2f}×",
+                 "same run, alternated rounds"))
+    return rows, lines + [""]
+
+
+def profile_servers(seconds, title, targets, costs=()):
+    """Markdown of `perf` profiles of each (name, process, url) in `targets` under load,
+    after the lines of their per-request `costs`."""
     lines = [f"### {title}", ""]
+    if costs:
+        lines += ["Per request, measured before the profiles with no profiler attached "
+                  "(medians of alternated rounds):", "", *costs]
     for name, proc, url in targets:
         wrk(url, 16, 1)
         load = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{seconds + 2}s", url], stdout=subprocess.DEVNULL)
@@ -537,16 +598,21 @@ def profile(args, rows):
              "symbols, and on loopback delivery to the client.", ""]
     servers, urls = start_servers(args, os.path.join(args.guests, "wasi_hello.wasm"))
     try:
-        lines += profile_servers(seconds, "WASIp2, instance reuse 128 on both (wasi_hello.wasm)", [
-            ("shoal serve, reuse 128", servers[0].proc, urls["shoal serve, reuse 128"]),
-            ("wasmtime serve, reuse 128", servers[-1].proc, urls["wasmtime serve, reuse 128"])])
+        targets = [("shoal serve, reuse 128", servers[0].proc, urls["shoal serve, reuse 128"]),
+                   ("wasmtime serve, reuse 128", servers[-1].proc, urls["wasmtime serve, reuse 128"])]
+        cost_rows, costs = compare_costs(args, seconds, targets, "profile", "wasi_hello.wasm")
+        rows += cost_rows
+        lines += profile_servers(seconds, "WASIp2, instance reuse 128 on both (wasi_hello.wasm)", targets, costs)
     finally:
         for server in servers:
             server.stop()
     servers, urls = start_p3_servers(args)
     try:
-        lines += profile_servers(seconds, "WASIp3, 16 requests at once per instance on both (p3_hello.wasm)", [
-            (name, server.proc, urls[name]) for server, name in zip(servers, urls)])
+        targets = [(name, server.proc, urls[name]) for server, name in zip(servers, urls)]
+        cost_rows, costs = compare_costs(args, seconds, targets, "profile", "p3_hello.wasm")
+        rows += cost_rows
+        lines += profile_servers(seconds, "WASIp3, 16 requests at once per instance on both (p3_hello.wasm)",
+                                 targets, costs)
     finally:
         for server in servers:
             server.stop()
