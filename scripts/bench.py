@@ -539,37 +539,28 @@ def per_request_costs(pid, url, seconds):
 
 def compare_costs(args, seconds, targets, section, label):
     """Per-request costs of the two (name, process, url) `targets`, measured in
-    alternated rounds; rows with each one's medians and their ratio, and the markdown
-    lines for the profile."""
+    alternated rounds: rows with each one's medians and their ratio."""
     costs = {name: [] for name, _, _ in targets}
-    for url in (url for _, _, url in targets):
+    for _, _, url in targets:
         wrk(url, 16, 1)
     for _ in range(args.rounds):
         for name, proc, url in targets:
             costs[name].append(per_request_costs(proc.pid, url, seconds))
     median = {name: [statistics.median(values) for values in zip(*runs)] for name, runs in costs.items()}
     how = f"wrk -t2 -c64 -d{seconds}s, /proc of the server (CPU of all its threads, context switches), no profiler"
-    rows = []
-    lines = []
-    for name, (rate, cpu, voluntary, involuntary) in median.items():
-        rows.append((section, f"{label}: {name}, per request",
-                     f"{cpu:.1f} µs CPU, {involuntary:.2f} involuntary + {voluntary:.3f} voluntary context switches "
-                     f"at {rate:,.0f} req/s", how))
-        lines.append(f"- {name}: {cpu:.1f} µs of CPU a request, {involuntary:.2f} involuntary and "
-                     f"{voluntary:.3f} voluntary context switches a request, at {rate:,.0f} req/s")
+    rows = [(section, f"{label}: {name}, per request",
+             f"{cpu:.1f} µs CPU, {involuntary:.2f} involuntary + {voluntary:.3f} voluntary context switches "
+             f"at {rate:,.0f} req/s", how)
+            for name, (rate, cpu, voluntary, involuntary) in median.items()]
     (first, a), (second, b) = median.items()
     rows.append((section, f"{label}: CPU per request, {first} / {second}", f"{a[1] / b[1]:.2f}×",
                  "same run, alternated rounds"))
-    return rows, lines + [""]
+    return rows
 
 
-def profile_servers(seconds, title, targets, costs=()):
-    """Markdown of `perf` profiles of each (name, process, url) in `targets` under load,
-    after the lines of their per-request `costs`."""
+def profile_servers(seconds, title, targets):
+    """Markdown of `perf` profiles of each (name, process, url) in `targets` under load."""
     lines = [f"### {title}", ""]
-    if costs:
-        lines += ["Per request, measured before the profiles with no profiler attached "
-                  "(medians of alternated rounds):", "", *costs]
     for name, proc, url in targets:
         wrk(url, 16, 1)
         load = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{seconds + 2}s", url], stdout=subprocess.DEVNULL)
@@ -600,19 +591,17 @@ def profile(args, rows):
     try:
         targets = [("shoal serve, reuse 128", servers[0].proc, urls["shoal serve, reuse 128"]),
                    ("wasmtime serve, reuse 128", servers[-1].proc, urls["wasmtime serve, reuse 128"])]
-        cost_rows, costs = compare_costs(args, seconds, targets, "profile", "wasi_hello.wasm")
-        rows += cost_rows
-        lines += profile_servers(seconds, "WASIp2, instance reuse 128 on both (wasi_hello.wasm)", targets, costs)
+        rows += compare_costs(args, seconds, targets, "profile", "wasi_hello.wasm")
+        lines += profile_servers(seconds, "WASIp2, instance reuse 128 on both (wasi_hello.wasm)", targets)
     finally:
         for server in servers:
             server.stop()
     servers, urls = start_p3_servers(args)
     try:
         targets = [(name, server.proc, urls[name]) for server, name in zip(servers, urls)]
-        cost_rows, costs = compare_costs(args, seconds, targets, "profile", "p3_hello.wasm")
-        rows += cost_rows
+        rows += compare_costs(args, seconds, targets, "profile", "p3_hello.wasm")
         lines += profile_servers(seconds, "WASIp3, 16 requests at once per instance on both (p3_hello.wasm)",
-                                 targets, costs)
+                                 targets)
     finally:
         for server in servers:
             server.stop()

@@ -327,8 +327,8 @@ where
         parts.headers.insert(HOST, value);
     }
     let request = Request::from_parts(parts, body);
-    // Formatted only for a failure's log line.
-    let span_context = invocation.trace.span().span_context().clone();
+    // Its trace id is formatted only for a failure's log line.
+    let trace = invocation.trace.clone();
     let code = deployment.loaded();
     let outcome = match (&code.handler, &deployment.concurrent) {
         (Handler::Concurrent(_), Some(concurrent)) => {
@@ -368,7 +368,7 @@ where
                 service = %deployment.record.name,
                 version = %deployment.record.version,
                 request_id = %request_id,
-                trace_id = %crate::telemetry::traces::trace_id_of(&span_context).unwrap_or_default(),
+                trace_id = %crate::telemetry::traces::trace_id(&trace).unwrap_or_default(),
                 error = %failure,
                 fault = if failure.is_guest_fault() { "guest" } else { "host" },
                 "request failed"

@@ -9,9 +9,7 @@
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
-use opentelemetry::trace::{
-    SpanContext, SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _,
-};
+use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanProcessor};
@@ -327,11 +325,7 @@ pub fn is_recording(cx: &Context) -> bool {
 
 /// The trace id of `cx`'s span, as 32 hex digits, when there is one.
 pub fn trace_id(cx: &Context) -> Option<String> {
-    trace_id_of(cx.span().span_context())
-}
-
-/// The trace id of `span_context` as 32 hex digits, when it is valid.
-pub fn trace_id_of(span_context: &SpanContext) -> Option<String> {
+    let span_context = cx.span().span_context().clone();
     span_context
         .is_valid()
         .then(|| span_context.trace_id().to_string())
