@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::listener::ConnectionLimits;
+use crate::services::spec::defaults;
 
 /// Settings of a running host.
 #[derive(Debug, Clone, Args)]
@@ -60,23 +61,23 @@ pub struct ServeConfig {
     pub max_upload_bytes: usize,
 
     /// Linear memory per instance when a manifest sets none, in MiB.
-    #[arg(long, env = "SHOAL_DEFAULT_MEMORY_MB", default_value_t = 128)]
+    #[arg(long, env = "SHOAL_DEFAULT_MEMORY_MB", default_value_t = defaults::MEMORY_MB)]
     pub default_memory_mb: u32,
 
     /// Largest linear memory a manifest may ask for, in MiB.
-    #[arg(long, env = "SHOAL_MAX_MEMORY_MB", default_value_t = 1024)]
+    #[arg(long, env = "SHOAL_MAX_MEMORY_MB", default_value_t = defaults::MAX_MEMORY_MB)]
     pub max_memory_mb: u32,
 
     /// Deadline per request when a manifest sets none, in milliseconds.
-    #[arg(long, env = "SHOAL_DEFAULT_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "SHOAL_DEFAULT_TIMEOUT_MS", default_value_t = defaults::TIMEOUT_MS)]
     pub default_timeout_ms: u64,
 
     /// Requests a service may run at once when its manifest sets no limit.
-    #[arg(long, env = "SHOAL_DEFAULT_MAX_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "SHOAL_DEFAULT_MAX_CONCURRENCY", default_value_t = defaults::MAX_CONCURRENCY)]
     pub default_max_concurrency: u32,
 
     /// Requests that may wait per service when its manifest sets no limit.
-    #[arg(long, env = "SHOAL_DEFAULT_QUEUE", default_value_t = 256)]
+    #[arg(long, env = "SHOAL_DEFAULT_QUEUE", default_value_t = defaults::QUEUE)]
     pub default_queue: u32,
 
     /// Instances that may run at once across all services, for each kind of code
@@ -102,8 +103,8 @@ pub struct ServeConfig {
 
     /// Elements one table of an instance may have, reserved for every table slot of
     /// the instance pool. A component with a larger table is refused at deploy.
-    #[arg(long, env = "SHOAL_MAX_TABLE_ELEMENTS", default_value_t = 20_000)]
-    pub max_table_elements: usize,
+    #[arg(long, env = "SHOAL_MAX_TABLE_ELEMENTS", default_value_t = defaults::TABLE_ELEMENTS)]
+    pub max_table_elements: u32,
 
     /// MiB of compiled functions kept on disk for later deploys: components that
     /// share code (one language runtime) then compile only what is new. 0 turns it off.

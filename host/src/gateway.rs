@@ -1,5 +1,7 @@
-//! The inbound HTTP gateway: routes `/{service}/...` (or a manifest's route) to a
-//! fresh instance of the service and streams the answer back.
+//! The inbound HTTP gateway: applies the trust boundary to a client's headers, routes
+//! `/{service}/...` (or a manifest's route) to the service, and streams its answer
+//! back. How the service runs the request (fresh or reused instances, WASIp3) is the
+//! runtime's.
 
 use http::header::{HOST, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
@@ -13,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::deadline::Deadline;
 use crate::listener::{self, ConnectionLimits};
-use crate::protocol::{self, Body, DEADLINE_MS, FORWARDED_PREFIX, INTERNAL_PREFIX};
+use crate::protocol::{self, Body, DEADLINE_MS, FORWARDED_PREFIX, INTERNAL_PREFIX, RequestId};
 use crate::services::Services;
 use crate::serving_threads::ServingThreads;
 
@@ -106,15 +108,15 @@ impl Peer {
 }
 
 /// A client error answered by the gateway itself, counted against no service.
-fn refuse(status: StatusCode, message: String, request_id: &str) -> Response<Body> {
+fn refuse(status: StatusCode, message: String, request_id: &RequestId) -> Response<Body> {
     protocol::with_request_id(protocol::text(status, message), request_id)
 }
 
 /// Route one request from `peer` to its service.
 pub async fn route(services: &Services, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
-    let request_id = protocol::request_id(request.headers());
+    let request_id = RequestId::from_headers(request.headers());
     let path = request.uri().path();
-    let Some((entry, prefix_len)) = services.table().resolve(path) else {
+    let Some((service, prefix_len)) = services.table().resolve(path) else {
         if !services.is_ready() {
             // It may be a service that is still being restored.
             let message = "the host is restoring its services; retry shortly\n".to_owned();
@@ -155,7 +157,9 @@ pub async fn route(services: &Services, peer: &Peer, request: Request<Incoming>)
     }
     let deadline = sanitize_headers(&mut parts.headers, peer);
     let request = Request::from_parts(parts, body);
-    services.serve(&entry, request, &request_id, deadline).await
+    services
+        .serve(&service, request, request_id, deadline)
+        .await
 }
 
 /// The request's authority as a `Host` value, or why there is none.

@@ -288,8 +288,6 @@ pub struct Limits {
     pub store_mb: Option<u32>,
 }
 
-/// Store quota when a manifest sets none, in MiB.
-pub const DEFAULT_STORE_MB: u32 = 64;
 /// Largest store quota a manifest may ask for, in MiB.
 const MAX_STORE_MB: u32 = 64 * 1024;
 

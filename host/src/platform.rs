@@ -1,10 +1,21 @@
-//! The host services every guest request can reach: registry, discovery and the
-//! caller. Built once by `shoal serve` and shared.
+//! The host-wide plumbing every guest request can reach: the registry (and discovery
+//! through it), the caller, telemetry, every service's store, the event bus, what was
+//! published since delivery last looked, and the operator's secrets. Built once (by
+//! [`PlatformBuilder`]: `shoal serve`, the benchmarks and the tests alike) and shared.
 
+use anyhow::Context as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::caller::Caller;
+use crate::events::sqlite::SqliteBus;
+use crate::policy::redact::Redactor;
 use crate::registry::Registry;
+use crate::registry::embedded::EmbeddedRegistry;
+use crate::secrets::Secrets;
+use crate::store::sqlite::SqliteBackend;
+use crate::telemetry::Telemetry;
 
 /// Host-wide plumbing handed to capabilities.
 pub struct Platform {
@@ -79,9 +90,93 @@ impl Published {
 }
 
 impl Platform {
+    /// A platform on the embedded backends, keeping its data under `data_dir`.
+    pub fn builder(data_dir: impl Into<PathBuf>) -> PlatformBuilder {
+        PlatformBuilder {
+            data_dir: data_dir.into(),
+            host_id: "local".into(),
+            telemetry: None,
+            secrets: None,
+            registry_sweep: Duration::from_secs(1),
+        }
+    }
+
     /// Registry id of `version` of `service` on this host: a stable version and its
     /// canary are distinct instances.
     pub fn local_instance_id(&self, service: &str, version: &str) -> String {
         format!("{}/{service}@{version}", self.host_id)
     }
+}
+
+/// Builds a [`Platform`] on the embedded backends: the in-process registry, a SQLite
+/// store per service under `stores/` and the SQLite event bus in `events.sqlite3` of
+/// the data directory.
+pub struct PlatformBuilder {
+    data_dir: PathBuf,
+    host_id: String,
+    telemetry: Option<Arc<Telemetry>>,
+    secrets: Option<Arc<Secrets>>,
+    registry_sweep: Duration,
+}
+
+impl PlatformBuilder {
+    /// This host's identity in the registry (default `local`).
+    pub fn host_id(mut self, host_id: impl Into<String>) -> Self {
+        self.host_id = host_id.into();
+        self
+    }
+
+    /// Metrics and traces (default: measured, exported as the environment says).
+    pub fn telemetry(mut self, telemetry: Arc<Telemetry>) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// The operator's secrets (default: sealed in the data directory, none set).
+    pub fn secrets(mut self, secrets: Arc<Secrets>) -> Self {
+        self.secrets = Some(secrets);
+        self
+    }
+
+    /// How often the embedded registry drops expired registrations (default 1 s).
+    pub fn registry_sweep(mut self, every: Duration) -> Self {
+        self.registry_sweep = every;
+        self
+    }
+
+    /// Open the backends and start the registry.
+    pub fn build(self) -> anyhow::Result<Arc<Platform>> {
+        let telemetry = match self.telemetry {
+            Some(telemetry) => telemetry,
+            None => Arc::new(Telemetry::from_env(true)?),
+        };
+        let secrets = match self.secrets {
+            Some(secrets) => secrets,
+            None => Arc::new(Secrets::in_data_dir(
+                &self.data_dir,
+                Arc::new(Redactor::default()),
+            )?),
+        };
+        let registry: Arc<dyn Registry> = EmbeddedRegistry::start(self.registry_sweep);
+        let stores = SqliteBackend::new(self.data_dir.join("stores"))
+            .map_err(|error| anyhow::anyhow!("opening the stores directory: {error}"))?;
+        let bus = open_bus(&self.data_dir)?;
+        Ok(Arc::new(Platform {
+            host_id: self.host_id,
+            caller: Arc::new(Caller::new(registry.clone(), telemetry.clone())),
+            registry,
+            telemetry,
+            stores: Arc::new(stores),
+            bus: Arc::new(bus),
+            published: Published::default(),
+            secrets,
+        }))
+    }
+}
+
+fn open_bus(data_dir: &Path) -> anyhow::Result<SqliteBus> {
+    let path = data_dir.join("events.sqlite3");
+    SqliteBus::open(&path)
+        .map_err(|error| anyhow::anyhow!("{error}"))
+        .with_context(|| format!("opening the event bus {}", path.display()))
 }

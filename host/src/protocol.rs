@@ -27,18 +27,76 @@ pub static DEADLINE_MS: HeaderName = HeaderName::from_static("x-shoal-deadline-m
 /// Longest request id accepted from a client.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The `x-request-id` of `headers` when it is sane, a fresh random id otherwise.
-pub fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| is_sane_request_id(id))
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id)
+/// A request's id: what a client sent in `x-request-id` when it is sane, a fresh
+/// random one otherwise. One type from the gateway to the guest and back: it is kept
+/// as the header value it is sent as, so passing it on costs no copy.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// A fresh random id (32 hex digits).
+    pub fn new() -> Self {
+        Self(
+            HeaderValue::from_maybe_shared(Bytes::from(new_request_id()))
+                .unwrap_or_else(|_| HeaderValue::from_static("0")),
+        )
+    }
+
+    /// The `x-request-id` of `headers` when it is sane, a fresh id otherwise.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        headers
+            .get(&REQUEST_ID)
+            .filter(|value| value.to_str().is_ok_and(is_sane_request_id))
+            .map_or_else(Self::new, |value| Self(value.clone()))
+    }
+
+    /// `id` when it is sane (letters, digits, `-_.:`, at most 128 bytes).
+    pub fn parse(id: &str) -> Option<Self> {
+        is_sane_request_id(id)
+            .then(|| HeaderValue::from_str(id).ok().map(Self))
+            .flatten()
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only sane ids (visible ASCII) are ever made.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as an `x-request-id` value.
+    pub fn header(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RequestId({})", self.as_str())
+    }
 }
 
 /// A fresh random request id (32 hex digits).
-pub fn new_request_id() -> String {
+fn new_request_id() -> String {
     // Hex digits picked directly: `format!` with padding is a measurable share of a
     // small request's host work.
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -58,14 +116,12 @@ fn is_sane_request_id(id: &str) -> bool {
 }
 
 /// Set `x-request-id` on a request or response's headers.
-pub fn set_request_id(headers: &mut HeaderMap, request_id: &str) {
-    if let Ok(value) = HeaderValue::from_str(request_id) {
-        headers.insert(REQUEST_ID.clone(), value);
-    }
+pub fn set_request_id(headers: &mut HeaderMap, request_id: &RequestId) {
+    headers.insert(REQUEST_ID.clone(), request_id.header());
 }
 
 /// Set `x-request-id` on a response.
-pub fn with_request_id(mut response: Response<Body>, request_id: &str) -> Response<Body> {
+pub fn with_request_id(mut response: Response<Body>, request_id: &RequestId) -> Response<Body> {
     set_request_id(response.headers_mut(), request_id);
     response
 }
@@ -165,17 +221,22 @@ mod tests {
 
     #[test]
     fn request_ids_are_kept_when_sane() {
-        assert_eq!(request_id(&headers_with_id("abc-123")), "abc-123");
+        let id = RequestId::from_headers(&headers_with_id("abc-123"));
+        assert_eq!(id.as_str(), "abc-123");
+        assert_eq!(id.header(), "abc-123");
+        assert_eq!(RequestId::parse("abc-123"), Some(id));
     }
 
     #[test]
     fn unsafe_request_ids_are_replaced() {
         for bad in ["", "a b", "x\"y", &"z".repeat(200)] {
-            let id = request_id(&headers_with_id(bad));
-            assert_ne!(id, bad);
+            let id = RequestId::from_headers(&headers_with_id(bad));
+            assert_ne!(id.as_str(), bad);
             assert_eq!(id.len(), 32);
+            assert_eq!(RequestId::parse(bad), None);
         }
-        assert_eq!(request_id(&HeaderMap::new()).len(), 32);
+        assert_eq!(RequestId::from_headers(&HeaderMap::new()).len(), 32);
+        assert_ne!(RequestId::new(), RequestId::new());
     }
 
     #[test]

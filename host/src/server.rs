@@ -7,16 +7,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
-use crate::caller::Caller;
 use crate::caller::transport::LocalDispatch;
 use crate::config::ServeConfig;
-use crate::events::sqlite::SqliteBus;
 use crate::gateway::TrustedPeers;
 use crate::listener::{self, ConnectionLimits};
 use crate::platform::Platform;
 use crate::policy::redact::Redactor;
 use crate::registry::Registry;
-use crate::registry::embedded::EmbeddedRegistry;
 use crate::registry::external::ExternalServices;
 use crate::registry::health::HealthChecker;
 use crate::runtime::{Runtime, RuntimeOptions};
@@ -24,7 +21,6 @@ use crate::secrets::Secrets;
 use crate::services::{ServiceDefaults, Services};
 use crate::serving_threads::ServingThreads;
 use crate::storage::Storage;
-use crate::store::sqlite::SqliteBackend;
 use crate::telemetry::Telemetry;
 use hyper_util::service::TowerToHyperService;
 
@@ -101,7 +97,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         max_memory_bytes: config.max_memory_mb as usize * 1024 * 1024,
         pooling: !config.no_pooling,
         max_wasm_stack: config.max_wasm_stack_kb * 1024,
-        max_table_elements: config.max_table_elements,
+        max_table_elements: config.max_table_elements as usize,
         function_cache_bytes: config.function_cache_mb * 1024 * 1024,
         memory_budget_bytes: config.memory_budget_bytes(),
         baseline_above_bytes: (!config.no_baseline).then(|| config.baseline_above_kb * 1024),
@@ -113,24 +109,15 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
     if telemetry.tracing.exporting() {
         tracing::info!("exporting traces over OTLP");
     }
-    let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(1));
-    let caller = Arc::new(Caller::new(registry.clone(), telemetry.clone()));
-    let stores = SqliteBackend::new(storage.root().join("stores"))
-        .map_err(|error| anyhow::anyhow!("opening the stores directory: {error}"))?;
-    let bus = SqliteBus::open(&storage.root().join("events.sqlite3"))
-        .map_err(|error| anyhow::anyhow!("opening the event bus: {error}"))?;
-    let platform = Arc::new(Platform {
-        host_id: storage.host_id()?,
-        registry: registry.clone(),
-        caller: caller.clone(),
-        telemetry: telemetry.clone(),
-        stores: Arc::new(stores),
-        bus: Arc::new(bus),
-        published: Default::default(),
-        secrets: secrets.clone(),
-    });
+    let platform = Platform::builder(storage.root())
+        .host_id(storage.host_id()?)
+        .telemetry(telemetry.clone())
+        .secrets(secrets.clone())
+        .build()?;
+    let registry = platform.registry.clone();
+    let caller = platform.caller.clone();
     let services = Services::new(
-        runtime,
+        Arc::new(runtime),
         storage.clone(),
         ServiceDefaults {
             memory_mb: config.default_memory_mb,
@@ -141,6 +128,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
                 queue: config.default_queue,
             },
             max_instances_per_service: config.instances_per_service(),
+            table_elements: config.max_table_elements,
         },
         platform,
     );

@@ -113,15 +113,15 @@ async fn metrics(
     let budget = state.services.memory_budget();
     metrics.memory_reserved.set(budget.used() as i64);
     metrics.memory_budget.set(budget.limit() as i64);
-    for entry in state.services.table().entries() {
-        let (running, queued) = entry.shared.limiter.load();
+    for service in state.services.table().services() {
+        let (running, queued) = service.limiter.load();
         metrics
             .in_flight
-            .with_label_values(&[entry.name()])
+            .with_label_values(&[service.name()])
             .set(i64::from(running));
         metrics
             .queued
-            .with_label_values(&[entry.name()])
+            .with_label_values(&[service.name()])
             .set(i64::from(queued));
     }
     (

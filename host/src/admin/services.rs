@@ -14,7 +14,7 @@ use crate::manifest::Manifest;
 use crate::runtime::CodeTier;
 use crate::services::limiter::Scale;
 use crate::services::state::AutoRollback;
-use crate::services::{DeployKind, DeployMode, FailedService, ServiceEntry, ServiceError};
+use crate::services::{DeployKind, DeployMode, FailedService, LiveService, ServiceError};
 use crate::storage::ServiceRecord;
 
 /// What the admin API shows of a service.
@@ -80,48 +80,49 @@ struct VersionView {
     deployed_at: String,
 }
 
-impl From<&ServiceEntry> for ServiceView {
-    fn from(entry: &ServiceEntry) -> Self {
-        let deployment = &entry.stable;
+impl From<&LiveService> for ServiceView {
+    fn from(service: &LiveService) -> Self {
+        let versions = service.versions();
+        let deployment = &versions.stable;
         let record = &deployment.record;
-        let scale = entry.shared.limiter.scale();
-        let (in_flight, queued) = entry.shared.limiter.load();
+        let code = deployment.executor.info();
+        let scale = service.limiter.scale();
+        let (in_flight, queued) = service.limiter.load();
         Self {
             name: record.name.clone(),
             version: record.version.clone(),
             digest: record.digest.clone(),
             deployed_at: record.deployed_at.clone(),
-            route: deployment.route.clone(),
+            route: deployment.route().to_owned(),
             state: "running",
-            code: deployment.loaded().tier,
-            wasi: deployment.loaded().handler.wasi(),
+            code: code.tier,
+            wasi: code.wasi,
             limits: LimitsView {
-                memory_mb: (deployment.limits.memory_bytes / (1024 * 1024)) as u64,
-                memory_budget_mb: (deployment.limits.memory_bytes / (1024 * 1024)) as u64
+                memory_mb: u64::from(deployment.spec.memory_mb),
+                memory_budget_mb: u64::from(deployment.spec.memory_mb)
                     * u64::from(scale.max_concurrency),
-                timeout_ms: deployment.timeout.as_millis() as u64,
+                timeout_ms: deployment.timeout().as_millis() as u64,
                 max_concurrency: scale.max_concurrency,
                 queue: scale.queue,
-                scaled_by_operator: entry.scale_override,
+                scaled_by_operator: versions.scale_override.is_some(),
             },
             load: LoadView { in_flight, queued },
-            requests: entry
-                .shared
+            requests: service
                 .faults
                 .requests
                 .load(std::sync::atomic::Ordering::Relaxed),
-            faults: entry.shared.faults.snapshot(),
+            faults: service.faults.snapshot(),
             usage: deployment.context.meter.usage(),
             config_keys: record.manifest.config.keys().cloned().collect(),
             store_bytes: deployment.context.store.size().ok(),
-            canary: entry.canary.as_ref().map(|canary| CanaryView {
+            canary: versions.canary.as_ref().map(|canary| CanaryView {
                 version: canary.deployment.record.version.clone(),
                 digest: canary.deployment.record.digest.clone(),
-                code: canary.deployment.loaded().tier,
+                code: canary.deployment.executor.info().tier,
                 weight: canary.weight,
                 auto_rollback: canary.auto_rollback.clone(),
             }),
-            history: entry.history.iter().map(VersionView::from).collect(),
+            history: versions.history.iter().map(VersionView::from).collect(),
         }
     }
 }
@@ -171,10 +172,11 @@ impl From<&ServiceRecord> for VersionView {
 
 fn view_of(state: &AdminState, name: &str) -> Result<Json<serde_json::Value>, ApiError> {
     let view = match state.services.existing(name) {
-        Ok(entry) => serde_json::to_value(ServiceView::from(entry.as_ref())).map(|mut view| {
+        Ok(service) => serde_json::to_value(ServiceView::from(service.as_ref())).map(|mut view| {
             // Whether each secret it names can be read now (never the value).
             let secrets = &state.services.platform().secrets;
-            let status: serde_json::Map<String, serde_json::Value> = entry
+            let status: serde_json::Map<String, serde_json::Value> = service
+                .versions()
                 .stable
                 .record
                 .manifest
@@ -202,11 +204,11 @@ pub async fn list(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let mut services: Vec<(String, serde_json::Value)> = state
         .services
         .table()
-        .entries()
+        .services()
         .iter()
-        .map(|entry| {
-            let view = serde_json::to_value(ServiceView::from(entry.as_ref()));
-            (entry.name().to_owned(), view.unwrap_or_default())
+        .map(|service| {
+            let view = serde_json::to_value(ServiceView::from(service.as_ref()));
+            (service.name().to_owned(), view.unwrap_or_default())
         })
         .collect();
     for (name, failed) in state.services.failed() {
@@ -242,7 +244,7 @@ pub async fn scale(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let request: ScaleRequest = parse_json(&body)?;
-    let current = state.services.existing(&name)?.shared.limiter.scale();
+    let current = state.services.existing(&name)?.limiter.scale();
     let scale = Scale {
         max_concurrency: request.max_concurrency,
         queue: request.queue.unwrap_or(current.queue),

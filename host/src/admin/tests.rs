@@ -10,17 +10,13 @@ use std::time::Duration;
 use tower::ServiceExt as _;
 
 use super::{AdminState, router};
-use crate::caller::Caller;
 use crate::platform::Platform;
-use crate::registry::Registry;
-use crate::registry::embedded::EmbeddedRegistry;
 use crate::registry::external::ExternalServices;
 use crate::registry::health::HealthChecker;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::services::limiter::Scale;
 use crate::services::{ServiceDefaults, Services};
 use crate::storage::Storage;
-use crate::telemetry::Telemetry;
 
 const TOKEN: &str = "test-token";
 const MAX_UPLOAD: usize = 4096;
@@ -53,31 +49,14 @@ fn admin_with(restored: bool) -> Admin {
         pagemap_scan: true,
     })
     .expect("runtime");
-    let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(60));
-    let telemetry = Arc::new(Telemetry::from_env(true).expect("telemetry"));
-    let platform = Arc::new(Platform {
-        host_id: "test".into(),
-        registry: registry.clone(),
-        caller: Arc::new(Caller::new(registry.clone(), telemetry.clone())),
-        telemetry,
-        stores: Arc::new(
-            crate::store::sqlite::SqliteBackend::new(dir.path().join("stores")).expect("stores"),
-        ),
-        bus: Arc::new(
-            crate::events::sqlite::SqliteBus::open(&dir.path().join("events.sqlite3"))
-                .expect("bus"),
-        ),
-        published: Default::default(),
-        secrets: Arc::new(
-            crate::secrets::Secrets::in_data_dir(
-                dir.path(),
-                Arc::new(crate::policy::redact::Redactor::default()),
-            )
-            .expect("secrets"),
-        ),
-    });
+    let platform = Platform::builder(dir.path())
+        .host_id("test")
+        .registry_sweep(Duration::from_secs(60))
+        .build()
+        .expect("platform");
+    let registry = platform.registry.clone();
     let services = Services::new(
-        runtime,
+        Arc::new(runtime),
         storage.clone(),
         ServiceDefaults {
             memory_mb: 16,
@@ -88,6 +67,7 @@ fn admin_with(restored: bool) -> Admin {
                 queue: 4,
             },
             max_instances_per_service: 2,
+            table_elements: 20_000,
         },
         platform,
     );

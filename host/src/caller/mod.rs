@@ -31,7 +31,7 @@ use crate::policy::balancer::{Balancer, Load};
 use crate::policy::breaker::{BreakerState, CircuitBreaker, Permit};
 use crate::policy::is_failure_status;
 use crate::policy::retry::{self, Attempt, Next, RetryBudget, is_idempotent_method};
-use crate::protocol::{self, Body, CALLER, DEADLINE_MS, REQUEST_ID};
+use crate::protocol::{self, Body, CALLER, DEADLINE_MS, REQUEST_ID, RequestId};
 use crate::registry::{Endpoint, Instance, Registry, routable};
 use crate::telemetry::TraceScope;
 use opentelemetry::KeyValue;
@@ -108,7 +108,7 @@ pub struct CallContext {
     /// The calling service.
     pub caller: Arc<str>,
     /// The request id to propagate.
-    pub request_id: Arc<str>,
+    pub request_id: RequestId,
     /// The caller's own deadline; no call outlives it.
     pub deadline: Deadline,
     /// The caller's outbound settings.
@@ -501,7 +501,7 @@ impl Caller {
                 request.path_and_query, instance.endpoint
             )))
         })?;
-        let mut headers = self.outgoing_headers(cx, request, deadline, span);
+        let (mut headers, request_id) = self.outgoing_headers(cx, request, deadline, span);
         if let Ok(value) = HeaderValue::from_str(host) {
             headers.insert(HOST, value);
         }
@@ -513,7 +513,7 @@ impl Caller {
                     not_sent(CallError::Unreachable("host is shutting down".into()))
                 })?;
                 local
-                    .dispatch(target, outgoing, deadline)
+                    .dispatch(target, outgoing, request_id, deadline)
                     .await
                     .ok_or_else(|| {
                         not_sent(CallError::Refused(format!(
@@ -526,28 +526,33 @@ impl Caller {
     }
 
     /// The headers of an attempt: the guest's minus hop-by-hop ones, plus trace
-    /// context, request id, remaining deadline and the calling service.
+    /// context, request id, remaining deadline and the calling service; and the
+    /// request id they carry (the guest's own when it set a sane one, else the id of
+    /// the request it serves).
     fn outgoing_headers(
         &self,
         cx: &CallContext,
         request: &OutboundRequest,
         deadline: Deadline,
         span: &opentelemetry::Context,
-    ) -> HeaderMap {
+    ) -> (HeaderMap, RequestId) {
         let mut headers = request.headers.clone();
         protocol::strip_hop_by_hop(&mut headers);
         // The callee continues this call's trace.
         headers.remove("traceparent");
         headers.remove("tracestate");
         self.telemetry.tracing.inject(span, &mut headers);
-        if !headers.contains_key(&REQUEST_ID) {
-            protocol::set_request_id(&mut headers, &cx.request_id);
-        }
+        let request_id = headers
+            .get(&REQUEST_ID)
+            .and_then(|value| value.to_str().ok())
+            .and_then(RequestId::parse)
+            .unwrap_or_else(|| cx.request_id.clone());
+        protocol::set_request_id(&mut headers, &request_id);
         headers.insert(DEADLINE_MS.clone(), deadline.header_value());
         if let Ok(value) = HeaderValue::from_str(&cx.caller) {
             headers.insert(CALLER.clone(), value);
         }
-        headers
+        (headers, request_id)
     }
 }
 

@@ -11,18 +11,19 @@ use std::time::Duration;
 
 use super::CallError;
 use crate::deadline::Deadline;
-use crate::protocol::Body;
+use crate::protocol::{Body, RequestId};
 
 /// Dispatches a request to a service deployed on this host, without a socket.
 #[async_trait::async_trait]
 pub trait LocalDispatch: Send + Sync {
-    /// Serve `request` with the current version of `service`, within `deadline`.
-    /// Guest failures come back as 5xx responses, like through the gateway; `None`
-    /// means the service is not deployed here.
+    /// Serve `request` (whose id is `request_id`) with the current version of
+    /// `service`, within `deadline`. Guest failures come back as 5xx responses, like
+    /// through the gateway; `None` means the service is not deployed here.
     async fn dispatch(
         &self,
         service: &str,
         request: Request<Full<Bytes>>,
+        request_id: RequestId,
         deadline: Deadline,
     ) -> Option<Response<Body>>;
 }

@@ -38,6 +38,7 @@ use crate::deadline::Deadline;
 use crate::manifest::Outbound;
 use crate::platform::Platform;
 use crate::policy::rate::LogBudget;
+use crate::protocol::RequestId;
 use crate::registry::HealthSignals;
 use crate::telemetry::TraceScope;
 
@@ -84,7 +85,7 @@ pub struct PlatformCtx {
     /// Registry, caller, telemetry and host identity.
     pub platform: Arc<Platform>,
     /// The request id, propagated on every outbound call and log line.
-    pub request_id: Arc<str>,
+    pub request_id: RequestId,
     /// When the request must be done; no host call outlives it.
     pub deadline: Deadline,
     /// The request's span and the guest's open spans.

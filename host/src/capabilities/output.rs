@@ -17,6 +17,7 @@ use super::ServiceContext;
 use super::log::{GuestLine, Source, emit};
 use crate::bindings::log::Level;
 use crate::platform::Platform;
+use crate::protocol::RequestId;
 
 /// Longest line kept; a longer one is cut there and the rest starts a new line.
 const MAX_LINE_BYTES: usize = 8 * 1024;
@@ -39,7 +40,7 @@ struct Sink {
 }
 
 struct SinkState {
-    request_id: Arc<str>,
+    request_id: RequestId,
     partial: Vec<u8>,
     tail: VecDeque<String>,
 }
@@ -51,7 +52,7 @@ impl GuestOutput {
         source: Source,
         service: Arc<ServiceContext>,
         platform: Arc<Platform>,
-        request_id: Arc<str>,
+        request_id: RequestId,
     ) -> Self {
         Self {
             sink: Arc::new(Sink {
@@ -76,7 +77,7 @@ impl GuestOutput {
 
     /// A reused instance starts serving `request_id`: what is left of the previous
     /// request's output is written out, and the fault tail starts empty.
-    pub fn next_request(&self, request_id: Arc<str>) {
+    pub fn next_request(&self, request_id: RequestId) {
         self.finish();
         let mut state = self.sink.state.lock();
         state.request_id = request_id;

@@ -24,17 +24,13 @@ use super::secrets::SecretsView;
 use super::tracing::TracingView;
 use super::{HostFault, PlatformCtx, ServiceContext};
 use crate::bindings;
-use crate::caller::Caller;
 use crate::caller::transport::LocalDispatch;
 use crate::deadline::Deadline;
 use crate::manifest::{BreakerPolicy, Outbound, TargetPolicy};
 use crate::platform::Platform;
 use crate::protocol::{self, Body};
-use crate::registry::embedded::EmbeddedRegistry;
 use crate::registry::{self as reg, Endpoint, Health, Instance, Registry};
-use crate::store::StoreBackend;
-use crate::store::sqlite::SqliteBackend;
-use crate::telemetry::{Telemetry, TraceScope};
+use crate::telemetry::TraceScope;
 
 /// One request's platform state and resource table, on a real registry and caller.
 struct TestEnv {
@@ -49,32 +45,14 @@ struct TestEnv {
 
 impl TestEnv {
     fn new(outbound: Outbound, deadline: Deadline) -> Self {
-        let registry: Arc<dyn Registry> = EmbeddedRegistry::start(Duration::from_secs(60));
-        let telemetry = Arc::new(Telemetry::from_env(true).expect("telemetry"));
-        let caller = Arc::new(Caller::new(registry.clone(), telemetry.clone()));
         let dir = tempfile::tempdir().expect("tempdir");
-        let stores: Arc<dyn StoreBackend> =
-            Arc::new(SqliteBackend::new(dir.path().to_path_buf()).expect("stores"));
-        let store = stores.open("orders", 1 << 20).expect("store");
-        let platform = Arc::new(Platform {
-            host_id: "test-host".into(),
-            registry: registry.clone(),
-            caller,
-            telemetry,
-            stores,
-            bus: Arc::new(
-                crate::events::sqlite::SqliteBus::open(&dir.path().join("events.sqlite3"))
-                    .expect("bus"),
-            ),
-            published: Default::default(),
-            secrets: Arc::new(
-                crate::secrets::Secrets::in_data_dir(
-                    dir.path(),
-                    Arc::new(crate::policy::redact::Redactor::default()),
-                )
-                .expect("secrets"),
-            ),
-        });
+        let platform = Platform::builder(dir.path())
+            .host_id("test-host")
+            .registry_sweep(Duration::from_secs(60))
+            .build()
+            .expect("platform");
+        let registry = platform.registry.clone();
+        let store = platform.stores.open("orders", 1 << 20).expect("store");
         let service = Arc::new(ServiceContext {
             name: "orders".into(),
             version: "1.0.0".into(),
@@ -96,7 +74,7 @@ impl TestEnv {
             ctx: PlatformCtx {
                 service,
                 platform,
-                request_id: "req-1".into(),
+                request_id: crate::protocol::RequestId::parse("req-1").expect("a sane id"),
                 deadline,
                 trace: TraceScope::default(),
                 open_watches: Default::default(),
@@ -421,6 +399,7 @@ impl LocalDispatch for ScriptedService {
         &self,
         _service: &str,
         _request: Request<Full<Bytes>>,
+        _request_id: crate::protocol::RequestId,
         deadline: Deadline,
     ) -> Option<Response<Body>> {
         self.attempts.fetch_add(1, Ordering::SeqCst);

@@ -7,10 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::caller::Caller;
 use crate::deadline::Deadline;
 use crate::platform::Platform;
-use crate::registry::embedded::EmbeddedRegistry;
 use crate::runtime::invoke::Invocation;
 use crate::runtime::{InstanceLimits, Runtime, RuntimeOptions, ServiceContext};
 
@@ -60,30 +58,15 @@ pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> 
     if baseline && loaded.tier != crate::runtime::CodeTier::Baseline {
         anyhow::bail!("the baseline compiler cannot compile this component (see the log)");
     }
-    let registry = EmbeddedRegistry::start(Duration::from_secs(60));
-    let telemetry = Arc::new(crate::telemetry::Telemetry::from_env(false)?);
-    let stores = crate::store::sqlite::SqliteBackend::new(cache.join("stores"))
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
-    let stores: Arc<dyn crate::store::StoreBackend> = Arc::new(stores);
-    let store = stores
+    let platform = Platform::builder(&cache)
+        .host_id("bench")
+        .telemetry(Arc::new(crate::telemetry::Telemetry::from_env(false)?))
+        .registry_sweep(Duration::from_secs(60))
+        .build()?;
+    let store = platform
+        .stores
         .open("bench", 1 << 20)
         .map_err(|error| anyhow::anyhow!("{error}"))?;
-    let platform = Arc::new(Platform {
-        host_id: "bench".into(),
-        registry: registry.clone(),
-        caller: Arc::new(Caller::new(registry, telemetry.clone())),
-        telemetry,
-        stores,
-        bus: Arc::new(
-            crate::events::sqlite::SqliteBus::open(&cache.join("events.sqlite3"))
-                .map_err(|error| anyhow::anyhow!("{error}"))?,
-        ),
-        published: Default::default(),
-        secrets: Arc::new(crate::secrets::Secrets::in_data_dir(
-            &cache,
-            Arc::new(crate::policy::redact::Redactor::default()),
-        )?),
-    });
     let service = Arc::new(ServiceContext {
         name: "bench".into(),
         version: "1".into(),
@@ -107,7 +90,7 @@ pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> 
         service: service.clone(),
         limits: limits.clone(),
         platform: platform.clone(),
-        request_id: "bench".into(),
+        request_id: crate::protocol::RequestId::new(),
         deadline: Deadline::after(Duration::from_secs(3600)),
         trace: opentelemetry::Context::new(),
         held_until_done: None,

@@ -51,6 +51,9 @@ pub enum LoadError {
          serve with `--no-pooling`"
     )]
     ExceedsPool(String),
+    /// The manifest asks for something this kind of code cannot do.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
     /// A host-side failure (disk, threads).
     #[error("internal error while loading the component: {0:#}")]
     Internal(anyhow::Error),

@@ -36,13 +36,10 @@ use super::{GuestState, Handler, InstanceLimits, Loaded, ServiceContext};
 use crate::capabilities::PlatformCtx;
 use crate::deadline::Deadline;
 use crate::platform::Platform;
+use crate::protocol::RequestId;
 use crate::serving_threads;
 use crate::telemetry::TraceScope;
 
-/// Requests one instance of a WASIp3 service serves at once, unless its manifest says.
-pub const DEFAULT_PER_INSTANCE: u32 = 16;
-/// Requests one instance of a WASIp3 service serves in its life, unless its manifest says.
-pub const DEFAULT_REQUESTS_PER_INSTANCE: u32 = 128;
 /// How long an instance with nothing to do is kept for the next request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a request whose instance failed waits to learn why.
@@ -299,7 +296,7 @@ impl Instances {
         Arc::new(PlatformCtx {
             service: self.service.clone(),
             platform: self.platform.clone(),
-            request_id: "".into(),
+            request_id: RequestId::new(),
             deadline: Deadline::after(self.timeout),
             trace: TraceScope::new(opentelemetry::Context::new()),
             open_watches: Default::default(),

@@ -77,6 +77,11 @@ pub struct Runtime {
     pub memory_budget: Arc<MemoryBudget>,
     /// Idle reusable instances of every deployment (evicted under pool pressure).
     pub idle: Arc<IdlePools>,
+    /// Compiles at once (each takes a core).
+    pub(crate) compiles: Arc<tokio::sync::Semaphore>,
+    /// Background compiles (optimised code for a service already serving baseline
+    /// code) at once: one, on a core of its own, never holding up a deploy.
+    pub(crate) background_compiles: Arc<tokio::sync::Semaphore>,
 }
 
 /// An engine that runs optimised code, the linker its components are linked with,
@@ -160,6 +165,10 @@ impl Runtime {
             running: Arc::default(),
             memory_budget: MemoryBudget::new(options.memory_budget_bytes),
             idle: Arc::default(),
+            compiles: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, usize::from),
+            )),
+            background_compiles: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 }

@@ -19,6 +19,7 @@ use super::{GuestState, InstanceLimits, ServiceContext};
 use crate::capabilities::PlatformCtx;
 use crate::deadline::Deadline;
 use crate::platform::Platform;
+use crate::protocol::RequestId;
 use crate::telemetry::TraceScope;
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
@@ -92,7 +93,7 @@ pub struct Invocation {
     /// Registry, caller, telemetry.
     pub platform: Arc<Platform>,
     /// The request id.
-    pub request_id: Arc<str>,
+    pub request_id: RequestId,
     /// When the request must be done.
     pub deadline: Deadline,
     /// The request's span.

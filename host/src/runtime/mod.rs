@@ -7,8 +7,11 @@
 //! - [`function_cache`] keeps compiled functions, so components that share code
 //!   (one toolchain's runtime) compile only what is new to them.
 //! - [`state`] is the per-request store data that lends capabilities their views.
+//! - [`executor`] is the one interface the layers above run a deployment through,
+//!   and the [`Loader`] that makes one of an upload.
 //! - [`invoke`] runs one HTTP request through a fresh (or reused) instance.
-//! - [`concurrent`] serves WASIp3 components: one instance, several requests at once.
+//! - [`concurrent`] serves WASIp3 components: one instance, several requests at once;
+//!   [`read_ahead`] lets a WASIp3 response head wait a moment for its body.
 //! - [`reuse`] keeps idle instances of services that opt in to reuse.
 //! - [`limits`] bounds each instance and all of them together (memory budget).
 
@@ -16,14 +19,17 @@ pub mod compile;
 pub mod concurrent;
 pub mod cpu;
 pub mod engine;
+pub mod executor;
 pub mod failure;
 pub mod function_cache;
 pub mod invoke;
 pub mod limits;
+pub mod read_ahead;
 pub mod reuse;
 pub mod state;
 
 pub use crate::capabilities::ServiceContext;
 pub use compile::{CodeTier, Compiled, Handler, LoadError, Loaded};
 pub use engine::{Runtime, RuntimeOptions};
+pub use executor::{Executor, Loader};
 pub use state::{GuestState, InstanceLimits};

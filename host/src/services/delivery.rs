@@ -14,7 +14,7 @@ use super::Services;
 use crate::deadline::Deadline;
 use crate::events::{Delivery, NewDelivery, Settlement, backoff, now_ms};
 use crate::manifest::Subscription;
-use crate::protocol;
+use crate::protocol::{self, RequestId};
 use crate::store::OutboxEvent;
 
 /// Events taken from one outbox at a time.
@@ -83,9 +83,9 @@ impl Services {
     /// A service that failed to restore keeps its subscriptions: its events wait (and
     /// become dead letters an operator can replay) instead of being skipped.
     pub fn subscriptions(&self) -> Vec<(String, Subscription)> {
-        let running = self.table.entries().into_iter().map(|entry| {
-            let manifest = entry.stable.record.manifest.clone();
-            (entry.name().to_owned(), manifest)
+        let running = self.table.services().into_iter().map(|service| {
+            let manifest = service.versions().stable.record.manifest.clone();
+            (service.name().to_owned(), manifest)
         });
         let failed = self
             .failed()
@@ -104,24 +104,24 @@ impl Services {
 
     /// Move committed events from the outboxes onto the bus. Returns how many.
     async fn route_outboxes(&self) -> usize {
-        let entries = match self.platform.published.take() {
-            None => self.table.entries(),
+        let services = match self.platform.published.take() {
+            None => self.table.services(),
             Some(marked) if marked.is_empty() => return 0,
             Some(marked) => marked
                 .iter()
-                .filter_map(|name| self.table.entry(name))
+                .filter_map(|name| self.table.get(name))
                 .collect(),
         };
         let subscriptions = self.subscriptions();
         let mut moved = 0;
-        for entry in entries {
-            let store = entry.stable.context.store.clone();
+        for service in services {
+            let store = service.versions().stable.context.store.clone();
             if !store.outbox_may_hold_events() {
                 continue;
             }
             let bus = self.platform.bus.clone();
             let subscriptions = subscriptions.clone();
-            let publisher = entry.name().to_owned();
+            let publisher = service.name().to_owned();
             let publisher_label = publisher.clone();
             let platform = self.platform.clone();
             let outcome = tokio::task::spawn_blocking(move || -> Result<usize, String> {
@@ -160,7 +160,7 @@ impl Services {
                     moved += count;
                     if count == OUTBOX_BATCH as usize {
                         // More may wait: read this outbox again next round.
-                        self.platform.published.mark(entry.name());
+                        self.platform.published.mark(service.name());
                     }
                 }
                 Ok(Err(error)) => {
@@ -255,13 +255,14 @@ impl Services {
 
     async fn attempt(&self, delivery: &Delivery) -> Attempt {
         let event = &delivery.event;
-        let Some(entry) = self.table.entry(&event.subscriber) else {
+        let Some(service) = self.table.get(&event.subscriber) else {
             return Attempt::Failed {
                 reason: format!("`{}` is not deployed", event.subscriber),
                 max_attempts: ORPHAN_ATTEMPTS,
             };
         };
-        let Some(subscription) = entry
+        let versions = service.versions();
+        let Some(subscription) = versions
             .stable
             .record
             .manifest
@@ -273,7 +274,7 @@ impl Services {
             // Unsubscribed since: nothing to deliver.
             return Attempt::Done { deduplicated: true };
         };
-        let store = entry.stable.context.store.clone();
+        let store = versions.stable.context.store.clone();
         let event_id = event.event_id.clone();
         if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || store.is_handled(&event_id)).await
         {
@@ -288,9 +289,11 @@ impl Services {
             Ok(request) => request,
             Err(reason) => return failed(reason),
         };
-        let request_id = protocol::new_request_id();
-        let deadline = Deadline::after(entry.longest_timeout());
-        let response = self.serve(&entry, request, &request_id, deadline).await;
+        drop(versions);
+        // The service's own time limits bound the delivery.
+        let response = self
+            .serve(&service, request, RequestId::new(), Deadline::longest())
+            .await;
         let status = response.status();
         // Read the answer to the end: a guest that sends its head and then fails
         // (traps, runs out of time) has not handled the event.

@@ -20,15 +20,6 @@ pub struct Scale {
     pub queue: u32,
 }
 
-impl Default for Scale {
-    fn default() -> Self {
-        Self {
-            max_concurrency: 64,
-            queue: 256,
-        }
-    }
-}
-
 /// Why a request was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {

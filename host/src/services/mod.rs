@@ -1,22 +1,32 @@
 //! The services this host runs: the live table the gateway routes through, and the
 //! operations that change it.
 //!
-//! - [`table`]: the live entries (stable version, canary, limiter).
-//! - [`lifecycle`]: deploy, remove, restore, rollback, canary, scale.
-//! - [`serving`]: admission, version choice, fault counting, in-process dispatch.
+//! - [`table`]: the live services (admission, fault counts, the versions live now).
+//! - [`spec`]: a deployment's settings, resolved once, and the table of defaults.
+//! - [`lifecycle`]: deploy, remove, restore, rollback, canary, scale: one change path.
+//! - [`serving`]: admission, version choice, fault counting, in-process dispatch,
+//!   registration and health checks.
+//! - [`delivery`]: handing published events to their subscribers.
 //! - [`limiter`]: per-service concurrency and queue (pure logic).
 //! - [`state`]: what is persisted per service.
+//!
+//! How a deployment's code runs is the runtime's: a deployment holds an
+//! [`Executor`](crate::runtime::executor::Executor) that a
+//! [`Loader`](crate::runtime::executor::Loader) made of its component.
 
 pub mod delivery;
 mod lifecycle;
 pub mod limiter;
-mod read_ahead;
 mod serving;
+pub mod spec;
 pub mod state;
 mod table;
+#[cfg(test)]
+mod tests;
 
 pub use lifecycle::DeployMode;
-pub use table::{Canary, Deployment, FaultCounters, ServiceEntry, ServiceTable, Shared};
+pub use spec::{DeploymentSpec, ServiceDefaults};
+pub use table::{Canary, Deployment, FaultCounters, LiveService, ServiceTable, Versions};
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -25,27 +35,12 @@ use thiserror::Error;
 use crate::manifest::ManifestError;
 use crate::platform::Platform;
 use crate::registry::InvalidName;
-use crate::runtime::{LoadError, Runtime};
+use crate::runtime::LoadError;
+use crate::runtime::executor::Loader;
 use crate::storage::Storage;
 
 /// Lease of a local service's registration; renewed by the host's heartbeat.
 pub const LOCAL_LEASE: Duration = Duration::from_secs(15);
-
-/// Host-wide defaults for what a manifest leaves unset.
-#[derive(Debug, Clone)]
-pub struct ServiceDefaults {
-    /// Linear memory per instance, in MiB.
-    pub memory_mb: u32,
-    /// Ceiling a manifest may ask for, in MiB.
-    pub max_memory_mb: u32,
-    /// Deadline per request.
-    pub timeout: Duration,
-    /// Concurrency and queue per service.
-    pub scale: limiter::Scale,
-    /// Instances one service may run at once (its `max_concurrency` ceiling), well
-    /// under the host's pool so no service can take every slot.
-    pub max_instances_per_service: u32,
-}
 
 /// Why an operation on a service was refused.
 #[derive(Debug, Error)]
@@ -181,7 +176,7 @@ pub struct FailedService {
 
 /// Deploys, removes and restores services; owns the live table.
 pub struct Services {
-    runtime: Runtime,
+    loader: Arc<dyn Loader>,
     platform: Arc<Platform>,
     storage: Storage,
     table: ServiceTable,
@@ -190,11 +185,6 @@ pub struct Services {
     defaults: ServiceDefaults,
     /// Serialises changes so the table and the data directory never disagree.
     changes: tokio::sync::Mutex<()>,
-    /// Compiles at once (each takes a core).
-    compiles: tokio::sync::Semaphore,
-    /// Background compiles (optimised code for a service already serving baseline
-    /// code) at once: one, on a core of its own, never holding up a deploy.
-    background_compiles: tokio::sync::Semaphore,
     /// Set once everything persisted has been restored (`/readyz`).
     ready: std::sync::atomic::AtomicBool,
     /// This object, for background work it starts (automatic canary rollback).
@@ -202,23 +192,21 @@ pub struct Services {
 }
 
 impl Services {
-    /// An empty set of services backed by `storage`.
+    /// An empty set of services backed by `storage`, whose code `loader` runs.
     pub fn new(
-        runtime: Runtime,
+        loader: Arc<dyn Loader>,
         storage: Storage,
         defaults: ServiceDefaults,
         platform: Arc<Platform>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
-            runtime,
+            loader,
             platform,
             storage,
             table: ServiceTable::default(),
             failed: Default::default(),
             defaults,
             changes: tokio::sync::Mutex::new(()),
-            compiles: tokio::sync::Semaphore::new(parallelism()),
-            background_compiles: tokio::sync::Semaphore::new(1),
             ready: std::sync::atomic::AtomicBool::new(false),
             me: me.clone(),
         })
@@ -254,8 +242,8 @@ impl Services {
     }
 
     /// The host-wide memory budget of all instances.
-    pub fn memory_budget(&self) -> &std::sync::Arc<crate::runtime::limits::MemoryBudget> {
-        &self.runtime.memory_budget
+    pub fn memory_budget(&self) -> &Arc<crate::runtime::limits::MemoryBudget> {
+        self.loader.memory_budget()
     }
 
     /// Host defaults.
@@ -269,7 +257,7 @@ impl Services {
     }
 }
 
-/// Cores to use for compiling and restoring at once.
+/// Cores to use for restoring at once.
 fn parallelism() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
 }

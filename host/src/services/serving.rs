@@ -1,6 +1,7 @@
 //! Serving a request: admission through the service's limiter, the choice between
-//! stable and canary, fault counting and automatic canary rollback. Also the
-//! in-process path for calls between services, registration and health checks.
+//! stable and canary, the request's deadline, its telemetry and fault counts (one
+//! [`RequestRecord`]), and automatic canary rollback. Also the in-process path for
+//! calls between services, registration and health checks.
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue, RETRY_AFTER};
@@ -13,18 +14,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::limiter::Slot;
-use super::table::{Canary, Deployment, ServiceEntry};
+use super::table::{Canary, Deployment, LiveService};
 use super::{LOCAL_LEASE, Services};
 use crate::caller::transport::LocalDispatch;
-use crate::capabilities::registry::health_from_wit;
 use crate::deadline::Deadline;
 use crate::platform::Platform;
 use crate::policy::is_failure_status;
-use crate::protocol::{self, Body};
+use crate::protocol::{self, Body, RequestId};
 use crate::registry::health::HealthTracker;
 use crate::registry::{Endpoint, Health, Instance};
-use crate::runtime::Handler;
-use crate::runtime::invoke::{self, Invocation};
+use crate::runtime::executor::{RequestScope, request_body};
+use crate::runtime::failure::GuestFailure;
 use crate::telemetry::metrics::status_class;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
@@ -38,86 +38,103 @@ pub struct Failure {
     pub guest_fault: bool,
 }
 
+impl Failure {
+    /// No slot and no room in the queue, or the queue did not move in time.
+    const OVERLOAD: Failure = Failure {
+        kind: "overload",
+        guest_fault: false,
+    };
+    /// The service was removed while the request waited.
+    const REMOVED: Failure = Failure {
+        kind: "removed",
+        guest_fault: false,
+    };
+}
+
 impl Services {
-    /// Serve `request` with `entry`: pick stable or canary, wait for a slot (or answer
-    /// 503 at once when the queue is full), run it, and count the outcome.
+    /// Serve `request` with `service`: wait for a slot (or answer 503 at once when the
+    /// queue is full), pick stable or canary among the versions live once admitted,
+    /// run it, and count the outcome.
+    ///
+    /// `deadline` is the budget the request arrived with; it is narrowed here, and
+    /// only here, by the service's time limits: waiting in the queue by the longest
+    /// of its live versions', running by the chosen version's, from arrival.
     pub async fn serve<B>(
         &self,
-        entry: &ServiceEntry,
+        service: &Arc<LiveService>,
         request: Request<B>,
-        request_id: &str,
+        request_id: RequestId,
         deadline: Deadline,
     ) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let shared = &entry.shared;
-        shared.faults.request();
         let arrival = Instant::now();
-        let mut record =
-            RequestRecord::start(&self.platform, entry, &entry.stable, &request, request_id);
-        // Waiting in the queue counts against the request's time; no version allows
-        // more than the longest of the live ones.
-        let wait_deadline = deadline.within(entry.longest_timeout());
+        let versions = service.versions();
+        let mut record = RequestRecord::start(
+            &self.platform,
+            service,
+            &versions.stable,
+            &request,
+            &request_id,
+        );
+        let wait_deadline = deadline.within(versions.longest_timeout());
+        drop(versions);
         let slot =
-            match tokio::time::timeout_at(wait_deadline.into(), shared.limiter.acquire()).await {
+            match tokio::time::timeout_at(wait_deadline.into(), service.limiter.acquire()).await {
                 Ok(Ok(slot)) => slot,
                 outcome => {
-                    record.failure = Some(Failure {
-                        kind: "overload",
-                        guest_fault: false,
-                    });
-                    shared.faults.count("overload");
-                    return overloaded(entry, request_id, outcome.is_err());
+                    record.failed(Failure::OVERLOAD);
+                    return overloaded(service, &request_id, outcome.is_err());
                 }
             };
         // Admitted: the versions live now decide, not those live when it arrived (a
         // rollback or a new canary while it waited), and a removed service answers.
-        let Some(current) = self.table.entry(entry.name()) else {
-            record.failure = Some(Failure {
-                kind: "removed",
-                guest_fault: false,
-            });
+        if service.is_removed() {
+            record.failed(Failure::REMOVED);
             let message = format!(
                 "service `{}` was removed while the request waited (request id {request_id})\n",
-                entry.name()
+                service.name()
             );
             return protocol::with_request_id(
                 protocol::text(StatusCode::SERVICE_UNAVAILABLE, message),
-                request_id,
+                &request_id,
             );
-        };
+        }
+        let versions = service.versions();
         let draw = (rand::random::<u32>() % 100) as u8;
-        let (deployment, canary) = current.pick(draw);
+        let (deployment, canary) = versions.pick(draw);
         record.set_version(&deployment.record.version);
-        // The version's own time limit runs from the request's arrival.
-        let deadline = deadline.min(Deadline::at(arrival + deployment.timeout));
+        let deadline = deadline.min(Deadline::at(arrival + deployment.timeout()));
         // The slot is released when both the guest has finished and the response body
         // has been streamed, whichever comes last.
         let slot = Arc::new(slot);
-        let invocation = deployment
-            .invocation(
-                &self.platform,
-                request_id.into(),
-                deadline,
-                record.span.clone(),
-            )
-            .holding(slot.clone());
-        let (response, failure) =
-            serve_deployment(deployment, invocation, request, request_id).await;
-        if let Some(failure) = failure {
-            shared.faults.count(failure.kind);
-        }
+        let scope = RequestScope {
+            request_id: request_id.clone(),
+            deadline,
+            trace: record.span.clone(),
+            held_until_done: Some(slot.clone()),
+        };
+        let response = run(deployment, scope, request).await;
+        let response = match response {
+            Ok(response) => response,
+            Err(failure) => {
+                record.failed(Failure {
+                    kind: failure.kind(),
+                    guest_fault: failure.is_guest_fault(),
+                });
+                failure_response(deployment, &record.span, &request_id, &failure)
+            }
+        };
         record.status = response.status().as_u16();
-        record.failure = failure;
         if let Some(canary) = canary {
             let success =
-                !is_failure_status(record.status) || failure.is_some_and(|f| !f.guest_fault);
-            self.record_canary_outcome(&current, canary, success);
+                !is_failure_status(record.status) || record.failure.is_some_and(|f| !f.guest_fault);
+            self.record_canary_outcome(service, canary, success);
         }
         // The slot is held, and the request measured, until the body has been streamed.
-        response.map(|body| {
+        protocol::with_request_id(response, &request_id).map(|body| {
             SlotBody {
                 body,
                 _slot: slot,
@@ -128,7 +145,7 @@ impl Services {
     }
 
     /// Count one canary outcome; start an automatic rollback when its window trips.
-    fn record_canary_outcome(&self, entry: &ServiceEntry, canary: &Canary, success: bool) {
+    fn record_canary_outcome(&self, service: &LiveService, canary: &Canary, success: bool) {
         let now = Instant::now();
         let tripped = {
             let mut window = canary.window.lock();
@@ -139,7 +156,10 @@ impl Services {
                 .is_some_and(|rule| window.exceeds(rule.max_error_rate, rule.min_requests, now))
         };
         if tripped && !canary.tripped.swap(true, Ordering::SeqCst) {
-            self.roll_back_canary_in_background(entry.name().to_owned(), canary.deployment.clone());
+            self.roll_back_canary_in_background(
+                service.name().to_owned(),
+                canary.deployment.clone(),
+            );
         }
     }
 
@@ -186,8 +206,9 @@ impl Services {
 
     /// Renew every local registration's lease, re-registering lost ones.
     pub async fn renew_leases(&self) {
-        for entry in self.table.entries() {
-            for deployment in entry.deployments() {
+        for service in self.table.services() {
+            let versions = service.versions();
+            for deployment in versions.deployments() {
                 if self
                     .platform
                     .registry
@@ -200,7 +221,7 @@ impl Services {
                 // Re-register only what still runs: a service removed (or a version
                 // replaced) since the snapshot must not come back through its heartbeat.
                 let _guard = self.changes.lock().await;
-                let current = self.table.entry(entry.name());
+                let current = self.table.versions(service.name());
                 if current.is_some_and(|current| {
                     current
                         .deployments()
@@ -215,7 +236,7 @@ impl Services {
     /// Run the component's exported health check on the manifest's schedule, and
     /// record the verdicts in the registry, until the deployment is retired.
     pub(super) fn start_health_checks(&self, deployment: &Arc<Deployment>) {
-        if deployment.loaded().health_check.is_none() {
+        if !deployment.executor.info().health_check {
             return;
         }
         let schedule = deployment.record.manifest.health.clone();
@@ -231,21 +252,18 @@ impl Services {
                 let Some(deployment) = weak.upgrade() else {
                     break;
                 };
-                let timeout = Duration::from_millis(schedule.timeout_ms);
-                let invocation = deployment.invocation(
-                    &platform,
-                    format!("health-{:016x}", rand::random::<u64>()).into(),
-                    Deadline::after(timeout),
-                    opentelemetry::Context::new(),
-                );
+                let scope = RequestScope {
+                    request_id: RequestId::new(),
+                    deadline: Deadline::after(Duration::from_millis(schedule.timeout_ms)),
+                    trace: opentelemetry::Context::new(),
+                    held_until_done: None,
+                };
                 // The code may have been swapped for optimised code since the last check.
-                let loaded = deployment.loaded();
-                let Some(indices) = &loaded.health_check else {
+                let Some(check) = deployment.executor.check_health(scope) else {
                     break;
                 };
-                let verdict = invoke::check_health(&loaded.handler, indices, &invocation).await;
-                let reported = match verdict {
-                    Ok(health) => health_from_wit(health),
+                let reported = match check.await {
+                    Ok(health) => health,
                     Err(failure) => {
                         tracing::warn!(service = %deployment.record.name, %failure, "health check failed");
                         Health::NotServing
@@ -276,27 +294,27 @@ impl LocalDispatch for Services {
         &self,
         service: &str,
         request: Request<http_body_util::Full<Bytes>>,
+        request_id: RequestId,
         deadline: Deadline,
     ) -> Option<Response<Body>> {
-        let entry = self.table.entry(service)?;
-        let request_id = protocol::request_id(request.headers());
-        Some(self.serve(&entry, request, &request_id, deadline).await)
+        let service = self.table.get(service)?;
+        Some(self.serve(&service, request, request_id, deadline).await)
     }
 }
 
 /// The 503 of a request that found no slot: the queue is full (`timed_out` false) or
 /// did not move before the request's deadline.
-fn overloaded(entry: &ServiceEntry, request_id: &str, timed_out: bool) -> Response<Body> {
-    let (running, queued) = entry.shared.limiter.load();
+fn overloaded(service: &LiveService, request_id: &RequestId, timed_out: bool) -> Response<Body> {
+    let (running, queued) = service.limiter.load();
     let why = if timed_out {
         "its queue did not move before the request's deadline"
     } else {
         "all of its slots and its queue are full"
     };
-    tracing::warn!(service = %entry.name(), request_id, running, queued, "overloaded");
+    tracing::warn!(service = %service.name(), %request_id, running, queued, "overloaded");
     let message = format!(
         "service `{}` is overloaded: {why} ({running} running, {queued} queued); retry later (request id {request_id})\n",
-        entry.name()
+        service.name()
     );
     let mut response = protocol::text(StatusCode::SERVICE_UNAVAILABLE, message);
     response
@@ -305,116 +323,51 @@ fn overloaded(entry: &ServiceEntry, request_id: &str, timed_out: bool) -> Respon
     protocol::with_request_id(response, request_id)
 }
 
-/// Run `request` on `deployment` (gateway and in-process calls alike) and turn a
-/// guest failure into a 5xx that names the reason. Returns the failure too.
-pub async fn serve_deployment<B>(
+/// Run `request` on `deployment`: the id and the `Host` the guest sees are set, and
+/// its executor runs it.
+async fn run<B>(
     deployment: &Deployment,
-    invocation: Invocation,
+    scope: RequestScope,
     request: Request<B>,
-    request_id: &str,
-) -> (Response<Body>, Option<Failure>)
+) -> Result<Response<Body>, GuestFailure>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let (mut parts, body) = request.into_parts();
-    // A response to HEAD has no body to wait for, and its length is the guest's to say.
-    let read_ahead = parts.method != http::Method::HEAD;
-    protocol::set_request_id(&mut parts.headers, request_id);
+    protocol::set_request_id(&mut parts.headers, &scope.request_id);
     if !parts.headers.contains_key(HOST)
         && let Ok(value) = HeaderValue::from_str(&deployment.record.name)
     {
         parts.headers.insert(HOST, value);
     }
-    let request = Request::from_parts(parts, body);
-    // Its trace id is formatted only for a failure's log line.
-    let trace = invocation.trace.clone();
-    let code = deployment.loaded();
-    let outcome = match (&code.handler, &deployment.concurrent) {
-        (Handler::Concurrent(_), Some(concurrent)) => {
-            match concurrent.handle(invocation, request).await {
-                Ok(response) => {
-                    let response =
-                        response.map(|body| body.map_err(std::io::Error::other).boxed_unsync());
-                    // Its body is written by another task of the instance: the head
-                    // waits a moment for it, so both leave in one write.
-                    Ok(if read_ahead {
-                        super::read_ahead::read_ahead(response, super::read_ahead::TURNS).await
-                    } else {
-                        response
-                    })
-                }
-                Err(failure) => Err(failure),
-            }
-        }
-        (Handler::Sequential(pre), _) => {
-            invoke::handle(pre, deployment.pool.clone(), invocation, request)
-                .await
-                .map(|response| {
-                    response.map(|body| {
-                        body.map_err(|code| std::io::Error::other(format!("{code:?}")))
-                            .boxed_unsync()
-                    })
-                })
-        }
-        (Handler::Concurrent(_), None) => Err(invoke::GuestFailure::Host(
-            "the deployment has WASIp3 code but no WASIp3 dispatcher".into(),
-        )),
-    };
-    let (response, failure) = match outcome {
-        Ok(response) => (response, None),
-        Err(failure) => {
-            tracing::error!(
-                service = %deployment.record.name,
-                version = %deployment.record.version,
-                request_id = %request_id,
-                trace_id = %crate::telemetry::traces::trace_id(&trace).unwrap_or_default(),
-                error = %failure,
-                fault = if failure.is_guest_fault() { "guest" } else { "host" },
-                "request failed"
-            );
-            let message = format!(
-                "service `{}` failed: {} (request id {request_id})\n",
-                deployment.record.name,
-                failure.public_message()
-            );
-            let kind = Failure {
-                kind: failure.kind(),
-                guest_fault: failure.is_guest_fault(),
-            };
-            (protocol::text(failure.status(), message), Some(kind))
-        }
-    };
-    (protocol::with_request_id(response, request_id), failure)
+    let request = Request::from_parts(parts, request_body(body));
+    deployment.executor.handle(scope, request).await
 }
 
-impl Deployment {
-    /// The invocation of one request (or health check) on this version.
-    pub fn invocation(
-        &self,
-        platform: &Arc<Platform>,
-        request_id: Arc<str>,
-        deadline: Deadline,
-        trace: opentelemetry::Context,
-    ) -> Invocation {
-        Invocation {
-            service: self.context.clone(),
-            limits: self.limits.clone(),
-            platform: platform.clone(),
-            request_id,
-            deadline,
-            trace,
-            held_until_done: None,
-        }
-    }
-}
-
-impl Invocation {
-    /// The same invocation, holding `token` until the guest has finished.
-    fn holding(mut self, token: Arc<Slot>) -> Self {
-        self.held_until_done = Some(token);
-        self
-    }
+/// The 5xx that names why a guest failed, logged with whose fault it was.
+fn failure_response(
+    deployment: &Deployment,
+    trace: &opentelemetry::Context,
+    request_id: &RequestId,
+    failure: &GuestFailure,
+) -> Response<Body> {
+    tracing::error!(
+        service = %deployment.record.name,
+        version = %deployment.record.version,
+        %request_id,
+        // The trace id is formatted only for a failure's log line.
+        trace_id = %crate::telemetry::traces::trace_id(trace).unwrap_or_default(),
+        error = %failure,
+        fault = if failure.is_guest_fault() { "guest" } else { "host" },
+        "request failed"
+    );
+    let message = format!(
+        "service `{}` failed: {} (request id {request_id})\n",
+        deployment.record.name,
+        failure.public_message()
+    );
+    protocol::text(failure.status(), message)
 }
 
 /// A response body that holds the service's concurrency slot until it is done.
@@ -428,6 +381,7 @@ struct SlotBody {
 /// the response body has been streamed, or at once for an early answer).
 struct RequestRecord {
     platform: Arc<Platform>,
+    live: Arc<LiveService>,
     service: String,
     version: String,
     method: &'static str,
@@ -438,6 +392,13 @@ struct RequestRecord {
 }
 
 impl RequestRecord {
+    /// The request failed: counted at once against the service, kept for the metrics
+    /// and the span.
+    fn failed(&mut self, failure: Failure) {
+        self.live.faults.count(failure.kind);
+        self.failure = Some(failure);
+    }
+
     /// The version that serves the request (chosen once it is admitted).
     fn set_version(&mut self, version: &str) {
         if self.version != version {
@@ -448,36 +409,38 @@ impl RequestRecord {
         }
     }
 
-    /// Start measuring a request to `deployment` of `entry`, under a server span that
-    /// continues the client's trace.
+    /// Start measuring a request to `deployment` of `service`, under a server span
+    /// that continues the client's trace.
     fn start<B>(
         platform: &Arc<Platform>,
-        entry: &ServiceEntry,
+        service: &Arc<LiveService>,
         deployment: &Deployment,
         request: &Request<B>,
-        request_id: &str,
+        request_id: &RequestId,
     ) -> Self {
+        service.faults.request();
         let telemetry = &platform.telemetry;
         let method = method_label(request.method());
         let version = deployment.record.version.clone();
         let parent = telemetry.tracing.extract(request.headers());
         let span = telemetry.tracing.start_with(SpanKind::Server, &parent, || {
-            let route = entry.route().to_owned();
+            let route = deployment.route().to_owned();
             (
                 format!("{method} {route}"),
                 vec![
                     KeyValue::new("http.request.method", method),
                     KeyValue::new("http.route", route),
                     KeyValue::new("url.path", request.uri().path().to_owned()),
-                    KeyValue::new("shoal.service", entry.name().to_owned()),
-                    KeyValue::new("shoal.request_id", request_id.to_owned()),
+                    KeyValue::new("shoal.service", service.name().to_owned()),
+                    KeyValue::new("shoal.request_id", request_id.to_string()),
                     KeyValue::new("shoal.version", version.clone()),
                 ],
             )
         });
         Self {
             platform: platform.clone(),
-            service: entry.name().to_owned(),
+            live: service.clone(),
+            service: service.name().to_owned(),
             version,
             method,
             // Until the request is answered, it counts as refused.

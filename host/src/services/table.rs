@@ -1,5 +1,5 @@
-//! The live table of services: name → entry (stable version, optional canary,
-//! admission limiter), route → name.
+//! The live table of services: name → [`LiveService`] (its admission limiter, its
+//! fault counts and the [`Versions`] live now), route → name.
 
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock};
@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::ServiceError;
-use super::limiter::Limiter;
-use super::state::{AutoRollback, CanaryState};
+use super::limiter::{Limiter, Scale};
+use super::spec::DeploymentSpec;
+use super::state::{AutoRollback, CanaryState, ServiceState};
 use crate::policy::error_rate::ErrorWindow;
-use crate::runtime::{InstanceLimits, Loaded, ServiceContext};
+use crate::runtime::ServiceContext;
+use crate::runtime::executor::Executor;
 use crate::storage::ServiceRecord;
 
 /// One deployed version of a service, ready to serve.
@@ -22,40 +24,34 @@ use crate::storage::ServiceRecord;
 pub struct Deployment {
     /// What is persisted about it.
     pub record: ServiceRecord,
-    /// Gateway path prefix.
-    pub route: String,
+    /// Its settings, resolved from its manifest and the host's defaults.
+    pub spec: DeploymentSpec,
     /// What its instances see of themselves.
     pub context: Arc<ServiceContext>,
-    /// What bounds each of its instances.
-    pub limits: InstanceLimits,
-    /// The compiled, linked component. Baseline code is swapped for optimised code
-    /// when that is ready; a request keeps the code it started on.
-    pub code: Arc<ArcSwap<Loaded>>,
-    /// Deadline per request.
-    pub timeout: Duration,
-    /// The periodic health check of this version, when the component exports one.
+    /// Runs its requests.
+    pub executor: Arc<dyn Executor>,
+    /// The periodic health check of this version, when the code exports one.
     pub(crate) health_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Idle instances kept for reuse, when the manifest opts in (WASIp2 code).
-    pub pool: Option<Arc<crate::runtime::reuse::InstancePool>>,
-    /// The instances serving requests several at a time (WASIp3 code).
-    pub concurrent: Option<Arc<crate::runtime::concurrent::ConcurrentService>>,
 }
 
 impl Deployment {
-    /// The code new requests run.
-    pub fn loaded(&self) -> Arc<Loaded> {
-        self.code.load_full()
+    /// Gateway path prefix.
+    pub fn route(&self) -> &str {
+        &self.spec.route
     }
 
-    /// Stop this version's background work: its health checks, and its idle reusable
-    /// instances (requests still running on it finish).
+    /// A request's time limit.
+    pub fn timeout(&self) -> Duration {
+        self.spec.timeout()
+    }
+
+    /// Stop this version's background work: its health checks, and what its executor
+    /// keeps for later requests (requests still running on it finish).
     pub fn retire(&self) {
         if let Some(task) = self.health_task.lock().take() {
             task.abort();
         }
-        if let Some(pool) = &self.pool {
-            pool.clear();
-        }
+        self.executor.retire();
     }
 }
 
@@ -74,6 +70,41 @@ pub struct Canary {
 }
 
 impl Canary {
+    /// A new canary: an empty error window (as long as the rule's, or 30 s).
+    pub fn new(
+        deployment: Arc<Deployment>,
+        weight: u8,
+        auto_rollback: Option<AutoRollback>,
+    ) -> Self {
+        let window = auto_rollback
+            .as_ref()
+            .map_or(Duration::from_secs(30), |rule| {
+                Duration::from_millis(rule.window_ms)
+            });
+        Self {
+            deployment,
+            weight,
+            auto_rollback,
+            window: Arc::new(Mutex::new(ErrorWindow::new(
+                window,
+                std::time::Instant::now(),
+            ))),
+            tripped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The same canary with another share of the traffic: its error window and trip
+    /// state carry over.
+    pub fn with_weight(&self, weight: u8) -> Self {
+        Self {
+            deployment: self.deployment.clone(),
+            weight,
+            auto_rollback: self.auto_rollback.clone(),
+            window: self.window.clone(),
+            tripped: self.tripped.clone(),
+        }
+    }
+
     /// What is persisted of it.
     pub fn state(&self) -> CanaryState {
         CanaryState {
@@ -109,29 +140,21 @@ impl FaultCounters {
     }
 }
 
-/// What lives as long as the service, across versions.
-pub struct Shared {
-    /// Admission control.
-    pub limiter: Arc<Limiter>,
-    /// Fault counters.
-    pub faults: FaultCounters,
-}
-
-/// A service as the gateway sees it.
-pub struct ServiceEntry {
+/// The versions of a service live at one moment. Replaced whole by every change, so
+/// a request sees one consistent set.
+pub struct Versions {
     /// The version that takes the traffic the canary does not.
     pub stable: Arc<Deployment>,
     /// A version taking a share of the traffic.
     pub canary: Option<Arc<Canary>>,
     /// Earlier versions, newest first (for rollback).
     pub history: Vec<ServiceRecord>,
-    /// State kept across versions.
-    pub shared: Arc<Shared>,
-    /// Whether the scale was set with `shoal scale` (persisted) rather than the manifest.
-    pub scale_override: bool,
+    /// The scale set with `shoal scale` (persisted), which the manifests' limits do
+    /// not override.
+    pub scale_override: Option<Scale>,
 }
 
-impl ServiceEntry {
+impl Versions {
     /// The service name.
     pub fn name(&self) -> &str {
         &self.stable.record.name
@@ -139,16 +162,15 @@ impl ServiceEntry {
 
     /// The gateway route.
     pub fn route(&self) -> &str {
-        &self.stable.route
+        self.stable.route()
     }
 
-    /// The same service with `canary` in place of the current one.
-    pub fn with_canary(&self, canary: Option<Arc<Canary>>) -> ServiceEntry {
-        ServiceEntry {
+    /// The same versions with `canary` in place of the current one.
+    pub fn with_canary(&self, canary: Option<Arc<Canary>>) -> Versions {
+        Versions {
             stable: self.stable.clone(),
             canary,
             history: self.history.clone(),
-            shared: self.shared.clone(),
             scale_override: self.scale_override,
         }
     }
@@ -160,10 +182,10 @@ impl ServiceEntry {
 
     /// The longest time limit of the live versions.
     pub fn longest_timeout(&self) -> Duration {
-        let canary = self.canary.as_ref().map(|canary| canary.deployment.timeout);
-        canary.map_or(self.stable.timeout, |canary| {
-            canary.max(self.stable.timeout)
-        })
+        self.deployments()
+            .map(|deployment| deployment.timeout())
+            .max()
+            .unwrap_or_default()
     }
 
     /// The deployment a request should use: the canary for `weight`% of draws.
@@ -174,11 +196,67 @@ impl ServiceEntry {
             _ => (&self.stable, None),
         }
     }
+
+    /// The scale that applies: the operator's override, or the stable version's
+    /// manifest.
+    pub fn scale(&self) -> Scale {
+        self.scale_override.unwrap_or(self.stable.spec.scale)
+    }
+
+    /// What is persisted of these versions.
+    pub fn state(&self) -> ServiceState {
+        ServiceState {
+            current: self.stable.record.clone(),
+            history: self.history.clone(),
+            canary: self.canary.as_ref().map(|canary| canary.state()),
+            scale: self.scale_override,
+        }
+    }
+}
+
+/// A service as the gateway sees it: what lives as long as the service, across its
+/// versions (admission, fault counts), and the versions live now. The gateway finds it
+/// once per request; a request admitted after waiting reads the versions live then.
+pub struct LiveService {
+    name: String,
+    /// Admission control.
+    pub limiter: Arc<Limiter>,
+    /// Fault counters.
+    pub faults: FaultCounters,
+    versions: ArcSwap<Versions>,
+    removed: AtomicBool,
+}
+
+impl LiveService {
+    fn new(versions: Arc<Versions>, scale: Scale) -> Self {
+        Self {
+            name: versions.name().to_owned(),
+            limiter: Limiter::new(scale),
+            faults: FaultCounters::default(),
+            versions: ArcSwap::new(versions),
+            removed: AtomicBool::new(false),
+        }
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The versions live now.
+    pub fn versions(&self) -> Arc<Versions> {
+        self.versions.load_full()
+    }
+
+    /// Whether the service has been removed (its requests still queued are refused).
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    by_name: BTreeMap<String, Arc<ServiceEntry>>,
+    by_name: BTreeMap<String, Arc<LiveService>>,
     by_route: Routes,
 }
 
@@ -224,18 +302,18 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
-    /// The entry of `name`.
-    pub fn entry(&self, name: &str) -> Option<Arc<ServiceEntry>> {
+    /// The live service `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<LiveService>> {
         self.inner.read().by_name.get(name).cloned()
     }
 
-    /// The stable deployment of `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<Deployment>> {
-        self.entry(name).map(|entry| entry.stable.clone())
+    /// The versions of `name` live now.
+    pub fn versions(&self, name: &str) -> Option<Arc<Versions>> {
+        self.get(name).map(|service| service.versions())
     }
 
-    /// Every entry, by name.
-    pub fn entries(&self) -> Vec<Arc<ServiceEntry>> {
+    /// Every live service, by name.
+    pub fn services(&self) -> Vec<Arc<LiveService>> {
         self.inner.read().by_name.values().cloned().collect()
     }
 
@@ -245,7 +323,7 @@ impl ServiceTable {
     }
 
     /// Whether `name` may take `route`: free, or already its own. The one route check
-    /// of deploy, rollback and restore.
+    /// of every change and of restore.
     pub fn check_route(&self, route: &str, name: &str) -> Result<(), ServiceError> {
         match self.route_owner(route) {
             Some(owner) if owner != name => Err(ServiceError::RouteConflict {
@@ -256,37 +334,57 @@ impl ServiceTable {
         }
     }
 
-    /// Install `entry`, replacing the previous entry of the same name (and its route,
-    /// if the route changed). Returns the replaced entry. Refused, with nothing
-    /// changed, when another service owns the route: one route, one service.
-    pub fn insert(
+    /// Make `versions` the live versions of their service (created if new), moving its
+    /// route if it changed, and apply `scale` to its limiter. Returns the service, the
+    /// versions installed and those they replaced. Refused, with nothing changed, when
+    /// another service owns the route: one route, one service.
+    #[allow(clippy::type_complexity)]
+    pub fn install(
         &self,
-        entry: Arc<ServiceEntry>,
-    ) -> Result<Option<Arc<ServiceEntry>>, ServiceError> {
+        versions: Versions,
+        scale: Scale,
+    ) -> Result<(Arc<LiveService>, Arc<Versions>, Option<Arc<Versions>>), ServiceError> {
         let mut inner = self.inner.write();
-        let name = entry.name().to_owned();
-        let old_route = inner.by_name.get(&name).map(|old| old.route().to_owned());
+        let name = versions.name().to_owned();
+        let existing = inner.by_name.get(&name).cloned();
+        let old_route = existing
+            .as_ref()
+            .map(|service| service.versions().route().to_owned());
         inner
             .by_route
-            .claim(&name, entry.route(), old_route.as_deref())
+            .claim(&name, versions.route(), old_route.as_deref())
             .map_err(|owner| ServiceError::RouteConflict {
-                route: entry.route().to_owned(),
+                route: versions.route().to_owned(),
                 owner,
             })?;
-        Ok(inner.by_name.insert(name, entry))
+        let versions = Arc::new(versions);
+        Ok(match existing {
+            Some(service) => {
+                service.limiter.rescale(scale);
+                let previous = service.versions.swap(versions.clone());
+                (service, versions, Some(previous))
+            }
+            None => {
+                let service = Arc::new(LiveService::new(versions.clone(), scale));
+                inner.by_name.insert(name, service.clone());
+                (service, versions, None)
+            }
+        })
     }
 
-    /// Remove `name` (and its route, if it owns it). Returns the removed entry.
-    pub fn remove(&self, name: &str) -> Option<Arc<ServiceEntry>> {
+    /// Remove `name` (and its route, if it owns it). Requests it still has queued are
+    /// refused once admitted. Returns the removed service.
+    pub fn remove(&self, name: &str) -> Option<Arc<LiveService>> {
         let mut inner = self.inner.write();
         let removed = inner.by_name.remove(name)?;
-        inner.by_route.release(name, removed.route());
+        removed.removed.store(true, Ordering::Release);
+        inner.by_route.release(name, removed.versions().route());
         Some(removed)
     }
 
-    /// The entry whose route is the longest prefix of `path` on a segment boundary,
+    /// The service whose route is the longest prefix of `path` on a segment boundary,
     /// with the length of that prefix.
-    pub fn resolve(&self, path: &str) -> Option<(Arc<ServiceEntry>, usize)> {
+    pub fn resolve(&self, path: &str) -> Option<(Arc<LiveService>, usize)> {
         let inner = self.inner.read();
         let lookup = |route: &str| {
             inner
@@ -298,10 +396,10 @@ impl ServiceTable {
         let mut candidate = path.trim_end_matches('/');
         loop {
             if candidate.is_empty() {
-                return lookup("/").map(|entry| (entry, 0));
+                return lookup("/").map(|service| (service, 0));
             }
-            if let Some(entry) = lookup(candidate) {
-                return Some((entry, candidate.len()));
+            if let Some(service) = lookup(candidate) {
+                return Some((service, candidate.len()));
             }
             candidate = match candidate.rfind('/') {
                 Some(index) => &candidate[..index],

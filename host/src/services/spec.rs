@@ -1,0 +1,385 @@
+//! A deployment's settings, resolved once from its manifest and the host's defaults,
+//! and the one table of those defaults.
+//!
+//! Everything a deployment's manifest leaves unset takes its value here, and nowhere
+//! else: the `shoal serve` flags that set host-wide defaults start from [`defaults`],
+//! and a test checks that the README's manifest reference names the same values.
+
+use std::time::Duration;
+
+use super::Invalid;
+use super::limiter::Scale;
+use crate::runtime::concurrent::Concurrency;
+use crate::runtime::executor::ExecutionSpec;
+use crate::storage::ServiceRecord;
+
+/// The defaults of what a manifest leaves unset, and the host's ceilings.
+pub mod defaults {
+    /// Linear memory per instance, in MiB (`--default-memory-mb`).
+    pub const MEMORY_MB: u32 = 128;
+    /// Largest linear memory a manifest may ask for, in MiB (`--max-memory-mb`).
+    pub const MAX_MEMORY_MB: u32 = 1024;
+    /// A request's time limit, in milliseconds (`--default-timeout-ms`).
+    pub const TIMEOUT_MS: u64 = 30_000;
+    /// Requests a service runs at once (`--default-max-concurrency`).
+    pub const MAX_CONCURRENCY: u32 = 64;
+    /// Requests that may wait for a slot (`--default-queue`).
+    pub const QUEUE: u32 = 256;
+    /// Elements per table of an instance: what the instance pool reserves for every
+    /// table (`--max-table-elements`), so a manifest can only ask for less.
+    pub const TABLE_ELEMENTS: u32 = 20_000;
+    /// Size quota of a service's store, in MiB.
+    pub const STORE_MB: u32 = 64;
+    /// Requests one WASIp2 instance serves in its life (1: a fresh one per request).
+    pub const INSTANCE_REUSE: u32 = 1;
+    /// Requests one WASIp3 instance serves in its life.
+    pub const INSTANCE_REUSE_WASIP3: u32 = 128;
+    /// Requests one WASIp3 instance serves at once.
+    pub const INSTANCE_CONCURRENCY: u32 = 16;
+}
+
+/// Host-wide values for what a manifest leaves unset, and the ceilings it may not pass.
+#[derive(Debug, Clone)]
+pub struct ServiceDefaults {
+    /// Linear memory per instance, in MiB.
+    pub memory_mb: u32,
+    /// Ceiling a manifest may ask for, in MiB.
+    pub max_memory_mb: u32,
+    /// Deadline per request.
+    pub timeout: Duration,
+    /// Concurrency and queue per service.
+    pub scale: Scale,
+    /// Instances one service may run at once (its `max_concurrency` ceiling), well
+    /// under the host's pool so no service can take every slot.
+    pub max_instances_per_service: u32,
+    /// Elements per table of an instance.
+    pub table_elements: u32,
+}
+
+impl Default for ServiceDefaults {
+    fn default() -> Self {
+        Self {
+            memory_mb: defaults::MEMORY_MB,
+            max_memory_mb: defaults::MAX_MEMORY_MB,
+            timeout: Duration::from_millis(defaults::TIMEOUT_MS),
+            scale: Scale {
+                max_concurrency: defaults::MAX_CONCURRENCY,
+                queue: defaults::QUEUE,
+            },
+            max_instances_per_service: 500,
+            table_elements: defaults::TABLE_ELEMENTS,
+        }
+    }
+}
+
+/// Everything about how one deployment runs, resolved from its manifest and the
+/// host's defaults in one place ([`DeploymentSpec::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentSpec {
+    /// Gateway path prefix.
+    pub route: String,
+    /// Requests running at once and waiting, as the manifest sets them (a `shoal
+    /// scale` override, persisted with the service, takes their place).
+    pub scale: Scale,
+    /// Linear memory per instance, in MiB.
+    pub memory_mb: u32,
+    /// Size quota of the service's store, in bytes.
+    pub store_quota_bytes: u64,
+    /// How its instances are bounded and how many requests each takes.
+    pub execution: ExecutionSpec,
+}
+
+impl DeploymentSpec {
+    /// The settings of `record`'s deployment on a host with `defaults`.
+    pub fn resolve(record: &ServiceRecord, defaults: &ServiceDefaults) -> Self {
+        let limits = &record.manifest.limits;
+        let memory_mb = limits.memory_mb.unwrap_or(defaults.memory_mb);
+        let cap = defaults.max_instances_per_service;
+        Self {
+            route: record
+                .manifest
+                .route
+                .clone()
+                .unwrap_or_else(|| format!("/{}", record.name)),
+            scale: Scale {
+                max_concurrency: limits
+                    .max_concurrency
+                    .unwrap_or(defaults.scale.max_concurrency.min(cap)),
+                queue: limits.queue.unwrap_or(defaults.scale.queue),
+            },
+            memory_mb,
+            store_quota_bytes: u64::from(limits.store_mb.unwrap_or(defaults::STORE_MB))
+                * 1024
+                * 1024,
+            execution: ExecutionSpec {
+                memory_bytes: memory_mb as usize * 1024 * 1024,
+                table_elements: limits.table_elements.unwrap_or(defaults.table_elements) as usize,
+                timeout: limits
+                    .timeout_ms
+                    .map_or(defaults.timeout, Duration::from_millis),
+                sequential_reuse: limits.instance_reuse.unwrap_or(defaults::INSTANCE_REUSE),
+                concurrency: Concurrency {
+                    per_instance: limits
+                        .instance_concurrency
+                        .unwrap_or(defaults::INSTANCE_CONCURRENCY)
+                        as usize,
+                    requests_per_instance: limits
+                        .instance_reuse
+                        .unwrap_or(defaults::INSTANCE_REUSE_WASIP3)
+                        as usize,
+                },
+                asks_concurrency: limits.instance_concurrency.is_some_and(|n| n > 1),
+            },
+        }
+    }
+
+    /// A request's time limit.
+    pub fn timeout(&self) -> Duration {
+        self.execution.timeout
+    }
+}
+
+/// Whether a service running `concurrency` requests at once, each instance with
+/// `memory_mb`, fits the host: no more instances than one service may run, and its
+/// worst case (every slot busy, every instance at its memory limit) within the
+/// host's memory budget.
+pub fn check_fits(
+    memory_mb: u32,
+    concurrency: u32,
+    defaults: &ServiceDefaults,
+    memory_budget_bytes: usize,
+) -> Result<(), Invalid> {
+    let cap = defaults.max_instances_per_service;
+    if concurrency > cap {
+        return Err(Invalid::InstanceCap {
+            asked: concurrency,
+            cap,
+        });
+    }
+    let need_mb = u64::from(memory_mb) * u64::from(concurrency);
+    let budget_mb = (memory_budget_bytes / (1024 * 1024)) as u64;
+    if need_mb > budget_mb {
+        return Err(Invalid::MemoryBudget {
+            memory_mb: u64::from(memory_mb),
+            concurrency: u64::from(concurrency),
+            need_mb,
+            budget_mb,
+        });
+    }
+    Ok(())
+}
+
+/// A scale `shoal scale` may set.
+pub fn check_scale(scale: Scale) -> Result<(), Invalid> {
+    if !(1..=100_000).contains(&scale.max_concurrency) || scale.queue > 1_000_000 {
+        return Err(Invalid::Scale);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    fn record(manifest: &str) -> ServiceRecord {
+        ServiceRecord {
+            name: "orders".into(),
+            version: "1".into(),
+            digest: "d".into(),
+            deployed_at: "2026-01-01T00:00:00Z".into(),
+            manifest: Manifest::from_toml(manifest).expect("a manifest"),
+        }
+    }
+
+    #[test]
+    fn an_empty_manifest_takes_every_default() {
+        let spec = DeploymentSpec::resolve(&record(""), &ServiceDefaults::default());
+        assert_eq!(spec.route, "/orders");
+        assert_eq!(spec.memory_mb, defaults::MEMORY_MB);
+        assert_eq!(spec.timeout(), Duration::from_millis(defaults::TIMEOUT_MS));
+        assert_eq!(
+            spec.scale,
+            Scale {
+                max_concurrency: defaults::MAX_CONCURRENCY,
+                queue: defaults::QUEUE
+            }
+        );
+        assert_eq!(spec.store_quota_bytes, 64 * 1024 * 1024);
+        let execution = &spec.execution;
+        assert_eq!(execution.memory_bytes, 128 * 1024 * 1024);
+        assert_eq!(
+            execution.table_elements,
+            defaults::TABLE_ELEMENTS as usize,
+            "the documented default, which the instance pool reserves"
+        );
+        assert_eq!(execution.sequential_reuse, 1);
+        assert_eq!(execution.concurrency.per_instance, 16);
+        assert_eq!(execution.concurrency.requests_per_instance, 128);
+        assert!(!execution.asks_concurrency);
+    }
+
+    #[test]
+    fn the_manifest_overrides_each_default() {
+        let spec = DeploymentSpec::resolve(
+            &record(
+                r#"
+                route = "/api"
+                [limits]
+                memory_mb = 32
+                timeout_ms = 5000
+                table_elements = 1000
+                instance_reuse = 7
+                instance_concurrency = 4
+                max_concurrency = 3
+                queue = 9
+                store_mb = 2
+                "#,
+            ),
+            &ServiceDefaults::default(),
+        );
+        assert_eq!(spec.route, "/api");
+        assert_eq!(spec.memory_mb, 32);
+        assert_eq!(spec.timeout(), Duration::from_secs(5));
+        assert_eq!(
+            spec.scale,
+            Scale {
+                max_concurrency: 3,
+                queue: 9
+            }
+        );
+        assert_eq!(spec.store_quota_bytes, 2 * 1024 * 1024);
+        assert_eq!(spec.execution.table_elements, 1000);
+        assert_eq!(spec.execution.sequential_reuse, 7);
+        assert_eq!(spec.execution.concurrency.per_instance, 4);
+        assert_eq!(spec.execution.concurrency.requests_per_instance, 7);
+        assert!(spec.execution.asks_concurrency);
+    }
+
+    #[test]
+    fn the_host_defaults_apply_and_the_default_concurrency_stays_under_the_instance_cap() {
+        let defaults = ServiceDefaults {
+            memory_mb: 16,
+            timeout: Duration::from_secs(2),
+            max_instances_per_service: 8,
+            ..ServiceDefaults::default()
+        };
+        let spec = DeploymentSpec::resolve(&record(""), &defaults);
+        assert_eq!(spec.memory_mb, 16);
+        assert_eq!(spec.timeout(), Duration::from_secs(2));
+        assert_eq!(spec.scale.max_concurrency, 8, "64 lowered to the cap");
+    }
+
+    #[test]
+    fn a_service_must_fit_the_instance_cap_and_the_memory_budget() {
+        let defaults = ServiceDefaults {
+            max_instances_per_service: 10,
+            ..ServiceDefaults::default()
+        };
+        let budget = 1024 * 1024 * 1024;
+        assert_eq!(check_fits(64, 10, &defaults, budget), Ok(()));
+        assert_eq!(
+            check_fits(64, 11, &defaults, budget),
+            Err(Invalid::InstanceCap { asked: 11, cap: 10 })
+        );
+        assert_eq!(check_fits(128, 8, &defaults, budget), Ok(()));
+        assert!(matches!(
+            check_fits(129, 8, &defaults, budget),
+            Err(Invalid::MemoryBudget { need_mb: 1032, .. })
+        ));
+    }
+
+    #[test]
+    fn a_scale_is_bounded() {
+        let scale = |max_concurrency, queue| Scale {
+            max_concurrency,
+            queue,
+        };
+        assert_eq!(check_scale(scale(1, 0)), Ok(()));
+        assert_eq!(check_scale(scale(100_000, 1_000_000)), Ok(()));
+        assert_eq!(check_scale(scale(0, 0)), Err(Invalid::Scale));
+        assert_eq!(check_scale(scale(100_001, 0)), Err(Invalid::Scale));
+        assert_eq!(check_scale(scale(1, 1_000_001)), Err(Invalid::Scale));
+    }
+
+    /// The `[limits]` lines of the README's manifest reference, by key.
+    fn readme_limits() -> std::collections::BTreeMap<String, String> {
+        let readme = include_str!("../../../README.md");
+        let reference = readme
+            .split("### Manifest")
+            .nth(1)
+            .and_then(|section| section.split("```toml").nth(1))
+            .and_then(|block| block.split("```").next())
+            .expect("the README has a manifest reference");
+        let limits = reference
+            .split("[limits]")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .expect("the reference has a [limits] table");
+        limits
+            .lines()
+            .filter_map(|line| {
+                let (key, _) = line.split_once('=')?;
+                Some((key.trim().to_owned(), line.to_owned()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_manifest_reference_names_the_real_defaults() {
+        let lines = readme_limits();
+        let documented = [
+            (
+                "memory_mb",
+                format!("default --default-memory-mb, {}", defaults::MEMORY_MB),
+            ),
+            (
+                "timeout_ms",
+                format!("default --default-timeout-ms, {}", defaults::TIMEOUT_MS),
+            ),
+            (
+                "table_elements",
+                format!("default --max-table-elements, {}", defaults::TABLE_ELEMENTS),
+            ),
+            (
+                "instance_reuse",
+                format!(
+                    "default {}: fresh each; WASIp3: {}",
+                    defaults::INSTANCE_REUSE,
+                    defaults::INSTANCE_REUSE_WASIP3
+                ),
+            ),
+            (
+                "instance_concurrency",
+                format!("default {}", defaults::INSTANCE_CONCURRENCY),
+            ),
+            (
+                "max_concurrency",
+                format!(
+                    "default --default-max-concurrency, {}",
+                    defaults::MAX_CONCURRENCY
+                ),
+            ),
+            (
+                "queue",
+                format!("default --default-queue, {}", defaults::QUEUE),
+            ),
+            ("store_mb", format!("default {}", defaults::STORE_MB)),
+        ];
+        for (key, default) in &documented {
+            let line = lines
+                .get(*key)
+                .unwrap_or_else(|| panic!("the README's [limits] has no `{key}`"));
+            assert!(
+                line.contains(&format!("({default})")),
+                "README: `{line}` should say ({default})"
+            );
+        }
+        assert_eq!(
+            lines.len(),
+            documented.len(),
+            "every documented limit has its default checked: {:?}",
+            lines.keys()
+        );
+    }
+}
