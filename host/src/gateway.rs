@@ -11,13 +11,11 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 use crate::deadline::Deadline;
-use crate::listener::{self, ConnectionLimits};
+use crate::listener;
 use crate::protocol::{self, Body, DEADLINE_MS, FORWARDED_PREFIX, INTERNAL_PREFIX, RequestId};
 use crate::services::Services;
-use crate::serving_threads::ServingThreads;
 
 /// Who the gateway trusts with forwarding and internal headers.
 #[derive(Debug, Clone, Default)]
@@ -50,14 +48,66 @@ const FORWARDING_HEADERS: [&str; 7] = [
     "x-real-ip",
 ];
 
-/// Serve the gateway on `listener` until `shutdown` resolves, then stop accepting,
-/// let in-flight requests finish (up to `drain`), and return.
-#[allow(clippy::too_many_arguments)]
+/// The gateway's part of the `shoal serve` flags.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct GatewaySettings {
+    /// Address of the gateway that serves the services (port 0 picks a free port).
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain of the gateway: it then speaks HTTPS only. Reloaded when
+    /// the file changes.
+    #[arg(long, env = "SHOAL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of the gateway's certificate.
+    #[arg(long, env = "SHOAL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Gateway connections open at once; beyond it, new connections wait in the
+    /// kernel's backlog while open ones keep being served.
+    #[arg(long, env = "SHOAL_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Threads that serve gateway connections, each with an event loop of its own
+    /// (0: one per core). A connection stays on the thread that took it, and a
+    /// WASIp3 service keeps instances per thread. At most 64.
+    #[arg(long, env = "SHOAL_GATEWAY_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub gateway_threads: u16,
+
+    /// Peers (addresses or CIDR ranges, comma-separated) whose `X-Forwarded-*`,
+    /// `Forwarded` and `x-shoal-*` headers the gateway keeps. From anyone else they
+    /// are removed, and the gateway names the peer in `X-Forwarded-For` itself.
+    #[arg(long, env = "SHOAL_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_peer)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl GatewaySettings {
+    /// How many serving threads to start: the flag, or one per core.
+    pub fn serving_threads(&self) -> usize {
+        match self.gateway_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            count => usize::from(count),
+        }
+    }
+}
+
+/// An address (`10.0.0.5`, `::1`) or a CIDR range (`10.0.0.0/8`).
+fn parse_peer(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net);
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{text}` is neither an IP address nor a CIDR range"))
+}
+
+/// Serve the gateway on `bound` until `shutdown` resolves, then stop accepting, let
+/// in-flight requests finish (up to `drain`), and return.
 pub async fn serve(
-    listener: TcpListener,
-    limits: ConnectionLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    threads: Arc<ServingThreads>,
+    bound: listener::Bound,
     services: Arc<Services>,
     trusted: TrustedPeers,
     shutdown: impl Future<Output = ()>,
@@ -73,17 +123,7 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(route(&services, &peer, request).await) }
         })
     };
-    listener::serve(
-        "gateway",
-        listener,
-        limits,
-        tls,
-        Some(threads),
-        service_for,
-        shutdown,
-        drain,
-    )
-    .await;
+    listener::serve(bound, service_for, shutdown, drain).await;
 }
 
 /// The other end of a connection, as the gateway's header rules see it.

@@ -41,22 +41,97 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
 }
 
+/// The timeouts both listeners share, and how long a shutdown drains them: their part
+/// of the `shoal serve` flags.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ConnectionSettings {
+    /// Time a client has to send a whole request head, on both listeners, in ms.
+    #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Time a keep-alive connection may sit idle (no request, no traffic), in ms.
+    #[arg(long, env = "SHOAL_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// How long SIGTERM waits for in-flight requests before exiting, in seconds.
+    #[arg(long, env = "SHOAL_DRAIN_SECS", default_value_t = 30)]
+    pub drain_secs: u64,
+}
+
+impl ConnectionSettings {
+    /// The defences of a listener that keeps up to `max_connections` open.
+    pub fn limits(&self, max_connections: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
+        }
+    }
+
+    /// How long a shutdown lets in-flight requests finish.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
+    }
+}
+
+/// A bound listener and how it serves: its defences, its certificate, and the
+/// serving threads its connections go to (none: the calling runtime).
+pub struct Bound {
+    /// The listener's name in logs (`gateway`, `admin`).
+    pub name: &'static str,
+    /// The socket.
+    pub listener: TcpListener,
+    /// Its defences.
+    pub limits: ConnectionLimits,
+    /// TLS, when it has a certificate.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Where its connections are served.
+    pub threads: Option<Arc<ServingThreads>>,
+}
+
+impl Bound {
+    /// Bind `address` for the listener `name`.
+    pub async fn bind(
+        name: &'static str,
+        address: SocketAddr,
+        limits: ConnectionLimits,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|error| anyhow::anyhow!("binding the {name} to {address}: {error}"))?;
+        Ok(Self {
+            name,
+            listener,
+            limits,
+            tls,
+            threads: None,
+        })
+    }
+
+    /// The same listener, its connections served on `threads`.
+    pub fn on(mut self, threads: Arc<ServingThreads>) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
 /// Largest request head (request line and headers) accepted, in bytes.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields accepted in one request.
 const MAX_HEADERS: usize = 128;
 
-/// Serve connections from `listener` with `service_for(peer)` until `shutdown`
+/// Serve connections from `bound` with `service_for(peer)` until `shutdown`
 /// resolves; then stop accepting and let open connections finish their requests for
-/// up to `drain`. Connections are served on `threads` when given (see
-/// [`ServingThreads`]), otherwise on the calling runtime.
-#[allow(clippy::too_many_arguments)]
+/// up to `drain`. Connections are served on the bound's threads when it has them
+/// (see [`ServingThreads`]), otherwise on the calling runtime.
 pub async fn serve<F, S, B>(
-    name: &'static str,
-    listener: TcpListener,
-    limits: ConnectionLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    threads: Option<Arc<ServingThreads>>,
+    bound: Bound,
     service_for: F,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -69,6 +144,13 @@ pub async fn serve<F, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Bound {
+        name,
+        listener,
+        limits,
+        tls,
+        threads,
+    } = bound;
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

@@ -291,6 +291,32 @@ pub struct Limits {
 /// Largest store quota a manifest may ask for, in MiB.
 const MAX_STORE_MB: u32 = 64 * 1024;
 
+/// The one table of defaults for what a manifest leaves unset, and the host's
+/// ceilings. The `shoal serve` flags that change a default start from these values.
+pub mod defaults {
+    /// Linear memory per instance, in MiB (`--default-memory-mb`).
+    pub const MEMORY_MB: u32 = 128;
+    /// Largest linear memory a manifest may ask for, in MiB (`--max-memory-mb`).
+    pub const MAX_MEMORY_MB: u32 = 1024;
+    /// A request's time limit, in milliseconds (`--default-timeout-ms`).
+    pub const TIMEOUT_MS: u64 = 30_000;
+    /// Requests a service runs at once (`--default-max-concurrency`).
+    pub const MAX_CONCURRENCY: u32 = 64;
+    /// Requests that may wait for a slot (`--default-queue`).
+    pub const QUEUE: u32 = 256;
+    /// Elements per table of an instance: what the instance pool reserves for every
+    /// table (`--max-table-elements`), so a manifest can only ask for less.
+    pub const TABLE_ELEMENTS: u32 = 20_000;
+    /// Size quota of a service's store, in MiB.
+    pub const STORE_MB: u32 = 64;
+    /// Requests one WASIp2 instance serves in its life (1: a fresh one per request).
+    pub const INSTANCE_REUSE: u32 = 1;
+    /// Requests one WASIp3 instance serves in its life.
+    pub const INSTANCE_REUSE_WASIP3: u32 = 128;
+    /// Requests one WASIp3 instance serves at once.
+    pub const INSTANCE_CONCURRENCY: u32 = 16;
+}
+
 /// A manifest that cannot be accepted, naming the field and the reason.
 #[derive(Debug, Error)]
 pub enum ManifestError {

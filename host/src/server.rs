@@ -1,24 +1,24 @@
-//! `shoal serve`: wire storage, runtime, services, gateway and admin API together.
+//! `shoal serve`: wire storage, runtime, platform, services, gateway and admin API
+//! together from each part's settings ([`ServeConfig`]).
 
 use anyhow::{Context as _, Result};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminSettings, AdminState};
 use crate::caller::transport::LocalDispatch;
 use crate::config::ServeConfig;
 use crate::gateway::TrustedPeers;
-use crate::listener::{self, ConnectionLimits};
+use crate::listener;
 use crate::platform::Platform;
 use crate::policy::redact::Redactor;
 use crate::registry::Registry;
 use crate::registry::external::ExternalServices;
 use crate::registry::health::HealthChecker;
-use crate::runtime::{Runtime, RuntimeOptions};
-use crate::secrets::Secrets;
-use crate::services::{ServiceDefaults, Services};
+use crate::runtime::Runtime;
+use crate::secrets::{Secrets, SecretsSettings};
+use crate::services::Services;
 use crate::serving_threads::ServingThreads;
 use crate::storage::Storage;
 use crate::telemetry::Telemetry;
@@ -30,7 +30,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const SECRETS_DIR_CHECK: Duration = Duration::from_secs(1);
 
 /// A host that is built and bound but not yet serving: what [`build`] makes and
-/// [`serve`] runs, so tests and embedders can bind port 0 and choose the shutdown.
+/// [`serve`] runs, so embedders can bind port 0 and choose the shutdown.
 pub struct Host {
     /// The services this host runs.
     pub services: Arc<Services>,
@@ -38,21 +38,16 @@ pub struct Host {
     pub external: Arc<ExternalServices>,
     telemetry: Arc<Telemetry>,
     admin: axum::Router,
-    gateway_listener: TcpListener,
-    admin_listener: TcpListener,
-    gateway_limits: ConnectionLimits,
-    admin_limits: ConnectionLimits,
+    gateway: listener::Bound,
+    admin_listener: listener::Bound,
     trusted: TrustedPeers,
     drain: Duration,
-    gateway_tls: Option<tokio_rustls::TlsAcceptor>,
-    admin_tls: Option<tokio_rustls::TlsAcceptor>,
-    gateway_threads: Arc<ServingThreads>,
 }
 
 impl Host {
     /// Where the gateway listens.
     pub fn gateway_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.gateway_listener.local_addr()
+        self.gateway.local_addr()
     }
 
     /// Where the admin API listens.
@@ -67,12 +62,12 @@ pub async fn run(config: ServeConfig) -> Result<()> {
     let scheme = |tls: bool| if tls { "https" } else { "http" };
     println!(
         "gateway listening on {}://{}",
-        scheme(host.gateway_tls.is_some()),
+        scheme(host.gateway.tls.is_some()),
         host.gateway_addr()?
     );
     println!(
         "admin API listening on {}://{}",
-        scheme(host.admin_tls.is_some()),
+        scheme(host.admin_listener.tls.is_some()),
         host.admin_addr()?
     );
     serve(host, wait_for_signal()).await
@@ -82,30 +77,15 @@ pub async fn run(config: ServeConfig) -> Result<()> {
 /// listeners. What was deployed is restored once serving starts ([`serve`]), so the
 /// listeners answer (`/healthz`, `/readyz` 503) while it loads.
 pub async fn build(config: ServeConfig) -> Result<Host> {
-    if config.default_memory_mb == 0 || config.default_memory_mb > config.max_memory_mb {
-        anyhow::bail!(
-            "--default-memory-mb ({}) must be between 1 and --max-memory-mb ({})",
-            config.default_memory_mb,
-            config.max_memory_mb
-        );
-    }
+    let defaults = config
+        .services
+        .defaults(&config.runtime)
+        .map_err(anyhow::Error::msg)?;
     let storage = Storage::open(&config.data_dir)?;
-    let token = admin_token(&config, &storage)?;
-    let runtime = Runtime::new(&RuntimeOptions {
-        cache_dir: storage.root().join("cache"),
-        max_instances: config.max_instances,
-        max_memory_bytes: config.max_memory_mb as usize * 1024 * 1024,
-        pooling: !config.no_pooling,
-        max_wasm_stack: config.max_wasm_stack_kb * 1024,
-        max_table_elements: config.max_table_elements as usize,
-        function_cache_bytes: config.function_cache_mb * 1024 * 1024,
-        memory_budget_bytes: config.memory_budget_bytes(),
-        baseline_above_bytes: (!config.no_baseline).then(|| config.baseline_above_kb * 1024),
-        keep_resident_bytes: config.keep_resident_kb * 1024,
-        pagemap_scan: true,
-    })?;
-    let secrets = open_secrets(&config, &storage)?;
-    let telemetry = Arc::new(Telemetry::from_env(!config.no_telemetry)?);
+    let token = admin_token(&config.admin, &storage)?;
+    let runtime = Runtime::new(&config.runtime.options(storage.root().join("cache")))?;
+    let secrets = open_secrets(&config.secrets, &storage)?;
+    let telemetry = Arc::new(Telemetry::from_env(!config.telemetry.no_telemetry)?);
     if telemetry.tracing.exporting() {
         tracing::info!("exporting traces over OTLP");
     }
@@ -116,22 +96,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         .build()?;
     let registry = platform.registry.clone();
     let caller = platform.caller.clone();
-    let services = Services::new(
-        Arc::new(runtime),
-        storage.clone(),
-        ServiceDefaults {
-            memory_mb: config.default_memory_mb,
-            max_memory_mb: config.max_memory_mb,
-            timeout: Duration::from_millis(config.default_timeout_ms),
-            scale: crate::services::limiter::Scale {
-                max_concurrency: config.default_max_concurrency,
-                queue: config.default_queue,
-            },
-            max_instances_per_service: config.instances_per_service(),
-            table_elements: config.max_table_elements,
-        },
-        platform,
-    );
+    let services = Services::new(Arc::new(runtime), storage.clone(), defaults, platform);
     let local: Arc<dyn LocalDispatch> = services.clone();
     caller.set_local(Arc::downgrade(&local));
     let external = Arc::new(ExternalServices::new(
@@ -146,14 +111,32 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         registry,
     ));
 
-    let gateway_listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the gateway to {}", config.listen))?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin API to {}", config.admin_listen))?;
+    let settings = &config.gateway;
+    let gateway_threads = ServingThreads::start("shoal-gateway", settings.serving_threads())
+        .context("starting the gateway's serving threads")?;
+    let gateway = listener::Bound::bind(
+        "gateway",
+        settings.listen,
+        config.connections.limits(settings.max_connections),
+        tls_acceptor(settings.tls_cert.as_deref(), settings.tls_key.as_deref())
+            .context("the gateway's TLS certificate")?,
+    )
+    .await?
+    .on(Arc::new(gateway_threads));
+    let settings = &config.admin;
+    let admin_listener = listener::Bound::bind(
+        "admin API",
+        settings.admin_listen,
+        config.connections.limits(settings.admin_max_connections),
+        tls_acceptor(
+            settings.admin_tls_cert.as_deref(),
+            settings.admin_tls_key.as_deref(),
+        )
+        .context("the admin API's TLS certificate")?,
+    )
+    .await?;
     tracing::info!(
-        gateway_addr = %gateway_listener.local_addr()?,
+        gateway_addr = %gateway.local_addr()?,
         admin_addr = %admin_listener.local_addr()?,
         data_dir = %storage.root().display(),
         "shoal is listening; restoring services"
@@ -169,36 +152,23 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
             crate::access::audit::AuditLog::open(storage.root())
                 .context("opening the audit log")?,
         ),
-        config.max_upload_bytes,
+        settings.max_upload_bytes,
     ));
-    let (gateway_limits, admin_limits) = config.connection_limits();
-    let gateway_threads = ServingThreads::start("shoal-gateway", config.serving_threads())
-        .context("starting the gateway's serving threads")?;
     Ok(Host {
-        gateway_threads: Arc::new(gateway_threads),
         services,
         external,
         telemetry,
         admin,
-        gateway_listener,
+        gateway,
         admin_listener,
-        gateway_limits,
-        admin_limits,
-        trusted: TrustedPeers::new(config.trusted_proxies.clone()),
-        drain: Duration::from_secs(config.drain_secs),
-        gateway_tls: tls_acceptor(config.tls_cert.as_deref(), config.tls_key.as_deref())
-            .context("the gateway's TLS certificate")?,
-        admin_tls: tls_acceptor(
-            config.admin_tls_cert.as_deref(),
-            config.admin_tls_key.as_deref(),
-        )
-        .context("the admin API's TLS certificate")?,
+        trusted: TrustedPeers::new(config.gateway.trusted_proxies.clone()),
+        drain: config.connections.drain(),
     })
 }
 
 /// The operator's token, or the one saved in the data directory (created and printed
 /// once on first start).
-fn admin_token(config: &ServeConfig, storage: &Storage) -> Result<String> {
+fn admin_token(config: &AdminSettings, storage: &Storage) -> Result<String> {
     match &config.admin_token {
         Some(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
         Some(_) => anyhow::bail!("--admin-token / SHOAL_ADMIN_TOKEN is empty"),
@@ -234,25 +204,17 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         external,
         telemetry,
         admin,
-        gateway_listener,
+        gateway,
         admin_listener,
-        gateway_limits,
-        admin_limits,
         trusted,
         drain,
-        gateway_tls,
-        admin_tls,
-        gateway_threads,
     } = host;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let gateway = tokio::spawn(crate::gateway::serve(
-        gateway_listener,
-        gateway_limits,
-        gateway_tls,
-        gateway_threads,
+        gateway,
         services.clone(),
         trusted,
         stopped(stop_rx.clone()),
@@ -260,11 +222,7 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
     ));
     let admin_service = move |_peer| TowerToHyperService::new(admin.clone());
     let admin_server = tokio::spawn(listener::serve(
-        "admin",
         admin_listener,
-        admin_limits,
-        admin_tls,
-        None,
         admin_service,
         stopped(stop_rx.clone()),
         drain,
@@ -317,7 +275,7 @@ async fn restore(services: Arc<Services>, external: Arc<ExternalServices>) {
 /// The host's secrets: sealed in the data directory, from `SHOAL_SECRET_*` and from
 /// `--secrets-dir`, masked through the process's redactor (the log and the span
 /// exporter use it).
-fn open_secrets(config: &ServeConfig, storage: &Storage) -> Result<Arc<Secrets>> {
+fn open_secrets(config: &SecretsSettings, storage: &Storage) -> Result<Arc<Secrets>> {
     let key = config
         .secrets_key_file
         .clone()

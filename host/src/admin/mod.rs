@@ -60,6 +60,36 @@ use std::sync::Arc;
 use crate::registry::external::ExternalServices;
 use crate::services::Services;
 
+/// The admin API's part of the `shoal serve` flags.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct AdminSettings {
+    /// Address of the admin API (port 0 picks a free port).
+    #[arg(long, env = "SHOAL_ADMIN_LISTEN", default_value = "127.0.0.1:8081")]
+    pub admin_listen: std::net::SocketAddr,
+
+    /// PEM certificate chain of the admin API: it then speaks HTTPS only. Reloaded
+    /// when the file changes.
+    #[arg(long, env = "SHOAL_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of the admin API's certificate.
+    #[arg(long, env = "SHOAL_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<std::path::PathBuf>,
+
+    /// Token the admin API requires. When unset, one is generated into the data
+    /// directory on first start and printed once.
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Largest component upload accepted, in bytes.
+    #[arg(long, env = "SHOAL_MAX_UPLOAD_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+
+    /// Admin API connections open at once.
+    #[arg(long, env = "SHOAL_ADMIN_MAX_CONNECTIONS", default_value_t = 256)]
+    pub admin_max_connections: usize,
+}
+
 /// Shared state of the admin handlers.
 #[derive(Clone)]
 pub struct AdminState {

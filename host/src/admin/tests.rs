@@ -13,7 +13,7 @@ use super::{AdminState, router};
 use crate::platform::Platform;
 use crate::registry::external::ExternalServices;
 use crate::registry::health::HealthChecker;
-use crate::runtime::{Runtime, RuntimeOptions};
+use crate::runtime::{Runtime, RuntimeSettings};
 use crate::services::limiter::Scale;
 use crate::services::{ServiceDefaults, Services};
 use crate::storage::Storage;
@@ -35,19 +35,18 @@ fn admin() -> Admin {
 fn admin_with(restored: bool) -> Admin {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = Storage::open(dir.path()).expect("storage");
-    let runtime = Runtime::new(&RuntimeOptions {
-        cache_dir: dir.path().join("cache"),
-        max_instances: 4,
-        max_memory_bytes: 16 * 1024 * 1024,
-        pooling: false,
-        max_wasm_stack: 512 * 1024,
-        max_table_elements: 20_000,
-        function_cache_bytes: 0,
-        memory_budget_bytes: 1024 * 1024 * 1024,
-        baseline_above_bytes: None,
-        keep_resident_bytes: 64 * 1024,
-        pagemap_scan: true,
-    })
+    let runtime = Runtime::new(
+        &RuntimeSettings {
+            max_instances: 4,
+            max_memory_mb: 16,
+            no_pooling: true,
+            function_cache_mb: 0,
+            max_total_memory_mb: 1024,
+            no_baseline: true,
+            ..RuntimeSettings::default()
+        }
+        .options(dir.path().join("cache")),
+    )
     .expect("runtime");
     let platform = Platform::builder(dir.path())
         .host_id("test")

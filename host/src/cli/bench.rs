@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::deadline::Deadline;
 use crate::platform::Platform;
 use crate::runtime::invoke::Invocation;
-use crate::runtime::{InstanceLimits, Runtime, RuntimeOptions, ServiceContext};
+use crate::runtime::{InstanceLimits, Runtime, RuntimeSettings, ServiceContext};
 
 /// What one timed iteration does.
 #[derive(Debug, Clone, Copy)]
@@ -38,19 +38,21 @@ pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> 
         ..
     } = mode;
     let cache = std::env::temp_dir().join(format!("shoal-bench-{:016x}", rand::random::<u64>()));
-    let runtime = Runtime::new(&RuntimeOptions {
-        cache_dir: cache.clone(),
-        max_instances: 64,
-        max_memory_bytes: 128 * 1024 * 1024,
-        pooling,
-        max_wasm_stack: 512 * 1024,
-        max_table_elements: 20_000,
-        function_cache_bytes: 0,
-        memory_budget_bytes: usize::MAX,
-        baseline_above_bytes: baseline.then_some(0),
-        keep_resident_bytes: mode.keep_resident_kb * 1024,
-        pagemap_scan: !mode.no_pagemap_scan,
-    })?;
+    let runtime = Runtime::new(
+        &RuntimeSettings {
+            max_instances: 64,
+            max_memory_mb: 128,
+            no_pooling: !pooling,
+            function_cache_mb: 0,
+            max_total_memory_mb: usize::MAX >> 20,
+            no_baseline: !baseline,
+            baseline_above_kb: 0,
+            keep_resident_kb: mode.keep_resident_kb,
+            no_pagemap_scan: mode.no_pagemap_scan,
+            ..RuntimeSettings::default()
+        }
+        .options(cache.clone()),
+    )?;
     let bytes =
         std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
     let digest = crate::storage::sha256_hex(&bytes);

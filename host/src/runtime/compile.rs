@@ -518,19 +518,20 @@ mod tests {
     #[test]
     fn async_features_without_wasip3_names_compile_on_the_concurrent_engine() {
         let cache = tempfile::tempdir().expect("tempdir");
-        let runtime = Runtime::new(&super::super::RuntimeOptions {
-            cache_dir: cache.path().to_owned(),
-            max_instances: 4,
-            max_memory_bytes: 1 << 20,
-            pooling: false,
-            max_wasm_stack: 512 * 1024,
-            max_table_elements: 1_000,
-            function_cache_bytes: 0,
-            memory_budget_bytes: usize::MAX,
-            baseline_above_bytes: None,
-            keep_resident_bytes: 0,
-            pagemap_scan: true,
-        })
+        let runtime = Runtime::new(
+            &super::super::RuntimeSettings {
+                max_instances: 4,
+                max_memory_mb: 1,
+                no_pooling: true,
+                max_table_elements: 1_000,
+                function_cache_mb: 0,
+                max_total_memory_mb: 1024,
+                no_baseline: true,
+                keep_resident_kb: 0,
+                ..Default::default()
+            }
+            .options(cache.path().to_owned()),
+        )
         .expect("runtime");
         // A stream type is a component-model async feature, named by no WASI interface.
         let bytes = component("(component (type (stream u8)))");

@@ -14,6 +14,7 @@
 //!   [`read_ahead`] lets a WASIp3 response head wait a moment for its body.
 //! - [`reuse`] keeps idle instances of services that opt in to reuse.
 //! - [`limits`] bounds each instance and all of them together (memory budget).
+//! - [`settings`] is the runtime's part of the `shoal serve` flags.
 
 pub mod compile;
 pub mod concurrent;
@@ -26,10 +27,12 @@ pub mod invoke;
 pub mod limits;
 pub mod read_ahead;
 pub mod reuse;
+pub mod settings;
 pub mod state;
 
 pub use crate::capabilities::ServiceContext;
 pub use compile::{CodeTier, Compiled, Handler, LoadError, Loaded};
 pub use engine::{Runtime, RuntimeOptions};
 pub use executor::{Executor, Loader};
+pub use settings::RuntimeSettings;
 pub use state::{GuestState, InstanceLimits};

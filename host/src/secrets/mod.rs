@@ -24,6 +24,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::manifest::validate_secret_name;
+
+/// Where the operator's secrets come from: their part of the `shoal serve` flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct SecretsSettings {
+    /// Key that seals the secrets set through the admin API (64 hex digits). Created
+    /// on first use; keep it apart from the data directory (default: in it).
+    #[arg(long, env = "SHOAL_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+
+    /// Directory of operator-provided secrets, one file per secret named like it
+    /// (a mounted secret volume); re-read while running.
+    #[arg(long, env = "SHOAL_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+}
 use crate::policy::glob::{glob_matches, validate_pattern};
 use crate::policy::redact::{MIN_SECRET_BYTES, Redactor};
 

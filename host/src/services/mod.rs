@@ -25,7 +25,7 @@ mod table;
 mod tests;
 
 pub use lifecycle::DeployMode;
-pub use spec::{DeploymentSpec, ServiceDefaults};
+pub use spec::{DeploymentSpec, ServiceDefaults, ServiceSettings};
 pub use table::{Canary, Deployment, FaultCounters, LiveService, ServiceTable, Versions};
 
 use std::sync::{Arc, Weak};

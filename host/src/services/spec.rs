@@ -1,42 +1,19 @@
-//! A deployment's settings, resolved once from its manifest and the host's defaults,
-//! and the one table of those defaults.
+//! A deployment's settings, resolved once from its manifest and the host's defaults.
 //!
 //! Everything a deployment's manifest leaves unset takes its value here, and nowhere
-//! else: the `shoal serve` flags that set host-wide defaults start from [`defaults`],
-//! and a test checks that the README's manifest reference names the same values.
+//! else, from the one table of defaults ([`crate::manifest::defaults`]) or the
+//! host-wide flags that start from it; a test checks that the README's manifest
+//! reference names the same values.
 
 use std::time::Duration;
 
 use super::Invalid;
 use super::limiter::Scale;
+use crate::manifest::defaults;
+use crate::runtime::RuntimeSettings;
 use crate::runtime::concurrent::Concurrency;
 use crate::runtime::executor::ExecutionSpec;
 use crate::storage::ServiceRecord;
-
-/// The defaults of what a manifest leaves unset, and the host's ceilings.
-pub mod defaults {
-    /// Linear memory per instance, in MiB (`--default-memory-mb`).
-    pub const MEMORY_MB: u32 = 128;
-    /// Largest linear memory a manifest may ask for, in MiB (`--max-memory-mb`).
-    pub const MAX_MEMORY_MB: u32 = 1024;
-    /// A request's time limit, in milliseconds (`--default-timeout-ms`).
-    pub const TIMEOUT_MS: u64 = 30_000;
-    /// Requests a service runs at once (`--default-max-concurrency`).
-    pub const MAX_CONCURRENCY: u32 = 64;
-    /// Requests that may wait for a slot (`--default-queue`).
-    pub const QUEUE: u32 = 256;
-    /// Elements per table of an instance: what the instance pool reserves for every
-    /// table (`--max-table-elements`), so a manifest can only ask for less.
-    pub const TABLE_ELEMENTS: u32 = 20_000;
-    /// Size quota of a service's store, in MiB.
-    pub const STORE_MB: u32 = 64;
-    /// Requests one WASIp2 instance serves in its life (1: a fresh one per request).
-    pub const INSTANCE_REUSE: u32 = 1;
-    /// Requests one WASIp3 instance serves in its life.
-    pub const INSTANCE_REUSE_WASIP3: u32 = 128;
-    /// Requests one WASIp3 instance serves at once.
-    pub const INSTANCE_CONCURRENCY: u32 = 16;
-}
 
 /// Host-wide values for what a manifest leaves unset, and the ceilings it may not pass.
 #[derive(Debug, Clone)]
@@ -58,17 +35,85 @@ pub struct ServiceDefaults {
 
 impl Default for ServiceDefaults {
     fn default() -> Self {
-        Self {
-            memory_mb: defaults::MEMORY_MB,
-            max_memory_mb: defaults::MAX_MEMORY_MB,
-            timeout: Duration::from_millis(defaults::TIMEOUT_MS),
+        let defaults = ServiceSettings::default().defaults(&RuntimeSettings::default());
+        // The defaults of both are consistent (a test says so).
+        defaults.unwrap_or(Self {
+            memory_mb: 1,
+            max_memory_mb: 1,
+            timeout: Duration::from_secs(1),
             scale: Scale {
-                max_concurrency: defaults::MAX_CONCURRENCY,
-                queue: defaults::QUEUE,
+                max_concurrency: 1,
+                queue: 0,
             },
-            max_instances_per_service: 500,
-            table_elements: defaults::TABLE_ELEMENTS,
+            max_instances_per_service: 1,
+            table_elements: 1,
+        })
+    }
+}
+
+/// The services' part of the `shoal serve` flags: what a manifest leaves unset, and
+/// how much of the host one service may take.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ServiceSettings {
+    /// Linear memory per instance when a manifest sets none, in MiB.
+    #[arg(long, env = "SHOAL_DEFAULT_MEMORY_MB", default_value_t = defaults::MEMORY_MB)]
+    pub default_memory_mb: u32,
+
+    /// Deadline per request when a manifest sets none, in milliseconds.
+    #[arg(long, env = "SHOAL_DEFAULT_TIMEOUT_MS", default_value_t = defaults::TIMEOUT_MS)]
+    pub default_timeout_ms: u64,
+
+    /// Requests a service may run at once when its manifest sets no limit.
+    #[arg(long, env = "SHOAL_DEFAULT_MAX_CONCURRENCY", default_value_t = defaults::MAX_CONCURRENCY)]
+    pub default_max_concurrency: u32,
+
+    /// Requests that may wait per service when its manifest sets no limit.
+    #[arg(long, env = "SHOAL_DEFAULT_QUEUE", default_value_t = defaults::QUEUE)]
+    pub default_queue: u32,
+
+    /// Instances one service may run at once (0: half of --max-instances); a service
+    /// whose manifest asks for more concurrency is refused, the default is lowered.
+    #[arg(long, env = "SHOAL_MAX_INSTANCES_PER_SERVICE", default_value_t = 0)]
+    pub max_instances_per_service: u32,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            default_memory_mb: defaults::MEMORY_MB,
+            default_timeout_ms: defaults::TIMEOUT_MS,
+            default_max_concurrency: defaults::MAX_CONCURRENCY,
+            default_queue: defaults::QUEUE,
+            max_instances_per_service: 0,
         }
+    }
+}
+
+impl ServiceSettings {
+    /// The defaults services get on a host whose runtime has `runtime`'s settings;
+    /// refused when the default memory is not within the host's ceiling.
+    pub fn defaults(&self, runtime: &RuntimeSettings) -> Result<ServiceDefaults, String> {
+        if self.default_memory_mb == 0 || self.default_memory_mb > runtime.max_memory_mb {
+            return Err(format!(
+                "--default-memory-mb ({}) must be between 1 and --max-memory-mb ({})",
+                self.default_memory_mb, runtime.max_memory_mb
+            ));
+        }
+        let max_instances_per_service = match self.max_instances_per_service {
+            0 => (runtime.max_instances / 2).max(1),
+            cap => cap.min(runtime.max_instances),
+        };
+        Ok(ServiceDefaults {
+            memory_mb: self.default_memory_mb,
+            max_memory_mb: runtime.max_memory_mb,
+            timeout: Duration::from_millis(self.default_timeout_ms),
+            scale: Scale {
+                max_concurrency: self.default_max_concurrency,
+                queue: self.default_queue,
+            },
+            max_instances_per_service,
+            table_elements: runtime.max_table_elements,
+        })
     }
 }
 
@@ -190,6 +235,34 @@ mod tests {
             deployed_at: "2026-01-01T00:00:00Z".into(),
             manifest: Manifest::from_toml(manifest).expect("a manifest"),
         }
+    }
+
+    #[test]
+    fn the_settings_default_to_the_flags_defaults_and_agree() {
+        use clap::{Args as _, FromArgMatches as _};
+        let command = ServiceSettings::augment_args(RuntimeSettings::augment_args(
+            clap::Command::new("serve"),
+        ));
+        let matches = command.get_matches_from(["serve"]);
+        assert_eq!(
+            ServiceSettings::from_arg_matches(&matches).expect("parsed"),
+            ServiceSettings::default()
+        );
+        assert_eq!(
+            RuntimeSettings::from_arg_matches(&matches).expect("parsed"),
+            RuntimeSettings::default()
+        );
+        let defaults = ServiceSettings::default()
+            .defaults(&RuntimeSettings::default())
+            .expect("consistent");
+        assert_eq!(defaults.memory_mb, defaults::MEMORY_MB);
+        assert_eq!(defaults.max_instances_per_service, 500);
+        let refused = ServiceSettings {
+            default_memory_mb: 2048,
+            ..ServiceSettings::default()
+        }
+        .defaults(&RuntimeSettings::default());
+        assert!(refused.is_err());
     }
 
     #[test]

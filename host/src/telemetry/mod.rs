@@ -16,6 +16,15 @@ pub mod metrics;
 pub mod scope;
 pub mod traces;
 
+/// Telemetry's part of the `shoal serve` flags (traces are exported as the standard
+/// `OTEL_*` environment variables say).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct TelemetrySettings {
+    /// Measure nothing and trace nothing (the benchmark's baseline).
+    #[arg(long, env = "SHOAL_NO_TELEMETRY")]
+    pub no_telemetry: bool,
+}
+
 pub use metrics::Metrics;
 pub use scope::TraceScope;
 pub use traces::Tracing;
