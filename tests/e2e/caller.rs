@@ -135,14 +135,22 @@ fn external_replicas_balance_eject_break_and_recover() {
     let replicas: Vec<Replica> = (0..3).map(|i| Replica::start(&format!("r{i}"))).collect();
     external(&host, "legacy", &replicas.iter().collect::<Vec<_>>(), true);
     let manifest = "[outbound.targets.legacy]\nattempt_timeout_ms = 500\ndeadline_ms = 2000\n\
-                    breaker = { consecutive_failures = 3, cool_down_ms = 1000, half_open_probes = 1 }\n";
+                    load_balancing = \"round-robin\"\n\
+                    breaker = { consecutive_failures = 3, cool_down_ms = 3000, half_open_probes = 1 }\n";
     assert_eq!(
         host.deploy_with_manifest("a", &guest("caller"), manifest)
             .status,
         201
     );
+    wait_for("three serving replicas", Duration::from_secs(10), || {
+        host.admin("GET", "/v1/discovery/legacy")
+            .body
+            .matches("\"serving\"")
+            .count()
+            == 3
+    });
 
-    // Load spreads evenly over three healthy replicas.
+    // Load spreads evenly over three healthy replicas: in turn, so exactly evenly.
     for _ in 0..300 {
         let outcome = call(&host, "service=legacy&path=/work");
         assert!(outcome.ok && outcome.status == Some(200), "{outcome:?}");
@@ -153,9 +161,7 @@ fn external_replicas_balance_eject_break_and_recover() {
         );
     }
     let hits: Vec<usize> = replicas.iter().map(Replica::hits).collect();
-    for count in &hits {
-        assert!((60..=140).contains(count), "uneven spread: {hits:?}");
-    }
+    assert_eq!(hits, [100, 100, 100], "uneven spread");
 
     // One replica dies: idempotent calls never fail, and it is ejected.
     replicas[0].kill();
@@ -188,29 +194,24 @@ fn external_replicas_balance_eject_break_and_recover() {
         assert_eq!(outcome.kind, "server-error", "{outcome:?}");
     }
     assert!(opened, "the breaker never opened");
+    // Failing fast means making no attempt: the replicas now hang, so a call let
+    // through would wait for its attempt timeout, and it would be counted on arrival.
+    replicas[1].set_mode(Mode::Hang);
+    replicas[2].set_mode(Mode::Hang);
     let before: usize = replicas.iter().map(Replica::hits).sum();
-    let mut slowest = Duration::ZERO;
     for _ in 0..20 {
         let outcome = call(&host, "service=legacy&path=/x");
         assert_eq!(outcome.kind, "circuit-open", "{outcome:?}");
-        slowest = slowest.max(outcome.elapsed);
     }
     assert_eq!(
         replicas.iter().map(Replica::hits).sum::<usize>(),
         before,
         "open breaker let calls through"
     );
-    // Failing fast means not waiting for any attempt: each open-breaker call ends
-    // well within one attempt timeout (500 ms); the benchmark reports the real figure.
-    assert!(
-        slowest < Duration::from_millis(500),
-        "fail-fast took {slowest:?}"
-    );
 
     // Recovery: after the cool-down a probe goes through half-open and closes it.
     replicas[1].set_mode(Mode::Ok);
     replicas[2].set_mode(Mode::Ok);
-    std::thread::sleep(Duration::from_millis(1100));
     wait_for(
         "the breaker to close again",
         Duration::from_secs(10),
@@ -249,7 +250,6 @@ fn hanging_target_times_out_within_the_deadline() {
     let policy_bound = outcome;
     let outcome = call(&host, "service=slow&path=/never&deadline_ms=100");
     assert_eq!(outcome.kind, "timeout", "{outcome:?}");
-    assert!(outcome.elapsed < Duration::from_millis(600), "{outcome:?}");
     assert!(
         outcome.elapsed < policy_bound.elapsed,
         "{outcome:?} vs {policy_bound:?}"

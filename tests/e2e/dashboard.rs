@@ -4,10 +4,8 @@
 //! actions. A screenshot is kept as an artifact.
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use shoal_tests::{Host, TOKEN, guest, repo_root, temp_root, wait_for};
+use shoal_tests::{Host, Load, TOKEN, guest, repo_root, temp_root, wait_for};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A chromedriver on a free port, stopped on drop.
@@ -48,38 +46,6 @@ impl Drop for Chromedriver {
 }
 
 /// Keeps requesting `url` until dropped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(url: String) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let agent = shoal_tests::agent();
-            while !flag.load(Ordering::Relaxed) {
-                let _ = agent.get(&url).call();
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Load {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// The text of the element `css`, or empty while it is not there.
 async fn text(client: &Client, css: &str) -> String {
     match client.find(Locator::Css(css)).await {
@@ -165,7 +131,13 @@ fn the_dashboard_shows_live_numbers_and_follows_a_canary_weight() {
     );
     assert_eq!(read.status, 201, "{}", read.body);
     let read_token = read.json()["token"].as_str().expect("token").to_owned();
-    let _load = Load::start(format!("{}/web/", host.gateway));
+    // Some traffic for the charts: every answer counts, none is a failure here.
+    let _load = Load::start(
+        format!("{}/web/", host.gateway),
+        1,
+        Duration::from_millis(5),
+        |_, _| Some("any"),
+    );
 
     let driver = Chromedriver::start();
     let profile = root.path().join("chromium-profile");

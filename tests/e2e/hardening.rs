@@ -596,17 +596,19 @@ fn no_service_takes_the_whole_instance_pool() {
             .status,
         201
     );
-    let small = "[limits]\nmemory_mb = 16\nmax_concurrency = 3\n";
+    let small = "[limits]\nmemory_mb = 16\nmax_concurrency = 3\ninstance_reuse = 100\n";
     assert_eq!(
         host.deploy_with_manifest("other", &guest("faulty"), small)
             .status,
         201
     );
     let gateway = host.gateway.clone();
-    let concurrently = |path: &str, count: usize| -> Vec<u16> {
+    // `count` requests to `service` that run at the same time (the test waits until
+    // all are in flight), each then answered.
+    let at_once = |service: &str, count: usize| -> Vec<u16> {
         let requests: Vec<_> = (0..count)
             .map(|_| {
-                let url = format!("{gateway}{path}");
+                let url = format!("{gateway}/{service}/sleep?ms=1500");
                 std::thread::spawn(move || {
                     shoal_tests::agent()
                         .get(&url)
@@ -616,14 +618,33 @@ fn no_service_takes_the_whole_instance_pool() {
                 })
             })
             .collect();
+        wait_for(
+            &format!("{count} requests of {service} in flight"),
+            Duration::from_secs(10),
+            || {
+                host.admin("GET", &format!("/v1/services/{service}")).json()["load"]["in_flight"]
+                    == count
+            },
+        );
         requests
             .into_iter()
             .map(|r| r.join().unwrap_or(0))
             .collect()
     };
-    // Six instances of `reused` finish and stay idle, holding six of eight slots.
-    assert_eq!(concurrently("/reused/sleep?ms=300", 6), [200; 6]);
-    // Three concurrent requests of `other` need three slots: one comes from the idle
-    // instances of `reused`, which give theirs up.
-    assert_eq!(concurrently("/other/sleep?ms=300", 3), [200; 3]);
+    let instances = |service: &str| {
+        host.admin("GET", &format!("/v1/services/{service}")).json()["usage"]["instances_created"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    // Six instances of `reused` run at once, finish and stay idle, holding six of
+    // the eight slots.
+    assert_eq!(at_once("reused", 6), [200; 6]);
+    assert_eq!(instances("reused"), 6, "six instances ran at once");
+    // Three requests of `other` at once need three slots: two are free, the third
+    // comes from the idle instances of `reused`, which give theirs up.
+    assert_eq!(at_once("other", 3), [200; 3]);
+    assert_eq!(instances("other"), 3);
+    // They were evicted: the next request of `reused` needs a new instance.
+    assert_eq!(host.get("/reused/ok").status, 200);
+    assert_eq!(instances("reused"), 7, "the idle instances were evicted");
 }

@@ -1,87 +1,8 @@
 //! Isolation, limits, overload, scaling, rollbacks and canaries.
 
-use shoal_tests::{Host, TOKEN, agent, guest, shoal_cli, temp_root, wait_for};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use shoal_tests::replica::{Mode, Replica};
+use shoal_tests::{Host, Load, TOKEN, agent, guest, shoal_cli, temp_root, wait_for};
 use std::time::{Duration, Instant};
-
-/// Requests `path` in a loop on `threads` threads until stopped; counts outcomes.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<parking_free::Failures>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-}
-
-mod parking_free {
-    /// Failure descriptions, poison-free.
-    #[derive(Default)]
-    pub struct Failures(std::sync::Mutex<Vec<String>>);
-
-    impl Failures {
-        pub fn push(&self, failure: String) {
-            self.0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(failure);
-        }
-
-        pub fn take(&self) -> Vec<String> {
-            std::mem::take(
-                &mut *self
-                    .0
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            )
-        }
-    }
-}
-
-impl Load {
-    fn start(url: String, threads: usize, accept: fn(&str) -> bool) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(parking_free::Failures::default());
-        let workers = (0..threads)
-            .map(|_| {
-                let (stop, ok, failed, url) =
-                    (stop.clone(), ok.clone(), failed.clone(), url.clone());
-                std::thread::spawn(move || {
-                    let agent = agent();
-                    while !stop.load(Ordering::Relaxed) {
-                        match agent.get(&url).call() {
-                            Ok(mut response) => {
-                                let status = response.status().as_u16();
-                                let body = response.body_mut().read_to_string().unwrap_or_default();
-                                if status == 200 && accept(&body) {
-                                    ok.fetch_add(1, Ordering::Relaxed);
-                                } else {
-                                    failed.push(format!("{status} {body:?}"));
-                                }
-                            }
-                            Err(error) => failed.push(format!("error {error}")),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failed,
-            workers,
-        }
-    }
-
-    /// Stop and return (successes, failures).
-    fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for worker in self.workers {
-            let _ = worker.join();
-        }
-        (self.ok.load(Ordering::Relaxed), self.failed.take())
-    }
-}
 
 #[test]
 fn every_misbehaviour_ends_its_own_request_while_a_neighbour_keeps_answering() {
@@ -94,9 +15,12 @@ fn every_misbehaviour_ends_its_own_request_while_a_neighbour_keeps_answering() {
         201
     );
     assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
-    let neighbour = Load::start(format!("{}/hello/", host.gateway), 2, |body| {
-        body == "Hello, world!\n"
-    });
+    let neighbour = Load::start(
+        format!("{}/hello/", host.gateway),
+        2,
+        Duration::ZERO,
+        |status, body| (status == 200 && body == "Hello, world!\n").then_some("hello"),
+    );
 
     for (path, status, reason) in [
         ("/faulty/loop", 504, "execution time limit"),
@@ -132,14 +56,18 @@ fn every_misbehaviour_ends_its_own_request_while_a_neighbour_keeps_answering() {
         // The faulty service itself still serves its next request.
         assert_eq!(host.get("/faulty/ok").status, 200, "after {path}");
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let (ok, failures) = neighbour.finish();
+    // The neighbour is still answered after every fault, and never failed.
+    neighbour.wait_for_more(
+        "the neighbour answered after the faults",
+        "hello",
+        Duration::from_secs(10),
+    );
+    let (_, failures) = neighbour.finish();
     assert!(
         failures.is_empty(),
         "the neighbour failed: {:?}",
         &failures[..failures.len().min(5)]
     );
-    assert!(ok > 20, "the neighbour barely ran: {ok}");
 
     // Each fault was counted by kind.
     let view = host.admin("GET", "/v1/services/faulty").json();
@@ -168,52 +96,57 @@ fn every_misbehaviour_ends_its_own_request_while_a_neighbour_keeps_answering() {
 fn a_full_service_answers_503_at_once_while_others_answer_normally() {
     let root = temp_root();
     let host = Host::start(root.path(), &[]);
-    let manifest = "[limits]\nmax_concurrency = 2\nqueue = 1\n";
+    // `slow` forwards each request to a replica that holds it until the test lets it
+    // go: its requests run exactly as long as the test needs.
+    let gate = Replica::start("gate");
+    gate.set_mode(Mode::Hold);
+    let manifest = format!(
+        "[limits]\nmax_concurrency = 2\nqueue = 1\n[outbound]\nallowed_hosts = [\"{}\"]\n",
+        gate.address
+    );
     assert_eq!(
-        host.deploy_with_manifest("slow", &guest("faulty"), manifest)
+        host.deploy_with_manifest("slow", &guest("plain_http"), &manifest)
             .status,
         201
     );
     assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    let held = format!("/slow/proxy?url=http://{}/held", gate.address);
 
     let gateway = host.gateway.clone();
-    let busy: Vec<_> = (0..3)
-        .map(|_| {
-            let url = format!("{gateway}/slow/sleep?ms=1500");
-            std::thread::spawn(move || {
-                agent()
-                    .get(&url)
-                    .call()
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
+    let send = |count: usize| -> Vec<std::thread::JoinHandle<u16>> {
+        (0..count)
+            .map(|_| {
+                let url = format!("{gateway}{held}");
+                std::thread::spawn(move || {
+                    agent()
+                        .get(&url)
+                        .call()
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0)
+                })
             })
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+            .collect()
+    };
+    let busy = send(3);
+    wait_for("2 running + 1 queued", Duration::from_secs(10), || {
         let load = host.admin("GET", "/v1/services/slow").json()["load"].clone();
-        if load["in_flight"] == 2 && load["queued"] == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never saw 2 running + 1 queued: {load}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        load["in_flight"] == 2 && load["queued"] == 1
+    });
     let refused = host.get("/slow/ok");
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.header("retry-after"), Some("1"));
     assert!(refused.body.contains("overloaded"), "{}", refused.body);
-    // Refused at once, not after waiting for a slot: the requests holding the slots
-    // are still running.
+    // Refused at once, not after waiting for a slot: the two requests holding the
+    // slots are still held at the replica.
+    assert_eq!(gate.hits(), 2);
     let load = host.admin("GET", "/v1/services/slow").json()["load"].clone();
     assert_eq!(load["in_flight"], 2, "{load}");
     // Another service is not affected by slow's full queue.
     for _ in 0..5 {
         assert_eq!(host.get("/hello/").status, 200);
     }
-    // All three admitted requests (two running, one queued) complete.
+    // All three admitted requests (two running, one queued) complete once let go.
+    gate.set_mode(Mode::Ok);
     for request in busy {
         assert_eq!(request.join().expect("join"), 200);
     }
@@ -224,7 +157,8 @@ fn a_full_service_answers_503_at_once_while_others_answer_normally() {
         view["faults"]
     );
 
-    // Scaling up live admits more at once, without a redeploy.
+    // Scaling up live admits more at once, without a redeploy: six held requests run
+    // together.
     let env = [
         ("SHOAL_ADMIN_URL", host.admin.as_str()),
         ("SHOAL_ADMIN_TOKEN", TOKEN),
@@ -235,18 +169,12 @@ fn a_full_service_answers_503_at_once_while_others_answer_normally() {
     );
     assert!(ok, "{out}{err}");
     assert!(out.contains("max concurrency 8, queue 0"), "{out}");
-    let parallel: Vec<_> = (0..6)
-        .map(|_| {
-            let url = format!("{}/slow/sleep?ms=300", host.gateway);
-            std::thread::spawn(move || {
-                agent()
-                    .get(&url)
-                    .call()
-                    .map(|r| r.status().as_u16())
-                    .unwrap_or(0)
-            })
-        })
-        .collect();
+    gate.set_mode(Mode::Hold);
+    let parallel = send(6);
+    wait_for("six running at once", Duration::from_secs(10), || {
+        host.admin("GET", "/v1/services/slow").json()["load"]["in_flight"] == 6
+    });
+    gate.set_mode(Mode::Ok);
     for request in parallel {
         assert_eq!(request.join().expect("join"), 200);
     }
@@ -285,17 +213,31 @@ fn ten_redeploys_and_rollbacks_under_load_fail_no_request() {
             .status,
         201
     );
-    let load = Load::start(format!("{}/svc/", host.gateway), 3, |body| {
-        body.starts_with('v')
-    });
-    for round in 1..=10 {
-        let reply = host.deploy_with_manifest(
-            "svc",
-            &hello,
-            &hello_manifest(&format!("v{round}"), &round.to_string()),
-        );
+    // Answers by greeting, which is the version: v0 to v10.
+    const VERSIONS: [&str; 11] = [
+        "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10",
+    ];
+    let load = Load::start(
+        format!("{}/svc/", host.gateway),
+        3,
+        Duration::ZERO,
+        |status, body| {
+            let greeting = body.split(',').next()?;
+            (status == 200)
+                .then(|| VERSIONS.into_iter().find(|version| *version == greeting))
+                .flatten()
+        },
+    );
+    for (round, version) in VERSIONS.iter().enumerate().skip(1) {
+        let reply =
+            host.deploy_with_manifest("svc", &hello, &hello_manifest(version, &round.to_string()));
         assert_eq!(reply.status, 200, "{}", reply.body);
-        std::thread::sleep(Duration::from_millis(50));
+        // Each new version takes the load before the next swap.
+        load.wait_for_more(
+            &format!("{version} under load"),
+            version,
+            Duration::from_secs(10),
+        );
     }
     assert_eq!(host.get("/svc/").body, "v10, world!\n");
     let env = [
@@ -309,14 +251,13 @@ fn ten_redeploys_and_rollbacks_under_load_fail_no_request() {
     let (ok, out, err) = shoal_cli(&["rollback", "svc", "--to", "3"], &env);
     assert!(ok, "{out}{err}");
     assert_eq!(host.get("/svc/").body, "v3, world!\n");
-    std::thread::sleep(Duration::from_millis(200));
-    let (ok, failures) = load.finish();
+    load.wait_for_more("v3 under load again", "v3", Duration::from_secs(10));
+    let (_, failures) = load.finish();
     assert!(
         failures.is_empty(),
         "failed requests: {:?}",
         &failures[..failures.len().min(5)]
     );
-    assert!(ok > 50, "too few requests: {ok}");
 
     // The history is bounded, newest first, and survives a restart.
     let view = host.admin("GET", "/v1/services/svc").json();

@@ -1,8 +1,6 @@
 //! Hot redeploys under load, restarts (graceful and `kill -9`), draining on SIGTERM.
 
-use shoal_tests::{Host, agent, guest, temp_root};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use shoal_tests::{Host, Load, agent, guest, temp_root, wait_for};
 use std::time::Duration;
 
 #[test]
@@ -14,82 +12,54 @@ fn redeploys_under_load_drop_no_request() {
     let v1 = "version = \"1\"\n[config]\ngreeting = \"one\"\n";
     assert_eq!(host.deploy_with_manifest("svc", &hello, v1).status, 201);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(parking_failures());
-    let mut workers = Vec::new();
-    for _ in 0..3 {
-        let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-        let url = format!("{}/svc/", host.gateway);
-        workers.push(std::thread::spawn(move || {
-            let agent = agent();
-            while !stop.load(Ordering::Relaxed) {
-                match agent.get(&url).call() {
-                    Ok(mut response) if response.status() == 200 => {
-                        let body = response.body_mut().read_to_string().unwrap_or_default();
-                        if body.starts_with("one,")
-                            || body.starts_with("two,")
-                            || body.starts_with("plain")
-                        {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            failures.lock().push(format!("unexpected body {body:?}"));
-                        }
-                    }
-                    Ok(response) => failures
-                        .lock()
-                        .push(format!("status {}", response.status())),
-                    Err(error) => failures.lock().push(format!("error {error}")),
-                }
-            }
-        }));
-    }
+    // Answers by version: `one` and `two` (hello, by greeting), `plain` (the plain
+    // wasi:http component).
+    let load = Load::start(
+        format!("{}/svc/", host.gateway),
+        3,
+        Duration::ZERO,
+        |status, body| match (status, body.split(',').next()) {
+            (200, Some("one")) => Some("one"),
+            (200, Some("two")) => Some("two"),
+            (200, _) if body.starts_with("plain") => Some("plain"),
+            _ => None,
+        },
+    );
+    wait_for(
+        "the first version under load",
+        Duration::from_secs(10),
+        || load.count("one") > 0,
+    );
 
-    // Ten swaps: different manifests and different components.
+    // Ten swaps, each to another version (different manifests and different
+    // components), under load: each new version serves before the next swap, and no
+    // request fails across any of them.
     for round in 0..10 {
-        let reply = match round % 3 {
-            0 => host.deploy_with_manifest(
-                "svc",
-                &hello,
-                "version = \"2\"\n[config]\ngreeting = \"two\"\n",
+        let (reply, version) = match round % 3 {
+            0 => (
+                host.deploy_with_manifest(
+                    "svc",
+                    &hello,
+                    "version = \"2\"\n[config]\ngreeting = \"two\"\n",
+                ),
+                "two",
             ),
-            1 => host.deploy("svc", &plain),
-            _ => host.deploy_with_manifest("svc", &hello, v1),
+            1 => (host.deploy("svc", &plain), "plain"),
+            _ => (host.deploy_with_manifest("svc", &hello, v1), "one"),
         };
         assert_eq!(reply.status, 200, "round {round}: {}", reply.body);
-        std::thread::sleep(Duration::from_millis(100));
+        load.wait_for_more(
+            &format!("round {round}: the load served by {version}"),
+            version,
+            Duration::from_secs(10),
+        );
     }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.join().expect("worker");
-    }
-    let failures = failures.lock();
+    let (_, failures) = load.finish();
     assert!(
         failures.is_empty(),
         "failed requests: {:?}",
         &failures[..failures.len().min(10)]
     );
-    assert!(
-        ok.load(Ordering::Relaxed) > 30,
-        "too few requests: {}",
-        ok.load(Ordering::Relaxed)
-    );
-}
-
-fn parking_failures() -> Mutex<Vec<String>> {
-    Mutex::default()
-}
-
-/// A poison-free mutex wrapper for test bookkeeping.
-#[derive(Default)]
-struct Mutex<T>(std::sync::Mutex<T>);
-
-impl<T> Mutex<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 #[test]

@@ -39,6 +39,16 @@ fn at_once(host: &Host, path: &str, threads: usize, apart: Duration) -> Vec<(u16
     })
 }
 
+/// Wait until the request `request_id` of `/p3/sleep` runs in its instance (it logs
+/// that it sleeps): its instance is up and holds it.
+fn wait_until_sleeping(host: &Host, request_id: &str) {
+    shoal_tests::wait_for(
+        &format!("request {request_id} to sleep in its instance"),
+        Duration::from_secs(10),
+        || host.log().contains(&format!("sleeping {request_id}")),
+    );
+}
+
 #[test]
 fn a_wasip3_hello_is_served() {
     let root = temp_root();
@@ -100,8 +110,9 @@ fn each_gateway_serving_thread_has_its_own_wasip3_instances() {
         let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
         assert_eq!(deployed.status, 201, "{}", deployed.body);
         let (first, second) = std::thread::scope(|scope| {
-            let first = scope.spawn(|| host.get("/p3/sleep?ms=2000"));
-            std::thread::sleep(Duration::from_millis(500));
+            let first = scope
+                .spawn(|| host.get_with_headers("/p3/sleep?ms=2000", &[("x-request-id", "first")]));
+            wait_until_sleeping(&host, "first");
             let second = host.get("/p3/sleep?ms=10");
             (first.join().expect("first request"), second)
         });
@@ -156,8 +167,9 @@ fn a_trapping_wasip3_instance_fails_the_requests_it_holds_and_is_never_reused() 
     let before = fields(&host.get("/p3/whoami").body)["instance"].clone();
 
     let (slow, trapped) = std::thread::scope(|scope| {
-        let slow = scope.spawn(|| host.get("/p3/sleep?ms=3000"));
-        std::thread::sleep(Duration::from_millis(500));
+        let slow =
+            scope.spawn(|| host.get_with_headers("/p3/sleep?ms=3000", &[("x-request-id", "slow")]));
+        wait_until_sleeping(&host, "slow");
         let trapped = host.get("/p3/trap");
         (slow.join().expect("slow request"), trapped)
     });

@@ -576,3 +576,112 @@ pub fn shoal_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) 
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// The one load generator of the tests: `threads` clients that GET one URL in a loop
+/// until it is finished (or dropped). Each answer is sorted by the test's `classify`:
+/// `Some(label)` counts it under that label (a version, say), `None` records it as a
+/// failure. Tests wait on the counts (a condition), never on how fast they grow.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, usize>>>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Sorts one answer of a [`Load`]: its status and body give a label, or `None` for a
+/// failure.
+pub type Classify = fn(u16, &str) -> Option<&'static str>;
+
+fn lock_unpoisoned<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Load {
+    /// Start `threads` clients on `url`, each pausing `pause` between requests.
+    pub fn start(url: String, threads: usize, pause: Duration, classify: Classify) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counts: std::sync::Arc<
+            std::sync::Mutex<std::collections::BTreeMap<&'static str, usize>>,
+        > = std::sync::Arc::default();
+        let failures: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let workers = (0..threads)
+            .map(|_| {
+                let (stop, counts, failures, url) =
+                    (stop.clone(), counts.clone(), failures.clone(), url.clone());
+                std::thread::spawn(move || {
+                    let agent = agent();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let outcome = agent.get(&url).call().map(|mut response| {
+                            let status = response.status().as_u16();
+                            let body = response.body_mut().read_to_string().unwrap_or_default();
+                            (status, body)
+                        });
+                        match outcome {
+                            Ok((status, body)) => match classify(status, &body) {
+                                Some(label) => {
+                                    *lock_unpoisoned(&counts).entry(label).or_default() += 1;
+                                }
+                                None => {
+                                    lock_unpoisoned(&failures).push(format!("{status} {body:?}"))
+                                }
+                            },
+                            Err(error) => lock_unpoisoned(&failures).push(format!("error {error}")),
+                        }
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            counts,
+            failures,
+            workers,
+        }
+    }
+
+    /// Answers counted under `label` so far.
+    pub fn count(&self, label: &str) -> usize {
+        lock_unpoisoned(&self.counts)
+            .get(label)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Answers counted under any label so far.
+    pub fn total(&self) -> usize {
+        lock_unpoisoned(&self.counts).values().sum()
+    }
+
+    /// Wait until more answers than now are counted under `label` (`what` names it
+    /// if that never happens within `timeout`).
+    pub fn wait_for_more(&self, what: &str, label: &str, timeout: Duration) {
+        let before = self.count(label);
+        wait_for(what, timeout, || self.count(label) > before);
+    }
+
+    /// Stop, and return the counts by label and the failures.
+    pub fn finish(mut self) -> (std::collections::BTreeMap<&'static str, usize>, Vec<String>) {
+        self.stop_workers();
+        let counts = lock_unpoisoned(&self.counts).clone();
+        let failures = std::mem::take(&mut *lock_unpoisoned(&self.failures));
+        (counts, failures)
+    }
+
+    fn stop_workers(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop_workers();
+    }
+}

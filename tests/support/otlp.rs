@@ -30,6 +30,7 @@ pub struct ReceivedSpan {
 pub struct OtlpReceiver {
     pub endpoint: String,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    failed_handshakes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -78,24 +79,44 @@ impl OtlpReceiver {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoint = format!("{scheme}://{}", listener.local_addr().expect("addr"));
         let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
+        let failed_handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sink = spans.clone();
+        let failed = failed_handshakes.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let Ok(mut stream) = stream else { continue };
                 let sink = sink.clone();
                 let tls = tls.clone();
+                let failed = failed.clone();
                 std::thread::spawn(move || match tls {
                     None => serve(stream, &sink),
                     Some(config) => {
-                        let Ok(connection) = rustls::ServerConnection::new(config) else {
+                        let Ok(mut connection) = rustls::ServerConnection::new(config) else {
                             return;
                         };
+                        while connection.is_handshaking() {
+                            if connection.complete_io(&mut stream).is_err() {
+                                failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                return;
+                            }
+                        }
                         serve(rustls::StreamOwned::new(connection, stream), &sink);
                     }
                 });
             }
         });
-        OtlpReceiver { endpoint, spans }
+        OtlpReceiver {
+            endpoint,
+            spans,
+            failed_handshakes,
+        }
+    }
+
+    /// TLS connections whose handshake failed (a client that did not trust the
+    /// receiver's certificate, for one).
+    pub fn failed_handshakes(&self) -> usize {
+        self.failed_handshakes
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every span received so far.

@@ -1,7 +1,7 @@
 //! Real HTTP servers that stand in for replicas of an external service. Each is a
 //! small threaded HTTP/1.1 server with keep-alive whose behaviour can be switched
-//! while it runs: answer, fail with 503, or hang. `/health` answers 200 unless the
-//! replica hangs everything.
+//! while it runs: answer, fail with 503, hang, or hold requests until the test lets
+//! them go. `/health` answers 200 unless the replica hangs everything.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -23,6 +23,9 @@ pub enum Mode {
     HangAll = 3,
     /// Alternates: every other request fails with 503.
     Flap = 4,
+    /// Holds each request (counted when it arrives) until the mode changes, then
+    /// answers it as [`Mode::Ok`] would: a gate the test opens.
+    Hold = 5,
 }
 
 struct Shared {
@@ -177,6 +180,25 @@ fn serve(shared: Arc<Shared>, stream: TcpStream) {
                 std::thread::sleep(Duration::from_millis(20));
             }
             return;
+        }
+        if mode == Mode::Hold as u8 && !is_health {
+            shared.hits.fetch_add(1, Ordering::SeqCst);
+            let until = Instant::now() + Duration::from_secs(30);
+            while shared.mode.load(Ordering::SeqCst) == Mode::Hold as u8 {
+                if Instant::now() >= until || shared.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let text = format!("replica {} path {path} released\n", shared.name);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}",
+                text.len()
+            );
+            if writer.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+            continue;
         }
         let (status, text) = if is_health {
             ("200 OK", "ok\n".to_owned())

@@ -16,7 +16,8 @@
 //!   nothing is published).
 //! - `POST /events/handle` receives subscribed events: while the delivery attempt is
 //!   at most the config value `fail_attempts`, it answers 500; then it records the
-//!   event under `handled/<id>` and marks it handled in one transaction. With the
+//!   event under `handled/<id>` (and the Unix time in ms it was handled at under
+//!   `handled-at/<id>`) and marks it handled in one transaction. With the
 //!   config value `fail_after_commit = "1"` its first attempt commits and then
 //!   answers 500 anyway.
 //! - `GET /handled` lists the ids handled, one a line; `GET /handled-total` counts
@@ -165,6 +166,13 @@ fn handle_event(req: &Request) -> Response {
     }
     let outcome = store::transaction(|tx| {
         tx.set(&format!("handled/{}", event.id), &event.payload)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis());
+        tx.set(
+            &format!("handled-at/{}", event.id),
+            now_ms.to_string().as_bytes(),
+        )?;
         let total = read_count(tx.get("handled-total")?);
         tx.set("handled-total", (total + 1).to_string().as_bytes())?;
         tx.mark_handled(&event.id)?;

@@ -1,9 +1,10 @@
 //! `p3-service`: a WASIp3 service (`wasi:http/handler@0.3.0`) for the tests of
 //! concurrent serving. One instance runs several of its requests at once.
 //!
-//! - `GET /sleep?ms=N` waits N ms (an async wait: the instance serves others
-//!   meanwhile) and answers `instance=<id> most=<m> served=<s>`: the instance's random
-//!   id, the most requests it has held at once, and how many it has taken in all.
+//! - `GET /sleep?ms=N` logs `sleeping <x-request-id>` through `shoal:platform/log`,
+//!   waits N ms (an async wait: the instance serves others meanwhile) and answers
+//!   `instance=<id> most=<m> served=<s>`: the instance's random id, the most requests
+//!   it has held at once, and how many it has taken in all.
 //! - `GET /whoami` answers the same without waiting.
 //! - `GET /trap` panics (a trap that ends the instance).
 //! - `GET /spin` never returns and never waits (only its deadline ends it).
@@ -157,6 +158,13 @@ impl wasip3::exports::http::handler::Guest for P3Service {
         let route = path.split('?').next().unwrap_or_default().to_owned();
         match route.as_str() {
             "/sleep" => {
+                let request_id = request
+                    .get_headers()
+                    .get("x-request-id")
+                    .first()
+                    .map(|value| String::from_utf8_lossy(value).into_owned())
+                    .unwrap_or_default();
+                log::write(log::Level::Info, &format!("sleeping {request_id}"), &[]);
                 sleep_ms(query(&path, "ms").unwrap_or(0)).await;
                 respond(200, vec![whoami().into_bytes()], 0)
             }
