@@ -597,7 +597,10 @@ async fn a_request_queued_when_its_service_is_removed_is_refused_once_admitted()
     host.services.remove("orders").await.expect("removed");
     host.stage.gate("orders").add_permits(1);
     assert_eq!(first.await.expect("served"), StatusCode::OK);
-    let (status, body) = queued.await.expect("answered");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), queued)
+        .await
+        .expect("the queued request is answered, not run")
+        .expect("answered");
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         body.contains("was removed while the request waited"),
