@@ -1,25 +1,32 @@
 //! Shoal: a WebAssembly host for microservices.
 //!
-//! The binary (`shoal`) is a thin edge over these modules:
+//! The binary (`shoal`) is a thin edge over these modules, from the leaves up:
 //!
-//! - [`protocol`]: the HTTP vocabulary every layer shares; [`deadline`]: the one type
-//!   for a request's time budget.
-//! - [`runtime`]: the wasmtime engine, compile cache and per-request instantiation.
-//! - [`capabilities`]: host implementations of the `shoal:platform` WIT interfaces.
-//! - [`policy`]: load balancing, circuit breaking and retries as pure code.
+//! - [`protocol`]: the HTTP vocabulary every layer shares (the request id among it);
+//!   [`deadline`]: the one type for a request's time budget.
+//! - [`manifest`]: deploy manifests and the one table of their defaults;
+//!   [`data_dir`]: durable state in the data directory.
+//! - [`policy`]: load balancing, circuit breaking, retries, rates as pure code.
 //! - [`registry`]: service registry backends, external services, health checks.
-//! - [`caller`]: the resilient outbound caller (and plain `wasi:http` outbound).
-//! - [`platform`]: the registry and caller, bundled for capabilities.
-//! - [`services`]: the live service table and deploy / remove / restore.
-//! - [`listener`]: accepting connections with caps and timeouts (both listeners);
-//!   [`gateway`]: inbound HTTP routing; [`admin`]: the admin API.
-//! - [`storage`]: durable state in the data directory; [`manifest`]: deploy manifests.
 //! - [`store`]: each service's own key-value store (embedded SQLite backend).
 //! - [`events`]: the event bus (embedded SQLite queue of deliveries).
 //! - [`access`]: scoped admin tokens and the audit log; [`secrets`]: the operator's
 //!   secrets for services, sealed at rest and masked in everything the host writes.
-//! - [`telemetry`]: Prometheus metrics and OpenTelemetry traces.
-//! - [`server`]: `shoal serve` wiring; [`cli`]: the command line.
+//! - [`telemetry`]: Prometheus metrics, OpenTelemetry traces, guests' log lines.
+//! - [`caller`]: the resilient outbound caller (and plain `wasi:http` outbound).
+//! - [`platform`]: the host-wide plumbing every guest request reaches (registry,
+//!   caller, telemetry, stores, bus, secrets), and its builder.
+//! - [`capabilities`]: host implementations of the `shoal:platform` WIT interfaces.
+//! - [`runtime`]: the wasmtime engines, compile cache, and the executors that run a
+//!   deployment's requests (WASIp2 one at a time, fresh or reused; WASIp3 several at
+//!   once).
+//! - [`services`]: the live service table, deployment settings, the one change path
+//!   (deploy, canary, rollback, scale, remove, restore), serving and deliveries.
+//! - [`listener`]: accepting connections with caps and timeouts (both listeners),
+//!   [`tls`] certificates for them, [`serving_threads`] the gateway's event loops;
+//!   [`gateway`]: inbound HTTP routing; [`admin`]: the admin API.
+//! - [`config`]: the `shoal serve` flags, each part's own; [`server`]: `shoal serve`
+//!   wiring; [`cli`]: the command line.
 
 pub mod access;
 pub mod admin;
@@ -29,6 +36,7 @@ pub mod caller;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 pub mod deadline;
 pub mod events;
 pub mod gateway;
@@ -43,7 +51,6 @@ pub mod secrets;
 pub mod server;
 pub mod services;
 pub mod serving_threads;
-pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -1,4 +1,4 @@
-//! `shoal serve`: wire storage, runtime, platform, services, gateway and admin API
+//! `shoal serve`: wire the data directory, runtime, platform, services, gateway and admin API
 //! together from each part's settings ([`ServeConfig`]).
 
 use anyhow::{Context as _, Result};
@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminSettings, AdminState};
 use crate::caller::transport::LocalDispatch;
 use crate::config::ServeConfig;
+use crate::data_dir::DataDir;
 use crate::gateway::TrustedPeers;
 use crate::listener;
 use crate::platform::Platform;
@@ -20,7 +21,6 @@ use crate::runtime::Runtime;
 use crate::secrets::{Secrets, SecretsSettings};
 use crate::services::Services;
 use crate::serving_threads::ServingThreads;
-use crate::storage::Storage;
 use crate::telemetry::Telemetry;
 use hyper_util::service::TowerToHyperService;
 
@@ -81,28 +81,28 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         .services
         .defaults(&config.runtime)
         .map_err(anyhow::Error::msg)?;
-    let storage = Storage::open(&config.data_dir)?;
-    let token = admin_token(&config.admin, &storage)?;
-    let runtime = Runtime::new(&config.runtime.options(storage.root().join("cache")))?;
-    let secrets = open_secrets(&config.secrets, &storage)?;
+    let data_dir = DataDir::open(&config.data_dir)?;
+    let token = admin_token(&config.admin, &data_dir)?;
+    let runtime = Runtime::new(&config.runtime.options(data_dir.root().join("cache")))?;
+    let secrets = open_secrets(&config.secrets, &data_dir)?;
     let telemetry = Arc::new(Telemetry::from_env(!config.telemetry.no_telemetry)?);
     if telemetry.tracing.exporting() {
         tracing::info!("exporting traces over OTLP");
     }
-    let platform = Platform::builder(storage.root())
-        .host_id(storage.host_id()?)
+    let platform = Platform::builder(data_dir.root())
+        .host_id(data_dir.host_id()?)
         .telemetry(telemetry.clone())
         .secrets(secrets.clone())
         .build()?;
     let registry = platform.registry.clone();
     let caller = platform.caller.clone();
-    let services = Services::new(Arc::new(runtime), storage.clone(), defaults, platform);
+    let services = Services::new(Arc::new(runtime), data_dir.clone(), defaults, platform);
     let local: Arc<dyn LocalDispatch> = services.clone();
     caller.set_local(Arc::downgrade(&local));
     let external = Arc::new(ExternalServices::new(
         registry.clone(),
         HealthChecker::new(registry.clone()),
-        storage.root().join("external"),
+        data_dir.root().join("external"),
     )?);
     tokio::spawn(reread_secrets_dir(Arc::downgrade(&secrets)));
     tokio::spawn(heartbeat(
@@ -138,18 +138,18 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
     tracing::info!(
         gateway_addr = %gateway.local_addr()?,
         admin_addr = %admin_listener.local_addr()?,
-        data_dir = %storage.root().display(),
+        data_dir = %data_dir.root().display(),
         "shoal is listening; restoring services"
     );
     let admin = admin::router(AdminState::new(
         services.clone(),
         external.clone(),
         Arc::new(
-            crate::access::tokens::TokenStore::open(storage.root(), &token)
+            crate::access::tokens::TokenStore::open(data_dir.root(), &token)
                 .context("opening the admin tokens")?,
         ),
         Arc::new(
-            crate::access::audit::AuditLog::open(storage.root())
+            crate::access::audit::AuditLog::open(data_dir.root())
                 .context("opening the audit log")?,
         ),
         settings.max_upload_bytes,
@@ -168,16 +168,16 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
 
 /// The operator's token, or the one saved in the data directory (created and printed
 /// once on first start).
-fn admin_token(config: &AdminSettings, storage: &Storage) -> Result<String> {
+fn admin_token(config: &AdminSettings, data_dir: &DataDir) -> Result<String> {
     match &config.admin_token {
         Some(token) if !token.trim().is_empty() => Ok(token.trim().to_owned()),
         Some(_) => anyhow::bail!("--admin-token / SHOAL_ADMIN_TOKEN is empty"),
         None => {
-            let (token, created) = admin::load_or_create_token(storage.root())?;
+            let (token, created) = admin::load_or_create_token(data_dir.root())?;
             if created {
                 println!(
                     "admin token (saved to {}): {token}",
-                    storage.root().join(admin::TOKEN_FILE).display()
+                    data_dir.root().join(admin::TOKEN_FILE).display()
                 );
             }
             Ok(token)
@@ -275,12 +275,12 @@ async fn restore(services: Arc<Services>, external: Arc<ExternalServices>) {
 /// The host's secrets: sealed in the data directory, from `SHOAL_SECRET_*` and from
 /// `--secrets-dir`, masked through the process's redactor (the log and the span
 /// exporter use it).
-fn open_secrets(config: &SecretsSettings, storage: &Storage) -> Result<Arc<Secrets>> {
+fn open_secrets(config: &SecretsSettings, data_dir: &DataDir) -> Result<Arc<Secrets>> {
     let key = config
         .secrets_key_file
         .clone()
-        .unwrap_or_else(|| storage.root().join(crate::secrets::sealed::KEY_FILE));
-    let backend = crate::secrets::sealed::SealedFile::open(storage.root(), &key)
+        .unwrap_or_else(|| data_dir.root().join(crate::secrets::sealed::KEY_FILE));
+    let backend = crate::secrets::sealed::SealedFile::open(data_dir.root(), &key)
         .context("opening the sealed secrets")?;
     let secrets = Secrets::open(
         Box::new(backend),

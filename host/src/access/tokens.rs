@@ -182,7 +182,7 @@ impl TokenStore {
     fn persist(&self, tokens: &[Stored]) -> Result<(), TokenError> {
         let bytes =
             serde_json::to_vec_pretty(tokens).map_err(|error| TokenError::Storage(error.into()))?;
-        crate::storage::write_durably(&self.path, &bytes).map_err(TokenError::Storage)
+        crate::data_dir::write_durably(&self.path, &bytes).map_err(TokenError::Storage)
     }
 }
 

@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use super::AdminState;
 use super::error::ApiError;
+use crate::data_dir::VersionRecord;
 use crate::manifest::Manifest;
 use crate::runtime::CodeTier;
 use crate::services::limiter::Scale;
 use crate::services::state::AutoRollback;
 use crate::services::{DeployKind, DeployMode, FailedService, LiveService, ServiceError};
-use crate::storage::ServiceRecord;
 
 /// What the admin API shows of a service.
 #[derive(Debug, Serialize)]
@@ -160,8 +160,8 @@ impl FailedView {
     }
 }
 
-impl From<&ServiceRecord> for VersionView {
-    fn from(record: &ServiceRecord) -> Self {
+impl From<&VersionRecord> for VersionView {
+    fn from(record: &VersionRecord) -> Self {
         VersionView {
             version: record.version.clone(),
             digest: record.digest.clone(),

@@ -10,13 +10,13 @@ use std::time::Duration;
 use tower::ServiceExt as _;
 
 use super::{AdminState, router};
+use crate::data_dir::DataDir;
 use crate::platform::Platform;
 use crate::registry::external::ExternalServices;
 use crate::registry::health::HealthChecker;
 use crate::runtime::{Runtime, RuntimeSettings};
 use crate::services::limiter::Scale;
 use crate::services::{ServiceDefaults, Services};
-use crate::storage::Storage;
 
 const TOKEN: &str = "test-token";
 const MAX_UPLOAD: usize = 4096;
@@ -24,7 +24,7 @@ const MAX_UPLOAD: usize = 4096;
 struct Admin {
     app: axum::Router,
     services: Arc<Services>,
-    storage: Storage,
+    data_dir: DataDir,
     _dir: tempfile::TempDir,
 }
 
@@ -34,7 +34,7 @@ fn admin() -> Admin {
 
 fn admin_with(restored: bool) -> Admin {
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = Storage::open(dir.path()).expect("storage");
+    let data_dir = DataDir::open(dir.path()).expect("data_dir");
     let runtime = Runtime::new(
         &RuntimeSettings {
             max_instances: 4,
@@ -56,7 +56,7 @@ fn admin_with(restored: bool) -> Admin {
     let registry = platform.registry.clone();
     let services = Services::new(
         Arc::new(runtime),
-        storage.clone(),
+        data_dir.clone(),
         ServiceDefaults {
             memory_mb: 16,
             max_memory_mb: 16,
@@ -91,7 +91,7 @@ fn admin_with(restored: bool) -> Admin {
     Admin {
         app,
         services,
-        storage,
+        data_dir,
         _dir: dir,
     }
 }
@@ -304,11 +304,11 @@ async fn unsupported_methods_are_refused() {
 
 #[tokio::test]
 async fn a_service_that_cannot_be_restored_is_listed_as_failed_and_conflicts_are_409s() {
+    use crate::data_dir::{VersionRecord, sha256_hex};
     use crate::services::state::ServiceState;
-    use crate::storage::{ServiceRecord, sha256_hex};
     let admin = admin_with(false);
     // A persisted service whose component is missing from the data directory.
-    let record = ServiceRecord {
+    let record = VersionRecord {
         name: "broken".into(),
         version: "1".into(),
         digest: sha256_hex(b"never stored"),
@@ -321,7 +321,10 @@ async fn a_service_that_cannot_be_restored_is_listed_as_failed_and_conflicts_are
         canary: None,
         scale: None,
     };
-    admin.storage.put_service("broken", &state).expect("record");
+    admin
+        .data_dir
+        .put_service("broken", &state)
+        .expect("record");
     admin.services.restore().await.expect("restore");
     admin.services.mark_ready();
 

@@ -55,7 +55,7 @@ pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> 
     )?;
     let bytes =
         std::fs::read(component).with_context(|| format!("reading {}", component.display()))?;
-    let digest = crate::storage::sha256_hex(&bytes);
+    let digest = crate::data_dir::sha256_hex(&bytes);
     let loaded = runtime.load(&bytes, &digest)?.code;
     if baseline && loaded.tier != crate::runtime::CodeTier::Baseline {
         anyhow::bail!("the baseline compiler cannot compile this component (see the log)");

@@ -1,4 +1,6 @@
-//! `shoal deploy`, `ls`, `rm`: a small client of the admin API.
+//! The admin API's client behind the CLI's service commands (`deploy`, `ls`, `show`,
+//! `rm`, `scale`, `rollback`, `canary`, `logs`, `external`, `events`, `tokens`,
+//! `secrets`, `top`, …).
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;

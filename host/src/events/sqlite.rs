@@ -20,7 +20,7 @@ fn bus(error: rusqlite::Error) -> BusError {
 impl SqliteBus {
     /// Open (or create) the bus at `path`.
     pub fn open(path: &Path) -> Result<Self, BusError> {
-        let connection = crate::storage::open_sqlite(
+        let connection = crate::data_dir::open_sqlite(
             path,
             "CREATE TABLE IF NOT EXISTS deliveries (
                      event_id TEXT NOT NULL,
@@ -38,7 +38,7 @@ impl SqliteBus {
                  CREATE INDEX IF NOT EXISTS due ON deliveries (dead, due_ms);",
         )
         .map_err(bus)?;
-        crate::storage::ensure_column(
+        crate::data_dir::ensure_column(
             &connection,
             "deliveries",
             "not_before_ms",

@@ -166,7 +166,7 @@ impl ExternalServices {
         let _guard = self.changes.lock().await;
         let json = serde_json::to_vec_pretty(&spec)?;
         let path = self.dir.join(format!("{name}.json"));
-        tokio::task::spawn_blocking(move || crate::storage::write_durably(&path, &json)).await??;
+        tokio::task::spawn_blocking(move || crate::data_dir::write_durably(&path, &json)).await??;
         Ok(self.activate(name, spec).await)
     }
 
@@ -216,7 +216,7 @@ impl ExternalServices {
             return Ok(false);
         }
         let path = self.dir.join(format!("{name}.json"));
-        tokio::task::spawn_blocking(move || crate::storage::remove_durably(&path)).await??;
+        tokio::task::spawn_blocking(move || crate::data_dir::remove_durably(&path)).await??;
         // Forget it only once it is gone from disk.
         let entry = self.entries.lock().remove(name);
         if let Some(entry) = entry {

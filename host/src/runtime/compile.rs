@@ -327,7 +327,7 @@ impl Runtime {
             "compiled component"
         );
         let elapsed = started.elapsed();
-        crate::storage::write_durably(&cached, &compiled).map_err(LoadError::Internal)?;
+        crate::data_dir::write_durably(&cached, &compiled).map_err(LoadError::Internal)?;
         let component = deserialize(&target.engine, &cached).map_err(|error| {
             if exceeds_pool(&error) {
                 LoadError::ExceedsPool(format!("{error:#}"))

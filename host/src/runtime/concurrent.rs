@@ -124,7 +124,7 @@ fn meter_wasm_time(state: &mut GuestState, hook: CallHook) {
         }
         CallHook::CallingHost | CallHook::ReturningFromWasm => {
             if let Some(spent) = requests.unmetered() {
-                state.platform.service.meter.add_cpu(spent);
+                state.request.service.meter.add_cpu(spent);
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Run one HTTP request through a fresh instance of a service.
+//! Run one HTTP request through an instance of WASIp2 code: a fresh one, or an idle
+//! one kept for reuse when the service opts in.
 
 use bytes::Bytes;
 use futures::FutureExt as _;

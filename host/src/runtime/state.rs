@@ -38,7 +38,8 @@ pub struct Output {
 /// Store data for one instance: the request it serves (or, for a WASIp3 instance
 /// serving several at once, the one whose task is calling the host right now).
 pub struct GuestState {
-    pub(crate) platform: Arc<PlatformCtx>,
+    /// The request it serves (for a WASIp3 instance, the one whose task is calling).
+    pub(crate) request: Arc<PlatformCtx>,
     pub(crate) output: Output,
     wasi: WasiCtx,
     http: WasiHttpCtx,
@@ -50,16 +51,16 @@ pub struct GuestState {
 }
 
 impl GuestState {
-    /// Fresh state for the request `platform` describes, within `limits`.
-    pub fn new(platform: Arc<PlatformCtx>, limits: InstanceLimits) -> Self {
+    /// Fresh state for the request `request` describes, within `limits`.
+    pub fn new(request: Arc<PlatformCtx>, limits: InstanceLimits) -> Self {
         // No preopened directories, no environment, no network sockets: a service gets
         // only what Shoal's interfaces grant. Its output goes to the host log.
         let output_of = |source| {
             GuestOutput::new(
                 source,
-                platform.service.clone(),
-                platform.platform.clone(),
-                platform.request_id.clone(),
+                request.service.clone(),
+                request.platform.clone(),
+                request.request_id.clone(),
             )
         };
         let output = Output {
@@ -73,9 +74,9 @@ impl GuestState {
             .build();
         let store_limits =
             GuestLimiter::new(limits.memory_bytes, limits.table_elements, limits.budget);
-        let hooks = OutboundHooks::new(platform.platform.caller.clone(), platform.call_context());
+        let hooks = OutboundHooks::new(request.platform.caller.clone(), request.call_context());
         Self {
-            platform,
+            request,
             output,
             wasi,
             http: WasiHttpCtx::new(),
@@ -91,7 +92,7 @@ impl GuestState {
         self.output.stdout.next_request(next.request_id.clone());
         self.output.stderr.next_request(next.request_id.clone());
         self.hooks = OutboundHooks::new(next.platform.caller.clone(), next.call_context());
-        self.platform = next;
+        self.request = next;
     }
 }
 
@@ -99,10 +100,10 @@ impl Drop for GuestState {
     fn drop(&mut self) {
         // A WASIp3 instance ended while running wasm (trap, deadline): that time counts.
         if let Some(spent) = self.requests.as_mut().and_then(|r| r.unmetered()) {
-            self.platform.service.meter.add_cpu(spent);
+            self.request.service.meter.add_cpu(spent);
         }
         // The instance ends with its store.
-        self.platform
+        self.request
             .service
             .meter
             .instance_ended(self.limits.peak());
@@ -138,7 +139,7 @@ impl WasiHttpView for GuestState {
 impl PlatformView for GuestState {
     fn platform(&mut self) -> PlatformCtxView<'_> {
         PlatformCtxView {
-            ctx: &self.platform,
+            ctx: &self.request,
             table: &mut self.table,
         }
     }

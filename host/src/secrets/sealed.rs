@@ -45,7 +45,7 @@ pub struct SealedFile {
 }
 
 fn key_id(key: &[u8]) -> String {
-    crate::storage::sha256_hex(key)[..16].to_owned()
+    crate::data_dir::sha256_hex(key)[..16].to_owned()
 }
 
 /// Read the 32-byte key (hex) at `path`, or create one when `may_create`.
@@ -175,7 +175,7 @@ impl SealedFile {
             secrets: entries.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&file)?;
-        crate::storage::write_durably(&self.path, &bytes)
+        crate::data_dir::write_durably(&self.path, &bytes)
     }
 }
 

@@ -13,10 +13,10 @@ use super::spec::{self, DeploymentSpec};
 use super::state::{AutoRollback, ServiceState};
 use super::table::{Canary, Deployment, LiveService, Versions};
 use super::{Conflict, DeployKind, Invalid, ServiceError, Services};
+use crate::data_dir::{VersionRecord, sha256_hex};
 use crate::manifest::Manifest;
 use crate::registry::validate_name;
 use crate::runtime::ServiceContext;
-use crate::storage::{ServiceRecord, sha256_hex};
 
 /// How a deploy takes traffic.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,8 +105,8 @@ impl Services {
             return Err(conflict(name, Conflict::ExternalName));
         }
         if let Some((digest, component)) = blob {
-            let storage = self.storage.clone();
-            tokio::task::spawn_blocking(move || storage.put_blob(&digest, &component))
+            let data_dir = self.data_dir.clone();
+            tokio::task::spawn_blocking(move || data_dir.put_blob(&digest, &component))
                 .await
                 .map_err(storage_error)?
                 .map_err(ServiceError::Storage)?;
@@ -199,9 +199,9 @@ impl Services {
         if self.table.get(name).is_none() && self.failed_service(name).is_none() {
             return Err(ServiceError::NotFound(name.to_owned()));
         }
-        let storage = self.storage.clone();
+        let data_dir = self.data_dir.clone();
         let owned = name.to_owned();
-        tokio::task::spawn_blocking(move || storage.remove_record(&owned))
+        tokio::task::spawn_blocking(move || data_dir.remove_record(&owned))
             .await
             .map_err(storage_error)?
             .map_err(ServiceError::Storage)?;
@@ -371,9 +371,9 @@ impl Services {
     /// Load every persisted service. Returns how many are running; a service that
     /// fails to load stays listed as failed, with its persisted state.
     pub async fn restore(&self) -> anyhow::Result<usize> {
-        let storage = self.storage.clone();
+        let data_dir = self.data_dir.clone();
         let (states, broken) =
-            tokio::task::spawn_blocking(move || storage.services::<ServiceState>()).await??;
+            tokio::task::spawn_blocking(move || data_dir.services::<ServiceState>()).await??;
         let broken_count = broken.len();
         for (path, error) in broken {
             tracing::error!(path = %path.display(), error = %format!("{error:#}"), "unreadable service state");
@@ -447,7 +447,7 @@ impl Services {
     /// history or canary, of running and failed services) refers to.
     fn collect_garbage(&self, referenced: &std::collections::HashSet<String>) {
         let blobs =
-            crate::runtime::engine::collect_files(&self.storage.blob_dir(), "wasm", referenced);
+            crate::runtime::engine::collect_files(&self.data_dir.blob_dir(), "wasm", referenced);
         let compiled = self.loader.collect_garbage(referenced);
         if blobs + compiled > 0 {
             tracing::info!(blobs, compiled, "removed components no version refers to");
@@ -530,20 +530,20 @@ impl Services {
     }
 
     async fn persist(&self, name: &str, state: &ServiceState) -> Result<(), ServiceError> {
-        let storage = self.storage.clone();
+        let data_dir = self.data_dir.clone();
         let name = name.to_owned();
         let state = state.clone();
-        tokio::task::spawn_blocking(move || storage.put_service(&name, &state))
+        tokio::task::spawn_blocking(move || data_dir.put_service(&name, &state))
             .await
             .map_err(storage_error)?
             .map_err(ServiceError::Storage)
     }
 
     /// Build a deployment from a persisted record (reading its component back).
-    async fn load(&self, record: ServiceRecord) -> Result<Deployment, ServiceError> {
-        let storage = self.storage.clone();
+    async fn load(&self, record: VersionRecord) -> Result<Deployment, ServiceError> {
+        let data_dir = self.data_dir.clone();
         let digest = record.digest.clone();
-        let bytes = tokio::task::spawn_blocking(move || storage.read_blob(&digest))
+        let bytes = tokio::task::spawn_blocking(move || data_dir.read_blob(&digest))
             .await
             .map_err(storage_error)?
             .map_err(ServiceError::Storage)?;
@@ -555,7 +555,7 @@ impl Services {
     /// identity, meters) and the executor the runtime makes of its code.
     async fn build(
         &self,
-        record: ServiceRecord,
+        record: VersionRecord,
         spec: DeploymentSpec,
         component: Bytes,
     ) -> Result<Deployment, ServiceError> {
@@ -635,9 +635,9 @@ impl DeployMode {
 }
 
 /// What is persisted about a new version of `name`.
-fn new_record(name: &str, component: &[u8], manifest: Manifest) -> ServiceRecord {
+fn new_record(name: &str, component: &[u8], manifest: Manifest) -> VersionRecord {
     let digest = sha256_hex(component);
-    ServiceRecord {
+    VersionRecord {
         name: name.to_owned(),
         version: manifest
             .version
@@ -705,7 +705,7 @@ fn rollback_target(
     current: &Current,
     name: &str,
     version: Option<&str>,
-) -> Result<(ServiceState, ServiceRecord), ServiceError> {
+) -> Result<(ServiceState, VersionRecord), ServiceError> {
     let state = current
         .state()
         .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;

@@ -32,12 +32,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use thiserror::Error;
 
+use crate::data_dir::DataDir;
 use crate::manifest::ManifestError;
 use crate::platform::Platform;
 use crate::registry::InvalidName;
 use crate::runtime::LoadError;
 use crate::runtime::executor::Loader;
-use crate::storage::Storage;
 
 /// Lease of a local service's registration; renewed by the host's heartbeat.
 pub const LOCAL_LEASE: Duration = Duration::from_secs(15);
@@ -77,7 +77,7 @@ pub enum ServiceError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
     /// The data directory could not be written (the host's fault).
-    #[error("storage failure: {0:#}")]
+    #[error("data_dir failure: {0:#}")]
     Storage(anyhow::Error),
 }
 
@@ -178,7 +178,7 @@ pub struct FailedService {
 pub struct Services {
     loader: Arc<dyn Loader>,
     platform: Arc<Platform>,
-    storage: Storage,
+    data_dir: DataDir,
     table: ServiceTable,
     /// Persisted services that failed to restore, by name.
     failed: parking_lot::Mutex<std::collections::BTreeMap<String, FailedService>>,
@@ -192,17 +192,17 @@ pub struct Services {
 }
 
 impl Services {
-    /// An empty set of services backed by `storage`, whose code `loader` runs.
+    /// An empty set of services backed by `data_dir`, whose code `loader` runs.
     pub fn new(
         loader: Arc<dyn Loader>,
-        storage: Storage,
+        data_dir: DataDir,
         defaults: ServiceDefaults,
         platform: Arc<Platform>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             loader,
             platform,
-            storage,
+            data_dir,
             table: ServiceTable::default(),
             failed: Default::default(),
             defaults,

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use super::Invalid;
 use super::limiter::Scale;
+use crate::data_dir::VersionRecord;
 use crate::manifest::defaults;
 use crate::runtime::RuntimeSettings;
 use crate::runtime::concurrent::Concurrency;
 use crate::runtime::executor::ExecutionSpec;
-use crate::storage::ServiceRecord;
 
 /// Host-wide values for what a manifest leaves unset, and the ceilings it may not pass.
 #[derive(Debug, Clone)]
@@ -136,7 +136,7 @@ pub struct DeploymentSpec {
 
 impl DeploymentSpec {
     /// The settings of `record`'s deployment on a host with `defaults`.
-    pub fn resolve(record: &ServiceRecord, defaults: &ServiceDefaults) -> Self {
+    pub fn resolve(record: &VersionRecord, defaults: &ServiceDefaults) -> Self {
         let limits = &record.manifest.limits;
         let memory_mb = limits.memory_mb.unwrap_or(defaults.memory_mb);
         let cap = defaults.max_instances_per_service;
@@ -227,8 +227,8 @@ mod tests {
     use super::*;
     use crate::manifest::Manifest;
 
-    fn record(manifest: &str) -> ServiceRecord {
-        ServiceRecord {
+    fn record(manifest: &str) -> VersionRecord {
+        VersionRecord {
             name: "orders".into(),
             version: "1".into(),
             digest: "d".into(),

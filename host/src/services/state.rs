@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::limiter::Scale;
-use crate::storage::ServiceRecord;
+use crate::data_dir::VersionRecord;
 
 /// Versions kept for rollback besides the current one.
 pub const HISTORY_LIMIT: usize = 10;
@@ -13,10 +13,10 @@ pub const HISTORY_LIMIT: usize = 10;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceState {
     /// The version taking the traffic.
-    pub current: ServiceRecord,
+    pub current: VersionRecord,
     /// Earlier versions, newest first.
     #[serde(default)]
-    pub history: Vec<ServiceRecord>,
+    pub history: Vec<VersionRecord>,
     /// A version taking a share of the traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryState>,
@@ -29,7 +29,7 @@ pub struct ServiceState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CanaryState {
     /// The canary version.
-    pub record: ServiceRecord,
+    pub record: VersionRecord,
     /// Percentage of traffic.
     pub weight: u8,
     /// Automatic rollback rule.
@@ -77,10 +77,10 @@ impl AutoRollback {
 
 impl ServiceState {
     /// Make `record` current, pushing the current one into the (bounded) history.
-    pub fn promote(&mut self, record: ServiceRecord) {
+    pub fn promote(&mut self, record: VersionRecord) {
         let previous = std::mem::replace(&mut self.current, record);
         let same =
-            |a: &ServiceRecord, b: &ServiceRecord| a.digest == b.digest && a.manifest == b.manifest;
+            |a: &VersionRecord, b: &VersionRecord| a.digest == b.digest && a.manifest == b.manifest;
         let current = &self.current;
         self.history
             .retain(|r| !same(r, &previous) && !same(r, current));
@@ -91,7 +91,7 @@ impl ServiceState {
     }
 
     /// Take the version to roll back to: `version`, or the newest earlier one.
-    pub fn take_rollback_target(&mut self, version: Option<&str>) -> Option<ServiceRecord> {
+    pub fn take_rollback_target(&mut self, version: Option<&str>) -> Option<VersionRecord> {
         let index = match version {
             Some(version) => self.history.iter().position(|r| r.version == version)?,
             None => (!self.history.is_empty()).then_some(0)?,
@@ -105,8 +105,8 @@ mod tests {
     use super::*;
     use crate::manifest::Manifest;
 
-    fn record(version: &str) -> ServiceRecord {
-        ServiceRecord {
+    fn record(version: &str) -> VersionRecord {
+        VersionRecord {
             name: "s".into(),
             version: version.into(),
             digest: format!("digest-{version}"),

@@ -12,10 +12,10 @@ use super::ServiceError;
 use super::limiter::{Limiter, Scale};
 use super::spec::DeploymentSpec;
 use super::state::{AutoRollback, CanaryState, ServiceState};
+use crate::data_dir::VersionRecord;
 use crate::policy::error_rate::ErrorWindow;
 use crate::runtime::ServiceContext;
 use crate::runtime::executor::Executor;
-use crate::storage::ServiceRecord;
 
 /// One deployed version of a service, ready to serve.
 ///
@@ -23,7 +23,7 @@ use crate::storage::ServiceRecord;
 /// changes the version under a running request.
 pub struct Deployment {
     /// What is persisted about it.
-    pub record: ServiceRecord,
+    pub record: VersionRecord,
     /// Its settings, resolved from its manifest and the host's defaults.
     pub spec: DeploymentSpec,
     /// What its instances see of themselves.
@@ -148,7 +148,7 @@ pub struct Versions {
     /// A version taking a share of the traffic.
     pub canary: Option<Arc<Canary>>,
     /// Earlier versions, newest first (for rollback).
-    pub history: Vec<ServiceRecord>,
+    pub history: Vec<VersionRecord>,
     /// The scale set with `shoal scale` (persisted), which the manifests' limits do
     /// not override.
     pub scale_override: Option<Scale>,

@@ -16,6 +16,7 @@ use std::time::Duration;
 use super::limiter::Scale;
 use super::state::AutoRollback;
 use super::{DeployKind, DeployMode, ServiceDefaults, ServiceError, Services};
+use crate::data_dir::DataDir;
 use crate::deadline::Deadline;
 use crate::manifest::Manifest;
 use crate::platform::Platform;
@@ -28,7 +29,6 @@ use crate::runtime::executor::{
 };
 use crate::runtime::failure::GuestFailure;
 use crate::runtime::limits::MemoryBudget;
-use crate::storage::Storage;
 
 /// How a scripted component answers each request.
 #[derive(Debug, Clone)]
@@ -173,12 +173,12 @@ fn host_in(dir: tempfile::TempDir) -> Host {
         stage: stage.clone(),
         budget: MemoryBudget::new(1 << 40),
     });
-    let storage = Storage::open(dir.path()).expect("storage");
+    let data_dir = DataDir::open(dir.path()).expect("data_dir");
     let platform = Platform::builder(dir.path())
         .registry_sweep(Duration::from_secs(60))
         .build()
         .expect("platform");
-    let services = Services::new(loader, storage, ServiceDefaults::default(), platform);
+    let services = Services::new(loader, data_dir, ServiceDefaults::default(), platform);
     services.mark_ready();
     Host {
         services,
@@ -324,7 +324,7 @@ async fn a_failed_deploy_changes_nothing() {
         (StatusCode::OK, "one".into())
     );
     let persisted: Vec<super::state::ServiceState> =
-        host.services.storage.services().expect("readable").0;
+        host.services.data_dir.services().expect("readable").0;
     assert_eq!(persisted.len(), 1);
     assert_eq!(persisted[0].current.version, "1");
     assert!(persisted[0].history.is_empty());

@@ -130,7 +130,7 @@ impl SqliteStore {
     /// Create or migrate the database at `path`, note whether its outbox holds
     /// events, and close it until it is used.
     fn open(path: PathBuf, quota: u64) -> Result<Self, StoreError> {
-        let connection = crate::storage::open_sqlite(
+        let connection = crate::data_dir::open_sqlite(
             &path,
             "CREATE TABLE IF NOT EXISTS kv (
                      key BLOB PRIMARY KEY,
@@ -155,7 +155,7 @@ impl SqliteStore {
                  INSERT OR IGNORE INTO meta VALUES ('sequence', 0), ('bytes', 0);",
         )
         .map_err(backend)?;
-        crate::storage::ensure_column(
+        crate::data_dir::ensure_column(
             &connection,
             "outbox",
             "deliver_at_ms",
@@ -257,7 +257,7 @@ impl SqliteStore {
 
 /// Open an existing store's database (its schema was made when it was created).
 fn connect(path: &Path) -> Result<Connection, StoreError> {
-    crate::storage::open_sqlite(path, "").map_err(backend)
+    crate::data_dir::open_sqlite(path, "").map_err(backend)
 }
 
 impl ServiceStore for SqliteStore {

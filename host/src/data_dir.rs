@@ -1,4 +1,5 @@
-//! Durable state in the data directory.
+//! The data directory: durable state of the host ("the store" is a service's own
+//! key-value store, [`crate::store`]; wasmtime's `Store` is an instance's).
 //!
 //! ```text
 //! <data-dir>/blobs/<sha256>.wasm     uploaded components, content-addressed
@@ -22,9 +23,9 @@ use std::sync::Arc;
 
 use crate::manifest::Manifest;
 
-/// What is persisted about one deployed service.
+/// What is persisted about one deployed version of a service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceRecord {
+pub struct VersionRecord {
     /// Service name.
     pub name: String,
     /// Version label (from the manifest, or derived from the digest).
@@ -42,13 +43,13 @@ pub type BrokenRecord = (PathBuf, anyhow::Error);
 
 /// The data directory.
 #[derive(Debug, Clone)]
-pub struct Storage {
+pub struct DataDir {
     root: PathBuf,
     /// The open lock file: one host per data directory, for as long as it runs.
     _lock: Arc<File>,
 }
 
-impl Storage {
+impl DataDir {
     /// Open (creating if needed) the data directory at `root`, and clear temporary
     /// files left by an interrupted write.
     pub fn open(root: &Path) -> Result<Self> {
@@ -269,8 +270,8 @@ fn sync_dir(dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn record(name: &str) -> ServiceRecord {
-        ServiceRecord {
+    fn record(name: &str) -> VersionRecord {
+        VersionRecord {
             name: name.into(),
             version: "1".into(),
             digest: sha256_hex(b"x"),
@@ -282,7 +283,7 @@ mod tests {
     #[test]
     fn a_damaged_blob_is_rewritten_when_the_same_bytes_are_stored_again() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = Storage::open(dir.path()).expect("open");
+        let storage = DataDir::open(dir.path()).expect("open");
         let bytes = b"component bytes".to_vec();
         let digest = sha256_hex(&bytes);
         storage.put_blob(&digest, &bytes).expect("put");
@@ -298,20 +299,20 @@ mod tests {
     #[test]
     fn one_host_per_data_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = Storage::open(dir.path()).expect("open");
-        let second = Storage::open(dir.path()).expect_err("in use");
+        let first = DataDir::open(dir.path()).expect("open");
+        let second = DataDir::open(dir.path()).expect_err("in use");
         assert!(second.to_string().contains("in use"), "{second}");
         drop(first);
-        Storage::open(dir.path()).expect("free again once the first is gone");
+        DataDir::open(dir.path()).expect("free again once the first is gone");
     }
 
     #[test]
     fn records_round_trip_and_delete() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = Storage::open(dir.path()).expect("open");
+        let storage = DataDir::open(dir.path()).expect("open");
         storage.put_service("b", &record("b")).expect("put b");
         storage.put_service("a", &record("a")).expect("put a");
-        let (mut records, broken) = storage.services::<ServiceRecord>().expect("list");
+        let (mut records, broken) = storage.services::<VersionRecord>().expect("list");
         assert!(broken.is_empty());
         records.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(
@@ -321,7 +322,7 @@ mod tests {
         assert!(storage.remove_record("a").expect("remove"));
         assert!(!storage.remove_record("a").expect("remove again"));
         assert_eq!(
-            storage.services::<ServiceRecord>().expect("list").0.len(),
+            storage.services::<VersionRecord>().expect("list").0.len(),
             1
         );
     }
@@ -329,7 +330,7 @@ mod tests {
     #[test]
     fn corrupt_blob_is_detected() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = Storage::open(dir.path()).expect("open");
+        let storage = DataDir::open(dir.path()).expect("open");
         let digest = sha256_hex(b"component");
         storage.put_blob(&digest, b"component").expect("put");
         assert_eq!(storage.read_blob(&digest).expect("read"), b"component");
@@ -347,9 +348,9 @@ mod tests {
         fs::create_dir_all(dir.path().join("services")).expect("mkdir");
         fs::write(dir.path().join("services/.x.json.1.tmp"), b"partial").expect("tmp");
         fs::write(dir.path().join("services/bad.json"), b"{").expect("bad");
-        let storage = Storage::open(dir.path()).expect("open");
+        let storage = DataDir::open(dir.path()).expect("open");
         assert!(!dir.path().join("services/.x.json.1.tmp").exists());
-        let (records, broken) = storage.services::<ServiceRecord>().expect("list");
+        let (records, broken) = storage.services::<VersionRecord>().expect("list");
         assert!(records.is_empty());
         assert_eq!(broken.len(), 1);
     }
