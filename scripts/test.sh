@@ -28,7 +28,7 @@ cargo clippy --all-targets -- -D warnings
 (cd guests && cargo clippy --release --target wasm32-wasip2 -- -D warnings)
 
 echo "== host unit tests"
-cargo test -p shoal
+cargo test -p shoal -p shoal-api
 
 echo "== SDK tests"
 cargo test --manifest-path sdk/Cargo.toml --target-dir "$guests_target"

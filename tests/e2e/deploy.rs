@@ -9,11 +9,12 @@ fn sdk_service_with_manifest_serves_config_and_logs_tagged_lines() {
     let manifest = "version = \"1.2.3\"\n[config]\ngreeting = \"Howdy\"\nrelease = \"r1\"\n";
     let deployed = host.deploy_with_manifest("hello", &guest("hello"), manifest);
     assert_eq!(deployed.status, 201, "{}", deployed.body);
-    let view = deployed.json();
-    assert_eq!(view["name"], "hello");
-    assert_eq!(view["version"], "1.2.3");
-    assert_eq!(view["route"], "/hello");
-    assert_eq!(view["digest"].as_str().map(str::len), Some(64));
+    let view = deployed.service();
+    assert_eq!(view.name, "hello");
+    assert_eq!(view.version, "1.2.3");
+    assert_eq!(view.route, "/hello");
+    assert_eq!(view.digest.len(), 64);
+    assert_eq!(view.config_keys, ["greeting", "release"]);
 
     let reply = host.get("/hello/?name=Ann");
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -231,4 +232,55 @@ fn services_of_the_same_bytes_share_code_and_idle_ones_hold_no_store_connection(
     // The code outlives the removal of the service it was loaded for.
     assert_eq!(host.admin("DELETE", "/v1/services/c0").status, 204);
     assert_eq!(increment("c5"), (200, "1\n".to_owned()));
+}
+
+#[test]
+fn the_admin_api_documents_itself_and_answers_in_its_documented_types() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    // Every answer reads as the shared types the document is derived from.
+    let list: shoal_api::services::ServiceList =
+        serde_json::from_str(&host.admin("GET", "/v1/services").body).expect("a service list");
+    assert_eq!(list.services.len(), 1);
+    assert_eq!(list.services[0].name(), "hello");
+    let scaled = host.admin_json(
+        "PUT",
+        "/v1/services/hello/scale",
+        r#"{"max_concurrency": 3}"#,
+    );
+    assert_eq!(scaled.status, 200, "{}", scaled.body);
+    assert_eq!(scaled.service().limits.max_concurrency, 3);
+    let refused = host.admin_json("PUT", "/v1/services/hello/scale", r#"{"max": 3}"#);
+    assert_eq!(refused.status, 400);
+    let error: shoal_api::ErrorBody = serde_json::from_str(&refused.body).expect("an error body");
+    assert!(error.error.contains("unknown field"), "{}", error.error);
+    let events: shoal_api::events::EventsView =
+        serde_json::from_str(&host.admin("GET", "/v1/events").body).expect("the events view");
+    assert_eq!(events.pending, 0);
+
+    // The document: OpenAPI 3.1, behind the token like the rest of /v1.
+    assert_eq!(
+        host.admin_with_token("GET", "/v1/openapi.json", None)
+            .status,
+        401
+    );
+    let document = host.admin("GET", "/v1/openapi.json");
+    assert_eq!(document.status, 200, "{}", document.body);
+    let document = document.json();
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        document["openapi"]
+    );
+    assert!(document["paths"]["/v1/services/{name}"]["put"].is_object());
+    assert!(
+        document["components"]["schemas"]["RunningService"]["properties"]["limits"].is_object()
+    );
+    assert_eq!(
+        document["components"]["securitySchemes"]["token"]["scheme"],
+        "bearer"
+    );
 }

@@ -84,6 +84,15 @@ impl Reply {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.body))
     }
+
+    /// The body as a running service of the admin API's shared types.
+    pub fn service(&self) -> shoal_api::services::RunningService {
+        match serde_json::from_str::<shoal_api::services::Service>(&self.body) {
+            Ok(shoal_api::services::Service::Running(service)) => *service,
+            Ok(other) => panic!("not running: {other:?}"),
+            Err(error) => panic!("not a service ({error}): {}", self.body),
+        }
+    }
 }
 
 /// A blocking HTTP client that returns every status as a [`Reply`].

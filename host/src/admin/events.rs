@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::json;
+use shoal_api::ErrorBody;
+use shoal_api::events as api;
 
 use super::AdminState;
 use super::error::ApiError;
@@ -31,36 +32,62 @@ async fn on_bus<R: Send + 'static>(
 }
 
 /// `GET /v1/events`: topics and subscriptions, deliveries waiting, dead letters.
-pub async fn show(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    responses((status = 200, description = "The event bus", body = api::EventsView))
+)]
+pub async fn show(State(state): State<AdminState>) -> Result<Json<api::EventsView>, ApiError> {
     let (pending, dead) = on_bus(&state, |bus| {
         Ok((bus.pending()?, bus.dead_letters(MAX_DEAD_LETTERS)?))
     })
     .await?;
     let subscriptions = state.services.subscriptions();
-    let topics: std::collections::BTreeSet<&str> = subscriptions
+    let topics: std::collections::BTreeSet<String> = subscriptions
         .iter()
-        .map(|(_, subscription)| subscription.topic.as_str())
+        .map(|(_, subscription)| subscription.topic.clone())
         .collect();
-    let subscriptions: Vec<serde_json::Value> = subscriptions
-        .iter()
-        .map(|(service, subscription)| {
-            json!({
-                "service": service,
-                "topic": subscription.topic,
-                "route": subscription.route,
-                "max_attempts": subscription.max_attempts,
+    Ok(Json(api::EventsView {
+        topics: topics.into_iter().collect(),
+        subscriptions: subscriptions
+            .into_iter()
+            .map(|(service, subscription)| api::Subscription {
+                service,
+                topic: subscription.topic,
+                route: subscription.route,
+                max_attempts: subscription.max_attempts,
             })
-        })
-        .collect();
-    Ok(Json(json!({
-        "topics": topics,
-        "subscriptions": subscriptions,
-        "pending": pending,
-        "dead_letters": dead,
-    })))
+            .collect(),
+        pending,
+        dead_letters: dead
+            .into_iter()
+            .map(|letter| api::DeadLetter {
+                event_id: letter.event_id,
+                subscriber: letter.subscriber,
+                topic: letter.topic,
+                attempts: letter.attempts,
+                reason: letter.reason,
+                payload_bytes: letter.payload_bytes as u64,
+            })
+            .collect(),
+    }))
 }
 
 /// `POST /v1/events/dead/{subscriber}/{event_id}/replay`: deliver it again.
+#[utoipa::path(
+    post,
+    path = "/v1/events/dead/{subscriber}/{event_id}/replay",
+    tag = "events",
+    params(
+        ("subscriber" = String, Path, description = "The subscribing service"),
+        ("event_id" = String, Path, description = "The event"),
+    ),
+    responses(
+        (status = 200, description = "Delivered again"),
+        (status = 404, description = "No such dead letter", body = ErrorBody),
+    )
+)]
 pub async fn replay(
     State(state): State<AdminState>,
     Path((subscriber, event_id)): Path<(String, String)>,
@@ -75,6 +102,19 @@ pub async fn replay(
 }
 
 /// `DELETE /v1/events/dead/{subscriber}/{event_id}`: forget it.
+#[utoipa::path(
+    delete,
+    path = "/v1/events/dead/{subscriber}/{event_id}",
+    tag = "events",
+    params(
+        ("subscriber" = String, Path, description = "The subscribing service"),
+        ("event_id" = String, Path, description = "The event"),
+    ),
+    responses(
+        (status = 204, description = "Dropped"),
+        (status = 404, description = "No such dead letter", body = ErrorBody),
+    )
+)]
 pub async fn drop_dead(
     State(state): State<AdminState>,
     Path((subscriber, event_id)): Path<(String, String)>,

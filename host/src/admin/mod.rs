@@ -6,6 +6,7 @@
 //! | GET    | `/healthz`            | liveness (no token needed)                   |
 //! | GET    | `/metrics`            | Prometheus text format (no token needed)     |
 //! | GET    | `/readyz`             | 200 once every persisted service is restored, 503 before (no token) |
+//! | GET    | `/v1/openapi.json`    | this API as an OpenAPI 3.1 document, derived from its types |
 //! | GET    | `/v1/services`        | every service                                |
 //! | GET    | `/v1/services/{name}` | one service                                  |
 //! | PUT    | `/v1/services/{name}` | deploy: `application/wasm` body, or multipart with `component` and `manifest` parts |
@@ -45,6 +46,7 @@ mod error;
 mod events;
 mod external;
 mod logs;
+mod openapi;
 mod secrets;
 mod services;
 #[cfg(test)]
@@ -219,6 +221,7 @@ async fn changes_wait_for_restore(
 pub fn router(state: AdminState) -> Router {
     let max_upload_bytes = state.max_upload_bytes;
     let v1 = Router::new()
+        .route("/openapi.json", get(openapi::document))
         .route("/services", get(services::list))
         .route(
             "/services/{name}",

@@ -6,7 +6,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use shoal_api::ErrorBody;
+use shoal_api::services as api;
 
 use super::AdminState;
 use super::error::ApiError;
@@ -17,233 +18,196 @@ use crate::services::limiter::Scale;
 use crate::services::state::AutoRollback;
 use crate::services::{DeployKind, DeployMode, FailedService, LiveService, ServiceError};
 
-/// What the admin API shows of a service.
-#[derive(Debug, Serialize)]
-pub struct ServiceView {
-    name: String,
-    version: String,
-    digest: String,
-    deployed_at: String,
-    route: String,
-    state: &'static str,
-    /// Which compiler's code new requests run: `baseline` until the optimised code
-    /// of a big new component is ready, then `optimized`.
-    code: CodeTier,
-    /// Which WASI its HTTP handler is: `p2` (an instance serves one request at a time)
-    /// or `p3` (an instance serves several at once).
-    wasi: &'static str,
-    limits: LimitsView,
-    load: LoadView,
-    requests: u64,
-    faults: std::collections::BTreeMap<&'static str, u64>,
-    /// What it has used of the host (CPU, instances, memory).
-    usage: crate::telemetry::metering::Usage,
-    config_keys: Vec<String>,
-    /// Bytes of keys and values in the service's store.
-    store_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    canary: Option<CanaryView>,
-    history: Vec<VersionView>,
-}
-
-#[derive(Debug, Serialize)]
-struct LimitsView {
-    memory_mb: u64,
-    /// What the service can hold at most: memory per instance × concurrency.
-    memory_budget_mb: u64,
-    timeout_ms: u64,
-    max_concurrency: u32,
-    queue: u32,
-    scaled_by_operator: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct LoadView {
-    in_flight: u32,
-    queued: u32,
-}
-
-#[derive(Debug, Serialize)]
-struct CanaryView {
-    version: String,
-    digest: String,
-    code: CodeTier,
-    weight: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    auto_rollback: Option<AutoRollback>,
-}
-
-#[derive(Debug, Serialize)]
-struct VersionView {
-    version: String,
-    digest: String,
-    deployed_at: String,
-}
-
-impl From<&LiveService> for ServiceView {
-    fn from(service: &LiveService) -> Self {
-        let versions = service.versions();
-        let deployment = &versions.stable;
-        let record = &deployment.record;
-        let code = deployment.executor.info();
-        let scale = service.limiter.scale();
-        let (in_flight, queued) = service.limiter.load();
-        Self {
-            name: record.name.clone(),
-            version: record.version.clone(),
-            digest: record.digest.clone(),
-            deployed_at: record.deployed_at.clone(),
-            route: deployment.route().to_owned(),
-            state: "running",
-            code: code.tier,
-            wasi: code.wasi,
-            limits: LimitsView {
-                memory_mb: u64::from(deployment.spec.memory_mb),
-                memory_budget_mb: u64::from(deployment.spec.memory_mb)
-                    * u64::from(scale.max_concurrency),
-                timeout_ms: deployment.timeout().as_millis() as u64,
-                max_concurrency: scale.max_concurrency,
-                queue: scale.queue,
-                scaled_by_operator: versions.scale_override.is_some(),
-            },
-            load: LoadView { in_flight, queued },
-            requests: service
-                .faults
-                .requests
-                .load(std::sync::atomic::Ordering::Relaxed),
-            faults: service.faults.snapshot(),
-            usage: deployment.context.meter.usage(),
-            config_keys: record.manifest.config.keys().cloned().collect(),
-            store_bytes: deployment.context.store.size().ok(),
-            canary: versions.canary.as_ref().map(|canary| CanaryView {
-                version: canary.deployment.record.version.clone(),
-                digest: canary.deployment.record.digest.clone(),
-                code: canary.deployment.executor.info().tier,
-                weight: canary.weight,
-                auto_rollback: canary.auto_rollback.clone(),
+/// The API's view of a running service. The secrets' status is added only in the
+/// answer about one service.
+fn running_view(service: &LiveService) -> api::RunningService {
+    let versions = service.versions();
+    let deployment = &versions.stable;
+    let record = &deployment.record;
+    let code = deployment.executor.info();
+    let scale = service.limiter.scale();
+    let (in_flight, queued) = service.limiter.load();
+    let usage = deployment.context.meter.usage();
+    api::RunningService {
+        name: record.name.clone(),
+        version: record.version.clone(),
+        digest: record.digest.clone(),
+        deployed_at: record.deployed_at.clone(),
+        route: deployment.route().to_owned(),
+        code: tier(code.tier),
+        wasi: code.wasi.to_owned(),
+        limits: api::Limits {
+            memory_mb: u64::from(deployment.spec.memory_mb),
+            memory_budget_mb: u64::from(deployment.spec.memory_mb)
+                * u64::from(scale.max_concurrency),
+            timeout_ms: deployment.timeout().as_millis() as u64,
+            max_concurrency: scale.max_concurrency,
+            queue: scale.queue,
+            scaled_by_operator: versions.scale_override.is_some(),
+        },
+        load: api::Load { in_flight, queued },
+        requests: service
+            .faults
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        faults: service
+            .faults
+            .snapshot()
+            .into_iter()
+            .map(|(kind, count)| (kind.to_owned(), count))
+            .collect(),
+        usage: api::Usage {
+            cpu_seconds: usage.cpu_seconds,
+            instances_created: usage.instances_created,
+            memory_peak_bytes: usage.memory_peak_bytes,
+        },
+        config_keys: record.manifest.config.keys().cloned().collect(),
+        store_bytes: deployment.context.store.size().ok(),
+        canary: versions.canary.as_ref().map(|canary| api::Canary {
+            version: canary.deployment.record.version.clone(),
+            digest: canary.deployment.record.digest.clone(),
+            code: tier(canary.deployment.executor.info().tier),
+            weight: canary.weight,
+            auto_rollback: canary.auto_rollback.as_ref().map(|rule| api::AutoRollback {
+                max_error_rate: rule.max_error_rate,
+                window_ms: rule.window_ms,
+                min_requests: rule.min_requests,
             }),
-            history: versions.history.iter().map(VersionView::from).collect(),
-        }
+        }),
+        history: versions.history.iter().map(version_view).collect(),
+        secrets: None,
     }
 }
 
-/// What the admin API shows of a service that failed to restore.
-#[derive(Debug, Serialize)]
-pub struct FailedView {
-    name: String,
-    version: String,
-    digest: String,
-    deployed_at: String,
-    route: String,
-    state: &'static str,
-    reason: String,
-    history: Vec<VersionView>,
-}
-
-impl FailedView {
-    fn new(name: &str, failed: &FailedService) -> Self {
-        let record = &failed.state.current;
-        Self {
-            name: name.to_owned(),
-            version: record.version.clone(),
-            digest: record.digest.clone(),
-            deployed_at: record.deployed_at.clone(),
-            route: record
-                .manifest
-                .route
-                .clone()
-                .unwrap_or_else(|| format!("/{name}")),
-            state: "failed",
-            reason: failed.reason.clone(),
-            history: failed.state.history.iter().map(VersionView::from).collect(),
-        }
+fn tier(tier: CodeTier) -> api::CodeTier {
+    match tier {
+        CodeTier::Baseline => api::CodeTier::Baseline,
+        CodeTier::Optimized => api::CodeTier::Optimized,
     }
 }
 
-impl From<&VersionRecord> for VersionView {
-    fn from(record: &VersionRecord) -> Self {
-        VersionView {
-            version: record.version.clone(),
-            digest: record.digest.clone(),
-            deployed_at: record.deployed_at.clone(),
-        }
+/// The API's view of a service that failed to restore.
+fn failed_view(name: &str, failed: &FailedService) -> api::FailedService {
+    let record = &failed.state.current;
+    api::FailedService {
+        name: name.to_owned(),
+        version: record.version.clone(),
+        digest: record.digest.clone(),
+        deployed_at: record.deployed_at.clone(),
+        route: record
+            .manifest
+            .route
+            .clone()
+            .unwrap_or_else(|| format!("/{name}")),
+        reason: failed.reason.clone(),
+        history: failed.state.history.iter().map(version_view).collect(),
     }
 }
 
-fn view_of(state: &AdminState, name: &str) -> Result<Json<serde_json::Value>, ApiError> {
-    let view = match state.services.existing(name) {
-        Ok(service) => serde_json::to_value(ServiceView::from(service.as_ref())).map(|mut view| {
+fn version_view(record: &VersionRecord) -> api::Version {
+    api::Version {
+        version: record.version.clone(),
+        digest: record.digest.clone(),
+        deployed_at: record.deployed_at.clone(),
+    }
+}
+
+fn secret_status(status: &str) -> api::SecretStatus {
+    match status {
+        "available" => api::SecretStatus::Available,
+        "denied" => api::SecretStatus::Denied,
+        "not-declared" => api::SecretStatus::NotDeclared,
+        _ => api::SecretStatus::Missing,
+    }
+}
+
+fn view_of(state: &AdminState, name: &str) -> Result<Json<api::Service>, ApiError> {
+    match state.services.existing(name) {
+        Ok(service) => {
+            let mut view = running_view(&service);
             // Whether each secret it names can be read now (never the value).
             let secrets = &state.services.platform().secrets;
-            let status: serde_json::Map<String, serde_json::Value> = service
+            let status: std::collections::BTreeMap<String, api::SecretStatus> = service
                 .versions()
                 .stable
                 .record
                 .manifest
                 .secrets
                 .iter()
-                .map(|secret| (secret.clone(), secrets.status(name, secret).into()))
+                .map(|secret| (secret.clone(), secret_status(secrets.status(name, secret))))
                 .collect();
             if !status.is_empty() {
-                view["secrets"] = status.into();
+                view.secrets = Some(status);
             }
-            view
-        }),
+            Ok(Json(api::Service::Running(Box::new(view))))
+        }
         Err(ServiceError::NotFound(_)) => match state.services.failed_service(name) {
-            Some(failed) => serde_json::to_value(FailedView::new(name, &failed)),
-            None => return Err(ServiceError::NotFound(name.to_owned()).into()),
+            Some(failed) => Ok(Json(api::Service::Failed(failed_view(name, &failed)))),
+            None => Err(ServiceError::NotFound(name.to_owned()).into()),
         },
-        Err(error) => return Err(error.into()),
-    };
-    view.map(Json)
-        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// `GET /v1/services`: running services, and those that failed to restore.
-pub async fn list(State(state): State<AdminState>) -> Json<serde_json::Value> {
-    let mut services: Vec<(String, serde_json::Value)> = state
+#[utoipa::path(
+    get,
+    path = "/v1/services",
+    tag = "services",
+    responses((status = 200, description = "Every service, by name", body = api::ServiceList))
+)]
+pub async fn list(State(state): State<AdminState>) -> Json<api::ServiceList> {
+    let mut services: Vec<api::Service> = state
         .services
         .table()
         .services()
         .iter()
-        .map(|service| {
-            let view = serde_json::to_value(ServiceView::from(service.as_ref()));
-            (service.name().to_owned(), view.unwrap_or_default())
-        })
+        .map(|service| api::Service::Running(Box::new(running_view(service))))
         .collect();
     for (name, failed) in state.services.failed() {
-        let view = serde_json::to_value(FailedView::new(&name, &failed));
-        services.push((name, view.unwrap_or_default()));
+        services.push(api::Service::Failed(failed_view(&name, &failed)));
     }
-    services.sort_by(|a, b| a.0.cmp(&b.0));
-    let services: Vec<serde_json::Value> = services.into_iter().map(|(_, view)| view).collect();
-    Json(serde_json::json!({ "services": services }))
+    services.sort_by(|a, b| a.name().cmp(b.name()));
+    Json(api::ServiceList { services })
 }
 
 /// `GET /v1/services/{name}`
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}",
+    tag = "services",
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 200, description = "The service", body = api::Service),
+        (status = 404, description = "No such service", body = ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<api::Service>, ApiError> {
     view_of(&state, &name)
 }
 
-/// Body of `PUT /v1/services/{name}/scale`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScaleRequest {
-    max_concurrency: u32,
-    #[serde(default)]
-    queue: Option<u32>,
-}
-
 /// `PUT /v1/services/{name}/scale`: change concurrency and queue live.
+#[utoipa::path(
+    put,
+    path = "/v1/services/{name}/scale",
+    tag = "services",
+    params(("name" = String, Path, description = "The service")),
+    request_body = api::ScaleRequest,
+    responses(
+        (status = 200, description = "The service, scaled", body = api::Service),
+        (status = 400, description = "Out of range", body = ErrorBody),
+        (status = 404, description = "No such service", body = ErrorBody),
+    )
+)]
 pub async fn scale(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: ScaleRequest = parse_json(&body)?;
+) -> Result<Json<api::Service>, ApiError> {
+    let request: api::ScaleRequest = parse_json(&body)?;
     let current = state.services.existing(&name)?.limiter.scale();
     let scale = Scale {
         max_concurrency: request.max_concurrency,
@@ -253,22 +217,26 @@ pub async fn scale(
     view_of(&state, &name)
 }
 
-/// Body of `POST /v1/services/{name}/rollback`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RollbackRequest {
-    #[serde(default)]
-    version: Option<String>,
-}
-
 /// `POST /v1/services/{name}/rollback`: back to the previous (or a named) version.
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/rollback",
+    tag = "services",
+    params(("name" = String, Path, description = "The service")),
+    request_body(content = Option<api::RollbackRequest>, description = "The version; none: the previous one"),
+    responses(
+        (status = 200, description = "The service, on the earlier version", body = api::Service),
+        (status = 404, description = "No such service", body = ErrorBody),
+        (status = 409, description = "No such earlier version", body = ErrorBody),
+    )
+)]
 pub async fn rollback(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: RollbackRequest = if body.is_empty() {
-        RollbackRequest::default()
+) -> Result<Json<api::Service>, ApiError> {
+    let request: api::RollbackRequest = if body.is_empty() {
+        api::RollbackRequest::default()
     } else {
         parse_json(&body)?
     };
@@ -279,20 +247,24 @@ pub async fn rollback(
     view_of(&state, &name)
 }
 
-/// Body of `PUT /v1/services/{name}/canary`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CanaryWeight {
-    weight: u8,
-}
-
 /// `PUT /v1/services/{name}/canary`: change the canary's share of traffic.
+#[utoipa::path(
+    put,
+    path = "/v1/services/{name}/canary",
+    tag = "services",
+    params(("name" = String, Path, description = "The service")),
+    request_body = api::CanaryWeightRequest,
+    responses(
+        (status = 200, description = "The service", body = api::Service),
+        (status = 409, description = "It has no canary", body = ErrorBody),
+    )
+)]
 pub async fn canary_weight(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let request: CanaryWeight = parse_json(&body)?;
+) -> Result<Json<api::Service>, ApiError> {
+    let request: api::CanaryWeightRequest = parse_json(&body)?;
     state
         .services
         .set_canary_weight(&name, request.weight)
@@ -301,19 +273,39 @@ pub async fn canary_weight(
 }
 
 /// `POST /v1/services/{name}/canary/promote`: the canary becomes the current version.
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/canary/promote",
+    tag = "services",
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 200, description = "The service, on the promoted version", body = api::Service),
+        (status = 409, description = "It has no canary", body = ErrorBody),
+    )
+)]
 pub async fn promote(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<api::Service>, ApiError> {
     state.services.promote_canary(&name).await?;
     view_of(&state, &name)
 }
 
 /// `DELETE /v1/services/{name}/canary`: drop the canary.
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{name}/canary",
+    tag = "services",
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 200, description = "The service, without its canary", body = api::Service),
+        (status = 409, description = "It has no canary", body = ErrorBody),
+    )
+)]
 pub async fn abort_canary(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<api::Service>, ApiError> {
     state
         .services
         .abort_canary(&name, "rolled back by the operator")
@@ -330,47 +322,42 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     })
 }
 
-/// Query of `PUT /v1/services/{name}`: deploy as a canary.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeployQuery {
-    /// Percentage of traffic for the new version; absent: replace the current one.
-    canary: Option<u8>,
-    /// Automatic rollback when the canary's 5xx ratio exceeds this.
-    max_error_rate: Option<f64>,
-    /// Window of the ratio, in milliseconds.
-    window_ms: Option<u64>,
-    /// Canary requests needed before the ratio counts.
-    min_requests: Option<u32>,
-}
-
-impl DeployQuery {
-    fn mode(&self) -> Result<DeployMode, ApiError> {
-        let Some(weight) = self.canary else {
-            if self.max_error_rate.is_some()
-                || self.window_ms.is_some()
-                || self.min_requests.is_some()
-            {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "`max_error_rate`, `window_ms` and `min_requests` need `canary`",
-                ));
-            }
-            return Ok(DeployMode::Replace);
-        };
-        let auto_rollback = self.max_error_rate.map(|max_error_rate| AutoRollback {
-            max_error_rate,
-            window_ms: self.window_ms.unwrap_or(30_000),
-            min_requests: self.min_requests.unwrap_or(20),
-        });
-        Ok(DeployMode::Canary {
-            weight,
-            auto_rollback,
-        })
-    }
+/// How a deploy with `query` takes traffic.
+fn deploy_mode(query: &api::DeployQuery) -> Result<DeployMode, ApiError> {
+    let Some(weight) = query.canary else {
+        if query.max_error_rate.is_some()
+            || query.window_ms.is_some()
+            || query.min_requests.is_some()
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "`max_error_rate`, `window_ms` and `min_requests` need `canary`",
+            ));
+        }
+        return Ok(DeployMode::Replace);
+    };
+    let auto_rollback = query.max_error_rate.map(|max_error_rate| AutoRollback {
+        max_error_rate,
+        window_ms: query.window_ms.unwrap_or(30_000),
+        min_requests: query.min_requests.unwrap_or(20),
+    });
+    Ok(DeployMode::Canary {
+        weight,
+        auto_rollback,
+    })
 }
 
 /// `DELETE /v1/services/{name}`
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{name}",
+    tag = "services",
+    params(("name" = String, Path, description = "The service")),
+    responses(
+        (status = 204, description = "Removed; requests running on it finish"),
+        (status = 404, description = "No such service", body = ErrorBody),
+    )
+)]
 pub async fn remove(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -382,10 +369,28 @@ pub async fn remove(
 /// `PUT /v1/services/{name}`: the component as the body (`application/wasm`), or a
 /// `multipart/form-data` body with a `component` part and an optional `manifest`
 /// part (TOML).
+#[utoipa::path(
+    put,
+    path = "/v1/services/{name}",
+    tag = "services",
+    params(("name" = String, Path, description = "The service"), api::DeployQuery),
+    request_body(
+        description = "The component (`application/wasm`), or `multipart/form-data` with a `component` part and an optional `manifest` part (TOML)",
+        content(("application/wasm"), ("multipart/form-data"))
+    ),
+    responses(
+        (status = 201, description = "Created", body = api::Service),
+        (status = 200, description = "Replaced, or running as a canary", body = api::Service),
+        (status = 400, description = "Not a component this host can run, or a bad manifest", body = ErrorBody),
+        (status = 403, description = "The token may not deploy it", body = ErrorBody),
+        (status = 409, description = "Its route belongs to another service", body = ErrorBody),
+        (status = 413, description = "Larger than --max-upload-bytes", body = ErrorBody),
+    )
+)]
 pub async fn deploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-    query: Result<Query<DeployQuery>, QueryRejection>,
+    query: Result<Query<api::DeployQuery>, QueryRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
     // Refuse a declared oversize body before reading any of it (and close the
@@ -429,7 +434,7 @@ pub async fn deploy(
 
     let Query(query) =
         query.map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text()))?;
-    let mode = query.mode()?;
+    let mode = deploy_mode(&query)?;
     let manifest = manifest?;
     // A guest can hand out what it reads: below `admin`, a deploy may name only the
     // secrets granted to this service.

@@ -16,13 +16,17 @@ use std::path::{Path, PathBuf};
 
 use super::AdminArgs;
 use crate::admin::TOKEN_FILE;
+use shoal_api::ErrorBody;
+use shoal_api::events::EventsView;
+use shoal_api::services as api;
 
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Upload chunk size; also the progress bar's granularity.
 const CHUNK: usize = 64 * 1024;
 
-struct AdminClient {
+/// The admin API's client: built once per command, from how to reach the host.
+pub struct AdminClient {
     base: String,
     token: String,
     transport: Transport,
@@ -109,7 +113,8 @@ async fn send_tls(
 }
 
 impl AdminClient {
-    fn new(args: &AdminArgs) -> Result<Self> {
+    /// A client of the admin API `args` say how to reach.
+    pub fn new(args: &AdminArgs) -> Result<Self> {
         let token = match &args.token {
             Some(token) => token.clone(),
             None => {
@@ -157,7 +162,8 @@ impl AdminClient {
                 .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }))
         };
         if !status.is_success() {
-            let message = json["error"].as_str().unwrap_or("no details");
+            let message = serde_json::from_value::<ErrorBody>(json)
+                .map_or_else(|_| "no details".to_owned(), |body| body.error);
             bail!("{status}: {message}");
         }
         Ok((status, json))
@@ -193,6 +199,97 @@ impl AdminClient {
     }
 }
 
+impl AdminClient {
+    /// `method path` with a JSON `body` (or none), its answer read as `T`.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<T> {
+        let (content_type, body) = match body {
+            Some(body) => (
+                Some("application/json"),
+                Full::new(Bytes::from(serde_json::to_vec(body)?)).boxed(),
+            ),
+            None => (None, empty()),
+        };
+        let (_, json) = self.send(method, path, content_type, body).await?;
+        serde_json::from_value(json)
+            .with_context(|| format!("the admin API's answer to {path} is not what this CLI knows"))
+    }
+
+    /// `GET /v1/services`.
+    pub async fn services(&self) -> Result<api::ServiceList> {
+        self.call(Method::GET, "/v1/services", None::<&()>).await
+    }
+
+    /// `GET /v1/services/{name}`.
+    pub async fn service(&self, name: &str) -> Result<api::Service> {
+        self.call(Method::GET, &format!("/v1/services/{name}"), None::<&()>)
+            .await
+    }
+
+    /// `PUT /v1/services/{name}/scale`.
+    pub async fn scale(&self, name: &str, request: &api::ScaleRequest) -> Result<api::Service> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/services/{name}/scale"),
+            Some(request),
+        )
+        .await
+    }
+
+    /// `POST /v1/services/{name}/rollback`.
+    pub async fn rollback(
+        &self,
+        name: &str,
+        request: &api::RollbackRequest,
+    ) -> Result<api::Service> {
+        self.call(
+            Method::POST,
+            &format!("/v1/services/{name}/rollback"),
+            Some(request),
+        )
+        .await
+    }
+
+    /// `PUT /v1/services/{name}/canary`.
+    pub async fn canary_weight(&self, name: &str, weight: u8) -> Result<api::Service> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/services/{name}/canary"),
+            Some(&api::CanaryWeightRequest { weight }),
+        )
+        .await
+    }
+
+    /// `POST /v1/services/{name}/canary/promote`.
+    pub async fn promote_canary(&self, name: &str) -> Result<api::Service> {
+        self.call(
+            Method::POST,
+            &format!("/v1/services/{name}/canary/promote"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/services/{name}/canary`.
+    pub async fn abort_canary(&self, name: &str) -> Result<api::Service> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/services/{name}/canary"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /v1/events`.
+    pub async fn events(&self) -> Result<EventsView> {
+        self.call(Method::GET, "/v1/events", None::<&()>).await
+    }
+}
+
 /// What `shoal logs` asks for.
 #[derive(Debug, Clone, Default)]
 pub struct LogOptions {
@@ -223,8 +320,7 @@ fn print_log_line(line: &serde_json::Value) {
 
 /// Print a service's recent log lines, and with `follow`, every new one until the
 /// service is removed or the host stops.
-pub async fn logs(args: &AdminArgs, name: &str, options: &LogOptions) -> Result<()> {
-    let client = AdminClient::new(args)?;
+pub async fn logs(client: &AdminClient, name: &str, options: &LogOptions) -> Result<()> {
     let mut query = format!("tail={}", options.tail);
     if options.follow {
         query.push_str("&follow=1");
@@ -304,13 +400,12 @@ pub struct CanaryOptions {
 
 /// Deploy the component at `path` (building it first when `path` is a directory).
 pub async fn deploy(
-    args: &AdminArgs,
+    client: &AdminClient,
     path: &Path,
     name: Option<String>,
     manifest: Option<&Path>,
     canary: Option<CanaryOptions>,
 ) -> Result<()> {
-    let client = AdminClient::new(args)?;
     let wasm = if path.is_dir() {
         let dir = path.to_path_buf();
         tokio::task::spawn_blocking(move || super::build::build(&dir)).await??
@@ -374,13 +469,18 @@ pub async fn deploy(
         .await;
     progress.finish_and_clear();
     let (status, json) = result?;
+    let service: api::Service = serde_json::from_value(json)
+        .context("the admin API's answer to the deploy is not what this CLI knows")?;
+    let Some(service) = service.running() else {
+        bail!("{name} was deployed but does not run");
+    };
     if let Some(canary) = canary {
         println!(
             "canary {} of {} takes {}% of the traffic (stable: {})",
-            json["canary"]["version"].as_str().unwrap_or("?"),
+            service.canary.as_ref().map_or("?", |c| c.version.as_str()),
             name,
             canary.weight,
-            json["version"].as_str().unwrap_or("?"),
+            service.version,
         );
         return Ok(());
     }
@@ -391,86 +491,89 @@ pub async fn deploy(
     };
     println!(
         "{verb} {} version {} (sha256 {}) at route {}",
-        json["name"].as_str().unwrap_or(&name),
-        json["version"].as_str().unwrap_or("?"),
-        json["digest"]
-            .as_str()
-            .map(|d| &d[..d.len().min(12)])
-            .unwrap_or("?"),
-        json["route"].as_str().unwrap_or("?"),
+        service.name,
+        service.version,
+        &service.digest[..service.digest.len().min(12)],
+        service.route,
     );
     Ok(())
 }
 
 /// Print the services of a host as a table.
-pub async fn list(args: &AdminArgs) -> Result<()> {
-    let client = AdminClient::new(args)?;
-    let (_, json) = client
-        .send(Method::GET, "/v1/services", None, empty())
-        .await?;
-    let services = json["services"].as_array().cloned().unwrap_or_default();
+pub async fn list(client: &AdminClient) -> Result<()> {
+    let list = client.services().await?;
     println!(
         "{:<24} {:<20} {:<14} {:<24} {:<9} {:<24} DEPLOYED",
         "NAME", "VERSION", "DIGEST", "ROUTE", "STATE", "CANARY"
     );
-    for service in services {
-        let digest = service["digest"].as_str().unwrap_or("");
-        let canary = match service["canary"]["version"].as_str() {
-            Some(version) => format!("{version} ({}%)", service["canary"]["weight"]),
-            None => "-".to_owned(),
+    for service in &list.services {
+        let (version, digest, route, state, canary, deployed_at) = match service {
+            api::Service::Running(service) => (
+                &service.version,
+                &service.digest,
+                &service.route,
+                "running",
+                service.canary.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |canary| format!("{} ({}%)", canary.version, canary.weight),
+                ),
+                &service.deployed_at,
+            ),
+            api::Service::Failed(service) => (
+                &service.version,
+                &service.digest,
+                &service.route,
+                "failed",
+                "-".to_owned(),
+                &service.deployed_at,
+            ),
         };
         println!(
             "{:<24} {:<20} {:<14} {:<24} {:<9} {:<24} {}",
-            service["name"].as_str().unwrap_or(""),
-            service["version"].as_str().unwrap_or(""),
+            service.name(),
+            version,
             &digest[..digest.len().min(12)],
-            service["route"].as_str().unwrap_or(""),
-            service["state"].as_str().unwrap_or(""),
+            route,
+            state,
             canary,
-            service["deployed_at"].as_str().unwrap_or(""),
+            deployed_at,
         );
     }
     Ok(())
 }
 
 /// Print one service: a summary for people, or its JSON for scripts.
-pub async fn show(args: &AdminArgs, name: &str, as_json: bool) -> Result<()> {
-    let client = AdminClient::new(args)?;
-    let (_, json) = client
-        .send(Method::GET, &format!("/v1/services/{name}"), None, empty())
-        .await?;
+pub async fn show(client: &AdminClient, name: &str, as_json: bool) -> Result<()> {
+    let service = client.service(name).await?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        println!("{}", serde_json::to_string_pretty(&service)?);
         return Ok(());
     }
-    let recent = if json["state"] == "running" {
+    let recent = if service.running().is_some() {
         let path = format!("/v1/services/{name}/logs?level=warn&tail=5");
         let (_, logs) = client.send(Method::GET, &path, None, empty()).await?;
         logs["lines"].as_array().cloned().unwrap_or_default()
     } else {
         Vec::new()
     };
-    print!("{}", super::people::render_service(&json, &recent));
+    print!("{}", super::people::render_service(&service, &recent));
     Ok(())
 }
 
 /// Show services ordered by CPU, requests or errors, refreshing every `interval`;
 /// `iterations` samples (0: until interrupted).
 pub async fn top(
-    args: &AdminArgs,
+    client: &AdminClient,
     order: super::people::TopOrder,
     interval: std::time::Duration,
     iterations: u32,
 ) -> Result<()> {
-    let client = AdminClient::new(args)?;
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut before: Option<(std::time::Instant, Vec<super::people::Counters>)> = None;
     let mut sample = 0;
     loop {
-        let (_, json) = client
-            .send(Method::GET, "/v1/services", None, empty())
-            .await?;
-        let now = (std::time::Instant::now(), super::people::counters(&json));
+        let list = client.services().await?;
+        let now = (std::time::Instant::now(), super::people::counters(&list));
         let table = super::people::render_top(
             before.as_ref().map(|(_, counters)| counters.as_slice()),
             &now.1,
@@ -496,12 +599,11 @@ pub async fn top(
 
 /// Register (or replace) an external service.
 pub async fn external_add(
-    args: &AdminArgs,
+    client: &AdminClient,
     name: &str,
     endpoints: &[String],
     health_path: Option<&str>,
 ) -> Result<()> {
-    let client = AdminClient::new(args)?;
     let mut body = serde_json::json!({ "endpoints": endpoints });
     if let Some(path) = health_path {
         body["health_check"] = serde_json::json!({ "path": path });
@@ -519,8 +621,7 @@ pub async fn external_add(
 }
 
 /// List external services with their endpoints' health.
-pub async fn external_list(args: &AdminArgs) -> Result<()> {
-    let client = AdminClient::new(args)?;
+pub async fn external_list(client: &AdminClient) -> Result<()> {
     let (_, json) = client
         .send(Method::GET, "/v1/external", None, empty())
         .await?;
@@ -544,8 +645,7 @@ pub async fn external_list(args: &AdminArgs) -> Result<()> {
 }
 
 /// Remove an external service.
-pub async fn external_remove(args: &AdminArgs, name: &str) -> Result<()> {
-    let client = AdminClient::new(args)?;
+pub async fn external_remove(client: &AdminClient, name: &str) -> Result<()> {
     client
         .send(
             Method::DELETE,
@@ -560,89 +660,67 @@ pub async fn external_remove(args: &AdminArgs, name: &str) -> Result<()> {
 
 /// Change concurrency and queue.
 pub async fn scale(
-    args: &AdminArgs,
+    client: &AdminClient,
     name: &str,
     max_concurrency: u32,
     queue: Option<u32>,
 ) -> Result<()> {
-    let client = AdminClient::new(args)?;
-    let body = serde_json::json!({ "max_concurrency": max_concurrency, "queue": queue });
-    let (_, json) = client
-        .send(
-            Method::PUT,
-            &format!("/v1/services/{name}/scale"),
-            Some("application/json"),
-            json_body(&body),
-        )
-        .await?;
+    let request = api::ScaleRequest {
+        max_concurrency,
+        queue,
+    };
+    let service = client.scale(name, &request).await?;
+    let Some(service) = service.running() else {
+        bail!("{name} does not run");
+    };
     println!(
         "{name}: max concurrency {}, queue {} ({} running, {} queued)",
-        json["limits"]["max_concurrency"],
-        json["limits"]["queue"],
-        json["load"]["in_flight"],
-        json["load"]["queued"]
+        service.limits.max_concurrency,
+        service.limits.queue,
+        service.load.in_flight,
+        service.load.queued
     );
     Ok(())
 }
 
 /// Roll back to the previous or a given version.
-pub async fn rollback(args: &AdminArgs, name: &str, to: Option<String>) -> Result<()> {
-    let client = AdminClient::new(args)?;
-    let body = serde_json::json!({ "version": to });
-    let (_, json) = client
-        .send(
-            Method::POST,
-            &format!("/v1/services/{name}/rollback"),
-            Some("application/json"),
-            json_body(&body),
-        )
+pub async fn rollback(client: &AdminClient, name: &str, to: Option<String>) -> Result<()> {
+    let service = client
+        .rollback(name, &api::RollbackRequest { version: to })
         .await?;
-    println!(
-        "{name} is back on version {}",
-        json["version"].as_str().unwrap_or("?")
-    );
+    let version = match &service {
+        api::Service::Running(service) => &service.version,
+        api::Service::Failed(service) => &service.version,
+    };
+    println!("{name} is back on version {version}");
     Ok(())
 }
 
 /// Change, promote or drop a canary.
 pub async fn canary(
-    args: &AdminArgs,
+    client: &AdminClient,
     name: &str,
     weight: Option<u8>,
     promote: bool,
     abort: bool,
 ) -> Result<()> {
-    let client = AdminClient::new(args)?;
-    let (method, path, body) = match (weight, promote, abort) {
-        (Some(weight), false, false) => (
-            Method::PUT,
-            format!("/v1/services/{name}/canary"),
-            json_body(&serde_json::json!({ "weight": weight })),
-        ),
-        (None, true, false) => (
-            Method::POST,
-            format!("/v1/services/{name}/canary/promote"),
-            empty(),
-        ),
-        (None, false, true) => (
-            Method::DELETE,
-            format!("/v1/services/{name}/canary"),
-            empty(),
-        ),
+    let service = match (weight, promote, abort) {
+        (Some(weight), false, false) => client.canary_weight(name, weight).await?,
+        (None, true, false) => client.promote_canary(name).await?,
+        (None, false, true) => client.abort_canary(name).await?,
         _ => bail!("say one of --weight N, --promote or --abort"),
     };
-    let (_, json) = client
-        .send(method, &path, Some("application/json"), body)
-        .await?;
-    match json["canary"]["version"].as_str() {
-        Some(version) => println!(
-            "{name}: canary {version} takes {}% (stable: {})",
-            json["canary"]["weight"],
-            json["version"].as_str().unwrap_or("?")
+    let Some(service) = service.running() else {
+        bail!("{name} does not run");
+    };
+    match &service.canary {
+        Some(canary) => println!(
+            "{name}: canary {} takes {}% (stable: {})",
+            canary.version, canary.weight, service.version
         ),
         None => println!(
             "{name}: no canary; all traffic on version {}",
-            json["version"].as_str().unwrap_or("?")
+            service.version
         ),
     }
     Ok(())
@@ -653,34 +731,23 @@ fn json_body(value: &serde_json::Value) -> Body {
 }
 
 /// Print topics, subscriptions, waiting deliveries and dead letters.
-pub async fn events(args: &AdminArgs) -> Result<()> {
-    let client = AdminClient::new(args)?;
-    let (_, json) = client
-        .send(Method::GET, "/v1/events", None, empty())
-        .await?;
-    println!("deliveries waiting: {}", json["pending"]);
+pub async fn events(client: &AdminClient) -> Result<()> {
+    let events = client.events().await?;
+    println!("deliveries waiting: {}", events.pending);
     println!(
         "\nSUBSCRIBER               TOPIC                    ROUTE                    ATTEMPTS"
     );
-    for subscription in json["subscriptions"].as_array().into_iter().flatten() {
+    for subscription in &events.subscriptions {
         println!(
             "{:<24} {:<24} {:<24} {}",
-            subscription["service"].as_str().unwrap_or(""),
-            subscription["topic"].as_str().unwrap_or(""),
-            subscription["route"].as_str().unwrap_or(""),
-            subscription["max_attempts"]
+            subscription.service, subscription.topic, subscription.route, subscription.max_attempts
         );
     }
-    let dead = json["dead_letters"].as_array().cloned().unwrap_or_default();
-    println!("\ndead letters: {}", dead.len());
-    for letter in dead {
+    println!("\ndead letters: {}", events.dead_letters.len());
+    for letter in &events.dead_letters {
         println!(
             "  {} to {} ({}, {} attempts): {}",
-            letter["event_id"].as_str().unwrap_or(""),
-            letter["subscriber"].as_str().unwrap_or(""),
-            letter["topic"].as_str().unwrap_or(""),
-            letter["attempts"],
-            letter["reason"].as_str().unwrap_or("")
+            letter.event_id, letter.subscriber, letter.topic, letter.attempts, letter.reason
         );
     }
     Ok(())
@@ -688,12 +755,11 @@ pub async fn events(args: &AdminArgs) -> Result<()> {
 
 /// Replay (or drop) one dead letter.
 pub async fn dead_letter(
-    args: &AdminArgs,
+    client: &AdminClient,
     replay: bool,
     subscriber: &str,
     event: &str,
 ) -> Result<()> {
-    let client = AdminClient::new(args)?;
     let path = format!("/v1/events/dead/{subscriber}/{event}");
     if replay {
         client
@@ -708,8 +774,7 @@ pub async fn dead_letter(
 }
 
 /// Remove a service.
-pub async fn remove(args: &AdminArgs, name: &str) -> Result<()> {
-    let client = AdminClient::new(args)?;
+pub async fn remove(client: &AdminClient, name: &str) -> Result<()> {
     client
         .send(
             Method::DELETE,
@@ -751,12 +816,11 @@ fn default_data_dir() -> PathBuf {
 
 /// Create a scoped token and print its secret (shown this once).
 pub async fn token_create(
-    args: &AdminArgs,
+    client: &AdminClient,
     name: &str,
     scope: &str,
     services: &[String],
 ) -> Result<()> {
-    let client = AdminClient::new(args)?;
     let body = serde_json::json!({ "name": name, "scope": scope, "services": services });
     let (_, json) = client
         .send(
@@ -773,8 +837,7 @@ pub async fn token_create(
 }
 
 /// List tokens (never their secrets).
-pub async fn token_list(args: &AdminArgs) -> Result<()> {
-    let client = AdminClient::new(args)?;
+pub async fn token_list(client: &AdminClient) -> Result<()> {
     let (_, json) = client
         .send(Method::GET, "/v1/tokens", None, empty())
         .await?;
@@ -811,8 +874,7 @@ fn patterns_column(patterns: &serde_json::Value) -> String {
 }
 
 /// Revoke a token.
-pub async fn token_revoke(args: &AdminArgs, id: &str) -> Result<()> {
-    let client = AdminClient::new(args)?;
+pub async fn token_revoke(client: &AdminClient, id: &str) -> Result<()> {
     client
         .send(Method::DELETE, &format!("/v1/tokens/{id}"), None, empty())
         .await?;
@@ -822,7 +884,7 @@ pub async fn token_revoke(args: &AdminArgs, id: &str) -> Result<()> {
 
 /// Set a secret from a file or standard input.
 pub async fn secret_set(
-    args: &AdminArgs,
+    client: &AdminClient,
     name: &str,
     from_file: Option<&std::path::Path>,
     services: &[String],
@@ -843,7 +905,6 @@ pub async fn secret_set(
             value.pop();
         }
     }
-    let client = AdminClient::new(args)?;
     let body = serde_json::json!({ "value": value, "services": services });
     client
         .send(
@@ -858,8 +919,7 @@ pub async fn secret_set(
 }
 
 /// List secrets (never their values).
-pub async fn secret_list(args: &AdminArgs) -> Result<()> {
-    let client = AdminClient::new(args)?;
+pub async fn secret_list(client: &AdminClient) -> Result<()> {
     let (_, json) = client
         .send(Method::GET, "/v1/secrets", None, empty())
         .await?;
@@ -877,8 +937,7 @@ pub async fn secret_list(args: &AdminArgs) -> Result<()> {
 }
 
 /// Remove a secret.
-pub async fn secret_remove(args: &AdminArgs, name: &str) -> Result<()> {
-    let client = AdminClient::new(args)?;
+pub async fn secret_remove(client: &AdminClient, name: &str) -> Result<()> {
     client
         .send(
             Method::DELETE,
@@ -892,8 +951,7 @@ pub async fn secret_remove(args: &AdminArgs, name: &str) -> Result<()> {
 }
 
 /// Print the audit log's last `limit` entries, oldest first.
-pub async fn audit(args: &AdminArgs, limit: usize) -> Result<()> {
-    let client = AdminClient::new(args)?;
+pub async fn audit(client: &AdminClient, limit: usize) -> Result<()> {
     let (_, json) = client
         .send(
             Method::GET,

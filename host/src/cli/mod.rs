@@ -7,7 +7,7 @@ mod people;
 mod scaffold;
 mod wit_files;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -345,8 +345,54 @@ pub struct AdminArgs {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Run the parsed command.
+impl Command {
+    /// How to reach the admin API, for a command that talks to it.
+    fn admin_args(&self) -> Option<&AdminArgs> {
+        match self {
+            Command::Deploy { admin, .. }
+            | Command::Show { admin, .. }
+            | Command::Top { admin, .. }
+            | Command::Scale { admin, .. }
+            | Command::Rollback { admin, .. }
+            | Command::Canary { admin, .. }
+            | Command::Ls { admin }
+            | Command::Events { admin, .. }
+            | Command::Logs { admin, .. }
+            | Command::Audit { admin, .. }
+            | Command::Rm { admin, .. } => Some(admin),
+            Command::External { action } => match action {
+                ExternalAction::Add { admin, .. }
+                | ExternalAction::Ls { admin }
+                | ExternalAction::Rm { admin, .. } => Some(admin),
+            },
+            Command::Token { action } => match action {
+                TokenAction::Create { admin, .. }
+                | TokenAction::Ls { admin }
+                | TokenAction::Revoke { admin, .. } => Some(admin),
+            },
+            Command::Secret { action } => match action {
+                SecretAction::Set { admin, .. }
+                | SecretAction::Ls { admin }
+                | SecretAction::Rm { admin, .. } => Some(admin),
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Run the parsed command. A command that talks to the admin API gets its one client
+/// here.
 pub async fn run(cli: Cli) -> Result<()> {
+    let admin = cli
+        .command
+        .admin_args()
+        .map(client::AdminClient::new)
+        .transpose()?;
+    let admin = || {
+        admin
+            .as_ref()
+            .context("this command does not talk to the admin API")
+    };
     match cli.command {
         Command::Serve(config) => crate::server::run(*config).await,
         Command::Build { dir } => {
@@ -387,49 +433,49 @@ pub async fn run(cli: Cli) -> Result<()> {
             manifest,
             canary,
             max_error_rate,
-            admin,
+            ..
         } => {
             let canary = canary.map(|weight| client::CanaryOptions {
                 weight,
                 max_error_rate,
             });
-            client::deploy(&admin, &path, name, manifest.as_deref(), canary).await
+            client::deploy(admin()?, &path, name, manifest.as_deref(), canary).await
         }
-        Command::Show { name, json, admin } => client::show(&admin, &name, json).await,
+        Command::Show { name, json, .. } => client::show(admin()?, &name, json).await,
         Command::Top {
             sort,
             interval_ms,
             iterations,
-            admin,
+            ..
         } => {
             let interval = std::time::Duration::from_millis(interval_ms.max(100));
-            client::top(&admin, sort, interval, iterations).await
+            client::top(admin()?, sort, interval, iterations).await
         }
         Command::External { action } => match action {
             ExternalAction::Add {
                 name,
                 endpoints,
                 health_path,
-                admin,
-            } => client::external_add(&admin, &name, &endpoints, health_path.as_deref()).await,
-            ExternalAction::Ls { admin } => client::external_list(&admin).await,
-            ExternalAction::Rm { name, admin } => client::external_remove(&admin, &name).await,
+                ..
+            } => client::external_add(admin()?, &name, &endpoints, health_path.as_deref()).await,
+            ExternalAction::Ls { .. } => client::external_list(admin()?).await,
+            ExternalAction::Rm { name, .. } => client::external_remove(admin()?, &name).await,
         },
         Command::Scale {
             name,
             max_concurrency,
             queue,
-            admin,
-        } => client::scale(&admin, &name, max_concurrency, queue).await,
-        Command::Rollback { name, to, admin } => client::rollback(&admin, &name, to).await,
+            ..
+        } => client::scale(admin()?, &name, max_concurrency, queue).await,
+        Command::Rollback { name, to, .. } => client::rollback(admin()?, &name, to).await,
         Command::Canary {
             name,
             weight,
             promote,
             abort,
-            admin,
-        } => client::canary(&admin, &name, weight, promote, abort).await,
-        Command::Ls { admin } => client::list(&admin).await,
+            ..
+        } => client::canary(admin()?, &name, weight, promote, abort).await,
+        Command::Ls { .. } => client::list(admin()?).await,
         Command::BenchNativeHello { listen } => bench::native_hello(listen).await,
         Command::BenchInstantiate {
             component,
@@ -453,16 +499,16 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(|error| anyhow::anyhow!("the benchmark task failed: {error}"))?
         }
-        Command::Rm { name, admin } => client::remove(&admin, &name).await,
+        Command::Rm { name, .. } => client::remove(admin()?, &name).await,
         Command::Token { action } => match action {
             TokenAction::Create {
                 name,
                 scope,
                 services,
-                admin,
-            } => client::token_create(&admin, &name, &scope, &services).await,
-            TokenAction::Ls { admin } => client::token_list(&admin).await,
-            TokenAction::Revoke { id, admin } => client::token_revoke(&admin, &id).await,
+                ..
+            } => client::token_create(admin()?, &name, &scope, &services).await,
+            TokenAction::Ls { .. } => client::token_list(admin()?).await,
+            TokenAction::Revoke { id, .. } => client::token_revoke(admin()?, &id).await,
         },
         Command::Logs {
             name,
@@ -470,7 +516,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             level,
             request_id,
             tail,
-            admin,
+            ..
         } => {
             let options = client::LogOptions {
                 follow,
@@ -478,29 +524,29 @@ pub async fn run(cli: Cli) -> Result<()> {
                 request_id,
                 tail,
             };
-            client::logs(&admin, &name, &options).await
+            client::logs(admin()?, &name, &options).await
         }
         Command::Secret { action } => match action {
             SecretAction::Set {
                 name,
                 from_file,
                 services,
-                admin,
-            } => client::secret_set(&admin, &name, from_file.as_deref(), &services).await,
-            SecretAction::Ls { admin } => client::secret_list(&admin).await,
-            SecretAction::Rm { name, admin } => client::secret_remove(&admin, &name).await,
+                ..
+            } => client::secret_set(admin()?, &name, from_file.as_deref(), &services).await,
+            SecretAction::Ls { .. } => client::secret_list(admin()?).await,
+            SecretAction::Rm { name, .. } => client::secret_remove(admin()?, &name).await,
         },
-        Command::Audit { limit, admin } => client::audit(&admin, limit).await,
+        Command::Audit { limit, .. } => client::audit(admin()?, limit).await,
         Command::Events {
             action,
             subscriber,
             event,
-            admin,
+            ..
         } => match (action.as_deref(), subscriber, event) {
             (Some(action), Some(subscriber), Some(event)) => {
-                client::dead_letter(&admin, action == "replay", &subscriber, &event).await
+                client::dead_letter(admin()?, action == "replay", &subscriber, &event).await
             }
-            _ => client::events(&admin).await,
+            _ => client::events(admin()?).await,
         },
     }
 }

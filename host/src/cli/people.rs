@@ -3,6 +3,7 @@
 //! in the tests).
 
 use serde_json::Value;
+use shoal_api::services as api;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -19,19 +20,14 @@ fn bytes(n: u64) -> String {
     }
 }
 
-/// Faults by kind, as `trap 2, timeout 1` (only the ones that happened).
-fn faults(service: &Value) -> (u64, String) {
-    let Some(map) = service["faults"].as_object() else {
-        return (0, "none".into());
-    };
-    let mut total = 0;
-    let listed: Vec<String> = map
+/// Faults by kind, as `trap 2, timeout 1` (only the ones that happened), and their sum.
+fn faults(service: &api::RunningService) -> (u64, String) {
+    let total = service.faults.values().sum();
+    let listed: Vec<String> = service
+        .faults
         .iter()
-        .filter_map(|(kind, count)| {
-            let count = count.as_u64().unwrap_or(0);
-            total += count;
-            (count > 0).then(|| format!("{kind} {count}"))
-        })
+        .filter(|(_, count)| **count > 0)
+        .map(|(kind, count)| format!("{kind} {count}"))
         .collect();
     let listed = if listed.is_empty() {
         "none".to_owned()
@@ -41,93 +37,50 @@ fn faults(service: &Value) -> (u64, String) {
     (total, listed)
 }
 
+fn secret_status(status: api::SecretStatus) -> &'static str {
+    match status {
+        api::SecretStatus::Available => "available",
+        api::SecretStatus::Missing => "missing",
+        api::SecretStatus::Denied => "denied",
+        api::SecretStatus::NotDeclared => "not-declared",
+    }
+}
+
 /// `shoal show NAME`: the service, then its most recent warnings and errors.
-pub fn render_service(service: &Value, recent_errors: &[Value]) -> String {
+pub fn render_service(service: &api::Service, recent_errors: &[Value]) -> String {
     let mut out = String::new();
-    let digest = text(service, "digest");
+    let (state, version, digest, route, deployed_at, history) = match service {
+        api::Service::Running(s) => (
+            "running",
+            &s.version,
+            &s.digest,
+            &s.route,
+            &s.deployed_at,
+            &s.history,
+        ),
+        api::Service::Failed(s) => (
+            "failed",
+            &s.version,
+            &s.digest,
+            &s.route,
+            &s.deployed_at,
+            &s.history,
+        ),
+    };
     let _ = writeln!(
         out,
-        "{}  {}  version {} ({})",
-        text(service, "name"),
-        text(service, "state"),
-        text(service, "version"),
+        "{}  {state}  version {version} ({})",
+        service.name(),
         digest.chars().take(19).collect::<String>()
     );
-    let _ = writeln!(
-        out,
-        "  route      {}  deployed {}",
-        text(service, "route"),
-        text(service, "deployed_at")
-    );
-    if service["state"] == "failed" {
-        let _ = writeln!(out, "  reason     {}", text(service, "reason"));
-    }
-    if service["code"] == "baseline" {
-        let _ = writeln!(
-            out,
-            "  code       baseline (optimised code is compiling in the background)"
-        );
-    }
-    if let Some(canary) = service["canary"].as_object() {
-        let canary = Value::Object(canary.clone());
-        let mut line = format!(
-            "  canary     {} takes {}%",
-            text(&canary, "version"),
-            canary["weight"]
-        );
-        if let Some(rate) = canary["auto_rollback"]["max_error_rate"].as_f64() {
-            let _ = write!(line, ", rolled back above {:.0}% errors", rate * 100.0);
+    let _ = writeln!(out, "  route      {route}  deployed {deployed_at}");
+    match service {
+        api::Service::Failed(failed) => {
+            let _ = writeln!(out, "  reason     {}", failed.reason);
         }
-        let _ = writeln!(out, "{line}");
+        api::Service::Running(running) => render_running(&mut out, running),
     }
-    let limits = &service["limits"];
-    if limits.is_object() {
-        let _ = writeln!(
-            out,
-            "  limits     memory {} MiB, timeout {} ms, concurrency {}, queue {}{}",
-            limits["memory_mb"],
-            limits["timeout_ms"],
-            limits["max_concurrency"],
-            limits["queue"],
-            if limits["scaled_by_operator"] == true {
-                " (scaled by the operator)"
-            } else {
-                ""
-            }
-        );
-        let _ = writeln!(
-            out,
-            "  load       {} in flight, {} queued",
-            service["load"]["in_flight"], service["load"]["queued"]
-        );
-        let (_, faults) = faults(service);
-        let _ = writeln!(
-            out,
-            "  requests   {} served; faults: {faults}",
-            service["requests"]
-        );
-        let usage = &service["usage"];
-        let _ = writeln!(
-            out,
-            "  usage      cpu {:.3} s, {} instances, memory peak {}",
-            usage["cpu_seconds"].as_f64().unwrap_or(0.0),
-            usage["instances_created"],
-            bytes(usage["memory_peak_bytes"].as_u64().unwrap_or(0))
-        );
-    }
-    if let Some(secrets) = service["secrets"].as_object() {
-        let listed: Vec<String> = secrets
-            .iter()
-            .map(|(name, status)| format!("{name} {}", status.as_str().unwrap_or("")))
-            .collect();
-        let _ = writeln!(out, "  secrets    {}", listed.join(", "));
-    }
-    let history: Vec<String> = service["history"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|version| text(version, "version").to_owned())
-        .collect();
+    let history: Vec<&str> = history.iter().map(|v| v.version.as_str()).collect();
     if !history.is_empty() {
         let _ = writeln!(out, "  history    {}", history.join(", "));
     }
@@ -145,6 +98,67 @@ pub fn render_service(service: &Value, recent_errors: &[Value]) -> String {
         }
     }
     out
+}
+
+/// The lines only a running service has.
+fn render_running(out: &mut String, service: &api::RunningService) {
+    if service.code == api::CodeTier::Baseline {
+        let _ = writeln!(
+            out,
+            "  code       baseline (optimised code is compiling in the background)"
+        );
+    }
+    if let Some(canary) = &service.canary {
+        let mut line = format!("  canary     {} takes {}%", canary.version, canary.weight);
+        if let Some(rule) = &canary.auto_rollback {
+            let _ = write!(
+                line,
+                ", rolled back above {:.0}% errors",
+                rule.max_error_rate * 100.0
+            );
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let limits = &service.limits;
+    let _ = writeln!(
+        out,
+        "  limits     memory {} MiB, timeout {} ms, concurrency {}, queue {}{}",
+        limits.memory_mb,
+        limits.timeout_ms,
+        limits.max_concurrency,
+        limits.queue,
+        if limits.scaled_by_operator {
+            " (scaled by the operator)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  load       {} in flight, {} queued",
+        service.load.in_flight, service.load.queued
+    );
+    let (_, faults) = faults(service);
+    let _ = writeln!(
+        out,
+        "  requests   {} served; faults: {faults}",
+        service.requests
+    );
+    let usage = &service.usage;
+    let _ = writeln!(
+        out,
+        "  usage      cpu {:.3} s, {} instances, memory peak {}",
+        usage.cpu_seconds,
+        usage.instances_created,
+        bytes(usage.memory_peak_bytes)
+    );
+    if let Some(secrets) = &service.secrets {
+        let listed: Vec<String> = secrets
+            .iter()
+            .map(|(name, status)| format!("{name} {}", secret_status(*status)))
+            .collect();
+        let _ = writeln!(out, "  secrets    {}", listed.join(", "));
+    }
 }
 
 /// What `shoal top` orders by.
@@ -170,20 +184,19 @@ pub struct Counters {
     memory_peak: u64,
 }
 
-/// The counters of every service in a `GET /v1/services` answer.
-pub fn counters(services: &Value) -> Vec<Counters> {
-    services["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
+/// The counters of every running service in a `GET /v1/services` answer.
+pub fn counters(list: &api::ServiceList) -> Vec<Counters> {
+    list.services
+        .iter()
+        .filter_map(api::Service::running)
         .map(|service| Counters {
-            name: text(service, "name").to_owned(),
-            version: text(service, "version").to_owned(),
-            cpu_seconds: service["usage"]["cpu_seconds"].as_f64().unwrap_or(0.0),
-            requests: service["requests"].as_u64().unwrap_or(0),
+            name: service.name.clone(),
+            version: service.version.clone(),
+            cpu_seconds: service.usage.cpu_seconds,
+            requests: service.requests,
             errors: faults(service).0,
-            in_flight: service["load"]["in_flight"].as_u64().unwrap_or(0),
-            memory_peak: service["usage"]["memory_peak_bytes"].as_u64().unwrap_or(0),
+            in_flight: u64::from(service.load.in_flight),
+            memory_peak: service.usage.memory_peak_bytes,
         })
         .collect()
 }
@@ -259,19 +272,27 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn service(name: &str, cpu: f64, requests: u64, traps: u64) -> Value {
-        json!({
+    /// A running service as the admin API sends it (read through the shared types).
+    fn service(name: &str, cpu: f64, requests: u64, traps: u64) -> api::Service {
+        serde_json::from_value(json!({
             "name": name, "version": "1.0.0", "digest": "sha256:0123456789abcdef",
             "state": "running", "route": format!("/{name}"), "deployed_at": "2026-12-01T00:00:00Z",
-            "code": "baseline",
-            "limits": {"memory_mb": 128, "timeout_ms": 30000, "max_concurrency": 64, "queue": 256, "scaled_by_operator": false},
+            "code": "baseline", "wasi": "p2",
+            "limits": {"memory_mb": 128, "memory_budget_mb": 8192, "timeout_ms": 30000, "max_concurrency": 64, "queue": 256, "scaled_by_operator": false},
             "load": {"in_flight": 1, "queued": 0},
             "requests": requests, "faults": {"trap": traps, "timeout": 0},
             "usage": {"cpu_seconds": cpu, "instances_created": 3, "memory_peak_bytes": 3 << 20},
-            "canary": {"version": "1.1.0", "weight": 10, "auto_rollback": {"max_error_rate": 0.05}},
+            "config_keys": [], "store_bytes": null,
+            "canary": {"version": "1.1.0", "digest": "d", "code": "optimized", "weight": 10,
+                       "auto_rollback": {"max_error_rate": 0.05, "window_ms": 30000, "min_requests": 20}},
             "secrets": {"db-password": "available"},
-            "history": [{"version": "0.9.0"}],
-        })
+            "history": [{"version": "0.9.0", "digest": "e", "deployed_at": "t"}],
+        }))
+        .expect("a running service")
+    }
+
+    fn list(services: Vec<api::Service>) -> api::ServiceList {
+        api::ServiceList { services }
     }
 
     #[test]
@@ -295,10 +316,14 @@ mod tests {
 
     #[test]
     fn top_orders_by_rate_between_samples() {
-        let before =
-            counters(&json!({"services": [service("a", 1.0, 100, 0), service("b", 0.0, 0, 0)]}));
-        let now =
-            counters(&json!({"services": [service("a", 1.1, 300, 4), service("b", 1.0, 10, 0)]}));
+        let before = counters(&list(vec![
+            service("a", 1.0, 100, 0),
+            service("b", 0.0, 0, 0),
+        ]));
+        let now = counters(&list(vec![
+            service("a", 1.1, 300, 4),
+            service("b", 1.0, 10, 0),
+        ]));
         let table = render_top(Some(&before), &now, Duration::from_secs(2), TopOrder::Cpu);
         let rows: Vec<&str> = table.lines().collect();
         assert!(rows[0].contains("CPU %"));

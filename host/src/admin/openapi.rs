@@ -1,0 +1,100 @@
+//! `GET /v1/openapi.json`: the admin API's OpenAPI 3.1 document, derived from the
+//! handlers and from the request and response types of [`shoal_api`] (the same types
+//! the handlers, the CLI and the tests use), never written by hand.
+
+use axum::Json;
+use utoipa::OpenApi as _;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+
+use super::{events, services};
+
+/// The admin API as far as its types are shared ([`shoal_api`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Shoal admin API",
+        description = "Deploy, inspect, scale, roll back and remove the services of one \
+                       Shoal host. Every call needs `Authorization: Bearer <token>`."
+    ),
+    paths(
+        services::list,
+        services::show,
+        services::deploy,
+        services::remove,
+        services::scale,
+        services::rollback,
+        services::canary_weight,
+        services::promote,
+        services::abort_canary,
+        events::show,
+        events::replay,
+        events::drop_dead,
+    ),
+    components(schemas(shoal_api::ErrorBody)),
+    modifiers(&BearerToken),
+    security(("token" = [])),
+    tags(
+        (name = "services", description = "Deployed services: versions, canaries, limits, load, faults"),
+        (name = "events", description = "Subscriptions, deliveries waiting, dead letters"),
+    )
+)]
+pub struct AdminApi;
+
+/// Declares the bearer token every call carries.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// `GET /v1/openapi.json`
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    let mut document = AdminApi::openapi();
+    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    Json(document)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_names_every_typed_path_and_its_shapes() {
+        let document = serde_json::to_value(AdminApi::openapi()).expect("serialises");
+        let paths = document["paths"].as_object().expect("paths");
+        for path in [
+            "/v1/services",
+            "/v1/services/{name}",
+            "/v1/services/{name}/scale",
+            "/v1/services/{name}/rollback",
+            "/v1/services/{name}/canary",
+            "/v1/services/{name}/canary/promote",
+            "/v1/events",
+        ] {
+            assert!(paths.contains_key(path), "{path} is missing");
+        }
+        let schemas = document["components"]["schemas"]
+            .as_object()
+            .expect("schemas");
+        for schema in [
+            "Service",
+            "RunningService",
+            "ScaleRequest",
+            "ErrorBody",
+            "EventsView",
+        ] {
+            assert!(schemas.contains_key(schema), "{schema} is missing");
+        }
+        // A request's required fields come from the type.
+        assert_eq!(
+            schemas["ScaleRequest"]["required"],
+            serde_json::json!(["max_concurrency"])
+        );
+    }
+}
