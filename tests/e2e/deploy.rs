@@ -258,6 +258,45 @@ fn the_admin_api_documents_itself_and_answers_in_its_documented_types() {
     let events: shoal_api::events::EventsView =
         serde_json::from_str(&host.admin("GET", "/v1/events").body).expect("the events view");
     assert_eq!(events.pending, 0);
+    let registered = host.admin_json(
+        "PUT",
+        "/v1/external/legacy",
+        r#"{"endpoints": ["127.0.0.1:9"]}"#,
+    );
+    assert_eq!(registered.status, 201, "{}", registered.body);
+    let external: shoal_api::external::ExternalList =
+        serde_json::from_str(&host.admin("GET", "/v1/external").body).expect("external list");
+    assert_eq!(external.external[0].spec.endpoints, ["127.0.0.1:9"]);
+    let discovered: shoal_api::external::Discovery =
+        serde_json::from_str(&host.admin("GET", "/v1/discovery/hello").body).expect("discovery");
+    assert_eq!(
+        discovered.instances[0].endpoint,
+        shoal_api::external::Endpoint::Local
+    );
+    let created = host.admin_json(
+        "POST",
+        "/v1/tokens",
+        r#"{"name": "ci", "scope": "deploy", "services": ["hello"]}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let created: shoal_api::access::CreatedToken =
+        serde_json::from_str(&created.body).expect("a created token");
+    assert_eq!(created.info.scope, shoal_api::access::Scope::Deploy);
+    let whoami: shoal_api::access::WhoAmI = serde_json::from_str(
+        &host
+            .admin_with_token("GET", "/v1/whoami", Some(&created.token))
+            .body,
+    )
+    .expect("whoami");
+    assert_eq!(whoami.token_id, created.info.id);
+    let audit: shoal_api::access::AuditLog =
+        serde_json::from_str(&host.admin("GET", "/v1/audit").body).expect("the audit log");
+    assert!(
+        audit.entries.iter().any(
+            |entry| entry.action == "deploy" && entry.outcome == shoal_api::access::Outcome::Ok
+        ),
+        "{audit:?}"
+    );
 
     // The document: OpenAPI 3.1, behind the token like the rest of /v1.
     assert_eq!(
@@ -275,7 +314,12 @@ fn the_admin_api_documents_itself_and_answers_in_its_documented_types() {
         "{}",
         document["openapi"]
     );
-    assert!(document["paths"]["/v1/services/{name}"]["put"].is_object());
+    for path in ["/v1/services/{name}", "/v1/external/{name}", "/v1/tokens"] {
+        assert!(
+            document["paths"][path].is_object(),
+            "{path} is not documented"
+        );
+    }
     assert!(
         document["components"]["schemas"]["RunningService"]["properties"]["limits"].is_object()
     );

@@ -9,7 +9,9 @@
 //! Field names are the JSON names. Requests refuse unknown fields, so a typo in a
 //! client never silently does nothing.
 
+pub mod access;
 pub mod events;
+pub mod external;
 pub mod services;
 
 use serde::{Deserialize, Serialize};

@@ -3,25 +3,17 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use shoal_api::ErrorBody;
+use shoal_api::access as api;
 
 use super::AdminState;
 use super::error::ApiError;
 use crate::access::Scope;
-use crate::access::tokens::TokenError;
+use crate::access::audit::Outcome;
+use crate::access::tokens::{TokenError, TokenInfo};
 
 /// Audit entries one `GET /v1/audit` answers at most.
 const MAX_AUDIT_ENTRIES: usize = 10_000;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    name: String,
-    scope: Scope,
-    #[serde(default)]
-    services: Vec<String>,
-}
 
 fn token_error(error: TokenError) -> ApiError {
     let status = match &error {
@@ -32,11 +24,41 @@ fn token_error(error: TokenError) -> ApiError {
     ApiError::new(status, error.to_string())
 }
 
+/// The API's view of a token.
+fn token_view(info: TokenInfo) -> api::Token {
+    api::Token {
+        id: info.id,
+        name: info.name,
+        scope: scope_view(info.grant.scope),
+        services: info.grant.services,
+        created_at: info.created_at,
+    }
+}
+
+/// The API's name of a scope.
+pub(super) fn scope_view(scope: Scope) -> api::Scope {
+    match scope {
+        Scope::Read => api::Scope::Read,
+        Scope::Deploy => api::Scope::Deploy,
+        Scope::Admin => api::Scope::Admin,
+    }
+}
+
 /// `POST /v1/tokens`: 201 with the secret, shown this once.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "access",
+    request_body = api::NewToken,
+    responses(
+        (status = 201, description = "Created; the secret is shown this once", body = api::CreatedToken),
+        (status = 400, description = "Not a valid token request", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AdminState>,
-    body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    body: Result<Json<api::NewToken>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<api::CreatedToken>), ApiError> {
     let Json(new) = body.map_err(|rejection| {
         ApiError::new(
             // 413 for a body past the limit, 400 for anything else wrong with it.
@@ -52,22 +74,49 @@ pub async fn create(
         )
     })?;
     let tokens = state.tokens.clone();
+    let scope = match new.scope {
+        api::Scope::Read => Scope::Read,
+        api::Scope::Deploy => Scope::Deploy,
+        api::Scope::Admin => Scope::Admin,
+    };
     let (info, secret) =
-        tokio::task::spawn_blocking(move || tokens.create(&new.name, new.scope, new.services))
+        tokio::task::spawn_blocking(move || tokens.create(&new.name, scope, new.services))
             .await
             .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
             .map_err(token_error)?;
-    let mut answer = serde_json::to_value(&info).unwrap_or_default();
-    answer["token"] = Value::String(secret);
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok((
+        StatusCode::CREATED,
+        Json(api::CreatedToken {
+            info: token_view(info),
+            token: secret,
+        }),
+    ))
 }
 
 /// `GET /v1/tokens`: every token, without secrets.
-pub async fn list(State(state): State<AdminState>) -> Json<Value> {
-    Json(json!({ "tokens": state.tokens.list() }))
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "access",
+    responses((status = 200, description = "Every token, without secrets", body = api::TokenList))
+)]
+pub async fn list(State(state): State<AdminState>) -> Json<api::TokenList> {
+    Json(api::TokenList {
+        tokens: state.tokens.list().into_iter().map(token_view).collect(),
+    })
 }
 
 /// `DELETE /v1/tokens/{id}`: 204; the token is unknown from now on.
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    tag = "access",
+    params(("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such token", body = ErrorBody),
+    )
+)]
 pub async fn revoke(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -80,16 +129,18 @@ pub async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-pub struct AuditQuery {
-    limit: Option<usize>,
-}
-
 /// `GET /v1/audit?limit=N`: the last N entries (default 1000), oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "access",
+    params(api::AuditQuery),
+    responses((status = 200, description = "The most recent entries, oldest first", body = api::AuditLog))
+)]
 pub async fn audit(
     State(state): State<AdminState>,
-    Query(query): Query<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(query): Query<api::AuditQuery>,
+) -> Result<Json<api::AuditLog>, ApiError> {
     let limit = query.limit.unwrap_or(1000).min(MAX_AUDIT_ENTRIES);
     let log = state.audit.clone();
     let entries = tokio::task::spawn_blocking(move || log.recent(limit))
@@ -101,5 +152,23 @@ pub async fn audit(
                 format!("reading the audit log: {error:#}"),
             )
         })?;
-    Ok(Json(json!({ "entries": entries })))
+    let entries = entries
+        .into_iter()
+        .map(|entry| api::AuditEntry {
+            at: entry.at,
+            token_id: entry.token_id,
+            action: entry.action,
+            target: entry.target,
+            outcome: match entry.outcome {
+                Outcome::Ok => api::Outcome::Ok,
+                Outcome::Refused => api::Outcome::Refused,
+                Outcome::Failed => api::Outcome::Failed,
+            },
+            status: entry.status,
+            digest: entry.digest,
+            reason: entry.reason,
+            refused_not_logged: entry.refused_not_logged,
+        })
+        .collect();
+    Ok(Json(api::AuditLog { entries }))
 }

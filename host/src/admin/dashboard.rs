@@ -58,12 +58,18 @@ pub async fn style() -> Response {
 }
 
 /// `GET /v1/whoami`: the calling token's id, scope and service patterns.
-pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> {
-    Json(json!({
-        "token_id": caller.token_id,
-        "scope": caller.grant.scope,
-        "services": caller.grant.services,
-    }))
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    tag = "access",
+    responses((status = 200, description = "The calling token", body = shoal_api::access::WhoAmI))
+)]
+pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<shoal_api::access::WhoAmI> {
+    Json(shoal_api::access::WhoAmI {
+        token_id: caller.token_id,
+        scope: super::access::scope_view(caller.grant.scope),
+        services: caller.grant.services,
+    })
 }
 
 /// `GET /v1/stats`: per service, requests, failures, requests by version and the

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::OpenApi as _;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
-use super::{events, services};
+use super::{access, dashboard, events, external, services};
 
 /// The admin API as far as its types are shared ([`shoal_api`]).
 #[derive(utoipa::OpenApi)]
@@ -29,6 +29,16 @@ use super::{events, services};
         events::show,
         events::replay,
         events::drop_dead,
+        external::list,
+        external::show,
+        external::put,
+        external::remove,
+        external::discover,
+        access::create,
+        access::list,
+        access::revoke,
+        access::audit,
+        dashboard::whoami,
     ),
     components(schemas(shoal_api::ErrorBody)),
     modifiers(&BearerToken),
@@ -36,6 +46,8 @@ use super::{events, services};
     tags(
         (name = "services", description = "Deployed services: versions, canaries, limits, load, faults"),
         (name = "events", description = "Subscriptions, deliveries waiting, dead letters"),
+        (name = "external", description = "HTTP services an operator registers, and discovery"),
+        (name = "access", description = "Scoped tokens, the calling token, the audit log"),
     )
 )]
 pub struct AdminApi;
@@ -76,6 +88,11 @@ mod tests {
             "/v1/services/{name}/canary",
             "/v1/services/{name}/canary/promote",
             "/v1/events",
+            "/v1/external/{name}",
+            "/v1/discovery/{name}",
+            "/v1/tokens",
+            "/v1/audit",
+            "/v1/whoami",
         ] {
             assert!(paths.contains_key(path), "{path} is missing");
         }

@@ -19,6 +19,7 @@ use crate::admin::TOKEN_FILE;
 use shoal_api::ErrorBody;
 use shoal_api::events::EventsView;
 use shoal_api::services as api;
+use shoal_api::{access, external};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -604,17 +605,20 @@ pub async fn external_add(
     endpoints: &[String],
     health_path: Option<&str>,
 ) -> Result<()> {
-    let mut body = serde_json::json!({ "endpoints": endpoints });
-    if let Some(path) = health_path {
-        body["health_check"] = serde_json::json!({ "path": path });
-    }
-    client
-        .send(
-            Method::PUT,
-            &format!("/v1/external/{name}"),
-            Some("application/json"),
-            json_body(&body),
-        )
+    let spec = external::ExternalSpec {
+        endpoints: endpoints.to_vec(),
+        health_check: health_path.map(|path| external::HealthCheck {
+            path: Some(path.to_owned()),
+            interval_ms: None,
+            timeout_ms: None,
+            unhealthy_threshold: None,
+            healthy_threshold: None,
+        }),
+        version: None,
+        tags: Vec::new(),
+    };
+    let _: external::External = client
+        .call(Method::PUT, &format!("/v1/external/{name}"), Some(&spec))
         .await?;
     println!("registered external service {name}");
     Ok(())
@@ -622,23 +626,21 @@ pub async fn external_add(
 
 /// List external services with their endpoints' health.
 pub async fn external_list(client: &AdminClient) -> Result<()> {
-    let (_, json) = client
-        .send(Method::GET, "/v1/external", None, empty())
+    let list: external::ExternalList = client
+        .call(Method::GET, "/v1/external", None::<&()>)
         .await?;
     println!("{:<24} {:<48} HEALTH CHECK", "NAME", "ENDPOINTS");
-    for external in json["external"].as_array().into_iter().flatten() {
-        let spec = &external["spec"];
-        let endpoints: Vec<&str> = spec["endpoints"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.as_str())
-            .collect();
-        let check = spec["health_check"]["path"].as_str().unwrap_or("-");
+    for external in &list.external {
+        let check = external
+            .spec
+            .health_check
+            .as_ref()
+            .and_then(|check| check.path.as_deref())
+            .unwrap_or("-");
         println!(
             "{:<24} {:<48} {check}",
-            external["name"].as_str().unwrap_or(""),
-            endpoints.join(",")
+            external.name,
+            external.spec.endpoints.join(",")
         );
     }
     Ok(())
@@ -821,56 +823,69 @@ pub async fn token_create(
     scope: &str,
     services: &[String],
 ) -> Result<()> {
-    let body = serde_json::json!({ "name": name, "scope": scope, "services": services });
-    let (_, json) = client
-        .send(
-            Method::POST,
-            "/v1/tokens",
-            Some("application/json"),
-            json_body(&body),
-        )
+    let scope = match scope {
+        "read" => access::Scope::Read,
+        "deploy" => access::Scope::Deploy,
+        "admin" => access::Scope::Admin,
+        other => bail!("`{other}` is not a scope: read, deploy or admin"),
+    };
+    let request = access::NewToken {
+        name: name.to_owned(),
+        scope,
+        services: services.to_vec(),
+    };
+    let created: access::CreatedToken = client
+        .call(Method::POST, "/v1/tokens", Some(&request))
         .await?;
-    println!("id:    {}", json["id"].as_str().unwrap_or(""));
-    println!("token: {}", json["token"].as_str().unwrap_or(""));
+    println!("id:    {}", created.info.id);
+    println!("token: {}", created.token);
     println!("(the token is shown only now: keep it)");
     Ok(())
 }
 
 /// List tokens (never their secrets).
 pub async fn token_list(client: &AdminClient) -> Result<()> {
-    let (_, json) = client
-        .send(Method::GET, "/v1/tokens", None, empty())
-        .await?;
+    let list: access::TokenList = client.call(Method::GET, "/v1/tokens", None::<&()>).await?;
     println!(
         "{:<22} {:<20} {:<7} {:<24} CREATED",
         "ID", "NAME", "SCOPE", "SERVICES"
     );
-    for token in json["tokens"].as_array().into_iter().flatten() {
+    for token in &list.tokens {
+        let scope = match token.scope {
+            access::Scope::Read => "read",
+            access::Scope::Deploy => "deploy",
+            access::Scope::Admin => "admin",
+        };
         println!(
             "{:<22} {:<20} {:<7} {:<24} {}",
-            token["id"].as_str().unwrap_or(""),
-            token["name"].as_str().unwrap_or(""),
-            token["scope"].as_str().unwrap_or(""),
-            patterns_column(&token["services"]),
-            token["created_at"].as_str().unwrap_or("")
+            token.id,
+            token.name,
+            scope,
+            patterns(&token.services),
+            token.created_at
         );
     }
     Ok(())
 }
 
 /// A list of service patterns as one column: `*` when empty (every service).
-fn patterns_column(patterns: &serde_json::Value) -> String {
-    let patterns: Vec<&str> = patterns
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str())
-        .collect();
+fn patterns(patterns: &[String]) -> String {
     if patterns.is_empty() {
         "*".to_owned()
     } else {
         patterns.join(",")
     }
+}
+
+/// A list of service patterns (JSON) as one column.
+fn patterns_column(value: &serde_json::Value) -> String {
+    let listed: Vec<String> = value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect();
+    patterns(&listed)
 }
 
 /// Revoke a token.
@@ -952,28 +967,32 @@ pub async fn secret_remove(client: &AdminClient, name: &str) -> Result<()> {
 
 /// Print the audit log's last `limit` entries, oldest first.
 pub async fn audit(client: &AdminClient, limit: usize) -> Result<()> {
-    let (_, json) = client
-        .send(
+    let log: access::AuditLog = client
+        .call(
             Method::GET,
             &format!("/v1/audit?limit={limit}"),
-            None,
-            empty(),
+            None::<&()>,
         )
         .await?;
-    for entry in json["entries"].as_array().into_iter().flatten() {
+    for entry in &log.entries {
+        let outcome = match entry.outcome {
+            access::Outcome::Ok => "ok",
+            access::Outcome::Refused => "refused",
+            access::Outcome::Failed => "failed",
+        };
         let mut line = format!(
             "{} {:<22} {:<16} {:<20} {:<8} {}",
-            entry["at"].as_str().unwrap_or(""),
-            entry["token_id"].as_str().unwrap_or("-"),
-            entry["action"].as_str().unwrap_or(""),
-            entry["target"].as_str().unwrap_or("-"),
-            entry["outcome"].as_str().unwrap_or(""),
-            entry["status"]
+            entry.at,
+            entry.token_id.as_deref().unwrap_or("-"),
+            entry.action,
+            entry.target.as_deref().unwrap_or("-"),
+            outcome,
+            entry.status
         );
-        if let Some(digest) = entry["digest"].as_str() {
+        if let Some(digest) = &entry.digest {
             line.push_str(&format!(" sha256:{}", &digest[..digest.len().min(12)]));
         }
-        if let Some(reason) = entry["reason"].as_str() {
+        if let Some(reason) = &entry.reason {
             line.push_str(&format!(" ({reason})"));
         }
         println!("{line}");
