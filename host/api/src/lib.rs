@@ -12,7 +12,10 @@
 pub mod access;
 pub mod events;
 pub mod external;
+pub mod logs;
+pub mod secrets;
 pub mod services;
+pub mod stats;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -8,7 +8,6 @@ use axum::Json;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 
 use super::AdminState;
 use super::auth::Caller;
@@ -74,22 +73,40 @@ pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<shoal_api::acc
 
 /// `GET /v1/stats`: per service, requests, failures, requests by version and the
 /// latency histogram, summed since start; and every circuit breaker's state.
-pub async fn stats(State(state): State<AdminState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/v1/stats",
+    tag = "services",
+    responses((status = 200, description = "What the dashboard draws", body = shoal_api::stats::Stats))
+)]
+pub async fn stats(State(state): State<AdminState>) -> Json<shoal_api::stats::Stats> {
+    use shoal_api::stats as api;
     let metrics = &state.services.platform().telemetry.metrics;
-    let breakers: Vec<Value> = metrics
+    let breakers = metrics
         .breaker_states()
         .into_iter()
-        .map(|(caller, target, state)| {
-            let state = match state {
-                0 => "closed",
-                1 => "half-open",
-                _ => "open",
-            };
-            json!({ "caller": caller, "target": target, "state": state })
+        .map(|(caller, target, state)| api::Breaker {
+            caller,
+            target,
+            state: match state {
+                0 => api::BreakerState::Closed,
+                1 => api::BreakerState::HalfOpen,
+                _ => api::BreakerState::Open,
+            },
         })
         .collect();
-    Json(json!({
-        "services": metrics.request_stats(),
-        "breakers": breakers,
-    }))
+    let services = metrics
+        .request_stats()
+        .into_iter()
+        .map(|(service, stats)| {
+            let stats = api::RequestStats {
+                requests: stats.requests,
+                failures: stats.failures,
+                by_version: stats.by_version,
+                buckets: stats.buckets,
+            };
+            (service, stats)
+        })
+        .collect();
+    Json(api::Stats { services, breakers })
 }

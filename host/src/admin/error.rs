@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::runtime::LoadError;
 use crate::services::ServiceError;
@@ -37,7 +36,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        let body = shoal_api::ErrorBody {
+            error: self.message,
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if self.close {
             response.headers_mut().insert(
                 axum::http::header::CONNECTION,

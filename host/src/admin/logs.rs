@@ -7,7 +7,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use shoal_api::ErrorBody;
+use shoal_api::logs as api;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +21,18 @@ use crate::telemetry::guest_logs::{LogLine, MAX_LINES, level_rank};
 /// Followers the admin API serves at once; more get 429.
 pub const MAX_FOLLOWERS: usize = 64;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogQuery {
-    #[serde(default)]
-    follow: Option<String>,
-    level: Option<String>,
-    request_id: Option<String>,
-    tail: Option<usize>,
+/// The API's view of a log line.
+fn line_view(line: &LogLine) -> api::LogLine {
+    api::LogLine {
+        seq: line.seq,
+        at: line.at.clone(),
+        level: line.level.to_owned(),
+        source: line.source.to_owned(),
+        version: line.version.clone(),
+        request_id: line.request_id.clone(),
+        message: line.message.clone(),
+        fields: line.fields.clone(),
+    }
 }
 
 /// Which lines a reader wants.
@@ -50,14 +55,26 @@ fn event(line: &LogLine) -> Event {
     Event::default()
         .event("line")
         .id(line.seq.to_string())
-        .data(serde_json::to_string(line).unwrap_or_default())
+        .data(serde_json::to_string(&line_view(line)).unwrap_or_default())
 }
 
 /// `GET /v1/services/{name}/logs[?follow=1&level=warn&request_id=R&tail=N]`.
+#[utoipa::path(
+    get,
+    path = "/v1/services/{name}/logs",
+    tag = "services",
+    params(("name" = String, Path, description = "The service"), api::LogQuery),
+    responses(
+        (status = 200, description = "Its recent lines; with `follow`, a `text/event-stream` of `line` events (a LogLine each) and `dropped` events (a Dropped)", body = api::LogLines),
+        (status = 400, description = "Not a level", body = ErrorBody),
+        (status = 404, description = "No such service", body = ErrorBody),
+        (status = 429, description = "Too many followers", body = ErrorBody),
+    )
+)]
 pub async fn logs(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-    Query(query): Query<LogQuery>,
+    Query(query): Query<api::LogQuery>,
 ) -> Result<Response, ApiError> {
     let min_rank = match query.level.as_deref() {
         None => 0,
@@ -81,8 +98,8 @@ pub async fn logs(
     })?;
     if !follow {
         let lines = ring.recent(tail, |line| filter.keeps(line));
-        let lines: Vec<&LogLine> = lines.iter().map(|line| &**line).collect();
-        return Ok(Json(serde_json::json!({ "lines": lines })).into_response());
+        let lines = lines.iter().map(|line| line_view(line)).collect();
+        return Ok(Json(api::LogLines { lines }).into_response());
     }
     let Ok(permit) = state.followers.clone().try_acquire_owned() else {
         return Err(ApiError::new(
@@ -122,9 +139,10 @@ pub async fn logs(
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(missed)) => {
+                    let dropped = api::Dropped { lines: missed };
                     let event = Event::default()
                         .event("dropped")
-                        .data(format!("{{\"lines\":{missed}}}"));
+                        .data(serde_json::to_string(&dropped).unwrap_or_default());
                     return Some((Ok(event), follow));
                 }
                 // The service was removed and its last version is gone.

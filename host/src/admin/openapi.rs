@@ -1,14 +1,15 @@
 //! `GET /v1/openapi.json`: the admin API's OpenAPI 3.1 document, derived from the
 //! handlers and from the request and response types of [`shoal_api`] (the same types
-//! the handlers, the CLI and the tests use), never written by hand.
+//! the handlers, the CLI and the tests use), never written by hand. Every `/v1`
+//! endpoint is in it; a test checks that against the router.
 
 use axum::Json;
 use utoipa::OpenApi as _;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
-use super::{access, dashboard, events, external, services};
+use super::{access, dashboard, events, external, logs, secrets, services};
 
-/// The admin API as far as its types are shared ([`shoal_api`]).
+/// The admin API: every `/v1` endpoint, with the shared types ([`shoal_api`]).
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(
@@ -39,6 +40,11 @@ use super::{access, dashboard, events, external, services};
         access::revoke,
         access::audit,
         dashboard::whoami,
+        dashboard::stats,
+        logs::logs,
+        secrets::put,
+        secrets::list,
+        secrets::remove,
     ),
     components(schemas(shoal_api::ErrorBody)),
     modifiers(&BearerToken),
@@ -48,6 +54,7 @@ use super::{access, dashboard, events, external, services};
         (name = "events", description = "Subscriptions, deliveries waiting, dead letters"),
         (name = "external", description = "HTTP services an operator registers, and discovery"),
         (name = "access", description = "Scoped tokens, the calling token, the audit log"),
+        (name = "secrets", description = "The operator's secrets for services: names in, values never out"),
     )
 )]
 pub struct AdminApi;
@@ -93,6 +100,9 @@ mod tests {
             "/v1/tokens",
             "/v1/audit",
             "/v1/whoami",
+            "/v1/stats",
+            "/v1/services/{name}/logs",
+            "/v1/secrets/{name}",
         ] {
             assert!(paths.contains_key(path), "{path} is missing");
         }
@@ -107,6 +117,24 @@ mod tests {
             "EventsView",
         ] {
             assert!(schemas.contains_key(schema), "{schema} is missing");
+        }
+        // Every route of the /v1 router (but the document itself) is documented.
+        let source = include_str!("mod.rs");
+        let v1 = source
+            .split("let v1 = Router::new()")
+            .nth(1)
+            .and_then(|rest| rest.split("Router::new()").next())
+            .expect("the /v1 router");
+        let routes: Vec<String> = v1
+            .split(".route(")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+            .filter(|route| *route != "/openapi.json")
+            .map(|route| format!("/v1{route}"))
+            .collect();
+        assert!(routes.len() >= 20, "{routes:?}");
+        for route in &routes {
+            assert!(paths.contains_key(route), "{route} is not documented");
         }
         // A request's required fields come from the type.
         assert_eq!(

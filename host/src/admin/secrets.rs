@@ -5,30 +5,28 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use shoal_api::ErrorBody;
+use shoal_api::secrets as api;
 
 use super::AdminState;
 use super::error::ApiError;
-use crate::secrets::SecretError;
+use crate::secrets::{SecretError, SecretInfo, Source};
 
 /// Largest accepted body of `PUT /v1/secrets/{name}`.
 pub const MAX_BODY_BYTES: usize = 128 * 1024;
 
-/// A JSON body: the value and, optionally, the services that may read it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewSecret {
-    value: String,
-    #[serde(default)]
-    services: Vec<String>,
-}
-
-/// Query of a raw-body `PUT`: `?services=a,shop-*`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PutQuery {
-    services: Option<String>,
+/// The API's view of a secret: never its value.
+fn secret_view(info: SecretInfo) -> api::Secret {
+    api::Secret {
+        name: info.name,
+        source: match info.source {
+            Source::Api => api::Source::Api,
+            Source::Env => api::Source::Env,
+            Source::File => api::Source::File,
+        },
+        services: info.services,
+        updated_at: info.updated_at,
+    }
 }
 
 fn secret_error(error: SecretError) -> ApiError {
@@ -44,13 +42,31 @@ fn secret_error(error: SecretError) -> ApiError {
 /// `PUT /v1/secrets/{name}`: set a secret. The body is JSON
 /// `{"value": "...", "services": ["pattern"]}` when sent as `application/json`, and
 /// the value itself (UTF-8) otherwise, with `?services=` patterns comma-separated.
+#[utoipa::path(
+    put,
+    path = "/v1/secrets/{name}",
+    tag = "secrets",
+    params(("name" = String, Path, description = "The secret"), api::PutSecretQuery),
+    request_body(
+        description = "`application/json`: a NewSecret; anything else: the value itself (UTF-8)",
+        content(
+            (api::NewSecret = "application/json"),
+            (String = "text/plain"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Set (its value is never shown)", body = api::Secret),
+        (status = 400, description = "Not a valid name or value", body = ErrorBody),
+        (status = 409, description = "Given by the environment or the secrets directory", body = ErrorBody),
+    )
+)]
 pub async fn put(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-    Query(query): Query<PutQuery>,
+    Query(query): Query<api::PutSecretQuery>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<api::Secret>, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -64,7 +80,7 @@ pub async fn put(
         }
         // serde's message may quote the body, which holds the value: say what is
         // expected instead.
-        let new: NewSecret = serde_json::from_slice(&body).map_err(|_| {
+        let new: api::NewSecret = serde_json::from_slice(&body).map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "expected {\"value\": \"...\", \"services\": [\"pattern\", ...]} (services optional)",
@@ -95,15 +111,40 @@ pub async fn put(
         .await
         .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
         .map_err(secret_error)?;
-    Ok(Json(serde_json::to_value(info).unwrap_or_default()))
+    Ok(Json(secret_view(info)))
 }
 
 /// `GET /v1/secrets`: every secret, without values.
-pub async fn list(State(state): State<AdminState>) -> Json<Value> {
-    Json(json!({ "secrets": state.services.platform().secrets.list() }))
+#[utoipa::path(
+    get,
+    path = "/v1/secrets",
+    tag = "secrets",
+    responses((status = 200, description = "Every secret, never a value", body = api::SecretList))
+)]
+pub async fn list(State(state): State<AdminState>) -> Json<api::SecretList> {
+    Json(api::SecretList {
+        secrets: state
+            .services
+            .platform()
+            .secrets
+            .list()
+            .into_iter()
+            .map(secret_view)
+            .collect(),
+    })
 }
 
 /// `DELETE /v1/secrets/{name}`: 204; services that name it get `not-found` from now on.
+#[utoipa::path(
+    delete,
+    path = "/v1/secrets/{name}",
+    tag = "secrets",
+    params(("name" = String, Path, description = "The secret")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such secret set through the API", body = ErrorBody),
+    )
+)]
 pub async fn remove(
     State(state): State<AdminState>,
     Path(name): Path<String>,

@@ -19,7 +19,7 @@ use crate::admin::TOKEN_FILE;
 use shoal_api::ErrorBody;
 use shoal_api::events::EventsView;
 use shoal_api::services as api;
-use shoal_api::{access, external};
+use shoal_api::{access, external, logs, secrets};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -146,28 +146,22 @@ impl AdminClient {
         })
     }
 
+    /// Send a request; its status and body when it succeeded, the admin API's own
+    /// reason when it did not.
     async fn send(
         &self,
         method: Method,
         path: &str,
         content_type: Option<&str>,
         body: Body,
-    ) -> Result<(StatusCode, serde_json::Value)> {
+    ) -> Result<(StatusCode, Bytes)> {
         let response = self.response(method, path, content_type, body).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
-        let json = if bytes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }))
-        };
         if !status.is_success() {
-            let message = serde_json::from_value::<ErrorBody>(json)
-                .map_or_else(|_| "no details".to_owned(), |body| body.error);
-            bail!("{status}: {message}");
+            bail!("{status}: {}", error_message(&bytes));
         }
-        Ok((status, json))
+        Ok((status, bytes))
     }
 
     /// Send a request and return the answer with its body unread.
@@ -215,8 +209,8 @@ impl AdminClient {
             ),
             None => (None, empty()),
         };
-        let (_, json) = self.send(method, path, content_type, body).await?;
-        serde_json::from_value(json)
+        let (_, bytes) = self.send(method, path, content_type, body).await?;
+        serde_json::from_slice(&bytes)
             .with_context(|| format!("the admin API's answer to {path} is not what this CLI knows"))
     }
 
@@ -291,6 +285,15 @@ impl AdminClient {
     }
 }
 
+/// The reason in an error answer's body ([`ErrorBody`]), or its text.
+fn error_message(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(error) => error.error,
+        Err(_) if body.is_empty() => "no details".to_owned(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
 /// What `shoal logs` asks for.
 #[derive(Debug, Clone, Default)]
 pub struct LogOptions {
@@ -304,18 +307,16 @@ pub struct LogOptions {
     pub tail: usize,
 }
 
-fn print_log_line(line: &serde_json::Value) {
-    let text = |key: &str| line[key].as_str().unwrap_or("").to_owned();
-    let fields = text("fields");
+fn print_log_line(line: &logs::LogLine) {
     println!(
         "{} {:<5} [{}] {} {}{}{}",
-        text("at"),
-        text("level").to_uppercase(),
-        text("version"),
-        text("request_id"),
-        text("message"),
-        if fields.is_empty() { "" } else { " " },
-        fields
+        line.at,
+        line.level.to_uppercase(),
+        line.version,
+        line.request_id,
+        line.message,
+        if line.fields.is_empty() { "" } else { " " },
+        line.fields
     );
 }
 
@@ -339,12 +340,8 @@ pub async fn logs(client: &AdminClient, name: &str, options: &LogOptions) -> Res
     }
     let path = format!("/v1/services/{name}/logs?{query}");
     if !options.follow {
-        let (_, json) = client.send(Method::GET, &path, None, empty()).await?;
-        json["lines"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .for_each(print_log_line);
+        let lines: logs::LogLines = client.call(Method::GET, &path, None::<&()>).await?;
+        lines.lines.iter().for_each(print_log_line);
         return Ok(());
     }
     let response = client.response(Method::GET, &path, None, empty()).await?;
@@ -352,11 +349,8 @@ pub async fn logs(client: &AdminClient, name: &str, options: &LogOptions) -> Res
     let mut body = response.into_body();
     if !status.is_success() {
         let bytes = body.collect().await?.to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        bail!(
-            "{status}: {}",
-            json["error"].as_str().unwrap_or("no details")
-        );
+
+        bail!("{status}: {}", error_message(&bytes));
     }
     // Server-sent events: `event:` and `data:` lines, a blank line ends one.
     let mut pending = Vec::new();
@@ -373,13 +367,20 @@ pub async fn logs(client: &AdminClient, name: &str, options: &LogOptions) -> Res
             if let Some(name) = line.strip_prefix("event:") {
                 event = name.trim().to_owned();
             } else if let Some(data) = line.strip_prefix("data:") {
-                let json: serde_json::Value = serde_json::from_str(data.trim()).unwrap_or_default();
                 match event.as_str() {
-                    "dropped" => eprintln!(
-                        "… {} lines were dropped (the reader fell behind)",
-                        json["lines"]
-                    ),
-                    _ => print_log_line(&json),
+                    "dropped" => {
+                        let dropped: logs::Dropped = serde_json::from_str(data.trim())
+                            .context("a `dropped` event this CLI does not know")?;
+                        eprintln!(
+                            "… {} lines were dropped (the reader fell behind)",
+                            dropped.lines
+                        );
+                    }
+                    _ => {
+                        let line: logs::LogLine = serde_json::from_str(data.trim())
+                            .context("a log line this CLI does not know")?;
+                        print_log_line(&line);
+                    }
                 }
                 std::io::Write::flush(&mut std::io::stdout()).ok();
             } else if line.is_empty() {
@@ -469,8 +470,8 @@ pub async fn deploy(
         .send(Method::PUT, &path, Some(&content_type), body)
         .await;
     progress.finish_and_clear();
-    let (status, json) = result?;
-    let service: api::Service = serde_json::from_value(json)
+    let (status, bytes) = result?;
+    let service: api::Service = serde_json::from_slice(&bytes)
         .context("the admin API's answer to the deploy is not what this CLI knows")?;
     let Some(service) = service.running() else {
         bail!("{name} was deployed but does not run");
@@ -552,8 +553,8 @@ pub async fn show(client: &AdminClient, name: &str, as_json: bool) -> Result<()>
     }
     let recent = if service.running().is_some() {
         let path = format!("/v1/services/{name}/logs?level=warn&tail=5");
-        let (_, logs) = client.send(Method::GET, &path, None, empty()).await?;
-        logs["lines"].as_array().cloned().unwrap_or_default()
+        let recent: logs::LogLines = client.call(Method::GET, &path, None::<&()>).await?;
+        recent.lines
     } else {
         Vec::new()
     };
@@ -728,10 +729,6 @@ pub async fn canary(
     Ok(())
 }
 
-fn json_body(value: &serde_json::Value) -> Body {
-    Full::new(Bytes::from(value.to_string())).boxed()
-}
-
 /// Print topics, subscriptions, waiting deliveries and dead letters.
 pub async fn events(client: &AdminClient) -> Result<()> {
     let events = client.events().await?;
@@ -877,17 +874,6 @@ fn patterns(patterns: &[String]) -> String {
     }
 }
 
-/// A list of service patterns (JSON) as one column.
-fn patterns_column(value: &serde_json::Value) -> String {
-    let listed: Vec<String> = value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_owned))
-        .collect();
-    patterns(&listed)
-}
-
 /// Revoke a token.
 pub async fn token_revoke(client: &AdminClient, id: &str) -> Result<()> {
     client
@@ -920,14 +906,12 @@ pub async fn secret_set(
             value.pop();
         }
     }
-    let body = serde_json::json!({ "value": value, "services": services });
-    client
-        .send(
-            Method::PUT,
-            &format!("/v1/secrets/{name}"),
-            Some("application/json"),
-            json_body(&body),
-        )
+    let request = secrets::NewSecret {
+        value,
+        services: services.to_vec(),
+    };
+    let _: secrets::Secret = client
+        .call(Method::PUT, &format!("/v1/secrets/{name}"), Some(&request))
         .await?;
     println!("set secret {name}");
     Ok(())
@@ -935,17 +919,20 @@ pub async fn secret_set(
 
 /// List secrets (never their values).
 pub async fn secret_list(client: &AdminClient) -> Result<()> {
-    let (_, json) = client
-        .send(Method::GET, "/v1/secrets", None, empty())
-        .await?;
+    let list: secrets::SecretList = client.call(Method::GET, "/v1/secrets", None::<&()>).await?;
     println!("{:<32} {:<6} {:<24} UPDATED", "NAME", "SOURCE", "SERVICES");
-    for secret in json["secrets"].as_array().into_iter().flatten() {
+    for secret in &list.secrets {
+        let source = match secret.source {
+            secrets::Source::Api => "api",
+            secrets::Source::Env => "env",
+            secrets::Source::File => "file",
+        };
         println!(
             "{:<32} {:<6} {:<24} {}",
-            secret["name"].as_str().unwrap_or(""),
-            secret["source"].as_str().unwrap_or(""),
-            patterns_column(&secret["services"]),
-            secret["updated_at"].as_str().unwrap_or("")
+            secret.name,
+            source,
+            patterns(&secret.services),
+            secret.updated_at
         );
     }
     Ok(())

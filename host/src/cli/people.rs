@@ -1,15 +1,11 @@
 //! Output for people: `shoal show` as a summary and `shoal top` as a table, rendered
-//! from the admin API's JSON by pure functions (unit-tested here, checked end to end
-//! in the tests).
+//! from the admin API's shared types by pure functions (unit-tested here, checked end
+//! to end in the tests).
 
-use serde_json::Value;
+use shoal_api::logs::LogLine;
 use shoal_api::services as api;
 use std::fmt::Write as _;
 use std::time::Duration;
-
-fn text<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key].as_str().unwrap_or("")
-}
 
 fn bytes(n: u64) -> String {
     const MIB: f64 = 1024.0 * 1024.0;
@@ -47,7 +43,7 @@ fn secret_status(status: api::SecretStatus) -> &'static str {
 }
 
 /// `shoal show NAME`: the service, then its most recent warnings and errors.
-pub fn render_service(service: &api::Service, recent_errors: &[Value]) -> String {
+pub fn render_service(service: &api::Service, recent_errors: &[LogLine]) -> String {
     let mut out = String::new();
     let (state, version, digest, route, deployed_at, history) = match service {
         api::Service::Running(s) => (
@@ -90,10 +86,10 @@ pub fn render_service(service: &api::Service, recent_errors: &[Value]) -> String
             let _ = writeln!(
                 out,
                 "    {} {} {} {}",
-                text(line, "at"),
-                text(line, "level").to_uppercase(),
-                text(line, "request_id"),
-                text(line, "message")
+                line.at,
+                line.level.to_uppercase(),
+                line.request_id,
+                line.message
             );
         }
     }
@@ -297,7 +293,16 @@ mod tests {
 
     #[test]
     fn show_is_a_summary() {
-        let errors = [json!({"at": "t", "level": "error", "request_id": "r1", "message": "boom"})];
+        let errors = [LogLine {
+            seq: 1,
+            at: "t".into(),
+            level: "error".into(),
+            source: "log".into(),
+            version: "1.0.0".into(),
+            request_id: "r1".into(),
+            message: "boom".into(),
+            fields: String::new(),
+        }];
         let text = render_service(&service("orders", 1.5, 10, 2), &errors);
         for expected in [
             "orders  running  version 1.0.0",
