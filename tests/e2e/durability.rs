@@ -179,9 +179,7 @@ fn rollback_and_promote_bring_the_versions_own_limits() {
     let v2 = "version = \"2\"\n[limits]\nmax_concurrency = 5\n";
     assert_eq!(host.deploy_with_manifest("svc", &hello, v1).status, 201);
     assert_eq!(host.deploy_with_manifest("svc", &hello, v2).status, 200);
-    let limits = |host: &Host| {
-        host.admin("GET", "/v1/services/svc").json()["limits"]["max_concurrency"].clone()
-    };
+    let limits = |host: &Host| host.running("svc").limits.max_concurrency;
     assert_eq!(limits(&host), 5);
     assert_eq!(host.admin("POST", "/v1/services/svc/rollback").status, 200);
     assert_eq!(limits(&host), 2, "the rolled-back version's own limit");

@@ -509,9 +509,9 @@ fn calls_to_ten_thousand_made_up_names_leave_metrics_and_memory_bounded() {
 }
 
 /// Wait until `service` has `queued` requests waiting.
-fn wait_queued(host: &Host, service: &str, queued: u64) {
+fn wait_queued(host: &Host, service: &str, queued: u32) {
     wait_for("a queued request", Duration::from_secs(10), || {
-        host.admin("GET", &format!("/v1/services/{service}")).json()["load"]["queued"] == queued
+        host.running(service).load.queued == queued
     });
 }
 
@@ -544,7 +544,7 @@ fn queued_requests_run_the_version_live_when_they_are_admitted() {
     };
     let busy = get(BUSY);
     wait_for("the slot to be taken", Duration::from_secs(10), || {
-        host.admin("GET", "/v1/services/svc").json()["load"]["in_flight"] == 1
+        host.running("svc").load.in_flight == 1
     });
     let queued = get("/svc/ok");
     wait_queued(&host, "svc", 1);
@@ -562,7 +562,7 @@ fn queued_requests_run_the_version_live_when_they_are_admitted() {
     // The service is removed while a request waits: it is told so.
     let busy = get(BUSY);
     wait_for("the slot to be taken", Duration::from_secs(10), || {
-        host.admin("GET", "/v1/services/svc").json()["load"]["in_flight"] == 1
+        host.running("svc").load.in_flight == 1
     });
     let queued = get("/svc/ok");
     wait_queued(&host, "svc", 1);
@@ -621,21 +621,14 @@ fn no_service_takes_the_whole_instance_pool() {
         wait_for(
             &format!("{count} requests of {service} in flight"),
             Duration::from_secs(10),
-            || {
-                host.admin("GET", &format!("/v1/services/{service}")).json()["load"]["in_flight"]
-                    == count
-            },
+            || host.running(service).load.in_flight as usize == count,
         );
         requests
             .into_iter()
             .map(|r| r.join().unwrap_or(0))
             .collect()
     };
-    let instances = |service: &str| {
-        host.admin("GET", &format!("/v1/services/{service}")).json()["usage"]["instances_created"]
-            .as_u64()
-            .unwrap_or(0)
-    };
+    let instances = |service: &str| host.running(service).usage.instances_created;
     // Six instances of `reused` run at once, finish and stay idle, holding six of
     // the eight slots.
     assert_eq!(at_once("reused", 6), [200; 6]);

@@ -70,7 +70,7 @@ fn every_misbehaviour_ends_its_own_request_while_a_neighbour_keeps_answering() {
     );
 
     // Each fault was counted by kind.
-    let view = host.admin("GET", "/v1/services/faulty").json();
+    let faults = host.running("faulty").faults;
     for kind in [
         "timeout",
         "memory",
@@ -80,16 +80,11 @@ fn every_misbehaviour_ends_its_own_request_while_a_neighbour_keeps_answering() {
         "error-response",
     ] {
         assert!(
-            view["faults"][kind].as_u64().unwrap_or(0) >= 1,
-            "{kind} not counted: {}",
-            view["faults"]
+            faults.get(kind).copied().unwrap_or(0) >= 1,
+            "{kind} not counted: {faults:?}"
         );
     }
-    assert_eq!(
-        view["faults"]["trap"], 2,
-        "trap and panic: {}",
-        view["faults"]
-    );
+    assert_eq!(faults.get("trap"), Some(&2), "trap and panic: {faults:?}");
 }
 
 #[test]
@@ -150,11 +145,10 @@ fn a_full_service_answers_503_at_once_while_others_answer_normally() {
     for request in busy {
         assert_eq!(request.join().expect("join"), 200);
     }
-    let view = host.admin("GET", "/v1/services/slow").json();
+    let faults = host.running("slow").faults;
     assert!(
-        view["faults"]["overload"].as_u64().unwrap_or(0) >= 1,
-        "{}",
-        view["faults"]
+        faults.get("overload").copied().unwrap_or(0) >= 1,
+        "{faults:?}"
     );
 
     // Scaling up live admits more at once, without a redeploy: six held requests run
@@ -172,15 +166,15 @@ fn a_full_service_answers_503_at_once_while_others_answer_normally() {
     gate.set_mode(Mode::Hold);
     let parallel = send(6);
     wait_for("six running at once", Duration::from_secs(10), || {
-        host.admin("GET", "/v1/services/slow").json()["load"]["in_flight"] == 6
+        host.running("slow").load.in_flight == 6
     });
     gate.set_mode(Mode::Ok);
     for request in parallel {
         assert_eq!(request.join().expect("join"), 200);
     }
-    let view = host.admin("GET", "/v1/services/slow").json();
-    assert_eq!(view["limits"]["max_concurrency"], 8);
-    assert_eq!(view["limits"]["scaled_by_operator"], true);
+    let limits = host.running("slow").limits;
+    assert_eq!(limits.max_concurrency, 8);
+    assert!(limits.scaled_by_operator);
 
     // Bad scale requests are refused with the reason.
     let bad = host.admin_json(

@@ -118,7 +118,7 @@ fn sigterm_lets_in_flight_requests_finish() {
     });
     // Signal only once the request is running.
     let started = std::time::Instant::now();
-    while host.admin("GET", "/v1/services/faulty").json()["load"]["in_flight"] != 1 {
+    while host.running("faulty").load.in_flight != 1 {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the slow request never started"

@@ -381,11 +381,7 @@ fn a_wasip3_service_is_charged_for_the_time_its_guest_runs_not_for_the_time_it_w
     let manifest = "[limits]\ntimeout_ms = 800\n";
     let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
     assert_eq!(deployed.status, 201, "{}", deployed.body);
-    let cpu = || {
-        host.admin("GET", "/v1/services/p3").json()["usage"]["cpu_seconds"]
-            .as_f64()
-            .expect("cpu_seconds")
-    };
+    let cpu = || host.running("p3").usage.cpu_seconds;
 
     // Three requests that wait 600 ms each, at once: almost no CPU.
     for (status, body) in at_once(&host, "/p3/sleep?ms=600", 3, Duration::ZERO) {

@@ -436,6 +436,11 @@ impl Host {
     }
 
     /// An admin call with the test token.
+    /// The running service `name`, as the admin API's shared types say.
+    pub fn running(&self, name: &str) -> shoal_api::services::RunningService {
+        self.admin("GET", &format!("/v1/services/{name}")).service()
+    }
+
     pub fn admin(&self, method: &str, path: &str) -> Reply {
         self.admin_with_token(method, path, Some(TOKEN))
     }
