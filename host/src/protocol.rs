@@ -50,6 +50,12 @@ impl RequestId {
             .map_or_else(Self::new, |value| Self(value.clone()))
     }
 
+    /// No request: what an instance's own work (a WASIp3 instance between requests)
+    /// is tagged with.
+    pub fn none() -> Self {
+        Self(HeaderValue::from_static(""))
+    }
+
     /// `id` when it is sane (letters, digits, `-_.:`, at most 128 bytes).
     pub fn parse(id: &str) -> Option<Self> {
         is_sane_request_id(id)

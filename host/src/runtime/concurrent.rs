@@ -296,7 +296,7 @@ impl Instances {
         Arc::new(PlatformCtx {
             service: self.service.clone(),
             platform: self.platform.clone(),
-            request_id: RequestId::new(),
+            request_id: RequestId::none(),
             deadline: Deadline::after(self.timeout),
             trace: TraceScope::new(opentelemetry::Context::new()),
             open_watches: Default::default(),

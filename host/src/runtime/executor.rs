@@ -110,17 +110,23 @@ pub struct ExecutionSpec {
     pub asks_concurrency: bool,
 }
 
+/// Makes a deployment's service context (its store, identity, meters), once its code
+/// has been accepted: a refused upload opens nothing and changes nothing.
+pub type ContextFactory =
+    Box<dyn FnOnce() -> Result<Arc<ServiceContext>, LoadError> + Send + 'static>;
+
 /// Turns uploaded components into executors.
 #[async_trait::async_trait]
 pub trait Loader: Send + Sync {
-    /// Compile and link `component` (whose SHA-256 is `digest`) and make the executor
-    /// of one deployment of it, for `service`, bounded by `spec`.
+    /// Compile and link `component` (whose SHA-256 is `digest`), check it against
+    /// `spec`, and only then make the service's context with `context` and the
+    /// executor of one deployment of it.
     async fn load(
         &self,
         component: Bytes,
         digest: &str,
         spec: &ExecutionSpec,
-        service: Arc<ServiceContext>,
+        context: ContextFactory,
         platform: &Arc<Platform>,
     ) -> Result<Arc<dyn Executor>, LoadError>;
 
@@ -142,7 +148,7 @@ impl Loader for Runtime {
         component: Bytes,
         digest: &str,
         spec: &ExecutionSpec,
-        service: Arc<ServiceContext>,
+        context: ContextFactory,
         platform: &Arc<Platform>,
     ) -> Result<Arc<dyn Executor>, LoadError> {
         let compiled = {
@@ -159,7 +165,6 @@ impl Loader for Runtime {
                 .await
                 .map_err(|error| LoadError::Internal(error.into()))??
         };
-        observe_compile(platform, &service.name, &compiled);
         let concurrent_code = matches!(compiled.code.handler, Handler::Concurrent(_));
         if !concurrent_code && spec.asks_concurrency {
             return Err(LoadError::Manifest(ManifestError::Field {
@@ -169,6 +174,8 @@ impl Loader for Runtime {
                     .into(),
             }));
         }
+        let service = context()?;
+        observe_compile(platform, &service.name, &compiled);
         let baseline = compiled.code.tier == CodeTier::Baseline;
         let code = DeploymentCode {
             code: Arc::new(ArcSwap::new(compiled.code)),

@@ -15,8 +15,9 @@ use super::table::{Canary, Deployment, LiveService, Versions};
 use super::{Conflict, DeployKind, Invalid, ServiceError, Services};
 use crate::data_dir::{VersionRecord, sha256_hex};
 use crate::manifest::Manifest;
+use crate::platform::Platform;
 use crate::registry::validate_name;
-use crate::runtime::ServiceContext;
+use crate::runtime::{LoadError, ServiceContext};
 
 /// How a deploy takes traffic.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +60,16 @@ impl Current {
     }
 }
 
+/// Which kind of change a commit makes: a deploy brings a new version in, the others
+/// rearrange what runs already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChangeKind {
+    /// A new version (replacing, or as a canary).
+    Deploy,
+    /// Rollback, scale, canary weight, promote or abort.
+    Rearrange,
+}
+
 /// What a change does to a service, decided under the change lock.
 enum Change {
     /// Make these the live versions.
@@ -89,6 +100,7 @@ impl Services {
     async fn commit<T>(
         &self,
         name: &str,
+        kind: ChangeKind,
         plan: impl FnOnce(&Current) -> Result<(Change, T), ServiceError>,
     ) -> Result<T, ServiceError> {
         let _guard = self.changes.lock().await;
@@ -101,7 +113,9 @@ impl Services {
             return Ok(output);
         };
         self.table.check_route(versions.route(), name)?;
-        if self.is_external(name).await {
+        // A deploy must not shadow an operator's external service; changes to what
+        // runs already (scale, canary, rollback) are never held up by one.
+        if kind == ChangeKind::Deploy && self.is_external(name).await {
             return Err(conflict(name, Conflict::ExternalName));
         }
         if let Some((digest, component)) = blob {
@@ -165,7 +179,7 @@ impl Services {
         let deployment = Arc::new(self.build(record, spec, component.clone()).await?);
         let blob = Some((deployment.record.digest.clone(), component));
         let (deployment, kind) = self
-            .commit(name, |current| {
+            .commit(name, ChangeKind::Deploy, |current| {
                 let (versions, kind) = match mode {
                     DeployMode::Replace => replace(current, &deployment),
                     DeployMode::Canary {
@@ -241,7 +255,7 @@ impl Services {
             rollback_target(&current, name, version)?.1
         };
         let deployment = Arc::new(self.load(wanted.clone()).await?);
-        self.commit(name, |current| {
+        self.commit(name, ChangeKind::Rearrange, |current| {
             let (mut state, target) = rollback_target(current, name, version)?;
             if target != wanted {
                 return Err(conflict(name, Conflict::ChangedMeanwhile));
@@ -267,7 +281,7 @@ impl Services {
     pub async fn set_canary_weight(&self, name: &str, weight: u8) -> Result<(), ServiceError> {
         validate_name(name)?;
         check_weight(weight)?;
-        self.commit(name, |current| {
+        self.commit(name, ChangeKind::Rearrange, |current| {
             let versions = current.running(name)?;
             let canary = versions
                 .canary
@@ -285,7 +299,7 @@ impl Services {
     pub async fn promote_canary(&self, name: &str) -> Result<Arc<Deployment>, ServiceError> {
         validate_name(name)?;
         let promoted = self
-            .commit(name, |current| {
+            .commit(name, ChangeKind::Rearrange, |current| {
                 let versions = current.running(name)?;
                 let canary = versions
                     .canary
@@ -322,7 +336,7 @@ impl Services {
     ) -> Result<(), ServiceError> {
         validate_name(name)?;
         let aborted = self
-            .commit(name, |current| {
+            .commit(name, ChangeKind::Rearrange, |current| {
                 let versions = current.running(name)?;
                 let Some(canary) = &versions.canary else {
                     return Err(conflict(name, Conflict::NoCanary));
@@ -349,7 +363,7 @@ impl Services {
         validate_name(name)?;
         spec::check_scale(scale)?;
         let budget = self.loader.memory_budget().limit();
-        self.commit(name, |current| {
+        self.commit(name, ChangeKind::Rearrange, |current| {
             let versions = current.running(name)?;
             spec::check_fits(
                 versions.stable.spec.memory_mb,
@@ -559,41 +573,36 @@ impl Services {
         spec: DeploymentSpec,
         component: Bytes,
     ) -> Result<Deployment, ServiceError> {
-        let store = self
-            .platform
-            .stores
-            .open(&record.name, spec.store_quota_bytes)
-            .map_err(|error| {
-                ServiceError::Storage(anyhow::anyhow!("opening the store: {error}"))
-            })?;
-        let context = Arc::new(ServiceContext {
-            name: record.name.as_str().into(),
-            version: record.version.as_str().into(),
-            config: record.manifest.config.clone().into(),
-            secrets: record.manifest.secrets.clone(),
-            instance_id: self
-                .platform
-                .local_instance_id(&record.name, &record.version),
-            outbound: Arc::new(record.manifest.outbound.clone()),
-            health: Mutex::new(Default::default()),
-            log_budget: Default::default(),
-            store,
-            meter: crate::telemetry::metering::ServiceMeter::new(
-                &self.platform.telemetry.metrics,
-                &record.name,
-            ),
-            logs: self.platform.telemetry.guest_logs.service(&record.name),
-        });
+        // The context (a store opened with this version's quota, meters, the log ring)
+        // is made only once the runtime has accepted the code: a refused upload opens
+        // nothing and leaves the running version's store as it is.
+        let made: Arc<parking_lot::Mutex<Option<Arc<ServiceContext>>>> = Arc::default();
+        let context = {
+            let made = made.clone();
+            let platform = self.platform.clone();
+            let record = record.clone();
+            let quota = spec.store_quota_bytes;
+            Box::new(move || {
+                let context = service_context(&platform, &record, quota)?;
+                *made.lock() = Some(context.clone());
+                Ok(context)
+            })
+        };
         let executor = self
             .loader
             .load(
                 component,
                 &record.digest,
                 &spec.execution,
-                context.clone(),
+                context,
                 &self.platform,
             )
             .await?;
+        let context = made.lock().take().ok_or_else(|| {
+            ServiceError::Storage(anyhow::anyhow!(
+                "the runtime made an executor without the service's context"
+            ))
+        })?;
         Ok(Deployment {
             record,
             spec,
@@ -602,6 +611,35 @@ impl Services {
             health_task: Mutex::new(None),
         })
     }
+}
+
+/// What the instances of `record`'s version see of their service: its store (opened
+/// with `quota` bytes), identity, config, meters and log ring.
+fn service_context(
+    platform: &Platform,
+    record: &VersionRecord,
+    quota: u64,
+) -> Result<Arc<ServiceContext>, LoadError> {
+    let store = platform
+        .stores
+        .open(&record.name, quota)
+        .map_err(|error| LoadError::Internal(anyhow::anyhow!("opening the store: {error}")))?;
+    Ok(Arc::new(ServiceContext {
+        name: record.name.as_str().into(),
+        version: record.version.as_str().into(),
+        config: record.manifest.config.clone().into(),
+        secrets: record.manifest.secrets.clone(),
+        instance_id: platform.local_instance_id(&record.name, &record.version),
+        outbound: Arc::new(record.manifest.outbound.clone()),
+        health: Mutex::new(Default::default()),
+        log_budget: Default::default(),
+        store,
+        meter: crate::telemetry::metering::ServiceMeter::new(
+            &platform.telemetry.metrics,
+            &record.name,
+        ),
+        logs: platform.telemetry.guest_logs.service(&record.name),
+    }))
 }
 
 fn check_weight(weight: u8) -> Result<(), ServiceError> {

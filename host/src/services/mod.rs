@@ -77,7 +77,7 @@ pub enum ServiceError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
     /// The data directory could not be written (the host's fault).
-    #[error("data_dir failure: {0:#}")]
+    #[error("storage failure: {0:#}")]
     Storage(anyhow::Error),
 }
 

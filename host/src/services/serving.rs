@@ -253,7 +253,8 @@ impl Services {
                     break;
                 };
                 let scope = RequestScope {
-                    request_id: RequestId::new(),
+                    request_id: RequestId::parse(&format!("health-{:016x}", rand::random::<u64>()))
+                        .unwrap_or_default(),
                     deadline: Deadline::after(Duration::from_millis(schedule.timeout_ms)),
                     trace: opentelemetry::Context::new(),
                     held_until_done: None,

@@ -22,10 +22,9 @@ use crate::manifest::Manifest;
 use crate::platform::Platform;
 use crate::protocol::{self, RequestId};
 use crate::registry::Health;
-use crate::runtime::ServiceContext;
 use crate::runtime::compile::{CodeTier, LoadError};
 use crate::runtime::executor::{
-    CodeInfo, ExecutionSpec, Executor, Loader, RequestBody, RequestScope,
+    CodeInfo, ContextFactory, ExecutionSpec, Executor, Loader, RequestBody, RequestScope,
 };
 use crate::runtime::failure::GuestFailure;
 use crate::runtime::limits::MemoryBudget;
@@ -80,7 +79,7 @@ impl Loader for ScriptedLoader {
         component: Bytes,
         _digest: &str,
         _spec: &ExecutionSpec,
-        service: Arc<ServiceContext>,
+        context: ContextFactory,
         _platform: &Arc<Platform>,
     ) -> Result<Arc<dyn Executor>, LoadError> {
         let text = std::str::from_utf8(&component).unwrap_or_default();
@@ -90,6 +89,7 @@ impl Loader for ScriptedLoader {
             _ if text == "trap" => Script::Trap,
             _ => return Err(LoadError::Invalid(format!("not a script: {text}"))),
         };
+        let service = context()?;
         Ok(Arc::new(ScriptedExecutor {
             script,
             stage: self.stage.clone(),
@@ -319,6 +319,23 @@ async fn a_failed_deploy_changes_nothing() {
         refused,
         Err(ServiceError::Load(LoadError::Invalid(_)))
     ));
+    // A refused upload makes no context: no store opened with its quota (the running
+    // version's keeps its own), no meters, no log ring; for a new name, nothing at all.
+    let never = host
+        .services
+        .deploy(
+            "never",
+            Bytes::from_static(b"not a component"),
+            Manifest::default(),
+            DeployMode::Replace,
+        )
+        .await;
+    assert!(never.is_err());
+    let metrics = host.services.platform().telemetry.metrics.render();
+    assert!(
+        !metrics.contains("service=\"never\""),
+        "a refused deploy made the service's context (its meters): {metrics}"
+    );
     assert_eq!(
         host.call("orders", "a").await,
         (StatusCode::OK, "one".into())
@@ -643,4 +660,47 @@ async fn scale_changes_the_limits_live_and_survives_a_redeploy_and_a_restart() {
     restarted.services.restore().await.expect("restored");
     let service = restarted.services.table().get("orders").expect("restored");
     assert_eq!(service.limiter.scale(), scale);
+}
+
+#[tokio::test]
+async fn only_a_deploy_is_refused_over_an_external_service_of_the_same_name() {
+    let host = host();
+    host.deploy("legacy", "answer one", versioned("1")).await;
+    // An operator registers an external service of the same name meanwhile.
+    let external = crate::registry::Instance {
+        id: "ext/legacy".into(),
+        service: "legacy".into(),
+        endpoint: crate::registry::Endpoint::Http("127.0.0.1:9".into()),
+        version: "external".into(),
+        tags: Vec::new(),
+        health: Health::Serving,
+    };
+    host.services
+        .platform()
+        .registry
+        .register(external, Duration::from_secs(60))
+        .await
+        .expect("registered");
+    let redeploy = host
+        .services
+        .deploy(
+            "legacy",
+            Bytes::from_static(b"answer two"),
+            versioned("2"),
+            DeployMode::Replace,
+        )
+        .await;
+    assert!(
+        matches!(redeploy, Err(ServiceError::Conflict { .. })),
+        "the deploy was not refused"
+    );
+    // What runs already can still be changed.
+    let scale = Scale {
+        max_concurrency: 2,
+        queue: 1,
+    };
+    host.services
+        .scale("legacy", scale)
+        .await
+        .expect("scaled all the same");
 }
