@@ -30,7 +30,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const SECRETS_DIR_CHECK: Duration = Duration::from_secs(1);
 
 /// A host that is built and bound but not yet serving: what [`build`] makes and
-/// [`serve`] runs, so embedders can bind port 0 and choose the shutdown.
+/// [`serve`] runs, so embedders and tests can bind port 0 and choose the shutdown.
 pub struct Host {
     /// The services this host runs.
     pub services: Arc<Services>,
@@ -341,4 +341,123 @@ async fn wait_for_signal() -> Result<()> {
         _ = interrupt.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args as _, FromArgMatches as _};
+    use http_body_util::BodyExt as _;
+
+    /// A host's settings from `shoal serve` flags (no environment variable is read for
+    /// a flag given here).
+    fn settings(flags: &[&str]) -> ServeConfig {
+        let command = ServeConfig::augment_args(clap::Command::new("serve"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .expect("valid flags");
+        ServeConfig::from_arg_matches(&matches).expect("settings")
+    }
+
+    async fn get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connects");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        let request = http::Request::get(path)
+            .header(http::header::HOST, "localhost")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("a request");
+        let response = sender.send_request(request).await.expect("an answer");
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_host_built_on_port_0_serves_restores_and_stops_when_told() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().to_string_lossy().into_owned();
+        let host = build(settings(&[
+            "--data-dir",
+            &data_dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token",
+            "t",
+            "--no-pooling",
+            "--max-instances",
+            "4",
+            "--gateway-threads",
+            "1",
+        ]))
+        .await
+        .expect("built");
+        let (gateway, admin) = (
+            host.gateway_addr().expect("bound"),
+            host.admin_addr().expect("bound"),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve(host, async move {
+            let _ = stopped.await;
+            Ok(())
+        }));
+        assert_eq!(get(admin, "/healthz").await, (200, "ok\n".to_owned()));
+        // Nothing to restore: ready at once.
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while get(admin, "/readyz").await.0 != 200 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "never ready");
+        let (status, body) = get(gateway, "/nothing").await;
+        assert_eq!(status, 404, "{body}");
+        assert!(
+            body.contains("no service is routed at `/nothing`"),
+            "{body}"
+        );
+        let _ = stop.send(());
+        let stopped = tokio::time::timeout(Duration::from_secs(30), serving).await;
+        assert!(
+            matches!(stopped, Ok(Ok(Ok(())))),
+            "the host did not stop cleanly"
+        );
+        // Once it has stopped, its data directory is free for the next host.
+        assert!(DataDir::open(dir.path()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_default_memory_above_the_ceiling_is_refused_with_both_flags_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().to_string_lossy().into_owned();
+        let refused = build(settings(&[
+            "--data-dir",
+            &data_dir,
+            "--default-memory-mb",
+            "2048",
+            "--max-memory-mb",
+            "1024",
+        ]))
+        .await;
+        let Err(error) = refused else {
+            panic!("built with a default above the ceiling");
+        };
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("--default-memory-mb") && message.contains("--max-memory-mb"),
+            "{message}"
+        );
+    }
 }
