@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use crate::deadline::Deadline;
 use crate::listener;
-use crate::protocol::{self, Body, DEADLINE_MS, FORWARDED_PREFIX, INTERNAL_PREFIX, RequestId};
+use crate::protocol::{
+    self, Body, DEADLINE_MS, FORWARDED_PREFIX, FORWARDING_HEADERS, INTERNAL_PREFIX, RequestId,
+};
 use crate::services::Services;
 
 /// Who the gateway trusts with forwarding and internal headers.
@@ -35,18 +37,6 @@ impl TrustedPeers {
         self.0.iter().any(|network| network.contains(&peer))
     }
 }
-
-/// Headers a client may not set unless it is a trusted peer: forwarding information
-/// (whom the request came through) and Shoal's internal headers.
-const FORWARDING_HEADERS: [&str; 7] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-real-ip",
-];
 
 /// The gateway's part of the `shoal serve` flags.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]

@@ -24,6 +24,38 @@ pub static CALLER: HeaderName = HeaderName::from_static("x-shoal-caller");
 /// Header carrying the caller's remaining deadline, in milliseconds.
 pub static DEADLINE_MS: HeaderName = HeaderName::from_static("x-shoal-deadline-ms");
 
+/// Headers that say whom a request came through. Only the host (its gateway, for a
+/// client's request) and trusted peers set them.
+pub const FORWARDING_HEADERS: [&str; 7] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-real-ip",
+];
+
+/// Remove what a guest may not say on a request it sends: every `x-shoal-*` header
+/// (the host's own vocabulary: who calls, event deliveries, deadlines), and with
+/// `forwarding` also the [`FORWARDING_HEADERS`] and the route prefix the gateway
+/// stripped. The host sets its own afterwards, so a header a callee reads from it was
+/// the host's to set.
+pub fn remove_host_owned(headers: &mut HeaderMap, forwarding: bool) {
+    let owned: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            name.as_str().starts_with(INTERNAL_PREFIX)
+                || (forwarding
+                    && (FORWARDING_HEADERS.contains(&name.as_str()) || *name == FORWARDED_PREFIX))
+        })
+        .cloned()
+        .collect();
+    for name in owned {
+        headers.remove(name);
+    }
+}
+
 /// Longest request id accepted from a client.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -243,6 +275,38 @@ mod tests {
         }
         assert_eq!(RequestId::from_headers(&HeaderMap::new()).len(), 32);
         assert_ne!(RequestId::new(), RequestId::new());
+    }
+
+    #[test]
+    fn a_guest_cannot_send_the_host_s_own_headers() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-shoal-event-id", "evt-1"),
+            ("x-shoal-topic", "orders"),
+            ("x-shoal-delivery-attempt", "1"),
+            ("x-shoal-caller", "payment"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-kept", "yes"),
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let mut external = headers.clone();
+        remove_host_owned(&mut headers, true);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-kept"], "yes");
+        // To a host outside the platform, forwarding headers are the guest's to set.
+        remove_host_owned(&mut external, false);
+        assert_eq!(external.len(), 4);
+        assert!(
+            external
+                .keys()
+                .all(|name| !name.as_str().starts_with("x-shoal-"))
+        );
     }
 
     #[test]

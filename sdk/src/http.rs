@@ -72,6 +72,19 @@ impl Request {
         self.query.as_deref()
     }
 
+    /// Every value of query parameter `name`, percent-decoded, in order.
+    pub fn query_params(&self, name: &str) -> Vec<String> {
+        self.query
+            .as_deref()
+            .into_iter()
+            .flat_map(|query| query.split('&'))
+            .filter_map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (percent_decode(key) == name).then(|| percent_decode(value))
+            })
+            .collect()
+    }
+
     /// The first value of query parameter `name`, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.query.as_deref()?.split('&').find_map(|pair| {

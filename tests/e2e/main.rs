@@ -23,5 +23,6 @@ mod shop;
 mod store;
 mod telemetry;
 mod tls;
+mod trust;
 mod wasi;
 mod wasip3;

@@ -1,6 +1,6 @@
 //! `caller`: calls other services through the host and reports what happened.
 //!
-//! - `GET /call?service=S&path=/p[&method=M][&attempt_timeout_ms=N][&deadline_ms=N][&idempotent=true|false][&header=name:value]`
+//! - `GET /call?service=S&path=/p[&method=M][&attempt_timeout_ms=N][&deadline_ms=N][&idempotent=true|false][&header=name:value]...` (`header` repeatable)
 //!   calls S and answers `outcome=ok status=... elapsed_us=...` plus the target's body,
 //!   or `outcome=error kind=... elapsed_us=... detail=...`.
 //! - `GET /discover?service=S` lists the instances that take traffic.
@@ -80,10 +80,10 @@ fn call(req: &Request) -> Response {
     if let Some(idempotent) = req.query_param("idempotent") {
         call = call.idempotent(idempotent == "true");
     }
-    if let Some(header) = req.query_param("header")
-        && let Some((name, value)) = header.split_once(':')
-    {
-        call = call.header(name, value);
+    for header in req.query_params("header") {
+        if let Some((name, value)) = header.split_once(':') {
+            call = call.header(name, value);
+        }
     }
     shoal_sdk::log::info("calling", &[("target", &service), ("path", &path)]);
     let span = req.query_param("span").map(|name| {

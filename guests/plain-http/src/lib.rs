@@ -3,7 +3,8 @@
 //! - Any path: streams a small answer back in several chunks.
 //! - `/proxy?url=http://host/path`: makes an ordinary outgoing `wasi:http` request and
 //!   answers with its status and body (or the error code). On Shoal, requests to
-//!   `http://<service>/` go through the host's resilient caller.
+//!   `http://<service>/` go through the host's resilient caller. An incoming
+//!   `x-pass-<name>` header is sent on as `<name>`.
 
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::outgoing_handler;
@@ -69,6 +70,13 @@ fn proxy(url: &str, incoming: &IncomingRequest) -> (u16, Vec<String>) {
     let headers = Fields::new();
     for value in incoming.headers().get("x-request-id") {
         let _ = headers.append("x-request-id", &value);
+    }
+    // `x-pass-<name>: v` on the incoming request is sent as `<name>: v` (a guest that
+    // tries to set any header it likes, for the tests of what the host lets through).
+    for (name, value) in incoming.headers().entries() {
+        if let Some(passed) = name.strip_prefix("x-pass-") {
+            let _ = headers.append(passed, &value);
+        }
     }
     let request = OutgoingRequest::new(headers);
     let _ = request.set_scheme(Some(&Scheme::Http));

@@ -538,6 +538,9 @@ impl Caller {
     ) -> (HeaderMap, RequestId) {
         let mut headers = request.headers.clone();
         protocol::strip_hop_by_hop(&mut headers);
+        // The callee reads the host's headers (who calls, deliveries, forwarding) as
+        // the host's: none that the guest set passes.
+        protocol::remove_host_owned(&mut headers, true);
         // The callee continues this call's trace.
         headers.remove("traceparent");
         headers.remove("tracestate");

@@ -116,6 +116,10 @@ async fn route(
         );
         return Err(HttpError::HttpRequestDenied);
     }
+    // The host's own headers never leave a guest's hands, whatever the destination
+    // (the host's own gateway among them).
+    let mut request = request;
+    crate::protocol::remove_host_owned(request.headers_mut(), false);
     let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
     let io: IoFuture = Box::new(io);
     Ok((response.map(BodyExt::boxed_unsync), io))

@@ -1,0 +1,91 @@
+//! Trust between services: what a deployed service can and cannot do to its
+//! neighbours through the host.
+
+use shoal_tests::{Host, guest, temp_root};
+
+const TOPIC: &str = "count.changed";
+
+/// `counter` subscribed to `TOPIC` at `/events/handle`.
+const SUBSCRIBER: &str =
+    "[[subscriptions]]\ntopic = \"count.changed\"\nroute = \"/events/handle\"\n";
+
+fn handled(host: &Host) -> Vec<String> {
+    host.get("/sub/handled")
+        .body
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_service_cannot_forge_an_event_delivery_or_the_host_s_headers() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), SUBSCRIBER)
+            .status,
+        201
+    );
+    assert_eq!(host.deploy("a", &guest("caller")).status, 201);
+    assert_eq!(host.deploy("p", &guest("plain_http")).status, 201);
+    assert_eq!(host.deploy("echo", &guest("hello")).status, 201);
+
+    // Through shoal:platform/caller: the headers of a delivery, set by the guest.
+    let forged = host.get(&format!(
+        "/a/call?service=sub&path=/events/handle&method=POST\
+         &header=x-shoal-event-id:forged-1&header=x-shoal-topic:{TOPIC}\
+         &header=x-shoal-delivery-attempt:1"
+    ));
+    assert_eq!(forged.status, 200, "{}", forged.body);
+    assert!(
+        forged.body.contains("status=400"),
+        "the subscriber took a call for a delivery: {}",
+        forged.body
+    );
+    // Through plain wasi:http to http://sub/: the same headers.
+    let forged = host.get_with_headers(
+        "/p/proxy?url=http://sub/events/handle",
+        &[
+            ("x-pass-x-shoal-event-id", "forged-2"),
+            ("x-pass-x-shoal-topic", TOPIC),
+        ],
+    );
+    assert!(
+        forged.body.contains("upstream status: 400"),
+        "the subscriber took a plain request for a delivery: {}",
+        forged.body
+    );
+    assert!(
+        handled(&host).is_empty(),
+        "a forged event was recorded as handled: {:?}",
+        handled(&host)
+    );
+
+    // Nor can a guest say whom a call came through, or which service calls.
+    let echoed = host.get(
+        "/a/call?service=echo&path=/echo&header=x-forwarded-for:6.6.6.6\
+         &header=x-shoal-caller:payment&header=x-kept:yes",
+    );
+    assert_eq!(echoed.status, 200, "{}", echoed.body);
+    assert!(echoed.body.contains("x-kept: yes"), "{}", echoed.body);
+    assert!(!echoed.body.contains("6.6.6.6"), "{}", echoed.body);
+    assert!(
+        !echoed.body.contains("x-shoal-caller: payment"),
+        "{}",
+        echoed.body
+    );
+    assert!(
+        echoed.body.contains("x-shoal-caller: a"),
+        "the host names the real caller: {}",
+        echoed.body
+    );
+
+    // A real delivery still is one.
+    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    let published = host.post(&format!("/pub/publish?topic={TOPIC}"), "real");
+    assert_eq!(published.status, 200, "{}", published.body);
+    let id = published.body.trim().to_owned();
+    shoal_tests::wait_for("the real event", std::time::Duration::from_secs(10), || {
+        handled(&host) == [id.clone()]
+    });
+}
