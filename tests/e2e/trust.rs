@@ -89,3 +89,41 @@ fn a_service_cannot_forge_an_event_delivery_or_the_host_s_headers() {
         handled(&host) == [id.clone()]
     });
 }
+
+#[test]
+fn a_scoped_token_cannot_nest_a_route_inside_another_service_s() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let hello = guest("hello");
+    let payment = "route = \"/payment\"\n[config]\ngreeting = \"payment\"\n";
+    assert_eq!(
+        host.deploy_with_manifest("payment", &hello, payment).status,
+        201
+    );
+    let created = host.admin_json(
+        "POST",
+        "/v1/tokens",
+        r#"{"name": "shop-team", "scope": "deploy", "services": ["shop-*"]}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let token = created.json()["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let stolen = "route = \"/payment/charges\"\n[config]\ngreeting = \"stolen\"\n";
+    let refused = host.deploy_multipart_with_token("shop-x", &hello, stolen, &token);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("sits inside"), "{}", refused.body);
+    assert_eq!(host.admin("GET", "/v1/services/shop-x").status, 404);
+    assert_eq!(host.get("/payment/?name=x").body, "payment, x!\n");
+    let below = host.get("/payment/charges/");
+    assert!(
+        !below.body.contains("stolen"),
+        "payment keeps its traffic: {}",
+        below.body
+    );
+    // A route of its own is fine for the same token.
+    let own = "route = \"/shop-x\"\n";
+    let deployed = host.deploy_multipart_with_token("shop-x", &hello, own, &token);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+}

@@ -57,6 +57,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Load(LoadError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             ServiceError::Load(_) => StatusCode::BAD_REQUEST,
             ServiceError::RouteConflict { .. } => StatusCode::CONFLICT,
+            ServiceError::RouteNested { .. } => StatusCode::FORBIDDEN,
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::Conflict { .. } => StatusCode::CONFLICT,
             ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,

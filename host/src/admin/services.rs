@@ -382,7 +382,7 @@ pub async fn remove(
         (status = 201, description = "Created", body = api::Service),
         (status = 200, description = "Replaced, or running as a canary", body = api::Service),
         (status = 400, description = "Not a component this host can run, or a bad manifest", body = ErrorBody),
-        (status = 403, description = "The token may not deploy it", body = ErrorBody),
+        (status = 403, description = "The token may not deploy it, or its route would sit inside the route of a service the token may not change", body = ErrorBody),
         (status = 409, description = "Its route belongs to another service", body = ErrorBody),
         (status = 413, description = "Larger than --max-upload-bytes", body = ErrorBody),
     )
@@ -438,7 +438,10 @@ pub async fn deploy(
     let manifest = manifest?;
     // A guest can hand out what it reads: below `admin`, a deploy may name only the
     // secrets granted to this service.
-    if caller.is_none_or(|caller| caller.grant.scope != crate::access::Scope::Admin) {
+    if caller
+        .as_ref()
+        .is_none_or(|caller| caller.grant.scope != crate::access::Scope::Admin)
+    {
         let secrets = &state.services.platform().secrets;
         for secret in &manifest.secrets {
             secrets
@@ -446,9 +449,18 @@ pub async fn deploy(
                 .map_err(|reason| ApiError::new(StatusCode::FORBIDDEN, reason))?;
         }
     }
+    // No authenticated caller (never the case behind the router's middleware) may
+    // nest nothing.
+    let grant = caller.map_or(
+        crate::access::Grant {
+            scope: crate::access::Scope::Read,
+            services: Vec::new(),
+        },
+        |caller| caller.grant,
+    );
     let (_, kind) = state
         .services
-        .deploy(&name, component, manifest, mode)
+        .deploy_as(&name, component, manifest, mode, &grant)
         .await?;
     let status = match kind {
         DeployKind::Created => StatusCode::CREATED,

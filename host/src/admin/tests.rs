@@ -67,6 +67,7 @@ fn admin_with(restored: bool) -> Admin {
             },
             max_instances_per_service: 2,
             table_elements: 20_000,
+            allow_nested_routes: false,
         },
         platform,
     );

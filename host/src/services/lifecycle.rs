@@ -13,6 +13,7 @@ use super::spec::{self, DeploymentSpec};
 use super::state::{AutoRollback, ServiceState};
 use super::table::{Canary, Deployment, LiveService, Versions};
 use super::{Conflict, DeployKind, Invalid, ServiceError, Services};
+use crate::access::{Action, Grant};
 use crate::data_dir::{VersionRecord, sha256_hex};
 use crate::manifest::Manifest;
 use crate::platform::Platform;
@@ -62,10 +63,10 @@ impl Current {
 
 /// Which kind of change a commit makes: a deploy brings a new version in, the others
 /// rearrange what runs already.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChangeKind {
-    /// A new version (replacing, or as a canary).
-    Deploy,
+#[derive(Debug, Clone, Copy)]
+enum ChangeKind<'a> {
+    /// A new version (replacing, or as a canary), by a deployer with this grant.
+    Deploy(&'a Grant),
     /// Rollback, scale, canary weight, promote or abort.
     Rearrange,
 }
@@ -100,7 +101,7 @@ impl Services {
     async fn commit<T>(
         &self,
         name: &str,
-        kind: ChangeKind,
+        kind: ChangeKind<'_>,
         plan: impl FnOnce(&Current) -> Result<(Change, T), ServiceError>,
     ) -> Result<T, ServiceError> {
         let _guard = self.changes.lock().await;
@@ -113,10 +114,25 @@ impl Services {
             return Ok(output);
         };
         self.table.check_route(versions.route(), name)?;
-        // A deploy must not shadow an operator's external service; changes to what
-        // runs already (scale, canary, rollback) are never held up by one.
-        if kind == ChangeKind::Deploy && self.is_external(name).await {
-            return Err(conflict(name, Conflict::ExternalName));
+        if let ChangeKind::Deploy(grant) = kind {
+            // A deploy must not take another service's traffic by nesting its route
+            // inside that service's, unless its deployer may change that service.
+            if let Some(owner) = self.table.nested_inside(versions.route(), name)
+                && !self.defaults.allow_nested_routes
+                && grant
+                    .permits(&Action::ChangeService(owner.clone()))
+                    .is_err()
+            {
+                return Err(ServiceError::RouteNested {
+                    route: versions.route().to_owned(),
+                    owner,
+                });
+            }
+            // Nor shadow an operator's external service; changes to what runs already
+            // (scale, canary, rollback) are never held up by one.
+            if self.is_external(name).await {
+                return Err(conflict(name, Conflict::ExternalName));
+            }
         }
         if let Some((digest, component)) = blob {
             let data_dir = self.data_dir.clone();
@@ -132,7 +148,7 @@ impl Services {
         Ok(output)
     }
 
-    /// Validate, compile, persist and swap in a new version of `name`.
+    /// Validate, compile, persist and swap in a new version of `name`, as the operator.
     ///
     /// Nothing changes unless every step succeeds; requests already running on the
     /// previous version finish on it.
@@ -143,7 +159,23 @@ impl Services {
         manifest: Manifest,
         mode: DeployMode,
     ) -> Result<(Arc<Deployment>, DeployKind), ServiceError> {
-        let result = self.deploy_checked(name, component, manifest, mode).await;
+        self.deploy_as(name, component, manifest, mode, &Grant::admin())
+            .await
+    }
+
+    /// [`Services::deploy`] by a deployer with `grant`: its route may not sit inside
+    /// the route of a service the grant may not change.
+    pub async fn deploy_as(
+        &self,
+        name: &str,
+        component: Bytes,
+        manifest: Manifest,
+        mode: DeployMode,
+        grant: &Grant,
+    ) -> Result<(Arc<Deployment>, DeployKind), ServiceError> {
+        let result = self
+            .deploy_checked(name, component, manifest, mode, grant)
+            .await;
         let metrics = &self.platform.telemetry.metrics;
         if metrics.enabled() {
             let outcome = match &result {
@@ -163,6 +195,7 @@ impl Services {
         component: Bytes,
         manifest: Manifest,
         mode: DeployMode,
+        grant: &Grant,
     ) -> Result<(Arc<Deployment>, DeployKind), ServiceError> {
         validate_name(name)?;
         manifest.validate(self.defaults.max_memory_mb)?;
@@ -179,7 +212,7 @@ impl Services {
         let deployment = Arc::new(self.build(record, spec, component.clone()).await?);
         let blob = Some((deployment.record.digest.clone(), component));
         let (deployment, kind) = self
-            .commit(name, ChangeKind::Deploy, |current| {
+            .commit(name, ChangeKind::Deploy(grant), |current| {
                 let (versions, kind) = match mode {
                     DeployMode::Replace => replace(current, &deployment),
                     DeployMode::Canary {

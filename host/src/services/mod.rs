@@ -54,6 +54,19 @@ pub enum ServiceError {
     /// The component cannot be loaded (the client's fault, unless `LoadError::Internal`).
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The route sits inside another service's route (it would take that service's
+    /// traffic below it), and the deployer may not change that service.
+    #[error(
+        "route `{route}` sits inside the route of service `{owner}` and would take its \
+         traffic there; only a deployer who may change `{owner}` can nest a route in it \
+         (or an operator who serves with --allow-nested-routes)"
+    )]
+    RouteNested {
+        /// The route asked for.
+        route: String,
+        /// The service whose route it sits inside.
+        owner: String,
+    },
     /// Another service already owns the route.
     #[error("route `{route}` is already used by service `{owner}`")]
     RouteConflict {

@@ -31,6 +31,8 @@ pub struct ServiceDefaults {
     pub max_instances_per_service: u32,
     /// Elements per table of an instance.
     pub table_elements: u32,
+    /// Whether any deployer may nest a route inside another service's.
+    pub allow_nested_routes: bool,
 }
 
 impl Default for ServiceDefaults {
@@ -47,6 +49,7 @@ impl Default for ServiceDefaults {
             },
             max_instances_per_service: 1,
             table_elements: 1,
+            allow_nested_routes: false,
         })
     }
 }
@@ -75,6 +78,12 @@ pub struct ServiceSettings {
     /// whose manifest asks for more concurrency is refused, the default is lowered.
     #[arg(long, env = "SHOAL_MAX_INSTANCES_PER_SERVICE", default_value_t = 0)]
     pub max_instances_per_service: u32,
+
+    /// Let any deployer put a route inside another service's route (which takes that
+    /// service's traffic below it). Without it, only a deployer who may change that
+    /// service can.
+    #[arg(long, env = "SHOAL_ALLOW_NESTED_ROUTES")]
+    pub allow_nested_routes: bool,
 }
 
 impl Default for ServiceSettings {
@@ -85,6 +94,7 @@ impl Default for ServiceSettings {
             default_max_concurrency: defaults::MAX_CONCURRENCY,
             default_queue: defaults::QUEUE,
             max_instances_per_service: 0,
+            allow_nested_routes: false,
         }
     }
 }
@@ -113,6 +123,7 @@ impl ServiceSettings {
             },
             max_instances_per_service,
             table_elements: runtime.max_table_elements,
+            allow_nested_routes: self.allow_nested_routes,
         })
     }
 }

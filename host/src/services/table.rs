@@ -334,6 +334,29 @@ impl ServiceTable {
         }
     }
 
+    /// The service whose traffic `route` would take a share of: the owner of the
+    /// longest route that `route` sits inside (on a segment boundary), when that is
+    /// another service than `name`. The gateway sends each request to the longest
+    /// matching route, so a route nested inside another service's takes its traffic
+    /// below that path.
+    pub fn nested_inside(&self, route: &str, name: &str) -> Option<String> {
+        let inner = self.inner.read();
+        let mut candidate = route.trim_end_matches('/');
+        loop {
+            candidate = match candidate.rfind('/') {
+                Some(index) => &candidate[..index],
+                None => return None,
+            };
+            let parent = if candidate.is_empty() { "/" } else { candidate };
+            if let Some(owner) = inner.by_route.get(parent) {
+                return (owner != name).then(|| owner.clone());
+            }
+            if candidate.is_empty() {
+                return None;
+            }
+        }
+    }
+
     /// Make `versions` the live versions of their service (created if new), moving its
     /// route if it changed, and apply `scale` to its limiter. Returns the service, the
     /// versions installed and those they replaced. Refused, with nothing changed, when
@@ -412,6 +435,49 @@ impl ServiceTable {
 #[cfg(test)]
 mod tests {
     use super::Routes;
+
+    #[test]
+    fn a_route_nested_inside_another_service_s_names_its_owner() {
+        let table = super::ServiceTable::default();
+        {
+            let mut inner = table.inner.write();
+            inner
+                .by_route
+                .claim("payment", "/payment", None)
+                .expect("free");
+            inner
+                .by_route
+                .claim("charges", "/payment/charges", None)
+                .expect("free");
+        }
+        let nested = |route: &str, name: &str| table.nested_inside(route, name);
+        assert_eq!(
+            nested("/payment/charges/x", "shop-x").as_deref(),
+            Some("charges")
+        );
+        assert_eq!(
+            nested("/payment/refunds", "shop-x").as_deref(),
+            Some("payment")
+        );
+        assert_eq!(
+            nested("/payment/refunds/", "shop-x").as_deref(),
+            Some("payment")
+        );
+        // Its own route, a route beside it, and a parent of it take nothing.
+        assert_eq!(nested("/payment/refunds", "payment"), None);
+        assert_eq!(nested("/paymentx", "shop-x"), None);
+        assert_eq!(nested("/pay", "shop-x"), None);
+        assert_eq!(nested("/shop", "shop-x"), None);
+        // Under a root route, every other route is nested.
+        table
+            .inner
+            .write()
+            .by_route
+            .claim("web", "/", None)
+            .expect("free");
+        assert_eq!(nested("/shop", "shop-x").as_deref(), Some("web"));
+        assert_eq!(nested("/", "web"), None);
+    }
 
     #[test]
     fn a_route_has_one_owner() {

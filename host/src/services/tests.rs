@@ -704,3 +704,58 @@ async fn only_a_deploy_is_refused_over_an_external_service_of_the_same_name() {
         .await
         .expect("scaled all the same");
 }
+
+#[tokio::test]
+async fn a_route_inside_another_service_s_needs_a_deployer_who_may_change_it() {
+    let host = host();
+    host.deploy(
+        "payment",
+        "answer payment",
+        manifest("route = \"/payment\""),
+    )
+    .await;
+    let shop_only = crate::access::Grant {
+        scope: crate::access::Scope::Deploy,
+        services: vec!["shop-*".into()],
+    };
+    let taking = host
+        .services
+        .deploy_as(
+            "shop-x",
+            Bytes::from_static(b"answer stolen"),
+            manifest("route = \"/payment/charges\""),
+            DeployMode::Replace,
+            &shop_only,
+        )
+        .await;
+    assert!(
+        matches!(&taking, Err(ServiceError::RouteNested { owner, .. }) if owner == "payment"),
+        "a shop-* token took payment's traffic"
+    );
+    assert!(host.services.table().get("shop-x").is_none());
+    // Beside it, the same token may deploy; one who may change payment may nest.
+    host.services
+        .deploy_as(
+            "shop-y",
+            Bytes::from_static(b"answer y"),
+            manifest("route = \"/shop-y\""),
+            DeployMode::Replace,
+            &shop_only,
+        )
+        .await
+        .expect("a route of its own");
+    let payment_team = crate::access::Grant {
+        scope: crate::access::Scope::Deploy,
+        services: vec!["shop-*".into(), "payment".into()],
+    };
+    host.services
+        .deploy_as(
+            "shop-x",
+            Bytes::from_static(b"answer charges"),
+            manifest("route = \"/payment/charges\""),
+            DeployMode::Replace,
+            &payment_team,
+        )
+        .await
+        .expect("nested by a deployer of payment");
+}
