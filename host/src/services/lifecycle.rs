@@ -571,6 +571,11 @@ impl Services {
                 }
             }
         }
+        // The service's store takes the quota of the version serving now.
+        live.stable
+            .context
+            .store
+            .set_quota(live.stable.spec.store_quota_bytes);
         if live.stable.health_task.lock().is_none() {
             self.start_health_checks(&live.stable);
         }

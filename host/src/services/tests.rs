@@ -759,3 +759,47 @@ async fn a_route_inside_another_service_s_needs_a_deployer_who_may_change_it() {
         .await
         .expect("nested by a deployer of payment");
 }
+
+#[tokio::test]
+async fn a_refused_deploy_leaves_the_running_store_quota_as_it_is() {
+    let host = host();
+    host.deploy(
+        "orders",
+        "answer one",
+        manifest("version = \"1\"\n[limits]\nstore_mb = 1"),
+    )
+    .await;
+    host.deploy("web", "answer web", manifest("route = \"/shop\""))
+        .await;
+    let quota = || {
+        host.services
+            .table()
+            .versions("orders")
+            .expect("live")
+            .stable
+            .context
+            .store
+            .quota()
+    };
+    assert_eq!(quota(), 1024 * 1024);
+    // Compiled and accepted by the runtime, then refused for its route.
+    let refused = host
+        .services
+        .deploy(
+            "orders",
+            Bytes::from_static(b"answer two"),
+            manifest("version = \"2\"\nroute = \"/shop\"\n[limits]\nstore_mb = 2"),
+            DeployMode::Replace,
+        )
+        .await;
+    assert!(matches!(refused, Err(ServiceError::RouteConflict { .. })));
+    assert_eq!(quota(), 1024 * 1024, "the refused version's quota applied");
+    // Accepted, its quota applies.
+    host.deploy(
+        "orders",
+        "answer three",
+        manifest("version = \"3\"\n[limits]\nstore_mb = 2"),
+    )
+    .await;
+    assert_eq!(quota(), 2 * 1024 * 1024);
+}

@@ -114,6 +114,13 @@ pub trait ServiceStore: Send + Sync {
     /// The database engine, as OpenTelemetry's `db.system.name` names it.
     fn engine(&self) -> &'static str;
 
+    /// The size quota in force, in bytes.
+    fn quota(&self) -> u64;
+
+    /// Change the size quota (the version now serving brings its own): growth beyond
+    /// it is refused from now on, shrinking is always allowed.
+    fn set_quota(&self, bytes: u64);
+
     /// The value under `key`.
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
 

@@ -63,8 +63,10 @@ impl StoreBackend for SqliteBackend {
         crate::registry::validate_name(service)
             .map_err(|error| StoreError::Backend(error.to_string()))?;
         let mut open = self.open.lock();
+        // A store already open keeps the quota in force: the version that opens it
+        // again applies its own only once it serves (`set_quota`), so a deploy that
+        // is refused changes nothing.
         if let Some(store) = open.get(service).and_then(Weak::upgrade) {
-            *store.quota.lock() = quota;
             return Ok(store);
         }
         let store = Arc::new(SqliteStore::open(self.path(service), quota)?);
@@ -261,6 +263,14 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 }
 
 impl ServiceStore for SqliteStore {
+    fn quota(&self) -> u64 {
+        *self.quota.lock()
+    }
+
+    fn set_quota(&self, bytes: u64) {
+        *self.quota.lock() = bytes;
+    }
+
     fn engine(&self) -> &'static str {
         "sqlite"
     }
