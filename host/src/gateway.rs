@@ -15,7 +15,8 @@ use std::time::Duration;
 use crate::deadline::Deadline;
 use crate::listener;
 use crate::protocol::{
-    self, Body, DEADLINE_MS, FORWARDED_PREFIX, FORWARDING_HEADERS, INTERNAL_PREFIX, RequestId,
+    self, Body, CALLER, DEADLINE_MS, FORWARDED_PREFIX, FORWARDING_HEADERS, INTERNAL_PREFIX,
+    RequestId,
 };
 use crate::services::Services;
 
@@ -186,10 +187,42 @@ pub async fn route(services: &Services, peer: &Peer, request: Request<Incoming>)
         parts.headers.insert(FORWARDED_PREFIX.clone(), value);
     }
     let deadline = sanitize_headers(&mut parts.headers, peer);
+    // A client (no calling service: only the host, or a trusted peer, says which
+    // service calls) reaches only what the service keeps public.
+    if !parts.headers.contains_key(&CALLER) && !open_to_clients(&service, parts.uri.path()) {
+        let message = format!(
+            "`{}` of service `{}` is internal: other services reach it, clients do not\n",
+            parts.uri.path(),
+            service.name()
+        );
+        return refuse(StatusCode::FORBIDDEN, message, &request_id);
+    }
     let request = Request::from_parts(parts, body);
     services
         .serve(&service, request, request_id, deadline)
         .await
+}
+
+/// Whether a client may reach `path` (below its route) of `service`: the stable
+/// version's `[inbound]` decides, for the path as sent and as a guest may read it
+/// (percent-decoded, repeated slashes collapsed), so no spelling slips past.
+fn open_to_clients(service: &crate::services::LiveService, path: &str) -> bool {
+    let versions = service.versions();
+    let inbound = &versions.stable.record.manifest.inbound;
+    let public = inbound.public.unwrap_or(true);
+    if public && inbound.private_paths.is_empty() {
+        return true;
+    }
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let mut normalized = String::with_capacity(decoded.len());
+    for character in decoded.chars() {
+        if !(character == '/' && normalized.ends_with('/')) {
+            normalized.push(character);
+        }
+    }
+    [path, normalized.as_str()].into_iter().all(|spelling| {
+        crate::policy::inbound::open_to_clients(public, &inbound.private_paths, spelling)
+    })
 }
 
 /// The request's authority as a `Host` value, or why there is none.

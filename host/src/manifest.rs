@@ -32,6 +32,8 @@
 //!
 //! [inbound]
 //! allowed_callers = ["orders", "shop-*"]  # services that may call this one (default: any)
+//! public = false                 # clients cannot reach it through the gateway (default true)
+//! private_paths = ["/mode"]      # paths below its route only services reach
 //!
 //! [[subscriptions]]              # events of a topic, POSTed to a route of the service
 //! topic = "order.created"
@@ -166,11 +168,19 @@ pub struct Inbound {
     /// any. Requests from the gateway are not service calls and are not affected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_callers: Option<Vec<String>>,
+    /// Whether clients reach it through the gateway (default true). An internal
+    /// service (`false`) is reached by other services only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
+    /// Paths below its route that only other services reach (`"/charges"` covers
+    /// `/charges` and everything below it); the gateway refuses them to clients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private_paths: Vec<String>,
 }
 
 impl Inbound {
     fn is_open(&self) -> bool {
-        self.allowed_callers.is_none()
+        self.allowed_callers.is_none() && self.public.is_none() && self.private_paths.is_empty()
     }
 }
 
@@ -483,6 +493,20 @@ impl Manifest {
         }
         if health.unhealthy_threshold == 0 || health.healthy_threshold == 0 {
             return Err(field("health", "thresholds must be at least 1"));
+        }
+        if self.inbound.private_paths.len() > MAX_ALLOWED_CALLERS {
+            return Err(field("inbound.private_paths", "lists at most 64 paths"));
+        }
+        for (index, path) in self.inbound.private_paths.iter().enumerate() {
+            if !path.starts_with('/')
+                || path.contains(['?', '#'])
+                || path.parse::<http::uri::PathAndQuery>().is_err()
+            {
+                return Err(field(
+                    &format!("inbound.private_paths[{index}]"),
+                    "must be a path starting with `/`, without a query",
+                ));
+            }
         }
         if let Some(callers) = &self.inbound.allowed_callers {
             if callers.len() > MAX_ALLOWED_CALLERS {

@@ -135,6 +135,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         .context("the admin API's TLS certificate")?,
     )
     .await?;
+    caller.set_own_listeners(vec![gateway.local_addr()?, admin_listener.local_addr()?]);
     tracing::info!(
         gateway_addr = %gateway.local_addr()?,
         admin_addr = %admin_listener.local_addr()?,

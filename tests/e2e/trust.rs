@@ -127,3 +127,86 @@ fn a_scoped_token_cannot_nest_a_route_inside_another_service_s() {
     let deployed = host.deploy_multipart_with_token("shop-x", &hello, own, &token);
     assert_eq!(deployed.status, 201, "{}", deployed.body);
 }
+
+#[test]
+fn clients_reach_only_what_a_service_keeps_public() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let hello = guest("hello");
+    let private = "[inbound]\nprivate_paths = [\"/config\"]\n";
+    assert_eq!(
+        host.deploy_with_manifest("pay", &hello, private).status,
+        201
+    );
+    let internal = "[inbound]\npublic = false\n";
+    assert_eq!(
+        host.deploy_with_manifest("internal", &hello, internal)
+            .status,
+        201
+    );
+    assert_eq!(host.deploy("a", &guest("caller")).status, 201);
+
+    // Clients: public paths yes; private paths and internal services no, however
+    // the path is spelled.
+    assert_eq!(host.get("/pay/").status, 200);
+    for path in [
+        "/pay/config",
+        "/pay/config/x",
+        "/pay/%63onfig",
+        "/pay//config",
+        "/internal/",
+    ] {
+        let refused = host.get(path);
+        assert_eq!(refused.status, 403, "{path}: {}", refused.body);
+        assert!(
+            refused.body.contains("is internal"),
+            "{path}: {}",
+            refused.body
+        );
+    }
+    // Counted against no service.
+    assert_eq!(host.running("pay").requests, 1);
+    // Services reach them.
+    let called = host.get("/a/call?service=internal&path=/");
+    assert!(
+        called.body.contains("outcome=ok status=200"),
+        "{}",
+        called.body
+    );
+    let called = host.get("/a/call?service=pay&path=/config");
+    assert!(
+        called.body.contains("outcome=ok status=200"),
+        "{}",
+        called.body
+    );
+
+    // Nor a trusted peer: a client's request never names a calling service.
+    let root2 = temp_root();
+    let trusting = Host::start(root2.path(), &["--trusted-proxies", "127.0.0.1"]);
+    assert_eq!(
+        trusting.deploy_with_manifest("pay", &hello, private).status,
+        201
+    );
+    let forwarded = trusting.get_with_headers("/pay/config", &[("x-shoal-caller", "orders")]);
+    assert_eq!(forwarded.status, 403, "{}", forwarded.body);
+}
+
+#[test]
+fn a_service_cannot_come_back_through_the_host_s_own_gateway() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let gateway = host.gateway.trim_start_matches("http://").to_owned();
+    let manifest = format!("[outbound]\nallowed_hosts = [\"{gateway}\"]\n");
+    assert_eq!(
+        host.deploy_with_manifest("p", &guest("plain_http"), &manifest)
+            .status,
+        201
+    );
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    let looped = host.get(&format!("/p/proxy?url=http://{gateway}/hello/"));
+    assert!(
+        looped.body.contains("HttpRequestDenied"),
+        "a guest reached the host's own gateway as a client: {}",
+        looped.body
+    );
+}

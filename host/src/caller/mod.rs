@@ -224,6 +224,9 @@ pub struct Caller {
     local: OnceLock<Weak<dyn LocalDispatch>>,
     remote: RemoteClient,
     targets: Mutex<HashMap<TargetKey, Vec<Arc<TargetState>>>>,
+    /// The host's own listeners (gateway, admin API), which no guest may reach as an
+    /// outbound host: through them it would come back as a client.
+    own_listeners: parking_lot::RwLock<Vec<std::net::SocketAddr>>,
 }
 
 impl Caller {
@@ -235,7 +238,30 @@ impl Caller {
             local: OnceLock::new(),
             remote: RemoteClient::default(),
             targets: Mutex::new(HashMap::new()),
+            own_listeners: Default::default(),
         }
+    }
+
+    /// The host's own listeners, once bound.
+    pub fn set_own_listeners(&self, listeners: Vec<std::net::SocketAddr>) {
+        *self.own_listeners.write() = listeners;
+    }
+
+    /// Whether `authority` (`host:port`) names one of the host's own listeners: a
+    /// loopback or unspecified address, `localhost`, or a listener's own address, on a
+    /// listener's port. (A DNS name of this machine other than `localhost` is not
+    /// resolved here.)
+    pub fn is_own_listener(&self, host: &str, port: Option<u16>) -> bool {
+        let listeners = self.own_listeners.read();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let address = host.parse::<std::net::IpAddr>().ok();
+        listeners.iter().any(|listener| {
+            port.unwrap_or(80) == listener.port()
+                && (host.eq_ignore_ascii_case("localhost")
+                    || address.is_some_and(|ip| {
+                        ip.is_loopback() || ip.is_unspecified() || ip == listener.ip()
+                    }))
+        })
     }
 
     /// Connect the in-process path (set once, after the services exist).

@@ -107,6 +107,15 @@ async fn route(
     let allowed = context.outbound.allowed_hosts.iter().any(|allowed| {
         allowed.eq_ignore_ascii_case(&authority) || allowed.eq_ignore_ascii_case(&host)
     });
+    if allowed && caller.is_own_listener(&host, uri.port_u16()) {
+        tracing::warn!(
+            service = %context.caller,
+            request_id = %context.request_id,
+            destination = %authority,
+            "outbound request denied: the host's own listener"
+        );
+        return Err(HttpError::HttpRequestDenied);
+    }
     if !allowed {
         tracing::warn!(
             service = %context.caller,

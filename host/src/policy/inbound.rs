@@ -42,9 +42,38 @@ pub fn permits(caller: &str, target: &str, tags: &[String]) -> Result<(), String
     }
 }
 
+/// Whether a client's request (no calling service) for `path`, below the service's
+/// route, may go through the gateway to a service that is `public` and keeps
+/// `private_paths` to services.
+pub fn open_to_clients(public: bool, private_paths: &[String], path: &str) -> bool {
+    public
+        && !private_paths.iter().any(|private| {
+            let private = private.trim_end_matches('/');
+            private.is_empty()
+                || path == private
+                || path
+                    .strip_prefix(private)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_reach_public_paths_only() {
+        let private = ["/mode".to_owned(), "/charges/".to_owned()];
+        assert!(open_to_clients(true, &private, "/"));
+        assert!(open_to_clients(true, &private, "/orders"));
+        assert!(open_to_clients(true, &private, "/modes"));
+        assert!(!open_to_clients(true, &private, "/mode"));
+        assert!(!open_to_clients(true, &private, "/mode/x"));
+        assert!(!open_to_clients(true, &private, "/charges"));
+        assert!(!open_to_clients(true, &private, "/charges/o-1/refund"));
+        assert!(!open_to_clients(false, &[], "/"));
+        assert!(!open_to_clients(true, &["/".to_owned()], "/anything"));
+    }
 
     #[test]
     fn only_listed_callers_get_through_a_restricted_service() {

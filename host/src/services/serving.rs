@@ -72,6 +72,29 @@ impl Services {
     {
         let arrival = Instant::now();
         let versions = service.versions();
+        // A call from another service (the host names it) is checked here too, not
+        // only by the caller: the target's own `[inbound] allowed_callers` decides.
+        if let Some(caller) = request
+            .headers()
+            .get(&protocol::CALLER)
+            .and_then(|value| value.to_str().ok())
+        {
+            let allowed = versions
+                .stable
+                .record
+                .manifest
+                .inbound
+                .allowed_callers
+                .as_deref();
+            let tags = crate::policy::inbound::tags(allowed);
+            if let Err(reason) = crate::policy::inbound::permits(caller, service.name(), &tags) {
+                tracing::warn!(service = %service.name(), caller, %request_id, "call refused by the target's inbound policy");
+                return protocol::with_request_id(
+                    protocol::text(StatusCode::FORBIDDEN, format!("{reason}\n")),
+                    &request_id,
+                );
+            }
+        }
         let mut record = RequestRecord::start(
             &self.platform,
             service,

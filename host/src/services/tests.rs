@@ -803,3 +803,47 @@ async fn a_refused_deploy_leaves_the_running_store_quota_as_it_is() {
     .await;
     assert_eq!(quota(), 2 * 1024 * 1024);
 }
+
+#[tokio::test]
+async fn a_service_refuses_a_caller_its_manifest_does_not_allow() {
+    let host = host();
+    host.deploy(
+        "payment",
+        "answer paid",
+        manifest("[inbound]\nallowed_callers = [\"orders\"]"),
+    )
+    .await;
+    let service = host.services.table().get("payment").expect("live");
+    let from = |caller: &'static str| {
+        Request::builder()
+            .header("x-shoal-caller", caller)
+            .body(Empty::<Bytes>::new())
+            .expect("a request")
+    };
+    let refused = host
+        .services
+        .serve(
+            &service,
+            from("shipping"),
+            RequestId::new(),
+            Deadline::longest(),
+        )
+        .await;
+    let (status, body) = read(refused).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body.contains("does not accept calls from `shipping`"),
+        "{body}"
+    );
+    assert!(host.stage.started.lock().is_empty(), "the guest never ran");
+    let allowed = host
+        .services
+        .serve(
+            &service,
+            from("orders"),
+            RequestId::new(),
+            Deadline::longest(),
+        )
+        .await;
+    assert_eq!(read(allowed).await, (StatusCode::OK, "paid".into()));
+}
