@@ -21,6 +21,9 @@ pub static FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const INTERNAL_PREFIX: &str = "x-shoal-";
 /// Header naming the calling service; set by the host only.
 pub static CALLER: HeaderName = HeaderName::from_static("x-shoal-caller");
+/// The caller an operator's call through the admin API is made as: a name no service
+/// may take.
+pub const OPERATOR: &str = "operator";
 /// Header carrying the caller's remaining deadline, in milliseconds.
 pub static DEADLINE_MS: HeaderName = HeaderName::from_static("x-shoal-deadline-ms");
 

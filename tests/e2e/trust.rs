@@ -210,3 +210,48 @@ fn a_service_cannot_come_back_through_the_host_s_own_gateway() {
         looped.body
     );
 }
+
+#[test]
+fn an_operator_reaches_private_paths_through_the_admin_api() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let manifest = "[inbound]\nprivate_paths = [\"/echo\"]\n[config]\ngreeting = \"Hi\"\n";
+    assert_eq!(
+        host.deploy_with_manifest("pay", &guest("hello"), manifest)
+            .status,
+        201
+    );
+    assert_eq!(host.get("/pay/echo").status, 403);
+    // As the caller `operator`, with the method, query and body as sent.
+    let called = host.admin_json("POST", "/v1/services/pay/call/echo?x=1", r#"{"a": 1}"#);
+    assert_eq!(called.status, 200, "{}", called.body);
+    for expected in [
+        "method: POST",
+        "path: /echo",
+        "query: x=1",
+        "header x-shoal-caller: operator",
+        "body: {\"a\": 1}",
+    ] {
+        assert!(
+            called.body.contains(expected),
+            "{expected}: {}",
+            called.body
+        );
+    }
+    assert!(!called.body.contains("authorization"), "{}", called.body);
+    // Only a token that may change the service.
+    let created = host.admin_json(
+        "POST",
+        "/v1/tokens",
+        r#"{"name": "viewer", "scope": "read"}"#,
+    );
+    let viewer = created.json()["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let refused = host.admin_with_token("GET", "/v1/services/pay/call/echo", Some(&viewer));
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    // No service may take the operator's name.
+    let taken = host.deploy("operator", &guest("hello"));
+    assert_eq!(taken.status, 409, "{}", taken.body);
+}

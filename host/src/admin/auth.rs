@@ -81,6 +81,8 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Classified 
     let service = |name: &str| Action::ChangeService(name.to_owned());
     let canary_deploy = query.is_some_and(|q| q.split('&').any(|p| p.starts_with("canary=")));
     match (method.as_str(), parts.as_slice()) {
+        // An operator's call to a service, whatever its method, is a change of it.
+        (_, ["services", name, "call", ..]) => change("service.call", name, service(name)),
         ("GET" | "HEAD", ["audit"] | ["tokens"] | ["secrets"]) => read(Action::Administer),
         ("GET" | "HEAD", _) => read(Action::Read),
         ("PUT", ["services", name]) if canary_deploy => {
@@ -339,6 +341,12 @@ mod tests {
             (Some("token.revoke"), Some("tok_1"))
         );
         assert_eq!(c("PATCH", "/services/a", None).action, Action::Administer);
+        // An operator's call is a change of the service, whatever its method.
+        for method in ["GET", "POST", "DELETE"] {
+            let call = c(method, "/services/pay/call/charges/o-1/refund", None);
+            assert_eq!(call.action, Action::ChangeService("pay".into()));
+            assert_eq!(call.audited, Some("service.call"));
+        }
         assert_eq!(c("GET", "/secrets", None).action, Action::Administer);
         let secret = c("PUT", "/secrets/db", None);
         assert_eq!(

@@ -14,6 +14,7 @@
 //! | GET    | `/v1/services/{name}/logs` | recent log lines; `?follow=1` streams them (server-sent events), `level`, `request_id`, `tail` filter |
 //! | PUT    | `/v1/services/{name}?canary=N` | deploy as a canary taking N % of traffic (`&max_error_rate=0.1` rolls it back automatically) |
 //! | PUT    | `/v1/services/{name}/scale` | `{"max_concurrency": N, "queue": M}`, live |
+//! | any    | `/v1/services/{name}/call/{path}` | an operator's request to the service, private paths included, as the caller `operator` |
 //! | POST   | `/v1/services/{name}/rollback` | back to the previous version, or `{"version": "..."}` |
 //! | PUT / DELETE | `/v1/services/{name}/canary` | `{"weight": N}` / drop the canary |
 //! | POST   | `/v1/services/{name}/canary/promote` | the canary becomes current |
@@ -56,7 +57,7 @@ pub use auth::{TOKEN_FILE, load_or_create_token};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use std::sync::Arc;
 
 use crate::registry::external::ExternalServices;
@@ -230,6 +231,7 @@ pub fn router(state: AdminState) -> Router {
                 .delete(services::remove),
         )
         .route("/services/{name}/scale", put(services::scale))
+        .route("/services/{name}/call/{*path}", any(services::call))
         .route("/services/{name}/logs", get(logs::logs))
         .route("/services/{name}/rollback", post(services::rollback))
         .route(

@@ -313,6 +313,66 @@ pub async fn abort_canary(
     view_of(&state, &name)
 }
 
+/// `/v1/services/{name}/call/{path}`, any method: the request, to `/{path}` of the
+/// service, as an in-process call from the caller `operator`. It reaches what clients
+/// of the gateway do not (`[inbound] public = false`, `private_paths`); the answer is
+/// the service's own.
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/call/{path}",
+    tag = "services",
+    params(
+        ("name" = String, Path, description = "The service"),
+        ("path" = String, Path, description = "The path below its route; any method works, not only POST"),
+    ),
+    request_body(description = "Passed on as it is", content(("application/octet-stream"))),
+    responses(
+        (status = 200, description = "The service's own answer, whatever its status"),
+        (status = 403, description = "The token may not change the service", body = ErrorBody),
+        (status = 404, description = "No such service", body = ErrorBody),
+    )
+)]
+pub async fn call(
+    State(state): State<AdminState>,
+    Path((name, path)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let service = state.services.existing(&name)?;
+    let (mut parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, state.max_upload_bytes)
+        .await
+        .map_err(|error| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()))?;
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("/{path}?{query}"),
+        None => format!("/{path}"),
+    };
+    parts.uri = path_and_query.parse().map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid path `{path_and_query}`: {error}"),
+        )
+    })?;
+    parts.headers.remove(header::AUTHORIZATION);
+    crate::protocol::strip_hop_by_hop(&mut parts.headers);
+    crate::protocol::remove_host_owned(&mut parts.headers, true);
+    parts.headers.insert(
+        crate::protocol::CALLER.clone(),
+        axum::http::HeaderValue::from_static(crate::protocol::OPERATOR),
+    );
+    let request_id = crate::protocol::RequestId::from_headers(&parts.headers);
+    let request = axum::http::Request::from_parts(parts, http_body_util::Full::new(body));
+    let response = state
+        .services
+        .serve(
+            &service,
+            request,
+            request_id,
+            crate::deadline::Deadline::longest(),
+        )
+        .await;
+    Ok(response.map(axum::body::Body::new))
+}
+
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|error| {
         ApiError::new(

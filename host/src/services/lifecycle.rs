@@ -198,6 +198,9 @@ impl Services {
         grant: &Grant,
     ) -> Result<(Arc<Deployment>, DeployKind), ServiceError> {
         validate_name(name)?;
+        if name == crate::protocol::OPERATOR {
+            return Err(conflict(name, Conflict::ReservedName));
+        }
         manifest.validate(self.defaults.max_memory_mb)?;
         mode.validate()?;
         let record = new_record(name, &component, manifest);

@@ -122,6 +122,9 @@ pub enum Conflict {
     /// The name belongs to an external service.
     #[error("is the name of an external service; a deployed service needs a name of its own")]
     ExternalName,
+    /// The name is the one operators' calls are made as.
+    #[error("is the name operators' calls through the admin API are made as; choose another")]
+    ReservedName,
 }
 
 /// A parameter out of range (HTTP 400).

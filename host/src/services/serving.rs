@@ -78,6 +78,7 @@ impl Services {
             .headers()
             .get(&protocol::CALLER)
             .and_then(|value| value.to_str().ok())
+            .filter(|caller| *caller != protocol::OPERATOR)
         {
             let allowed = versions
                 .stable
