@@ -918,7 +918,9 @@ def shop(args, rows):
         subscriber = ('[[subscriptions]]\ntopic = "bench.event"\nroute = "/events/handle"\n'
                       'max_attempts = 10\n')
         host.deploy("sub", open(os.path.join(args.guests, "counter.wasm"), "rb").read(), subscriber)
-        http_call(host.gateway, "PUT", "/inventory/stock/widget", b'{"available": 100000000}')
+        # Stock is a private path: the operator sets it through the admin API.
+        host.admin_call("PUT", "/v1/services/inventory/call/stock/widget",
+                        b'{"available": 100000000}', "application/json")
 
         # Orders per second, 16 clients at once.
         body = b'{"sku": "widget", "quantity": 1}'

@@ -88,11 +88,15 @@ step "the shop: inventory, payment, orders and shipping, each with its own data"
 for service in inventory payment orders shipping; do
     show "$shoal" deploy "guests/shop/$service" --manifest "guests/shop/$service/shoal.toml"
 done
-show curl -sS -X PUT --data '{"available": 10}' "$gateway/inventory/stock/widget"
+echo "Stock and the payment mode are the operator's: private paths, reached through the admin API."
+show curl -sS -w '  HTTP %{http_code}\n' -X PUT --data '{"available": 10}' "$gateway/inventory/stock/widget"
+operator() { curl -sS -H "Authorization: Bearer $token" "$@"; }
+printf '$ curl -X PUT --data %s %s\n' "'{\"available\": 10}'" "$admin/v1/services/inventory/call/stock/widget"
+operator -X PUT --data '{"available": 10}' "$admin/v1/services/inventory/call/stock/widget"; echo
 echo "Payment declines: the order fails and its reservation is released."
-show curl -sS -X PUT --data '{"mode": "fail"}' "$gateway/payment/mode"
+operator -X PUT --data '{"mode": "fail"}' "$admin/v1/services/payment/call/mode"; echo
 show curl -sS -w '  HTTP %{http_code}\n' -X POST --data '{"sku": "widget", "quantity": 1}' "$gateway/orders/"
-show curl -sS -X PUT --data '{"mode": "ok"}' "$gateway/payment/mode"
+operator -X PUT --data '{"mode": "ok"}' "$admin/v1/services/payment/call/mode"; echo
 echo '$ 14 concurrent orders of one widget each against a stock of 10 (POST $gateway/orders/)'
 seq 1 14 | xargs -P 7 -I{} curl -sS -o /dev/null -w '%{http_code}\n' -X POST \
     --data '{"sku": "widget", "quantity": 1}' "$gateway/orders/" | sort | uniq -c |
@@ -101,7 +105,8 @@ echo
 show curl -sS -w '  HTTP %{http_code}\n' -X POST --data '{"sku": "widget", "quantity": -5}' "$gateway/orders/"
 sleep 1
 echo "Stock after the orders (10 = available + reserved + sold; failed payments released theirs):"
-show curl -sS "$gateway/inventory/stock/widget"
+printf '$ curl %s\n' "$admin/v1/services/inventory/call/stock/widget"
+operator "$admin/v1/services/inventory/call/stock/widget"; echo
 echo "Orders shipped, each once (delivered by order.created events from the outbox):"
 show curl -sS "$gateway/shipping/handled"
 echo "Event deliveries waiting (each order's order.timeout, due 20 s after it: it compensates"
@@ -137,7 +142,8 @@ stop_host
 start_host
 show "$shoal" ls
 show curl -sS "$gateway/hello/?name=again"
-show curl -sS "$gateway/inventory/stock/widget"
+printf '$ curl %s\n' "$admin/v1/services/inventory/call/stock/widget"
+operator "$admin/v1/services/inventory/call/stock/widget"; echo
 show curl -sS "$gateway/notes/kv/todo"
 
 step "guest log lines are tagged with service, version and request id"

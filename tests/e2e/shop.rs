@@ -52,11 +52,30 @@ fn deploy_shop_with(host: &Host, component: impl Fn(&str) -> Vec<u8>, timeouts: 
     }
 }
 
+/// Paths of the shop that only services and the operator reach: sent through the
+/// admin API as the operator, not through the gateway.
+const OPERATOR_PATHS: [(&str, &str); 3] = [
+    ("/inventory/stock", "inventory"),
+    ("/payment/mode", "payment"),
+    ("/payment/charges", "payment"),
+];
+
 fn send(host: &Host, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let operator = OPERATOR_PATHS
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix));
+    let url = match operator {
+        Some((_, service)) => {
+            let below = path.strip_prefix(&format!("/{service}")).unwrap_or(path);
+            format!("{}/v1/services/{service}/call{below}", host.admin)
+        }
+        None => format!("{}{path}", host.gateway),
+    };
     let request = ureq::http::Request::builder()
         .method(method)
-        .uri(format!("{}{path}", host.gateway))
+        .uri(url)
         .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", shoal_tests::TOKEN))
         .body(body.to_owned())
         .expect("request");
     match agent().run(request) {
@@ -585,4 +604,44 @@ fn the_shop_with_inventory_in_javascript_and_payment_in_python_keeps_its_promise
     );
     assert_eq!(send(&host, "GET", "/inventory/stock/unknown", "").0, 404);
     assert_eq!(stock(&host, "gadget"), (3, 0, 2));
+}
+
+#[test]
+fn clients_cannot_refund_set_stock_or_switch_payment_only_order() {
+    let root = temp_root();
+    let host = Host::start(root.path(), SHOP_HOST);
+    deploy_shop(&host);
+    // Through the gateway, as any client: refused, and nothing changes.
+    for (method, path, body) in [
+        ("PUT", "/inventory/stock/lamp", r#"{"available": 1000}"#),
+        ("GET", "/inventory/stock/lamp", ""),
+        ("POST", "/inventory/reservations/o-1/release", ""),
+        ("PUT", "/payment/mode", r#"{"mode": "fail"}"#),
+        ("POST", "/payment/charges/o-1/refund", ""),
+        (
+            "POST",
+            "/payment/charges",
+            r#"{"order": "o-1", "amount": 1}"#,
+        ),
+    ] {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", host.gateway))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .expect("request");
+        let status = agent()
+            .run(request)
+            .map(|response| response.status().as_u16())
+            .expect("an answer");
+        assert_eq!(status, 403, "{method} {path}");
+    }
+    assert_eq!(
+        send(&host, "GET", "/inventory/stock/lamp", "").0,
+        404,
+        "no stock was set"
+    );
+    // The public contract still works: an order of an unknown product is refused.
+    let (status, _) = order(&host, "lamp", 1);
+    assert_eq!(status, 400);
 }
