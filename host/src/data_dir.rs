@@ -51,7 +51,9 @@ pub struct DataDir {
 
 impl DataDir {
     /// Open (creating if needed) the data directory at `root`, and clear temporary
-    /// files left by an interrupted write.
+    /// files left by an interrupted write. The directory is the host's alone (mode
+    /// 0700): the stores, the bus, the tokens, the audit log and sealed secrets in it
+    /// are unreadable to other users whatever the umask made of each file.
     pub fn open(root: &Path) -> Result<Self> {
         for dir in [
             root.to_path_buf(),
@@ -60,6 +62,15 @@ impl DataDir {
         ] {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("creating data directory {}", dir.display()))?;
+        }
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700)).with_context(|| {
+                format!(
+                    "making the data directory {} the host's alone",
+                    root.display()
+                )
+            })?;
         }
         let lock_path = root.join("lock");
         let lock = OpenOptions::new()
@@ -269,6 +280,18 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_data_directory_is_the_host_s_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        std::fs::create_dir(&root).expect("made");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let _data_dir = DataDir::open(&root).expect("opens");
+        let mode = std::fs::metadata(&root).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 
     fn record(name: &str) -> VersionRecord {
         VersionRecord {
