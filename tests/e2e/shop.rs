@@ -54,8 +54,9 @@ fn deploy_shop_with(host: &Host, component: impl Fn(&str) -> Vec<u8>, timeouts: 
 
 /// Paths of the shop that only services and the operator reach: sent through the
 /// admin API as the operator, not through the gateway.
-const OPERATOR_PATHS: [(&str, &str); 3] = [
+const OPERATOR_PATHS: [(&str, &str); 4] = [
     ("/inventory/stock", "inventory"),
+    ("/inventory/reservations", "inventory"),
     ("/payment/mode", "payment"),
     ("/payment/charges", "payment"),
 ];
@@ -644,4 +645,37 @@ fn clients_cannot_refund_set_stock_or_switch_payment_only_order() {
     // The public contract still works: an order of an unknown product is refused.
     let (status, _) = order(&host, "lamp", 1);
     assert_eq!(status, 400);
+}
+
+#[test]
+fn setting_stock_keeps_held_reservations_in_rust_and_javascript() {
+    for inventory in ["inventory", "inventory_js"] {
+        let root = temp_root();
+        let host = Host::start(root.path(), SHOP_HOST);
+        deploy_shop_from(&host, |name| match name {
+            "inventory" => guest(inventory),
+            other => guest(other),
+        });
+        let put = |available: u64| {
+            let body = format!("{{\"available\": {available}}}");
+            let (status, answer) = send(&host, "PUT", "/inventory/stock/lamp", &body);
+            assert_eq!(status, 200, "{inventory}: {answer}");
+        };
+        put(10);
+        let reservation = r#"{"id": "r-1", "sku": "lamp", "quantity": 3}"#;
+        let (status, answer) = send(&host, "POST", "/inventory/reservations", reservation);
+        assert_eq!(status, 201, "{inventory}: {answer}");
+        assert_eq!(stock(&host, "lamp"), (7, 3, 0), "{inventory}");
+        // The operator sets the units free to order while three are held.
+        put(5);
+        assert_eq!(
+            stock(&host, "lamp"),
+            (5, 3, 0),
+            "{inventory}: the held reservation is kept"
+        );
+        // Released, the reservation gives back its own three, no more.
+        let (status, answer) = send(&host, "POST", "/inventory/reservations/r-1/release", "");
+        assert_eq!(status, 200, "{inventory}: {answer}");
+        assert_eq!(stock(&host, "lamp"), (8, 0, 0), "{inventory}");
+    }
 }

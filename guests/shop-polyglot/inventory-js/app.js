@@ -5,7 +5,8 @@
 // reservations never oversell: a transaction that read stock another one changed
 // fails with a conflict and runs again on the new figures.
 //
-// - `PUT /stock/{sku}` `{"available": N}`: set the stock (no reservations).
+// - `PUT /stock/{sku}` `{"available": N}`: set the units free to order; units held by
+//   reservations and units sold are kept as they are.
 // - `GET /stock/{sku}`: `{"available", "reserved", "sold"}`, 404 for an unknown SKU.
 // - `POST /reservations` `{"id", "sku", "quantity"}`: hold stock; idempotent by `id`.
 //   201, 409 `insufficient stock`, 404 `unknown product`, 410 when `id` was already
@@ -81,7 +82,8 @@ function setStock(sku, body) {
     return error(400, 'expected {"available": N} and a valid SKU');
   }
   return run((tx) => {
-    const stock = { available: body.available, reserved: 0, sold: 0 };
+    const held = read(tx, `stock/${sku}`) ?? { reserved: 0, sold: 0 };
+    const stock = { available: body.available, reserved: held.reserved, sold: held.sold };
     write(tx, `stock/${sku}`, stock);
     return new Answer(200, stock);
   });

@@ -5,7 +5,9 @@
 //! reservations can never oversell: a transaction that read stock another one
 //! changed fails with a conflict and runs again on the new figures.
 //!
-//! - `PUT /stock/{sku}` `{"available": N}`: set the stock (no reservations).
+//! - `PUT /stock/{sku}` `{"available": N}`: set the units free to order; units held
+//!   by reservations and units sold are kept as they are (a reservation released
+//!   later returns its own units, never more than were set aside).
 //! - `GET /stock/{sku}`: `{"available", "reserved", "sold"}`, 404 for an unknown SKU.
 //! - `POST /reservations` `{"id", "sku", "quantity"}`: hold stock; idempotent by
 //!   `id`. 201, 409 `insufficient stock`, 404 `unknown product`, 410 when `id` was
@@ -123,18 +125,22 @@ fn set_stock(sku: &str, body: &[u8]) -> Response {
         return error(400, "bad SKU or quantity");
     }
     run(|tx| {
-        write(
-            tx,
-            &format!("stock/{sku}"),
-            &Stock {
-                available,
-                reserved: 0,
-                sold: 0,
-            },
-        )?;
+        let key = format!("stock/{sku}");
+        // Read in the same transaction: a reservation made meanwhile makes it run
+        // again on the new figures.
+        let held: Stock = read(tx, &key)?.unwrap_or_default();
+        let stock = Stock {
+            available,
+            ..held
+        };
+        write(tx, &key, &stock)?;
         Ok(json(
             200,
-            serde_json::json!({ "available": available, "reserved": 0, "sold": 0 }),
+            serde_json::json!({
+                "available": stock.available,
+                "reserved": stock.reserved,
+                "sold": stock.sold,
+            }),
         ))
     })
 }
