@@ -129,10 +129,7 @@ fn set_stock(sku: &str, body: &[u8]) -> Response {
         // Read in the same transaction: a reservation made meanwhile makes it run
         // again on the new figures.
         let held: Stock = read(tx, &key)?.unwrap_or_default();
-        let stock = Stock {
-            available,
-            ..held
-        };
+        let stock = Stock { available, ..held };
         write(tx, &key, &stock)?;
         Ok(json(
             200,
