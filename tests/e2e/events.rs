@@ -352,3 +352,47 @@ fn a_scheduled_event_waits_for_its_delay_even_across_kill_9() {
     assert_eq!(status, 400);
     assert!(text.contains("delay is at most"), "{text}");
 }
+
+#[test]
+fn a_slow_subscriber_never_holds_up_another_s_events() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
+            .status,
+        201
+    );
+    // Each delivery to `slow` takes 25 s.
+    let slow = format!(
+        "[limits]\ntimeout_ms = 60000\n[[subscriptions]]\ntopic = \"{TOPIC}\"\n\
+         route = \"/sleep?ms=25000\"\nmax_attempts = 1\n"
+    );
+    assert_eq!(
+        host.deploy_with_manifest("slow", &guest("faulty"), &slow)
+            .status,
+        201
+    );
+    let first = post(&host, &format!("/pub/publish?topic={TOPIC}"), b"1")
+        .1
+        .trim()
+        .to_owned();
+    wait_for(
+        "the first event and the slow delivery",
+        Duration::from_secs(10),
+        || handled(&host).contains(&first) && host.running("slow").load.in_flight == 1,
+    );
+    // While `slow` still works on the first event, the next one reaches `sub`.
+    let second = post(&host, &format!("/pub/publish?topic={TOPIC}"), b"2")
+        .1
+        .trim()
+        .to_owned();
+    wait_for("the second event", Duration::from_secs(15), || {
+        handled(&host).contains(&second)
+    });
+    // (`slow` takes the second event too, beside the first.)
+    assert!(
+        host.running("slow").load.in_flight >= 1,
+        "the second event was delivered while the slow deliveries were still running"
+    );
+}

@@ -118,9 +118,17 @@ pub trait EventBus: Send + Sync {
     /// as it is).
     fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<(), BusError>;
 
-    /// Deliveries due at `now_ms` (Unix milliseconds), at most `limit`, claimed until
-    /// `now_ms + lease_ms` so no other worker takes them meanwhile.
-    fn claim_due(&self, now_ms: u64, lease_ms: u64, limit: u32) -> Result<Vec<Delivery>, BusError>;
+    /// Deliveries due at `now_ms` (Unix milliseconds), at most `limit`, and for each
+    /// subscriber at most `per_subscriber` less what it has `in_flight` already,
+    /// claimed until `now_ms + lease_ms` so no other worker takes them meanwhile.
+    fn claim_due(
+        &self,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: u32,
+        per_subscriber: u32,
+        in_flight: &[(String, u32)],
+    ) -> Result<Vec<Delivery>, BusError>;
 
     /// Record the outcomes of a round of deliveries in one durable write:
     /// `(event_id, subscriber, outcome)`. An acknowledged delivery leaves the bus; a

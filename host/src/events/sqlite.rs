@@ -86,31 +86,50 @@ impl EventBus for SqliteBus {
         transaction.commit().map_err(bus)
     }
 
-    fn claim_due(&self, now_ms: u64, lease_ms: u64, limit: u32) -> Result<Vec<Delivery>, BusError> {
+    fn claim_due(
+        &self,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: u32,
+        per_subscriber: u32,
+        in_flight: &[(String, u32)],
+    ) -> Result<Vec<Delivery>, BusError> {
+        let in_flight: serde_json::Map<String, serde_json::Value> = in_flight
+            .iter()
+            .map(|(subscriber, count)| (subscriber.clone(), (*count).into()))
+            .collect();
+        let in_flight = serde_json::Value::Object(in_flight).to_string();
         let mut connection = self.connection.lock();
         let transaction = connection.transaction().map_err(bus)?;
         let due: Vec<Delivery> = {
             let mut select = transaction
                 .prepare_cached(
                     "SELECT event_id, subscriber, topic, payload, traceparent, attempts, \
-                     published_ms, not_before_ms FROM deliveries WHERE dead = 0 AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
+                     published_ms, not_before_ms FROM (\
+                       SELECT *, ROW_NUMBER() OVER (PARTITION BY subscriber ORDER BY due_ms) \
+                         AS place FROM deliveries WHERE dead = 0 AND due_ms <= ?1) \
+                     WHERE place <= ?4 - COALESCE(json_extract(?3, '$.\"' || subscriber || '\"'), 0) \
+                     ORDER BY due_ms LIMIT ?2",
                 )
                 .map_err(bus)?;
             let rows = select
-                .query_map(params![now_ms as i64, limit], |row| {
-                    Ok(Delivery {
-                        event: NewDelivery {
-                            event_id: row.get(0)?,
-                            subscriber: row.get(1)?,
-                            topic: row.get(2)?,
-                            payload: row.get(3)?,
-                            traceparent: row.get(4)?,
-                            published_ms: row.get::<_, i64>(6)? as u64,
-                            deliver_at_ms: row.get::<_, i64>(7)? as u64,
-                        },
-                        attempts: row.get::<_, i64>(5)? as u32,
-                    })
-                })
+                .query_map(
+                    params![now_ms as i64, limit, in_flight, per_subscriber],
+                    |row| {
+                        Ok(Delivery {
+                            event: NewDelivery {
+                                event_id: row.get(0)?,
+                                subscriber: row.get(1)?,
+                                topic: row.get(2)?,
+                                payload: row.get(3)?,
+                                traceparent: row.get(4)?,
+                                published_ms: row.get::<_, i64>(6)? as u64,
+                                deliver_at_ms: row.get::<_, i64>(7)? as u64,
+                            },
+                            attempts: row.get::<_, i64>(5)? as u32,
+                        })
+                    },
+                )
                 .map_err(bus)?;
             rows.collect::<Result<_, _>>().map_err(bus)?
         };
@@ -262,33 +281,80 @@ mod tests {
     }
 
     #[test]
+    fn a_subscriber_gets_no_more_than_its_share_of_a_claim() {
+        let dir = tempfile::tempdir().expect("dir");
+        let bus = SqliteBus::open(&dir.path().join("events.sqlite3")).expect("bus");
+        let backlog: Vec<NewDelivery> = (0..10).map(|n| delivery(&format!("s{n}"))).collect();
+        bus.enqueue(&backlog).expect("enqueue");
+        let mut other = delivery("b1");
+        other.subscriber = "billing".into();
+        bus.enqueue(&[other]).expect("enqueue");
+        // Three each at most, one of shipping's already in flight: two of shipping's,
+        // and billing's one.
+        let due = bus
+            .claim_due(1_000, 10_000, 10, 3, &[("shipping".to_owned(), 1)])
+            .expect("due");
+        let shipping = due
+            .iter()
+            .filter(|d| d.event.subscriber == "shipping")
+            .count();
+        assert_eq!((shipping, due.len()), (2, 3));
+    }
+
+    #[test]
+    fn busy_subscribers_are_skipped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let bus = SqliteBus::open(&dir.path().join("events.sqlite3")).expect("bus");
+        let mut other = delivery("e2");
+        other.subscriber = "billing".into();
+        bus.enqueue(&[delivery("e1"), other]).expect("enqueue");
+        let due = bus
+            .claim_due(1_000, 10_000, 10, 2, &[("shipping".to_owned(), 2)])
+            .expect("due");
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].event.subscriber, "billing");
+        let due = bus.claim_due(1_000, 10_000, 10, 10, &[]).expect("due");
+        assert_eq!(due.len(), 1, "the skipped one is still due");
+        assert_eq!(due[0].event.subscriber, "shipping");
+    }
+
+    #[test]
     fn deliveries_are_claimed_retried_buried_and_replayed() {
         let dir = tempfile::tempdir().expect("dir");
         let bus = SqliteBus::open(&dir.path().join("events.sqlite3")).expect("bus");
         bus.enqueue(&[delivery("e1"), delivery("e1")])
             .expect("enqueue");
         assert_eq!(bus.pending().expect("pending"), 1, "enqueue is idempotent");
-        let due = bus.claim_due(1_000, 10_000, 10).expect("due");
+        let due = bus.claim_due(1_000, 10_000, 10, 10, &[]).expect("due");
         assert_eq!(due.len(), 1);
         assert!(
-            bus.claim_due(2_000, 10_000, 10).expect("due").is_empty(),
+            bus.claim_due(2_000, 10_000, 10, 10, &[])
+                .expect("due")
+                .is_empty(),
             "claimed"
         );
         bus.settle(&[failure("503", 3_000)]).expect("failed");
         assert_eq!(
-            bus.claim_due(3_000, 10_000, 10).expect("due")[0].attempts,
+            bus.claim_due(3_000, 10_000, 10, 10, &[]).expect("due")[0].attempts,
             1
         );
         bus.settle(&[failure("503 again", 4_000)]).expect("failed");
         assert!(
-            bus.claim_due(99_000, 10_000, 10).expect("due").is_empty(),
+            bus.claim_due(99_000, 10_000, 10, 10, &[])
+                .expect("due")
+                .is_empty(),
             "dead"
         );
         let dead = bus.dead_letters(10).expect("dead");
         assert_eq!(dead[0].attempts, 2);
         assert_eq!(dead[0].reason, "503 again");
         assert!(bus.replay("e1", "shipping").expect("replay"));
-        assert_eq!(bus.claim_due(5_000, 10_000, 10).expect("due").len(), 1);
+        assert_eq!(
+            bus.claim_due(5_000, 10_000, 10, 10, &[])
+                .expect("due")
+                .len(),
+            1
+        );
         bus.settle(&[("e1".into(), "shipping".into(), Settlement::Acknowledged)])
             .expect("settle");
         assert_eq!(bus.pending().expect("pending"), 0);
@@ -303,19 +369,23 @@ mod tests {
         let mut later = delivery("e1");
         later.deliver_at_ms = 50_000;
         bus.enqueue(&[later, delivery("e2")]).expect("enqueue");
-        let due = bus.claim_due(1_000, 10_000, 10).expect("due");
+        let due = bus.claim_due(1_000, 10_000, 10, 10, &[]).expect("due");
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].event.event_id, "e2");
         drop(bus);
         // A restart makes claims due again, but not a scheduled event before its time.
         let bus = SqliteBus::open(&path).expect("reopen");
-        let due = bus.claim_due(2_000, 10_000, 10).expect("due");
+        let due = bus.claim_due(2_000, 10_000, 10, 10, &[]).expect("due");
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].event.event_id, "e2");
         bus.settle(&[("e2".into(), "shipping".into(), Settlement::Acknowledged)])
             .expect("settle");
-        assert!(bus.claim_due(49_999, 10_000, 10).expect("due").is_empty());
-        let due = bus.claim_due(50_000, 10_000, 10).expect("due");
+        assert!(
+            bus.claim_due(49_999, 10_000, 10, 10, &[])
+                .expect("due")
+                .is_empty()
+        );
+        let due = bus.claim_due(50_000, 10_000, 10, 10, &[]).expect("due");
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].event.event_id, "e1");
         assert_eq!(due[0].event.deliver_at_ms, 50_000);

@@ -19,8 +19,13 @@ use crate::store::OutboxEvent;
 
 /// Events taken from one outbox at a time.
 const OUTBOX_BATCH: u32 = 256;
-/// Deliveries sent at once.
-const DELIVERY_BATCH: u32 = 64;
+/// Deliveries in flight at once, across every subscriber.
+const IN_FLIGHT: usize = 64;
+/// Deliveries in flight at once to one subscriber: a slow one takes no more than this
+/// of the host's delivery capacity, and never holds up another's events.
+const IN_FLIGHT_PER_SUBSCRIBER: usize = 8;
+/// Outcomes recorded in one durable write at most.
+const SETTLE_BATCH: usize = 256;
 /// How long a claimed delivery is kept from other attempts (a delivery in flight when
 /// the host dies is retried after this).
 const CLAIM_MS: u64 = 60_000;
@@ -64,16 +69,97 @@ async fn route_loop(services: Weak<Services>, routed: Arc<tokio::sync::Notify>) 
     }
 }
 
-/// Deliver what is due, round after round; idle until events arrive or a retry is due.
+/// Deliver what is due, each delivery independently of the others: at most
+/// [`IN_FLIGHT`] at once, at most [`IN_FLIGHT_PER_SUBSCRIBER`] per subscriber, so a
+/// slow subscriber's attempts (which may take minutes) never hold up another's events.
+/// Outcomes are recorded as they come, several in one durable write.
 async fn deliver_loop(services: Weak<Services>, routed: Arc<tokio::sync::Notify>) {
+    let capacity = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let busy: Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+    let finished = Arc::new(tokio::sync::Notify::new());
+    let (outcomes, settled) = tokio::sync::mpsc::unbounded_channel();
+    let settler = tokio::spawn(settle_loop(services.clone(), settled));
     loop {
+        let Some(services) = services.upgrade() else {
+            break;
+        };
+        let room = capacity.available_permits();
+        let claimed = if room == 0 {
+            Vec::new()
+        } else {
+            let in_flight: Vec<(String, u32)> = busy
+                .lock()
+                .iter()
+                .map(|(subscriber, count)| (subscriber.clone(), *count as u32))
+                .collect();
+            services.claim_due(room as u32, in_flight).await
+        };
+        let count = claimed.len();
+        for delivery in claimed {
+            let Ok(permit) = capacity.clone().try_acquire_owned() else {
+                break;
+            };
+            let subscriber = delivery.event.subscriber.clone();
+            *busy.lock().entry(subscriber.clone()).or_default() += 1;
+            let (services, busy, finished, outcomes) = (
+                services.clone(),
+                busy.clone(),
+                finished.clone(),
+                outcomes.clone(),
+            );
+            tokio::spawn(async move {
+                let outcome = services.deliver(delivery).await;
+                let _ = outcomes.send(outcome);
+                {
+                    let mut busy = busy.lock();
+                    if let Some(in_flight) = busy.get_mut(&subscriber) {
+                        *in_flight -= 1;
+                        if *in_flight == 0 {
+                            busy.remove(&subscriber);
+                        }
+                    }
+                }
+                drop(permit);
+                finished.notify_one();
+            });
+        }
+        drop(services);
+        if count == 0 {
+            // Idle until events arrive, a delivery finishes (room again), or a retry
+            // may be due.
+            tokio::select! {
+                _ = routed.notified() => {}
+                _ = finished.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+        }
+    }
+    settler.abort();
+}
+
+/// Record delivery outcomes as they come: what is waiting is written at once, in one
+/// durable write. A failed write leaves the claims to run out and the deliveries to be
+/// attempted again: at least once.
+async fn settle_loop(
+    services: Weak<Services>,
+    mut settled: tokio::sync::mpsc::UnboundedReceiver<(String, String, Settlement)>,
+) {
+    while let Some(first) = settled.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < SETTLE_BATCH {
+            match settled.try_recv() {
+                Ok(outcome) => batch.push(outcome),
+                Err(_) => break,
+            }
+        }
         let Some(services) = services.upgrade() else {
             return;
         };
-        let delivered = services.deliver_due().await;
+        let bus = services.platform.bus.clone();
         drop(services);
-        if delivered == 0 {
-            let _ = tokio::time::timeout(IDLE_POLL, routed.notified()).await;
+        let recorded = tokio::task::spawn_blocking(move || bus.settle(&batch)).await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::error!("cannot record the outcomes of deliveries");
         }
     }
 }
@@ -175,38 +261,26 @@ impl Services {
         moved
     }
 
-    /// Send the deliveries that are due. Returns how many were attempted.
-    async fn deliver_due(self: &Arc<Self>) -> usize {
+    /// Claim at most `limit` due deliveries, and for each subscriber no more than
+    /// its share less what it has `in_flight`.
+    async fn claim_due(&self, limit: u32, in_flight: Vec<(String, u32)>) -> Vec<Delivery> {
         let bus = self.platform.bus.clone();
-        let due = match tokio::task::spawn_blocking(move || {
-            bus.claim_due(now_ms(), CLAIM_MS, DELIVERY_BATCH)
+        let share = IN_FLIGHT_PER_SUBSCRIBER as u32;
+        match tokio::task::spawn_blocking(move || {
+            bus.claim_due(now_ms(), CLAIM_MS, limit, share, &in_flight)
         })
         .await
         {
             Ok(Ok(due)) => due,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot read due deliveries");
-                return 0;
+                Vec::new()
             }
             Err(error) => {
                 tracing::error!(%error, "delivery task failed");
-                return 0;
+                Vec::new()
             }
-        };
-        let count = due.len();
-        let attempts = due.into_iter().map(|delivery| {
-            let services = self.clone();
-            async move { services.deliver(delivery).await }
-        });
-        // Every outcome of the round in one durable write.
-        let outcomes: Vec<(String, String, Settlement)> = futures::future::join_all(attempts).await;
-        let bus = self.platform.bus.clone();
-        let recorded = tokio::task::spawn_blocking(move || bus.settle(&outcomes)).await;
-        if !matches!(recorded, Ok(Ok(()))) {
-            // The claims run out and the deliveries are attempted again: at least once.
-            tracing::error!("cannot record the outcomes of a delivery round");
         }
-        count
     }
 
     /// Attempt one delivery; answer its outcome for the bus.
