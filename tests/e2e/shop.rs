@@ -527,6 +527,15 @@ fn the_shop_with_inventory_in_javascript_and_payment_in_python_keeps_its_promise
         .0,
         200
     );
+    // Both payments refuse amounts that are not whole and non-negative.
+    for bad in [
+        r#"{"order": "o-bad", "amount": -5}"#,
+        r#"{"order": "o-bad", "amount": true}"#,
+        r#"{"order": "o-bad", "amount": 1.5}"#,
+    ] {
+        let (status, answer) = send(&host, "POST", "/payment/charges", bad);
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
     let outcomes = order_concurrently(&host, 4, 15, "widget");
     let placed = outcomes.iter().filter(|(status, _)| *status == 201).count();
     let refused = outcomes

@@ -101,10 +101,19 @@ def set_mode(body: bytes | None):
     return 200, {"mode": wanted["mode"]}
 
 
+# The largest amount the Rust payment takes too (an unsigned 64-bit count).
+MAX_AMOUNT = 2**64 - 1
+
+
+def valid_amount(amount) -> bool:
+    """A whole, non-negative amount: JSON `true` is not 1, and no charge is negative."""
+    return type(amount) is int and 0 <= amount <= MAX_AMOUNT
+
+
 def charge(body: bytes | None):
     wanted = parse(body, "order", "amount")
-    if wanted is None or not isinstance(wanted["order"], str) or not isinstance(wanted["amount"], int):
-        return 400, {"error": 'expected {"order", "amount"}'}
+    if wanted is None or not isinstance(wanted["order"], str) or not valid_amount(wanted["amount"]):
+        return 400, {"error": 'expected {"order", "amount"} with a whole amount of at least 0'}
     current = mode()
     if current == "fail":
         return 402, {"error": "payment declined"}
