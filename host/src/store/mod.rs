@@ -243,7 +243,17 @@ impl Transaction {
     ) -> Result<Vec<String>, StoreError> {
         self.open()?;
         let limit = limit.min(MAX_LIST);
-        let seen = store.list(prefix, limit)?;
+        // Keys this transaction deleted are left out of its page: read as many more
+        // from the store, so a page is short only at the end of the keys.
+        let deleted = self
+            .commit
+            .writes
+            .range(prefix.to_owned()..)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .filter(|(_, write)| write.is_none())
+            .count() as u32;
+        let fetch = limit.saturating_add(deleted);
+        let seen = store.list(prefix, fetch)?;
         let mut keys: std::collections::BTreeSet<String> =
             seen.iter().map(|(key, _)| key.clone()).collect();
         for (key, write) in self.commit.writes.range(prefix.to_owned()..) {
@@ -257,7 +267,7 @@ impl Transaction {
         }
         self.commit.listed.push(Listed {
             prefix: prefix.to_owned(),
-            limit,
+            limit: fetch,
             seen,
         });
         Ok(keys.into_iter().take(limit as usize).collect())

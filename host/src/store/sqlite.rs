@@ -532,6 +532,29 @@ mod tests {
     }
 
     #[test]
+    fn a_page_short_of_the_transaction_s_own_deletes_is_not_the_end() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir, "s", 1 << 20);
+        let mut setup = Transaction::default();
+        for n in 1..=5 {
+            setup
+                .put(&format!("k/{n}"), Some(b"x".to_vec()))
+                .expect("put");
+        }
+        setup.commit(&*store).expect("commit");
+        let mut tx = Transaction::default();
+        tx.put("k/1", None).expect("delete");
+        tx.put("k/2", None).expect("delete");
+        assert_eq!(
+            tx.list(&*store, "k/", 2).expect("list"),
+            ["k/3", "k/4"],
+            "a full page of what is left"
+        );
+        // The listing still guards the commit: unchanged, it commits.
+        tx.commit(&*store).expect("commit");
+    }
+
+    #[test]
     fn a_listed_prefix_that_changed_is_a_conflict() {
         let dir = tempfile::tempdir().expect("dir");
         let store = store(&dir, "s", 1 << 20);
