@@ -120,7 +120,7 @@ pub type ContextFactory =
 pub trait Loader: Send + Sync {
     /// Compile and link `component` (whose SHA-256 is `digest`), check it against
     /// `spec`, and only then make the service's context with `context` and the
-    /// executor of one deployment of it.
+    /// executor of one deployment of it; both are returned.
     async fn load(
         &self,
         component: Bytes,
@@ -128,7 +128,7 @@ pub trait Loader: Send + Sync {
         spec: &ExecutionSpec,
         context: ContextFactory,
         platform: &Arc<Platform>,
-    ) -> Result<Arc<dyn Executor>, LoadError>;
+    ) -> Result<(Arc<dyn Executor>, Arc<ServiceContext>), LoadError>;
 
     /// The linear memory all instances together may hold.
     fn memory_budget(&self) -> &Arc<MemoryBudget>;
@@ -150,7 +150,7 @@ impl Loader for Runtime {
         spec: &ExecutionSpec,
         context: ContextFactory,
         platform: &Arc<Platform>,
-    ) -> Result<Arc<dyn Executor>, LoadError> {
+    ) -> Result<(Arc<dyn Executor>, Arc<ServiceContext>), LoadError> {
         let compiled = {
             // At most one compile per core at once; the rest wait here.
             let _permit = self
@@ -176,6 +176,7 @@ impl Loader for Runtime {
         }
         let service = context()?;
         observe_compile(platform, &service.name, &compiled);
+        let made = service.clone();
         let baseline = compiled.code.tier == CodeTier::Baseline;
         let code = DeploymentCode {
             code: Arc::new(ArcSwap::new(compiled.code)),
@@ -206,7 +207,7 @@ impl Loader for Runtime {
         if baseline {
             self.optimize_in_background(&code, pool, component, digest.to_owned());
         }
-        Ok(executor)
+        Ok((executor, made))
     }
 
     fn memory_budget(&self) -> &Arc<MemoryBudget> {

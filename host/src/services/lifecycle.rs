@@ -18,6 +18,7 @@ use crate::data_dir::{VersionRecord, sha256_hex};
 use crate::manifest::Manifest;
 use crate::platform::Platform;
 use crate::registry::validate_name;
+use crate::runtime::executor::ContextFactory;
 use crate::runtime::{LoadError, ServiceContext};
 
 /// How a deploy takes traffic.
@@ -617,19 +618,13 @@ impl Services {
         // The context (a store opened with this version's quota, meters, the log ring)
         // is made only once the runtime has accepted the code: a refused upload opens
         // nothing and leaves the running version's store as it is.
-        let made: Arc<parking_lot::Mutex<Option<Arc<ServiceContext>>>> = Arc::default();
-        let context = {
-            let made = made.clone();
+        let context: ContextFactory = {
             let platform = self.platform.clone();
             let record = record.clone();
             let quota = spec.store_quota_bytes;
-            Box::new(move || {
-                let context = service_context(&platform, &record, quota)?;
-                *made.lock() = Some(context.clone());
-                Ok(context)
-            })
+            Box::new(move || service_context(&platform, &record, quota))
         };
-        let executor = self
+        let (executor, context) = self
             .loader
             .load(
                 component,
@@ -639,11 +634,6 @@ impl Services {
                 &self.platform,
             )
             .await?;
-        let context = made.lock().take().ok_or_else(|| {
-            ServiceError::Storage(anyhow::anyhow!(
-                "the runtime made an executor without the service's context"
-            ))
-        })?;
         Ok(Deployment {
             record,
             spec,

@@ -81,7 +81,7 @@ impl Loader for ScriptedLoader {
         _spec: &ExecutionSpec,
         context: ContextFactory,
         _platform: &Arc<Platform>,
-    ) -> Result<Arc<dyn Executor>, LoadError> {
+    ) -> Result<(Arc<dyn Executor>, Arc<crate::runtime::ServiceContext>), LoadError> {
         let text = std::str::from_utf8(&component).unwrap_or_default();
         let script = match text.split_once(' ') {
             Some(("answer", tag)) => Script::Answer(tag.to_owned()),
@@ -90,11 +90,12 @@ impl Loader for ScriptedLoader {
             _ => return Err(LoadError::Invalid(format!("not a script: {text}"))),
         };
         let service = context()?;
-        Ok(Arc::new(ScriptedExecutor {
+        let executor: Arc<dyn Executor> = Arc::new(ScriptedExecutor {
             script,
             stage: self.stage.clone(),
             tag: format!("{}@{}", service.name, service.version),
-        }))
+        });
+        Ok((executor, service))
     }
 
     fn memory_budget(&self) -> &Arc<MemoryBudget> {
