@@ -116,10 +116,10 @@ curl -sS -H "Authorization: Bearer $token" "$admin/v1/events"
 echo
 
 step "guests in JavaScript, Python and C on the same platform: JavaScript calls Python calls Rust"
-show "$shoal" deploy "$guests_dir/python_greeter.wasm" --name python-greeter
-show "$shoal" deploy "$guests_dir/js_greeter.wasm" --name js-greeter
+show "$shoal" deploy "$guests_dir/python_greeter.wasm" --name python-greeter --manifest guests/python-greeter/shoal.toml
+show "$shoal" deploy "$guests_dir/js_greeter.wasm" --name js-greeter --manifest guests/js-greeter/shoal.toml
 show curl -sS -H 'x-request-id: demo-chain' "$gateway/js-greeter/"
-show "$shoal" deploy "$guests_dir/c_greeter.wasm" --name c-greeter
+show "$shoal" deploy "$guests_dir/c_greeter.wasm" --name c-greeter --manifest guests/c-greeter/shoal.toml
 show curl -sS "$gateway/c-greeter/"
 
 step "a portable component on the standard wasi:keyvalue (no Shoal crate) keeps its own data"

@@ -35,6 +35,10 @@
 //! public = false                 # clients cannot reach it through the gateway (default true)
 //! private_paths = ["/mode"]      # paths below its route only services reach
 //!
+//! [events]
+//! publishes = ["order.created", "order.audit.*"]  # topics it may publish (`*`: a prefix)
+//! subscribers = ["inventory", "shop-*"]  # services that may receive them (default: none)
+//!
 //! [[subscriptions]]              # events of a topic, POSTed to a route of the service
 //! topic = "order.created"
 //! route = "/events/order-created"
@@ -79,6 +83,9 @@ pub struct Manifest {
     /// Schedule of the service's own health check (when it exports one).
     #[serde(default)]
     pub health: HealthSchedule,
+    /// Topics it publishes, and who may receive them.
+    #[serde(default, skip_serializing_if = "Events::is_empty")]
+    pub events: Events,
     /// Topics whose events the service receives, and where.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscriptions: Vec<Subscription>,
@@ -100,6 +107,34 @@ pub struct Build {
     /// The component, relative to the service's directory.
     pub output: String,
 }
+
+/// The `[events]` section: what the service publishes and who may receive it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Events {
+    /// Topics it may publish: exact topics, or a prefix followed by `*`. Declaring a
+    /// topic claims it: no other service may declare it unless its deployer may
+    /// change this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publishes: Vec<String>,
+    /// Services (name patterns, `*` for any) that may subscribe to its topics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscribers: Vec<String>,
+}
+
+impl Events {
+    fn is_empty(&self) -> bool {
+        self.publishes.is_empty() && self.subscribers.is_empty()
+    }
+
+    /// The topic rules these declarations make.
+    pub fn rules(&self) -> crate::events::topics::TopicRules {
+        crate::events::topics::TopicRules::new(&self.publishes, &self.subscribers)
+    }
+}
+
+/// Most topic patterns, and most subscriber patterns, one manifest may list.
+const MAX_TOPIC_PATTERNS: usize = 64;
 
 /// A subscription: events of `topic` are delivered as `POST` requests to `route`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -449,6 +484,23 @@ impl Manifest {
                 "limits.store_mb",
                 &format!("must be between 1 and {MAX_STORE_MB}"),
             ));
+        }
+        if self.events.publishes.len() > MAX_TOPIC_PATTERNS {
+            return Err(field("events.publishes", "lists at most 64 topics"));
+        }
+        for (index, pattern) in self.events.publishes.iter().enumerate() {
+            crate::events::topics::TopicPattern::parse(pattern)
+                .map_err(|reason| field(&format!("events.publishes[{index}]"), &reason))?;
+        }
+        if self.events.subscribers.len() > MAX_TOPIC_PATTERNS {
+            return Err(field(
+                "events.subscribers",
+                "lists at most 64 service patterns",
+            ));
+        }
+        for (index, pattern) in self.events.subscribers.iter().enumerate() {
+            crate::policy::glob::validate_pattern(pattern)
+                .map_err(|reason| field(&format!("events.subscribers[{index}]"), &reason))?;
         }
         if self.subscriptions.len() > 64 {
             return Err(field("subscriptions", "at most 64"));

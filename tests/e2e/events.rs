@@ -6,6 +6,10 @@ use std::time::Duration;
 
 const TOPIC: &str = "count.changed";
 
+/// `counter` publishing `TOPIC` to the test's subscribers (`sub`, `slow`).
+const PUBLISHER: &str =
+    "[events]\npublishes = [\"count.changed\"]\nsubscribers = [\"sub\", \"slow\"]\n";
+
 fn subscriber(extra_config: &str, max_attempts: u32) -> String {
     format!(
         "[config]\n{extra_config}\n[[subscriptions]]\ntopic = \"{TOPIC}\"\nroute = \"/events/handle\"\nmax_attempts = {max_attempts}\n"
@@ -46,7 +50,11 @@ fn handled(host: &Host) -> Vec<String> {
 fn a_published_event_reaches_its_subscriber_once() {
     let root = temp_root();
     let host = Host::start(root.path(), &[]);
-    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
     assert_eq!(
         host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
             .status,
@@ -94,7 +102,11 @@ fn a_published_event_reaches_its_subscriber_once() {
 fn the_outbox_sends_events_of_committed_transactions_only() {
     let root = temp_root();
     let host = Host::start(root.path(), &[]);
-    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
     assert_eq!(
         host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
             .status,
@@ -149,7 +161,11 @@ fn the_outbox_sends_events_of_committed_transactions_only() {
 fn failing_deliveries_are_retried_then_dead_lettered_and_replayed() {
     let root = temp_root();
     let host = Host::start(root.path(), &[]);
-    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
     let failing = subscriber("fail_attempts = \"100\"", 5);
     assert_eq!(
         host.deploy_with_manifest("sub", &guest("counter"), &failing)
@@ -213,7 +229,11 @@ fn failing_deliveries_are_retried_then_dead_lettered_and_replayed() {
 fn a_redelivery_of_a_handled_event_is_dropped_by_the_inbox() {
     let root = temp_root();
     let host = Host::start(root.path(), &[]);
-    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
     let flaky = subscriber("fail_after_commit = \"1\"", 5);
     assert_eq!(
         host.deploy_with_manifest("sub", &guest("counter"), &flaky)
@@ -239,7 +259,11 @@ fn a_redelivery_of_a_handled_event_is_dropped_by_the_inbox() {
 fn an_acknowledged_publish_is_delivered_after_kill_9() {
     let root = temp_root();
     let mut host = Host::start(root.path(), &[]);
-    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
     // The subscriber fails until redeployed, so the events are still queued at the crash.
     let failing = subscriber("fail_attempts = \"100\"", 100);
     assert_eq!(
@@ -276,7 +300,11 @@ fn an_acknowledged_publish_is_delivered_after_kill_9() {
 fn a_scheduled_event_waits_for_its_delay_even_across_kill_9() {
     let root = temp_root();
     let mut host = Host::start(root.path(), &[]);
-    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
     assert_eq!(
         host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
             .status,
@@ -357,7 +385,11 @@ fn a_scheduled_event_waits_for_its_delay_even_across_kill_9() {
 fn a_slow_subscriber_never_holds_up_another_s_events() {
     let root = temp_root();
     let host = Host::start(root.path(), &[]);
-    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
     assert_eq!(
         host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
             .status,

@@ -20,10 +20,10 @@ fn chain_host(root: &std::path::Path, receiver: &OtlpReceiver) -> Host {
         ],
     );
     assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
-    let python = "[config]\ndownstream = \"hello\"\ndownstream_path = \"/echo\"\n";
+    let python = "[events]\npublishes = [\"greeting.sent\"]\n[config]\ndownstream = \"hello\"\ndownstream_path = \"/echo\"\n";
     let reply = host.deploy_with_manifest("python-greeter", &guest("python_greeter"), python);
     assert_eq!(reply.status, 201, "{}", reply.body);
-    let js = "[config]\ngreeting = \"Hi\"\n";
+    let js = "[events]\npublishes = [\"greeting.sent\"]\n[config]\ngreeting = \"Hi\"\n";
     let reply = host.deploy_with_manifest("js-greeter", &guest("js_greeter"), js);
     assert_eq!(reply.status, 201, "{}", reply.body);
     host
@@ -155,7 +155,7 @@ fn a_c_service_uses_the_platform_too() {
     let root = temp_root();
     let host = Host::start(root.path(), &[]);
     assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
-    let manifest = "[config]\ngreeting = \"Bonjour\"\n";
+    let manifest = "[events]\npublishes = [\"greeting.sent\"]\n[config]\ngreeting = \"Bonjour\"\n";
     let reply = host.deploy_with_manifest("c-greeter", &guest("c_greeter"), manifest);
     assert_eq!(reply.status, 201, "{}", reply.body);
     let reply = host.get_with_headers("/c-greeter/", &[("x-request-id", "from-c-1")]);
@@ -196,7 +196,7 @@ fn a_big_component_serves_on_baseline_code_then_switches_to_optimised_code_witho
 
     // A componentize-py service (18 MB) answers on baseline code as soon as its
     // deploy returns, while the optimising compile runs.
-    let manifest = "[config]\ndownstream = \"hello\"\ndownstream_path = \"/echo\"\n";
+    let manifest = "[events]\npublishes = [\"greeting.sent\"]\n[config]\ndownstream = \"hello\"\ndownstream_path = \"/echo\"\n";
     let reply = host.deploy_with_manifest("python-greeter", &guest("python_greeter"), manifest);
     assert_eq!(reply.status, 201, "{}", reply.body);
     assert_eq!(code("python-greeter"), "baseline");

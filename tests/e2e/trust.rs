@@ -5,6 +5,9 @@ use shoal_tests::{Host, guest, temp_root};
 
 const TOPIC: &str = "count.changed";
 
+/// `counter` publishing `TOPIC` to `sub`.
+const PUBLISHER: &str = "[events]\npublishes = [\"count.changed\"]\nsubscribers = [\"sub\"]\n";
+
 /// `counter` subscribed to `TOPIC` at `/events/handle`.
 const SUBSCRIBER: &str =
     "[[subscriptions]]\ntopic = \"count.changed\"\nroute = \"/events/handle\"\n";
@@ -81,7 +84,11 @@ fn a_service_cannot_forge_an_event_delivery_or_the_host_s_headers() {
     );
 
     // A real delivery still is one.
-    assert_eq!(host.deploy("pub", &guest("counter")).status, 201);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
     let published = host.post(&format!("/pub/publish?topic={TOPIC}"), "real");
     assert_eq!(published.status, 200, "{}", published.body);
     let id = published.body.trim().to_owned();
@@ -254,4 +261,86 @@ fn an_operator_reaches_private_paths_through_the_admin_api() {
     // No service may take the operator's name.
     let taken = host.deploy("operator", &guest("hello"));
     assert_eq!(taken.status, 409, "{}", taken.body);
+}
+
+#[test]
+fn a_service_publishes_and_receives_only_the_topics_it_is_given() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let counter = guest("counter");
+    let subscribing = |name: &str| {
+        format!(
+            "route = \"/{name}\"\n[[subscriptions]]\ntopic = \"order.created\"\n\
+             route = \"/events/handle\"\n"
+        )
+    };
+    // Subscribed before anyone publishes the topic: accepted, but it receives only
+    // what a publisher shares with it.
+    let early = host.deploy_with_manifest("early", &counter, &subscribing("early"));
+    assert_eq!(early.status, 201, "{}", early.body);
+    let orders = "[events]\npublishes = [\"order.*\"]\nsubscribers = [\"inventory\"]\n";
+    assert_eq!(
+        host.deploy_with_manifest("orders", &counter, orders).status,
+        201
+    );
+    let inventory = host.deploy_with_manifest("inventory", &counter, &subscribing("inventory"));
+    assert_eq!(inventory.status, 201, "{}", inventory.body);
+
+    // A team with a token for `shop-*` can neither read orders' events nor claim them.
+    let created = host.admin_json(
+        "POST",
+        "/v1/tokens",
+        r#"{"name": "shop-team", "scope": "deploy", "services": ["shop-*"]}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let token = created.json()["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let reading =
+        host.deploy_multipart_with_token("shop-spy", &counter, &subscribing("shop-spy"), &token);
+    assert_eq!(reading.status, 403, "{}", reading.body);
+    assert!(
+        reading
+            .body
+            .contains("does not share topic `order.created`"),
+        "{}",
+        reading.body
+    );
+    let claiming = "[events]\npublishes = [\"order.created\"]\n";
+    let claimed = host.deploy_multipart_with_token("shop-spy", &counter, claiming, &token);
+    assert_eq!(claimed.status, 409, "{}", claimed.body);
+    assert!(
+        claimed.body.contains("belongs to service `orders`"),
+        "{}",
+        claimed.body
+    );
+    assert_eq!(host.admin("GET", "/v1/services/shop-spy").status, 404);
+
+    // A service publishes only what its manifest declares.
+    assert_eq!(host.deploy("rogue", &counter).status, 201);
+    let (status, body) = host.send_bytes("POST", "/rogue/publish?topic=order.created", b"forged");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("NotDeclared"), "{body}");
+
+    // Orders' event reaches inventory, and not the subscriber it does not share with.
+    let (status, id) = host.send_bytes("POST", "/orders/publish?topic=order.created", b"real");
+    assert_eq!(status, 200, "{id}");
+    let id = id.trim().to_owned();
+    let handled_by = |name: &str| -> Vec<String> {
+        host.get(&format!("/{name}/handled"))
+            .body
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    shoal_tests::wait_for(
+        "the delivery to inventory",
+        std::time::Duration::from_secs(10),
+        || {
+            handled_by("inventory") == [id.clone()]
+                && host.admin("GET", "/v1/events").json()["pending"] == 0
+        },
+    );
+    assert!(handled_by("early").is_empty(), "{:?}", handled_by("early"));
 }

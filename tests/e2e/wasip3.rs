@@ -216,7 +216,8 @@ fn platform_calls_of_concurrent_wasip3_requests_each_see_their_own_request() {
     // One serving thread, so the requests interleave inside one instance.
     let host = Host::start(root.path(), ONE_SERVING_THREAD);
     assert_eq!(host.deploy("callee", &guest("wasi_hello")).status, 201);
-    let manifest = "[config]\ngreeting = \"hi\"\n[limits]\ninstance_concurrency = 8\n";
+    let manifest = "[config]\ngreeting = \"hi\"\n[limits]\ninstance_concurrency = 8\n\
+                    [events]\npublishes = [\"p3.seen\"]\n";
     let deployed = host.deploy_with_manifest("p3", &guest("p3_service"), manifest);
     assert_eq!(deployed.status, 201, "{}", deployed.body);
     // Later requests wait less, so the guest's calls interleave across requests. Each

@@ -58,6 +58,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::Load(_) => StatusCode::BAD_REQUEST,
             ServiceError::RouteConflict { .. } => StatusCode::CONFLICT,
             ServiceError::RouteNested { .. } => StatusCode::FORBIDDEN,
+            ServiceError::TopicOwned { .. } => StatusCode::CONFLICT,
+            ServiceError::TopicNotShared { .. } => StatusCode::FORBIDDEN,
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::Conflict { .. } => StatusCode::CONFLICT,
             ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,

@@ -26,6 +26,8 @@ pub struct EventsView<'a> {
     pub platform: &'a Platform,
     /// The service, for the call's span.
     pub service: &'a str,
+    /// The topics it may publish.
+    pub topics: &'a crate::events::topics::TopicRules,
 }
 
 struct HasEvents;
@@ -45,6 +47,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
             trace: &view.ctx.trace,
             platform: &view.ctx.platform,
             service: &view.ctx.service.name,
+            topics: &view.ctx.service.topics,
         }
     })
 }
@@ -58,6 +61,12 @@ impl EventsView<'_> {
         delay_ms: u64,
     ) -> Result<OutboxEvent, PublishError> {
         validate_topic(&topic).map_err(|error| PublishError::InvalidTopic(error.to_string()))?;
+        if !self.topics.may_publish(&topic) {
+            return Err(PublishError::NotDeclared(format!(
+                "`{}` does not declare topic `{topic}` under `[events] publishes` in its manifest",
+                self.service
+            )));
+        }
         if delay_ms > MAX_DELAY_MS {
             return Err(PublishError::TooLarge(format!(
                 "an event's delay is at most {MAX_DELAY_MS} ms, 30 days (got {delay_ms})"

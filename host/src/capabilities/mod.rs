@@ -56,6 +56,8 @@ pub struct ServiceContext {
     pub instance_id: String,
     /// Outbound settings from the manifest.
     pub outbound: Arc<Outbound>,
+    /// The topics it may publish (its manifest's `[events]`).
+    pub topics: crate::events::topics::TopicRules,
     /// Self-reported and checked health of this version on this host.
     pub health: Mutex<HealthSignals>,
     /// How much it may still log (its log import and its stdout/stderr together).

@@ -64,6 +64,7 @@ impl TestEnv {
             secrets: vec!["db-password".into()],
             instance_id: "test-host/orders".into(),
             outbound: Arc::new(outbound),
+            topics: Default::default(),
             health: Default::default(),
             log_budget: Default::default(),
             store,

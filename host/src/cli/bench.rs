@@ -76,6 +76,7 @@ pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> 
         secrets: Vec::new(),
         instance_id: "bench/bench".into(),
         outbound: Default::default(),
+        topics: Default::default(),
         health: Default::default(),
         log_budget: Default::default(),
         store,

@@ -11,6 +11,7 @@
 //! JetStream) can sit behind the same trait.
 
 pub mod sqlite;
+pub mod topics;
 
 use std::time::Duration;
 use thiserror::Error;

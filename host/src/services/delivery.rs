@@ -205,8 +205,13 @@ impl Services {
             if !store.outbox_may_hold_events() {
                 continue;
             }
+            // Only the subscribers the publisher shares its events with receive them.
+            let subscriptions: Vec<(String, Subscription)> = subscriptions
+                .iter()
+                .filter(|(subscriber, _)| self.shares_events(service.name(), subscriber))
+                .cloned()
+                .collect();
             let bus = self.platform.bus.clone();
-            let subscriptions = subscriptions.clone();
             let publisher = service.name().to_owned();
             let publisher_label = publisher.clone();
             let platform = self.platform.clone();

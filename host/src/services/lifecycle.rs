@@ -129,6 +129,8 @@ impl Services {
                     owner,
                 });
             }
+            // Nor publish to another service's topics, or receive topics not shared.
+            self.check_topics(&versions, grant)?;
             // Nor shadow an operator's external service; changes to what runs already
             // (scale, canary, rollback) are never held up by one.
             if self.is_external(name).await {
@@ -662,6 +664,7 @@ fn service_context(
         secrets: record.manifest.secrets.clone(),
         instance_id: platform.local_instance_id(&record.name, &record.version),
         outbound: Arc::new(record.manifest.outbound.clone()),
+        topics: record.manifest.events.rules(),
         health: Mutex::new(Default::default()),
         log_budget: Default::default(),
         store,

@@ -23,6 +23,7 @@ pub mod state;
 mod table;
 #[cfg(test)]
 mod tests;
+mod topics;
 
 pub use lifecycle::DeployMode;
 pub use spec::{DeploymentSpec, ServiceDefaults, ServiceSettings};
@@ -65,6 +66,29 @@ pub enum ServiceError {
         /// The route asked for.
         route: String,
         /// The service whose route it sits inside.
+        owner: String,
+    },
+    /// The version declares a topic another service owns, and the deployer may not
+    /// change that service.
+    #[error(
+        "topic `{topic}` belongs to service `{owner}`: only a deployer who may change \
+         `{owner}` can publish to it too"
+    )]
+    TopicOwned {
+        /// The declaration.
+        topic: String,
+        /// The service that owns it.
+        owner: String,
+    },
+    /// The version subscribes to a topic its publisher does not share with it.
+    #[error(
+        "service `{owner}` does not share topic `{topic}` with this service: its manifest \
+         must name it under `[events] subscribers`"
+    )]
+    TopicNotShared {
+        /// The topic.
+        topic: String,
+        /// The publisher.
         owner: String,
     },
     /// Another service already owns the route.

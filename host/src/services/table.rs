@@ -165,6 +165,15 @@ impl Versions {
         self.stable.route()
     }
 
+    /// The manifests of the versions that run: the stable one, then the canary's.
+    pub fn manifests(&self) -> impl Iterator<Item = &crate::manifest::Manifest> {
+        std::iter::once(&self.stable.record.manifest).chain(
+            self.canary
+                .iter()
+                .map(|canary| &canary.deployment.record.manifest),
+        )
+    }
+
     /// The same versions with `canary` in place of the current one.
     pub fn with_canary(&self, canary: Option<Arc<Canary>>) -> Versions {
         Versions {
