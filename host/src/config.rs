@@ -44,6 +44,10 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub secrets: SecretsSettings,
 
+    /// How much audit history is kept.
+    #[command(flatten)]
+    pub audit: crate::access::audit::AuditSettings,
+
     /// Metrics and traces.
     #[command(flatten)]
     pub telemetry: TelemetrySettings,

@@ -150,7 +150,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
                 .context("opening the admin tokens")?,
         ),
         Arc::new(
-            crate::access::audit::AuditLog::open(data_dir.root())
+            crate::access::audit::AuditLog::open(data_dir.root(), config.audit.clone())
                 .context("opening the audit log")?,
         ),
         settings.max_upload_bytes,

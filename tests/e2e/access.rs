@@ -194,12 +194,18 @@ fn every_change_and_refusal_is_audited_and_survives_kill_9() {
             )
         })
         .collect();
+    // A change is on record as started before it runs, then with its outcome;
+    // a refusal of the token or its scope has no start.
     let expected = [
+        ("token.create", "-", "started", 0),
         ("token.create", read_id.as_str(), "ok", 201),
+        ("deploy", "hello", "started", 0),
         ("deploy", "hello", "ok", 201),
         ("deploy", "hello", "refused", 403),
         ("read", "-", "refused", 401),
+        ("deploy", "bad", "started", 0),
         ("deploy", "bad", "refused", 400),
+        ("remove", "hello", "started", 0),
         ("remove", "hello", "ok", 204),
     ];
     let expected: Vec<(String, String, String, u64)> = expected
@@ -207,14 +213,14 @@ fn every_change_and_refusal_is_audited_and_survives_kill_9() {
         .map(|(a, t, o, s)| (a.to_string(), t.to_string(), o.to_string(), *s))
         .collect();
     assert_eq!(summary, expected, "oldest first, across kill -9");
-    assert_eq!(entries[1]["token_id"], "operator");
-    let digest = entries[1]["digest"].as_str().expect("digest");
+    assert_eq!(entries[3]["token_id"], "operator");
+    let digest = entries[3]["digest"].as_str().expect("digest");
     assert_eq!(digest.len(), 64);
-    assert_eq!(entries[2]["token_id"], read_id.as_str());
-    assert!(entries[2]["reason"].as_str().unwrap_or("").contains("read"));
-    assert!(entries[3]["token_id"].is_null());
+    assert_eq!(entries[4]["token_id"], read_id.as_str());
+    assert!(entries[4]["reason"].as_str().unwrap_or("").contains("read"));
+    assert!(entries[5]["token_id"].is_null());
     assert!(
-        entries[4]["reason"]
+        entries[7]["reason"]
             .as_str()
             .unwrap_or("")
             .contains("not WebAssembly")
@@ -352,4 +358,99 @@ fn a_service_is_called_only_by_the_services_its_manifest_allows() {
         "{}",
         reply.body
     );
+}
+
+#[test]
+fn an_anonymous_flood_hides_no_insider_and_tampering_shows() {
+    let root = temp_root();
+    let mut host = Host::start(root.path(), &[]);
+    let hello = guest("hello");
+    assert_eq!(host.deploy("hello", &hello).status, 201);
+    let (read_id, read) = create(&host, r#"{"name": "insider", "scope": "read"}"#);
+    // Far more anonymous refusals than the log takes (8 clients at once), with one
+    // refused insider in the middle of them.
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..100 {
+                    let refused =
+                        host.admin_with_token("DELETE", "/v1/services/hello", Some("guess"));
+                    assert_eq!(refused.status, 401);
+                }
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(host.deploy_with_token("hello", &hello, &read).status, 403);
+    });
+    // One more entry carries the count of what was left out last.
+    assert_eq!(host.admin("DELETE", "/v1/services/nothing").status, 404);
+    let entries = host.admin("GET", "/v1/audit?limit=10000").json()["entries"]
+        .as_array()
+        .cloned()
+        .expect("entries");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["token_id"] == read_id.as_str() && e["outcome"] == "refused"),
+        "the insider's refused deploy is on record"
+    );
+    // Every anonymous refusal is either on record or counted.
+    let logged = entries
+        .iter()
+        .filter(|e| e["token_id"].is_null() && e["outcome"] == "refused")
+        .count() as u64;
+    let counted: u64 = entries
+        .iter()
+        .filter_map(|e| e["anonymous_not_logged"].as_u64())
+        .sum();
+    assert_eq!(logged + counted, 800, "{logged} logged, {counted} counted");
+
+    // The chain is intact, through the API and on the files.
+    let env = [
+        ("SHOAL_ADMIN_URL", host.admin.as_str()),
+        ("SHOAL_ADMIN_TOKEN", TOKEN),
+    ];
+    let (ok, out, err) = shoal_cli(&["audit", "verify"], &env);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("the chain is intact"), "{out}");
+    host.crash();
+    let data = root.path().join("data");
+    let data_arg = data.to_str().expect("a path");
+    let (ok, out, err) = shoal_cli(
+        &["audit", "verify", "--offline", "--data-dir", data_arg],
+        &[],
+    );
+    assert!(ok, "{out}{err}");
+
+    // Someone with the files rewrites who deployed `hello`: the chain shows it.
+    let path = data.join("audit.log");
+    let text = std::fs::read_to_string(&path).expect("the audit log");
+    let forged = text.replacen("\"token_id\":\"operator\"", "\"token_id\":\"nobody\"", 1);
+    assert_ne!(forged, text);
+    std::fs::write(&path, forged).expect("tamper");
+    let (ok, out, _) = shoal_cli(
+        &["audit", "verify", "--offline", "--data-dir", data_arg],
+        &[],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("was edited"), "{out}");
+}
+
+#[test]
+fn a_change_the_audit_log_cannot_record_is_not_made() {
+    let root = temp_root();
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    // Every write to the audit log fails, as on a full disk.
+    std::os::unix::fs::symlink("/dev/full", data.join("audit.log")).expect("link");
+    let host = Host::start(root.path(), &[]);
+    let refused = host.deploy("hello", &guest("hello"));
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        refused.body.contains("audit log cannot be written"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(host.admin("GET", "/v1/services/hello").status, 404);
+    assert_eq!(host.admin("GET", "/v1/services").status, 200, "reads go on");
 }

@@ -85,6 +85,8 @@ pub struct AuditQuery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
+    /// Allowed and about to run (written before the change; its outcome follows).
+    Started,
     /// Done.
     Ok,
     /// Not allowed or not valid: nothing changed.
@@ -106,17 +108,46 @@ pub struct AuditEntry {
     pub target: Option<String>,
     /// How it ended.
     pub outcome: Outcome,
-    /// The HTTP status answered.
-    pub status: u16,
+    /// The HTTP status answered (none for `started`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     /// The deployed component's SHA-256, for deploys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
     /// Why it was refused or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Refused attempts left out of the log just before this one.
+    /// Refusals of known tokens left out of the log just before this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_not_logged: Option<u64>,
+    /// Anonymous refusals (no or an unknown token) left out just before this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_not_logged: Option<u64>,
+    /// The hash of the entry before it.
+    pub prev: String,
+    /// Its own hash: SHA-256 of `prev` and its JSON line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// Answer of `GET /v1/audit/verify`: whether the hash chain of the kept entries is
+/// intact and ends at the last entry the host wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerification {
+    /// Whether no problem was found.
+    pub intact: bool,
+    /// Entries checked.
+    pub entries: u64,
+    /// When the first kept entry was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_at: Option<String>,
+    /// Whether older entries were rotated out of the kept history.
+    pub rotated_out: bool,
+    /// The hash of the last entry: record it elsewhere to check later that the log
+    /// still contains it.
+    pub head: String,
+    /// What is wrong, one line each.
+    pub problems: Vec<String>,
 }
 
 /// Answer of `GET /v1/audit`: oldest first.

@@ -160,6 +160,7 @@ pub async fn audit(
             action: entry.action,
             target: entry.target,
             outcome: match entry.outcome {
+                Outcome::Started => api::Outcome::Started,
                 Outcome::Ok => api::Outcome::Ok,
                 Outcome::Refused => api::Outcome::Refused,
                 Outcome::Failed => api::Outcome::Failed,
@@ -168,7 +169,33 @@ pub async fn audit(
             digest: entry.digest,
             reason: entry.reason,
             refused_not_logged: entry.refused_not_logged,
+            anonymous_not_logged: entry.anonymous_not_logged,
+            prev: entry.prev,
+            hash: entry.hash,
         })
         .collect();
     Ok(Json(api::AuditLog { entries }))
+}
+
+/// `GET /v1/audit/verify`: check the hash chain of the kept entries.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    tag = "access",
+    responses((status = 200, description = "What the check found", body = api::AuditVerification))
+)]
+pub async fn verify_audit(
+    State(state): State<AdminState>,
+) -> Result<Json<api::AuditVerification>, ApiError> {
+    let log = state.audit.clone();
+    let found = tokio::task::spawn_blocking(move || log.verify())
+        .await
+        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the audit log: {error:#}"),
+            )
+        })?;
+    Ok(Json(found.into()))
 }

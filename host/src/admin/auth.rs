@@ -83,7 +83,9 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Classified 
     match (method.as_str(), parts.as_slice()) {
         // An operator's call to a service, whatever its method, is a change of it.
         (_, ["services", name, "call", ..]) => change("service.call", name, service(name)),
-        ("GET" | "HEAD", ["audit"] | ["tokens"] | ["secrets"]) => read(Action::Administer),
+        ("GET" | "HEAD", ["audit"] | ["audit", "verify"] | ["tokens"] | ["secrets"]) => {
+            read(Action::Administer)
+        }
         ("GET" | "HEAD", _) => read(Action::Read),
         ("PUT", ["services", name]) if canary_deploy => {
             change("canary.deploy", name, service(name))
@@ -157,7 +159,7 @@ pub async fn authorize(
             &classified,
             token_id,
             Outcome::Refused,
-            status,
+            Some(status),
             None,
             Some(reason.clone()),
         );
@@ -191,7 +193,9 @@ pub async fn authorize(
             id
         }
         Err((entry, error)) => {
-            state.record(entry).await;
+            if let Err(error) = state.record(entry).await {
+                tracing::error!(error = %format!("{error:#}"), "the audit log lost a refusal");
+            }
             let status = error.status;
             let error = if unread_body { error.closing() } else { error };
             let mut response = error.into_response();
@@ -206,6 +210,23 @@ pub async fn authorize(
     };
     if classified.audited.is_none() {
         return next.run(request).await;
+    }
+    // A change that cannot be audited is not made.
+    let started = entry(
+        &classified,
+        Some(token_id.clone()),
+        Outcome::Started,
+        None,
+        None,
+        None,
+    );
+    if let Err(error) = state.record(started).await {
+        tracing::error!(error = %format!("{error:#}"), "refusing a change the audit log cannot record");
+        let error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot be written, so no change is made; see the host's log",
+        );
+        return if unread_body { error.closing() } else { error }.into_response();
     }
     let response = next.run(request).await;
     // Read a small answer back for its digest or error, then pass it on; a larger
@@ -245,8 +266,18 @@ pub async fn authorize(
     let reason = json["error"]
         .as_str()
         .map(|e| e.chars().take(512).collect());
-    let record = entry(&classified, Some(token_id), outcome, status, digest, reason);
-    state.record(record).await;
+    let record = entry(
+        &classified,
+        Some(token_id),
+        outcome,
+        Some(status),
+        digest,
+        reason,
+    );
+    if let Err(error) = state.record(record).await {
+        // The change ran and its start is on record; only its outcome is missing.
+        tracing::error!(error = %format!("{error:#}"), "the audit log lost a change's outcome");
+    }
     Response::from_parts(parts, body)
 }
 
@@ -254,35 +285,25 @@ fn entry(
     classified: &Classified,
     token_id: Option<String>,
     outcome: Outcome,
-    status: StatusCode,
+    status: Option<StatusCode>,
     digest: Option<String>,
     reason: Option<String>,
 ) -> Entry {
-    Entry {
-        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        token_id,
-        action: classified.audited.unwrap_or("read").to_owned(),
-        target: classified.target.clone(),
-        outcome,
-        status: status.as_u16(),
-        digest,
-        reason,
-        refused_not_logged: None,
-    }
+    let action = classified.audited.unwrap_or("read");
+    let mut entry = Entry::new(token_id, action, classified.target.clone(), outcome);
+    entry.status = status.map(|status| status.as_u16());
+    entry.digest = digest;
+    entry.reason = reason;
+    entry
 }
 
 impl AdminState {
     /// Append `entry` to the audit log (flushed to disk) before the answer goes out.
-    async fn record(&self, entry: Entry) {
+    async fn record(&self, entry: Entry) -> anyhow::Result<()> {
         let audit = self.audit.clone();
-        let written = tokio::task::spawn_blocking(move || audit.append(entry)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::error!(error = %format!("{error:#}"), "writing the audit log failed")
-            }
-            Err(error) => tracing::error!(%error, "the audit log task failed"),
-        }
+        tokio::task::spawn_blocking(move || audit.append(entry))
+            .await
+            .map_err(|error| anyhow::anyhow!("the audit log task failed: {error}"))?
     }
 }
 

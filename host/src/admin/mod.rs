@@ -29,6 +29,7 @@
 //! | GET    | `/v1/tokens`          | every token, without secrets                 |
 //! | DELETE | `/v1/tokens/{id}`     | revoke a token                               |
 //! | GET    | `/v1/audit?limit=N`   | the audit log's last N entries, oldest first |
+//! | GET    | `/v1/audit/verify`    | check the audit log's hash chain |
 //! | GET    | `/v1/whoami`          | the calling token's id, scope and service patterns |
 //! | GET    | `/v1/stats`           | requests, failures, by-version counts and latency histograms per service; breaker states |
 //! | PUT    | `/v1/secrets/{name}`  | set a secret: `{"value", "services"}` JSON, or the raw value (`?services=a,b`) |
@@ -256,6 +257,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/tokens/{id}", axum::routing::delete(access::revoke))
         .route("/audit", get(access::audit))
+        .route("/audit/verify", get(access::verify_audit))
         .route("/whoami", get(dashboard::whoami))
         .route("/stats", get(dashboard::stats))
         .route("/secrets", get(secrets::list))

@@ -40,6 +40,7 @@ use super::{access, dashboard, events, external, logs, secrets, services};
         access::list,
         access::revoke,
         access::audit,
+        access::verify_audit,
         dashboard::whoami,
         dashboard::stats,
         logs::logs,

@@ -86,7 +86,9 @@ fn admin_with(restored: bool) -> Admin {
         services.clone(),
         external,
         Arc::new(crate::access::tokens::TokenStore::open(dir.path(), TOKEN).expect("tokens")),
-        Arc::new(crate::access::audit::AuditLog::open(dir.path()).expect("audit")),
+        Arc::new(
+            crate::access::audit::AuditLog::open(dir.path(), Default::default()).expect("audit"),
+        ),
         MAX_UPLOAD,
     ));
     Admin {

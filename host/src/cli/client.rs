@@ -953,6 +953,39 @@ pub async fn secret_remove(client: &AdminClient, name: &str) -> Result<()> {
 }
 
 /// Print the audit log's last `limit` entries, oldest first.
+/// `shoal audit verify` against a running host.
+pub async fn verify_audit(client: &AdminClient) -> Result<access::AuditVerification> {
+    client
+        .call(Method::GET, "/v1/audit/verify", None::<&()>)
+        .await
+}
+
+/// Print what a check of the audit chain found; an error if the chain is broken.
+pub fn print_verification(found: &access::AuditVerification) -> Result<()> {
+    let since = found.first_at.as_deref().unwrap_or("-");
+    let history = if found.rotated_out {
+        "older entries rotated out"
+    } else {
+        "from the first entry"
+    };
+    println!(
+        "{} entries since {since} ({history}), head {}",
+        found.entries, found.head
+    );
+    for problem in &found.problems {
+        println!("broken: {problem}");
+    }
+    if found.intact {
+        println!("the chain is intact");
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the audit log's hash chain is broken ({} problems)",
+            found.problems.len()
+        )
+    }
+}
+
 pub async fn audit(client: &AdminClient, limit: usize) -> Result<()> {
     let log: access::AuditLog = client
         .call(
@@ -963,6 +996,7 @@ pub async fn audit(client: &AdminClient, limit: usize) -> Result<()> {
         .await?;
     for entry in &log.entries {
         let outcome = match entry.outcome {
+            access::Outcome::Started => "started",
             access::Outcome::Ok => "ok",
             access::Outcome::Refused => "refused",
             access::Outcome::Failed => "failed",
@@ -974,7 +1008,9 @@ pub async fn audit(client: &AdminClient, limit: usize) -> Result<()> {
             entry.action,
             entry.target.as_deref().unwrap_or("-"),
             outcome,
-            entry.status
+            entry
+                .status
+                .map_or_else(|| "-".to_owned(), |status| status.to_string())
         );
         if let Some(digest) = &entry.digest {
             line.push_str(&format!(" sha256:{}", &digest[..digest.len().min(12)]));

@@ -215,6 +215,8 @@ enum Command {
     },
     /// The audit log: every change and every refused attempt, oldest first.
     Audit {
+        #[command(subcommand)]
+        action: Option<AuditAction>,
         /// Entries to show (the most recent).
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -291,6 +293,20 @@ enum ExternalAction {
     },
 }
 
+/// What to do with the audit log.
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Check the hash chain of the kept entries (exit status 1 if it is broken).
+    Verify {
+        /// Check the files in --data-dir instead of asking a running host (which
+        /// also checks that the log ends at the last entry it wrote).
+        #[arg(long, requires = "data_dir")]
+        offline: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
 /// What to do with secrets.
 #[derive(Debug, Subcommand)]
 enum SecretAction {
@@ -358,8 +374,16 @@ impl Command {
             | Command::Ls { admin }
             | Command::Events { admin, .. }
             | Command::Logs { admin, .. }
-            | Command::Audit { admin, .. }
+            | Command::Audit {
+                action: None,
+                admin,
+                ..
+            }
             | Command::Rm { admin, .. } => Some(admin),
+            Command::Audit {
+                action: Some(AuditAction::Verify { offline, admin }),
+                ..
+            } => (!offline).then_some(admin),
             Command::External { action } => match action {
                 ExternalAction::Add { admin, .. }
                 | ExternalAction::Ls { admin }
@@ -536,6 +560,27 @@ pub async fn run(cli: Cli) -> Result<()> {
             SecretAction::Ls { .. } => client::secret_list(admin()?).await,
             SecretAction::Rm { name, .. } => client::secret_remove(admin()?, &name).await,
         },
+        Command::Audit {
+            action:
+                Some(AuditAction::Verify {
+                    offline,
+                    admin: args,
+                }),
+            ..
+        } => {
+            let verification = match args.data_dir.filter(|_| offline) {
+                Some(dir) => {
+                    tokio::task::spawn_blocking(move || -> Result<_> {
+                        let files = crate::access::audit::files_in(&dir)?;
+                        let found = crate::access::audit::verify_files(&files)?;
+                        Ok(shoal_api::access::AuditVerification::from(found))
+                    })
+                    .await??
+                }
+                None => client::verify_audit(admin()?).await?,
+            };
+            client::print_verification(&verification)
+        }
         Command::Audit { limit, .. } => client::audit(admin()?, limit).await,
         Command::Events {
             action,
