@@ -52,9 +52,12 @@ pub struct DataDir {
 impl DataDir {
     /// Open (creating if needed) the data directory at `root`, and clear temporary
     /// files left by an interrupted write. The directory is the host's alone (mode
-    /// 0700): the stores, the bus, the tokens, the audit log and sealed secrets in it
-    /// are unreadable to other users whatever the umask made of each file.
+    /// 0700), and so is every file in it: the process's umask becomes 077, so what
+    /// the host creates from now on (stores and their journals, the bus, blobs, the
+    /// tokens, the audit log, sealed secrets) is 0600, and files an older host left
+    /// readable to others are made 0600.
     pub fn open(root: &Path) -> Result<Self> {
+        make_new_files_private();
         for dir in [
             root.to_path_buf(),
             root.join("blobs"),
@@ -72,6 +75,8 @@ impl DataDir {
                 )
             })?;
         }
+        make_private(root, 3)
+            .with_context(|| format!("making the files in {} the host's alone", root.display()))?;
         let lock_path = root.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -277,6 +282,38 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
+/// Files and directories this process creates are its user's alone (umask 077).
+#[allow(unsafe_code)]
+fn make_new_files_private() {
+    // SAFETY: umask only sets the process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// Take group and other permissions off the regular files and directories under
+/// `dir`, `depth` levels down. Links are left alone (a link's target is not the
+/// host's to change).
+fn make_private(dir: &Path, depth: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let metadata = entry.path().symlink_metadata()?;
+        let mode = metadata.permissions().mode();
+        if metadata.is_file() && mode & 0o077 != 0 {
+            fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode & 0o700))?;
+        } else if metadata.is_dir() {
+            if mode & 0o077 != 0 {
+                fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode & 0o700))?;
+            }
+            if depth > 1 {
+                make_private(&entry.path(), depth - 1)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,9 +325,18 @@ mod tests {
         let root = dir.path().join("data");
         std::fs::create_dir(&root).expect("made");
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let old_file = root.join("services").join("old.json");
+        std::fs::create_dir(root.join("services")).expect("made");
+        std::fs::write(&old_file, b"{}").expect("written");
+        std::fs::set_permissions(&old_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let _data_dir = DataDir::open(&root).expect("opens");
-        let mode = std::fs::metadata(&root).expect("stat").permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
+        let mode =
+            |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&old_file), 0o600, "an older host's file");
+        let new_file = root.join("new");
+        std::fs::write(&new_file, b"x").expect("written");
+        assert_eq!(mode(&new_file), 0o600, "a new file");
     }
 
     fn record(name: &str) -> VersionRecord {

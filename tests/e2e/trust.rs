@@ -344,3 +344,53 @@ fn a_service_publishes_and_receives_only_the_topics_it_is_given() {
     );
     assert!(handled_by("early").is_empty(), "{:?}", handled_by("early"));
 }
+
+#[test]
+fn every_file_in_the_data_directory_is_the_host_s_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    // Stores, the bus, blobs, records, tokens and the audit log all get written.
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), SUBSCRIBER)
+            .status,
+        201
+    );
+    assert_eq!(host.post("/pub/increment?key=n", "").status, 200);
+    let published = host.post(&format!("/pub/publish?topic={TOPIC}"), "x");
+    assert_eq!(published.status, 200, "{}", published.body);
+    let created = host.admin_json("POST", "/v1/tokens", r#"{"name": "ci", "scope": "read"}"#);
+    assert_eq!(created.status, 201);
+    let id = published.body.trim().to_owned();
+    shoal_tests::wait_for("the delivery", std::time::Duration::from_secs(10), || {
+        handled(&host).contains(&id)
+    });
+    let mut open_to_others = Vec::new();
+    let mut seen = 0;
+    let mut dirs = vec![root.path().join("data")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("readable") {
+            let path = entry.expect("an entry").path();
+            let metadata = path.symlink_metadata().expect("stat");
+            if metadata.permissions().mode() & 0o077 != 0 {
+                open_to_others.push(format!(
+                    "{} {:o}",
+                    path.display(),
+                    metadata.permissions().mode()
+                ));
+            }
+            if metadata.is_dir() {
+                dirs.push(path);
+            } else {
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 6, "only {seen} files");
+    assert!(open_to_others.is_empty(), "{open_to_others:#?}");
+}
