@@ -17,6 +17,7 @@ use super::ServiceContext;
 use super::log::{GuestLine, Source, emit};
 use crate::bindings::log::Level;
 use crate::platform::Platform;
+use crate::policy::redact::Redactor;
 use crate::protocol::RequestId;
 
 /// Longest line kept; a longer one is cut there and the rest starts a new line.
@@ -41,8 +42,56 @@ struct Sink {
 
 struct SinkState {
     request_id: RequestId,
-    partial: Vec<u8>,
+    lines: LineCutter,
     tail: VecDeque<String>,
+}
+
+/// Cuts a stream of bytes into lines: at each newline, and a line that runs past
+/// [`MAX_LINE_BYTES`] into pieces. A line without its end is cut only once it is a
+/// line long plus the longest secret value, and never inside a value, so no value
+/// is logged in two unmasked halves.
+#[derive(Default)]
+struct LineCutter {
+    partial: Vec<u8>,
+}
+
+impl LineCutter {
+    /// The lines `bytes` complete.
+    fn push(&mut self, bytes: &[u8], redactor: &Redactor) -> Vec<Vec<u8>> {
+        let look_ahead = redactor.longest().saturating_sub(1);
+        let mut complete = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let take = rest
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(rest.len(), |newline| newline + 1);
+            self.partial.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.partial.ends_with(b"\n") {
+                let line = std::mem::take(&mut self.partial);
+                cut_lines(redactor, line, None, &mut complete);
+            } else if self.partial.len() >= MAX_LINE_BYTES + look_ahead {
+                let line = std::mem::take(&mut self.partial);
+                self.partial = cut_lines(redactor, line, Some(look_ahead), &mut complete);
+            }
+        }
+        complete
+    }
+
+    /// The unfinished last line, in pieces.
+    fn finish(&mut self, redactor: &Redactor) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        let partial = std::mem::take(&mut self.partial);
+        if !partial.is_empty() {
+            cut_lines(redactor, partial, None, &mut lines);
+        }
+        lines
+    }
+
+    fn is_unfinished(&self) -> bool {
+        !self.partial.is_empty()
+    }
 }
 
 impl GuestOutput {
@@ -61,7 +110,7 @@ impl GuestOutput {
                 platform,
                 state: Mutex::new(SinkState {
                     request_id,
-                    partial: Vec::new(),
+                    lines: LineCutter::default(),
                     tail: VecDeque::new(),
                 }),
             }),
@@ -86,12 +135,13 @@ impl GuestOutput {
 
     /// Write out an unfinished last line.
     pub fn finish(&self) {
-        let (request_id, partial) = {
+        let redactor = self.sink.platform.secrets.redactor();
+        let (request_id, lines) = {
             let mut state = self.sink.state.lock();
-            (state.request_id.clone(), std::mem::take(&mut state.partial))
+            (state.request_id.clone(), state.lines.finish(redactor))
         };
-        if !partial.is_empty() {
-            self.sink.line(&request_id, &partial);
+        for line in lines {
+            self.sink.line(&request_id, &line);
         }
     }
 
@@ -100,7 +150,7 @@ impl GuestOutput {
     pub fn tail(&self) -> String {
         let state = self.sink.state.lock();
         let mut lines: Vec<&str> = state.tail.iter().map(String::as_str).collect();
-        if !state.partial.is_empty() {
+        if state.lines.is_unfinished() {
             lines.push("…");
         }
         let tail = lines.join(" | ");
@@ -109,24 +159,12 @@ impl GuestOutput {
 }
 
 impl Sink {
-    fn write(&self, mut bytes: &[u8]) {
-        let mut complete = Vec::new();
-        let request_id = {
+    fn write(&self, bytes: &[u8]) {
+        let redactor = self.platform.secrets.redactor();
+        let (request_id, complete) = {
             let mut state = self.state.lock();
-            while !bytes.is_empty() {
-                let room = MAX_LINE_BYTES - state.partial.len();
-                let (take, ends_line) = match bytes.iter().position(|b| *b == b'\n') {
-                    Some(newline) if newline <= room => (newline + 1, true),
-                    _ if bytes.len() >= room => (room, true),
-                    _ => (bytes.len(), false),
-                };
-                state.partial.extend_from_slice(&bytes[..take]);
-                bytes = &bytes[take..];
-                if ends_line {
-                    complete.push(std::mem::take(&mut state.partial));
-                }
-            }
-            state.request_id.clone()
+            let complete = state.lines.push(bytes, redactor);
+            (state.request_id.clone(), complete)
         };
         for line in complete {
             self.line(&request_id, &line);
@@ -164,6 +202,35 @@ impl Sink {
             line,
         );
     }
+}
+
+/// Cut `line` into pieces of at most [`MAX_LINE_BYTES`] (its newline aside), never
+/// inside a secret value (a piece is longer only where one value is), into `lines`.
+/// A line still being written (`look_ahead: Some(n)`) is cut only while at least `n`
+/// bytes follow the cut, enough to hold the rest of any value that runs across it;
+/// the unfinished rest is answered. A finished line (`None`) is cut whole.
+fn cut_lines(
+    redactor: &Redactor,
+    mut line: Vec<u8>,
+    look_ahead: Option<usize>,
+    lines: &mut Vec<Vec<u8>>,
+) -> Vec<u8> {
+    let ready = |line: &[u8]| match look_ahead {
+        Some(ahead) => line.len() >= MAX_LINE_BYTES + ahead,
+        None => line.strip_suffix(b"\n").unwrap_or(line).len() > MAX_LINE_BYTES,
+    };
+    while ready(&line) {
+        let cut = redactor.cut_point(&line, MAX_LINE_BYTES);
+        let rest = line.split_off(cut);
+        lines.push(std::mem::replace(&mut line, rest));
+    }
+    if look_ahead.is_some() {
+        return line;
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    Vec::new()
 }
 
 impl IsTerminal for GuestOutput {
@@ -224,5 +291,64 @@ impl AsyncWrite for GuestOutput {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "AAAA-the-secret-value-ZZZZ";
+
+    /// Every piece `cutter` makes of `input` written in `chunk`-byte writes.
+    fn pieces(redactor: &Redactor, input: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let mut cutter = LineCutter::default();
+        let mut lines = Vec::new();
+        for part in input.chunks(chunk) {
+            lines.extend(cutter.push(part, redactor));
+        }
+        lines.extend(cutter.finish(redactor));
+        lines
+    }
+
+    #[test]
+    fn a_secret_across_the_cut_of_a_long_line_is_masked_whole() {
+        let redactor = Redactor::default();
+        redactor.set_values([SECRET]);
+        for offset in [
+            MAX_LINE_BYTES - 10,
+            MAX_LINE_BYTES - 1,
+            MAX_LINE_BYTES - SECRET.len(),
+            MAX_LINE_BYTES,
+        ] {
+            let mut input = vec![b'x'; offset];
+            input.extend_from_slice(SECRET.as_bytes());
+            input.extend_from_slice(&vec![b'y'; 3 * MAX_LINE_BYTES]);
+            input.push(b'\n');
+            for chunk in [1, 7, 4096, 64 * 1024] {
+                let lines = pieces(&redactor, &input, chunk);
+                assert_eq!(lines.concat(), input, "nothing lost");
+                for line in &lines {
+                    assert!(line.len() <= MAX_LINE_BYTES + 1, "{}", line.len());
+                    let masked = redactor.redact_bytes(line);
+                    let text = String::from_utf8_lossy(&masked);
+                    assert!(
+                        !text.contains("AAAA") && !text.contains("ZZZZ"),
+                        "offset {offset}, chunk {chunk}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lines_are_cut_as_before_without_secrets() {
+        let redactor = Redactor::default();
+        let mut input = vec![b'x'; MAX_LINE_BYTES];
+        input.extend_from_slice(b"\nshort\n");
+        input.extend_from_slice(&vec![b'z'; MAX_LINE_BYTES + 5]);
+        let lines = pieces(&redactor, &input, 1000);
+        let lengths: Vec<usize> = lines.iter().map(Vec::len).collect();
+        assert_eq!(lengths, [MAX_LINE_BYTES + 1, 6, MAX_LINE_BYTES, 5]);
     }
 }

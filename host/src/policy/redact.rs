@@ -19,6 +19,8 @@ pub const MIN_SECRET_BYTES: usize = 8;
 #[derive(Default)]
 pub struct Redactor {
     matcher: RwLock<Option<Arc<AhoCorasick>>>,
+    /// Length of the longest form of a value masked (0 when none).
+    longest: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -80,8 +82,10 @@ impl Redactor {
         }
         if values.is_empty() {
             *self.matcher.write() = None;
+            self.longest.store(0, std::sync::atomic::Ordering::Relaxed);
             return;
         }
+        let longest = values.iter().map(Vec::len).max().unwrap_or(0);
         // The longest match wins, so a secret that contains another is masked whole.
         // Should the matcher fail to build, the one in use stays: masking never stops.
         if let Ok(matcher) = AhoCorasick::builder()
@@ -89,6 +93,31 @@ impl Redactor {
             .build(&values)
         {
             *self.matcher.write() = Some(Arc::new(matcher));
+            self.longest
+                .store(longest, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The length of the longest value masked, in bytes (0 when none): text cut into
+    /// pieces must look this far minus one past a cut to mask a value across it.
+    pub fn longest(&self) -> usize {
+        self.longest.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Where to cut `bytes` near `at` so that no value masked in them is split: `at`,
+    /// or the start of a value that runs across it, or its end when it starts at 0.
+    pub fn cut_point(&self, bytes: &[u8], at: usize) -> usize {
+        let Some(matcher) = self.current() else {
+            return at;
+        };
+        let crossing = matcher
+            .find_iter(bytes)
+            .take_while(|found| found.start() < at)
+            .find(|found| found.end() > at);
+        match crossing {
+            Some(found) if found.start() > 0 => found.start(),
+            Some(found) => found.end(),
+            None => at,
         }
     }
 
@@ -154,6 +183,25 @@ mod tests {
         assert_eq!(redactor.redact("abcdefgh"), "abcdefgh");
         redactor.set_values(Vec::<String>::new());
         assert_eq!(redactor.redact("zzzzzzzzzz"), "zzzzzzzzzz");
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_value() {
+        let redactor = Redactor::default();
+        assert_eq!(redactor.cut_point(b"abcdefgh", 4), 4);
+        redactor.set_values(["secret-value"]);
+        assert_eq!(redactor.longest(), 12);
+        assert_eq!(redactor.cut_point(b"xx secret-value yy", 6), 3, "before it");
+        assert_eq!(
+            redactor.cut_point(b"xx secret-value yy", 16),
+            16,
+            "after it"
+        );
+        assert_eq!(
+            redactor.cut_point(b"secret-value yy", 4),
+            12,
+            "longer than the cut"
+        );
     }
 
     #[test]
