@@ -153,7 +153,8 @@ impl EventsView<'_> {
                 .map_err(|error| HostFault::table(call, error))?;
             let id = event.id.clone();
             // Delivered once the transaction commits: the commit wakes the bus.
-            Ok(entry.tx.publish(event).map(|()| id).map_err(publish_error))
+            let published = entry.tx.publish(event).and_then(|()| entry.hold());
+            Ok(published.map(|()| id).map_err(publish_error))
         })
         .await
     }
@@ -219,7 +220,8 @@ impl Host for EventsView<'_> {
             let entry = table
                 .get_mut(&tx)
                 .map_err(|error| HostFault::table("events.mark-handled", error))?;
-            Ok(entry.tx.mark_handled(&id).map_err(store_error_to_wit))
+            let marked = entry.tx.mark_handled(&id).and_then(|()| entry.hold());
+            Ok(marked.map_err(store_error_to_wit))
         })
         .await
     }

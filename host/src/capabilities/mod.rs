@@ -94,6 +94,8 @@ pub struct PlatformCtx {
     pub trace: TraceScope,
     /// Discovery watches the guest holds open.
     pub open_watches: std::sync::atomic::AtomicUsize,
+    /// Store transactions the guest holds open, and the memory they hold.
+    pub transactions: Arc<store::TransactionAccount>,
 }
 
 impl PlatformCtx {

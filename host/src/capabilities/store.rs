@@ -6,17 +6,76 @@
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use super::{HostFault, PlatformView, traced, traced_fallible};
+use super::{HostFault, InstanceLimit, PlatformView, traced, traced_fallible};
 use crate::bindings::store::{self, Host, HostTransaction, StoreError as WitError};
+use crate::policy::budget::MemoryBudget;
 use crate::store::{ServiceStore, StoreError, Transaction, check_key, check_value};
 use crate::telemetry::{TraceScope, Tracing};
 
-/// A guest's open transaction.
-#[derive(Default)]
+/// Transactions one request may hold open at once.
+pub const MAX_OPEN_TRANSACTIONS: usize = 64;
+
+/// The transactions of one request's instance: how many are open, and the host
+/// memory budget the bytes they hold are taken from (with the guests' linear memory),
+/// so a guest cannot grow the host through transactions it keeps open.
+#[derive(Debug)]
+pub struct TransactionAccount {
+    open: AtomicUsize,
+    budget: Arc<MemoryBudget>,
+}
+
+impl TransactionAccount {
+    /// An account drawing on `budget`.
+    pub fn new(budget: Arc<MemoryBudget>) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            budget,
+        })
+    }
+}
+
+/// A guest's open transaction, and the bytes of the budget it holds.
 pub struct StoreTransaction {
     pub(super) tx: Transaction,
+    held: usize,
+    account: Arc<TransactionAccount>,
+}
+
+impl StoreTransaction {
+    /// Take what `tx` holds now from the budget; when the budget has no room, the
+    /// transaction gives up what it holds and fails.
+    pub(super) fn hold(&mut self) -> Result<(), StoreError> {
+        let now = self.tx.tracked_bytes();
+        if now > self.held {
+            if !self.account.budget.try_reserve(now - self.held) {
+                self.tx.abandon();
+                self.account.budget.release(self.held);
+                self.held = 0;
+                return Err(StoreError::TooLarge(format!(
+                    "the host's memory budget of {} bytes cannot hold this transaction; it \
+                     is closed",
+                    self.account.budget.limit()
+                )));
+            }
+        } else {
+            self.account.budget.release(self.held - now);
+        }
+        self.held = now;
+        Ok(())
+    }
+}
+
+impl Drop for StoreTransaction {
+    fn drop(&mut self) {
+        self.account.budget.release(self.held);
+        let _ = self
+            .account
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
 }
 
 /// What a store call sees: the service's store and the instance's resource table.
@@ -35,6 +94,8 @@ pub struct StoreView<'a> {
     pub tracing: &'a Tracing,
     /// The request's spans: a store span is a child of the current one.
     pub trace: &'a TraceScope,
+    /// The request's open transactions.
+    pub transactions: &'a Arc<TransactionAccount>,
 }
 
 /// The view of one instance's store data (the linker's accessor).
@@ -48,6 +109,7 @@ pub(super) fn store_view<T: PlatformView>(state: &mut T) -> StoreView<'_> {
         metrics: &view.ctx.platform.telemetry.metrics,
         tracing: &view.ctx.platform.telemetry.tracing,
         trace: &view.ctx.trace,
+        transactions: &view.ctx.transactions,
     }
 }
 
@@ -314,7 +376,8 @@ impl<'a> StoreView<'a> {
                     .get_mut(handle)
                     .map_err(|error| HostFault::table(call, error))?;
                 entry.tx = tx;
-                Ok(result)
+                let held = entry.hold();
+                Ok(held.and(result))
             })
             .await
     }
@@ -323,9 +386,27 @@ impl<'a> StoreView<'a> {
 impl HostTransaction for StoreView<'_> {
     async fn new(&mut self) -> wasmtime::Result<Resource<StoreTransaction>> {
         let table = &mut *self.table;
+        let account = self.transactions.clone();
         traced("store.transaction.new", self.service, async move {
+            let open = account
+                .open
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < MAX_OPEN_TRANSACTIONS).then_some(n + 1)
+                });
+            if open.is_err() {
+                return Err(wasmtime::Error::new(InstanceLimit {
+                    call: "store.transaction.new",
+                    what: "open transactions",
+                    limit: MAX_OPEN_TRANSACTIONS,
+                }));
+            }
+            let transaction = StoreTransaction {
+                tx: Transaction::default(),
+                held: 0,
+                account,
+            };
             table
-                .push(StoreTransaction::default())
+                .push(transaction)
                 .map_err(|error| HostFault::table("store.transaction.new", error))
         })
         .await

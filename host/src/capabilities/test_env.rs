@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
 
 use super::caller::CallerView;
+
+/// The memory budget a test environment's transactions draw on.
+const TEST_BUDGET: usize = 64 * 1024 * 1024;
 use super::config::ConfigView;
 use super::discovery::DiscoveryView;
 use super::metrics::MetricsView;
@@ -79,6 +82,9 @@ impl TestEnv {
                 deadline,
                 trace: TraceScope::default(),
                 open_watches: Default::default(),
+                transactions: super::store::TransactionAccount::new(
+                    crate::policy::budget::MemoryBudget::new(TEST_BUDGET),
+                ),
             },
             table: ResourceTable::new(),
             registry,
@@ -92,6 +98,19 @@ impl TestEnv {
             Outbound::default(),
             Deadline::after(Duration::from_secs(30)),
         )
+    }
+
+    fn store(&mut self) -> super::store::StoreView<'_> {
+        super::store::StoreView {
+            store: &self.ctx.service.store,
+            table: &mut self.table,
+            service: &self.ctx.service.name,
+            published: &self.ctx.platform.published,
+            metrics: &self.ctx.platform.telemetry.metrics,
+            tracing: &self.ctx.platform.telemetry.tracing,
+            trace: &self.ctx.trace,
+            transactions: &self.ctx.transactions,
+        }
     }
 
     fn config(&self) -> ConfigView<'_> {
@@ -631,4 +650,108 @@ fn a_full_resource_table_is_the_guests_limit_and_a_missing_handle_the_hosts() {
     assert!(full.downcast_ref::<InstanceLimit>().is_some());
     let missing = HostFault::table("x.y", ResourceTableError::NotPresent);
     assert!(missing.downcast_ref::<HostFault>().is_some());
+}
+
+#[tokio::test]
+async fn open_transactions_are_capped_and_what_they_hold_comes_from_the_memory_budget() {
+    use super::InstanceLimit;
+    use super::store::{MAX_OPEN_TRANSACTIONS, TransactionAccount};
+    use crate::policy::budget::MemoryBudget;
+    use bindings::store::{HostTransaction as _, StoreError as WitError};
+    const MIB: usize = 1024 * 1024;
+    let mut env = TestEnv::plain();
+    let budget = MemoryBudget::new(TEST_BUDGET);
+    env.ctx.transactions = TransactionAccount::new(budget.clone());
+    // Each transaction holds at most 16 MiB, taken from the budget while it is open.
+    let tx = env.store().new().await.expect("a transaction");
+    let value = vec![b'v'; MIB];
+    for n in 0..15 {
+        env.store()
+            .set(
+                Resource::new_borrow(tx.rep()),
+                format!("k{n}"),
+                value.clone(),
+            )
+            .await
+            .expect("no trap")
+            .expect("fits");
+    }
+    assert!(budget.used() >= 15 * MIB, "{}", budget.used());
+    let over = env
+        .store()
+        .set(Resource::new_borrow(tx.rep()), "k15".into(), value.clone())
+        .await
+        .expect("no trap");
+    assert!(matches!(over, Err(WitError::TooLarge(_))));
+    // Reads are held too: a transaction cannot read its way past the limit.
+    let reads = env.store().new().await.expect("a transaction");
+    let mut refused = None;
+    for n in 0..400_000 {
+        let key = format!("{n:0>400}");
+        let got = env
+            .store()
+            .get(Resource::new_borrow(reads.rep()), key)
+            .await
+            .expect("no trap");
+        if let Err(error) = got {
+            refused = Some((n, error));
+            break;
+        }
+    }
+    let (reads_held, error) = refused.expect("reads are bounded");
+    assert!(matches!(error, WitError::TooLarge(_)), "{error:?}");
+    assert!(reads_held > 30_000, "{reads_held}");
+    env.store().drop(tx).await.expect("dropped");
+    env.store().drop(reads).await.expect("dropped");
+    assert_eq!(
+        budget.used(),
+        0,
+        "dropped transactions give their bytes back"
+    );
+
+    // A budget without room closes the transaction and gives back what it held.
+    let small = MemoryBudget::new(2 * MIB);
+    env.ctx.transactions = TransactionAccount::new(small.clone());
+    let tx = env.store().new().await.expect("a transaction");
+    let mut outcomes = Vec::new();
+    for n in 0..3 {
+        outcomes.push(
+            env.store()
+                .set(
+                    Resource::new_borrow(tx.rep()),
+                    format!("k{n}"),
+                    value.clone(),
+                )
+                .await
+                .expect("no trap"),
+        );
+    }
+    assert!(outcomes[0].is_ok());
+    assert!(
+        matches!(&outcomes[1], Err(WitError::TooLarge(text)) if text.contains("memory budget")),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(&outcomes[2], Err(WitError::Closed)),
+        "{outcomes:?}"
+    );
+    assert_eq!(small.used(), 0);
+    let commit = env
+        .store()
+        .commit(Resource::new_borrow(tx.rep()))
+        .await
+        .expect("no trap");
+    assert!(matches!(commit, Err(WitError::Closed)), "{commit:?}");
+    env.store().drop(tx).await.expect("dropped");
+
+    // At most so many open at once: one more is the guest's fault.
+    let mut open = Vec::new();
+    for _ in 0..MAX_OPEN_TRANSACTIONS {
+        open.push(env.store().new().await.expect("a transaction"));
+    }
+    let trap = env.store().new().await.expect_err("capped");
+    assert!(trap.downcast_ref::<InstanceLimit>().is_some(), "{trap:#}");
+    let first = open.remove(0);
+    env.store().drop(first).await.expect("dropped");
+    env.store().new().await.expect("room again");
 }

@@ -3,6 +3,7 @@
 
 pub mod balancer;
 pub mod breaker;
+pub mod budget;
 pub mod error_rate;
 pub mod glob;
 pub mod inbound;

@@ -300,6 +300,9 @@ impl Instances {
             deadline: Deadline::after(self.timeout),
             trace: TraceScope::new(opentelemetry::Context::new()),
             open_watches: Default::default(),
+            transactions: crate::capabilities::store::TransactionAccount::new(
+                self.limits.budget.clone(),
+            ),
         })
     }
 

@@ -18,6 +18,7 @@ use super::failure::{DeadlineExceeded, classify, instantiate_failure};
 use super::reuse::{InstancePool, Reusable};
 use super::{GuestState, InstanceLimits, ServiceContext};
 use crate::capabilities::PlatformCtx;
+use crate::capabilities::store::TransactionAccount;
 use crate::deadline::Deadline;
 use crate::platform::Platform;
 use crate::protocol::RequestId;
@@ -114,6 +115,7 @@ impl Invocation {
             deadline: self.deadline,
             trace: TraceScope::new(self.trace.clone()),
             open_watches: Default::default(),
+            transactions: TransactionAccount::new(self.limits.budget.clone()),
         }
     }
 }

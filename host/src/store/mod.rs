@@ -22,8 +22,11 @@ pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Writes one transaction may buffer.
 pub const MAX_TRANSACTION_WRITES: usize = 10_000;
-/// Bytes of keys and values one transaction may buffer.
+/// Bytes one transaction may hold in the host: keys and values it writes, events it
+/// publishes, and the keys it has read and listed (checked again at commit).
 pub const MAX_TRANSACTION_BYTES: usize = 16 * 1024 * 1024;
+/// What one remembered key costs besides its bytes (its version, the map's entry).
+const ENTRY_OVERHEAD: usize = 48;
 /// Keys one `list-keys` may answer.
 pub const MAX_LIST: u32 = 10_000;
 
@@ -188,7 +191,8 @@ pub fn check_value(value: &[u8]) -> Result<(), StoreError> {
 #[derive(Debug, Default)]
 pub struct Transaction {
     commit: Commit,
-    buffered_bytes: usize,
+    /// Bytes it holds: reads, listings, writes, events, handled ids.
+    tracked_bytes: usize,
     closed: bool,
 }
 
@@ -206,11 +210,37 @@ impl Transaction {
         }
         let found = store.get(key)?;
         // The first read of a key is what the commit checks.
-        self.commit
-            .reads
-            .entry(key.to_owned())
-            .or_insert(found.as_ref().map(|v| v.version));
+        if !self.commit.reads.contains_key(key) {
+            self.track(key.len() + ENTRY_OVERHEAD)?;
+            self.commit
+                .reads
+                .insert(key.to_owned(), found.as_ref().map(|v| v.version));
+        }
         Ok(found.map(|v| v.value))
+    }
+
+    /// Bytes this transaction holds in the host.
+    pub fn tracked_bytes(&self) -> usize {
+        self.tracked_bytes
+    }
+
+    /// Hold `added` more bytes, if the transaction's limit allows.
+    fn track(&mut self, added: usize) -> Result<(), StoreError> {
+        if self.tracked_bytes + added > MAX_TRANSACTION_BYTES {
+            return Err(StoreError::TooLarge(format!(
+                "a transaction may hold at most {MAX_TRANSACTION_BYTES} bytes of keys read \
+                 and listed, writes and events: commit it and start another"
+            )));
+        }
+        self.tracked_bytes += added;
+        Ok(())
+    }
+
+    /// Give up everything it holds and close it (the host could not hold it).
+    pub fn abandon(&mut self) {
+        self.commit = Commit::default();
+        self.tracked_bytes = 0;
+        self.closed = true;
     }
 
     /// Buffer a write (`None`: delete).
@@ -220,16 +250,13 @@ impl Transaction {
         if let Some(value) = &value {
             check_value(value)?;
         }
-        let added = key.len() + value.as_ref().map_or(0, Vec::len);
-        if self.commit.writes.len() >= MAX_TRANSACTION_WRITES
-            || self.buffered_bytes + added > MAX_TRANSACTION_BYTES
-        {
+        let added = key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD;
+        if self.commit.writes.len() >= MAX_TRANSACTION_WRITES {
             return Err(StoreError::TooLarge(format!(
-                "a transaction may write at most {MAX_TRANSACTION_WRITES} keys and \
-                 {MAX_TRANSACTION_BYTES} bytes"
+                "a transaction may write at most {MAX_TRANSACTION_WRITES} keys"
             )));
         }
-        self.buffered_bytes += added;
+        self.track(added)?;
         self.commit.writes.insert(key.to_owned(), value);
         Ok(())
     }
@@ -254,6 +281,12 @@ impl Transaction {
             .count() as u32;
         let fetch = limit.saturating_add(deleted);
         let seen = store.list(prefix, fetch)?;
+        let held: usize = prefix.len()
+            + seen
+                .iter()
+                .map(|(key, _)| key.len() + ENTRY_OVERHEAD)
+                .sum::<usize>();
+        self.track(held)?;
         let mut keys: std::collections::BTreeSet<String> =
             seen.iter().map(|(key, _)| key.clone()).collect();
         for (key, write) in self.commit.writes.range(prefix.to_owned()..) {
@@ -276,15 +309,13 @@ impl Transaction {
     /// Publish `event` when this transaction commits.
     pub fn publish(&mut self, event: OutboxEvent) -> Result<(), StoreError> {
         self.open()?;
-        let added = event.topic.len() + event.payload.len();
-        if self.commit.events.len() >= MAX_TRANSACTION_WRITES
-            || self.buffered_bytes + added > MAX_TRANSACTION_BYTES
-        {
+        let added = event.topic.len() + event.payload.len() + ENTRY_OVERHEAD;
+        if self.commit.events.len() >= MAX_TRANSACTION_WRITES {
             return Err(StoreError::TooLarge(
-                "a transaction may publish at most 10000 events of 16 MiB in all".into(),
+                "a transaction may publish at most 10000 events".into(),
             ));
         }
-        self.buffered_bytes += added;
+        self.track(added)?;
         self.commit.events.push(event);
         Ok(())
     }
@@ -300,6 +331,7 @@ impl Transaction {
                 "too many handled events in one transaction".into(),
             ));
         }
+        self.track(id.len() + ENTRY_OVERHEAD)?;
         self.commit.handled.push(id.to_owned());
         Ok(())
     }
