@@ -44,6 +44,10 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub secrets: SecretsSettings,
 
+    /// How much the event bus may hold.
+    #[command(flatten)]
+    pub bus: crate::events::BusSettings,
+
     /// How much audit history is kept.
     #[command(flatten)]
     pub audit: crate::access::audit::AuditSettings,

@@ -33,6 +33,8 @@ pub struct Platform {
     pub bus: Arc<dyn crate::events::EventBus>,
     /// Which services committed events since delivery last looked, and a wake-up.
     pub published: Published,
+    /// What the bus holds against its host-wide bound.
+    pub bus_bound: crate::events::BusBound,
     /// The operator's secrets, and the redactor that masks them.
     pub secrets: Arc<crate::secrets::Secrets>,
 }
@@ -98,6 +100,7 @@ impl Platform {
             telemetry: None,
             secrets: None,
             registry_sweep: Duration::from_secs(1),
+            bus_limit: crate::events::BusSettings::default().max_bus_mb * 1024 * 1024,
         }
     }
 
@@ -117,9 +120,16 @@ pub struct PlatformBuilder {
     telemetry: Option<Arc<Telemetry>>,
     secrets: Option<Arc<Secrets>>,
     registry_sweep: Duration,
+    bus_limit: u64,
 }
 
 impl PlatformBuilder {
+    /// Bytes the event bus may hold for all services together.
+    pub fn bus_limit(mut self, bytes: u64) -> Self {
+        self.bus_limit = bytes;
+        self
+    }
+
     /// This host's identity in the registry (default `local`).
     pub fn host_id(mut self, host_id: impl Into<String>) -> Self {
         self.host_id = host_id.into();
@@ -169,6 +179,7 @@ impl PlatformBuilder {
             stores: Arc::new(stores),
             bus: Arc::new(bus),
             published: Published::default(),
+            bus_bound: crate::events::BusBound::new(self.bus_limit),
             secrets,
         }))
     }

@@ -93,6 +93,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         .host_id(data_dir.host_id()?)
         .telemetry(telemetry.clone())
         .secrets(secrets.clone())
+        .bus_limit(config.bus.max_bus_mb * 1024 * 1024)
         .build()?;
     let registry = platform.registry.clone();
     let caller = platform.caller.clone();

@@ -428,3 +428,92 @@ fn a_slow_subscriber_never_holds_up_another_s_events() {
         "the second event was delivered while the slow deliveries were still running"
     );
 }
+
+/// Publish events of `bytes` scheduled a day ahead from `pub` until one is refused;
+/// answers the refusal. They wait on the bus all that time.
+fn publish_until_refused(host: &Host, bytes: usize) -> String {
+    let payload = vec![b'x'; bytes];
+    let mut refusal = None;
+    wait_for("a publish to be refused", Duration::from_secs(30), || {
+        let (status, body) = post(
+            host,
+            &format!("/pub/publish?topic={TOPIC}&delay_ms=86400000"),
+            &payload,
+        );
+        if status != 200 {
+            refusal = Some(body);
+        }
+        refusal.is_some()
+    });
+    refusal.unwrap_or_default()
+}
+
+#[test]
+fn a_publisher_s_waiting_events_count_against_its_own_quota() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let small = format!("{PUBLISHER}[limits]\nstore_mb = 1\n");
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), &small)
+            .status,
+        201
+    );
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
+            .status,
+        201
+    );
+    let refusal = publish_until_refused(&host, 100 * 1024);
+    assert!(refusal.contains("QuotaExceeded"), "{refusal}");
+    // Its own store is nearly empty: the events wait on the bus, counted for it.
+    let shown = host.admin("GET", "/v1/services/pub").json();
+    assert!(
+        shown["store_bytes"]
+            .as_u64()
+            .is_some_and(|bytes| bytes < 512 * 1024),
+        "{shown}"
+    );
+    // A neighbour publishes as before.
+    let other = "[events]\npublishes = [\"other.topic\"]\n";
+    assert_eq!(
+        host.deploy_with_manifest("other", &guest("counter"), other)
+            .status,
+        201
+    );
+    let (status, body) = post(&host, "/other/publish?topic=other.topic", b"x");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn the_bus_has_a_host_wide_bound_and_publishing_past_it_fails_with_bus_full() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &["--max-bus-mb", "1"]);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
+            .status,
+        201
+    );
+    let refusal = publish_until_refused(&host, 200 * 1024);
+    assert!(refusal.contains("BusFull"), "{refusal}");
+    // The bus holds close to its bound, and never more.
+    let held = || -> u64 {
+        let metrics = host.admin("GET", "/metrics").body;
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("shoal_event_bus_bytes "))
+            .and_then(|value| value.trim().parse().ok())
+            .expect("the bus's size is a metric")
+    };
+    wait_for("the bus measured", Duration::from_secs(10), || held() > 512 * 1024);
+    assert!(held() <= 1024 * 1024, "{}", held());
+    // Nothing acknowledged is lost: every accepted event is on the bus or waits in
+    // the publisher's outbox.
+    let events = host.admin("GET", "/v1/events").json();
+    let pending = events["pending"].as_u64().expect("pending");
+    assert!(pending >= 5, "{events}");
+}

@@ -61,6 +61,13 @@ impl EventsView<'_> {
         delay_ms: u64,
     ) -> Result<OutboxEvent, PublishError> {
         validate_topic(&topic).map_err(|error| PublishError::InvalidTopic(error.to_string()))?;
+        let bound = &self.platform.bus_bound;
+        if bound.is_full() {
+            return Err(PublishError::BusFull(format!(
+                "the host's event bus holds its limit of {} MiB of events",
+                bound.limit() / (1024 * 1024)
+            )));
+        }
         if !self.topics.may_publish(&topic) {
             return Err(PublishError::NotDeclared(format!(
                 "`{}` does not declare topic `{topic}` under `[events] publishes` in its manifest",

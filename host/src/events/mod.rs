@@ -45,11 +45,90 @@ pub fn validate_topic(topic: &str) -> Result<(), InvalidTopic> {
     }
 }
 
+/// How much the bus may hold, host-wide.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BusSettings {
+    /// Bytes of events the bus may hold for all services together (waiting,
+    /// scheduled and dead), in MiB. Past it, events stay in their publishers'
+    /// outboxes (counted against their quotas) and `publish` fails with `bus-full`.
+    #[arg(long, env = "SHOAL_MAX_BUS_MB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_bus_mb: u64,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        Self { max_bus_mb: 1024 }
+    }
+}
+
+/// What the bus holds against its host-wide bound, as last measured.
+#[derive(Debug)]
+pub struct BusBound {
+    limit: u64,
+    held: std::sync::atomic::AtomicU64,
+    /// Events waiting in an outbox did not fit the bus at the last try.
+    refused: std::sync::atomic::AtomicBool,
+}
+
+impl BusBound {
+    /// A bound of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            held: Default::default(),
+            refused: Default::default(),
+        }
+    }
+
+    /// The bound, in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes held, as last measured.
+    pub fn held(&self) -> u64 {
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Record what the bus holds now (measured: whether waiting events fit is then
+    /// tried again).
+    pub fn set_held(&self, bytes: u64) {
+        self.held.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.refused
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Take room for `bytes` more if they fit; if not, the bus counts as full until
+    /// it is measured again.
+    pub fn try_add(&self, bytes: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let added = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|total| *total <= self.limit)
+            })
+            .is_ok();
+        if !added {
+            self.refused.store(true, Ordering::Relaxed);
+        }
+        added
+    }
+
+    /// Whether the bus is full: it holds its limit, or events waiting to move onto
+    /// it did not fit.
+    pub fn is_full(&self) -> bool {
+        self.held() >= self.limit || self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A new event for one subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
     /// The event's id.
     pub event_id: String,
+    /// The publishing service: what waits on the bus counts against its quota.
+    pub publisher: String,
     /// The subscribing service.
     pub subscriber: String,
     /// The topic.
@@ -69,6 +148,21 @@ impl NewDelivery {
     pub fn ready_ms(&self) -> u64 {
         self.published_ms.max(self.deliver_at_ms)
     }
+
+    /// Bytes it takes on the bus, as [`EventBus::held_bytes`] counts them.
+    pub fn bytes(&self) -> u64 {
+        (self.event_id.len() + self.topic.len() + self.payload.len()) as u64
+    }
+}
+
+/// What the bus holds: in all, and per publisher (bytes of id, topic and payload of
+/// every delivery, waiting, scheduled or dead).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldBytes {
+    /// In all.
+    pub total: u64,
+    /// Per publishing service.
+    pub by_publisher: Vec<(String, u64)>,
 }
 
 /// A delivery waiting in the bus.
@@ -148,6 +242,9 @@ pub trait EventBus: Send + Sync {
 
     /// Deliveries waiting (not dead).
     fn pending(&self) -> Result<u64, BusError>;
+
+    /// What the bus holds, in all and per publisher.
+    fn held_bytes(&self) -> Result<HeldBytes, BusError>;
 }
 
 /// Wait before attempt `attempts + 1` of a delivery: 100 ms doubling per attempt, at
@@ -167,6 +264,18 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bus_is_full_at_its_bound_or_when_waiting_events_do_not_fit() {
+        let bound = BusBound::new(100);
+        assert!(bound.try_add(60) && !bound.is_full());
+        assert!(!bound.try_add(60), "past the bound");
+        assert!(bound.is_full(), "what waits does not fit");
+        assert_eq!(bound.held(), 60, "a refused batch takes nothing");
+        bound.set_held(10);
+        assert!(!bound.is_full(), "measured again");
+        assert!(bound.try_add(90) && bound.is_full());
+    }
 
     #[test]
     fn topics() {

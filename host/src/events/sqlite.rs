@@ -6,7 +6,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension as _, params};
 use std::path::Path;
 
-use super::{BusError, DeadLetter, Delivery, EventBus, NewDelivery, Settlement};
+use super::{BusError, DeadLetter, Delivery, EventBus, HeldBytes, NewDelivery, Settlement};
 
 /// The embedded bus.
 pub struct SqliteBus {
@@ -45,6 +45,13 @@ impl SqliteBus {
             "INTEGER NOT NULL DEFAULT 0",
         )
         .map_err(bus)?;
+        crate::data_dir::ensure_column(
+            &connection,
+            "deliveries",
+            "publisher",
+            "TEXT NOT NULL DEFAULT ''",
+        )
+        .map_err(bus)?;
         // Claims (and backoffs) of a host that stopped: due again at once, but a
         // scheduled event still not before its time.
         connection
@@ -65,8 +72,8 @@ impl EventBus for SqliteBus {
                 .prepare_cached(
                     "INSERT OR IGNORE INTO deliveries \
                      (event_id, subscriber, topic, payload, traceparent, published_ms, \
-                      not_before_ms, due_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                      not_before_ms, due_ms, publisher) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
                 )
                 .map_err(bus)?;
             for delivery in deliveries {
@@ -79,6 +86,7 @@ impl EventBus for SqliteBus {
                         delivery.traceparent,
                         delivery.published_ms as i64,
                         delivery.deliver_at_ms as i64,
+                        delivery.publisher,
                     ])
                     .map_err(bus)?;
             }
@@ -105,7 +113,7 @@ impl EventBus for SqliteBus {
             let mut select = transaction
                 .prepare_cached(
                     "SELECT event_id, subscriber, topic, payload, traceparent, attempts, \
-                     published_ms, not_before_ms FROM (\
+                     published_ms, not_before_ms, publisher FROM (\
                        SELECT *, ROW_NUMBER() OVER (PARTITION BY subscriber ORDER BY due_ms) \
                          AS place FROM deliveries WHERE dead = 0 AND due_ms <= ?1) \
                      WHERE place <= ?4 - COALESCE(json_extract(?3, '$.\"' || subscriber || '\"'), 0) \
@@ -119,6 +127,7 @@ impl EventBus for SqliteBus {
                         Ok(Delivery {
                             event: NewDelivery {
                                 event_id: row.get(0)?,
+                                publisher: row.get(8)?,
                                 subscriber: row.get(1)?,
                                 topic: row.get(2)?,
                                 payload: row.get(3)?,
@@ -253,6 +262,30 @@ impl EventBus for SqliteBus {
             .map(|count| count.unwrap_or(0).max(0) as u64)
             .map_err(bus)
     }
+
+    fn held_bytes(&self) -> Result<HeldBytes, BusError> {
+        let connection = self.connection.lock();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT publisher, \
+                 SUM(length(event_id) + length(topic) + length(payload)) \
+                 FROM deliveries GROUP BY publisher",
+            )
+            .map_err(bus)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?.max(0) as u64,
+                ))
+            })
+            .map_err(bus)?;
+        let by_publisher: Vec<(String, u64)> = rows.collect::<Result<_, _>>().map_err(bus)?;
+        Ok(HeldBytes {
+            total: by_publisher.iter().map(|(_, bytes)| bytes).sum(),
+            by_publisher,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -262,6 +295,7 @@ mod tests {
     fn delivery(id: &str) -> NewDelivery {
         NewDelivery {
             event_id: id.into(),
+            publisher: "orders".into(),
             subscriber: "shipping".into(),
             topic: "order.created".into(),
             payload: b"{}".to_vec(),
@@ -278,6 +312,31 @@ mod tests {
             max_attempts: 2,
         };
         ("e1".into(), "shipping".into(), outcome)
+    }
+
+    #[test]
+    fn what_the_bus_holds_is_counted_per_publisher() {
+        let dir = tempfile::tempdir().expect("dir");
+        let bus = SqliteBus::open(&dir.path().join("events.sqlite3")).expect("bus");
+        assert_eq!(bus.held_bytes().expect("held"), HeldBytes::default());
+        let mut other = delivery("e2");
+        other.publisher = "payment".into();
+        other.payload = vec![b'x'; 100];
+        bus.enqueue(&[delivery("e1"), other.clone()])
+            .expect("enqueue");
+        let mut held = bus.held_bytes().expect("held");
+        held.by_publisher.sort();
+        let orders = delivery("e1").bytes();
+        assert_eq!(
+            held,
+            HeldBytes {
+                total: orders + other.bytes(),
+                by_publisher: vec![("orders".into(), orders), ("payment".into(), other.bytes())],
+            }
+        );
+        bus.settle(&[("e1".into(), "shipping".into(), Settlement::Acknowledged)])
+            .expect("settled");
+        assert_eq!(bus.held_bytes().expect("held").total, other.bytes());
     }
 
     #[test]

@@ -36,6 +36,8 @@ const ORPHAN_ATTEMPTS: u32 = 5;
 
 /// How often every outbox is read, whatever was marked (a safety net).
 const FULL_SWEEP: Duration = Duration::from_secs(5);
+/// How often what the bus holds is measured, in all and per publisher.
+const MEASURE_BUS: Duration = Duration::from_secs(1);
 
 /// Move events onto the bus and deliver them until the services are gone: two loops,
 /// so a slow round of deliveries never holds committed events in their outboxes.
@@ -49,6 +51,7 @@ pub async fn run(services: Weak<Services>) {
 /// Route committed events from marked outboxes onto the bus, as soon as they commit.
 async fn route_loop(services: Weak<Services>, routed: Arc<tokio::sync::Notify>) {
     let mut last_sweep = std::time::Instant::now();
+    let mut last_measure: Option<std::time::Instant> = None;
     loop {
         let Some(services) = services.upgrade() else {
             return;
@@ -56,6 +59,10 @@ async fn route_loop(services: Weak<Services>, routed: Arc<tokio::sync::Notify>) 
         if last_sweep.elapsed() >= FULL_SWEEP {
             services.platform.published.mark_all();
             last_sweep = std::time::Instant::now();
+        }
+        if last_measure.is_none_or(|at| at.elapsed() >= MEASURE_BUS) {
+            services.measure_bus().await;
+            last_measure = Some(std::time::Instant::now());
         }
         let moved = services.route_outboxes().await;
         if moved > 0 {
@@ -188,6 +195,43 @@ impl Services {
             .collect()
     }
 
+    /// Measure what the bus holds: the host-wide bound sees the total, and each
+    /// publisher's store counts its own events on the bus against its quota.
+    async fn measure_bus(&self) {
+        let bus = self.platform.bus.clone();
+        let held = match tokio::task::spawn_blocking(move || bus.held_bytes()).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot measure the event bus");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, "measuring the event bus failed");
+                return;
+            }
+        };
+        self.platform.bus_bound.set_held(held.total);
+        let by_publisher: std::collections::HashMap<&str, u64> = held
+            .by_publisher
+            .iter()
+            .map(|(publisher, bytes)| (publisher.as_str(), *bytes))
+            .collect();
+        for service in self.table.services() {
+            let bytes = by_publisher.get(service.name()).copied().unwrap_or(0);
+            // The versions of a service share its store.
+            service
+                .versions()
+                .stable
+                .context
+                .store
+                .set_held_elsewhere(bytes);
+        }
+        let metrics = &self.platform.telemetry.metrics;
+        if metrics.enabled() {
+            metrics.bus_bytes.set(held.total as i64);
+        }
+    }
+
     /// Move committed events from the outboxes onto the bus. Returns how many.
     async fn route_outboxes(&self) -> usize {
         let services = match self.platform.published.take() {
@@ -230,8 +274,17 @@ impl Services {
                 }
                 let deliveries: Vec<NewDelivery> = events
                     .iter()
-                    .flat_map(|event| fan_out(event, &subscriptions))
+                    .flat_map(|event| fan_out(&publisher_label, event, &subscriptions))
                     .collect();
+                let bytes: u64 = deliveries.iter().map(NewDelivery::bytes).sum();
+                if !platform.bus_bound.try_add(bytes) {
+                    // They wait in the outbox, counted against the publisher's quota.
+                    return Err(format!(
+                        "the event bus is full ({} of {} bytes)",
+                        platform.bus_bound.held(),
+                        platform.bus_bound.limit()
+                    ));
+                }
                 // The bus has them before they leave the outbox: a crash in between
                 // enqueues them again, which the bus ignores.
                 bus.enqueue(&deliveries).map_err(|e| e.to_string())?;
@@ -402,12 +455,17 @@ enum Attempt {
 }
 
 /// One delivery of `event` per subscription to its topic.
-fn fan_out(event: &OutboxEvent, subscriptions: &[(String, Subscription)]) -> Vec<NewDelivery> {
+fn fan_out(
+    publisher: &str,
+    event: &OutboxEvent,
+    subscriptions: &[(String, Subscription)],
+) -> Vec<NewDelivery> {
     subscriptions
         .iter()
         .filter(|(_, subscription)| subscription.topic == event.topic)
         .map(|(subscriber, _)| NewDelivery {
             event_id: event.id.clone(),
+            publisher: publisher.to_owned(),
             subscriber: subscriber.clone(),
             topic: event.topic.clone(),
             payload: event.payload.clone(),
@@ -476,7 +534,7 @@ mod tests {
             published_ms: 0,
             deliver_at_ms: 0,
         };
-        let deliveries = fan_out(&event, &subscriptions);
+        let deliveries = fan_out("orders", &event, &subscriptions);
         let subscribers: Vec<&str> = deliveries.iter().map(|d| d.subscriber.as_str()).collect();
         assert_eq!(subscribers, ["shipping", "billing"]);
     }

@@ -155,6 +155,11 @@ pub trait ServiceStore: Send + Sync {
     /// Remove events from the outbox (the bus has them now).
     fn remove_from_outbox(&self, ids: &[String]) -> Result<(), StoreError>;
 
+    /// Bytes of this service's events that the bus holds now: they count against
+    /// the quota with what the store holds (its outbox included), so a backlog of its
+    /// events cannot grow without bound.
+    fn set_held_elsewhere(&self, bytes: u64);
+
     /// Whether a committed transaction marked event `id` handled.
     fn is_handled(&self, id: &str) -> Result<bool, StoreError>;
 }

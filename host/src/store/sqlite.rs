@@ -104,6 +104,8 @@ pub struct SqliteStore {
     /// Bytes stored, as of the last commit: the admin view reads it without opening
     /// the store.
     bytes: AtomicU64,
+    /// Bytes of its events the bus holds: counted against the quota too.
+    elsewhere: AtomicU64,
 }
 
 /// A connection opened on first use.
@@ -179,6 +181,7 @@ impl SqliteStore {
             quota: Mutex::new(quota),
             outbox_empty: AtomicBool::new(outbox_empty),
             bytes: AtomicU64::new(bytes),
+            elsewhere: AtomicU64::new(0),
         })
     }
 
@@ -342,7 +345,9 @@ impl ServiceStore for SqliteStore {
         if !commit.writes_anything() {
             return Ok(());
         }
-        let mut inbox_bytes = 0i64;
+        // Events waiting in the outbox and handled ids count against the quota, so
+        // neither can grow without bound.
+        let mut event_bytes = 0i64;
         {
             let mut outbox = transaction
                 .prepare_cached(
@@ -362,20 +367,19 @@ impl ServiceStore for SqliteStore {
                         event.deliver_at_ms as i64,
                     ])
                     .map_err(backend)?;
+                event_bytes += (event.id.len() + event.topic.len() + event.payload.len()) as i64;
             }
             let mut inbox = transaction
                 .prepare_cached("INSERT OR IGNORE INTO inbox (id) VALUES (?1)")
                 .map_err(backend)?;
             for id in &commit.handled {
-                // Handled ids count against the quota, so the inbox cannot grow
-                // without bound.
                 if inbox.execute([id]).map_err(backend)? > 0 {
-                    inbox_bytes += id.len() as i64;
+                    event_bytes += id.len() as i64;
                 }
             }
         }
         // Apply, within the quota.
-        let mut bytes = Self::meta(&transaction, "bytes")? + inbox_bytes;
+        let mut bytes = Self::meta(&transaction, "bytes")? + event_bytes;
         let sequence = Self::meta(&transaction, "sequence")? + 1;
         {
             let mut size_of = transaction
@@ -411,7 +415,8 @@ impl ServiceStore for SqliteStore {
             }
         }
         let before = Self::meta(&transaction, "bytes")?;
-        if bytes > before && bytes as u64 > quota {
+        let elsewhere = self.elsewhere.load(Ordering::SeqCst);
+        if bytes > before && (bytes as u64).saturating_add(elsewhere) > quota {
             // Dropping the transaction rolls it back.
             return Err(StoreError::QuotaExceeded);
         }
@@ -470,15 +475,37 @@ impl ServiceStore for SqliteStore {
     fn remove_from_outbox(&self, ids: &[String]) -> Result<(), StoreError> {
         let mut connection = self.connection()?;
         let transaction = connection.transaction().map_err(backend)?;
+        let mut removed = 0i64;
         {
             let mut delete = transaction
-                .prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                .prepare_cached(
+                    "DELETE FROM outbox WHERE id = ?1 \
+                     RETURNING length(id) + length(topic) + length(payload)",
+                )
                 .map_err(backend)?;
             for id in ids {
-                delete.execute([id]).map_err(backend)?;
+                let bytes: Option<i64> = delete
+                    .query_row([id], |row| row.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                removed += bytes.unwrap_or(0);
             }
         }
-        transaction.commit().map_err(backend)
+        // Events an older host put in the outbox were not counted: never below 0.
+        let bytes: i64 = transaction
+            .query_row(
+                "UPDATE meta SET value = MAX(0, value - ?1) WHERE name = 'bytes' RETURNING value",
+                [removed],
+                |row| row.get(0),
+            )
+            .map_err(backend)?;
+        transaction.commit().map_err(backend)?;
+        self.bytes.store(bytes.max(0) as u64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn set_held_elsewhere(&self, bytes: u64) {
+        self.elsewhere.store(bytes, Ordering::SeqCst);
     }
 
     fn is_handled(&self, id: &str) -> Result<bool, StoreError> {
@@ -605,6 +632,38 @@ mod tests {
         shrink.put("k", None).expect("delete");
         shrink.commit(&*store).expect("shrinks");
         assert_eq!(store.size().expect("size"), 0);
+    }
+
+    #[test]
+    fn waiting_events_count_against_the_quota_in_the_outbox_and_on_the_bus() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir, "s", 1000);
+        let publish = |id: &str, bytes: usize| {
+            let mut tx = Transaction::default();
+            let mut event = event(id);
+            event.payload = vec![b'p'; bytes];
+            tx.publish(event).expect("publish");
+            tx.commit(&*store)
+        };
+        publish("e1", 600).expect("fits");
+        assert_eq!(
+            store.size().expect("size"),
+            600 + 2 + 1,
+            "id, topic and payload"
+        );
+        assert_eq!(publish("e2", 600), Err(StoreError::QuotaExceeded));
+        // Moved to the bus: out of the outbox, but the bus still holds it for this
+        // service.
+        store.remove_from_outbox(&["e1".into()]).expect("moved");
+        assert_eq!(store.size().expect("size"), 0);
+        store.set_held_elsewhere(603);
+        assert_eq!(publish("e2", 600), Err(StoreError::QuotaExceeded));
+        let mut write = Transaction::default();
+        write.put("k", Some(vec![0; 500])).expect("put");
+        assert_eq!(write.commit(&*store), Err(StoreError::QuotaExceeded));
+        // Delivered: room again.
+        store.set_held_elsewhere(0);
+        publish("e2", 600).expect("fits again");
     }
 
     #[test]

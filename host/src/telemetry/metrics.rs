@@ -72,6 +72,9 @@ pub struct Metrics {
     pub guest_log_dropped: IntCounterVec,
     /// `shoal_log_lines_dropped_total`: lines the host's log writer could not keep up with.
     pub log_lines_dropped: IntCounter,
+    /// `shoal_event_bus_bytes`: bytes of events the bus holds (waiting, scheduled,
+    /// dead), against `--max-bus-mb`.
+    pub bus_bytes: IntGauge,
     /// `shoal_memory_reserved_bytes`: linear memory live instances hold.
     pub memory_reserved: IntGauge,
     /// `shoal_memory_budget_bytes`: what they may hold together.
@@ -246,6 +249,10 @@ impl Metrics {
                 "shoal_log_lines_dropped_total",
                 "Host log lines dropped because the log's writer (stderr) could not keep up.",
             )?,
+            bus_bytes: IntGauge::new(
+                "shoal_event_bus_bytes",
+                "Bytes of events the event bus holds (waiting, scheduled and dead).",
+            )?,
             memory_reserved: IntGauge::new(
                 "shoal_memory_reserved_bytes",
                 "Linear memory held by live instances, host-wide.",
@@ -322,6 +329,7 @@ impl Metrics {
             Box::new(metrics.guest_log_dropped.clone()),
             Box::new(metrics.store_commits.clone()),
             Box::new(metrics.events_published.clone()),
+            Box::new(metrics.bus_bytes.clone()),
             Box::new(metrics.event_deliveries.clone()),
             Box::new(metrics.outbox_lag.clone()),
             Box::new(metrics.delivery_lag.clone()),
