@@ -35,6 +35,8 @@ pub struct Platform {
     pub published: Published,
     /// What the bus holds against its host-wide bound.
     pub bus_bound: crate::events::BusBound,
+    /// How long subscribers remember the events they handled.
+    pub inbox_retention: Duration,
     /// The operator's secrets, and the redactor that masks them.
     pub secrets: Arc<crate::secrets::Secrets>,
 }
@@ -101,6 +103,7 @@ impl Platform {
             secrets: None,
             registry_sweep: Duration::from_secs(1),
             bus_limit: crate::events::BusSettings::default().max_bus_mb * 1024 * 1024,
+            inbox_retention: crate::events::BusSettings::default().inbox_retention,
         }
     }
 
@@ -121,12 +124,19 @@ pub struct PlatformBuilder {
     secrets: Option<Arc<Secrets>>,
     registry_sweep: Duration,
     bus_limit: u64,
+    inbox_retention: Duration,
 }
 
 impl PlatformBuilder {
     /// Bytes the event bus may hold for all services together.
     pub fn bus_limit(mut self, bytes: u64) -> Self {
         self.bus_limit = bytes;
+        self
+    }
+
+    /// How long subscribers remember the events they handled.
+    pub fn inbox_retention(mut self, retention: Duration) -> Self {
+        self.inbox_retention = retention;
         self
     }
 
@@ -180,6 +190,7 @@ impl PlatformBuilder {
             bus: Arc::new(bus),
             published: Published::default(),
             bus_bound: crate::events::BusBound::new(self.bus_limit),
+            inbox_retention: self.inbox_retention,
             secrets,
         }))
     }

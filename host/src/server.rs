@@ -89,11 +89,19 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
     if telemetry.tracing.exporting() {
         tracing::info!("exporting traces over OTLP");
     }
+    if config.bus.inbox_retention < Duration::from_secs(3600) {
+        tracing::warn!(
+            retention = %humantime::format_duration(config.bus.inbox_retention),
+            "--inbox-retention is shorter than an event's redeliveries may last (about 50 \
+             minutes): a late redelivery may be handled twice"
+        );
+    }
     let platform = Platform::builder(data_dir.root())
         .host_id(data_dir.host_id()?)
         .telemetry(telemetry.clone())
         .secrets(secrets.clone())
         .bus_limit(config.bus.max_bus_mb * 1024 * 1024)
+        .inbox_retention(config.bus.inbox_retention)
         .build()?;
     let registry = platform.registry.clone();
     let caller = platform.caller.clone();

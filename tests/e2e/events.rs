@@ -509,11 +509,46 @@ fn the_bus_has_a_host_wide_bound_and_publishing_past_it_fails_with_bus_full() {
             .and_then(|value| value.trim().parse().ok())
             .expect("the bus's size is a metric")
     };
-    wait_for("the bus measured", Duration::from_secs(10), || held() > 512 * 1024);
+    wait_for("the bus measured", Duration::from_secs(10), || {
+        held() > 512 * 1024
+    });
     assert!(held() <= 1024 * 1024, "{}", held());
     // Nothing acknowledged is lost: every accepted event is on the bus or waits in
     // the publisher's outbox.
     let events = host.admin("GET", "/v1/events").json();
     let pending = events["pending"].as_u64().expect("pending");
     assert!(pending >= 5, "{events}");
+}
+
+#[test]
+fn a_subscriber_forgets_the_events_it_handled_after_the_retention() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &["--inbox-retention", "2s"]);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
+            .status,
+        201
+    );
+    let (status, id) = post(&host, &format!("/pub/publish?topic={TOPIC}"), b"x");
+    assert_eq!(status, 200, "{id}");
+    let id = id.trim().to_owned();
+    wait_for("the delivery", Duration::from_secs(10), || {
+        handled(&host) == [id.clone()]
+    });
+    let bytes = || {
+        host.admin("GET", "/v1/services/sub").json()["store_bytes"]
+            .as_u64()
+            .expect("store bytes")
+    };
+    let with_inbox = bytes();
+    // Its handler's own writes stay; the inbox's id goes once its retention is over.
+    wait_for("the inbox to be pruned", Duration::from_secs(20), || {
+        bytes() == with_inbox - id.len() as u64
+    });
+    assert_eq!(handled(&host), [id]);
 }

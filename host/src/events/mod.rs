@@ -54,11 +54,21 @@ pub struct BusSettings {
     #[arg(long, env = "SHOAL_MAX_BUS_MB", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub max_bus_mb: u64,
+
+    /// How long a subscriber remembers an event it handled (its inbox), so a
+    /// redelivery is dropped: longer than any redelivery (at most 100 attempts, 30 s
+    /// apart, about 50 minutes). A dead letter replayed after it may be handled again.
+    #[arg(long, env = "SHOAL_INBOX_RETENTION", default_value = "24h",
+          value_parser = humantime::parse_duration)]
+    pub inbox_retention: Duration,
 }
 
 impl Default for BusSettings {
     fn default() -> Self {
-        Self { max_bus_mb: 1024 }
+        Self {
+            max_bus_mb: 1024,
+            inbox_retention: Duration::from_secs(24 * 60 * 60),
+        }
     }
 }
 

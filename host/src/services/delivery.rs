@@ -38,6 +38,9 @@ const ORPHAN_ATTEMPTS: u32 = 5;
 const FULL_SWEEP: Duration = Duration::from_secs(5);
 /// How often what the bus holds is measured, in all and per publisher.
 const MEASURE_BUS: Duration = Duration::from_secs(1);
+/// How often subscribers' inboxes are pruned at most (a quarter of the retention
+/// when that is shorter).
+const PRUNE_INBOXES: Duration = Duration::from_secs(600);
 
 /// Move events onto the bus and deliver them until the services are gone: two loops,
 /// so a slow round of deliveries never holds committed events in their outboxes.
@@ -52,6 +55,7 @@ pub async fn run(services: Weak<Services>) {
 async fn route_loop(services: Weak<Services>, routed: Arc<tokio::sync::Notify>) {
     let mut last_sweep = std::time::Instant::now();
     let mut last_measure: Option<std::time::Instant> = None;
+    let mut last_prune = std::time::Instant::now();
     loop {
         let Some(services) = services.upgrade() else {
             return;
@@ -63,6 +67,11 @@ async fn route_loop(services: Weak<Services>, routed: Arc<tokio::sync::Notify>) 
         if last_measure.is_none_or(|at| at.elapsed() >= MEASURE_BUS) {
             services.measure_bus().await;
             last_measure = Some(std::time::Instant::now());
+        }
+        let retention = services.platform.inbox_retention;
+        if last_prune.elapsed() >= (retention / 4).min(PRUNE_INBOXES) {
+            services.prune_inboxes(retention).await;
+            last_prune = std::time::Instant::now();
         }
         let moved = services.route_outboxes().await;
         if moved > 0 {
@@ -229,6 +238,25 @@ impl Services {
         let metrics = &self.platform.telemetry.metrics;
         if metrics.enabled() {
             metrics.bus_bytes.set(held.total as i64);
+        }
+    }
+
+    /// Forget the events each service handled longer ago than `retention`.
+    async fn prune_inboxes(&self, retention: Duration) {
+        let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+        for service in self.table.services() {
+            let store = service.versions().stable.context.store.clone();
+            let pruned = tokio::task::spawn_blocking(move || store.prune_inbox(cutoff)).await;
+            match pruned {
+                Ok(Ok(0)) => {}
+                Ok(Ok(count)) => {
+                    tracing::debug!(service = service.name(), count, "handled events forgotten")
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(service = service.name(), %error, "cannot prune the inbox")
+                }
+                Err(error) => tracing::error!(%error, "pruning an inbox failed"),
+            }
         }
     }
 

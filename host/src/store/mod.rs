@@ -155,6 +155,10 @@ pub trait ServiceStore: Send + Sync {
     /// Remove events from the outbox (the bus has them now).
     fn remove_from_outbox(&self, ids: &[String]) -> Result<(), StoreError>;
 
+    /// Forget the ids of events handled before `handled_before_ms` (Unix
+    /// milliseconds): long after any redelivery of them. Returns how many.
+    fn prune_inbox(&self, handled_before_ms: u64) -> Result<u64, StoreError>;
+
     /// Bytes of this service's events that the bus holds now: they count against
     /// the quota with what the store holds (its outbox included), so a backlog of its
     /// events cannot grow without bound.

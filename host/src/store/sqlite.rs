@@ -101,6 +101,9 @@ pub struct SqliteStore {
     /// The outbox was seen empty and nothing was published since: the event router
     /// need not open the store to look.
     outbox_empty: AtomicBool,
+    /// The inbox was seen empty and nothing was marked handled since: pruning need
+    /// not open the store.
+    inbox_empty: AtomicBool,
     /// Bytes stored, as of the last commit: the admin view reads it without opening
     /// the store.
     bytes: AtomicU64,
@@ -166,6 +169,25 @@ impl SqliteStore {
             "INTEGER NOT NULL DEFAULT 0",
         )
         .map_err(backend)?;
+        crate::data_dir::ensure_column(
+            &connection,
+            "inbox",
+            "handled_ms",
+            "INTEGER NOT NULL DEFAULT 0",
+        )
+        .map_err(backend)?;
+        // Ids handled before their time was kept: their retention starts now.
+        connection
+            .execute(
+                "UPDATE inbox SET handled_ms = ?1 WHERE handled_ms = 0",
+                [crate::events::now_ms() as i64],
+            )
+            .map_err(backend)?;
+        let inbox_empty = connection
+            .query_row("SELECT 1 FROM inbox LIMIT 1", [], |_| Ok(()))
+            .optional()
+            .map_err(backend)?
+            .is_none();
         let outbox_empty = connection
             .query_row("SELECT 1 FROM outbox LIMIT 1", [], |_| Ok(()))
             .optional()
@@ -180,6 +202,7 @@ impl SqliteStore {
             }),
             quota: Mutex::new(quota),
             outbox_empty: AtomicBool::new(outbox_empty),
+            inbox_empty: AtomicBool::new(inbox_empty),
             bytes: AtomicU64::new(bytes),
             elsewhere: AtomicU64::new(0),
         })
@@ -370,10 +393,11 @@ impl ServiceStore for SqliteStore {
                 event_bytes += (event.id.len() + event.topic.len() + event.payload.len()) as i64;
             }
             let mut inbox = transaction
-                .prepare_cached("INSERT OR IGNORE INTO inbox (id) VALUES (?1)")
+                .prepare_cached("INSERT OR IGNORE INTO inbox (id, handled_ms) VALUES (?1, ?2)")
                 .map_err(backend)?;
+            let now = crate::events::now_ms() as i64;
             for id in &commit.handled {
-                if inbox.execute([id]).map_err(backend)? > 0 {
+                if inbox.execute(params![id, now]).map_err(backend)? > 0 {
                     event_bytes += id.len() as i64;
                 }
             }
@@ -433,6 +457,9 @@ impl ServiceStore for SqliteStore {
             // Under the connection's lock, so a concurrent look at the outbox that
             // found it empty cannot overwrite this.
             self.outbox_empty.store(false, Ordering::SeqCst);
+        }
+        if !commit.handled.is_empty() {
+            self.inbox_empty.store(false, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -502,6 +529,46 @@ impl ServiceStore for SqliteStore {
         transaction.commit().map_err(backend)?;
         self.bytes.store(bytes.max(0) as u64, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn prune_inbox(&self, handled_before_ms: u64) -> Result<u64, StoreError> {
+        if self.inbox_empty.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
+        let mut connection = self.connection()?;
+        let transaction = connection.transaction().map_err(backend)?;
+        let (removed, removed_bytes): (i64, i64) = transaction
+            .query_row(
+                "SELECT count(*), COALESCE(SUM(length(id)), 0) FROM inbox WHERE handled_ms < ?1",
+                [handled_before_ms as i64],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(backend)?;
+        transaction
+            .execute(
+                "DELETE FROM inbox WHERE handled_ms < ?1",
+                [handled_before_ms as i64],
+            )
+            .map_err(backend)?;
+        let bytes: i64 = transaction
+            .query_row(
+                "UPDATE meta SET value = MAX(0, value - ?1) WHERE name = 'bytes' RETURNING value",
+                [removed_bytes],
+                |row| row.get(0),
+            )
+            .map_err(backend)?;
+        let empty = transaction
+            .query_row("SELECT 1 FROM inbox LIMIT 1", [], |_| Ok(()))
+            .optional()
+            .map_err(backend)?
+            .is_none();
+        transaction.commit().map_err(backend)?;
+        self.bytes.store(bytes.max(0) as u64, Ordering::SeqCst);
+        if empty {
+            // Under the connection's lock: a commit marking an id waits for it.
+            self.inbox_empty.store(true, Ordering::SeqCst);
+        }
+        Ok(removed.max(0) as u64)
     }
 
     fn set_held_elsewhere(&self, bytes: u64) {
@@ -664,6 +731,31 @@ mod tests {
         // Delivered: room again.
         store.set_held_elsewhere(0);
         publish("e2", 600).expect("fits again");
+    }
+
+    #[test]
+    fn handled_ids_expire_after_their_retention() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = store(&dir, "s", 1 << 20);
+        assert_eq!(
+            store.prune_inbox(u64::MAX).expect("prune"),
+            0,
+            "nothing to prune"
+        );
+        let mut tx = Transaction::default();
+        tx.mark_handled("event-1").expect("mark");
+        tx.commit(&*store).expect("commit");
+        assert_eq!(store.size().expect("size"), 7);
+        let marked_at = crate::events::now_ms();
+        assert_eq!(
+            store.prune_inbox(marked_at - 60_000).expect("prune"),
+            0,
+            "still kept"
+        );
+        assert!(store.is_handled("event-1").expect("read"));
+        assert_eq!(store.prune_inbox(marked_at + 1).expect("prune"), 1);
+        assert!(!store.is_handled("event-1").expect("read"));
+        assert_eq!(store.size().expect("size"), 0, "its bytes are given back");
     }
 
     #[test]
