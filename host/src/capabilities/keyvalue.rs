@@ -314,15 +314,16 @@ impl batch::Host for StoreView<'_> {
         self.run("keyvalue.get-many", |store, call| async move {
             blocking(&store, call, move |store| {
                 check_batch(keys.len())?;
-                // One transaction, so the values are one consistent snapshot.
-                let mut tx = Transaction::default();
-                let mut found = Vec::with_capacity(keys.len());
-                for key in keys {
-                    let value = tx.get(store, &key)?;
-                    found.push(value.map(|value| (key, value)));
+                for key in &keys {
+                    check_key(key)?;
                 }
-                tx.commit(store)?;
-                Ok(found)
+                // One consistent snapshot, whatever commits meanwhile.
+                let values = store.get_many(&keys)?;
+                Ok(keys
+                    .into_iter()
+                    .zip(values)
+                    .map(|(key, value)| value.map(|value| (key, value.value)))
+                    .collect())
             })
             .await
         })

@@ -755,3 +755,45 @@ async fn open_transactions_are_capped_and_what_they_hold_comes_from_the_memory_b
     env.store().drop(first).await.expect("dropped");
     env.store().new().await.expect("room again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_reads_one_snapshot_without_conflicts_under_concurrent_writes() {
+    use bindings::keyvalue::batch::Host as _;
+    let mut env = TestEnv::plain();
+    let store = env.ctx.service.store.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let mut tx = crate::store::Transaction::default();
+                tx.put("a", Some(n.to_string().into_bytes())).expect("put");
+                tx.put("b", Some(n.to_string().into_bytes())).expect("put");
+                tx.commit(&*store).expect("commit");
+            }
+            n
+        })
+    };
+    let keys = vec!["a".to_owned(), "b".to_owned()];
+    for _ in 0..300 {
+        let bucket = Resource::new_own(0);
+        let found = env
+            .store()
+            .get_many(bucket, keys.clone())
+            .await
+            .expect("no trap")
+            .expect("no conflict");
+        // Written together, read together: the same commit's values.
+        assert_eq!(
+            found[0].as_ref().map(|f| &f.1),
+            found[1].as_ref().map(|f| &f.1)
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        writer.join().expect("writer") > 10,
+        "the writer ran meanwhile"
+    );
+}

@@ -127,6 +127,9 @@ pub trait ServiceStore: Send + Sync {
     /// The value under `key`.
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
 
+    /// The values under `keys`, read in one consistent snapshot.
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Versioned>>, StoreError>;
+
     /// Keys starting with `prefix` with their versions, in order, at most `limit`.
     fn list(&self, prefix: &str, limit: u32) -> Result<Vec<(String, u64)>, StoreError>;
 

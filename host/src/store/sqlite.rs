@@ -342,8 +342,15 @@ impl ServiceStore for SqliteStore {
     fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
         let quota = *self.quota.lock();
         let mut connection = self.connection()?;
+        // A read-only transaction is checked in a read snapshot: it takes no write
+        // lock, so it never waits for (or holds up) writers.
+        let behavior = if commit.writes_anything() {
+            rusqlite::TransactionBehavior::Immediate
+        } else {
+            rusqlite::TransactionBehavior::Deferred
+        };
         let transaction = connection
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .transaction_with_behavior(behavior)
             .map_err(backend)?;
         // Validate: everything read is as it was.
         {
@@ -569,6 +576,32 @@ impl ServiceStore for SqliteStore {
             self.inbox_empty.store(true, Ordering::SeqCst);
         }
         Ok(removed.max(0) as u64)
+    }
+
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Versioned>>, StoreError> {
+        let mut connection = self.connection()?;
+        // One read transaction: one consistent snapshot, no write lock, no conflict.
+        let transaction = connection.transaction().map_err(backend)?;
+        let mut found = Vec::with_capacity(keys.len());
+        {
+            let mut select = transaction
+                .prepare_cached("SELECT value, version FROM kv WHERE key = ?1")
+                .map_err(backend)?;
+            for key in keys {
+                let row = select
+                    .query_row([key.as_bytes()], |row| {
+                        Ok(Versioned {
+                            value: row.get(0)?,
+                            version: row.get::<_, i64>(1)? as u64,
+                        })
+                    })
+                    .optional()
+                    .map_err(backend)?;
+                found.push(row);
+            }
+        }
+        transaction.commit().map_err(backend)?;
+        Ok(found)
     }
 
     fn set_held_elsewhere(&self, bytes: u64) {
