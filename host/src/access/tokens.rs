@@ -6,6 +6,7 @@
 //! API.
 
 use anyhow::{Context as _, Result};
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -62,7 +63,11 @@ pub enum TokenError {
 pub struct TokenStore {
     path: PathBuf,
     operator_hash: [u8; 32],
-    tokens: Mutex<Vec<Stored>>,
+    /// What authentication reads: swapped whole, so a change written to disk never
+    /// holds up a request's authentication.
+    tokens: ArcSwap<Vec<Stored>>,
+    /// Held by a change (create, revoke) while it writes the file.
+    changes: Mutex<()>,
 }
 
 fn hash(secret: &str) -> [u8; 32] {
@@ -85,7 +90,8 @@ impl TokenStore {
         Ok(Self {
             path,
             operator_hash: hash(operator_token),
-            tokens: Mutex::new(tokens),
+            tokens: ArcSwap::from_pointee(tokens),
+            changes: Mutex::new(()),
         })
     }
 
@@ -97,7 +103,7 @@ impl TokenStore {
             return Some((OPERATOR.to_owned(), Grant::admin()));
         }
         let presented = hex::encode(presented);
-        let tokens = self.tokens.lock();
+        let tokens = self.tokens.load();
         tokens
             .iter()
             .find(|t| bool::from(t.hash.as_bytes().ct_eq(presented.as_bytes())))
@@ -145,37 +151,39 @@ impl TokenStore {
             grant: Grant { scope, services },
             created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
-        let mut tokens = self.tokens.lock();
+        let _change = self.changes.lock();
+        let tokens = self.tokens.load_full();
         if tokens.len() >= MAX_TOKENS {
             return Err(TokenError::Invalid(format!(
                 "this host keeps at most {MAX_TOKENS} tokens: revoke some first"
             )));
         }
-        let mut next = tokens.clone();
+        let mut next = Vec::clone(&tokens);
         next.push(Stored {
             info: info.clone(),
             hash: hex::encode(hash(&secret)),
         });
         self.persist(&next)?;
-        *tokens = next;
+        self.tokens.store(std::sync::Arc::new(next));
         Ok((info, secret))
     }
 
     /// Every token, without secrets.
     pub fn list(&self) -> Vec<TokenInfo> {
-        self.tokens.lock().iter().map(|t| t.info.clone()).collect()
+        self.tokens.load().iter().map(|t| t.info.clone()).collect()
     }
 
     /// Revoke token `id`: from now on it is unknown (401).
     pub fn revoke(&self, id: &str) -> Result<(), TokenError> {
-        let mut tokens = self.tokens.lock();
-        let mut next = tokens.clone();
+        let _change = self.changes.lock();
+        let tokens = self.tokens.load_full();
+        let mut next = Vec::clone(&tokens);
         next.retain(|t| t.info.id != id);
         if next.len() == tokens.len() {
             return Err(TokenError::NotFound(id.chars().take(64).collect()));
         }
         self.persist(&next)?;
-        *tokens = next;
+        self.tokens.store(std::sync::Arc::new(next));
         Ok(())
     }
 
@@ -216,6 +224,25 @@ mod tests {
         ));
         let store = TokenStore::open(dir.path(), "operator-secret").expect("reopen");
         assert!(store.authenticate(&secret).is_none(), "revoked for good");
+    }
+
+    #[test]
+    fn a_change_being_written_holds_up_no_authentication() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = TokenStore::open(dir.path(), "x").expect("open");
+        let (info, secret) = store.create("ci", Scope::Read, vec![]).expect("created");
+        let writing = store.changes.lock();
+        let (done, checked) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _ = done.send(store.authenticate(&secret).map(|(id, _)| id));
+            });
+            let answer = checked
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("authenticated while a change holds its lock");
+            assert_eq!(answer, Some(info.id.clone()));
+        });
+        drop(writing);
     }
 
     #[test]

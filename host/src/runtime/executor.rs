@@ -174,7 +174,10 @@ impl Loader for Runtime {
                     .into(),
             }));
         }
-        let service = context()?;
+        // Opening the store is file I/O: not on a runtime worker.
+        let service = tokio::task::spawn_blocking(context)
+            .await
+            .map_err(|error| LoadError::Internal(error.into()))??;
         observe_compile(platform, &service.name, &compiled);
         let made = service.clone();
         let baseline = compiled.code.tier == CodeTier::Baseline;

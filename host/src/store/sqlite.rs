@@ -62,17 +62,22 @@ impl StoreBackend for SqliteBackend {
     fn open(&self, service: &str, quota: u64) -> Result<Arc<dyn ServiceStore>, StoreError> {
         crate::registry::validate_name(service)
             .map_err(|error| StoreError::Backend(error.to_string()))?;
-        let mut open = self.open.lock();
         // A store already open keeps the quota in force: the version that opens it
         // again applies its own only once it serves (`set_quota`), so a deploy that
         // is refused changes nothing.
+        if let Some(store) = self.open.lock().get(service).and_then(Weak::upgrade) {
+            return Ok(store);
+        }
+        // Opened (file I/O, schema) without the lock every other service's open
+        // takes; should two open it at once, the first to finish is kept.
+        let opened = Arc::new(SqliteStore::open(self.path(service), quota)?);
+        let mut open = self.open.lock();
         if let Some(store) = open.get(service).and_then(Weak::upgrade) {
             return Ok(store);
         }
-        let store = Arc::new(SqliteStore::open(self.path(service), quota)?);
         open.retain(|_, store| store.strong_count() > 0);
-        open.insert(service.to_owned(), Arc::downgrade(&store));
-        Ok(store)
+        open.insert(service.to_owned(), Arc::downgrade(&opened));
+        Ok(opened)
     }
 }
 
