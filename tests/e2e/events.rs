@@ -552,3 +552,87 @@ fn a_subscriber_forgets_the_events_it_handled_after_the_retention() {
     });
     assert_eq!(handled(&host), [id]);
 }
+
+/// Deliveries to `sub` that found it not there to take them, so far.
+fn waiting(host: &Host) -> u64 {
+    host.admin("GET", "/metrics")
+        .body
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                "shoal_event_deliveries_total{outcome=\"waiting\",subscriber=\"sub\"} ",
+            )
+        })
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn events_wait_for_a_subscriber_that_is_redeployed_or_rolled_back() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
+    let subscribed = subscriber("", 5);
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscribed)
+            .status,
+        201
+    );
+
+    // Due in a second, by when its subscriber is gone; it comes back after more than
+    // the retries an absent subscriber used to get.
+    let (status, first) = post(
+        &host,
+        &format!("/pub/publish?topic={TOPIC}&delay_ms=1000"),
+        b"1",
+    );
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(host.admin("DELETE", "/v1/services/sub").status, 204);
+    wait_for(
+        "the event to wait for its subscriber",
+        Duration::from_secs(30),
+        || waiting(&host) >= 3,
+    );
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscribed)
+            .status,
+        201
+    );
+    wait_for(
+        "the delivery after the redeploy",
+        Duration::from_secs(60),
+        || handled(&host).contains(&first.trim().to_owned()),
+    );
+
+    // Due while a version without the subscription runs: delivered after a rollback.
+    let (status, second) = post(
+        &host,
+        &format!("/pub/publish?topic={TOPIC}&delay_ms=1000"),
+        b"2",
+    );
+    assert_eq!(status, 200, "{second}");
+    let unsubscribed = "[config]\nversion_note = \"no subscription\"\n";
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), unsubscribed)
+            .status,
+        200
+    );
+    let before = waiting(&host);
+    wait_for(
+        "the event to wait for a subscribing version",
+        Duration::from_secs(30),
+        || waiting(&host) >= before + 2,
+    );
+    assert_eq!(host.admin("POST", "/v1/services/sub/rollback").status, 200);
+    wait_for(
+        "the delivery after the rollback",
+        Duration::from_secs(60),
+        || handled(&host).contains(&second.trim().to_owned()),
+    );
+    let dead = host.admin("GET", "/v1/events").json();
+    assert_eq!(dead["dead_letters"], serde_json::json!([]), "{dead}");
+}

@@ -206,6 +206,15 @@ pub struct DeadLetter {
 pub enum Settlement {
     /// Delivered (or already handled): it leaves the bus.
     Acknowledged,
+    /// Not attempted: its subscriber is not there to take it (removed, or its
+    /// running version does not subscribe). Due again at `next_ms`; attempts are not
+    /// counted.
+    Postponed {
+        /// Why.
+        reason: String,
+        /// When to look again (Unix milliseconds).
+        next_ms: u64,
+    },
     /// Failed: try again at `next_ms`, or bury it after `max_attempts`.
     Failed {
         /// Why.

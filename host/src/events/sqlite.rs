@@ -177,11 +177,22 @@ impl EventBus for SqliteBus {
                      dead = (attempts + 1 >= ?5) WHERE event_id = ?1 AND subscriber = ?2",
                 )
                 .map_err(bus)?;
+            let mut postpone = transaction
+                .prepare_cached(
+                    "UPDATE deliveries SET due_ms = ?3, reason = ?4 \
+                     WHERE event_id = ?1 AND subscriber = ?2",
+                )
+                .map_err(bus)?;
             for (event_id, subscriber, outcome) in outcomes {
                 match outcome {
                     Settlement::Acknowledged => {
                         acknowledge
                             .execute(params![event_id, subscriber])
+                            .map_err(bus)?;
+                    }
+                    Settlement::Postponed { reason, next_ms } => {
+                        postpone
+                            .execute(params![event_id, subscriber, *next_ms as i64, reason])
                             .map_err(bus)?;
                     }
                     Settlement::Failed {

@@ -31,8 +31,13 @@ const SETTLE_BATCH: usize = 256;
 const CLAIM_MS: u64 = 60_000;
 /// How often delivery looks for due work when nothing wakes it.
 const IDLE_POLL: Duration = Duration::from_millis(50);
-/// Attempts of an event for a subscriber that is not deployed (any more).
-const ORPHAN_ATTEMPTS: u32 = 5;
+/// How long an event waits for its subscriber to be there (deployed, and running a
+/// version that subscribes to its topic) from when it was due, before it becomes a
+/// dead letter: long enough to remove and redeploy a service, or roll it back and
+/// forth.
+const WAIT_FOR_SUBSCRIBER_MS: u64 = 60 * 60 * 1000;
+/// How often an event waiting for its subscriber looks again, at most.
+const WAITING_RECHECK_MS: u64 = 30_000;
 
 /// How often every outbox is read, whatever was marked (a safety net).
 const FULL_SWEEP: Duration = Duration::from_secs(5);
@@ -379,6 +384,7 @@ impl Services {
             let label = match &outcome {
                 Attempt::Done { deduplicated: true } => "deduplicated",
                 Attempt::Done { .. } => "delivered",
+                Attempt::Waiting { .. } => "waiting",
                 Attempt::Failed { max_attempts, .. } if attempts + 1 >= *max_attempts => {
                     "dead-lettered"
                 }
@@ -401,6 +407,13 @@ impl Services {
         }
         let settlement = match outcome {
             Attempt::Done { .. } => Settlement::Acknowledged,
+            Attempt::Waiting {
+                reason,
+                again_in_ms,
+            } => Settlement::Postponed {
+                reason,
+                next_ms: now_ms() + again_in_ms,
+            },
             Attempt::Failed {
                 reason,
                 max_attempts,
@@ -416,10 +429,7 @@ impl Services {
     async fn attempt(&self, delivery: &Delivery) -> Attempt {
         let event = &delivery.event;
         let Some(service) = self.table.get(&event.subscriber) else {
-            return Attempt::Failed {
-                reason: format!("`{}` is not deployed", event.subscriber),
-                max_attempts: ORPHAN_ATTEMPTS,
-            };
+            return waiting(event, format!("`{}` is not deployed", event.subscriber));
         };
         let versions = service.versions();
         let Some(subscription) = versions
@@ -431,8 +441,15 @@ impl Services {
             .find(|subscription| subscription.topic == event.topic)
             .cloned()
         else {
-            // Unsubscribed since: nothing to deliver.
-            return Attempt::Done { deduplicated: true };
+            // Its running version does not subscribe (a rollback, a redeploy): the
+            // event waits for one that does, and is never dropped unseen.
+            return waiting(
+                event,
+                format!(
+                    "the running version of `{}` does not subscribe to `{}`",
+                    event.subscriber, event.topic
+                ),
+            );
         };
         let store = versions.stable.context.store.clone();
         let event_id = event.event_id.clone();
@@ -470,11 +487,33 @@ impl Services {
     }
 }
 
+/// An event whose subscriber is not there to take it: it waits, looking again
+/// sooner while it is young, until [`WAIT_FOR_SUBSCRIBER_MS`] after it was due, then
+/// becomes a dead letter an operator can replay.
+fn waiting(event: &NewDelivery, reason: String) -> Attempt {
+    let waited = now_ms().saturating_sub(event.ready_ms());
+    if waited >= WAIT_FOR_SUBSCRIBER_MS {
+        return Attempt::Failed {
+            reason: format!("{reason} (waited an hour)"),
+            max_attempts: 0,
+        };
+    }
+    Attempt::Waiting {
+        reason,
+        again_in_ms: (waited / 10).clamp(1_000, WAITING_RECHECK_MS),
+    }
+}
+
 /// What came of one delivery attempt.
 enum Attempt {
     /// Acknowledged; `deduplicated` when nothing had to be sent.
     Done {
         deduplicated: bool,
+    },
+    /// Not attempted: the subscriber is not there to take it.
+    Waiting {
+        reason: String,
+        again_in_ms: u64,
     },
     Failed {
         reason: String,
