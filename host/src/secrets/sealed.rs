@@ -1,6 +1,9 @@
 //! The embedded secret backend: one file in the data directory whose values are
 //! sealed with AES-256-GCM under a host key kept in a separate file. The secret's
-//! name is the associated data, so a sealed value cannot be moved to another name.
+//! name, the services allowed to read it and when it was set are the associated
+//! data, so a sealed value cannot be moved to another name and its services list
+//! cannot be edited undetected (files of format 1, which bound the name only, are
+//! sealed again at open).
 //!
 //! The key file is created (mode 0600) on first use when no sealed secrets exist yet;
 //! it can live outside the data directory (`--secrets-key-file`), so a copy of the
@@ -19,6 +22,20 @@ use super::{Secret, SecretBackend};
 pub const SECRETS_FILE: &str = "secrets.json";
 /// The default key file, in the data directory.
 pub const KEY_FILE: &str = "secrets.key";
+
+/// The file format written: values bound to name, services and time.
+const FORMAT: u32 = 2;
+
+/// What a sealed value is bound to: its name, the services that may read it and
+/// when it was set, unambiguously joined (names and patterns hold no NUL).
+fn associated_data(name: &str, services: &[String], updated_at: &str) -> Vec<u8> {
+    let mut bound = format!("shoal-secret\0{name}\0{updated_at}").into_bytes();
+    for service in services {
+        bound.push(0);
+        bound.extend_from_slice(service.as_bytes());
+    }
+    bound
+}
 
 #[derive(Serialize, Deserialize)]
 struct SealedFileFormat {
@@ -118,6 +135,7 @@ impl SealedFile {
             UnboundKey::new(&AES_256_GCM, &key_bytes)
                 .map_err(|_| anyhow::anyhow!("the secrets key is not an AES-256 key"))?,
         );
+        let format = stored.as_ref().map_or(FORMAT, |file| file.format);
         let entries = match stored {
             Some(file) if !file.secrets.is_empty() && file.key_id != key_id => bail!(
                 "the secrets in {} were sealed with another key than {} (key id {} there, {key_id} here)",
@@ -128,21 +146,59 @@ impl SealedFile {
             Some(file) => file.secrets,
             None => BTreeMap::new(),
         };
-        Ok(Self {
+        let sealed = Self {
             path,
             key,
             key_id,
             entries: Mutex::new(entries),
-        })
+        };
+        match format {
+            FORMAT => {}
+            1 => sealed.seal_again_binding_everything()?,
+            other => bail!(
+                "{} has format {other}, which this host does not know",
+                sealed.path.display()
+            ),
+        }
+        Ok(sealed)
     }
 
-    fn seal(&self, name: &str, value: &str) -> Result<(String, String)> {
+    /// Seal every value of a format-1 file (which bound only the name) again, bound
+    /// to its name, services and time, and write the file as the current format.
+    fn seal_again_binding_everything(&self) -> Result<()> {
+        let mut entries = self.entries.lock();
+        let mut next = BTreeMap::new();
+        for (name, entry) in entries.iter() {
+            let value = self.unseal_with(name, entry, name.as_bytes())?;
+            let (nonce, sealed) = self.seal(name, &value, &entry.services, &entry.updated_at)?;
+            next.insert(
+                name.clone(),
+                SealedEntry {
+                    nonce,
+                    sealed,
+                    ..entry.clone()
+                },
+            );
+        }
+        self.persist(&next)?;
+        *entries = next;
+        Ok(())
+    }
+
+    fn seal(
+        &self,
+        name: &str,
+        value: &str,
+        services: &[String],
+        updated_at: &str,
+    ) -> Result<(String, String)> {
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let mut sealed = value.as_bytes().to_vec();
+        let bound = associated_data(name, services, updated_at);
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce_bytes),
-                Aad::from(name.as_bytes()),
+                Aad::from(bound.as_slice()),
                 &mut sealed,
             )
             .map_err(|_| anyhow::anyhow!("sealing secret `{name}` failed"))?;
@@ -150,6 +206,11 @@ impl SealedFile {
     }
 
     fn unseal(&self, name: &str, entry: &SealedEntry) -> Result<String> {
+        let bound = associated_data(name, &entry.services, &entry.updated_at);
+        self.unseal_with(name, entry, &bound)
+    }
+
+    fn unseal_with(&self, name: &str, entry: &SealedEntry, bound: &[u8]) -> Result<String> {
         let damaged = || format!("secret `{name}` in {} is damaged", self.path.display());
         let nonce: [u8; NONCE_LEN] = hex::decode(&entry.nonce)
             .ok()
@@ -160,7 +221,7 @@ impl SealedFile {
             .key
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(name.as_bytes()),
+                Aad::from(bound),
                 &mut sealed,
             )
             .ok()
@@ -170,7 +231,7 @@ impl SealedFile {
 
     fn persist(&self, entries: &BTreeMap<String, SealedEntry>) -> Result<()> {
         let file = SealedFileFormat {
-            format: 1,
+            format: FORMAT,
             key_id: self.key_id.clone(),
             secrets: entries.clone(),
         };
@@ -201,7 +262,8 @@ impl SecretBackend for SealedFile {
     }
 
     fn put(&self, name: &str, secret: &Secret) -> Result<()> {
-        let (nonce, sealed) = self.seal(name, &secret.value)?;
+        let (nonce, sealed) =
+            self.seal(name, &secret.value, &secret.services, &secret.updated_at)?;
         let mut entries = self.entries.lock();
         let mut next = entries.clone();
         next.insert(
@@ -271,6 +333,47 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_the_first_format_is_sealed_again_binding_its_services() {
+        let dir = tempfile::tempdir().expect("dir");
+        let key_path = dir.path().join(KEY_FILE);
+        let sealed = SealedFile::open(dir.path(), &key_path).expect("open");
+        // Written as format 1 did: bound to the name only.
+        let nonce_bytes = [3u8; NONCE_LEN];
+        let mut value = b"canary-value-1234".to_vec();
+        sealed
+            .key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(b"db".as_slice()),
+                &mut value,
+            )
+            .expect("seal");
+        let entry = SealedEntry {
+            services: vec!["shop-*".into()],
+            updated_at: "then".into(),
+            nonce: hex::encode(nonce_bytes),
+            sealed: hex::encode(value),
+        };
+        let old = SealedFileFormat {
+            format: 1,
+            key_id: sealed.key_id.clone(),
+            secrets: BTreeMap::from([("db".to_owned(), entry)]),
+        };
+        let path = dir.path().join(SECRETS_FILE);
+        std::fs::write(&path, serde_json::to_vec(&old).expect("json")).expect("write");
+        let reopened = SealedFile::open(dir.path(), &key_path).expect("reopen");
+        assert_eq!(
+            reopened.load().expect("load")["db"].value,
+            "canary-value-1234"
+        );
+        let text = std::fs::read_to_string(&path).expect("file");
+        assert!(text.contains("\"format\": 2"), "{text}");
+        std::fs::write(&path, text.replace("\"shop-*\"", "\"*\"")).expect("write");
+        let widened = SealedFile::open(dir.path(), &key_path).expect("open");
+        assert!(widened.load().is_err(), "the services are bound now");
+    }
+
+    #[test]
     fn a_missing_or_wrong_key_or_a_moved_value_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("dir");
         let key = dir.path().join("secrets.key");
@@ -289,8 +392,17 @@ mod tests {
             .err()
             .expect("wrong key");
         assert!(format!("{error:#}").contains("another key"), "{error:#}");
-        // A value sealed under one name does not open under another.
+        // Nor with other services allowed to read it.
         let path = dir.path().join(SECRETS_FILE);
+        let text = std::fs::read_to_string(&path).expect("file");
+        std::fs::write(&path, text.replace("\"shop-*\"", "\"*\"")).expect("write");
+        let error = SealedFile::open(dir.path(), &key)
+            .expect("open")
+            .load()
+            .expect_err("widened");
+        assert!(format!("{error:#}").contains("damaged"), "{error:#}");
+        std::fs::write(&path, &text).expect("restore");
+        // A value sealed under one name does not open under another.
         let text = std::fs::read_to_string(&path).expect("file");
         std::fs::write(&path, text.replace("\"db\"", "\"other\"")).expect("write");
         let sealed = SealedFile::open(dir.path(), &key).expect("open");
