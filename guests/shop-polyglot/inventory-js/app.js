@@ -17,6 +17,7 @@
 
 import { get as storeGet, Transaction } from 'shoal:platform/store@0.1.0';
 import { markHandled } from 'shoal:platform/events@0.1.0';
+import { subscribeDuration } from 'wasi:clocks/monotonic-clock@0.2.10';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -54,10 +55,19 @@ function read(tx, key) {
 
 const write = (tx, key, value) => tx.set(key, encoder.encode(JSON.stringify(value)));
 
-/// Run `work(tx)` in a transaction, retried on conflict; an `Answer` it returns is
-/// committed, an `Answer` it throws is not.
+/// Wait a random time below a ceiling that doubles per attempt (1 ms up to 50 ms), so
+/// transactions that conflicted do not all run again at once.
+function backoff(attempt) {
+  const ceilingMicros = Math.min(2 ** Math.min(attempt, 6), 50) * 1000;
+  const micros = Math.floor(Math.random() * (ceilingMicros + 1));
+  subscribeDuration(BigInt(micros) * 1000n).block();
+}
+
+/// Run `work(tx)` in a transaction, retried on conflict after a backoff; an `Answer`
+/// it returns is committed, an `Answer` it throws is not.
 function run(work) {
   for (let attempt = 0; attempt < 50; attempt++) {
+    if (attempt > 0) backoff(attempt - 1);
     const tx = new Transaction();
     try {
       const answer = work(tx);

@@ -13,6 +13,7 @@ Build: componentize-py -d ../../../wit -w shoal:platform/service@0.1.0 component
 """
 
 import json
+import random
 import time
 
 from componentize_py_types import Err, Ok
@@ -69,9 +70,16 @@ def parse(body: bytes | None, *fields: str) -> dict | None:
     return value
 
 
+def backoff(attempt):
+    """Wait a random time below a ceiling that doubles per attempt (1 ms up to 50 ms),
+    so transactions that conflicted do not all run again at once."""
+    ceiling_ms = min(2 ** min(attempt, 6), 50)
+    time.sleep(random.uniform(0, ceiling_ms) / 1000)
+
+
 def transaction(work):
-    """Run `work(tx)` in a store transaction, retried on conflict."""
-    for _ in range(20):
+    """Run `work(tx)` in a store transaction, retried on conflict after a backoff."""
+    for attempt in range(20):
         tx = store.Transaction()
         try:
             result = work(tx)
@@ -80,6 +88,7 @@ def transaction(work):
         except Err as error:
             if not isinstance(error.value, store.StoreError_Conflict):
                 raise
+        backoff(attempt)
     raise RuntimeError("the transaction kept conflicting")
 
 
