@@ -915,7 +915,9 @@ def shop(args, rows):
         for name in ("inventory", "payment", "orders", "shipping"):
             manifest = open(os.path.join(root, "guests", "shop", name, "shoal.toml")).read()
             host.deploy(name, open(os.path.join(args.guests, f"{name}.wasm"), "rb").read(), manifest)
-        host.deploy("kv", open(os.path.join(args.guests, "counter.wasm"), "rb").read())
+        # `kv` publishes the benchmark's events, to `sub`.
+        host.deploy("kv", open(os.path.join(args.guests, "counter.wasm"), "rb").read(),
+                    '[events]\npublishes = ["bench.event"]\nsubscribers = ["sub"]\n')
         subscriber = ('[[subscriptions]]\ntopic = "bench.event"\nroute = "/events/handle"\n'
                       'max_attempts = 10\n')
         host.deploy("sub", open(os.path.join(args.guests, "counter.wasm"), "rb").read(), subscriber)

@@ -286,6 +286,46 @@ fn peak_rss_mb(pid: u32) -> u64 {
 }
 
 #[test]
+fn the_host_s_memory_stays_within_the_budget_while_guests_exhaust_it_again_and_again() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &["--max-total-memory-mb", "256"]);
+    // Its worst case is the whole budget: 16 instances of 16 MiB.
+    let leaky = "[limits]\nmemory_mb = 16\nmax_concurrency = 16\nqueue = 160\n";
+    let deployed = host.deploy_with_manifest("leak", &guest("faulty"), leaky);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    assert_eq!(host.get("/leak/hold?mb=1&ms=1").status, 200);
+    let idle = rss_mb(host.pid());
+    // From here the peak counts (writing 5 resets the high-water mark).
+    std::fs::write(format!("/proc/{}/clear_refs", host.pid()), "5").expect("reset the peak");
+
+    // 160 requests that each grow until refused, 16 at a time: instances end while
+    // others grow in new slots, wave after wave.
+    let gateway = host.gateway.clone();
+    let leaks: Vec<_> = (0..160)
+        .map(|_| {
+            let url = format!("{gateway}/leak/leak");
+            std::thread::spawn(move || {
+                shoal_tests::agent()
+                    .get(&url)
+                    .call()
+                    .map_or(0, |response| response.status().as_u16())
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = leaks
+        .into_iter()
+        .map(|leak| leak.join().expect("leak"))
+        .collect();
+    assert!(statuses.iter().all(|status| *status >= 500), "{statuses:?}");
+    let peak = peak_rss_mb(host.pid());
+    assert!(
+        peak <= idle + 256 * 11 / 10,
+        "the host peaked at {peak} MiB: idle {idle} MiB, budget 256 MiB"
+    );
+    assert_eq!(host.get("/leak/hold?mb=1&ms=1").status, 200, "it serves on");
+}
+
+#[test]
 fn no_sum_of_services_passes_the_hosts_memory_budget() {
     let root = temp_root();
     let host = Host::start(root.path(), &["--max-total-memory-mb", "512"]);

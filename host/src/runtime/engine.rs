@@ -11,8 +11,34 @@ use super::GuestState;
 use super::limits::MemoryBudget;
 use super::reuse::IdlePools;
 
-/// Instance slots decommitted at once by the pooling allocator.
+/// Most memory regions the pooling allocator gives back to the kernel at once.
 const DECOMMIT_BATCH: usize = 32;
+/// Engines with an instance pool of their own (sequential, concurrent, baseline).
+const POOLED_ENGINES: usize = 3;
+/// Largest async stack region an instance leaves to decommit (wasmtime's default
+/// async stack is 2 MiB).
+const STACK_REGION_BYTES: usize = 4 * 1024 * 1024;
+
+/// How many memory regions the pooling allocator may queue before it gives them back
+/// to the kernel in one call.
+///
+/// An ended instance's memory goes back to the memory budget when its store is
+/// dropped, but stays resident until its region is decommitted: each pool keeps up
+/// to `batch - 1` regions queued per shard (one shard per core, at most 16), each as
+/// large as one instance's memory. Batching saves a system call per instance, so it
+/// is used only as far as what it keeps resident stays within a tenth of the budget;
+/// with a small budget or large memories every region is decommitted at once.
+pub fn decommit_batch(budget_bytes: usize, max_memory_bytes: usize, shards: usize) -> usize {
+    let region = max_memory_bytes.max(STACK_REGION_BYTES);
+    let queued_at_most = shards.max(1) * POOLED_ENGINES * region;
+    (budget_bytes / 10 / queued_at_most + 1).min(DECOMMIT_BATCH)
+}
+
+/// The pooling allocator's decommit shards: one per core, at most 16 (as wasmtime
+/// makes them).
+fn decommit_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(16))
+}
 
 /// How often the epoch advances; the granularity of execution deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -214,9 +240,14 @@ fn engine_config(options: &RuntimeOptions, strategy: Strategy, pooling: bool) ->
             .total_stacks(options.max_instances)
             .max_memory_size(options.max_memory_bytes)
             .table_elements(options.max_table_elements)
-            // Give memory back to the kernel in batches: one madvise (and one TLB
-            // shootdown across threads) per batch instead of per instance.
-            .decommit_batch_size(DECOMMIT_BATCH)
+            // Give memory back to the kernel in batches (one call and one TLB
+            // shootdown per batch), as far as the budget allows: see
+            // `decommit_batch`.
+            .decommit_batch_size(decommit_batch(
+                options.memory_budget_bytes,
+                options.max_memory_bytes,
+                decommit_shards(),
+            ))
             // Small tables and the first pages of memory and stacks are reset
             // with memset instead of madvise: cheaper for small guests.
             .linear_memory_keep_resident(options.keep_resident_bytes)
@@ -351,5 +382,37 @@ fn start_epoch_ticker(engine: &Engine) {
         });
     if let Err(error) = spawned {
         tracing::error!(%error, "cannot start the epoch ticker; guest deadlines will not fire");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn what_queued_regions_keep_resident_stays_within_a_tenth_of_the_budget() {
+        for (budget, memory, shards) in [
+            (1024 * MIB, 128 * MIB, 2),
+            (1024 * MIB, 16 * MIB, 2),
+            (6 * 1024 * MIB, 128 * MIB, 2),
+            (48 * 1024 * MIB, 128 * MIB, 16),
+            (256 * MIB, 4 * MIB, 1),
+        ] {
+            let batch = decommit_batch(budget, memory, shards);
+            assert!((1..=DECOMMIT_BATCH).contains(&batch));
+            let resident = (batch - 1) * shards * POOLED_ENGINES * memory.max(STACK_REGION_BYTES);
+            assert!(
+                resident <= budget / 10,
+                "{budget} {memory} {shards}: {batch}"
+            );
+        }
+        assert_eq!(
+            decommit_batch(1024 * MIB, 128 * MIB, 2),
+            1,
+            "no room: no batching"
+        );
+        assert_eq!(decommit_batch(64 * 1024 * MIB, 4 * MIB, 2), DECOMMIT_BATCH);
     }
 }
