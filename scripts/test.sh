@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 shoal_setup
+source scripts/servers.sh
+trap stop_servers EXIT
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 guests_target="${CARGO_TARGET_DIR:-$PWD/guests/target}"
@@ -38,6 +40,9 @@ cargo build -p shoal
 echo "== benchmark smoke run (tiny sizes, figures meaningless)"
 python3 scripts/bench.py --shoal "$target_dir/debug/shoal" --guests "$SHOAL_GUESTS_DIR" \
     --out "$target_dir/bench-quick.md" --quick
+
+echo "== servers the end-to-end tests use"
+start_postgres
 
 echo "== end-to-end tests"
 export SHOAL_ARTIFACTS_DIR="$target_dir/artifacts"

@@ -44,6 +44,10 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub secrets: SecretsSettings,
 
+    /// Where services' stores live.
+    #[command(flatten)]
+    pub store: crate::store::postgres::StoreSettings,
+
     /// How much the event bus may hold.
     #[command(flatten)]
     pub bus: crate::events::BusSettings,

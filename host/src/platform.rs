@@ -102,6 +102,7 @@ impl Platform {
             telemetry: None,
             secrets: None,
             registry_sweep: Duration::from_secs(1),
+            stores: None,
             bus_limit: crate::events::BusSettings::default().max_bus_mb * 1024 * 1024,
             inbox_retention: crate::events::BusSettings::default().inbox_retention,
         }
@@ -123,11 +124,19 @@ pub struct PlatformBuilder {
     telemetry: Option<Arc<Telemetry>>,
     secrets: Option<Arc<Secrets>>,
     registry_sweep: Duration,
+    stores: Option<Arc<dyn crate::store::StoreBackend>>,
     bus_limit: u64,
     inbox_retention: Duration,
 }
 
 impl PlatformBuilder {
+    /// Keep services' stores in `stores` instead of SQLite files in the data
+    /// directory.
+    pub fn stores(mut self, stores: Arc<dyn crate::store::StoreBackend>) -> Self {
+        self.stores = Some(stores);
+        self
+    }
+
     /// Bytes the event bus may hold for all services together.
     pub fn bus_limit(mut self, bytes: u64) -> Self {
         self.bus_limit = bytes;
@@ -178,15 +187,20 @@ impl PlatformBuilder {
             )?),
         };
         let registry: Arc<dyn Registry> = EmbeddedRegistry::start(self.registry_sweep);
-        let stores = SqliteBackend::new(self.data_dir.join("stores"))
-            .map_err(|error| anyhow::anyhow!("opening the stores directory: {error}"))?;
+        let stores: Arc<dyn crate::store::StoreBackend> = match self.stores {
+            Some(stores) => stores,
+            None => Arc::new(
+                SqliteBackend::new(self.data_dir.join("stores"))
+                    .map_err(|error| anyhow::anyhow!("opening the stores directory: {error}"))?,
+            ),
+        };
         let bus = open_bus(&self.data_dir)?;
         Ok(Arc::new(Platform {
             host_id: self.host_id,
             caller: Arc::new(Caller::new(registry.clone(), telemetry.clone())),
             registry,
             telemetry,
-            stores: Arc::new(stores),
+            stores,
             bus: Arc::new(bus),
             published: Published::default(),
             bus_bound: crate::events::BusBound::new(self.bus_limit),

@@ -96,7 +96,16 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
              minutes): a late redelivery may be handled twice"
         );
     }
-    let platform = Platform::builder(data_dir.root())
+    let mut platform = Platform::builder(data_dir.root());
+    if config.store.store_url.is_some() {
+        let postgres = crate::store::postgres::PostgresBackend::new(
+            &config.store,
+            tokio::runtime::Handle::current(),
+        )
+        .context("the PostgreSQL store")?;
+        platform = platform.stores(Arc::new(postgres));
+    }
+    let platform = platform
         .host_id(data_dir.host_id()?)
         .telemetry(telemetry.clone())
         .secrets(secrets.clone())

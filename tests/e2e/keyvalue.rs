@@ -3,7 +3,7 @@
 //! compare-and-swap with a fresh handle on conflict, atomic batches, paged listing,
 //! isolation between services, durability across `kill -9`, and clear errors.
 
-use shoal_tests::{Host, agent, guest, temp_root};
+use shoal_tests::{Host, Store, agent, guest, temp_root};
 
 fn send(host: &Host, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     host.send_bytes(method, path, body)
@@ -11,8 +11,15 @@ fn send(host: &Host, method: &str, path: &str, body: &[u8]) -> (u16, String) {
 
 #[test]
 fn a_portable_component_reads_and_writes_its_own_bucket() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        a_portable_component_reads_and_writes_its_own_bucket_on(&store);
+    }
+}
+
+fn a_portable_component_reads_and_writes_its_own_bucket_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(host.deploy("kv", &guest("keyvalue")).status, 201);
     assert_eq!(host.deploy("other", &guest("keyvalue")).status, 201);
 
@@ -68,8 +75,15 @@ fn a_portable_component_reads_and_writes_its_own_bucket() {
 
 #[test]
 fn concurrent_increments_lose_nothing_and_survive_a_crash() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        concurrent_increments_lose_nothing_and_survive_a_crash_on(&store);
+    }
+}
+
+fn concurrent_increments_lose_nothing_and_survive_a_crash_on(store: &Store) {
     let root = temp_root();
-    let mut host = Host::start(root.path(), &[]);
+    let mut host = Host::start(root.path(), &store.args());
     let manifest = "[limits]\nmax_concurrency = 16\n";
     assert_eq!(
         host.deploy_with_manifest("kv", &guest("keyvalue"), manifest)
@@ -94,14 +108,21 @@ fn concurrent_increments_lose_nothing_and_survive_a_crash() {
     assert_eq!(send(&host, "POST", "/kv/incr/hits?by=0", b"").1, "600");
     assert_eq!(send(&host, "POST", "/kv/incr/hits?by=-601", b"").1, "-1");
     host.crash();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(send(&host, "POST", "/kv/incr/hits?by=1", b"").1, "0");
 }
 
 #[test]
 fn bad_keyvalue_input_gets_clear_errors() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        bad_keyvalue_input_gets_clear_errors_on(&store);
+    }
+}
+
+fn bad_keyvalue_input_gets_clear_errors_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(host.deploy("kv", &guest("keyvalue")).status, 201);
     let long_key = "k".repeat(600);
     let (status, text) = send(&host, "PUT", &format!("/kv/kv/{long_key}"), b"x");

@@ -1,7 +1,7 @@
 //! Each service's own store: semantics, isolation, no lost updates under concurrency,
 //! durability across `kill -9`, quota and bad input.
 
-use shoal_tests::{Host, agent, guest, temp_root};
+use shoal_tests::{Host, Store, agent, guest, temp_root};
 
 fn put(host: &Host, path: &str, body: &[u8]) -> (u16, String) {
     host.send_bytes("PUT", path, body)
@@ -13,8 +13,15 @@ fn post(host: &Host, path: &str, body: &[u8]) -> (u16, String) {
 
 #[test]
 fn single_key_calls_and_compare_and_swap() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        single_key_calls_and_compare_and_swap_on(&store);
+    }
+}
+
+fn single_key_calls_and_compare_and_swap_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(host.deploy("kv", &guest("counter")).status, 201);
     assert_eq!(host.get("/kv/get?key=a").status, 404);
     assert_eq!(put(&host, "/kv/set?key=a", b"one").0, 200);
@@ -44,8 +51,15 @@ fn single_key_calls_and_compare_and_swap() {
 
 #[test]
 fn concurrent_read_modify_writes_lose_no_update() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        concurrent_read_modify_writes_lose_no_update_on(&store);
+    }
+}
+
+fn concurrent_read_modify_writes_lose_no_update_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     let manifest = "[limits]\nmax_concurrency = 16\n";
     assert_eq!(
         host.deploy_with_manifest("kv", &guest("counter"), manifest)
@@ -89,8 +103,15 @@ fn concurrent_read_modify_writes_lose_no_update() {
 
 #[test]
 fn services_cannot_see_each_others_data_however_they_name_keys() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        services_cannot_see_each_others_data_however_they_name_keys_on(&store);
+    }
+}
+
+fn services_cannot_see_each_others_data_however_they_name_keys_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(host.deploy("a", &guest("counter")).status, 201);
     assert_eq!(host.deploy("b", &guest("counter")).status, 201);
     assert_eq!(put(&host, "/a/set?key=secret", b"a's").0, 200);
@@ -113,8 +134,15 @@ fn services_cannot_see_each_others_data_however_they_name_keys() {
 
 #[test]
 fn acknowledged_writes_survive_kill_9() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        acknowledged_writes_survive_kill_9_on(&store);
+    }
+}
+
+fn acknowledged_writes_survive_kill_9_on(store: &Store) {
     let root = temp_root();
-    let mut host = Host::start(root.path(), &[]);
+    let mut host = Host::start(root.path(), &store.args());
     assert_eq!(host.deploy("kv", &guest("counter")).status, 201);
     for i in 0..20 {
         assert_eq!(
@@ -123,14 +151,21 @@ fn acknowledged_writes_survive_kill_9() {
         );
     }
     host.crash();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(host.get("/kv/get?key=n").body, "20");
 }
 
 #[test]
 fn quota_and_limits_are_typed_errors_that_change_nothing() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        quota_and_limits_are_typed_errors_that_change_nothing_on(&store);
+    }
+}
+
+fn quota_and_limits_are_typed_errors_that_change_nothing_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     let manifest = "[limits]\nstore_mb = 1\n";
     assert_eq!(
         host.deploy_with_manifest("kv", &guest("counter"), manifest)
@@ -154,4 +189,80 @@ fn quota_and_limits_are_typed_errors_that_change_nothing() {
     // A bad manifest quota is refused at deploy.
     let bad = host.deploy_with_manifest("kv2", &guest("counter"), "[limits]\nstore_mb = 0\n");
     assert_eq!(bad.status, 400, "{}", bad.body);
+}
+
+#[test]
+fn two_hosts_committing_to_one_service_on_postgresql_lose_no_update() {
+    let store = Store::postgres();
+    let (first_root, second_root) = (temp_root(), temp_root());
+    let first = Host::start(first_root.path(), &store.args());
+    let second = Host::start(second_root.path(), &store.args());
+    let manifest = "[limits]\nmax_concurrency = 16\n";
+    for host in [&first, &second] {
+        assert_eq!(
+            host.deploy_with_manifest("kv", &guest("counter"), manifest)
+                .status,
+            201
+        );
+    }
+    // 8 clients on each host's gateway, 25 increments each, at once.
+    let workers: Vec<_> = [&first, &second]
+        .iter()
+        .flat_map(|host| {
+            let gateway = host.gateway.clone();
+            (0..8).map(move |_| {
+                let url = format!("{gateway}/kv/increment?key=n");
+                std::thread::spawn(move || {
+                    let agent = agent();
+                    for _ in 0..25 {
+                        let status = agent.post(&url).send_empty().map(|r| r.status().as_u16());
+                        assert_eq!(status.ok(), Some(200));
+                    }
+                })
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("worker");
+    }
+    assert_eq!(first.get("/kv/get?key=n").body, "400");
+    assert_eq!(second.get("/kv/get?key=n").body, "400");
+}
+
+#[test]
+fn a_stopped_database_fails_store_calls_fast_and_typed_and_the_host_recovers_by_itself() {
+    let mut server = shoal_tests::PostgresServer::start();
+    let store = Store::Postgres(server.url());
+    let root = temp_root();
+    let host = Host::start(root.path(), &store.args());
+    assert_eq!(host.deploy("kv", &guest("counter")).status, 201);
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    assert_eq!(post(&host, "/kv/increment?key=n", b"").1.trim(), "1");
+
+    server.stop();
+    let started = std::time::Instant::now();
+    let (status, body) = post(&host, "/kv/increment?key=n", b"");
+    assert!(status >= 400, "{status} {body}");
+    assert!(body.contains("Unavailable"), "a typed error: {body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "it failed within the store's bounds, not a request's whole deadline"
+    );
+    // The host and a service that does not use the store go on.
+    assert_eq!(host.get("/hello/").status, 200);
+    assert_eq!(
+        agent()
+            .get(format!("{}/healthz", host.admin))
+            .call()
+            .map(|r| r.status().as_u16())
+            .ok(),
+        Some(200)
+    );
+
+    // Back, without a restart of the host; the failed increment wrote nothing.
+    server.resume();
+    shoal_tests::wait_for("the store back", std::time::Duration::from_secs(30), || {
+        post(&host, "/kv/increment?key=n", b"").0 == 200
+    });
+    assert_eq!(host.get("/kv/get?key=n").body, "2");
 }

@@ -699,3 +699,204 @@ impl Drop for Load {
         self.stop_workers();
     }
 }
+
+/// Where a test host keeps services' stores: SQLite files in its data directory, or a
+/// database of its own on the test run's PostgreSQL server (started by
+/// `scripts/test.sh`, which exports `SHOAL_TEST_POSTGRES_URL`).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// The embedded default.
+    Embedded,
+    /// `--store` with this URL.
+    Postgres(String),
+}
+
+impl Store {
+    /// Every backend a store test runs on: the embedded one, and PostgreSQL.
+    pub fn every() -> Vec<Store> {
+        vec![Store::Embedded, Store::postgres()]
+    }
+
+    /// A new, empty database on the test run's PostgreSQL server.
+    pub fn postgres() -> Store {
+        let server = std::env::var("SHOAL_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+            panic!(
+                "SHOAL_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, or \
+                 `source scripts/setup.sh; source scripts/servers.sh; start_postgres` first"
+            )
+        });
+        let name = format!("shoal_test_{:016x}", random_u64());
+        let psql = std::env::var("SHOAL_TEST_POSTGRES_BIN")
+            .map(|bin| format!("{bin}/psql"))
+            .unwrap_or_else(|_| "psql".into());
+        let made = Command::new(&psql)
+            .arg(&server)
+            .args(["-qc", &format!("CREATE DATABASE {name}")])
+            .output()
+            .expect("psql runs");
+        assert!(
+            made.status.success(),
+            "creating database {name}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let base = server
+            .rsplit_once('/')
+            .map_or(server.as_str(), |(base, _)| base);
+        Store::Postgres(format!("{base}/{name}"))
+    }
+
+    /// The `shoal serve` arguments that select it.
+    pub fn args(&self) -> Vec<&str> {
+        match self {
+            Store::Embedded => Vec::new(),
+            Store::Postgres(url) => vec!["--store", url.as_str()],
+        }
+    }
+
+    /// Its name in failure messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Store::Embedded => "embedded SQLite",
+            Store::Postgres(_) => "PostgreSQL",
+        }
+    }
+}
+
+/// A random number from the kernel, for unique names.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut bytes));
+    read.expect("/dev/urandom");
+    u64::from_le_bytes(bytes)
+}
+
+/// A PostgreSQL server of a test's own (for tests that stop and start it), from the
+/// binaries `scripts/test.sh` found (`SHOAL_TEST_POSTGRES_BIN`); run as the
+/// `postgres` user when the tests run as root, as PostgreSQL requires.
+pub struct PostgresServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PostgresServer {
+    /// Make a cluster in a temporary directory and start it on a free port.
+    pub fn start() -> PostgresServer {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-pg-")
+            .tempdir()
+            .expect("temp dir");
+        let as_root = is_root();
+        if as_root {
+            let chowned = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(chowned.success());
+        }
+        let made = postgres_command(as_root, "initdb")
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-A", "trust", "-U", "postgres"])
+            .output()
+            .expect("initdb runs");
+        assert!(
+            made.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            listener.local_addr().expect("address").port()
+        };
+        let mut server = PostgresServer {
+            dir,
+            port,
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// The superuser URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stop it at once (as a crash or an outage looks to its clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Immediate shutdown: no waiting for clients to leave.
+            let _ = postgres_command(is_root(), "pg_ctl")
+                .args(["stop", "-m", "immediate", "-D"])
+                .arg(self.dir.path().join("data"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port and data.
+    pub fn resume(&mut self) {
+        let as_root = is_root();
+        let child = postgres_command(as_root, "postgres")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-k",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres starts");
+        self.child = Some(child);
+        let url = self.url();
+        wait_for(
+            "PostgreSQL to accept connections",
+            Duration::from_secs(30),
+            || {
+                postgres_command(false, "pg_isready")
+                    .args(["-q", "-d", &url])
+                    .status()
+                    .is_ok_and(|status| status.success())
+            },
+        );
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A PostgreSQL program, as the `postgres` user when `as_postgres`.
+fn postgres_command(as_postgres: bool, program: &str) -> Command {
+    let bin = std::env::var("SHOAL_TEST_POSTGRES_BIN").unwrap_or_else(|_| {
+        panic!("SHOAL_TEST_POSTGRES_BIN is not set: run the tests with scripts/test.sh")
+    });
+    let path = format!("{bin}/{program}");
+    if as_postgres {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(path);
+        command
+    } else {
+        Command::new(path)
+    }
+}
+
+fn is_root() -> bool {
+    // The effective user id, as `id -u` prints it.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}

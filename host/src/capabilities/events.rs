@@ -172,7 +172,9 @@ const MAX_DELAY_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
 fn publish_error(error: StoreError) -> PublishError {
     match error {
-        StoreError::Backend(text) => PublishError::Unavailable(text),
+        StoreError::Backend(text) | StoreError::Unavailable(text) => {
+            PublishError::Unavailable(text)
+        }
         other => PublishError::Store(store_error_to_wit(other)),
     }
 }

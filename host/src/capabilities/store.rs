@@ -133,6 +133,7 @@ pub(super) fn store_error_to_wit(error: StoreError) -> WitError {
         StoreError::QuotaExceeded => WitError::QuotaExceeded,
         StoreError::Closed => WitError::Closed,
         StoreError::Backend(text) => WitError::Backend(text),
+        StoreError::Unavailable(text) => WitError::Unavailable(text),
     }
 }
 

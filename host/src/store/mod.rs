@@ -10,6 +10,7 @@
 //! since (every key carries the sequence number of the commit that last wrote it).
 //! So no lock is held while guest code runs, and no update is lost.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,10 @@ pub enum StoreError {
     /// The database failed (the host's side).
     #[error("store backend: {0}")]
     Backend(String),
+    /// The database cannot be reached, or did not answer in time: nothing was
+    /// written; retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A value and the sequence number of the commit that wrote it.
@@ -175,6 +180,18 @@ pub trait ServiceStore: Send + Sync {
 pub trait StoreBackend: Send + Sync {
     /// The store of `service` (created empty on first use), limited to `quota` bytes.
     fn open(&self, service: &str, quota: u64) -> Result<Arc<dyn ServiceStore>, StoreError>;
+}
+
+/// The smallest byte string greater than every string starting with `prefix`, if any.
+pub(crate) fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut bound = prefix.to_vec();
+    while let Some(last) = bound.pop() {
+        if last < u8::MAX {
+            bound.push(last + 1);
+            return Some(bound);
+        }
+    }
+    None
 }
 
 /// Check a key against the limits.

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::{Commit, OutboxEvent, ServiceStore, StoreBackend, StoreError, Versioned};
+use super::{Commit, OutboxEvent, ServiceStore, StoreBackend, StoreError, Versioned, successor};
 
 /// A store's connection is closed after this long without a call.
 const IDLE_CLOSE: Duration = Duration::from_secs(30);
@@ -124,18 +124,6 @@ struct Lazy {
 
 fn backend(error: rusqlite::Error) -> StoreError {
     StoreError::Backend(error.to_string())
-}
-
-/// The smallest byte string greater than every string starting with `prefix`, if any.
-fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut bound = prefix.to_vec();
-    while let Some(last) = bound.pop() {
-        if last < u8::MAX {
-            bound.push(last + 1);
-            return Some(bound);
-        }
-    }
-    None
 }
 
 impl SqliteStore {
