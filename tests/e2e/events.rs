@@ -1,7 +1,7 @@
 //! Events: durable publish, transactional outbox, at-least-once delivery with retries,
 //! dead letters and replay, inbox de-duplication, and survival of `kill -9`.
 
-use shoal_tests::{Host, TOKEN, guest, shoal_cli, temp_root, wait_for};
+use shoal_tests::{Host, Store, TOKEN, guest, shoal_cli, temp_root, wait_for};
 use std::time::Duration;
 
 const TOPIC: &str = "count.changed";
@@ -48,8 +48,15 @@ fn handled(host: &Host) -> Vec<String> {
 
 #[test]
 fn a_published_event_reaches_its_subscriber_once() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        a_published_event_reaches_its_subscriber_once_on(&store);
+    }
+}
+
+fn a_published_event_reaches_its_subscriber_once_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
             .status,
@@ -100,8 +107,15 @@ fn a_published_event_reaches_its_subscriber_once() {
 
 #[test]
 fn the_outbox_sends_events_of_committed_transactions_only() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        the_outbox_sends_events_of_committed_transactions_only_on(&store);
+    }
+}
+
+fn the_outbox_sends_events_of_committed_transactions_only_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
             .status,
@@ -159,8 +173,15 @@ fn the_outbox_sends_events_of_committed_transactions_only() {
 
 #[test]
 fn failing_deliveries_are_retried_then_dead_lettered_and_replayed() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        failing_deliveries_are_retried_then_dead_lettered_and_replayed_on(&store);
+    }
+}
+
+fn failing_deliveries_are_retried_then_dead_lettered_and_replayed_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
             .status,
@@ -227,8 +248,15 @@ fn failing_deliveries_are_retried_then_dead_lettered_and_replayed() {
 
 #[test]
 fn a_redelivery_of_a_handled_event_is_dropped_by_the_inbox() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        a_redelivery_of_a_handled_event_is_dropped_by_the_inbox_on(&store);
+    }
+}
+
+fn a_redelivery_of_a_handled_event_is_dropped_by_the_inbox_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
             .status,
@@ -257,8 +285,15 @@ fn a_redelivery_of_a_handled_event_is_dropped_by_the_inbox() {
 
 #[test]
 fn an_acknowledged_publish_is_delivered_after_kill_9() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        an_acknowledged_publish_is_delivered_after_kill_9_on(&store);
+    }
+}
+
+fn an_acknowledged_publish_is_delivered_after_kill_9_on(store: &Store) {
     let root = temp_root();
-    let mut host = Host::start(root.path(), &[]);
+    let mut host = Host::start(root.path(), &store.args());
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
             .status,
@@ -280,7 +315,7 @@ fn an_acknowledged_publish_is_delivered_after_kill_9() {
         })
         .collect();
     host.crash();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(
         host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 100))
             .status,
@@ -298,8 +333,15 @@ fn an_acknowledged_publish_is_delivered_after_kill_9() {
 
 #[test]
 fn a_scheduled_event_waits_for_its_delay_even_across_kill_9() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        a_scheduled_event_waits_for_its_delay_even_across_kill_9_on(&store);
+    }
+}
+
+fn a_scheduled_event_waits_for_its_delay_even_across_kill_9_on(store: &Store) {
     let root = temp_root();
-    let mut host = Host::start(root.path(), &[]);
+    let mut host = Host::start(root.path(), &store.args());
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
             .status,
@@ -348,7 +390,7 @@ fn a_scheduled_event_waits_for_its_delay_even_across_kill_9() {
         "the transaction's event waited for its delay"
     );
     host.crash();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     // Deliveries run again (an event published now is delivered), and the event
     // scheduled before the crash still comes no earlier than it was due: a restart
     // does not make it due.
@@ -383,8 +425,15 @@ fn a_scheduled_event_waits_for_its_delay_even_across_kill_9() {
 
 #[test]
 fn a_slow_subscriber_never_holds_up_another_s_events() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        a_slow_subscriber_never_holds_up_another_s_events_on(&store);
+    }
+}
+
+fn a_slow_subscriber_never_holds_up_another_s_events_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
             .status,
@@ -450,8 +499,15 @@ fn publish_until_refused(host: &Host, bytes: usize) -> String {
 
 #[test]
 fn a_publisher_s_waiting_events_count_against_its_own_quota() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        a_publisher_s_waiting_events_count_against_its_own_quota_on(&store);
+    }
+}
+
+fn a_publisher_s_waiting_events_count_against_its_own_quota_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     let small = format!("{PUBLISHER}[limits]\nstore_mb = 1\n");
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), &small)
@@ -486,8 +542,15 @@ fn a_publisher_s_waiting_events_count_against_its_own_quota() {
 
 #[test]
 fn the_bus_has_a_host_wide_bound_and_publishing_past_it_fails_with_bus_full() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        the_bus_has_a_host_wide_bound_and_publishing_past_it_fails_with_bus_full_on(&store);
+    }
+}
+
+fn the_bus_has_a_host_wide_bound_and_publishing_past_it_fails_with_bus_full_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &["--max-bus-mb", "1"]);
+    let host = Host::start(root.path(), &store.with(&["--max-bus-mb", "1"]));
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
             .status,
@@ -522,8 +585,15 @@ fn the_bus_has_a_host_wide_bound_and_publishing_past_it_fails_with_bus_full() {
 
 #[test]
 fn a_subscriber_forgets_the_events_it_handled_after_the_retention() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        a_subscriber_forgets_the_events_it_handled_after_the_retention_on(&store);
+    }
+}
+
+fn a_subscriber_forgets_the_events_it_handled_after_the_retention_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &["--inbox-retention", "2s"]);
+    let host = Host::start(root.path(), &store.with(&["--inbox-retention", "2s"]));
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
             .status,
@@ -569,8 +639,15 @@ fn waiting(host: &Host) -> u64 {
 
 #[test]
 fn events_wait_for_a_subscriber_that_is_redeployed_or_rolled_back() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        events_wait_for_a_subscriber_that_is_redeployed_or_rolled_back_on(&store);
+    }
+}
+
+fn events_wait_for_a_subscriber_that_is_redeployed_or_rolled_back_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), &[]);
+    let host = Host::start(root.path(), &store.args());
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
             .status,

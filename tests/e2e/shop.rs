@@ -3,7 +3,7 @@
 //! shipping, nothing lost or invented across `kill -9`, and no reservation stranded
 //! by an order whose request died with the host.
 
-use shoal_tests::{Host, agent, guest, repo_root, temp_root, wait_for};
+use shoal_tests::{Host, Store, agent, guest, repo_root, temp_root, wait_for};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -154,8 +154,15 @@ fn order_concurrently(host: &Host, buyers: usize, each: usize, sku: &str) -> Vec
 
 #[test]
 fn two_hundred_concurrent_orders_against_fifty_in_stock_sell_exactly_fifty() {
+    for store in Store::every() {
+        eprintln!("store backend: {}", store.name());
+        two_hundred_concurrent_orders_on(&store);
+    }
+}
+
+fn two_hundred_concurrent_orders_on(store: &Store) {
     let root = temp_root();
-    let host = Host::start(root.path(), SHOP_HOST);
+    let host = Host::start(root.path(), &store.with(SHOP_HOST));
     deploy_shop(&host);
     assert_eq!(
         send(

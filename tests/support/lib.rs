@@ -753,6 +753,13 @@ impl Store {
         }
     }
 
+    /// [`Store::args`] followed by `extra`.
+    pub fn with<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = self.args();
+        args.extend_from_slice(extra);
+        args
+    }
+
     /// Its name in failure messages.
     pub fn name(&self) -> &'static str {
         match self {
