@@ -12,6 +12,7 @@
 pub mod access;
 pub mod events;
 pub mod external;
+pub mod host;
 pub mod logs;
 pub mod secrets;
 pub mod services;

@@ -71,6 +71,24 @@ pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<shoal_api::acc
     })
 }
 
+/// `GET /v1/host`: which host answers, and the backends it runs on.
+#[utoipa::path(
+    get,
+    path = "/v1/host",
+    tag = "services",
+    responses((status = 200, description = "The host", body = shoal_api::host::HostInfo))
+)]
+pub async fn host(State(state): State<AdminState>) -> Json<shoal_api::host::HostInfo> {
+    let platform = state.services.platform();
+    Json(shoal_api::host::HostInfo {
+        host_id: platform.host_id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        store: platform.stores.engine().to_owned(),
+        bus: platform.bus.engine().to_owned(),
+        memory_budget_bytes: state.services.memory_budget().limit() as u64,
+    })
+}
+
 /// `GET /v1/stats`: per service, requests, failures, requests by version and the
 /// latency histogram, summed since start; and every circuit breaker's state.
 #[utoipa::path(

@@ -31,6 +31,7 @@
 //! | GET    | `/v1/audit?limit=N`   | the audit log's last N entries, oldest first |
 //! | GET    | `/v1/audit/verify`    | check the audit log's hash chain |
 //! | GET    | `/v1/whoami`          | the calling token's id, scope and service patterns |
+//! | GET    | `/v1/host`            | the host's id, version and backends (store, bus) |
 //! | GET    | `/v1/stats`           | requests, failures, by-version counts and latency histograms per service; breaker states |
 //! | PUT    | `/v1/secrets/{name}`  | set a secret: `{"value", "services"}` JSON, or the raw value (`?services=a,b`) |
 //! | GET    | `/v1/secrets`         | every secret's name, source and services, never its value |
@@ -259,6 +260,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/audit", get(access::audit))
         .route("/audit/verify", get(access::verify_audit))
         .route("/whoami", get(dashboard::whoami))
+        .route("/host", get(dashboard::host))
         .route("/stats", get(dashboard::stats))
         .route("/secrets", get(secrets::list))
         .route(

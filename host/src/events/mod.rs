@@ -228,6 +228,9 @@ pub enum Settlement {
 
 /// The queue of deliveries.
 pub trait EventBus: Send + Sync {
+    /// The engine that keeps them (`sqlite`).
+    fn engine(&self) -> &'static str;
+
     /// Add deliveries (idempotent: an event already queued for a subscriber is kept
     /// as it is).
     fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<(), BusError>;

@@ -64,6 +64,10 @@ impl SqliteBus {
 }
 
 impl EventBus for SqliteBus {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<(), BusError> {
         let mut connection = self.connection.lock();
         let transaction = connection.transaction().map_err(bus)?;

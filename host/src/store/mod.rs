@@ -178,6 +178,9 @@ pub trait ServiceStore: Send + Sync {
 
 /// Opens services' stores.
 pub trait StoreBackend: Send + Sync {
+    /// The database engine (`sqlite`, `postgresql`).
+    fn engine(&self) -> &'static str;
+
     /// The store of `service` (created empty on first use), limited to `quota` bytes.
     fn open(&self, service: &str, quota: u64) -> Result<Arc<dyn ServiceStore>, StoreError>;
 }

@@ -164,6 +164,10 @@ pub fn schema_of(service: &str) -> String {
 }
 
 impl StoreBackend for PostgresBackend {
+    fn engine(&self) -> &'static str {
+        "postgresql"
+    }
+
     fn open(&self, service: &str, quota: u64) -> Result<Arc<dyn ServiceStore>, StoreError> {
         crate::registry::validate_name(service)
             .map_err(|error| StoreError::Backend(error.to_string()))?;

@@ -59,6 +59,10 @@ impl SqliteBackend {
 }
 
 impl StoreBackend for SqliteBackend {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn open(&self, service: &str, quota: u64) -> Result<Arc<dyn ServiceStore>, StoreError> {
         crate::registry::validate_name(service)
             .map_err(|error| StoreError::Backend(error.to_string()))?;

@@ -73,6 +73,12 @@ async function login(token) {
   $("logout").hidden = false;
   const patterns = state.who.services && state.who.services.length ? ` on ${state.who.services.join(", ")}` : "";
   $("who").textContent = `${state.who.token_id} · ${state.who.scope}${patterns}`;
+  try {
+    const host = await api("GET", "/v1/host");
+    $("backends").textContent = `${host.host_id} · store ${host.store} · bus ${host.bus}`;
+  } catch (error) {
+    $("backends").textContent = "";
+  }
   await poll();
   state.timer = setInterval(poll, POLL_MS);
 }
