@@ -274,3 +274,95 @@ fn a_stopped_database_fails_store_calls_fast_and_typed_and_the_host_recovers_by_
     });
     assert_eq!(host.get("/kv/get?key=n").body, "2");
 }
+
+#[test]
+fn data_moves_between_backends_and_rm_purge_deletes_it() {
+    let cli = |host: &Host, args: &[&str], input: Option<&[u8]>| {
+        let env = [
+            ("SHOAL_ADMIN_URL", host.admin.as_str()),
+            ("SHOAL_ADMIN_TOKEN", shoal_tests::TOKEN),
+        ];
+        match input {
+            Some(input) => shoal_tests::shoal_cli_with_input(args, &env, input),
+            None => shoal_tests::shoal_cli(args, &env),
+        }
+    };
+    // Data written on the embedded store...
+    let (first_root, second_root, third_root) = (temp_root(), temp_root(), temp_root());
+    let embedded = Host::start(first_root.path(), &[]);
+    assert_eq!(embedded.deploy("kv", &guest("counter")).status, 201);
+    assert_eq!(put(&embedded, "/kv/set?key=a", b"one").0, 200);
+    assert_eq!(put(&embedded, "/kv/set?key=bin", &[0, 159, 255, 10]).0, 200);
+    for _ in 0..3 {
+        assert_eq!(post(&embedded, "/kv/increment?key=n", b"").0, 200);
+    }
+    let (ok, exported, err) = cli(&embedded, &["data", "export", "kv"], None);
+    assert!(ok, "{err}");
+    let snapshot: serde_json::Value = serde_json::from_str(&exported).expect("a snapshot");
+    assert_eq!(snapshot["engine"], "sqlite");
+    assert_eq!(
+        snapshot["entries"].as_array().map(Vec::len),
+        Some(3),
+        "{snapshot}"
+    );
+
+    // ...moves to PostgreSQL and answers the same, and its commits go on from there.
+    let postgres = Host::start(second_root.path(), &Store::postgres().args());
+    assert_eq!(postgres.deploy("kv", &guest("counter")).status, 201);
+    let (ok, out, err) = cli(
+        &postgres,
+        &["data", "import", "kv"],
+        Some(exported.as_bytes()),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("imported 3 keys"), "{out}");
+    assert_eq!(postgres.get("/kv/get?key=a").body, "one");
+    assert_eq!(post(&postgres, "/kv/increment?key=n", b"").1.trim(), "4");
+    // Only into an empty store.
+    let (ok, _, err) = cli(
+        &postgres,
+        &["data", "import", "kv"],
+        Some(exported.as_bytes()),
+    );
+    assert!(!ok && err.contains("already holds data"), "{err}");
+
+    // And back to SQLite, into a store of a service not deployed yet.
+    let (ok, from_postgres, err) = cli(&postgres, &["data", "export", "kv"], None);
+    assert!(ok, "{err}");
+    let back = Host::start(third_root.path(), &[]);
+    let (ok, _, err) = cli(
+        &back,
+        &["data", "import", "kv"],
+        Some(from_postgres.as_bytes()),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(back.deploy("kv", &guest("counter")).status, 201);
+    assert_eq!(back.get("/kv/get?key=n").body, "4");
+    let (ok, round_trip, err) = cli(&back, &["data", "export", "kv"], None);
+    assert!(ok, "{err}");
+    let value_of = |json: &str, key: &str| -> serde_json::Value {
+        let snapshot: serde_json::Value = serde_json::from_str(json).expect("a snapshot");
+        snapshot["entries"]
+            .as_array()
+            .and_then(|entries| entries.iter().find(|entry| entry["key"] == key))
+            .map(|entry| entry["value"].clone())
+            .unwrap_or_default()
+    };
+    assert!(value_of(&exported, "bin").is_string(), "{exported}");
+    assert_eq!(
+        value_of(&round_trip, "bin"),
+        value_of(&exported, "bin"),
+        "bytes kept exactly through both backends"
+    );
+
+    // Deleting the data is refused while the service runs; `rm --purge` does both.
+    let refused = back.admin("DELETE", "/v1/services/kv/data");
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    let (ok, _, err) = cli(&back, &["rm", "kv", "--purge"], None);
+    assert!(ok, "{err}");
+    assert_eq!(back.deploy("kv", &guest("counter")).status, 201);
+    assert_eq!(back.get("/kv/get?key=n").status, 404, "the data is gone");
+    // A bad snapshot is a clear error that changes nothing.
+    let (ok, _, err) = cli(&back, &["data", "import", "kv"], Some(b"{\"format\": 1}"));
+    assert!(!ok && err.contains("not a snapshot"), "{err}");
+}

@@ -591,6 +591,33 @@ pub fn shoal_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) 
     )
 }
 
+/// [`shoal_cli`] with `input` on its standard input.
+pub fn shoal_cli_with_input(
+    args: &[&str],
+    env: &[(&str, &str)],
+    input: &[u8],
+) -> (bool, String, String) {
+    let mut command = Command::new(shoal_bin());
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("run shoal");
+    if let Some(mut stdin) = child.stdin.take() {
+        std::io::Write::write_all(&mut stdin, input).expect("write its input");
+    }
+    let output = child.wait_with_output().expect("shoal ends");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// The one load generator of the tests: `threads` clients that GET one URL in a loop
 /// until it is finished (or dropped). Each answer is sorted by the test's `classify`:
 /// `Some(label)` counts it under that label (a version, say), `None` records it as a

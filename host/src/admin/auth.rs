@@ -83,6 +83,10 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Classified 
     match (method.as_str(), parts.as_slice()) {
         // An operator's call to a service, whatever its method, is a change of it.
         (_, ["services", name, "call", ..]) => change("service.call", name, service(name)),
+        // A service's data is read and written only by who may change the service.
+        ("GET" | "HEAD", ["services", name, "data"]) => change("data.export", name, service(name)),
+        ("PUT", ["services", name, "data"]) => change("data.import", name, service(name)),
+        ("DELETE", ["services", name, "data"]) => change("data.purge", name, service(name)),
         ("GET" | "HEAD", ["audit"] | ["audit", "verify"] | ["tokens"] | ["secrets"]) => {
             read(Action::Administer)
         }

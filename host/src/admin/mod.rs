@@ -31,6 +31,7 @@
 //! | GET    | `/v1/audit?limit=N`   | the audit log's last N entries, oldest first |
 //! | GET    | `/v1/audit/verify`    | check the audit log's hash chain |
 //! | GET    | `/v1/whoami`          | the calling token's id, scope and service patterns |
+//! | GET/PUT/DELETE | `/v1/services/{name}/data` | export, import (into an empty store) or delete a service's data |
 //! | GET    | `/v1/host`            | the host's id, version and backends (store, bus) |
 //! | GET    | `/v1/stats`           | requests, failures, by-version counts and latency histograms per service; breaker states |
 //! | PUT    | `/v1/secrets/{name}`  | set a secret: `{"value", "services"}` JSON, or the raw value (`?services=a,b`) |
@@ -45,6 +46,7 @@
 mod access;
 mod auth;
 mod dashboard;
+mod data;
 mod error;
 mod events;
 mod external;
@@ -233,6 +235,10 @@ pub fn router(state: AdminState) -> Router {
                 .delete(services::remove),
         )
         .route("/services/{name}/scale", put(services::scale))
+        .route(
+            "/services/{name}/data",
+            get(data::export).put(data::import).delete(data::purge),
+        )
         .route("/services/{name}/call/{*path}", any(services::call))
         .route("/services/{name}/logs", get(logs::logs))
         .route("/services/{name}/rollback", post(services::rollback))

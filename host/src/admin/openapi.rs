@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::OpenApi as _;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
-use super::{access, dashboard, events, external, logs, secrets, services};
+use super::{access, dashboard, data, events, external, logs, secrets, services};
 
 /// The admin API: every `/v1` endpoint, with the shared types ([`shoal_api`]).
 #[derive(utoipa::OpenApi)]
@@ -43,6 +43,9 @@ use super::{access, dashboard, events, external, logs, secrets, services};
         access::verify_audit,
         dashboard::whoami,
         dashboard::host,
+        data::export,
+        data::import,
+        data::purge,
         dashboard::stats,
         logs::logs,
         secrets::put,
@@ -104,6 +107,7 @@ mod tests {
             "/v1/audit",
             "/v1/whoami",
             "/v1/host",
+            "/v1/services/{name}/data",
             "/v1/stats",
             "/v1/services/{name}/logs",
             "/v1/secrets/{name}",

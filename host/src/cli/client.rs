@@ -786,6 +786,57 @@ pub async fn remove(client: &AdminClient, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `shoal rm --purge`: delete the data of a service that no longer runs.
+pub async fn purge_data(client: &AdminClient, name: &str) -> Result<()> {
+    client
+        .send(
+            Method::DELETE,
+            &format!("/v1/services/{name}/data"),
+            None,
+            empty(),
+        )
+        .await?;
+    println!("deleted the data of {name}");
+    Ok(())
+}
+
+/// `shoal data export NAME`: the snapshot, as JSON on standard output.
+pub async fn export_data(client: &AdminClient, name: &str) -> Result<()> {
+    let snapshot: shoal_api::data::Snapshot = client
+        .call(
+            Method::GET,
+            &format!("/v1/services/{name}/data"),
+            None::<&()>,
+        )
+        .await?;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &snapshot)?;
+    std::io::Write::write_all(&mut out, b"\n")?;
+    Ok(())
+}
+
+/// `shoal data import NAME`: a snapshot from standard input into an empty store.
+pub async fn import_data(client: &AdminClient, name: &str) -> Result<()> {
+    let input = tokio::task::spawn_blocking(|| {
+        let mut input = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut input).map(|_| input)
+    })
+    .await??;
+    let snapshot: shoal_api::data::Snapshot = serde_json::from_slice(&input)
+        .context("standard input is not a snapshot written by `shoal data export`")?;
+    let keys = snapshot.entries.len();
+    client
+        .send(
+            Method::PUT,
+            &format!("/v1/services/{name}/data"),
+            Some("application/json"),
+            Full::new(Bytes::from(input)).boxed(),
+        )
+        .await?;
+    println!("imported {keys} keys into {name}");
+    Ok(())
+}
+
 fn empty() -> Body {
     Full::new(Bytes::new()).boxed()
 }

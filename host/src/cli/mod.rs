@@ -227,6 +227,35 @@ enum Command {
     Rm {
         /// Service name.
         name: String,
+        /// Also delete its data (its store), which `rm` otherwise keeps.
+        #[arg(long)]
+        purge: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A service's data: back it up, restore it, move it between backends.
+    Data {
+        #[command(subcommand)]
+        action: DataAction,
+    },
+}
+
+/// What to do with a service's data.
+#[derive(Debug, Subcommand)]
+enum DataAction {
+    /// Write a consistent snapshot of the service's store (keys, values, pending
+    /// events, handled events) to standard output, as JSON.
+    Export {
+        /// Service name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Load a snapshot from standard input into the service's store, which must be
+    /// empty (on either backend).
+    Import {
+        /// Service name.
+        name: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -380,6 +409,9 @@ impl Command {
                 ..
             }
             | Command::Rm { admin, .. } => Some(admin),
+            Command::Data { action } => match action {
+                DataAction::Export { admin, .. } | DataAction::Import { admin, .. } => Some(admin),
+            },
             Command::Audit {
                 action: Some(AuditAction::Verify { offline, admin }),
                 ..
@@ -523,7 +555,17 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(|error| anyhow::anyhow!("the benchmark task failed: {error}"))?
         }
-        Command::Rm { name, .. } => client::remove(admin()?, &name).await,
+        Command::Rm { name, purge, .. } => {
+            client::remove(admin()?, &name).await?;
+            if purge {
+                client::purge_data(admin()?, &name).await?;
+            }
+            Ok(())
+        }
+        Command::Data { action } => match action {
+            DataAction::Export { name, .. } => client::export_data(admin()?, &name).await,
+            DataAction::Import { name, .. } => client::import_data(admin()?, &name).await,
+        },
         Command::Token { action } => match action {
             TokenAction::Create {
                 name,

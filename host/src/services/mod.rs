@@ -14,6 +14,7 @@
 //! [`Executor`](crate::runtime::executor::Executor) that a
 //! [`Loader`](crate::runtime::executor::Loader) made of its component.
 
+pub mod data;
 pub mod delivery;
 mod lifecycle;
 pub mod limiter;
@@ -149,6 +150,12 @@ pub enum Conflict {
     /// The name is the one operators' calls are made as.
     #[error("is the name operators' calls through the admin API are made as; choose another")]
     ReservedName,
+    /// Its data cannot be deleted while a version of it runs.
+    #[error("still runs: remove it before deleting its data")]
+    StillRuns,
+    /// Data is loaded into an empty store only.
+    #[error("already holds data: import into an empty store (delete its data first)")]
+    StoreNotEmpty,
 }
 
 /// A parameter out of range (HTTP 400).

@@ -163,6 +163,13 @@ pub trait ServiceStore: Send + Sync {
     /// Remove events from the outbox (the bus has them now).
     fn remove_from_outbox(&self, ids: &[String]) -> Result<(), StoreError>;
 
+    /// Everything it holds, in one consistent snapshot.
+    fn export(&self) -> Result<Snapshot, StoreError>;
+
+    /// Load `snapshot` into this store in one transaction: `Conflict` unless the store
+    /// is empty, `QuotaExceeded` when it does not fit.
+    fn import(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+
     /// Forget the ids of events handled before `handled_before_ms` (Unix
     /// milliseconds): long after any redelivery of them. Returns how many.
     fn prune_inbox(&self, handled_before_ms: u64) -> Result<u64, StoreError>;
@@ -176,10 +183,56 @@ pub trait ServiceStore: Send + Sync {
     fn is_handled(&self, id: &str) -> Result<bool, StoreError>;
 }
 
+/// Everything one service's store holds, read in one consistent snapshot: what
+/// `shoal data export` writes and `shoal data import` loads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Keys, values and the versions that wrote them, in key order.
+    pub entries: Vec<(String, Vec<u8>, u64)>,
+    /// Events committed and not yet on the bus, oldest first.
+    pub outbox: Vec<OutboxEvent>,
+    /// Ids of handled events and when they were handled (Unix milliseconds).
+    pub inbox: Vec<(String, u64)>,
+    /// The last commit's sequence number.
+    pub sequence: u64,
+}
+
+impl Snapshot {
+    /// The bytes it counts against a quota, as commits count them.
+    pub fn bytes(&self) -> u64 {
+        let entries: usize = self
+            .entries
+            .iter()
+            .map(|(key, value, _)| key.len() + value.len())
+            .sum();
+        let outbox: usize = self
+            .outbox
+            .iter()
+            .map(|event| event.id.len() + event.topic.len() + event.payload.len())
+            .sum();
+        let inbox: usize = self.inbox.iter().map(|(id, _)| id.len()).sum();
+        (entries + outbox + inbox) as u64
+    }
+
+    /// The sequence a store continues from after loading it: past every version in it.
+    pub fn next_sequence(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|(_, _, version)| *version)
+            .max()
+            .unwrap_or(0)
+            .max(self.sequence)
+    }
+}
+
 /// Opens services' stores.
 pub trait StoreBackend: Send + Sync {
     /// The database engine (`sqlite`, `postgresql`).
     fn engine(&self) -> &'static str;
+
+    /// Delete everything `service`'s store holds (its file, or its schema). The caller
+    /// makes sure no version of the service runs.
+    fn purge(&self, service: &str) -> Result<(), StoreError>;
 
     /// The store of `service` (created empty on first use), limited to `quota` bytes.
     fn open(&self, service: &str, quota: u64) -> Result<Arc<dyn ServiceStore>, StoreError>;

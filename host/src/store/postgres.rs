@@ -25,10 +25,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
 
-use super::{Commit, OutboxEvent, ServiceStore, StoreBackend, StoreError, Versioned};
+use super::{Commit, OutboxEvent, ServiceStore, Snapshot, StoreBackend, StoreError, Versioned};
 
-/// How long a call waits for a free connection, or for a new one to be made.
-const CONNECTION_WAIT: Duration = Duration::from_secs(2);
+/// How long a call waits for a free connection when all are busy, or for a new one
+/// to be made (a database that refuses connections fails a call at once).
+const CONNECTION_WAIT: Duration = Duration::from_secs(5);
 /// How long one call (its statements together) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -46,7 +47,7 @@ pub struct StoreSettings {
     pub store_password_file: Option<std::path::PathBuf>,
 
     /// Connections to PostgreSQL the host keeps at most, for all services together.
-    #[arg(long, env = "SHOAL_STORE_MAX_CONNECTIONS", default_value_t = 16,
+    #[arg(long, env = "SHOAL_STORE_MAX_CONNECTIONS", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub store_max_connections: u32,
 }
@@ -166,6 +167,22 @@ pub fn schema_of(service: &str) -> String {
 impl StoreBackend for PostgresBackend {
     fn engine(&self) -> &'static str {
         "postgresql"
+    }
+
+    fn purge(&self, service: &str) -> Result<(), StoreError> {
+        crate::registry::validate_name(service)
+            .map_err(|error| StoreError::Backend(error.to_string()))?;
+        self.open.lock().remove(service);
+        let schema = schema_of(service);
+        self.runtime.block_on(async {
+            let client = self.pool.get().await.map_err(|error| {
+                StoreError::Unavailable(format!("no connection to the store's database: {error}"))
+            })?;
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await
+                .map_err(failure)
+        })
     }
 
     fn open(&self, service: &str, quota: u64) -> Result<Arc<dyn ServiceStore>, StoreError> {
@@ -788,6 +805,178 @@ impl ServiceStore for PostgresStore {
 
     fn set_held_elsewhere(&self, bytes: u64) {
         self.elsewhere.store(bytes, Ordering::SeqCst);
+    }
+
+    fn export(&self) -> Result<Snapshot, StoreError> {
+        let schema = &self.schema;
+        self.with_schema(|mut client| async move {
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(failure)?;
+            let sequence: i64 = tx
+                .query_one(
+                    &format!("SELECT value FROM {schema}.meta WHERE name = 'sequence'"),
+                    &[],
+                )
+                .await
+                .map_err(failure)?
+                .get(0);
+            let entries = tx
+                .query(
+                    &format!("SELECT key, value, version FROM {schema}.kv ORDER BY key"),
+                    &[],
+                )
+                .await
+                .map_err(failure)?
+                .iter()
+                .map(|row| {
+                    let key: Vec<u8> = row.get(0);
+                    (
+                        String::from_utf8_lossy(&key).into_owned(),
+                        row.get::<_, Vec<u8>>(1),
+                        row.get::<_, i64>(2) as u64,
+                    )
+                })
+                .collect();
+            let outbox = tx
+                .query(
+                    &format!(
+                        "SELECT id, topic, payload, traceparent, published_ms, deliver_at_ms \
+                         FROM {schema}.outbox ORDER BY seq"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(failure)?
+                .iter()
+                .map(|row| OutboxEvent {
+                    id: row.get(0),
+                    topic: row.get(1),
+                    payload: row.get(2),
+                    traceparent: row.get(3),
+                    published_ms: row.get::<_, i64>(4) as u64,
+                    deliver_at_ms: row.get::<_, i64>(5) as u64,
+                })
+                .collect();
+            let inbox = tx
+                .query(
+                    &format!("SELECT id, handled_ms FROM {schema}.inbox ORDER BY id"),
+                    &[],
+                )
+                .await
+                .map_err(failure)?
+                .iter()
+                .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1) as u64))
+                .collect();
+            tx.commit().await.map_err(failure)?;
+            Ok(Snapshot {
+                entries,
+                outbox,
+                inbox,
+                sequence: sequence.max(0) as u64,
+            })
+        })
+    }
+
+    fn import(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let bytes = snapshot.bytes();
+        if bytes > self.quota() {
+            return Err(StoreError::QuotaExceeded);
+        }
+        for (key, value, _) in &snapshot.entries {
+            super::check_key(key)?;
+            super::check_value(value)?;
+        }
+        let schema = &self.schema;
+        self.with_schema(|mut client| async move {
+            let tx = client.transaction().await.map_err(failure)?;
+            tx.query_one(
+                &format!("SELECT value FROM {schema}.meta WHERE name = 'sequence' FOR UPDATE"),
+                &[],
+            )
+            .await
+            .map_err(failure)?;
+            let holds_anything: bool = tx
+                .query_one(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM {schema}.kv) \
+                         OR EXISTS (SELECT 1 FROM {schema}.outbox) \
+                         OR EXISTS (SELECT 1 FROM {schema}.inbox)"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(failure)?
+                .get(0);
+            if holds_anything {
+                return Err(StoreError::Conflict);
+            }
+            let entry = tx
+                .prepare(&format!(
+                    "INSERT INTO {schema}.kv (key, value, version) VALUES ($1, $2, $3)"
+                ))
+                .await
+                .map_err(failure)?;
+            for (key, value, version) in &snapshot.entries {
+                let (key, version) = (key.as_bytes(), *version as i64);
+                let params: [&(dyn ToSql + Sync); 3] = [&key, value, &version];
+                tx.execute(&entry, &params).await.map_err(failure)?;
+            }
+            let outbox = tx
+                .prepare(&format!(
+                    "INSERT INTO {schema}.outbox \
+                     (id, topic, payload, traceparent, published_ms, deliver_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6)"
+                ))
+                .await
+                .map_err(failure)?;
+            for event in &snapshot.outbox {
+                let (published, deliver_at) =
+                    (event.published_ms as i64, event.deliver_at_ms as i64);
+                let params: [&(dyn ToSql + Sync); 6] = [
+                    &event.id,
+                    &event.topic,
+                    &event.payload,
+                    &event.traceparent,
+                    &published,
+                    &deliver_at,
+                ];
+                tx.execute(&outbox, &params).await.map_err(failure)?;
+            }
+            let inbox = tx
+                .prepare(&format!(
+                    "INSERT INTO {schema}.inbox (id, handled_ms) VALUES ($1, $2)"
+                ))
+                .await
+                .map_err(failure)?;
+            for (id, handled_ms) in &snapshot.inbox {
+                let handled_ms = *handled_ms as i64;
+                let params: [&(dyn ToSql + Sync); 2] = [id, &handled_ms];
+                tx.execute(&inbox, &params).await.map_err(failure)?;
+            }
+            let (bytes, sequence) = (bytes as i64, snapshot.next_sequence() as i64);
+            tx.execute(
+                &format!(
+                    "UPDATE {schema}.meta SET value = CASE name WHEN 'bytes' THEN $1::BIGINT \
+                     ELSE $2::BIGINT END WHERE name IN ('bytes', 'sequence')"
+                ),
+                &[&bytes, &sequence],
+            )
+            .await
+            .map_err(failure)?;
+            tx.commit().await.map_err(failure)?;
+            Ok(())
+        })?;
+        self.bytes.store(bytes, Ordering::SeqCst);
+        self.outbox_empty
+            .store(snapshot.outbox.is_empty(), Ordering::SeqCst);
+        self.inbox_empty
+            .store(snapshot.inbox.is_empty(), Ordering::SeqCst);
+        Ok(())
     }
 }
 

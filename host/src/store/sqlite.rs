@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::{Commit, OutboxEvent, ServiceStore, StoreBackend, StoreError, Versioned, successor};
+use super::{
+    Commit, OutboxEvent, ServiceStore, Snapshot, StoreBackend, StoreError, Versioned, successor,
+};
 
 /// A store's connection is closed after this long without a call.
 const IDLE_CLOSE: Duration = Duration::from_secs(30);
@@ -61,6 +63,27 @@ impl SqliteBackend {
 impl StoreBackend for SqliteBackend {
     fn engine(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn purge(&self, service: &str) -> Result<(), StoreError> {
+        crate::registry::validate_name(service)
+            .map_err(|error| StoreError::Backend(error.to_string()))?;
+        self.open.lock().remove(service);
+        let path = self.path(service);
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(StoreError::Backend(format!(
+                        "removing {}: {error}",
+                        file.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn open(&self, service: &str, quota: u64) -> Result<Arc<dyn ServiceStore>, StoreError> {
@@ -603,6 +626,135 @@ impl ServiceStore for SqliteStore {
 
     fn set_held_elsewhere(&self, bytes: u64) {
         self.elsewhere.store(bytes, Ordering::SeqCst);
+    }
+
+    fn export(&self) -> Result<Snapshot, StoreError> {
+        let mut connection = self.connection()?;
+        // One read transaction: one consistent snapshot.
+        let transaction = connection.transaction().map_err(backend)?;
+        let mut snapshot = Snapshot {
+            sequence: Self::meta(&transaction, "sequence")?.max(0) as u64,
+            ..Snapshot::default()
+        };
+        {
+            let mut entries = transaction
+                .prepare("SELECT key, value, version FROM kv ORDER BY key")
+                .map_err(backend)?;
+            let rows = entries
+                .query_map([], |row| {
+                    let key: Vec<u8> = row.get(0)?;
+                    Ok((
+                        String::from_utf8_lossy(&key).into_owned(),
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, i64>(2)? as u64,
+                    ))
+                })
+                .map_err(backend)?;
+            snapshot.entries = rows.collect::<Result<_, _>>().map_err(backend)?;
+            let mut outbox = transaction
+                .prepare(
+                    "SELECT id, topic, payload, traceparent, published_ms, deliver_at_ms \
+                     FROM outbox ORDER BY seq",
+                )
+                .map_err(backend)?;
+            let rows = outbox
+                .query_map([], |row| {
+                    Ok(OutboxEvent {
+                        id: row.get(0)?,
+                        topic: row.get(1)?,
+                        payload: row.get(2)?,
+                        traceparent: row.get(3)?,
+                        published_ms: row.get::<_, i64>(4)? as u64,
+                        deliver_at_ms: row.get::<_, i64>(5)? as u64,
+                    })
+                })
+                .map_err(backend)?;
+            snapshot.outbox = rows.collect::<Result<_, _>>().map_err(backend)?;
+            let mut inbox = transaction
+                .prepare("SELECT id, handled_ms FROM inbox ORDER BY id")
+                .map_err(backend)?;
+            let rows = inbox
+                .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))
+                .map_err(backend)?;
+            snapshot.inbox = rows.collect::<Result<_, _>>().map_err(backend)?;
+        }
+        transaction.commit().map_err(backend)?;
+        Ok(snapshot)
+    }
+
+    fn import(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let bytes = snapshot.bytes();
+        if bytes > *self.quota.lock() {
+            return Err(StoreError::QuotaExceeded);
+        }
+        let mut connection = self.connection()?;
+        let transaction = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let holds_anything = transaction
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM kv) OR EXISTS (SELECT 1 FROM outbox) \
+                 OR EXISTS (SELECT 1 FROM inbox)",
+                [],
+                |row| row.get::<_, bool>(0),
+            )
+            .map_err(backend)?;
+        if holds_anything {
+            return Err(StoreError::Conflict);
+        }
+        {
+            let mut entry = transaction
+                .prepare("INSERT INTO kv (key, value, version) VALUES (?1, ?2, ?3)")
+                .map_err(backend)?;
+            for (key, value, version) in &snapshot.entries {
+                crate::store::check_key(key)?;
+                crate::store::check_value(value)?;
+                entry
+                    .execute(params![key.as_bytes(), value, *version as i64])
+                    .map_err(backend)?;
+            }
+            let mut outbox = transaction
+                .prepare(
+                    "INSERT INTO outbox \
+                     (id, topic, payload, traceparent, published_ms, deliver_at_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(backend)?;
+            for event in &snapshot.outbox {
+                outbox
+                    .execute(params![
+                        event.id,
+                        event.topic,
+                        event.payload,
+                        event.traceparent,
+                        event.published_ms as i64,
+                        event.deliver_at_ms as i64,
+                    ])
+                    .map_err(backend)?;
+            }
+            let mut inbox = transaction
+                .prepare("INSERT INTO inbox (id, handled_ms) VALUES (?1, ?2)")
+                .map_err(backend)?;
+            for (id, handled_ms) in &snapshot.inbox {
+                inbox
+                    .execute(params![id, *handled_ms as i64])
+                    .map_err(backend)?;
+            }
+        }
+        transaction
+            .execute(
+                "UPDATE meta SET value = CASE name WHEN 'bytes' THEN ?1 ELSE ?2 END \
+                 WHERE name IN ('bytes', 'sequence')",
+                params![bytes as i64, snapshot.next_sequence() as i64],
+            )
+            .map_err(backend)?;
+        transaction.commit().map_err(backend)?;
+        self.bytes.store(bytes, Ordering::SeqCst);
+        self.outbox_empty
+            .store(snapshot.outbox.is_empty(), Ordering::SeqCst);
+        self.inbox_empty
+            .store(snapshot.inbox.is_empty(), Ordering::SeqCst);
+        Ok(())
     }
 
     fn is_handled(&self, id: &str) -> Result<bool, StoreError> {
