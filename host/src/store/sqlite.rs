@@ -916,6 +916,40 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_carries_keys_outbox_and_inbox_into_an_empty_store_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let from = store(&dir, "from", 1 << 20);
+        let mut tx = Transaction::default();
+        tx.put("a", Some(vec![0, 159, 255])).expect("put");
+        tx.publish(event("e1")).expect("publish");
+        tx.mark_handled("seen-1").expect("mark");
+        tx.commit(&*from).expect("commit");
+        let snapshot = from.export().expect("export");
+        assert_eq!(snapshot.entries, [("a".to_owned(), vec![0, 159, 255], 1)]);
+        assert_eq!(snapshot.outbox, [event("e1")]);
+        assert_eq!(snapshot.inbox.len(), 1);
+        assert_eq!(snapshot.sequence, 1);
+
+        let to = store(&dir, "to", 1 << 20);
+        to.import(&snapshot).expect("import");
+        assert_eq!(to.export().expect("export"), snapshot);
+        assert_eq!(to.size().expect("size"), from.size().expect("size"));
+        assert!(to.is_handled("seen-1").expect("inbox"));
+        assert!(to.outbox_may_hold_events());
+        assert_eq!(to.outbox(10).expect("outbox"), [event("e1")]);
+        // Commits go on after the imported versions.
+        let mut next = Transaction::default();
+        next.put("b", Some(b"x".to_vec())).expect("put");
+        next.commit(&*to).expect("commit");
+        assert!(to.get("b").expect("get").is_some_and(|found| found.version > 1));
+        // Into an empty store only; nor past the quota.
+        assert_eq!(to.import(&snapshot), Err(StoreError::Conflict));
+        let small = store(&dir, "small", 4);
+        assert_eq!(small.import(&snapshot), Err(StoreError::QuotaExceeded));
+        assert!(small.export().expect("export").entries.is_empty(), "nothing written");
+    }
+
+    #[test]
     fn handled_ids_expire_after_their_retention() {
         let dir = tempfile::tempdir().expect("dir");
         let store = store(&dir, "s", 1 << 20);
