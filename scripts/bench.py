@@ -1014,6 +1014,81 @@ def machine():
     return cpu, os.cpu_count(), rustc, rev
 
 
+def fresh_postgres_database():
+    """A new database on the run's PostgreSQL (scripts/servers.sh), as a --store URL."""
+    server = os.environ.get("SHOAL_TEST_POSTGRES_URL")
+    if not server:
+        raise RuntimeError("SHOAL_TEST_POSTGRES_URL is not set: run through scripts/bench.sh "
+                           "(it starts PostgreSQL)")
+    psql = os.path.join(os.environ.get("SHOAL_TEST_POSTGRES_BIN", "/usr/bin"), "psql")
+    name = f"shoal_bench_{os.getpid()}_{int(time.time() * 1000)}"
+    subprocess.run([psql, server, "-qc", f"CREATE DATABASE {name}"], check=True)
+    return server.rsplit("/", 1)[0] + "/" + name
+
+
+def store_backends(args, rows):
+    """Store backends: commits/s and shop orders/s on PostgreSQL against the embedded SQLite, side by side."""
+    import concurrent.futures
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    counter = open(os.path.join(args.guests, "counter.wasm"), "rb").read()
+    count = 200 if args.quick else 2000
+    figures = {}
+    for label, extra in (("SQLite (embedded)", []), ("PostgreSQL", None)):
+        if extra is None:
+            extra = ["--store", fresh_postgres_database()]
+        host = Host(args.shoal, ["--max-instances", "512", *extra])
+        try:
+            host.deploy("kv", counter, "[limits]\nmax_concurrency = 64\nqueue = 1024\n")
+            started = time.perf_counter()
+            for _ in range(count):
+                http_call(host.gateway, "POST", "/kv/increment?key=n")
+            sequential = count / (time.perf_counter() - started)
+
+            def client(n):
+                done = 0
+                for _ in range(max(1, count // 64)):
+                    status, _ = http_call(host.gateway, "POST", f"/kv/increment?key=k{n}")
+                    done += status == 200
+                return done
+            started = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(64) as pool:
+                committed = sum(pool.map(client, range(64)))
+            concurrent_rate = committed / (time.perf_counter() - started)
+
+            for name in ("inventory", "payment", "orders", "shipping"):
+                manifest = open(os.path.join(root, "guests", "shop", name, "shoal.toml")).read()
+                host.deploy(name, open(os.path.join(args.guests, f"{name}.wasm"), "rb").read(), manifest)
+            host.admin_call("PUT", "/v1/services/inventory/call/stock/widget",
+                            b'{"available": 100000000}', "application/json")
+            body = b'{"sku": "widget", "quantity": 1}'
+            deadline = time.time() + args.seconds
+
+            def buyer():
+                placed = 0
+                while time.time() < deadline:
+                    status, _ = http_call(host.gateway, "POST", "/orders/", body)
+                    placed += status == 201
+                return placed
+            started = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                placed = sum(pool.map(lambda _: buyer(), range(16)))
+            orders = placed / (time.perf_counter() - started)
+        finally:
+            host.stop()
+        figures[label] = (sequential, concurrent_rate, orders)
+        rows.append(("store backends", f"{label}: sequential commits", f"{sequential:,.0f} tx/s",
+                     f"{count} read-modify-write transactions one after another (counter /increment over HTTP)"))
+        rows.append(("store backends", f"{label}: 64 clients at once", f"{concurrent_rate:,.0f} tx/s",
+                     "64 clients, each incrementing its own key (no conflicts): the cost of the pool"))
+        rows.append(("store backends", f"{label}: shop orders", f"{orders:,.0f} orders/s",
+                     f"16 clients for {args.seconds}s; 3 synchronous commits per order"))
+    sqlite, postgres = figures["SQLite (embedded)"], figures["PostgreSQL"]
+    rows.append(("store backends", "PostgreSQL ÷ SQLite",
+                 f"{postgres[0] / sqlite[0]:.2f}× / {postgres[1] / sqlite[1]:.2f}× / {postgres[2] / sqlite[2]:.2f}×",
+                 "sequential commits / 64 clients / shop orders, same run, same machine (PostgreSQL 15 on "
+                 "loopback, fsync on, started by scripts/servers.sh)"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shoal", required=True)
@@ -1035,7 +1110,7 @@ def main():
     rows = []
     args.figures = {}
     args.appendix = []
-    sections = (gateway_throughput, wasip3_concurrency, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop)
+    sections = (gateway_throughput, wasip3_concurrency, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop, store_backends)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {section.__name__ for section in sections}

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 shoal_setup
+source scripts/servers.sh
+trap stop_servers EXIT
 
 quick=""
 [ "${1:-}" = "--quick" ] && quick="--quick"
@@ -43,6 +45,9 @@ if [ "$profile" = release ]; then
 else
     cargo build -p shoal
 fi
+
+# The store backends' rows compare against a real PostgreSQL.
+start_postgres
 
 out=BENCHMARKS.md
 [ -n "$quick" ] && out="$target_dir/bench-quick.md"

@@ -37,12 +37,12 @@ cargo test --manifest-path sdk/Cargo.toml --target-dir "$guests_target"
 
 cargo build -p shoal
 
+echo "== servers the tests use"
+start_postgres
+
 echo "== benchmark smoke run (tiny sizes, figures meaningless)"
 python3 scripts/bench.py --shoal "$target_dir/debug/shoal" --guests "$SHOAL_GUESTS_DIR" \
     --out "$target_dir/bench-quick.md" --quick
-
-echo "== servers the end-to-end tests use"
-start_postgres
 
 echo "== end-to-end tests"
 export SHOAL_ARTIFACTS_DIR="$target_dir/artifacts"
