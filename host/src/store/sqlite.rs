@@ -941,12 +941,19 @@ mod tests {
         let mut next = Transaction::default();
         next.put("b", Some(b"x".to_vec())).expect("put");
         next.commit(&*to).expect("commit");
-        assert!(to.get("b").expect("get").is_some_and(|found| found.version > 1));
+        assert!(
+            to.get("b")
+                .expect("get")
+                .is_some_and(|found| found.version > 1)
+        );
         // Into an empty store only; nor past the quota.
         assert_eq!(to.import(&snapshot), Err(StoreError::Conflict));
         let small = store(&dir, "small", 4);
         assert_eq!(small.import(&snapshot), Err(StoreError::QuotaExceeded));
-        assert!(small.export().expect("export").entries.is_empty(), "nothing written");
+        assert!(
+            small.export().expect("export").entries.is_empty(),
+            "nothing written"
+        );
     }
 
     #[test]
