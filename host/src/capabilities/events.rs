@@ -28,6 +28,8 @@ pub struct EventsView<'a> {
     pub service: &'a str,
     /// The topics it may publish.
     pub topics: &'a crate::events::topics::TopicRules,
+    /// When the request must be done: no store call waits past it.
+    pub deadline: crate::deadline::Deadline,
 }
 
 struct HasEvents;
@@ -48,6 +50,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
             platform: &view.ctx.platform,
             service: &view.ctx.service.name,
             topics: &view.ctx.service.topics,
+            deadline: view.ctx.deadline,
         }
     })
 }
@@ -121,7 +124,8 @@ impl EventsView<'_> {
             Ok(event) => event,
             Err(error) => return Ok(Err(error)),
         };
-        let store = self.store.clone();
+        let store =
+            crate::store::bounded::Bounded::wrap(self.store.clone(), self.deadline.instant());
         let platform = self.platform;
         let service = self.service;
         traced_fallible(call, service, async move {

@@ -96,6 +96,8 @@ pub struct StoreView<'a> {
     pub trace: &'a TraceScope,
     /// The request's open transactions.
     pub transactions: &'a Arc<TransactionAccount>,
+    /// When the request must be done: no store call waits past it.
+    pub deadline: crate::deadline::Deadline,
 }
 
 /// The view of one instance's store data (the linker's accessor).
@@ -110,6 +112,7 @@ pub(super) fn store_view<T: PlatformView>(state: &mut T) -> StoreView<'_> {
         tracing: &view.ctx.platform.telemetry.tracing,
         trace: &view.ctx.trace,
         transactions: &view.ctx.transactions,
+        deadline: view.ctx.deadline,
     }
 }
 
@@ -297,6 +300,11 @@ impl Host for StoreView<'_> {
 }
 
 impl<'a> StoreView<'a> {
+    /// The service's store, its calls bounded by the request's deadline.
+    fn bounded_store(&self) -> Arc<dyn ServiceStore> {
+        crate::store::bounded::Bounded::wrap(self.store.clone(), self.deadline.instant())
+    }
+
     fn observed(&self) -> Observed<'a> {
         Observed {
             tracing: self.tracing,
@@ -316,7 +324,7 @@ impl<'a> StoreView<'a> {
         F: Future<Output = wasmtime::Result<Result<T, E>>>,
     {
         self.observed()
-            .run(call, body(self.store.clone(), call))
+            .run(call, body(self.bounded_store(), call))
             .await
     }
 
@@ -354,7 +362,7 @@ impl<'a> StoreView<'a> {
         work: impl FnOnce(&mut Transaction, &dyn ServiceStore) -> Result<R, StoreError> + Send + 'static,
     ) -> wasmtime::Result<Result<R, StoreError>> {
         let observed = self.observed();
-        let store = self.store.clone();
+        let store = self.bounded_store();
         let table = &mut *self.table;
         observed
             .run(call, async move {

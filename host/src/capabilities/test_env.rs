@@ -110,6 +110,7 @@ impl TestEnv {
             tracing: &self.ctx.platform.telemetry.tracing,
             trace: &self.ctx.trace,
             transactions: &self.ctx.transactions,
+            deadline: self.ctx.deadline,
         }
     }
 

@@ -10,6 +10,7 @@
 //! since (every key carries the sequence number of the commit that last wrote it).
 //! So no lock is held while guest code runs, and no update is lost.
 
+pub mod bounded;
 pub mod postgres;
 pub mod sqlite;
 

@@ -272,14 +272,26 @@ impl PostgresStore {
     where
         F: Future<Output = Result<T, StoreError>>,
     {
+        // Within the store's own bound, and the request's deadline when the call
+        // has one.
+        let limit = super::bounded::call_deadline().map_or(CALL_TIMEOUT, |deadline| {
+            deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .min(CALL_TIMEOUT)
+        });
         self.runtime.block_on(async {
-            let client = self.pool.get().await.map_err(|error| {
-                StoreError::Unavailable(format!("no connection to the store's database: {error}"))
-            })?;
-            match tokio::time::timeout(CALL_TIMEOUT, work(client)).await {
+            let bounded = async {
+                let client = self.pool.get().await.map_err(|error| {
+                    StoreError::Unavailable(format!(
+                        "no connection to the store's database: {error}"
+                    ))
+                })?;
+                work(client).await
+            };
+            match tokio::time::timeout(limit, bounded).await {
                 Ok(result) => result,
                 Err(_) => Err(StoreError::Unavailable(
-                    "the store's database did not answer in time".into(),
+                    "the store's database did not answer within the request's time".into(),
                 )),
             }
         })
