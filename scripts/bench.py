@@ -905,40 +905,50 @@ def histogram_quantile(metrics_text, name, quantile):
     return None
 
 
+def deploy_shop(args, host):
+    """Deploy the shop's four services with their manifests, with stock to sell."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    for name in ("inventory", "payment", "orders", "shipping"):
+        manifest = open(os.path.join(root, "guests", "shop", name, "shoal.toml")).read()
+        host.deploy(name, open(os.path.join(args.guests, f"{name}.wasm"), "rb").read(), manifest)
+    # Stock is a private path: the operator sets it through the admin API.
+    host.admin_call("PUT", "/v1/services/inventory/call/stock/widget",
+                    b'{"available": 100000000}', "application/json")
+
+
+def orders_per_second(args, host):
+    """Orders placed per second by 16 clients at once for `args.seconds`."""
+    import concurrent.futures
+    body = b'{"sku": "widget", "quantity": 1}'
+    deadline = time.time() + args.seconds
+
+    def buyer():
+        placed = 0
+        while time.time() < deadline:
+            status, _ = http_call(host.gateway, "POST", "/orders/", body)
+            placed += status == 201
+        return placed
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        placed = sum(pool.map(lambda _: buyer(), range(16)))
+    return placed / (time.perf_counter() - started)
+
+
 def shop(args, rows):
     """The shop: orders per second, store transactions against native SQLite, event delivery."""
     import concurrent.futures
     import sqlite3
     host = Host(args.shoal, ["--max-instances", "512"])
     try:
-        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-        for name in ("inventory", "payment", "orders", "shipping"):
-            manifest = open(os.path.join(root, "guests", "shop", name, "shoal.toml")).read()
-            host.deploy(name, open(os.path.join(args.guests, f"{name}.wasm"), "rb").read(), manifest)
+        deploy_shop(args, host)
         # `kv` publishes the benchmark's events, to `sub`.
         host.deploy("kv", open(os.path.join(args.guests, "counter.wasm"), "rb").read(),
                     '[events]\npublishes = ["bench.event"]\nsubscribers = ["sub"]\n')
         subscriber = ('[[subscriptions]]\ntopic = "bench.event"\nroute = "/events/handle"\n'
                       'max_attempts = 10\n')
         host.deploy("sub", open(os.path.join(args.guests, "counter.wasm"), "rb").read(), subscriber)
-        # Stock is a private path: the operator sets it through the admin API.
-        host.admin_call("PUT", "/v1/services/inventory/call/stock/widget",
-                        b'{"available": 100000000}', "application/json")
-
-        # Orders per second, 16 clients at once.
-        body = b'{"sku": "widget", "quantity": 1}'
-        deadline = time.time() + args.seconds
-        def buyer():
-            placed = 0
-            while time.time() < deadline:
-                status, _ = http_call(host.gateway, "POST", "/orders/", body)
-                placed += status == 201
-            return placed
-        started = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            placed = sum(pool.map(lambda _: buyer(), range(16)))
-        elapsed = time.perf_counter() - started
-        rows.append(("shop", "orders placed", f"{placed / elapsed:,.0f} orders/s",
+        rate = orders_per_second(args, host)
+        rows.append(("shop", "orders placed", f"{rate:,.0f} orders/s",
                      f"16 clients for {args.seconds}s; each order: reserve at inventory, charge at payment, "
                      "order + order.created in one commit (3 services, 3 synchronous commits)"))
 
@@ -1029,7 +1039,6 @@ def fresh_postgres_database():
 def store_backends(args, rows):
     """Store backends: commits/s and shop orders/s on PostgreSQL against the embedded SQLite, side by side."""
     import concurrent.futures
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     counter = open(os.path.join(args.guests, "counter.wasm"), "rb").read()
     count = 200 if args.quick else 2000
     figures = {}
@@ -1055,24 +1064,8 @@ def store_backends(args, rows):
                 committed = sum(pool.map(client, range(64)))
             concurrent_rate = committed / (time.perf_counter() - started)
 
-            for name in ("inventory", "payment", "orders", "shipping"):
-                manifest = open(os.path.join(root, "guests", "shop", name, "shoal.toml")).read()
-                host.deploy(name, open(os.path.join(args.guests, f"{name}.wasm"), "rb").read(), manifest)
-            host.admin_call("PUT", "/v1/services/inventory/call/stock/widget",
-                            b'{"available": 100000000}', "application/json")
-            body = b'{"sku": "widget", "quantity": 1}'
-            deadline = time.time() + args.seconds
-
-            def buyer():
-                placed = 0
-                while time.time() < deadline:
-                    status, _ = http_call(host.gateway, "POST", "/orders/", body)
-                    placed += status == 201
-                return placed
-            started = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(16) as pool:
-                placed = sum(pool.map(lambda _: buyer(), range(16)))
-            orders = placed / (time.perf_counter() - started)
+            deploy_shop(args, host)
+            orders = orders_per_second(args, host)
         finally:
             host.stop()
         figures[label] = (sequential, concurrent_rate, orders)

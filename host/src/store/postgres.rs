@@ -266,6 +266,61 @@ fn classify(code: &tokio_postgres::error::SqlState, text: String) -> StoreError 
 
 type Client = deadpool_postgres::Object;
 
+/// A read-only transaction over one snapshot of the database.
+async fn read_snapshot(
+    client: &mut Client,
+) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(failure)
+}
+
+/// Add `events` to `schema`'s outbox, in `tx`.
+async fn insert_outbox(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    events: &[OutboxEvent],
+) -> Result<(), StoreError> {
+    let insert = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {schema}.outbox \
+             (id, topic, payload, traceparent, published_ms, deliver_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .await
+        .map_err(failure)?;
+    for event in events {
+        let (published, deliver_at) = (event.published_ms as i64, event.deliver_at_ms as i64);
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &event.id,
+            &event.topic,
+            &event.payload,
+            &event.traceparent,
+            &published,
+            &deliver_at,
+        ];
+        tx.execute(&insert, &params).await.map_err(failure)?;
+    }
+    Ok(())
+}
+
+/// An outbox row, selected as `id, topic, payload, traceparent, published_ms,
+/// deliver_at_ms`.
+fn outbox_event(row: &tokio_postgres::Row) -> OutboxEvent {
+    OutboxEvent {
+        id: row.get(0),
+        topic: row.get(1),
+        payload: row.get(2),
+        traceparent: row.get(3),
+        published_ms: row.get::<_, i64>(4) as u64,
+        deliver_at_ms: row.get::<_, i64>(5) as u64,
+    }
+}
+
 impl PostgresStore {
     /// Run `work` with a connection, bounded in time, from the blocking pool.
     fn call<T, F>(&self, work: impl FnOnce(Client) -> F) -> Result<T, StoreError>
@@ -448,13 +503,7 @@ impl ServiceStore for PostgresStore {
         let schema = &self.schema;
         self.with_schema(|mut client| async move {
             // One snapshot for all of them.
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(failure)?;
+            let tx = read_snapshot(&mut client).await?;
             let statement = tx
                 .prepare_cached(&format!(
                     "SELECT value, version FROM {schema}.kv WHERE key = $1"
@@ -523,13 +572,7 @@ impl ServiceStore for PostgresStore {
             let tx = if writes {
                 client.transaction().await.map_err(failure)?
             } else {
-                client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await
-                    .map_err(failure)?
+                read_snapshot(&mut client).await?
             };
             // Writing commits to this service take turns, on every host: each
             // sees everything committed before it.
@@ -582,26 +625,12 @@ impl ServiceStore for PostgresStore {
                 return Ok(None);
             }
             let mut bytes = before;
-            let outbox = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO {schema}.outbox \
-                     (id, topic, payload, traceparent, published_ms, deliver_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6)"
-                ))
-                .await
-                .map_err(failure)?;
-            for event in &commit.events {
-                let params: [&(dyn ToSql + Sync); 6] = [
-                    &event.id,
-                    &event.topic,
-                    &event.payload,
-                    &event.traceparent,
-                    &(event.published_ms as i64),
-                    &(event.deliver_at_ms as i64),
-                ];
-                tx.execute(&outbox, &params).await.map_err(failure)?;
-                bytes += (event.id.len() + event.topic.len() + event.payload.len()) as i64;
-            }
+            insert_outbox(&tx, schema, &commit.events).await?;
+            bytes += commit
+                .events
+                .iter()
+                .map(|event| (event.id.len() + event.topic.len() + event.payload.len()) as i64)
+                .sum::<i64>();
             let inbox = tx
                 .prepare_cached(&format!(
                     "INSERT INTO {schema}.inbox (id, handled_ms) VALUES ($1, $2) \
@@ -700,17 +729,7 @@ impl ServiceStore for PostgresStore {
                 )
                 .await
                 .map_err(failure)?;
-            Ok(rows
-                .iter()
-                .map(|row| OutboxEvent {
-                    id: row.get(0),
-                    topic: row.get(1),
-                    payload: row.get(2),
-                    traceparent: row.get(3),
-                    published_ms: row.get::<_, i64>(4) as u64,
-                    deliver_at_ms: row.get::<_, i64>(5) as u64,
-                })
-                .collect::<Vec<_>>())
+            Ok(rows.iter().map(outbox_event).collect::<Vec<_>>())
         })?;
         if events.is_empty() {
             self.outbox_empty.store(true, Ordering::SeqCst);
@@ -822,13 +841,7 @@ impl ServiceStore for PostgresStore {
     fn export(&self) -> Result<Snapshot, StoreError> {
         let schema = &self.schema;
         self.with_schema(|mut client| async move {
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(failure)?;
+            let tx = read_snapshot(&mut client).await?;
             let sequence: i64 = tx
                 .query_one(
                     &format!("SELECT value FROM {schema}.meta WHERE name = 'sequence'"),
@@ -865,14 +878,7 @@ impl ServiceStore for PostgresStore {
                 .await
                 .map_err(failure)?
                 .iter()
-                .map(|row| OutboxEvent {
-                    id: row.get(0),
-                    topic: row.get(1),
-                    payload: row.get(2),
-                    traceparent: row.get(3),
-                    published_ms: row.get::<_, i64>(4) as u64,
-                    deliver_at_ms: row.get::<_, i64>(5) as u64,
-                })
+                .map(outbox_event)
                 .collect();
             let inbox = tx
                 .query(
@@ -938,27 +944,7 @@ impl ServiceStore for PostgresStore {
                 let params: [&(dyn ToSql + Sync); 3] = [&key, value, &version];
                 tx.execute(&entry, &params).await.map_err(failure)?;
             }
-            let outbox = tx
-                .prepare(&format!(
-                    "INSERT INTO {schema}.outbox \
-                     (id, topic, payload, traceparent, published_ms, deliver_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6)"
-                ))
-                .await
-                .map_err(failure)?;
-            for event in &snapshot.outbox {
-                let (published, deliver_at) =
-                    (event.published_ms as i64, event.deliver_at_ms as i64);
-                let params: [&(dyn ToSql + Sync); 6] = [
-                    &event.id,
-                    &event.topic,
-                    &event.payload,
-                    &event.traceparent,
-                    &published,
-                    &deliver_at,
-                ];
-                tx.execute(&outbox, &params).await.map_err(failure)?;
-            }
+            insert_outbox(&tx, schema, &snapshot.outbox).await?;
             let inbox = tx
                 .prepare(&format!(
                     "INSERT INTO {schema}.inbox (id, handled_ms) VALUES ($1, $2)"

@@ -308,6 +308,42 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     crate::data_dir::open_sqlite(path, "").map_err(backend)
 }
 
+/// Add `events` to the outbox, in `transaction`.
+fn insert_outbox(transaction: &Connection, events: &[OutboxEvent]) -> Result<(), StoreError> {
+    let mut insert = transaction
+        .prepare_cached(
+            "INSERT INTO outbox (id, topic, payload, traceparent, published_ms, deliver_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(backend)?;
+    for event in events {
+        insert
+            .execute(params![
+                event.id,
+                event.topic,
+                event.payload,
+                event.traceparent,
+                event.published_ms as i64,
+                event.deliver_at_ms as i64,
+            ])
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// An outbox row, selected as `id, topic, payload, traceparent, published_ms,
+/// deliver_at_ms`.
+fn outbox_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEvent> {
+    Ok(OutboxEvent {
+        id: row.get(0)?,
+        topic: row.get(1)?,
+        payload: row.get(2)?,
+        traceparent: row.get(3)?,
+        published_ms: row.get::<_, i64>(4)? as u64,
+        deliver_at_ms: row.get::<_, i64>(5)? as u64,
+    })
+}
+
 impl ServiceStore for SqliteStore {
     fn quota(&self) -> u64 {
         *self.quota.lock()
@@ -399,26 +435,12 @@ impl ServiceStore for SqliteStore {
         // neither can grow without bound.
         let mut event_bytes = 0i64;
         {
-            let mut outbox = transaction
-                .prepare_cached(
-                    "INSERT INTO outbox \
-                     (id, topic, payload, traceparent, published_ms, deliver_at_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(backend)?;
-            for event in &commit.events {
-                outbox
-                    .execute(params![
-                        event.id,
-                        event.topic,
-                        event.payload,
-                        event.traceparent,
-                        event.published_ms as i64,
-                        event.deliver_at_ms as i64,
-                    ])
-                    .map_err(backend)?;
-                event_bytes += (event.id.len() + event.topic.len() + event.payload.len()) as i64;
-            }
+            insert_outbox(&transaction, &commit.events)?;
+            event_bytes += commit
+                .events
+                .iter()
+                .map(|event| (event.id.len() + event.topic.len() + event.payload.len()) as i64)
+                .sum::<i64>();
             let mut inbox = transaction
                 .prepare_cached("INSERT OR IGNORE INTO inbox (id, handled_ms) VALUES (?1, ?2)")
                 .map_err(backend)?;
@@ -504,16 +526,7 @@ impl ServiceStore for SqliteStore {
             )
             .map_err(backend)?;
         let rows = statement
-            .query_map([limit], |row| {
-                Ok(OutboxEvent {
-                    id: row.get(0)?,
-                    topic: row.get(1)?,
-                    payload: row.get(2)?,
-                    traceparent: row.get(3)?,
-                    published_ms: row.get::<_, i64>(4)? as u64,
-                    deliver_at_ms: row.get::<_, i64>(5)? as u64,
-                })
-            })
+            .query_map([limit], outbox_event)
             .map_err(backend)?;
         let events = rows.collect::<Result<Vec<_>, _>>().map_err(backend)?;
         if events.is_empty() {
@@ -657,18 +670,7 @@ impl ServiceStore for SqliteStore {
                      FROM outbox ORDER BY seq",
                 )
                 .map_err(backend)?;
-            let rows = outbox
-                .query_map([], |row| {
-                    Ok(OutboxEvent {
-                        id: row.get(0)?,
-                        topic: row.get(1)?,
-                        payload: row.get(2)?,
-                        traceparent: row.get(3)?,
-                        published_ms: row.get::<_, i64>(4)? as u64,
-                        deliver_at_ms: row.get::<_, i64>(5)? as u64,
-                    })
-                })
-                .map_err(backend)?;
+            let rows = outbox.query_map([], outbox_event).map_err(backend)?;
             snapshot.outbox = rows.collect::<Result<_, _>>().map_err(backend)?;
             let mut inbox = transaction
                 .prepare("SELECT id, handled_ms FROM inbox ORDER BY id")
@@ -713,25 +715,7 @@ impl ServiceStore for SqliteStore {
                     .execute(params![key.as_bytes(), value, *version as i64])
                     .map_err(backend)?;
             }
-            let mut outbox = transaction
-                .prepare(
-                    "INSERT INTO outbox \
-                     (id, topic, payload, traceparent, published_ms, deliver_at_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(backend)?;
-            for event in &snapshot.outbox {
-                outbox
-                    .execute(params![
-                        event.id,
-                        event.topic,
-                        event.payload,
-                        event.traceparent,
-                        event.published_ms as i64,
-                        event.deliver_at_ms as i64,
-                    ])
-                    .map_err(backend)?;
-            }
+            insert_outbox(&transaction, &snapshot.outbox)?;
             let mut inbox = transaction
                 .prepare("INSERT INTO inbox (id, handled_ms) VALUES (?1, ?2)")
                 .map_err(backend)?;
