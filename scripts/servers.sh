@@ -4,19 +4,25 @@
 # ends. Sourced by test.sh after setup.sh; `start_postgres` exports the URL the
 # end-to-end tests connect to.
 
-# PIDs and directories to clean up when the sourcing script exits.
+# PIDs, PostgreSQL clusters and directories to clean up when the sourcing script
+# exits.
 shoal_servers_pids=()
+shoal_servers_postgres=()
 shoal_servers_dirs=()
 
 stop_servers() {
-    local pid
+    local pid cluster dir
+    # PostgreSQL runs under runuser as another user: stop it through pg_ctl (fast
+    # shutdown), then wait for what was started in the background.
+    for cluster in "${shoal_servers_postgres[@]}"; do
+        as_postgres "${cluster%%|*}/pg_ctl" stop -m fast -D "${cluster#*|}" >/dev/null 2>&1 || true
+    done
     for pid in "${shoal_servers_pids[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
     for pid in "${shoal_servers_pids[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    local dir
     for dir in "${shoal_servers_dirs[@]}"; do
         rm -rf "$dir"
     done
@@ -56,6 +62,7 @@ start_postgres() {
     as_postgres "$bin/postgres" -D "$dir/data" -c listen_addresses=127.0.0.1 -p "$port" \
         -k "$dir" -c max_connections=400 -c fsync=on >"$dir/postgres.log" 2>&1 &
     shoal_servers_pids+=($!)
+    shoal_servers_postgres+=("$bin|$dir/data")
     local tries=0
     until "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres; do
         tries=$((tries + 1))
