@@ -366,3 +366,29 @@ fn data_moves_between_backends_and_rm_purge_deletes_it() {
     let (ok, _, err) = cli(&back, &["data", "import", "kv"], Some(b"{\"format\": 1}"));
     assert!(!ok && err.contains("not a snapshot"), "{err}");
 }
+
+#[test]
+fn a_host_started_while_its_database_is_down_serves_its_store_once_the_database_is_up() {
+    let mut server = shoal_tests::PostgresServer::start();
+    let store = Store::Postgres(server.url());
+    server.stop();
+    let root = temp_root();
+    let host = Host::start(root.path(), &store.args());
+    assert_eq!(host.deploy("kv", &guest("counter")).status, 201);
+    let (status, body) = post(&host, "/kv/increment?key=n", b"");
+    assert!(
+        status >= 400 && body.contains("Unavailable"),
+        "{status} {body}"
+    );
+    server.resume();
+    shoal_tests::wait_for(
+        "the store reachable",
+        std::time::Duration::from_secs(30),
+        || post(&host, "/kv/increment?key=n", b"").0 == 200,
+    );
+    assert_eq!(
+        host.get("/kv/get?key=n").body,
+        "1",
+        "the failed call wrote nothing"
+    );
+}
