@@ -12,6 +12,20 @@ const PUBLISHER: &str = "[events]\npublishes = [\"count.changed\"]\nsubscribers 
 const SUBSCRIBER: &str =
     "[[subscriptions]]\ntopic = \"count.changed\"\nroute = \"/events/handle\"\n";
 
+/// A `deploy` token limited to `shop-*`, as a team of the shop would hold.
+fn shop_team_token(host: &Host) -> String {
+    let created = host.admin_json(
+        "POST",
+        "/v1/tokens",
+        r#"{"name": "shop-team", "scope": "deploy", "services": ["shop-*"]}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    created.json()["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned()
+}
+
 fn handled(host: &Host) -> Vec<String> {
     host.get("/sub/handled")
         .body
@@ -107,16 +121,7 @@ fn a_scoped_token_cannot_nest_a_route_inside_another_service_s() {
         host.deploy_with_manifest("payment", &hello, payment).status,
         201
     );
-    let created = host.admin_json(
-        "POST",
-        "/v1/tokens",
-        r#"{"name": "shop-team", "scope": "deploy", "services": ["shop-*"]}"#,
-    );
-    assert_eq!(created.status, 201, "{}", created.body);
-    let token = created.json()["token"]
-        .as_str()
-        .expect("a token")
-        .to_owned();
+    let token = shop_team_token(&host);
     let stolen = "route = \"/payment/charges\"\n[config]\ngreeting = \"stolen\"\n";
     let refused = host.deploy_multipart_with_token("shop-x", &hello, stolen, &token);
     assert_eq!(refused.status, 403, "{}", refused.body);
@@ -287,16 +292,7 @@ fn a_service_publishes_and_receives_only_the_topics_it_is_given() {
     assert_eq!(inventory.status, 201, "{}", inventory.body);
 
     // A team with a token for `shop-*` can neither read orders' events nor claim them.
-    let created = host.admin_json(
-        "POST",
-        "/v1/tokens",
-        r#"{"name": "shop-team", "scope": "deploy", "services": ["shop-*"]}"#,
-    );
-    assert_eq!(created.status, 201, "{}", created.body);
-    let token = created.json()["token"]
-        .as_str()
-        .expect("a token")
-        .to_owned();
+    let token = shop_team_token(&host);
     let reading =
         host.deploy_multipart_with_token("shop-spy", &counter, &subscribing("shop-spy"), &token);
     assert_eq!(reading.status, 403, "{}", reading.body);

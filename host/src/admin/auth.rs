@@ -340,6 +340,18 @@ mod tests {
         assert_eq!(c("GET", "/services", None).action, Action::Read);
         assert_eq!(c("GET", "/services", None).audited, None);
         assert_eq!(c("GET", "/audit", None).action, Action::Administer);
+        // A service's data is read and written only by who may change the service.
+        for (method, audited) in [
+            ("GET", "data.export"),
+            ("PUT", "data.import"),
+            ("DELETE", "data.purge"),
+        ] {
+            let data = c(method, "/services/a/data", None);
+            assert_eq!(
+                (data.action, data.audited),
+                (Action::ChangeService("a".into()), Some(audited))
+            );
+        }
         assert_eq!(c("GET", "/tokens", None).action, Action::Administer);
         let deploy = c("PUT", "/services/shop-a", None);
         assert_eq!(deploy.action, Action::ChangeService("shop-a".into()));

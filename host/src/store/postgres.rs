@@ -308,6 +308,26 @@ async fn insert_outbox(
     Ok(())
 }
 
+/// Take `removed` bytes off `schema`'s count (never below 0: events an older host
+/// put in the outbox were not counted), in `tx`. Answers the count left.
+async fn give_back_bytes(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+    removed: i64,
+) -> Result<i64, StoreError> {
+    Ok(tx
+        .query_one(
+            &format!(
+                "UPDATE {schema}.meta SET value = GREATEST(0, value - $1) \
+                 WHERE name = 'bytes' RETURNING value"
+            ),
+            &[&removed],
+        )
+        .await
+        .map_err(failure)?
+        .get(0))
+}
+
 /// An outbox row, selected as `id, topic, payload, traceparent, published_ms,
 /// deliver_at_ms`.
 fn outbox_event(row: &tokio_postgres::Row) -> OutboxEvent {
@@ -757,17 +777,7 @@ impl ServiceStore for PostgresStore {
                 .await
                 .map_err(failure)?
                 .get(0);
-            let bytes: i64 = tx
-                .query_one(
-                    &format!(
-                        "UPDATE {schema}.meta SET value = GREATEST(0, value - $1) \
-                         WHERE name = 'bytes' RETURNING value"
-                    ),
-                    &[&removed],
-                )
-                .await
-                .map_err(failure)?
-                .get(0);
+            let bytes = give_back_bytes(&tx, schema, removed).await?;
             tx.commit().await.map_err(failure)?;
             Ok(bytes)
         })?;
@@ -809,17 +819,7 @@ impl ServiceStore for PostgresStore {
                 .await
                 .map_err(failure)?;
             let (removed, removed_bytes): (i64, i64) = (row.get(0), row.get(1));
-            let bytes: i64 = tx
-                .query_one(
-                    &format!(
-                        "UPDATE {schema}.meta SET value = GREATEST(0, value - $1) \
-                         WHERE name = 'bytes' RETURNING value"
-                    ),
-                    &[&removed_bytes],
-                )
-                .await
-                .map_err(failure)?
-                .get(0);
+            let bytes = give_back_bytes(&tx, schema, removed_bytes).await?;
             let left = tx
                 .query_opt(&format!("SELECT 1 FROM {schema}.inbox LIMIT 1"), &[])
                 .await

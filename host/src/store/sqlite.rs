@@ -331,6 +331,18 @@ fn insert_outbox(transaction: &Connection, events: &[OutboxEvent]) -> Result<(),
     Ok(())
 }
 
+/// Take `removed` bytes off the store's count (never below 0: events an older host
+/// put in the outbox were not counted), in `transaction`. Answers the count left.
+fn give_back_bytes(transaction: &Connection, removed: i64) -> Result<i64, StoreError> {
+    transaction
+        .query_row(
+            "UPDATE meta SET value = MAX(0, value - ?1) WHERE name = 'bytes' RETURNING value",
+            [removed],
+            |row| row.get(0),
+        )
+        .map_err(backend)
+}
+
 /// An outbox row, selected as `id, topic, payload, traceparent, published_ms,
 /// deliver_at_ms`.
 fn outbox_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEvent> {
@@ -558,14 +570,7 @@ impl ServiceStore for SqliteStore {
                 removed += bytes.unwrap_or(0);
             }
         }
-        // Events an older host put in the outbox were not counted: never below 0.
-        let bytes: i64 = transaction
-            .query_row(
-                "UPDATE meta SET value = MAX(0, value - ?1) WHERE name = 'bytes' RETURNING value",
-                [removed],
-                |row| row.get(0),
-            )
-            .map_err(backend)?;
+        let bytes = give_back_bytes(&transaction, removed)?;
         transaction.commit().map_err(backend)?;
         self.bytes.store(bytes.max(0) as u64, Ordering::SeqCst);
         Ok(())
@@ -590,13 +595,7 @@ impl ServiceStore for SqliteStore {
                 [handled_before_ms as i64],
             )
             .map_err(backend)?;
-        let bytes: i64 = transaction
-            .query_row(
-                "UPDATE meta SET value = MAX(0, value - ?1) WHERE name = 'bytes' RETURNING value",
-                [removed_bytes],
-                |row| row.get(0),
-            )
-            .map_err(backend)?;
+        let bytes = give_back_bytes(&transaction, removed_bytes)?;
         let empty = transaction
             .query_row("SELECT 1 FROM inbox LIMIT 1", [], |_| Ok(()))
             .optional()
