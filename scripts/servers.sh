@@ -77,3 +77,34 @@ start_postgres() {
     export SHOAL_TEST_POSTGRES_BIN="$bin"
     echo "== PostgreSQL on 127.0.0.1:$port ($dir)"
 }
+
+# Start NATS with JetStream (installing Debian's package if needed) and export
+# SHOAL_TEST_NATS_URL; each test host uses a namespace of its own on it.
+start_nats() {
+    local bin
+    bin="$(command -v nats-server || true)"
+    if [ -z "$bin" ]; then
+        apt_install nats-server
+        bin="$(command -v nats-server)"
+    fi
+    local dir port monitor
+    dir="$(mktemp -d /tmp/shoal-nats-XXXXXX)"
+    shoal_servers_dirs+=("$dir")
+    port="$(free_port)"
+    monitor="$(free_port)"
+    "$bin" -a 127.0.0.1 -p "$port" -m "$monitor" -js -sd "$dir/jetstream" >"$dir/nats.log" 2>&1 &
+    shoal_servers_pids+=($!)
+    local tries=0
+    until curl -fsS "http://127.0.0.1:$monitor/healthz?js-enabled-only=true" >/dev/null 2>&1; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 300 ]; then
+            echo "error: NATS did not start" >&2
+            cat "$dir/nats.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    export SHOAL_TEST_NATS_URL="nats://127.0.0.1:$port"
+    export SHOAL_TEST_NATS_BIN="$bin"
+    echo "== NATS on 127.0.0.1:$port ($dir)"
+}

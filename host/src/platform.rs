@@ -103,6 +103,7 @@ impl Platform {
             secrets: None,
             registry_sweep: Duration::from_secs(1),
             stores: None,
+            bus: None,
             bus_limit: crate::events::BusSettings::default().max_bus_mb * 1024 * 1024,
             inbox_retention: crate::events::BusSettings::default().inbox_retention,
         }
@@ -125,6 +126,7 @@ pub struct PlatformBuilder {
     secrets: Option<Arc<Secrets>>,
     registry_sweep: Duration,
     stores: Option<Arc<dyn crate::store::StoreBackend>>,
+    bus: Option<Arc<dyn crate::events::EventBus>>,
     bus_limit: u64,
     inbox_retention: Duration,
 }
@@ -134,6 +136,12 @@ impl PlatformBuilder {
     /// directory.
     pub fn stores(mut self, stores: Arc<dyn crate::store::StoreBackend>) -> Self {
         self.stores = Some(stores);
+        self
+    }
+
+    /// Keep the event bus in `bus` instead of SQLite in the data directory.
+    pub fn bus(mut self, bus: Arc<dyn crate::events::EventBus>) -> Self {
+        self.bus = Some(bus);
         self
     }
 
@@ -194,14 +202,17 @@ impl PlatformBuilder {
                     .map_err(|error| anyhow::anyhow!("opening the stores directory: {error}"))?,
             ),
         };
-        let bus = open_bus(&self.data_dir)?;
+        let bus: Arc<dyn crate::events::EventBus> = match self.bus {
+            Some(bus) => bus,
+            None => Arc::new(open_bus(&self.data_dir)?),
+        };
         Ok(Arc::new(Platform {
             host_id: self.host_id,
             caller: Arc::new(Caller::new(registry.clone(), telemetry.clone())),
             registry,
             telemetry,
             stores,
-            bus: Arc::new(bus),
+            bus,
             published: Published::default(),
             bus_bound: crate::events::BusBound::new(self.bus_limit),
             inbox_retention: self.inbox_retention,

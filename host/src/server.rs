@@ -105,8 +105,20 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         .context("the PostgreSQL store")?;
         platform = platform.stores(Arc::new(postgres));
     }
+    let host_id = data_dir.host_id()?;
+    if let Some(url) = &config.bus.bus_url {
+        let nats = crate::events::nats::NatsBus::connect(
+            &config.bus,
+            url,
+            &format!("shoal {host_id}"),
+            tokio::runtime::Handle::current(),
+        )
+        .await
+        .context("the NATS event bus")?;
+        platform = platform.bus(Arc::new(nats));
+    }
     let platform = platform
-        .host_id(data_dir.host_id()?)
+        .host_id(host_id)
         .telemetry(telemetry.clone())
         .secrets(secrets.clone())
         .bus_limit(config.bus.max_bus_mb * 1024 * 1024)

@@ -48,7 +48,7 @@ fn handled(host: &Host) -> Vec<String> {
 
 #[test]
 fn a_published_event_reaches_its_subscriber_once() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         a_published_event_reaches_its_subscriber_once_on(&store);
     }
@@ -57,6 +57,8 @@ fn a_published_event_reaches_its_subscriber_once() {
 fn a_published_event_reaches_its_subscriber_once_on(store: &Store) {
     let root = temp_root();
     let host = Host::start(root.path(), &store.args());
+    let shown = host.admin("GET", "/v1/host").json();
+    assert_eq!(shown["bus"], store.engines().1, "{shown}");
     assert_eq!(
         host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
             .status,
@@ -107,7 +109,7 @@ fn a_published_event_reaches_its_subscriber_once_on(store: &Store) {
 
 #[test]
 fn the_outbox_sends_events_of_committed_transactions_only() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         the_outbox_sends_events_of_committed_transactions_only_on(&store);
     }
@@ -173,7 +175,7 @@ fn the_outbox_sends_events_of_committed_transactions_only_on(store: &Store) {
 
 #[test]
 fn failing_deliveries_are_retried_then_dead_lettered_and_replayed() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         failing_deliveries_are_retried_then_dead_lettered_and_replayed_on(&store);
     }
@@ -248,7 +250,7 @@ fn failing_deliveries_are_retried_then_dead_lettered_and_replayed_on(store: &Sto
 
 #[test]
 fn a_redelivery_of_a_handled_event_is_dropped_by_the_inbox() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         a_redelivery_of_a_handled_event_is_dropped_by_the_inbox_on(&store);
     }
@@ -285,7 +287,7 @@ fn a_redelivery_of_a_handled_event_is_dropped_by_the_inbox_on(store: &Store) {
 
 #[test]
 fn an_acknowledged_publish_is_delivered_after_kill_9() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         an_acknowledged_publish_is_delivered_after_kill_9_on(&store);
     }
@@ -333,7 +335,7 @@ fn an_acknowledged_publish_is_delivered_after_kill_9_on(store: &Store) {
 
 #[test]
 fn a_scheduled_event_waits_for_its_delay_even_across_kill_9() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         a_scheduled_event_waits_for_its_delay_even_across_kill_9_on(&store);
     }
@@ -425,7 +427,7 @@ fn a_scheduled_event_waits_for_its_delay_even_across_kill_9_on(store: &Store) {
 
 #[test]
 fn a_slow_subscriber_never_holds_up_another_s_events() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         a_slow_subscriber_never_holds_up_another_s_events_on(&store);
     }
@@ -499,7 +501,7 @@ fn publish_until_refused(host: &Host, bytes: usize) -> String {
 
 #[test]
 fn a_publisher_s_waiting_events_count_against_its_own_quota() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         a_publisher_s_waiting_events_count_against_its_own_quota_on(&store);
     }
@@ -542,7 +544,7 @@ fn a_publisher_s_waiting_events_count_against_its_own_quota_on(store: &Store) {
 
 #[test]
 fn the_bus_has_a_host_wide_bound_and_publishing_past_it_fails_with_bus_full() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         the_bus_has_a_host_wide_bound_and_publishing_past_it_fails_with_bus_full_on(&store);
     }
@@ -585,7 +587,7 @@ fn the_bus_has_a_host_wide_bound_and_publishing_past_it_fails_with_bus_full_on(s
 
 #[test]
 fn a_subscriber_forgets_the_events_it_handled_after_the_retention() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         a_subscriber_forgets_the_events_it_handled_after_the_retention_on(&store);
     }
@@ -639,7 +641,7 @@ fn waiting(host: &Host) -> u64 {
 
 #[test]
 fn events_wait_for_a_subscriber_that_is_redeployed_or_rolled_back() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         events_wait_for_a_subscriber_that_is_redeployed_or_rolled_back_on(&store);
     }

@@ -23,13 +23,10 @@ fn single_key_calls_and_compare_and_swap_on(store: &Store) {
     let root = temp_root();
     let host = Host::start(root.path(), &store.args());
     // The host says which backend it runs on.
-    let engine = match store {
-        Store::Embedded => "sqlite",
-        Store::Postgres(_) => "postgresql",
-    };
+    let (store_engine, bus_engine) = store.engines();
     let shown = host.admin("GET", "/v1/host").json();
-    assert_eq!(shown["store"], engine, "{shown}");
-    assert_eq!(shown["bus"], "sqlite", "{shown}");
+    assert_eq!(shown["store"], store_engine, "{shown}");
+    assert_eq!(shown["bus"], bus_engine, "{shown}");
     assert_eq!(host.deploy("kv", &guest("counter")).status, 201);
     assert_eq!(host.get("/kv/get?key=a").status, 404);
     assert_eq!(put(&host, "/kv/set?key=a", b"one").0, 200);

@@ -736,12 +736,41 @@ pub enum Store {
     Embedded,
     /// `--store` with this URL.
     Postgres(String),
+    /// `--store` with this PostgreSQL URL and `--bus` with this NATS URL, in a
+    /// namespace of the test's own.
+    PostgresAndNats {
+        /// The database.
+        postgres: String,
+        /// The NATS server.
+        nats: String,
+        /// The test's bus namespace.
+        namespace: String,
+    },
 }
 
 impl Store {
     /// Every backend a store test runs on: the embedded one, and PostgreSQL.
     pub fn every() -> Vec<Store> {
         vec![Store::Embedded, Store::postgres()]
+    }
+
+    /// Every backend pair an event test runs on: the embedded ones, and PostgreSQL
+    /// with NATS JetStream.
+    pub fn every_with_bus() -> Vec<Store> {
+        vec![Store::Embedded, Store::postgres_and_nats()]
+    }
+
+    /// A new, empty database and a new bus namespace on the test run's PostgreSQL
+    /// and NATS servers.
+    pub fn postgres_and_nats() -> Store {
+        let Store::Postgres(postgres) = Store::postgres() else {
+            unreachable!("a PostgreSQL store")
+        };
+        Store::PostgresAndNats {
+            postgres,
+            nats: nats_url(),
+            namespace: format!("t{:016x}", random_u64()),
+        }
     }
 
     /// A new, empty database on the test run's PostgreSQL server.
@@ -777,6 +806,18 @@ impl Store {
         match self {
             Store::Embedded => Vec::new(),
             Store::Postgres(url) => vec!["--store", url.as_str()],
+            Store::PostgresAndNats {
+                postgres,
+                nats,
+                namespace,
+            } => vec![
+                "--store",
+                postgres.as_str(),
+                "--bus",
+                nats.as_str(),
+                "--bus-namespace",
+                namespace.as_str(),
+            ],
         }
     }
 
@@ -787,11 +828,21 @@ impl Store {
         args
     }
 
+    /// The engines the host names for its store and its bus (`GET /v1/host`).
+    pub fn engines(&self) -> (&'static str, &'static str) {
+        match self {
+            Store::Embedded => ("sqlite", "sqlite"),
+            Store::Postgres(_) => ("postgresql", "sqlite"),
+            Store::PostgresAndNats { .. } => ("postgresql", "nats"),
+        }
+    }
+
     /// Its name in failure messages.
     pub fn name(&self) -> &'static str {
         match self {
             Store::Embedded => "embedded SQLite",
             Store::Postgres(_) => "PostgreSQL",
+            Store::PostgresAndNats { .. } => "PostgreSQL and NATS",
         }
     }
 }
@@ -803,6 +854,92 @@ fn random_u64() -> u64 {
         .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut bytes));
     read.expect("/dev/urandom");
     u64::from_le_bytes(bytes)
+}
+
+/// The test run's NATS server.
+pub fn nats_url() -> String {
+    std::env::var("SHOAL_TEST_NATS_URL").unwrap_or_else(|_| {
+        panic!(
+            "SHOAL_TEST_NATS_URL is not set: run the tests with scripts/test.sh, or \
+             `source scripts/setup.sh; source scripts/servers.sh; start_nats` first"
+        )
+    })
+}
+
+/// A NATS server with JetStream of a test's own (for tests that stop and start it),
+/// the program `scripts/test.sh` found (`SHOAL_TEST_NATS_BIN`).
+pub struct NatsServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Start one on a free port, its streams in a temporary directory.
+    pub fn start() -> NatsServer {
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-nats-")
+            .tempdir()
+            .expect("temp dir");
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            listener.local_addr().expect("address").port()
+        };
+        let mut server = NatsServer {
+            dir,
+            port,
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// Its client URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it at once (`kill -9`: what it acknowledged is on disk, the rest is not).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same port and streams.
+    pub fn resume(&mut self) {
+        let bin = std::env::var("SHOAL_TEST_NATS_BIN").unwrap_or_else(|_| {
+            panic!("SHOAL_TEST_NATS_BIN is not set: run the tests with scripts/test.sh")
+        });
+        let child = Command::new(bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path().join("jetstream"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let address = format!("127.0.0.1:{}", self.port);
+        wait_for(
+            "NATS to accept connections",
+            Duration::from_secs(30),
+            || std::net::TcpStream::connect(&address).is_ok(),
+        );
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// A PostgreSQL server of a test's own (for tests that stop and start it), from the

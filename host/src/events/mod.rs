@@ -7,9 +7,10 @@
 //! `max_attempts` it becomes a dead letter that an operator can replay or drop.
 //!
 //! [`EventBus`] is the queue of deliveries; the embedded backend ([`sqlite`]) keeps it
-//! in one SQLite database in the data directory. A distributed backend (NATS
-//! JetStream) can sit behind the same trait.
+//! in one SQLite database in the data directory, and [`nats`] keeps it in a NATS
+//! JetStream stream that several hosts can share.
 
+pub mod nats;
 pub mod sqlite;
 pub mod topics;
 
@@ -45,9 +46,33 @@ pub fn validate_topic(topic: &str) -> Result<(), InvalidTopic> {
     }
 }
 
-/// How much the bus may hold, host-wide.
+/// Where the bus is kept, and how much it may hold, host-wide.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BusSettings {
+    /// Keep the event bus in NATS JetStream (`nats://HOST:PORT`, or `tls://HOST:PORT`
+    /// for TLS) instead of SQLite in the data directory. Hosts that share a store
+    /// share their events by naming the same server and namespace.
+    #[arg(long = "bus", env = "SHOAL_BUS_URL", value_name = "URL")]
+    pub bus_url: Option<String>,
+
+    /// Names the NATS stream (`NAMESPACE-events`) and subjects (`NAMESPACE.>`) the
+    /// bus uses, so several Shoal platforms can share one NATS server.
+    #[arg(long, env = "SHOAL_BUS_NAMESPACE", default_value = "shoal")]
+    pub bus_namespace: String,
+
+    /// A file holding the NATS token (its first line).
+    #[arg(long, env = "SHOAL_BUS_TOKEN_FILE", value_name = "FILE")]
+    pub bus_token_file: Option<std::path::PathBuf>,
+
+    /// A NATS credentials file (`.creds`: a user JWT and its NKey seed).
+    #[arg(long, env = "SHOAL_BUS_CREDENTIALS", value_name = "FILE")]
+    pub bus_credentials: Option<std::path::PathBuf>,
+
+    /// A PEM file of the certificate authorities that sign the NATS server's
+    /// certificate (with `tls://`), besides the system's.
+    #[arg(long, env = "SHOAL_BUS_CA_FILE", value_name = "FILE")]
+    pub bus_ca_file: Option<std::path::PathBuf>,
+
     /// Bytes of events the bus may hold for all services together (waiting,
     /// scheduled and dead), in MiB. Past it, events stay in their publishers'
     /// outboxes (counted against their quotas) and `publish` fails with `bus-full`.
@@ -66,6 +91,11 @@ pub struct BusSettings {
 impl Default for BusSettings {
     fn default() -> Self {
         Self {
+            bus_url: None,
+            bus_namespace: "shoal".into(),
+            bus_token_file: None,
+            bus_credentials: None,
+            bus_ca_file: None,
             max_bus_mb: 1024,
             inbox_retention: Duration::from_secs(24 * 60 * 60),
         }
