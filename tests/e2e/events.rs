@@ -2,6 +2,7 @@
 //! dead letters and replay, inbox de-duplication, and survival of `kill -9`.
 
 use shoal_tests::{Host, Store, TOKEN, guest, shoal_cli, temp_root, wait_for};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 const TOPIC: &str = "count.changed";
@@ -714,4 +715,88 @@ fn events_wait_for_a_subscriber_that_is_redeployed_or_rolled_back_on(store: &Sto
     );
     let dead = host.admin("GET", "/v1/events").json();
     assert_eq!(dead["dead_letters"], serde_json::json!([]), "{dead}");
+}
+
+#[test]
+fn events_committed_while_nats_restarts_are_all_delivered_and_handled_once() {
+    let mut nats = shoal_tests::NatsServer::start();
+    let Store::Postgres(postgres) = Store::postgres() else {
+        unreachable!("a PostgreSQL store")
+    };
+    let store = Store::PostgresAndNats {
+        postgres,
+        nats: nats.url(),
+        namespace: "restart".into(),
+    };
+    let root = temp_root();
+    let host = Host::start(root.path(), &store.args());
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 20))
+            .status,
+        201
+    );
+    // A burst of publishes, each acknowledged once its transaction commits; NATS
+    // stops and starts again in the middle of it.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (gateway, acknowledged, stop) =
+            (host.gateway.clone(), acknowledged.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let agent = shoal_tests::agent();
+            let url = format!("{gateway}/pub/publish?topic={TOPIC}");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut response) = agent.post(&url).send(&b"x"[..]) else {
+                    continue;
+                };
+                if response.status() == 200 {
+                    let id = response.body_mut().read_to_string().unwrap_or_default();
+                    acknowledged
+                        .lock()
+                        .expect("lock")
+                        .push(id.trim().to_owned());
+                }
+            }
+        })
+    };
+    wait_for("events flowing", Duration::from_secs(30), || {
+        handled(&host).len() >= 20
+    });
+    nats.kill();
+    let at_stop = acknowledged.lock().expect("lock").len();
+    wait_for(
+        "events committed while NATS is down",
+        Duration::from_secs(30),
+        || acknowledged.lock().expect("lock").len() >= at_stop + 50,
+    );
+    nats.resume();
+    let at_resume = acknowledged.lock().expect("lock").len();
+    wait_for(
+        "events committed after NATS is back",
+        Duration::from_secs(30),
+        || acknowledged.lock().expect("lock").len() >= at_resume + 50,
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.join().expect("publisher");
+    let acknowledged: BTreeSet<String> =
+        acknowledged.lock().expect("lock").iter().cloned().collect();
+    wait_for(
+        "every acknowledged event handled",
+        Duration::from_secs(90),
+        || handled(&host).len() >= acknowledged.len(),
+    );
+    let got = handled(&host);
+    let unique: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(unique, acknowledged, "no event lost, none invented");
+    assert_eq!(unique.len(), got.len(), "none handled twice");
+    assert_eq!(
+        host.get("/sub/handled-total").body,
+        acknowledged.len().to_string(),
+        "the handler ran to commit once per event"
+    );
 }

@@ -154,7 +154,7 @@ fn order_concurrently(host: &Host, buyers: usize, each: usize, sku: &str) -> Vec
 
 #[test]
 fn two_hundred_concurrent_orders_against_fifty_in_stock_sell_exactly_fifty() {
-    for store in Store::every() {
+    for store in Store::every_with_bus() {
         eprintln!("store backend: {}", store.name());
         two_hundred_concurrent_orders_on(&store);
     }
@@ -693,5 +693,86 @@ fn setting_stock_keeps_held_reservations_in_rust_and_javascript() {
         let (status, answer) = send(&host, "POST", "/inventory/reservations/r-1/release", "");
         assert_eq!(status, 200, "{inventory}: {answer}");
         assert_eq!(stock(&host, "lamp"), (8, 0, 0), "{inventory}");
+    }
+}
+
+#[test]
+fn two_hosts_on_the_same_postgresql_and_nats_sell_exactly_the_stock() {
+    // Both hosts run the same four services, deployed on each by hand, on one
+    // database and one bus namespace.
+    let store = Store::postgres_and_nats();
+    let (first_root, second_root) = (temp_root(), temp_root());
+    let first = Host::start(first_root.path(), &store.with(SHOP_HOST));
+    let second = Host::start(second_root.path(), &store.with(SHOP_HOST));
+    deploy_shop(&first);
+    deploy_shop(&second);
+    assert_eq!(
+        send(
+            &first,
+            "PUT",
+            "/inventory/stock/widget",
+            r#"{"available": 50}"#
+        )
+        .0,
+        200
+    );
+    assert_eq!(stock(&second, "widget"), (50, 0, 0), "one inventory");
+    // An order storm through both gateways at once.
+    let (from_first, from_second) = std::thread::scope(|scope| {
+        let one = scope.spawn(|| order_concurrently(&first, 4, 25, "widget"));
+        let two = scope.spawn(|| order_concurrently(&second, 4, 25, "widget"));
+        (
+            one.join().expect("first gateway"),
+            two.join().expect("second gateway"),
+        )
+    });
+    let outcomes: Vec<(u16, String)> = from_first.into_iter().chain(from_second).collect();
+    let placed: Vec<String> = outcomes
+        .iter()
+        .filter(|(status, _)| *status == 201)
+        .map(|(_, body)| {
+            let order: serde_json::Value = serde_json::from_str(body).expect("json");
+            order["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    let refused = outcomes
+        .iter()
+        .filter(|(status, body)| *status == 409 && body.contains("insufficient stock"))
+        .count();
+    assert_eq!(placed.len(), 50, "exactly the stock: {outcomes:?}");
+    assert_eq!(refused, 150, "{outcomes:?}");
+    // Every placed order is charged once and never refunded, whichever host it went
+    // through, and both hosts see it.
+    for id in &placed {
+        for host in [&first, &second] {
+            let (status, order) = send(host, "GET", &format!("/orders/{id}"), "");
+            assert_eq!(status, 200, "{order}");
+            let (status, charge) = send(host, "GET", &format!("/payment/charges/{id}"), "");
+            assert_eq!(status, 200, "{charge}");
+            assert_eq!(charge["refunded"], false, "{charge}");
+        }
+    }
+    // Every reservation is completed, and every placed order's event is handled once
+    // by one of the two hosts.
+    wait_for(
+        "every reservation committed",
+        Duration::from_secs(60),
+        || stock(&first, "widget") == (0, 0, 50),
+    );
+    wait_for("every order shipped", Duration::from_secs(60), || {
+        shipped(&second).len() >= 50
+    });
+    let shipped = shipped(&first);
+    let unique: BTreeSet<String> = shipped.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        shipped.len(),
+        "an order shipped twice: {shipped:?}"
+    );
+    assert_eq!(unique, placed.into_iter().collect::<BTreeSet<_>>());
+    for host in [&first, &second] {
+        wait_for("nothing left on the bus", Duration::from_secs(30), || {
+            host.admin("GET", "/v1/events").json()["pending"] == 0
+        });
     }
 }

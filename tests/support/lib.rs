@@ -899,7 +899,18 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Kill it at once (`kill -9`: what it acknowledged is on disk, the rest is not).
+    /// Stop it as an operator restarting it does (SIGTERM: it writes out what it
+    /// acknowledged, and its clients see the connection drop).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kill it at once (`kill -9`).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
