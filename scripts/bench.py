@@ -1082,6 +1082,63 @@ def store_backends(args, rows):
                  "loopback, fsync on, started by scripts/servers.sh)"))
 
 
+EVENT_PUBLISHER = '[events]\npublishes = ["count.changed"]\nsubscribers = ["sub"]\n'
+EVENT_SUBSCRIBER = ('[[subscriptions]]\ntopic = "count.changed"\nroute = "/events/handle"\n'
+                    'max_attempts = 5\n')
+
+
+def event_latency(args, rows):
+    """Event latency: publish commit → subscriber's handler, on NATS JetStream against the embedded bus."""
+    counter = open(os.path.join(args.guests, "counter.wasm"), "rb").read()
+    count = 20 if args.quick else 300
+    nats = os.environ.get("SHOAL_TEST_NATS_URL")
+    if not nats:
+        raise RuntimeError("SHOAL_TEST_NATS_URL is not set: run through scripts/bench.sh (it starts NATS)")
+    configs = (
+        ("embedded (SQLite store and bus)", lambda: []),
+        ("PostgreSQL store, NATS JetStream bus", lambda: [
+            "--store", fresh_postgres_database(), "--bus", nats,
+            "--bus-namespace", f"bench{os.getpid()}{int(time.time())}"]),
+    )
+    figures = {}
+    for label, extra in configs:
+        host = Host(args.shoal, extra())
+        try:
+            host.deploy("pub", counter, EVENT_PUBLISHER)
+            host.deploy("sub", counter, EVENT_SUBSCRIBER)
+            published = []
+            for _ in range(count):
+                status, body = http_call(host.gateway, "POST", "/pub/publish?topic=count.changed", b"x")
+                committed_ms = time.time() * 1000
+                if status != 200:
+                    raise RuntimeError(f"publish failed: {status} {body[:200]}")
+                published.append((body.decode().strip(), committed_ms))
+                time.sleep(0.01)  # one event at a time: latency, not throughput
+            deadline = time.time() + 60
+            latencies = []
+            for event_id, committed_ms in published:
+                while True:
+                    status, body = http_call(host.gateway, "GET", f"/sub/get?key=handled-at%2F{event_id}")
+                    if status == 200:
+                        latencies.append(max(0.0, int(body.decode().strip()) - committed_ms))
+                        break
+                    if time.time() > deadline:
+                        raise RuntimeError(f"event {event_id} was not handled within 60 s")
+                    time.sleep(0.05)
+        finally:
+            host.stop()
+        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+        figures[label] = (p50, p99)
+        rows.append(("events", f"publish → handler, {label}", f"p50 {p50:.0f} ms, p99 {p99:.0f} ms",
+                     f"{count} events one at a time, 10 ms apart: the subscriber's clock when its handler "
+                     "committed minus the client's when the publish was acknowledged (same machine; ms)"))
+    embedded, nats_figures = figures[configs[0][0]], figures[configs[1][0]]
+    rows.append(("events", "NATS ÷ embedded (p50 / p99)",
+                 f"{nats_figures[0] / max(embedded[0], 1):.2f}× / {nats_figures[1] / max(embedded[1], 1):.2f}×",
+                 "same run, same machine (NATS 2.9 with JetStream on loopback, file storage, started by "
+                 "scripts/servers.sh; PostgreSQL 15, fsync on)"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shoal", required=True)
@@ -1103,7 +1160,7 @@ def main():
     rows = []
     args.figures = {}
     args.appendix = []
-    sections = (gateway_throughput, wasip3_concurrency, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop, store_backends)
+    sections = (gateway_throughput, wasip3_concurrency, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop, store_backends, event_latency)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {section.__name__ for section in sections}

@@ -6,10 +6,11 @@
 //!   [`deadline`]: the one type for a request's time budget.
 //! - [`manifest`]: deploy manifests and the one table of their defaults;
 //!   [`data_dir`]: durable state in the data directory.
-//! - [`policy`]: load balancing, circuit breaking, retries, rates as pure code.
+//! - [`policy`]: load balancing, circuit breaking, retries, rates as pure code;
+//!   [`trust`]: the certificate authorities Shoal trusts as a TLS client.
 //! - [`registry`]: service registry backends, external services, health checks.
-//! - [`store`]: each service's own key-value store (embedded SQLite backend).
-//! - [`events`]: the event bus (embedded SQLite queue of deliveries).
+//! - [`store`]: each service's own key-value store (embedded SQLite, PostgreSQL).
+//! - [`events`]: the event bus (embedded SQLite queue of deliveries, NATS JetStream).
 //! - [`access`]: scoped admin tokens and the audit log; [`secrets`]: the operator's
 //!   secrets for services, sealed at rest and masked in everything the host writes.
 //! - [`telemetry`]: Prometheus metrics, OpenTelemetry traces, guests' log lines.
@@ -54,3 +55,4 @@ pub mod serving_threads;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod trust;

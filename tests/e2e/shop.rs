@@ -120,7 +120,10 @@ fn order(host: &Host, sku: &str, quantity: i64) -> (u16, serde_json::Value) {
 }
 
 /// `buyers` threads each placing `each` orders of one `sku`, all at once; every
-/// answer's status and body.
+/// order's final answer, status and body. An order answered 503 (a dependency did not
+/// answer within the order's deadline, on a loaded machine) is sent again, as a client
+/// does: it holds nothing once its compensation ran, and the stock checks after it
+/// prove that.
 fn order_concurrently(host: &Host, buyers: usize, each: usize, sku: &str) -> Vec<(u16, String)> {
     let url = format!("{}/orders/", host.gateway);
     let body = serde_json::json!({ "sku": sku, "quantity": 1 }).to_string();
@@ -131,16 +134,20 @@ fn order_concurrently(host: &Host, buyers: usize, each: usize, sku: &str) -> Vec
                 let agent = agent();
                 (0..each)
                     .map(|_| {
-                        let mut response = agent
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .send(&body)
-                            .expect("order");
-                        let status = response.status().as_u16();
-                        (
-                            status,
-                            response.body_mut().read_to_string().unwrap_or_default(),
-                        )
+                        let mut tries = 0;
+                        loop {
+                            let mut response = agent
+                                .post(&url)
+                                .header("content-type", "application/json")
+                                .send(&body)
+                                .expect("order");
+                            let status = response.status().as_u16();
+                            let text = response.body_mut().read_to_string().unwrap_or_default();
+                            tries += 1;
+                            if status != 503 || tries == 10 {
+                                break (status, text);
+                            }
+                        }
                     })
                     .collect::<Vec<_>>()
             })

@@ -389,3 +389,44 @@ fn a_host_started_while_its_database_is_down_serves_its_store_once_the_database_
         "the failed call wrote nothing"
     );
 }
+
+#[test]
+fn the_store_speaks_tls_to_postgresql_and_refuses_a_certificate_it_does_not_trust() {
+    let server = shoal_tests::PostgresServer::start_with_tls();
+    let url = format!("{}?sslmode=require", server.url());
+    let ca_file = server.ca_file();
+    let ca_file = ca_file.to_str().expect("a UTF-8 path");
+
+    // Trusting the server's authority: the store works, over TLS.
+    let root = temp_root();
+    let host = Host::start(root.path(), &["--store", &url, "--store-ca-file", ca_file]);
+    assert_eq!(host.deploy("kv", &guest("counter")).status, 201);
+    assert_eq!(post(&host, "/kv/increment?key=n", b"").1.trim(), "1");
+    let psql = format!(
+        "{}/psql",
+        std::env::var("SHOAL_TEST_POSTGRES_BIN").expect("SHOAL_TEST_POSTGRES_BIN")
+    );
+    let encrypted = std::process::Command::new(psql)
+        .arg(server.url())
+        .args([
+            "-tAc",
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND application_name = 'shoal'",
+        ])
+        .output()
+        .expect("psql runs");
+    let count: u32 = String::from_utf8_lossy(&encrypted.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(count > 0, "the host's connections are encrypted");
+
+    // Trusting only the public roots: no connection, and the guest gets the typed
+    // error, not a hang.
+    let other_root = temp_root();
+    let untrusting = Host::start(other_root.path(), &["--store", &url]);
+    assert_eq!(untrusting.deploy("kv", &guest("counter")).status, 201);
+    let (status, body) = post(&untrusting, "/kv/increment?key=n", b"");
+    assert!(status >= 400, "{status} {body}");
+    assert!(body.contains("Unavailable"), "a typed error: {body}");
+}

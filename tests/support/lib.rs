@@ -960,11 +960,27 @@ pub struct PostgresServer {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    tls: bool,
 }
 
 impl PostgresServer {
     /// Make a cluster in a temporary directory and start it on a free port.
     pub fn start() -> PostgresServer {
+        Self::start_with(false)
+    }
+
+    /// [`PostgresServer::start`], serving TLS with a certificate for 127.0.0.1 signed
+    /// by a certificate authority of its own ([`PostgresServer::ca_file`]).
+    pub fn start_with_tls() -> PostgresServer {
+        Self::start_with(true)
+    }
+
+    /// The PEM file of the authority that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> PostgresServer {
         let dir = tempfile::Builder::new()
             .prefix("shoal-pg-")
             .tempdir()
@@ -993,10 +1009,14 @@ impl PostgresServer {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             listener.local_addr().expect("address").port()
         };
+        if tls {
+            make_certificates(dir.path(), as_root);
+        }
         let mut server = PostgresServer {
             dir,
             port,
             child: None,
+            tls,
         };
         server.resume();
         server
@@ -1035,6 +1055,24 @@ impl PostgresServer {
                 "-k",
             ])
             .arg(self.dir.path())
+            .args(if self.tls {
+                vec![
+                    "-c".to_owned(),
+                    "ssl=on".to_owned(),
+                    "-c".to_owned(),
+                    format!(
+                        "ssl_cert_file={}",
+                        self.dir.path().join("server.pem").display()
+                    ),
+                    "-c".to_owned(),
+                    format!(
+                        "ssl_key_file={}",
+                        self.dir.path().join("server.key").display()
+                    ),
+                ]
+            } else {
+                Vec::new()
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1057,6 +1095,90 @@ impl PostgresServer {
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A certificate authority (`ca.pem`) and a server certificate for 127.0.0.1 it
+/// signed (`server.pem`, `server.key`), made with openssl in `dir`; the key readable
+/// by PostgreSQL only, as it requires.
+fn make_certificates(dir: &std::path::Path, as_root: bool) {
+    let openssl = |args: &[&str]| {
+        let made = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            made.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Shoal test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("extensions");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+    }
+    if as_root {
+        let chowned = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.join("server.key"))
+            .arg(dir.join("server.pem"))
+            .status()
+            .expect("chown");
+        assert!(chowned.success());
     }
 }
 

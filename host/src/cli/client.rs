@@ -43,30 +43,8 @@ enum Transport {
 
 /// The roots to verify an admin API's certificate against.
 fn tls_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let certs = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("{} is not PEM certificates", path.display()))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                bail!("{} holds no usable certificate", path.display());
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-        config,
+        crate::trust::client_config(ca_file)?,
     )))
 }
 

@@ -46,6 +46,11 @@ pub struct StoreSettings {
     #[arg(long, env = "SHOAL_STORE_PASSWORD_FILE")]
     pub store_password_file: Option<std::path::PathBuf>,
 
+    /// A PEM file of the certificate authorities that sign the database's
+    /// certificate (with `?sslmode=require`), instead of the public web's roots.
+    #[arg(long, env = "SHOAL_STORE_CA_FILE", value_name = "FILE")]
+    pub store_ca_file: Option<std::path::PathBuf>,
+
     /// Connections to PostgreSQL the host keeps at most, for all services together.
     #[arg(long, env = "SHOAL_STORE_MAX_CONNECTIONS", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -121,7 +126,11 @@ impl PostgresBackend {
         let manager = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
             Manager::from_config(config, tokio_postgres::NoTls, manager_config)
         } else {
-            Manager::from_config(config, tls_connector()?, manager_config)
+            Manager::from_config(
+                config,
+                tls_connector(settings.store_ca_file.as_deref())?,
+                manager_config,
+            )
         };
         let pool = Pool::builder(manager)
             .max_size(settings.store_max_connections as usize)
@@ -139,16 +148,12 @@ impl PostgresBackend {
     }
 }
 
-/// TLS to the database, trusting the public web's roots.
-fn tls_connector() -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|error| anyhow::anyhow!("TLS to PostgreSQL: {error}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+/// TLS to the database, trusting `ca_file`'s authorities or the public web's roots.
+fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let config = crate::trust::client_config(ca_file)
+        .map_err(|error| anyhow::anyhow!("TLS to PostgreSQL: {error:#}"))?;
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
