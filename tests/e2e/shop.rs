@@ -783,3 +783,72 @@ fn two_hosts_on_the_same_postgresql_and_nats_sell_exactly_the_stock() {
         });
     }
 }
+
+#[test]
+fn the_shop_moved_from_sqlite_to_postgresql_and_nats_answers_the_same() {
+    // The shop on the embedded backends, with orders placed, paid and shipped...
+    let (first_root, second_root) = (temp_root(), temp_root());
+    let embedded = Host::start(first_root.path(), SHOP_HOST);
+    deploy_shop(&embedded);
+    assert_eq!(
+        send(
+            &embedded,
+            "PUT",
+            "/inventory/stock/widget",
+            r#"{"available": 10}"#
+        )
+        .0,
+        200
+    );
+    let placed: Vec<String> = (0..3)
+        .map(|_| {
+            let (status, order) = order(&embedded, "widget", 1);
+            assert_eq!(status, 201, "{order}");
+            order["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    wait_for("every order shipped", Duration::from_secs(30), || {
+        shipped(&embedded).len() == 3 && stock(&embedded, "widget") == (7, 0, 3)
+    });
+    let answers = |host: &Host| -> Vec<serde_json::Value> {
+        let mut answers = vec![
+            send(host, "GET", "/inventory/stock/widget", "").1,
+            send(host, "GET", "/shipping/handled", "").1,
+        ];
+        for id in &placed {
+            answers.push(send(host, "GET", &format!("/orders/{id}"), "").1);
+            answers.push(send(host, "GET", &format!("/payment/charges/{id}"), "").1);
+        }
+        answers
+    };
+    let before = answers(&embedded);
+
+    // ...exported service by service, imported on a host on PostgreSQL and NATS
+    // before the services are deployed there...
+    let moved = Host::start(
+        second_root.path(),
+        &Store::postgres_and_nats().with(SHOP_HOST),
+    );
+    for service in SERVICES {
+        let exported = embedded.admin("GET", &format!("/v1/services/{service}/data"));
+        assert_eq!(exported.status, 200, "{}", exported.body);
+        let imported = moved.admin_body(
+            "PUT",
+            &format!("/v1/services/{service}/data"),
+            "application/json",
+            exported.body.as_bytes(),
+        );
+        assert_eq!(imported.status, 204, "{service}: {}", imported.body);
+    }
+    deploy_shop(&moved);
+
+    // ...answers the same, and goes on selling from there.
+    assert_eq!(answers(&moved), before);
+    let (status, order) = order(&moved, "widget", 2);
+    assert_eq!(status, 201, "{order}");
+    let id = order["id"].as_str().expect("id").to_owned();
+    wait_for("the new order shipped", Duration::from_secs(30), || {
+        shipped(&moved).contains(&id) && stock(&moved, "widget") == (5, 0, 5)
+    });
+    assert_eq!(shipped(&moved).len(), 4, "each order shipped once");
+}

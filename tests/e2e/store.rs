@@ -1,7 +1,8 @@
 //! Each service's own store: semantics, isolation, no lost updates under concurrency,
 //! durability across `kill -9`, quota and bad input.
 
-use shoal_tests::{Host, Store, agent, guest, temp_root};
+use shoal_tests::{Host, Store, agent, guest, temp_root, wait_for};
+use std::time::Duration;
 
 fn put(host: &Host, path: &str, body: &[u8]) -> (u16, String) {
     host.send_bytes("PUT", path, body)
@@ -429,4 +430,68 @@ fn the_store_speaks_tls_to_postgresql_and_refuses_a_certificate_it_does_not_trus
     let (status, body) = post(&untrusting, "/kv/increment?key=n", b"");
     assert!(status >= 400, "{status} {body}");
     assert!(body.contains("Unavailable"), "a typed error: {body}");
+}
+
+#[test]
+fn a_hung_database_holds_no_thread_a_neighbour_needs() {
+    let server = shoal_tests::PostgresServer::start();
+    let root = temp_root();
+    let host = Host::start(root.path(), &Store::Postgres(server.url()).args());
+    assert_eq!(host.deploy("kv", &guest("counter")).status, 201);
+    assert_eq!(host.deploy("hello", &guest("hello")).status, 201);
+    assert_eq!(post(&host, "/kv/increment?key=n", b"").1.trim(), "1");
+
+    // The database hangs; store calls wait on it (at most their 5 s bound).
+    server.freeze();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stuck: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, answered) = (
+                format!("{}/kv/increment?key=n", host.gateway),
+                answered.clone(),
+            );
+            std::thread::spawn(move || {
+                let reply = agent().post(&url).send(&b""[..]);
+                answered.store(true, std::sync::atomic::Ordering::SeqCst);
+                reply.map(|r| r.status().as_u16()).ok()
+            })
+        })
+        .collect();
+    let in_flight = || -> u64 {
+        host.admin("GET", "/metrics")
+            .body
+            .lines()
+            .find(|line| {
+                line.starts_with("shoal_in_flight_requests{") && line.contains("service=\"kv\"")
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_for(
+        "store calls waiting on the database",
+        Duration::from_secs(5),
+        || in_flight() >= 4,
+    );
+    // While they wait, a neighbour is served on every serving thread, before any of
+    // them is answered: none holds a thread the gateway runs requests on.
+    for _ in 0..5 {
+        assert_eq!(host.get("/hello/").status, 200);
+    }
+    assert!(
+        !answered.load(std::sync::atomic::Ordering::SeqCst),
+        "a store call ended before the neighbour was served: the neighbour waited for it"
+    );
+    for call in stuck {
+        let status = call.join().expect("a store call");
+        assert_eq!(
+            status,
+            Some(503),
+            "a hung database is the typed unavailable"
+        );
+    }
+    server.thaw();
+    shoal_tests::wait_for("the store back", Duration::from_secs(30), || {
+        post(&host, "/kv/increment?key=n", b"").0 == 200
+    });
 }

@@ -1029,6 +1029,10 @@ impl PostgresServer {
 
     /// Stop it at once (as a crash or an outage looks to its clients).
     pub fn stop(&mut self) {
+        if self.child.is_some() && self.dir.path().join("data/postmaster.pid").exists() {
+            // A frozen server cannot stop: let it go on first.
+            self.signal_all("CONT", false);
+        }
         if let Some(mut child) = self.child.take() {
             // Immediate shutdown: no waiting for clients to leave.
             let _ = postgres_command(is_root(), "pg_ctl")
@@ -1038,6 +1042,47 @@ impl PostgresServer {
                 .stderr(Stdio::null())
                 .status();
             let _ = child.wait();
+        }
+    }
+
+    /// Freeze it (SIGSTOP to the server and every backend): connections stay open
+    /// and nothing answers, as a database that hangs looks to its clients.
+    pub fn freeze(&self) {
+        self.signal_all("STOP", true);
+    }
+
+    /// Let a frozen server go on.
+    pub fn thaw(&self) {
+        self.signal_all("CONT", true);
+    }
+
+    /// Send `signal` to the server and its backends; `strict`: they must be there.
+    fn signal_all(&self, signal: &str, strict: bool) {
+        // `runuser` stops itself when its child stops (as `su` does for job
+        // control): it is continued with it, or it never reaps the server.
+        if let Some(child) = &self.child
+            && signal == "CONT"
+        {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        let pid_file = self.dir.path().join("data").join("postmaster.pid");
+        let Ok(text) = std::fs::read_to_string(&pid_file) else {
+            assert!(!strict, "PostgreSQL is not running");
+            return;
+        };
+        let pid = text.lines().next().unwrap_or_default().trim().to_owned();
+        for args in [
+            vec![format!("-{signal}"), "-P".to_owned(), pid.clone()],
+            vec![format!("-{signal}"), pid.clone()],
+        ] {
+            let program = if args.len() == 3 { "pkill" } else { "kill" };
+            let signalled = Command::new(program).args(&args).status();
+            assert!(
+                !strict || signalled.is_ok_and(|status| status.success()),
+                "{program} {args:?}"
+            );
         }
     }
 

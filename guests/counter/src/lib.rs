@@ -34,6 +34,8 @@ fn failure(error: StoreError) -> Response {
     let status = match &error {
         StoreError::Conflict => 409,
         StoreError::TooLarge(_) | StoreError::QuotaExceeded => 413,
+        // The store is down or slow: try again later.
+        StoreError::Unavailable(_) => 503,
         _ => 500,
     };
     Response::text(status, format!("{error:?}\n"))
