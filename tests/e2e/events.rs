@@ -767,6 +767,25 @@ fn events_committed_while_nats_restarts_are_all_delivered_and_handled_once() {
     wait_for("events flowing", Duration::from_secs(30), || {
         handled(&host).len() >= 20
     });
+    // One event is scheduled 4 s ahead: it waits in JetStream across the restart.
+    let before_scheduled = unix_ms();
+    let scheduled = post(
+        &host,
+        &format!("/pub/publish?topic={TOPIC}&delay_ms=4000"),
+        b"later",
+    )
+    .1
+    .trim()
+    .to_owned();
+    wait_for(
+        "the scheduled event on the bus",
+        Duration::from_secs(10),
+        || {
+            host.admin("GET", "/v1/events").json()["pending"]
+                .as_u64()
+                .is_some_and(|pending| pending >= 1)
+        },
+    );
     nats.kill();
     let at_stop = acknowledged.lock().expect("lock").len();
     wait_for(
@@ -785,6 +804,10 @@ fn events_committed_while_nats_restarts_are_all_delivered_and_handled_once() {
     publisher.join().expect("publisher");
     let acknowledged: BTreeSet<String> =
         acknowledged.lock().expect("lock").iter().cloned().collect();
+    let acknowledged: BTreeSet<String> = acknowledged
+        .into_iter()
+        .chain([scheduled.clone()])
+        .collect();
     wait_for(
         "every acknowledged event handled",
         Duration::from_secs(90),
@@ -799,4 +822,95 @@ fn events_committed_while_nats_restarts_are_all_delivered_and_handled_once() {
         acknowledged.len().to_string(),
         "the handler ran to commit once per event"
     );
+    assert!(
+        handled_at(&host, &scheduled) >= before_scheduled + 4000,
+        "the scheduled event came no earlier than it was due"
+    );
+}
+
+#[test]
+fn the_bus_authenticates_to_nats_with_a_token_from_a_file() {
+    let nats = shoal_tests::NatsServer::start_with_token("s3cret-token");
+    let root = temp_root();
+    let token_file = root.path().join("nats-token");
+    let args = |token_file: &std::path::Path| -> Vec<String> {
+        let Store::Postgres(postgres) = Store::postgres() else {
+            unreachable!("a PostgreSQL store")
+        };
+        vec![
+            "--store".into(),
+            postgres,
+            "--bus".into(),
+            nats.url(),
+            "--bus-token-file".into(),
+            token_file.display().to_string(),
+        ]
+    };
+    // An empty token file is refused at start, naming the file.
+    std::fs::write(&token_file, "\n").expect("write");
+    let output = std::process::Command::new(shoal_tests::shoal_bin())
+        .arg("serve")
+        .args(args(&token_file))
+        .args([
+            "--data-dir",
+            &root.path().join("refused").display().to_string(),
+        ])
+        .env("SHOAL_ADMIN_TOKEN", TOKEN)
+        .output()
+        .expect("run shoal");
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("nats-token") && err.contains("empty"), "{err}");
+
+    // With the right token, events flow; the token is never in the process's
+    // arguments.
+    std::fs::write(&token_file, "s3cret-token\n").expect("write");
+    let host_args = args(&token_file);
+    let host_args: Vec<&str> = host_args.iter().map(String::as_str).collect();
+    std::fs::create_dir_all(root.path().join("good")).expect("dir");
+    let host = Host::start(&root.path().join("good"), &host_args);
+    assert_eq!(
+        host.deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
+    assert_eq!(
+        host.deploy_with_manifest("sub", &guest("counter"), &subscriber("", 5))
+            .status,
+        201
+    );
+    let id = post(&host, &format!("/pub/publish?topic={TOPIC}"), b"x")
+        .1
+        .trim()
+        .to_owned();
+    wait_for("the event delivered", Duration::from_secs(30), || {
+        handled(&host) == [id.clone()]
+    });
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", host.pid())).expect("cmdline");
+    assert!(!String::from_utf8_lossy(&cmdline).contains("s3cret-token"));
+
+    // With a wrong one, the host runs, the publish is kept in the outbox, and the
+    // bus says why it cannot be read.
+    let wrong_file = root.path().join("wrong-token");
+    std::fs::write(&wrong_file, "not-the-token\n").expect("write");
+    let wrong_args = args(&wrong_file);
+    let wrong_args: Vec<&str> = wrong_args.iter().map(String::as_str).collect();
+    std::fs::create_dir_all(root.path().join("wrong")).expect("dir");
+    let wrong = Host::start(&root.path().join("wrong"), &wrong_args);
+    assert_eq!(
+        wrong
+            .deploy_with_manifest("pub", &guest("counter"), PUBLISHER)
+            .status,
+        201
+    );
+    assert_eq!(
+        post(&wrong, &format!("/pub/publish?topic={TOPIC}"), b"x").0,
+        200
+    );
+    let events = wrong.admin("GET", "/v1/events");
+    assert!(events.status >= 500, "{}", events.body);
+    assert!(events.body.contains("NATS"), "{}", events.body);
+    wait_for("the refusal in the host's log", Duration::from_secs(10), || {
+        wrong.log().contains("uthorization")
+    });
 }

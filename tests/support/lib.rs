@@ -872,11 +872,21 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    token: Option<String>,
 }
 
 impl NatsServer {
     /// Start one on a free port, its streams in a temporary directory.
     pub fn start() -> NatsServer {
+        Self::start_with(None)
+    }
+
+    /// [`NatsServer::start`], accepting only clients that present `token`.
+    pub fn start_with_token(token: &str) -> NatsServer {
+        Self::start_with(Some(token.to_owned()))
+    }
+
+    fn start_with(token: Option<String>) -> NatsServer {
         let dir = tempfile::Builder::new()
             .prefix("shoal-nats-")
             .tempdir()
@@ -889,6 +899,7 @@ impl NatsServer {
             dir,
             port,
             child: None,
+            token,
         };
         server.resume();
         server
@@ -933,6 +944,11 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.dir.path().join("jetstream"))
+            .args(
+                self.token
+                    .iter()
+                    .flat_map(|token| ["--auth", token.as_str()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -328,7 +328,14 @@ impl NatsBus {
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(CALL_TIMEOUT)
-            .request_timeout(Some(CALL_TIMEOUT));
+            .request_timeout(Some(CALL_TIMEOUT))
+            .event_callback(|event| async move {
+                // What the operator needs to see: the link to NATS and why it broke.
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS: connected"),
+                    event => tracing::warn!(%event, "NATS"),
+                }
+            });
         if let Some(path) = &settings.bus_token_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the NATS token from {}", path.display()))?;
