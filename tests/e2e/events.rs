@@ -910,7 +910,9 @@ fn the_bus_authenticates_to_nats_with_a_token_from_a_file() {
     let events = wrong.admin("GET", "/v1/events");
     assert!(events.status >= 500, "{}", events.body);
     assert!(events.body.contains("NATS"), "{}", events.body);
-    wait_for("the refusal in the host's log", Duration::from_secs(10), || {
-        wrong.log().contains("uthorization")
-    });
+    wait_for(
+        "the refusal in the host's log",
+        Duration::from_secs(10),
+        || wrong.log().contains("uthorization"),
+    );
 }
