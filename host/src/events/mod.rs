@@ -155,6 +155,17 @@ impl BusBound {
         added
     }
 
+    /// Give back room taken by [`BusBound::try_add`] for events that did not reach
+    /// the bus after all (it was unreachable): retries must not fill the bound.
+    pub fn give_back(&self, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                Some(held.saturating_sub(bytes))
+            });
+    }
+
     /// Whether the bus is full: it holds its limit, or events waiting to move onto
     /// it did not fit.
     pub fn is_full(&self) -> bool {
@@ -327,6 +338,10 @@ mod tests {
         bound.set_held(10);
         assert!(!bound.is_full(), "measured again");
         assert!(bound.try_add(90) && bound.is_full());
+        bound.give_back(50);
+        assert_eq!(bound.held(), 50, "events that never reached the bus");
+        bound.give_back(500);
+        assert_eq!(bound.held(), 0);
     }
 
     #[test]

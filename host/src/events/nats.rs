@@ -847,12 +847,13 @@ impl EventBus for NatsBus {
                 acks.into_iter().map(std::future::IntoFuture::into_future),
             )
             .await;
-            {
-                let mut since = self.published_since.lock();
-                for delivery in deliveries {
+            let mut since = self.published_since.lock();
+            for (delivery, ack) in deliveries.iter().zip(&stored) {
+                if ack.is_ok() {
                     *since.entry(delivery.publisher.clone()).or_default() += delivery.bytes();
                 }
             }
+            drop(since);
             for ack in stored {
                 ack.map_err(|e| nats_error("publishing")(&e))?;
             }

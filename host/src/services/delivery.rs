@@ -320,7 +320,11 @@ impl Services {
                 }
                 // The bus has them before they leave the outbox: a crash in between
                 // enqueues them again, which the bus ignores.
-                bus.enqueue(&deliveries).map_err(|e| e.to_string())?;
+                if let Err(error) = bus.enqueue(&deliveries) {
+                    // They stay in the outbox; the room is taken again when they move.
+                    platform.bus_bound.give_back(bytes);
+                    return Err(error.to_string());
+                }
                 let ids: Vec<String> = events.iter().map(|event| event.id.clone()).collect();
                 store.remove_from_outbox(&ids).map_err(|e| e.to_string())?;
                 if metrics.enabled() {
