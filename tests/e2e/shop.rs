@@ -119,6 +119,25 @@ fn order(host: &Host, sku: &str, quantity: i64) -> (u16, serde_json::Value) {
     )
 }
 
+/// The ids of the placed orders among `outcomes`, and how many were refused for
+/// want of stock.
+fn placed_and_refused(outcomes: &[(u16, String)]) -> (Vec<String>, usize) {
+    let placed = outcomes
+        .iter()
+        .filter(|(status, _)| *status == 201)
+        .map(|(_, body)| {
+            let order: serde_json::Value = serde_json::from_str(body).expect("json");
+            assert_eq!(order["status"], "placed");
+            order["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    let refused = outcomes
+        .iter()
+        .filter(|(status, body)| *status == 409 && body.contains("insufficient stock"))
+        .count();
+    (placed, refused)
+}
+
 /// `buyers` threads each placing `each` orders of one `sku`, all at once; every
 /// order's final answer, status and body. An order answered 503 (a dependency did not
 /// answer within the order's deadline, on a loaded machine) is sent again, as a client
@@ -182,19 +201,7 @@ fn two_hundred_concurrent_orders_on(store: &Store) {
         200
     );
     let outcomes = order_concurrently(&host, 8, 25, "widget");
-    let placed: Vec<String> = outcomes
-        .iter()
-        .filter(|(status, _)| *status == 201)
-        .map(|(_, body)| {
-            let order: serde_json::Value = serde_json::from_str(body).expect("json");
-            assert_eq!(order["status"], "placed");
-            order["id"].as_str().expect("id").to_owned()
-        })
-        .collect();
-    let refused = outcomes
-        .iter()
-        .filter(|(status, body)| *status == 409 && body.contains("insufficient stock"))
-        .count();
+    let (placed, refused) = placed_and_refused(&outcomes);
     assert_eq!(placed.len(), 50, "{outcomes:?}");
     assert_eq!(refused, 150, "{outcomes:?}");
     // Every placed order exists, is committed by its event, and ships once.
@@ -734,18 +741,7 @@ fn two_hosts_on_the_same_postgresql_and_nats_sell_exactly_the_stock() {
         )
     });
     let outcomes: Vec<(u16, String)> = from_first.into_iter().chain(from_second).collect();
-    let placed: Vec<String> = outcomes
-        .iter()
-        .filter(|(status, _)| *status == 201)
-        .map(|(_, body)| {
-            let order: serde_json::Value = serde_json::from_str(body).expect("json");
-            order["id"].as_str().expect("id").to_owned()
-        })
-        .collect();
-    let refused = outcomes
-        .iter()
-        .filter(|(status, body)| *status == 409 && body.contains("insufficient stock"))
-        .count();
+    let (placed, refused) = placed_and_refused(&outcomes);
     assert_eq!(placed.len(), 50, "exactly the stock: {outcomes:?}");
     assert_eq!(refused, 150, "{outcomes:?}");
     // Every placed order is charged once and never refunded, whichever host it went
