@@ -181,6 +181,7 @@ LAYERS = [
     ("capabilities", ["bindings.rs", "capabilities/"]),
     ("runtime", ["runtime/"]),
     ("services", ["services/"]),
+    ("cluster", ["cluster/"]),
     ("edges", ["listener.rs", "tls.rs", "gateway.rs", "admin/"]),
     ("wiring", ["config.rs", "server.rs", "cli/"]),
 ]

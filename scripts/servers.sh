@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real servers the tests use (PostgreSQL; NATS), each started once per test run on
+# The real servers the tests use (PostgreSQL; NATS; etcd), each started once per test run on
 # a free local port with its data in a temporary directory, and stopped when the run
 # ends. Sourced by test.sh after setup.sh; `start_postgres` exports the URL the
 # end-to-end tests connect to.
@@ -107,4 +107,38 @@ start_nats() {
     export SHOAL_TEST_NATS_URL="nats://127.0.0.1:$port"
     export SHOAL_TEST_NATS_BIN="$bin"
     echo "== NATS on 127.0.0.1:$port ($dir)"
+}
+
+# Start a single-member etcd (installing Debian's package if needed) and export
+# SHOAL_TEST_ETCD_URL; each test cluster uses a key prefix of its own on it.
+start_etcd() {
+    local bin
+    bin="$(command -v etcd || true)"
+    if [ -z "$bin" ]; then
+        apt_install etcd-server
+        bin="$(command -v etcd)"
+    fi
+    local dir port peer
+    dir="$(mktemp -d /tmp/shoal-etcd-XXXXXX)"
+    shoal_servers_dirs+=("$dir")
+    port="$(free_port)"
+    peer="$(free_port)"
+    "$bin" --name shoal-test --data-dir "$dir/data" \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "shoal-test=http://127.0.0.1:$peer" >"$dir/etcd.log" 2>&1 &
+    shoal_servers_pids+=($!)
+    local tries=0
+    until curl -fsS "http://127.0.0.1:$port/health" 2>/dev/null | grep -q '"true"'; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 300 ]; then
+            echo "error: etcd did not start" >&2
+            cat "$dir/etcd.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    export SHOAL_TEST_ETCD_URL="http://127.0.0.1:$port"
+    export SHOAL_TEST_ETCD_BIN="$bin"
+    echo "== etcd on 127.0.0.1:$port ($dir)"
 }

@@ -40,6 +40,9 @@ shoal_setup() {
     # The dashboard's test drives a real headless browser over WebDriver.
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    # The etcd client's gRPC code is generated from etcd's .proto files at build time.
+    command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+    [ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
     apt_install "${missing[@]}"
 }
 

@@ -40,6 +40,7 @@ cargo build -p shoal
 echo "== servers the tests use"
 start_postgres
 start_nats
+start_etcd
 
 echo "== benchmark smoke run (tiny sizes, figures meaningless)"
 python3 scripts/bench.py --shoal "$target_dir/debug/shoal" --guests "$SHOAL_GUESTS_DIR" \

@@ -59,6 +59,10 @@ pub struct ServeConfig {
     /// Metrics and traces.
     #[command(flatten)]
     pub telemetry: TelemetrySettings,
+
+    /// Joining a cluster.
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterSettings,
 }
 
 fn default_data_dir() -> PathBuf {

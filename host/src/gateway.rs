@@ -2,6 +2,12 @@
 //! `/{service}/...` (or a manifest's route) to the service, and streams its answer
 //! back. How the service runs the request (fresh or reused instances, WASIp3) is the
 //! runtime's.
+//!
+//! In a cluster the gateway serves every service of the cluster: one that runs here in
+//! process, any other one hop away on a host that runs it. Requests from the other
+//! hosts (`x-shoal-peer`, checked against the cluster token) name their service
+//! (`x-shoal-target`) and keep the host's headers (caller, deadline, request id);
+//! without a valid credential those headers are never believed.
 
 use http::header::{HOST, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
@@ -12,11 +18,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::Cluster;
+use crate::cluster::peers::PEER_PATH;
 use crate::deadline::Deadline;
 use crate::listener;
 use crate::protocol::{
-    self, Body, CALLER, DEADLINE_MS, FORWARDED_PREFIX, FORWARDING_HEADERS, INTERNAL_PREFIX,
-    RequestId,
+    self, Body, CALLER, DEADLINE_MS, FORWARDED_PREFIX, FORWARDING_HEADERS, INTERNAL_PREFIX, PEER,
+    RequestId, TARGET,
 };
 use crate::services::Services;
 
@@ -100,18 +108,23 @@ fn parse_peer(text: &str) -> Result<IpNet, String> {
 pub async fn serve(
     bound: listener::Bound,
     services: Arc<Services>,
+    cluster: Option<Arc<Cluster>>,
     trusted: TrustedPeers,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
     let service_for = move |address: SocketAddr| {
         let services = services.clone();
+        let cluster = cluster.clone();
         // Who the peer is, and whether it is trusted, is settled once per connection.
         let peer = Arc::new(Peer::new(address, &trusted));
         hyper::service::service_fn(move |request| {
             let services = services.clone();
+            let cluster = cluster.clone();
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(route(&services, &peer, request).await) }
+            async move {
+                Ok::<_, Infallible>(route(&services, cluster.as_deref(), &peer, request).await)
+            }
         })
     };
     listener::serve(bound, service_for, shutdown, drain).await;
@@ -144,10 +157,29 @@ fn refuse(status: StatusCode, message: String, request_id: &RequestId) -> Respon
 }
 
 /// Route one request from `peer` to its service.
-pub async fn route(services: &Services, peer: &Peer, request: Request<Incoming>) -> Response<Body> {
+pub async fn route(
+    services: &Services,
+    cluster: Option<&Cluster>,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let request_id = RequestId::from_headers(request.headers());
+    if request.headers().contains_key(&PEER) {
+        return from_peer(services, cluster, request, request_id).await;
+    }
     let path = request.uri().path();
-    let Some((service, prefix_len)) = services.table().resolve(path) else {
+    let local = services.table().resolve(path);
+    // A service elsewhere in the cluster whose route holds the path more closely than
+    // any local one's is served one hop away.
+    if let Some(cluster) = cluster
+        && let Some((name, prefix_len)) = cluster.view().resolve(path)
+        && local
+            .as_ref()
+            .is_none_or(|(service, len)| service.name() != name && *len < prefix_len)
+    {
+        return to_peer(cluster, peer, request, &name, prefix_len, request_id).await;
+    }
+    let Some((service, prefix_len)) = local else {
         if !services.is_ready() {
             // It may be a service that is still being restored.
             let message = "the host is restoring its services; retry shortly\n".to_owned();
@@ -161,35 +193,25 @@ pub async fn route(services: &Services, peer: &Peer, request: Request<Incoming>)
         return refuse(StatusCode::NOT_FOUND, message, &request_id);
     };
     let (mut parts, body) = request.into_parts();
-    // The authority comes from the request target first (absolute form), then from
-    // `Host` (RFC 9112 §3.2.2); the guest sees it as `Host`.
-    let authority = match authority_of(&parts) {
-        Ok(authority) => authority,
+    let deadline = match rewrite_for_service(&mut parts, prefix_len, peer) {
+        Ok(deadline) => deadline,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message, &request_id),
     };
-    let prefix = &parts.uri.path()[..prefix_len];
-    let rest = &parts.uri.path()[prefix_len..];
-    let rest = if rest.is_empty() { "/" } else { rest };
-    let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{rest}?{query}"),
-        None => rest.to_owned(),
-    };
-    let prefix_header = HeaderValue::from_str(if prefix.is_empty() { "/" } else { prefix });
-    parts.uri = match Uri::builder().path_and_query(path_and_query).build() {
-        Ok(uri) => uri,
-        Err(error) => {
-            let message = format!("invalid request path: {error}\n");
-            return refuse(StatusCode::BAD_REQUEST, message, &request_id);
-        }
-    };
-    parts.headers.insert(HOST, authority);
-    if let Ok(value) = prefix_header {
-        parts.headers.insert(FORWARDED_PREFIX.clone(), value);
-    }
-    let deadline = sanitize_headers(&mut parts.headers, peer);
-    // A client (no calling service: only the host, or a trusted peer, says which
-    // service calls) reaches only what the service keeps public.
-    if !parts.headers.contains_key(&CALLER) && !open_to_clients(&service, parts.uri.path()) {
+    serve_here(services, &service, parts, body, request_id, deadline).await
+}
+
+/// Serve a request on `service` here. A client (no calling service: only the host, or
+/// another host of the cluster, says which service calls) reaches only what the
+/// service keeps public.
+async fn serve_here(
+    services: &Services,
+    service: &Arc<crate::services::LiveService>,
+    parts: http::request::Parts,
+    body: Incoming,
+    request_id: RequestId,
+    deadline: Deadline,
+) -> Response<Body> {
+    if !parts.headers.contains_key(&CALLER) && !open_to_clients(service, parts.uri.path()) {
         let message = format!(
             "`{}` of service `{}` is internal: other services reach it, clients do not\n",
             parts.uri.path(),
@@ -198,9 +220,216 @@ pub async fn route(services: &Services, peer: &Peer, request: Request<Incoming>)
         return refuse(StatusCode::FORBIDDEN, message, &request_id);
     }
     let request = Request::from_parts(parts, body);
-    services
-        .serve(&service, request, request_id, deadline)
-        .await
+    services.serve(service, request, request_id, deadline).await
+}
+
+/// Make a client's request one for its service: the route prefix (`prefix_len` bytes
+/// of the path) stripped and named in `x-forwarded-prefix`, the authority as `Host`,
+/// the trust boundary applied. Returns the request's deadline, or why the request is
+/// bad.
+fn rewrite_for_service(
+    parts: &mut http::request::Parts,
+    prefix_len: usize,
+    peer: &Peer,
+) -> Result<Deadline, String> {
+    // The authority comes from the request target first (absolute form), then from
+    // `Host` (RFC 9112 §3.2.2); the guest sees it as `Host`.
+    let authority = authority_of(parts)?;
+    let prefix = &parts.uri.path()[..prefix_len];
+    let rest = &parts.uri.path()[prefix_len..];
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_owned(),
+    };
+    let prefix_header = HeaderValue::from_str(if prefix.is_empty() { "/" } else { prefix });
+    parts.uri = Uri::builder()
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|error| format!("invalid request path: {error}\n"))?;
+    parts.headers.insert(HOST, authority);
+    if let Ok(value) = prefix_header {
+        parts.headers.insert(FORWARDED_PREFIX.clone(), value);
+    }
+    Ok(sanitize_headers(&mut parts.headers, peer))
+}
+
+/// A client's request for `name`, which runs on other hosts of the cluster: sent one
+/// hop to a host that runs it, with the request id and the remaining deadline. A
+/// request without a body is tried on the next host when one cannot be reached.
+async fn to_peer(
+    cluster: &Cluster,
+    peer: &Peer,
+    request: Request<Incoming>,
+    name: &str,
+    prefix_len: usize,
+    request_id: RequestId,
+) -> Response<Body> {
+    use http_body_util::BodyExt as _;
+    let (mut parts, body) = request.into_parts();
+    let deadline = match rewrite_for_service(&mut parts, prefix_len, peer) {
+        Ok(deadline) => deadline,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, message, &request_id),
+    };
+    protocol::strip_hop_by_hop(&mut parts.headers);
+    protocol::set_request_id(&mut parts.headers, &request_id);
+    parts
+        .headers
+        .insert(DEADLINE_MS.clone(), deadline.header_value());
+    if let Ok(value) = HeaderValue::from_str(name) {
+        parts.headers.insert(TARGET.clone(), value);
+    }
+    let hosts = cluster.hosts_serving(name).await;
+    if hosts.is_empty() {
+        let message = format!("no host of the cluster serves `{name}` right now; retry shortly\n");
+        let mut response = refuse(StatusCode::SERVICE_UNAVAILABLE, message, &request_id);
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    let bodiless = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
+    let mut body = Some(body.map_err(std::io::Error::other).boxed_unsync());
+    let mut last_error = String::new();
+    for address in &hosts {
+        let Ok(uri) = format!("http://{address}{}", parts.uri).parse::<Uri>() else {
+            continue;
+        };
+        let mut attempt = Request::new(match body.take() {
+            Some(body) => body,
+            None => http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        });
+        *attempt.method_mut() = parts.method.clone();
+        *attempt.uri_mut() = uri;
+        *attempt.headers_mut() = parts.headers.clone();
+        let sent = tokio::time::timeout(deadline.remaining(), cluster.peers().send(attempt)).await;
+        match sent {
+            Ok(Ok(response)) => return protocol::with_request_id(response, &request_id),
+            Ok(Err(error)) => {
+                last_error = format!("{address}: {error}");
+                // Only a request that never left, with no body to lose, goes again.
+                if !(error.is_connect() && bodiless) {
+                    break;
+                }
+            }
+            Err(_) => {
+                let message = format!("`{name}` did not answer within the request's deadline\n");
+                return refuse(StatusCode::GATEWAY_TIMEOUT, message, &request_id);
+            }
+        }
+    }
+    tracing::warn!(service = name, error = %last_error, "forwarding to another host failed");
+    let message = format!("the hosts that run `{name}` could not be reached\n");
+    refuse(StatusCode::BAD_GATEWAY, message, &request_id)
+}
+
+/// A request from another host of the cluster: a component by digest, or a request
+/// for a service that runs here.
+async fn from_peer(
+    services: &Services,
+    cluster: Option<&Cluster>,
+    request: Request<Incoming>,
+    request_id: RequestId,
+) -> Response<Body> {
+    let credential = request
+        .headers()
+        .get(&PEER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let Some(cluster) = cluster else {
+        let message = "this host is not a member of a cluster\n".to_owned();
+        return refuse(StatusCode::FORBIDDEN, message, &request_id);
+    };
+    let Some(peer_id) = cluster.key().verify_peer(credential).map(str::to_owned) else {
+        tracing::warn!("refused a request with an invalid cluster credential");
+        let message = "the request's cluster credential is not valid for this cluster\n".to_owned();
+        return refuse(StatusCode::FORBIDDEN, message, &request_id);
+    };
+    if let Some(rest) = request.uri().path().strip_prefix(PEER_PATH) {
+        return peer_api(services, cluster, rest.to_owned(), request, &request_id).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let target = parts
+        .headers
+        .get(&TARGET)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    parts.headers.remove(&PEER);
+    parts.headers.remove(&TARGET);
+    let Some(service) = services.table().get(&target) else {
+        let message = format!(
+            "service `{target}` does not run on host `{}` (asked by `{peer_id}`)\n",
+            cluster.host_id()
+        );
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, message, &request_id);
+    };
+    let deadline = Deadline::longest().within_header(parts.headers.get(&DEADLINE_MS));
+    serve_here(services, &service, parts, body, request_id, deadline).await
+}
+
+/// The hosts' own calls: `artifacts/{digest}`, GET to fetch a component, PUT to store
+/// one (answered once it is on disk).
+async fn peer_api(
+    services: &Services,
+    cluster: &Cluster,
+    rest: String,
+    request: Request<Incoming>,
+    request_id: &RequestId,
+) -> Response<Body> {
+    use http_body_util::BodyExt as _;
+    let Some(digest) = rest.strip_prefix("artifacts/") else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no peer call `{rest}`\n"),
+            request_id,
+        );
+    };
+    match *request.method() {
+        http::Method::GET => match services.read_blob(digest).await {
+            Some(bytes) => Response::new(
+                http_body_util::Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            ),
+            None => refuse(
+                StatusCode::NOT_FOUND,
+                format!("no component {digest} here\n"),
+                request_id,
+            ),
+        },
+        http::Method::PUT => {
+            let limit = cluster.peers().max_component();
+            let body = http_body_util::Limited::new(request.into_body(), limit);
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) => {
+                    let message = format!("cannot read the component: {error}\n");
+                    return refuse(StatusCode::BAD_REQUEST, message, request_id);
+                }
+            };
+            let size = bytes.len() as u64;
+            match services.store_blob(digest, bytes).await {
+                Ok(()) => {
+                    if let Err(error) = cluster.announce_artifact(digest, size).await {
+                        tracing::warn!(%error, "cannot announce a stored component");
+                    }
+                    protocol::with_request_id(
+                        protocol::text(StatusCode::CREATED, "stored\n".into()),
+                        request_id,
+                    )
+                }
+                Err(error) => refuse(StatusCode::BAD_REQUEST, format!("{error}\n"), request_id),
+            }
+        }
+        _ => refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET or PUT\n".into(),
+            request_id,
+        ),
+    }
 }
 
 /// Whether a client may reach `path` (below its route) of `service`: the stable

@@ -23,6 +23,8 @@
 //!   once).
 //! - [`services`]: the live service table, deployment settings, the one change path
 //!   (deploy, canary, rollback, scale, remove, restore), serving and deliveries.
+//! - [`cluster`]: many hosts as one on etcd: membership, desired state, the elected
+//!   placer, each host's reconcile loop, requests between hosts.
 //! - [`listener`]: accepting connections with caps and timeouts (both listeners),
 //!   [`tls`] certificates for them, [`serving_threads`] the gateway's event loops;
 //!   [`gateway`]: inbound HTTP routing; [`admin`]: the admin API.
@@ -36,6 +38,7 @@ pub mod bindings;
 pub mod caller;
 pub mod capabilities;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod data_dir;
 pub mod deadline;

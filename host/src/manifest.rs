@@ -95,6 +95,31 @@ pub struct Manifest {
     /// How `shoal build` builds the service (the host ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
+    /// In a cluster: how many hosts run the service (default 1; one host ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// In a cluster: which hosts may run it.
+    #[serde(default, skip_serializing_if = "Placement::is_any")]
+    pub placement: Placement,
+}
+
+/// Most replicas of one service a cluster runs.
+pub const MAX_REPLICAS: u32 = 64;
+
+/// The `placement` table: the labels (`--labels` of `shoal serve`) a host must carry,
+/// every one with the same value, to run the service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Required labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Placement {
+    fn is_any(&self) -> bool {
+        self.labels.is_empty()
+    }
 }
 
 /// The `[build]` section: the shell command `shoal build` runs in the service's
@@ -408,6 +433,19 @@ impl Manifest {
         }
         if let Some(route) = &self.route {
             validate_route(route).map_err(|reason| field("route", reason))?;
+        }
+        if self
+            .replicas
+            .is_some_and(|replicas| !(1..=MAX_REPLICAS).contains(&replicas))
+        {
+            return Err(field(
+                "replicas",
+                &format!("must be between 1 and {MAX_REPLICAS}"),
+            ));
+        }
+        for (key, value) in &self.placement.labels {
+            crate::policy::placement::validate_label(key, value)
+                .map_err(|reason| field("placement.labels", &reason))?;
         }
         if self.secrets.len() > MAX_SECRETS {
             return Err(field(

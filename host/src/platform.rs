@@ -104,6 +104,7 @@ impl Platform {
             registry_sweep: Duration::from_secs(1),
             stores: None,
             bus: None,
+            registry: None,
             bus_limit: crate::events::BusSettings::default().max_bus_mb * 1024 * 1024,
             inbox_retention: crate::events::BusSettings::default().inbox_retention,
         }
@@ -127,6 +128,7 @@ pub struct PlatformBuilder {
     registry_sweep: Duration,
     stores: Option<Arc<dyn crate::store::StoreBackend>>,
     bus: Option<Arc<dyn crate::events::EventBus>>,
+    registry: Option<Arc<dyn Registry>>,
     bus_limit: u64,
     inbox_retention: Duration,
 }
@@ -142,6 +144,12 @@ impl PlatformBuilder {
     /// Keep the event bus in `bus` instead of SQLite in the data directory.
     pub fn bus(mut self, bus: Arc<dyn crate::events::EventBus>) -> Self {
         self.bus = Some(bus);
+        self
+    }
+
+    /// Discover through `registry` instead of the in-process one (a cluster's).
+    pub fn registry(mut self, registry: Arc<dyn Registry>) -> Self {
+        self.registry = Some(registry);
         self
     }
 
@@ -194,7 +202,10 @@ impl PlatformBuilder {
                 Arc::new(Redactor::default()),
             )?),
         };
-        let registry: Arc<dyn Registry> = EmbeddedRegistry::start(self.registry_sweep);
+        let registry: Arc<dyn Registry> = match self.registry {
+            Some(registry) => registry,
+            None => EmbeddedRegistry::start(self.registry_sweep),
+        };
         let stores: Arc<dyn crate::store::StoreBackend> = match self.stores {
             Some(stores) => stores,
             None => Arc::new(

@@ -26,6 +26,11 @@ pub static CALLER: HeaderName = HeaderName::from_static("x-shoal-caller");
 pub const OPERATOR: &str = "operator";
 /// Header carrying the caller's remaining deadline, in milliseconds.
 pub static DEADLINE_MS: HeaderName = HeaderName::from_static("x-shoal-deadline-ms");
+/// Header by which a host of the cluster proves itself to a peer (`host-id:mac`).
+pub static PEER: HeaderName = HeaderName::from_static("x-shoal-peer");
+/// Header naming the service a request between hosts is for (its path is already the
+/// service's own: no route prefix to strip).
+pub static TARGET: HeaderName = HeaderName::from_static("x-shoal-target");
 
 /// Headers that say whom a request came through. Only the host (its gateway, for a
 /// client's request) and trusted peers set them.

@@ -42,6 +42,8 @@ pub struct Host {
     admin_listener: listener::Bound,
     trusted: TrustedPeers,
     drain: Duration,
+    /// The cluster this host is a member of.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Host {
@@ -105,7 +107,28 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         .context("the PostgreSQL store")?;
         platform = platform.stores(Arc::new(postgres));
     }
-    let host_id = data_dir.host_id()?;
+    let host_id = match &config.cluster.host_id {
+        Some(id) => {
+            crate::registry::validate_name(id)
+                .map_err(|_| anyhow::anyhow!("--host-id `{id}`: 1 to 63 lower-case letters, digits or `-`, starting with a letter"))?;
+            id.clone()
+        }
+        None => data_dir.host_id()?,
+    };
+    let joining = if config.cluster.enabled() {
+        let advertise = config
+            .cluster
+            .advertise
+            .clone()
+            .unwrap_or_else(|| config.gateway.listen.to_string());
+        let joining = crate::cluster::Joining::connect(&config.cluster, host_id.clone(), advertise)
+            .await
+            .context("joining the cluster")?;
+        platform = platform.registry(joining.registry.clone());
+        Some(joining)
+    } else {
+        None
+    };
     if let Some(url) = &config.bus.bus_url {
         let nats = crate::events::nats::NatsBus::connect(
             &config.bus,
@@ -126,6 +149,9 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         .build()?;
     let registry = platform.registry.clone();
     let caller = platform.caller.clone();
+    if let Some(joining) = &joining {
+        caller.set_peer_credential(joining.credential.clone());
+    }
     let services = Services::new(Arc::new(runtime), data_dir.clone(), defaults, platform);
     let local: Arc<dyn LocalDispatch> = services.clone();
     caller.set_local(Arc::downgrade(&local));
@@ -166,6 +192,26 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
     )
     .await?;
     caller.set_own_listeners(vec![gateway.local_addr()?, admin_listener.local_addr()?]);
+    let cluster = match joining {
+        Some(joining) => {
+            // Port 0 is known now: peers reach the gateway where it is bound.
+            let advertise = config
+                .cluster
+                .advertise
+                .clone()
+                .unwrap_or(gateway.local_addr()?.to_string());
+            joining.registry.set_advertise(advertise.clone());
+            services.join_cluster();
+            Some(crate::cluster::Cluster::start(
+                joining,
+                &services,
+                advertise,
+                admin_listener.local_addr()?.to_string(),
+                config.admin.max_upload_bytes,
+            ))
+        }
+        None => None,
+    };
     tracing::info!(
         gateway_addr = %gateway.local_addr()?,
         admin_addr = %admin_listener.local_addr()?,
@@ -174,6 +220,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
     );
     let admin = admin::router(AdminState::new(
         services.clone(),
+        cluster.clone(),
         external.clone(),
         Arc::new(
             crate::access::tokens::TokenStore::open(data_dir.root(), &token)
@@ -194,6 +241,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         admin_listener,
         trusted: TrustedPeers::new(config.gateway.trusted_proxies.clone()),
         drain: config.connections.drain(),
+        cluster,
     })
 }
 
@@ -239,6 +287,7 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         admin_listener,
         trusted,
         drain,
+        cluster,
     } = host;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -247,6 +296,7 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
     let gateway = tokio::spawn(crate::gateway::serve(
         gateway,
         services.clone(),
+        cluster,
         trusted,
         stopped(stop_rx.clone()),
         drain,

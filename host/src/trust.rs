@@ -1,6 +1,9 @@
-//! Which certificate authorities Shoal trusts as a TLS client (the CLI talking to an
-//! `https://` admin API, the host talking to PostgreSQL): an operator's own CA file,
-//! or the public web's roots without one.
+//! What Shoal trusts: which certificate authorities as a TLS client (the CLI talking
+//! to an `https://` admin API, the host talking to PostgreSQL), an operator's own CA
+//! file or the public web's roots without one; and, in a cluster, who holds the
+//! cluster token ([`ClusterKey`]): records in etcd and requests between hosts carry a
+//! MAC made with it, so neither another etcd user nor a host without the token can
+//! pose as a member.
 
 use anyhow::{Context as _, Result, bail};
 use std::path::Path;
@@ -34,9 +37,122 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
     .with_no_client_auth())
 }
 
+/// The cluster token as a MAC key. Records are signed under one derived key and peer
+/// credentials under another, so a peer credential seen on the wire cannot sign a
+/// record.
+#[derive(Clone)]
+pub struct ClusterKey {
+    records: ring::hmac::Key,
+    peers: ring::hmac::Key,
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKey(..)")
+    }
+}
+
+/// Shortest cluster token accepted, in bytes: a guessable token lets anyone join.
+pub const MIN_CLUSTER_TOKEN: usize = 16;
+
+impl ClusterKey {
+    /// The key of `token` (surrounding whitespace ignored).
+    pub fn new(token: &str) -> Result<Self> {
+        let token = token.trim();
+        if token.len() < MIN_CLUSTER_TOKEN {
+            bail!(
+                "the cluster token is {} bytes; at least {MIN_CLUSTER_TOKEN} are needed \
+                 (e.g. `openssl rand -hex 32`)",
+                token.len()
+            );
+        }
+        let root = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.as_bytes());
+        let derive = |purpose: &[u8]| {
+            let tag = ring::hmac::sign(&root, purpose);
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, tag.as_ref())
+        };
+        Ok(Self {
+            records: derive(b"shoal cluster records v1"),
+            peers: derive(b"shoal cluster peers v1"),
+        })
+    }
+
+    /// The key of the token in `path`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the cluster token {}", path.display()))?;
+        Self::new(&token).with_context(|| format!("the cluster token in {}", path.display()))
+    }
+
+    /// The MAC of a record stored under `key` with `value` (hex): binding the key
+    /// stops a valid record being copied under another key.
+    pub fn sign_record(&self, key: &[u8], value: &[u8]) -> String {
+        let mut context = ring::hmac::Context::with_key(&self.records);
+        context.update(&(key.len() as u64).to_be_bytes());
+        context.update(key);
+        context.update(value);
+        hex::encode(context.sign().as_ref())
+    }
+
+    /// Whether `mac` is the MAC of `key` and `value` (compared in constant time).
+    pub fn verify_record(&self, key: &[u8], value: &[u8], mac: &str) -> bool {
+        let Ok(mac) = hex::decode(mac) else {
+            return false;
+        };
+        let mut message = Vec::with_capacity(8 + key.len() + value.len());
+        message.extend_from_slice(&(key.len() as u64).to_be_bytes());
+        message.extend_from_slice(key);
+        message.extend_from_slice(value);
+        ring::hmac::verify(&self.records, &message, &mac).is_ok()
+    }
+
+    /// The credential host `host_id` presents to its peers: `host_id:mac`.
+    pub fn peer_credential(&self, host_id: &str) -> String {
+        let tag = ring::hmac::sign(&self.peers, host_id.as_bytes());
+        format!("{host_id}:{}", hex::encode(tag.as_ref()))
+    }
+
+    /// The host a peer credential names, if it was made with this key.
+    pub fn verify_peer<'a>(&self, credential: &'a str) -> Option<&'a str> {
+        let (host_id, mac) = credential.rsplit_once(':')?;
+        let mac = hex::decode(mac).ok()?;
+        ring::hmac::verify(&self.peers, host_id.as_bytes(), &mac).ok()?;
+        Some(host_id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_and_peers_verify_only_under_the_same_token() {
+        let key = ClusterKey::new("a-long-enough-cluster-token").expect("key");
+        let other = ClusterKey::new("another-long-cluster-token").expect("key");
+        let mac = key.sign_record(b"/shoal/hosts/a", b"{}");
+        assert!(key.verify_record(b"/shoal/hosts/a", b"{}", &mac));
+        assert!(!other.verify_record(b"/shoal/hosts/a", b"{}", &mac));
+        // Bound to its key and its value.
+        assert!(!key.verify_record(b"/shoal/hosts/b", b"{}", &mac));
+        assert!(!key.verify_record(b"/shoal/hosts/a", b"{ }", &mac));
+        assert!(!key.verify_record(b"/shoal/hosts/a", b"{}", "not hex"));
+        let credential = key.peer_credential("host-1");
+        assert_eq!(key.verify_peer(&credential), Some("host-1"));
+        assert_eq!(other.verify_peer(&credential), None);
+        assert_eq!(
+            key.verify_peer(&credential.replace("host-1", "host-2")),
+            None
+        );
+        assert_eq!(key.verify_peer("host-1"), None);
+        // A record MAC is not a peer credential.
+        assert_eq!(key.verify_peer(&format!("host-1:{mac}")), None);
+    }
+
+    #[test]
+    fn a_short_cluster_token_is_refused() {
+        let error = ClusterKey::new("  short \n").expect_err("refused");
+        assert!(format!("{error:#}").contains("openssl rand"), "{error:#}");
+    }
 
     #[test]
     fn a_ca_file_must_hold_a_certificate() {

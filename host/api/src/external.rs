@@ -93,6 +93,8 @@ pub enum Endpoint {
     Local,
     /// A plain HTTP endpoint, `host:port`.
     Http(String),
+    /// Another host of the cluster, reached through its gateway (`host:port`).
+    Peer(String),
 }
 
 /// An instance's health, as load balancing sees it.

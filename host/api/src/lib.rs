@@ -10,6 +10,7 @@
 //! client never silently does nothing.
 
 pub mod access;
+pub mod cluster;
 pub mod data;
 pub mod events;
 pub mod external;

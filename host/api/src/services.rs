@@ -21,6 +21,8 @@ pub enum Service {
     Running(Box<RunningService>),
     /// Not serving: it could not be restored.
     Failed(FailedService),
+    /// In a cluster: it runs on other hosts, not on the one that answers.
+    Elsewhere(ElsewhereService),
 }
 
 impl Service {
@@ -29,6 +31,7 @@ impl Service {
         match self {
             Service::Running(service) => &service.name,
             Service::Failed(service) => &service.name,
+            Service::Elsewhere(service) => &service.name,
         }
     }
 
@@ -36,7 +39,7 @@ impl Service {
     pub fn running(&self) -> Option<&RunningService> {
         match self {
             Service::Running(service) => Some(service),
-            Service::Failed(_) => None,
+            Service::Failed(_) | Service::Elsewhere(_) => None,
         }
     }
 }
@@ -82,6 +85,50 @@ pub struct RunningService {
     /// in the answer about one service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<BTreeMap<String, SecretStatus>>,
+    /// In a cluster: how many hosts should run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// In a cluster: the hosts placed to run it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placements: Vec<Placement>,
+}
+
+/// A service of the cluster that runs on other hosts than the one that answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ElsewhereService {
+    /// The service name.
+    pub name: String,
+    /// The stable version's label.
+    pub version: String,
+    /// SHA-256 of the stable version's component.
+    pub digest: String,
+    /// When the stable version was deployed (RFC 3339).
+    pub deployed_at: String,
+    /// The gateway route prefix (every host's gateway serves it).
+    pub route: String,
+    /// A version taking a share of the traffic: its label and weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Version>,
+    /// The canary's share, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_weight: Option<u8>,
+    /// Earlier versions, newest first.
+    pub history: Vec<Version>,
+    /// How many hosts should run it.
+    pub replicas: u32,
+    /// The hosts placed to run it.
+    pub placements: Vec<Placement>,
+}
+
+/// A host placed to run a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Placement {
+    /// The host's id.
+    pub host: String,
+    /// Its gateway.
+    pub address: String,
+    /// `up`, `draining` or `down`.
+    pub state: String,
 }
 
 /// A persisted service that could not be restored.
@@ -228,8 +275,12 @@ pub struct DeployQuery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
-    /// Requests running at once (1 to 100000).
-    pub max_concurrency: u32,
+    /// Requests running at once on each host (1 to 100000); absent: unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// In a cluster: how many hosts run it (1 to 64); absent: unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
     /// Requests that may wait (at most 1000000); absent: unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<u32>,

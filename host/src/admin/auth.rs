@@ -103,6 +103,8 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Classified 
         ("POST", ["services", name, "canary", "promote"]) => {
             change("canary.promote", name, service(name))
         }
+        ("POST", ["hosts", id, "drain"]) => change("host.drain", id, Action::Administer),
+        ("DELETE", ["hosts", id, "drain"]) => change("host.undrain", id, Action::Administer),
         ("PUT", ["external", name]) => change("external.register", name, Action::Administer),
         ("DELETE", ["external", name]) => change("external.remove", name, Action::Administer),
         ("POST", ["events", "dead", subscriber, event, "replay"]) => change(

@@ -72,6 +72,18 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(error: crate::cluster::ClusterError) -> Self {
+        match error {
+            crate::cluster::ClusterError::Service(error) => error.into(),
+            other => {
+                tracing::warn!(error = %other, "a cluster change failed");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
+            }
+        }
+    }
+}
+
 /// Answer for paths the admin API does not have.
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(

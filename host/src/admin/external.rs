@@ -181,6 +181,7 @@ pub async fn discover(
             endpoint: match instance.endpoint {
                 Endpoint::Local => api::Endpoint::Local,
                 Endpoint::Http(authority) => api::Endpoint::Http(authority),
+                Endpoint::Peer(authority) => api::Endpoint::Peer(authority),
             },
             version: instance.version,
             tags: instance.tags,

@@ -33,6 +33,8 @@
 //! | GET    | `/v1/whoami`          | the calling token's id, scope and service patterns |
 //! | GET/PUT/DELETE | `/v1/services/{name}/data` | export, import (into an empty store) or delete a service's data |
 //! | GET    | `/v1/host`            | the host's id, version and backends (store, bus) |
+//! | GET    | `/v1/cluster`         | in a cluster: every host, its state, labels, memory and services; the leader |
+//! | POST / DELETE | `/v1/hosts/{id}/drain` | in a cluster: move every replica off a host / return it to service |
 //! | GET    | `/v1/stats`           | requests, failures, by-version counts and latency histograms per service; breaker states |
 //! | PUT    | `/v1/secrets/{name}`  | set a secret: `{"value", "services"}` JSON, or the raw value (`?services=a,b`) |
 //! | GET    | `/v1/secrets`         | every secret's name, source and services, never its value |
@@ -45,6 +47,7 @@
 
 mod access;
 mod auth;
+mod cluster;
 mod dashboard;
 mod data;
 mod error;
@@ -102,6 +105,8 @@ pub struct AdminSettings {
 pub struct AdminState {
     /// The services this host runs.
     pub services: Arc<Services>,
+    /// The cluster this host is a member of: changes to services go through it.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// External services registered by operators.
     pub external: Arc<ExternalServices>,
     /// The tokens a `/v1` call may present.
@@ -118,6 +123,7 @@ impl AdminState {
     /// The admin state over `services`, `external`, `tokens` and `audit`.
     pub fn new(
         services: Arc<Services>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
         external: Arc<ExternalServices>,
         tokens: Arc<crate::access::tokens::TokenStore>,
         audit: Arc<crate::access::audit::AuditLog>,
@@ -125,6 +131,7 @@ impl AdminState {
     ) -> Self {
         Self {
             services,
+            cluster,
             external,
             tokens,
             audit,
@@ -254,6 +261,11 @@ pub fn router(state: AdminState) -> Router {
                 .delete(external::remove),
         )
         .route("/external", get(external::list))
+        .route("/cluster", get(cluster::show))
+        .route(
+            "/hosts/{id}/drain",
+            post(cluster::drain).delete(cluster::undrain),
+        )
         .route("/discovery/{name}", get(external::discover))
         .route("/events", get(events::show))
         .route(

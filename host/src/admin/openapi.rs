@@ -7,15 +7,15 @@ use axum::Json;
 use utoipa::OpenApi as _;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
-use super::{access, dashboard, data, events, external, logs, secrets, services};
+use super::{access, cluster, dashboard, data, events, external, logs, secrets, services};
 
 /// The admin API: every `/v1` endpoint, with the shared types ([`shoal_api`]).
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(
         title = "Shoal admin API",
-        description = "Deploy, inspect, scale, roll back and remove the services of one \
-                       Shoal host. Every call needs `Authorization: Bearer <token>`."
+        description = "Deploy, inspect, scale, roll back and remove the services of a \
+                       Shoal host, or of the cluster it belongs to. Every call needs `Authorization: Bearer <token>`."
     ),
     paths(
         services::list,
@@ -51,6 +51,9 @@ use super::{access, dashboard, data, events, external, logs, secrets, services};
         secrets::put,
         secrets::list,
         secrets::remove,
+        cluster::show,
+        cluster::drain,
+        cluster::undrain,
     ),
     components(schemas(shoal_api::ErrorBody)),
     modifiers(&BearerToken),
@@ -61,6 +64,7 @@ use super::{access, dashboard, data, events, external, logs, secrets, services};
         (name = "external", description = "HTTP services an operator registers, and discovery"),
         (name = "access", description = "Scoped tokens, the calling token, the audit log"),
         (name = "secrets", description = "The operator's secrets for services: names in, values never out"),
+        (name = "cluster", description = "The hosts of a cluster: state, labels, memory, placements, drain"),
     )
 )]
 pub struct AdminApi;
@@ -147,8 +151,8 @@ mod tests {
         }
         // A request's required fields come from the type.
         assert_eq!(
-            schemas["ScaleRequest"]["required"],
-            serde_json::json!(["max_concurrency"])
+            schemas["CanaryWeightRequest"]["required"],
+            serde_json::json!(["weight"])
         );
     }
 }

@@ -11,6 +11,7 @@ use shoal_api::services as api;
 
 use super::AdminState;
 use super::error::ApiError;
+use crate::cluster::records::Change;
 use crate::data_dir::VersionRecord;
 use crate::manifest::Manifest;
 use crate::runtime::CodeTier;
@@ -76,6 +77,60 @@ fn running_view(service: &LiveService) -> api::RunningService {
         }),
         history: versions.history.iter().map(version_view).collect(),
         secrets: None,
+        replicas: None,
+        placements: Vec::new(),
+    }
+}
+
+/// Where the cluster placed `name`, for the API.
+fn placements(cluster: &crate::cluster::Cluster, name: &str) -> Vec<api::Placement> {
+    cluster
+        .placements_of(name)
+        .into_iter()
+        .map(|(host, address, state)| api::Placement {
+            host,
+            address,
+            state: state.to_owned(),
+        })
+        .collect()
+}
+
+/// A running service's view with its replicas and placements, in a cluster.
+fn with_cluster(state: &AdminState, mut view: api::RunningService) -> api::RunningService {
+    if let Some(cluster) = &state.cluster {
+        let record = cluster
+            .view()
+            .services
+            .get(&view.name)
+            .map(|(r, _)| r.clone());
+        view.replicas = record.map(|record| record.replicas());
+        view.placements = placements(cluster, &view.name);
+    }
+    view
+}
+
+/// A service of the cluster that does not run on this host.
+fn elsewhere_view(
+    cluster: &crate::cluster::Cluster,
+    name: &str,
+    record: &crate::cluster::records::ServiceRecord,
+) -> api::ElsewhereService {
+    let current = &record.state.current;
+    api::ElsewhereService {
+        name: name.to_owned(),
+        version: current.version.clone(),
+        digest: current.digest.clone(),
+        deployed_at: current.deployed_at.clone(),
+        route: record.route(),
+        canary: record
+            .state
+            .canary
+            .as_ref()
+            .map(|c| version_view(&c.record)),
+        canary_weight: record.state.canary.as_ref().map(|c| c.weight),
+        history: record.state.history.iter().map(version_view).collect(),
+        replicas: record.replicas(),
+        placements: placements(cluster, name),
     }
 }
 
@@ -139,11 +194,23 @@ fn view_of(state: &AdminState, name: &str) -> Result<Json<api::Service>, ApiErro
             if !status.is_empty() {
                 view.secrets = Some(status);
             }
-            Ok(Json(api::Service::Running(Box::new(view))))
+            Ok(Json(api::Service::Running(Box::new(with_cluster(
+                state, view,
+            )))))
         }
         Err(ServiceError::NotFound(_)) => match state.services.failed_service(name) {
             Some(failed) => Ok(Json(api::Service::Failed(failed_view(name, &failed)))),
-            None => Err(ServiceError::NotFound(name.to_owned()).into()),
+            None => {
+                let elsewhere = state.cluster.as_ref().and_then(|cluster| {
+                    let view = cluster.view();
+                    let (record, _) = view.services.get(name)?;
+                    Some(elsewhere_view(cluster, name, record))
+                });
+                match elsewhere {
+                    Some(view) => Ok(Json(api::Service::Elsewhere(view))),
+                    None => Err(ServiceError::NotFound(name.to_owned()).into()),
+                }
+            }
         },
         Err(error) => Err(error.into()),
     }
@@ -162,10 +229,20 @@ pub async fn list(State(state): State<AdminState>) -> Json<api::ServiceList> {
         .table()
         .services()
         .iter()
-        .map(|service| api::Service::Running(Box::new(running_view(service))))
+        .map(|service| api::Service::Running(Box::new(with_cluster(&state, running_view(service)))))
         .collect();
     for (name, failed) in state.services.failed() {
         services.push(api::Service::Failed(failed_view(&name, &failed)));
+    }
+    if let Some(cluster) = &state.cluster {
+        let view = cluster.view();
+        for (name, (record, _)) in &view.services {
+            if !services.iter().any(|service| service.name() == name) {
+                services.push(api::Service::Elsewhere(elsewhere_view(
+                    cluster, name, record,
+                )));
+            }
+        }
     }
     services.sort_by(|a, b| a.name().cmp(b.name()));
     Json(api::ServiceList { services })
@@ -208,12 +285,65 @@ pub async fn scale(
     body: Bytes,
 ) -> Result<Json<api::Service>, ApiError> {
     let request: api::ScaleRequest = parse_json(&body)?;
-    let current = state.services.existing(&name)?.limiter.scale();
-    let scale = Scale {
-        max_concurrency: request.max_concurrency,
-        queue: request.queue.unwrap_or(current.queue),
+    if request.max_concurrency.is_none() && request.replicas.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "give `max_concurrency`, `replicas`, or both",
+        ));
+    }
+    let Some(cluster) = &state.cluster else {
+        if request.replicas.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "`replicas` needs a cluster: this host serves alone (no --etcd)",
+            ));
+        }
+        let current = state.services.existing(&name)?.limiter.scale();
+        let scale = Scale {
+            max_concurrency: request.max_concurrency.unwrap_or(current.max_concurrency),
+            queue: request.queue.unwrap_or(current.queue),
+        };
+        state.services.scale(&name, scale).await?;
+        return view_of(&state, &name);
     };
-    state.services.scale(&name, scale).await?;
+    if let Some(replicas) = request.replicas {
+        if !(1..=crate::manifest::MAX_REPLICAS).contains(&replicas) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`replicas` must be 1 to {}", crate::manifest::MAX_REPLICAS),
+            ));
+        }
+        cluster.change(&name, Change::Replicas(replicas)).await?;
+    }
+    if let Some(max_concurrency) = request.max_concurrency {
+        let queue = match request.queue {
+            Some(queue) => queue,
+            None => cluster
+                .view()
+                .services
+                .get(&name)
+                .map(|(record, _)| {
+                    record.state.scale.map_or_else(
+                        || {
+                            crate::services::spec::DeploymentSpec::resolve(
+                                &record.state.current,
+                                state.services.defaults(),
+                            )
+                            .scale
+                            .queue
+                        },
+                        |s| s.queue,
+                    )
+                })
+                .ok_or_else(|| ServiceError::NotFound(name.clone()))?,
+        };
+        let scale = Scale {
+            max_concurrency,
+            queue,
+        };
+        crate::services::spec::check_scale(scale).map_err(ServiceError::from)?;
+        cluster.change(&name, Change::Scale(scale)).await?;
+    }
     view_of(&state, &name)
 }
 
@@ -240,10 +370,19 @@ pub async fn rollback(
     } else {
         parse_json(&body)?
     };
-    state
-        .services
-        .rollback(&name, request.version.as_deref())
-        .await?;
+    match &state.cluster {
+        Some(cluster) => {
+            cluster
+                .change(&name, Change::Rollback(request.version))
+                .await?;
+        }
+        None => {
+            state
+                .services
+                .rollback(&name, request.version.as_deref())
+                .await?;
+        }
+    }
     view_of(&state, &name)
 }
 
@@ -265,10 +404,25 @@ pub async fn canary_weight(
     body: Bytes,
 ) -> Result<Json<api::Service>, ApiError> {
     let request: api::CanaryWeightRequest = parse_json(&body)?;
-    state
-        .services
-        .set_canary_weight(&name, request.weight)
-        .await?;
+    match &state.cluster {
+        Some(cluster) => {
+            if request.weight > 100 {
+                return Err(ServiceError::from(crate::services::Invalid::CanaryWeight(
+                    request.weight,
+                ))
+                .into());
+            }
+            cluster
+                .change(&name, Change::CanaryWeight(request.weight))
+                .await?;
+        }
+        None => {
+            state
+                .services
+                .set_canary_weight(&name, request.weight)
+                .await?;
+        }
+    }
     view_of(&state, &name)
 }
 
@@ -287,7 +441,14 @@ pub async fn promote(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<api::Service>, ApiError> {
-    state.services.promote_canary(&name).await?;
+    match &state.cluster {
+        Some(cluster) => {
+            cluster.change(&name, Change::Promote).await?;
+        }
+        None => {
+            state.services.promote_canary(&name).await?;
+        }
+    }
     view_of(&state, &name)
 }
 
@@ -306,10 +467,17 @@ pub async fn abort_canary(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<api::Service>, ApiError> {
-    state
-        .services
-        .abort_canary(&name, "rolled back by the operator")
-        .await?;
+    match &state.cluster {
+        Some(cluster) => {
+            cluster.change(&name, Change::AbortCanary).await?;
+        }
+        None => {
+            state
+                .services
+                .abort_canary(&name, "rolled back by the operator")
+                .await?;
+        }
+    }
     view_of(&state, &name)
 }
 
@@ -422,7 +590,10 @@ pub async fn remove(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.services.remove(&name).await?;
+    match &state.cluster {
+        Some(cluster) => cluster.remove(&name).await?,
+        None => state.services.remove(&name).await?,
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -518,13 +689,27 @@ pub async fn deploy(
         },
         |caller| caller.grant,
     );
-    let (_, kind) = state
-        .services
-        .deploy_as(&name, component, manifest, mode, &grant)
-        .await?;
-    let status = match kind {
-        DeployKind::Created => StatusCode::CREATED,
-        DeployKind::Replaced | DeployKind::Canary => StatusCode::OK,
+    let status = match &state.cluster {
+        Some(cluster) => {
+            let created = cluster
+                .deploy(&state.services, &name, component, manifest, mode, &grant)
+                .await?;
+            if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            }
+        }
+        None => {
+            let (_, kind) = state
+                .services
+                .deploy_as(&name, component, manifest, mode, &grant)
+                .await?;
+            match kind {
+                DeployKind::Created => StatusCode::CREATED,
+                DeployKind::Replaced | DeployKind::Canary => StatusCode::OK,
+            }
+        }
     };
     Ok((status, view_of(&state, &name)?).into_response())
 }

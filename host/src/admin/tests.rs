@@ -84,6 +84,7 @@ fn admin_with(restored: bool) -> Admin {
     );
     let app = router(AdminState::new(
         services.clone(),
+        None,
         external,
         Arc::new(crate::access::tokens::TokenStore::open(dir.path(), TOKEN).expect("tokens")),
         Arc::new(

@@ -31,7 +31,7 @@ use crate::policy::balancer::{Balancer, Load};
 use crate::policy::breaker::{BreakerState, CircuitBreaker, Permit};
 use crate::policy::is_failure_status;
 use crate::policy::retry::{self, Attempt, Next, RetryBudget, is_idempotent_method};
-use crate::protocol::{self, Body, CALLER, DEADLINE_MS, REQUEST_ID, RequestId};
+use crate::protocol::{self, Body, CALLER, DEADLINE_MS, PEER, REQUEST_ID, RequestId, TARGET};
 use crate::registry::{Endpoint, Instance, Registry, routable};
 use crate::telemetry::TraceScope;
 use opentelemetry::KeyValue;
@@ -227,6 +227,8 @@ pub struct Caller {
     /// The host's own listeners (gateway, admin API), which no guest may reach as an
     /// outbound host: through them it would come back as a client.
     own_listeners: parking_lot::RwLock<Vec<std::net::SocketAddr>>,
+    /// In a cluster, what this host presents to its peers (`x-shoal-peer`).
+    peer_credential: OnceLock<HeaderValue>,
 }
 
 impl Caller {
@@ -239,7 +241,13 @@ impl Caller {
             remote: RemoteClient::default(),
             targets: Mutex::new(HashMap::new()),
             own_listeners: Default::default(),
+            peer_credential: OnceLock::new(),
         }
+    }
+
+    /// In a cluster: the credential sent with every call to a peer host.
+    pub fn set_peer_credential(&self, credential: HeaderValue) {
+        let _ = self.peer_credential.set(credential);
     }
 
     /// The host's own listeners, once bound.
@@ -516,7 +524,7 @@ impl Caller {
         let not_sent = |error| TransportError { error, sent: false };
         let (uri, host) = match &instance.endpoint {
             Endpoint::Local => (request.path_and_query.parse::<Uri>(), target),
-            Endpoint::Http(authority) => (
+            Endpoint::Http(authority) | Endpoint::Peer(authority) => (
                 format!("http://{authority}{}", request.path_and_query).parse::<Uri>(),
                 authority.as_str(),
             ),
@@ -530,6 +538,19 @@ impl Caller {
         let (mut headers, request_id) = self.outgoing_headers(cx, request, deadline, span);
         if let Ok(value) = HeaderValue::from_str(host) {
             headers.insert(HOST, value);
+        }
+        if let Endpoint::Peer(_) = &instance.endpoint {
+            // The peer serves `target` itself, and honours the host's headers (who
+            // calls, deadline, trace) only from a host with the cluster token.
+            let credential = self.peer_credential.get().ok_or_else(|| {
+                not_sent(CallError::Unreachable(
+                    "this host is not a member of a cluster".into(),
+                ))
+            })?;
+            headers.insert(PEER.clone(), credential.clone());
+            if let Ok(value) = HeaderValue::from_str(target) {
+                headers.insert(TARGET.clone(), value);
+            }
         }
         let outgoing =
             protocol::buffered_request(request.method.clone(), uri, headers, request.body.clone());
@@ -547,7 +568,7 @@ impl Caller {
                         )))
                     })
             }
-            Endpoint::Http(_) => self.remote.send(outgoing).await,
+            Endpoint::Http(_) | Endpoint::Peer(_) => self.remote.send(outgoing).await,
         }
     }
 

@@ -36,7 +36,7 @@ pub struct AdminClient {
 /// How requests reach the admin API.
 enum Transport {
     /// `http://`: a pooled client.
-    Plain(Client<HttpConnector, Body>),
+    Plain(Box<Client<HttpConnector, Body>>),
     /// `https://`: a TLS connection per request, verified against these roots.
     Tls(tokio_rustls::TlsConnector),
 }
@@ -115,7 +115,7 @@ impl AdminClient {
         let transport = if base.starts_with("https://") {
             Transport::Tls(tls_connector(args.ca_file.as_deref())?)
         } else {
-            Transport::Plain(Client::builder(TokioExecutor::new()).build_http())
+            Transport::Plain(Box::new(Client::builder(TokioExecutor::new()).build_http()))
         };
         Ok(Self {
             base,
@@ -174,7 +174,7 @@ impl AdminClient {
 
 impl AdminClient {
     /// `method path` with a JSON `body` (or none), its answer read as `T`.
-    async fn call<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -483,10 +483,15 @@ pub async fn deploy(
 pub async fn list(client: &AdminClient) -> Result<()> {
     let list = client.services().await?;
     println!(
-        "{:<24} {:<20} {:<14} {:<24} {:<9} {:<24} DEPLOYED",
-        "NAME", "VERSION", "DIGEST", "ROUTE", "STATE", "CANARY"
+        "{:<24} {:<20} {:<14} {:<24} {:<9} {:<24} {:<24} HOSTS",
+        "NAME", "VERSION", "DIGEST", "ROUTE", "STATE", "CANARY", "DEPLOYED"
     );
     for service in &list.services {
+        let placements: &[api::Placement] = match service {
+            api::Service::Running(service) => &service.placements,
+            api::Service::Elsewhere(service) => &service.placements,
+            api::Service::Failed(_) => &[],
+        };
         let (version, digest, route, state, canary, deployed_at) = match service {
             api::Service::Running(service) => (
                 &service.version,
@@ -507,9 +512,20 @@ pub async fn list(client: &AdminClient) -> Result<()> {
                 "-".to_owned(),
                 &service.deployed_at,
             ),
+            api::Service::Elsewhere(service) => (
+                &service.version,
+                &service.digest,
+                &service.route,
+                "elsewhere",
+                match (&service.canary, service.canary_weight) {
+                    (Some(canary), Some(weight)) => format!("{} ({weight}%)", canary.version),
+                    _ => "-".to_owned(),
+                },
+                &service.deployed_at,
+            ),
         };
         println!(
-            "{:<24} {:<20} {:<14} {:<24} {:<9} {:<24} {}",
+            "{:<24} {:<20} {:<14} {:<24} {:<9} {:<24} {:<24} {}",
             service.name(),
             version,
             &digest[..digest.len().min(12)],
@@ -517,6 +533,7 @@ pub async fn list(client: &AdminClient) -> Result<()> {
             state,
             canary,
             deployed_at,
+            placed_on(placements),
         );
     }
     Ok(())
@@ -643,17 +660,33 @@ pub async fn external_remove(client: &AdminClient, name: &str) -> Result<()> {
 pub async fn scale(
     client: &AdminClient,
     name: &str,
-    max_concurrency: u32,
+    max_concurrency: Option<u32>,
+    replicas: Option<u32>,
     queue: Option<u32>,
 ) -> Result<()> {
     let request = api::ScaleRequest {
         max_concurrency,
+        replicas,
         queue,
     };
     let service = client.scale(name, &request).await?;
+    if let api::Service::Elsewhere(service) = &service {
+        println!(
+            "{name}: {} replicas, on {}",
+            service.replicas,
+            placed_on(&service.placements)
+        );
+        return Ok(());
+    }
     let Some(service) = service.running() else {
         bail!("{name} does not run");
     };
+    if let Some(replicas) = service.replicas {
+        println!(
+            "{name}: {replicas} replicas, on {}",
+            placed_on(&service.placements)
+        );
+    }
     println!(
         "{name}: max concurrency {}, queue {} ({} running, {} queued)",
         service.limits.max_concurrency,
@@ -661,6 +694,76 @@ pub async fn scale(
         service.load.in_flight,
         service.load.queued
     );
+    Ok(())
+}
+
+/// The hosts of placements, for people: `a (up), b (draining)`, or `-`.
+fn placed_on(placements: &[api::Placement]) -> String {
+    if placements.is_empty() {
+        return "-".to_owned();
+    }
+    placements
+        .iter()
+        .map(|p| format!("{} ({})", p.host, p.state))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `shoal hosts`: the hosts of the cluster.
+pub async fn hosts(client: &AdminClient) -> Result<()> {
+    let cluster: shoal_api::cluster::Cluster =
+        client.call(Method::GET, "/v1/cluster", None::<&()>).await?;
+    println!(
+        "{:<22} {:<22} {:<9} {:<7} {:<16} {:<20} SERVICES",
+        "ID", "ADDRESS", "STATE", "LEADER", "MEMORY USED/MiB", "LABELS"
+    );
+    for host in &cluster.hosts {
+        let labels: Vec<String> = host
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "{:<22} {:<22} {:<9} {:<7} {:<16} {:<20} {}",
+            host.id,
+            host.address,
+            host.state,
+            if cluster.leader.as_deref() == Some(host.id.as_str()) {
+                "yes"
+            } else {
+                ""
+            },
+            format!("{}/{}", host.memory_used_mb, host.memory_budget_mb),
+            if labels.is_empty() {
+                "-".to_owned()
+            } else {
+                labels.join(",")
+            },
+            if host.services.is_empty() {
+                "-".to_owned()
+            } else {
+                host.services.join(",")
+            },
+        );
+    }
+    Ok(())
+}
+
+/// `shoal host drain|undrain ID`.
+pub async fn drain(client: &AdminClient, id: &str, draining: bool) -> Result<()> {
+    let method = if draining {
+        Method::POST
+    } else {
+        Method::DELETE
+    };
+    client
+        .send(method, &format!("/v1/hosts/{id}/drain"), None, empty())
+        .await?;
+    if draining {
+        println!("draining {id}: its replicas move once their replacements serve");
+    } else {
+        println!("{id} takes replicas again");
+    }
     Ok(())
 }
 
@@ -672,6 +775,7 @@ pub async fn rollback(client: &AdminClient, name: &str, to: Option<String>) -> R
     let version = match &service {
         api::Service::Running(service) => &service.version,
         api::Service::Failed(service) => &service.version,
+        api::Service::Elsewhere(service) => &service.version,
     };
     println!("{name} is back on version {version}");
     Ok(())

@@ -95,18 +95,32 @@ enum Command {
         #[command(subcommand)]
         action: ExternalAction,
     },
-    /// Change a service's concurrency limit and queue, live.
+    /// Change a service's concurrency limit and queue, live; in a cluster, also how
+    /// many hosts run it.
     Scale {
         /// Service name.
         name: String,
-        /// Requests that may run at once.
+        /// Requests that may run at once (on each host).
+        #[arg(long, required_unless_present = "replicas")]
+        max_concurrency: Option<u32>,
+        /// In a cluster: how many hosts run it.
         #[arg(long)]
-        max_concurrency: u32,
+        replicas: Option<u32>,
         /// Requests that may wait for a slot (unchanged if omitted).
         #[arg(long)]
         queue: Option<u32>,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// List the hosts of the cluster: state, labels, memory, services placed.
+    Hosts {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Drain a host of the cluster before maintenance, or return it to service.
+    Host {
+        #[command(subcommand)]
+        action: HostAction,
     },
     /// Switch a service back to its previous version (or --to a given one).
     Rollback {
@@ -237,6 +251,26 @@ enum Command {
     Data {
         #[command(subcommand)]
         action: DataAction,
+    },
+}
+
+/// What to do with a host of the cluster.
+#[derive(Debug, Subcommand)]
+enum HostAction {
+    /// Move every replica off the host (each once its replacement serves); it takes
+    /// no new ones.
+    Drain {
+        /// The host's id (`shoal hosts`).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Let the host take replicas again.
+    Undrain {
+        /// The host's id.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }
 
@@ -398,6 +432,7 @@ impl Command {
             | Command::Show { admin, .. }
             | Command::Top { admin, .. }
             | Command::Scale { admin, .. }
+            | Command::Hosts { admin }
             | Command::Rollback { admin, .. }
             | Command::Canary { admin, .. }
             | Command::Ls { admin }
@@ -420,6 +455,9 @@ impl Command {
                 ExternalAction::Add { admin, .. }
                 | ExternalAction::Ls { admin }
                 | ExternalAction::Rm { admin, .. } => Some(admin),
+            },
+            Command::Host { action } => match action {
+                HostAction::Drain { admin, .. } | HostAction::Undrain { admin, .. } => Some(admin),
             },
             Command::Token { action } => match action {
                 TokenAction::Create { admin, .. }
@@ -520,9 +558,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Scale {
             name,
             max_concurrency,
+            replicas,
             queue,
             ..
-        } => client::scale(admin()?, &name, max_concurrency, queue).await,
+        } => client::scale(admin()?, &name, max_concurrency, replicas, queue).await,
+        Command::Hosts { .. } => client::hosts(admin()?).await,
+        Command::Host { action } => match action {
+            HostAction::Drain { id, .. } => client::drain(admin()?, &id, true).await,
+            HostAction::Undrain { id, .. } => client::drain(admin()?, &id, false).await,
+        },
         Command::Rollback { name, to, .. } => client::rollback(admin()?, &name, to).await,
         Command::Canary {
             name,

@@ -62,6 +62,14 @@ pub fn render_service(service: &api::Service, recent_errors: &[LogLine]) -> Stri
             &s.deployed_at,
             &s.history,
         ),
+        api::Service::Elsewhere(s) => (
+            "elsewhere",
+            &s.version,
+            &s.digest,
+            &s.route,
+            &s.deployed_at,
+            &s.history,
+        ),
     };
     let _ = writeln!(
         out,
@@ -75,6 +83,23 @@ pub fn render_service(service: &api::Service, recent_errors: &[LogLine]) -> Stri
             let _ = writeln!(out, "  reason     {}", failed.reason);
         }
         api::Service::Running(running) => render_running(&mut out, running),
+        api::Service::Elsewhere(elsewhere) => {
+            let hosts: Vec<String> = elsewhere
+                .placements
+                .iter()
+                .map(|p| format!("{} ({})", p.host, p.state))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  replicas   {} on {}",
+                elsewhere.replicas,
+                if hosts.is_empty() {
+                    "-".to_owned()
+                } else {
+                    hosts.join(", ")
+                }
+            );
+        }
     }
     let history: Vec<&str> = history.iter().map(|v| v.version.as_str()).collect();
     if !history.is_empty() {

@@ -1,4 +1,4 @@
-//! Resilience policy as pure code: no I/O, time and randomness passed in, so each
+//! Resilience and placement policy as pure code: no I/O, time and randomness passed in, so each
 //! rule is unit-tested on its own. The caller composes them.
 
 pub mod balancer;
@@ -7,6 +7,7 @@ pub mod budget;
 pub mod error_rate;
 pub mod glob;
 pub mod inbound;
+pub mod placement;
 pub mod rate;
 pub mod redact;
 pub mod retry;

@@ -2,11 +2,12 @@
 //! reached, and how healthy they are.
 //!
 //! [`Registry`] is a small async trait so the backend can change without touching
-//! callers: [`embedded::EmbeddedRegistry`] (in process, the default) now, a
-//! distributed one (etcd) for clusters later. Every registration carries a lease
+//! callers: [`embedded::EmbeddedRegistry`] (in process, the default), and
+//! [`etcd::EtcdRegistry`] for a cluster. Every registration carries a lease
 //! (TTL); a registration that is not renewed expires and disappears from discovery.
 
 pub mod embedded;
+pub mod etcd;
 pub mod external;
 pub mod health;
 pub mod name;
@@ -26,13 +27,16 @@ pub enum Endpoint {
     Local,
     /// A plain HTTP endpoint, `host:port`.
     Http(String),
+    /// A service on another host of the cluster, reached through that host's gateway
+    /// (`host:port`) with the cluster's peer credential.
+    Peer(String),
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Local => f.write_str("local"),
-            Endpoint::Http(authority) => f.write_str(authority),
+            Endpoint::Http(authority) | Endpoint::Peer(authority) => f.write_str(authority),
         }
     }
 }

@@ -200,20 +200,7 @@ impl Services {
         mode: DeployMode,
         grant: &Grant,
     ) -> Result<(Arc<Deployment>, DeployKind), ServiceError> {
-        validate_name(name)?;
-        if name == crate::protocol::OPERATOR {
-            return Err(conflict(name, Conflict::ReservedName));
-        }
-        manifest.validate(self.defaults.max_memory_mb)?;
-        mode.validate()?;
-        let record = new_record(name, &component, manifest);
-        let spec = DeploymentSpec::resolve(&record, &self.defaults);
-        spec::check_fits(
-            spec.memory_mb,
-            spec.scale.max_concurrency,
-            &self.defaults,
-            self.loader.memory_budget().limit(),
-        )?;
+        let (record, spec) = self.check_new(name, &component, manifest, &mode)?;
         // Compile before taking the lock: a slow compile must not block other changes.
         let deployment = Arc::new(self.build(record, spec, component.clone()).await?);
         let blob = Some((deployment.record.digest.clone(), component));
@@ -242,6 +229,124 @@ impl Services {
             "deployed"
         );
         Ok((deployment, kind))
+    }
+
+    /// The record and settings of a new version of `name`, once its name, manifest,
+    /// mode and size are acceptable here.
+    fn check_new(
+        &self,
+        name: &str,
+        component: &[u8],
+        manifest: Manifest,
+        mode: &DeployMode,
+    ) -> Result<(VersionRecord, DeploymentSpec), ServiceError> {
+        validate_name(name)?;
+        if name == crate::protocol::OPERATOR {
+            return Err(conflict(name, Conflict::ReservedName));
+        }
+        manifest.validate(self.defaults.max_memory_mb)?;
+        mode.validate()?;
+        let record = new_record(name, component, manifest);
+        let spec = DeploymentSpec::resolve(&record, &self.defaults);
+        spec::check_fits(
+            spec.memory_mb,
+            spec.scale.max_concurrency,
+            &self.defaults,
+            self.loader.memory_budget().limit(),
+        )?;
+        Ok((record, spec))
+    }
+
+    /// Check and compile a new version of `name` and store its component, without
+    /// running it: what a cluster host does before it writes the version into the
+    /// cluster's desired state (each host then runs it through [`Services::apply`]).
+    pub async fn prepare(
+        &self,
+        name: &str,
+        component: Bytes,
+        manifest: Manifest,
+        mode: &DeployMode,
+    ) -> Result<VersionRecord, ServiceError> {
+        let (record, spec) = self.check_new(name, &component, manifest, mode)?;
+        // Compiling proves the code runs here (and leaves it in the code cache).
+        drop(self.build(record.clone(), spec, component.clone()).await?);
+        self.store_blob(&record.digest, component).await?;
+        Ok(record)
+    }
+
+    /// Store a component by digest in the data directory (checked against it).
+    pub async fn store_blob(&self, digest: &str, component: Bytes) -> Result<(), ServiceError> {
+        if sha256_hex(&component) != digest {
+            return Err(ServiceError::Storage(anyhow::anyhow!(
+                "the component's bytes do not match digest {digest}"
+            )));
+        }
+        let data_dir = self.data_dir.clone();
+        let digest = digest.to_owned();
+        tokio::task::spawn_blocking(move || data_dir.put_blob(&digest, &component))
+            .await
+            .map_err(storage_error)?
+            .map_err(ServiceError::Storage)
+    }
+
+    /// A stored component, checked against its digest; `None` when it is not here.
+    pub async fn read_blob(&self, digest: &str) -> Option<Bytes> {
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let data_dir = self.data_dir.clone();
+        let digest = digest.to_owned();
+        tokio::task::spawn_blocking(move || data_dir.read_blob(&digest).ok())
+            .await
+            .ok()
+            .flatten()
+            .map(Bytes::from)
+    }
+
+    /// Make `state` what runs of its service here (a cluster's reconciliation): the
+    /// versions it names are loaded (those already live are kept, not recompiled),
+    /// persisted and swapped in like any change. Their components must be stored.
+    pub async fn apply(&self, state: ServiceState) -> Result<(), ServiceError> {
+        let name = state.current.name.clone();
+        validate_name(&name)?;
+        let live = self.table.versions(&name);
+        if live.as_ref().is_some_and(|live| live.state() == state) {
+            return Ok(());
+        }
+        let reuse = |record: &VersionRecord| {
+            live.as_ref()
+                .and_then(|live| live.deployments().find(|d| d.record == *record).cloned())
+        };
+        let stable = match reuse(&state.current) {
+            Some(deployment) => deployment,
+            None => Arc::new(self.load(state.current.clone()).await?),
+        };
+        let canary = match &state.canary {
+            Some(canary) => {
+                let deployment = match reuse(&canary.record) {
+                    Some(deployment) => deployment,
+                    None => Arc::new(self.load(canary.record.clone()).await?),
+                };
+                Some(Arc::new(Canary::new(
+                    deployment,
+                    canary.weight,
+                    canary.auto_rollback.clone(),
+                )))
+            }
+            None => None,
+        };
+        let versions = Versions {
+            stable,
+            canary,
+            history: state.history.clone(),
+            scale_override: state.scale,
+        };
+        self.commit(&name, ChangeKind::Rearrange, |_| {
+            Ok((Change::to(versions), ()))
+        })
+        .await?;
+        tracing::info!(service = %name, version = %state.current.version, "applied the cluster's desired state");
+        Ok(())
     }
 
     /// Stop routing to `name` and forget it. Running requests finish; queued ones are
@@ -489,8 +594,12 @@ impl Services {
             .await;
             restored += 1;
         }
-        // Broken records may still refer to blobs: collect nothing while any exists.
-        if broken_count == 0 {
+        // Broken records may still refer to blobs: collect nothing while any exists;
+        // nor on a cluster member, which keeps copies for other hosts.
+        let member = self
+            .cluster_member
+            .load(std::sync::atomic::Ordering::Acquire);
+        if broken_count == 0 && !member {
             self.collect_garbage(&referenced);
         }
         Ok(restored)

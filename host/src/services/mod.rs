@@ -24,7 +24,7 @@ pub mod state;
 mod table;
 #[cfg(test)]
 mod tests;
-mod topics;
+pub mod topics;
 
 pub use lifecycle::DeployMode;
 pub use spec::{DeploymentSpec, ServiceDefaults, ServiceSettings};
@@ -234,6 +234,9 @@ pub struct Services {
     changes: tokio::sync::Mutex<()>,
     /// Set once everything persisted has been restored (`/readyz`).
     ready: std::sync::atomic::AtomicBool,
+    /// Set when the host is a member of a cluster: it also stores components other
+    /// hosts run, so none is collected for want of a local version naming it.
+    cluster_member: std::sync::atomic::AtomicBool,
     /// This object, for background work it starts (automatic canary rollback).
     me: Weak<Services>,
 }
@@ -255,6 +258,7 @@ impl Services {
             defaults,
             changes: tokio::sync::Mutex::new(()),
             ready: std::sync::atomic::AtomicBool::new(false),
+            cluster_member: std::sync::atomic::AtomicBool::new(false),
             me: me.clone(),
         })
     }
@@ -281,6 +285,12 @@ impl Services {
     /// Whether everything persisted has been restored.
     pub fn is_ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The host is a member of a cluster (before [`Services::restore`]).
+    pub fn join_cluster(&self) {
+        self.cluster_member
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Everything persisted has been restored.

@@ -6,6 +6,36 @@ use super::{ServiceError, Services};
 use crate::access::{Action, Grant};
 use crate::events::topics::{self, TopicRefusal, TopicRules};
 
+/// Refuse `manifest` of service `name`, deployed by `grant`, if it declares a topic
+/// one of `others` owns (and the grant may not change that service), or subscribes to
+/// a topic whose publisher does not share it.
+pub fn check_manifest_topics(
+    name: &str,
+    manifest: &crate::manifest::Manifest,
+    grant: &Grant,
+    others: &[(String, TopicRules)],
+) -> Result<(), ServiceError> {
+    let rules = manifest.events.rules();
+    let subscribed: Vec<&str> = manifest
+        .subscriptions
+        .iter()
+        .map(|subscription| subscription.topic.as_str())
+        .collect();
+    let may_change = |owner: &str| {
+        grant
+            .permits(&Action::ChangeService(owner.to_owned()))
+            .is_ok()
+    };
+    topics::check_deploy(name, &rules, &subscribed, others, may_change).map_err(|refusal| {
+        match refusal {
+            TopicRefusal::Owned { topic, owner } => ServiceError::TopicOwned { topic, owner },
+            TopicRefusal::NotShared { topic, owner } => {
+                ServiceError::TopicNotShared { topic, owner }
+            }
+        }
+    })
+}
+
 impl Services {
     /// The topic rules of every version that runs, and of services that failed to
     /// restore (they keep their claims): one entry per version.
@@ -33,30 +63,9 @@ impl Services {
         versions: &Versions,
         grant: &Grant,
     ) -> Result<(), ServiceError> {
-        let name = versions.name();
         let others = self.topic_rules();
         for manifest in versions.manifests() {
-            let rules = manifest.events.rules();
-            let subscribed: Vec<&str> = manifest
-                .subscriptions
-                .iter()
-                .map(|subscription| subscription.topic.as_str())
-                .collect();
-            let may_change = |owner: &str| {
-                grant
-                    .permits(&Action::ChangeService(owner.to_owned()))
-                    .is_ok()
-            };
-            topics::check_deploy(name, &rules, &subscribed, &others, may_change).map_err(
-                |refusal| match refusal {
-                    TopicRefusal::Owned { topic, owner } => {
-                        ServiceError::TopicOwned { topic, owner }
-                    }
-                    TopicRefusal::NotShared { topic, owner } => {
-                        ServiceError::TopicNotShared { topic, owner }
-                    }
-                },
-            )?;
+            check_manifest_topics(versions.name(), manifest, grant, &others)?;
         }
         Ok(())
     }

@@ -1,0 +1,182 @@
+//! The leader: one host, elected through etcd's election API on its lease, computes
+//! placements ([`crate::policy::placement`]) whenever the cluster changes and writes
+//! them in transactions fenced on its election key: once another host leads (or this
+//! host's lease expired), the key's revision differs and nothing is written.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::Cluster;
+use super::view::ClusterView;
+use crate::policy::placement::{self, Demand, HostCapacity, HostState, Placements};
+use crate::registry::Registry as _;
+use crate::registry::etcd::Etcd;
+use crate::services::spec::DeploymentSpec;
+
+/// How often a leader looks again without news (replicas that began serving).
+const TICK: Duration = Duration::from_millis(500);
+
+/// Campaign while the host lives; lead while elected.
+pub async fn run(cluster: Weak<Cluster>) {
+    loop {
+        let Some(this) = cluster.upgrade() else {
+            return;
+        };
+        let mut lease = this.lease.clone();
+        let Some(lease_id) = *lease.borrow_and_update() else {
+            drop(this);
+            if lease.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let mut client = this.etcd.client();
+        let name = this.etcd.key("election");
+        let campaign = client.campaign(name, this.host_id.clone(), lease_id);
+        let elected = tokio::select! {
+            answer = campaign => answer,
+            _ = lease.changed() => continue,
+        };
+        let leader_key = match elected {
+            Ok(answer) => answer.leader().cloned(),
+            Err(error) => {
+                tracing::warn!(%error, "campaigning for leadership failed; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(leader_key) = leader_key else {
+            continue;
+        };
+        tracing::info!(host = %this.host_id, "elected leader of the cluster");
+        this.lead(&leader_key, lease_id).await;
+        tracing::info!(host = %this.host_id, "no longer the leader");
+    }
+}
+
+/// Memory a replica of `record` asks of its host, MiB: one instance's linear memory
+/// (its manifest's `limits.memory_mb`). What it uses beyond that under load is
+/// bounded at run time by the host's budget (`--max-total-memory-mb`), as Kubernetes
+/// places pods by their requests, not their limits.
+pub fn memory_demand(
+    record: &super::records::ServiceRecord,
+    defaults: &crate::services::ServiceDefaults,
+) -> u64 {
+    u64::from(DeploymentSpec::resolve(&record.state.current, defaults).memory_mb)
+}
+
+impl Cluster {
+    /// Place replicas until leadership (or the lease it hangs on) is lost.
+    async fn lead(self: &Arc<Self>, leader_key: &etcd_client::LeaderKey, lease_id: i64) {
+        let mut view = self.view.clone();
+        let mut lease = self.lease.clone();
+        loop {
+            if *lease.borrow_and_update() != Some(lease_id) {
+                return;
+            }
+            let snapshot = view.borrow_and_update().clone();
+            if snapshot.loaded {
+                match self.write_placements(&snapshot, leader_key).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => tracing::warn!(%error, "cannot write placements; will retry"),
+                }
+            }
+            tokio::select! {
+                _ = view.changed() => {}
+                _ = lease.changed() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// Compute and write placements; `Ok(false)` when the fence says another leads.
+    async fn write_placements(
+        &self,
+        view: &ClusterView,
+        leader_key: &etcd_client::LeaderKey,
+    ) -> Result<bool, crate::registry::etcd::EtcdError> {
+        let Some(services) = self.services.upgrade() else {
+            return Ok(true);
+        };
+        let hosts: Vec<HostCapacity> = view
+            .hosts
+            .values()
+            .map(|host| HostCapacity {
+                id: host.id.clone(),
+                labels: host.labels.clone(),
+                state: if view.drains.contains_key(&host.id) {
+                    HostState::Draining
+                } else {
+                    HostState::Up
+                },
+                budget_mb: host.memory_budget_mb,
+            })
+            .collect();
+        let demands: Vec<Demand> = view
+            .services
+            .iter()
+            .map(|(name, (record, _))| Demand {
+                service: name.clone(),
+                replicas: record.replicas(),
+                labels: record.labels().clone(),
+                memory_mb: memory_demand(record, services.defaults()),
+            })
+            .collect();
+        let mut serving: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for name in view.services.keys() {
+            let instances = self.registry.instances(name).await.unwrap_or_default();
+            let hosts = instances
+                .iter()
+                .filter(|i| i.health == crate::registry::Health::Serving)
+                .filter_map(|i| i.id.split_once('/').map(|(host, _)| host.to_owned()))
+                .collect();
+            serving.insert(name.clone(), hosts);
+        }
+        let is_serving = |service: &str, host: &str| {
+            serving
+                .get(service)
+                .is_some_and(|hosts| hosts.iter().any(|h| h == host))
+        };
+        let current: Placements = view.placements.clone();
+        let (wanted, shortfalls) = placement::place(&hosts, &demands, &current, &is_serving);
+        let mut operations = Vec::new();
+        for (service, hosts) in &wanted {
+            if current.get(service) != Some(hosts) {
+                let key = self.placement_key(service);
+                let value = self.seal_placement(&key, hosts);
+                operations.push(etcd_client::TxnOp::put(key, value, None));
+            }
+        }
+        for service in current.keys().filter(|s| !wanted.contains_key(*s)) {
+            operations.push(etcd_client::TxnOp::delete(
+                self.placement_key(service),
+                None,
+            ));
+        }
+        if operations.is_empty() {
+            return Ok(true);
+        }
+        let fence = etcd_client::Compare::create_revision(
+            leader_key.key().to_vec(),
+            etcd_client::CompareOp::Equal,
+            leader_key.rev(),
+        );
+        let txn = etcd_client::Txn::new().when([fence]).and_then(operations);
+        let mut client = self.etcd.client();
+        let answer = Etcd::bounded(client.txn(txn)).await?;
+        if answer.succeeded() {
+            for shortfall in shortfalls {
+                tracing::warn!(
+                    service = %shortfall.service,
+                    wanted = shortfall.wanted,
+                    placed = shortfall.placed,
+                    "not enough hosts with room and matching labels for every replica"
+                );
+            }
+            tracing::info!(placements = ?wanted, "placements written");
+        }
+        Ok(answer.succeeded())
+    }
+}
