@@ -23,8 +23,8 @@ use crate::cluster::peers::PEER_PATH;
 use crate::deadline::Deadline;
 use crate::listener;
 use crate::protocol::{
-    self, Body, CALLER, DEADLINE_MS, FORWARDED_PREFIX, FORWARDING_HEADERS, INTERNAL_PREFIX, PEER,
-    RequestId, TARGET,
+    self, Body, CALLER, DEADLINE_MS, FORWARDED_PREFIX, FORWARDING_HEADERS, INTERNAL_PREFIX,
+    NOT_HERE, PEER, RequestId, TARGET,
 };
 use crate::services::Services;
 
@@ -288,7 +288,15 @@ async fn to_peer(
             .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     }
-    let bodiless = parts.method == http::Method::GET || parts.method == http::Method::HEAD;
+    // A request with no body and an idempotent method may go to the next host after
+    // any failure; any other only when the host it went to did not serve it.
+    let bodiless = !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        && !parts.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let repeatable = bodiless
+        && matches!(
+            parts.method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
     let mut body = Some(body.map_err(std::io::Error::other).boxed_unsync());
     let mut last_error = String::new();
     for address in &hosts {
@@ -306,11 +314,18 @@ async fn to_peer(
         *attempt.headers_mut() = parts.headers.clone();
         let sent = tokio::time::timeout(deadline.remaining(), cluster.peers().send(attempt)).await;
         match sent {
-            Ok(Ok(response)) => return protocol::with_request_id(response, &request_id),
+            Ok(Ok(mut response)) => {
+                let not_here = response.headers_mut().remove(&NOT_HERE).is_some();
+                if not_here && bodiless {
+                    // It moved away meanwhile: the next host serves it.
+                    last_error = format!("{address}: `{name}` no longer runs there");
+                    continue;
+                }
+                return protocol::with_request_id(response, &request_id);
+            }
             Ok(Err(error)) => {
                 last_error = format!("{address}: {error}");
-                // Only a request that never left, with no body to lose, goes again.
-                if !(error.is_connect() && bodiless) {
+                if !(repeatable || (error.is_connect() && bodiless)) {
                     break;
                 }
             }
@@ -364,7 +379,11 @@ async fn from_peer(
             "service `{target}` does not run on host `{}` (asked by `{peer_id}`)\n",
             cluster.host_id()
         );
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, message, &request_id);
+        let mut response = refuse(StatusCode::SERVICE_UNAVAILABLE, message, &request_id);
+        response
+            .headers_mut()
+            .insert(NOT_HERE.clone(), HeaderValue::from_static("1"));
+        return response;
     };
     let deadline = Deadline::longest().within_header(parts.headers.get(&DEADLINE_MS));
     serve_here(services, &service, parts, body, request_id, deadline).await

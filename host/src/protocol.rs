@@ -28,6 +28,9 @@ pub const OPERATOR: &str = "operator";
 pub static DEADLINE_MS: HeaderName = HeaderName::from_static("x-shoal-deadline-ms");
 /// Header by which a host of the cluster proves itself to a peer (`host-id:mac`).
 pub static PEER: HeaderName = HeaderName::from_static("x-shoal-peer");
+/// Header on a host's answer to a peer: the service does not run here (the request
+/// was not served, so it may go to another host).
+pub static NOT_HERE: HeaderName = HeaderName::from_static("x-shoal-not-here");
 /// Header naming the service a request between hosts is for (its path is already the
 /// service's own: no route prefix to strip).
 pub static TARGET: HeaderName = HeaderName::from_static("x-shoal-target");

@@ -106,6 +106,14 @@ impl ClusterKey {
         ring::hmac::verify(&self.records, &message, &mac).is_ok()
     }
 
+    /// A short public name derived from the token (hex): hosts with other tokens on
+    /// the same etcd prefix campaign in another election, so a misconfigured host
+    /// can never lead this cluster.
+    pub fn tag(&self) -> String {
+        let tag = ring::hmac::sign(&self.peers, b"shoal cluster tag v1");
+        hex::encode(&tag.as_ref()[..8])
+    }
+
     /// The credential host `host_id` presents to its peers: `host_id:mac`.
     pub fn peer_credential(&self, host_id: &str) -> String {
         let tag = ring::hmac::sign(&self.peers, host_id.as_bytes());

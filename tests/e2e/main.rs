@@ -7,6 +7,7 @@ mod access;
 mod bad_input;
 mod caller;
 mod cli;
+mod cluster;
 mod dashboard;
 mod deploy;
 mod durability;

@@ -2,6 +2,7 @@
 //! directory, talk to it over real HTTP, and find the example guests.
 #![allow(missing_docs)]
 
+pub mod cluster;
 pub mod otlp;
 pub mod prometheus;
 pub mod replica;
@@ -343,7 +344,18 @@ impl Host {
         manifest: &str,
         query: &str,
     ) -> Reply {
-        self.deploy_multipart(name, wasm, manifest, query, TOKEN)
+        self.deploy_multipart(name, wasm, manifest, query, TOKEN, &[])
+    }
+
+    /// Deploy with a manifest and extra request headers (`If-Match`, say).
+    pub fn deploy_with_headers(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        manifest: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.deploy_multipart(name, wasm, manifest, "", TOKEN, headers)
     }
 
     /// Deploy with a manifest, as multipart, with a chosen token.
@@ -354,7 +366,7 @@ impl Host {
         manifest: &str,
         token: &str,
     ) -> Reply {
-        self.deploy_multipart(name, wasm, manifest, "", token)
+        self.deploy_multipart(name, wasm, manifest, "", token, &[])
     }
 
     fn deploy_multipart(
@@ -364,6 +376,7 @@ impl Host {
         manifest: &str,
         query: &str,
         token: &str,
+        headers: &[(&str, &str)],
     ) -> Reply {
         let boundary = "shoal-test-boundary-7f3a";
         let mut body = format!(
@@ -379,16 +392,18 @@ impl Host {
         } else {
             format!("?{query}")
         };
-        reply(
-            self.agent
-                .put(format!("{}/v1/services/{name}{query}", self.admin))
-                .header("authorization", format!("Bearer {token}"))
-                .header(
-                    "content-type",
-                    format!("multipart/form-data; boundary={boundary}"),
-                )
-                .send(&body[..]),
-        )
+        let mut request = self
+            .agent
+            .put(format!("{}/v1/services/{name}{query}", self.admin))
+            .header("authorization", format!("Bearer {token}"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            );
+        for (header, value) in headers {
+            request = request.header(*header, *value);
+        }
+        reply(request.send(&body[..]))
     }
 
     /// An admin call with a JSON body and the test token.

@@ -91,6 +91,13 @@ pub struct RunningService {
     /// In a cluster: the hosts placed to run it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub placements: Vec<Placement>,
+    /// In a cluster: why fewer hosts run it than it asks for, when they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortfall: Option<String>,
+    /// In a cluster: the revision of its desired state. A deploy with `If-Match:
+    /// <revision>` is refused with 409 if the service changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// A service of the cluster that runs on other hosts than the one that answers.
@@ -118,6 +125,11 @@ pub struct ElsewhereService {
     pub replicas: u32,
     /// The hosts placed to run it.
     pub placements: Vec<Placement>,
+    /// Why fewer hosts run it than it asks for, when they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortfall: Option<String>,
+    /// The revision of its desired state (for `If-Match`).
+    pub revision: i64,
 }
 
 /// A host placed to run a service.

@@ -79,6 +79,8 @@ fn running_view(service: &LiveService) -> api::RunningService {
         secrets: None,
         replicas: None,
         placements: Vec::new(),
+        revision: None,
+        shortfall: None,
     }
 }
 
@@ -98,13 +100,11 @@ fn placements(cluster: &crate::cluster::Cluster, name: &str) -> Vec<api::Placeme
 /// A running service's view with its replicas and placements, in a cluster.
 fn with_cluster(state: &AdminState, mut view: api::RunningService) -> api::RunningService {
     if let Some(cluster) = &state.cluster {
-        let record = cluster
-            .view()
-            .services
-            .get(&view.name)
-            .map(|(r, _)| r.clone());
-        view.replicas = record.map(|record| record.replicas());
+        let record = cluster.view().services.get(&view.name).cloned();
+        view.replicas = record.as_ref().map(|(record, _)| record.replicas());
+        view.revision = record.map(|(_, revision)| revision);
         view.placements = placements(cluster, &view.name);
+        view.shortfall = cluster.shortfall(&view.name);
     }
     view
 }
@@ -114,6 +114,7 @@ fn elsewhere_view(
     cluster: &crate::cluster::Cluster,
     name: &str,
     record: &crate::cluster::records::ServiceRecord,
+    revision: i64,
 ) -> api::ElsewhereService {
     let current = &record.state.current;
     api::ElsewhereService {
@@ -131,6 +132,8 @@ fn elsewhere_view(
         history: record.state.history.iter().map(version_view).collect(),
         replicas: record.replicas(),
         placements: placements(cluster, name),
+        shortfall: cluster.shortfall(name),
+        revision,
     }
 }
 
@@ -203,8 +206,8 @@ fn view_of(state: &AdminState, name: &str) -> Result<Json<api::Service>, ApiErro
             None => {
                 let elsewhere = state.cluster.as_ref().and_then(|cluster| {
                     let view = cluster.view();
-                    let (record, _) = view.services.get(name)?;
-                    Some(elsewhere_view(cluster, name, record))
+                    let (record, revision) = view.services.get(name)?;
+                    Some(elsewhere_view(cluster, name, record, *revision))
                 });
                 match elsewhere {
                     Some(view) => Ok(Json(api::Service::Elsewhere(view))),
@@ -236,10 +239,10 @@ pub async fn list(State(state): State<AdminState>) -> Json<api::ServiceList> {
     }
     if let Some(cluster) = &state.cluster {
         let view = cluster.view();
-        for (name, (record, _)) in &view.services {
+        for (name, (record, revision)) in &view.services {
             if !services.iter().any(|service| service.name() == name) {
                 services.push(api::Service::Elsewhere(elsewhere_view(
-                    cluster, name, record,
+                    cluster, name, record, *revision,
                 )));
             }
         }
@@ -313,7 +316,9 @@ pub async fn scale(
                 format!("`replicas` must be 1 to {}", crate::manifest::MAX_REPLICAS),
             ));
         }
-        cluster.change(&name, Change::Replicas(replicas)).await?;
+        cluster
+            .change(&name, None, Change::Replicas(replicas))
+            .await?;
     }
     if let Some(max_concurrency) = request.max_concurrency {
         let queue = match request.queue {
@@ -342,7 +347,7 @@ pub async fn scale(
             queue,
         };
         crate::services::spec::check_scale(scale).map_err(ServiceError::from)?;
-        cluster.change(&name, Change::Scale(scale)).await?;
+        cluster.change(&name, None, Change::Scale(scale)).await?;
     }
     view_of(&state, &name)
 }
@@ -373,7 +378,7 @@ pub async fn rollback(
     match &state.cluster {
         Some(cluster) => {
             cluster
-                .change(&name, Change::Rollback(request.version))
+                .change(&name, None, Change::Rollback(request.version))
                 .await?;
         }
         None => {
@@ -413,7 +418,7 @@ pub async fn canary_weight(
                 .into());
             }
             cluster
-                .change(&name, Change::CanaryWeight(request.weight))
+                .change(&name, None, Change::CanaryWeight(request.weight))
                 .await?;
         }
         None => {
@@ -443,7 +448,7 @@ pub async fn promote(
 ) -> Result<Json<api::Service>, ApiError> {
     match &state.cluster {
         Some(cluster) => {
-            cluster.change(&name, Change::Promote).await?;
+            cluster.change(&name, None, Change::Promote).await?;
         }
         None => {
             state.services.promote_canary(&name).await?;
@@ -469,7 +474,7 @@ pub async fn abort_canary(
 ) -> Result<Json<api::Service>, ApiError> {
     match &state.cluster {
         Some(cluster) => {
-            cluster.change(&name, Change::AbortCanary).await?;
+            cluster.change(&name, None, Change::AbortCanary).await?;
         }
         None => {
             state
@@ -539,6 +544,25 @@ pub async fn call(
         )
         .await;
     Ok(response.map(axum::body::Body::new))
+}
+
+/// The revision an `If-Match` header asks for (`"17"` or `17`), if any.
+fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|text| text.trim().trim_matches('"'))
+        .and_then(|text| text.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "`If-Match` must be a service's `revision` (a number)",
+            )
+        })
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -644,6 +668,7 @@ pub async fn deploy(
         .closing());
     }
     let caller = request.extensions().get::<super::auth::Caller>().cloned();
+    let if_match = if_match(request.headers())?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -692,7 +717,15 @@ pub async fn deploy(
     let status = match &state.cluster {
         Some(cluster) => {
             let created = cluster
-                .deploy(&state.services, &name, component, manifest, mode, &grant)
+                .deploy(
+                    &state.services,
+                    &name,
+                    component,
+                    manifest,
+                    mode,
+                    &grant,
+                    if_match,
+                )
                 .await?;
             if created {
                 StatusCode::CREATED

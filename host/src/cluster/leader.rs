@@ -32,7 +32,9 @@ pub async fn run(cluster: Weak<Cluster>) {
             continue;
         };
         let mut client = this.etcd.client();
-        let name = this.etcd.key("election");
+        let name = this
+            .etcd
+            .key(&format!("election/{}", this.etcd.cluster_key().tag()));
         let campaign = client.campaign(name, this.host_id.clone(), lease_id);
         let elected = tokio::select! {
             answer = campaign => answer,
@@ -142,10 +144,15 @@ impl Cluster {
         let current: Placements = view.placements.clone();
         let (wanted, shortfalls) = placement::place(&hosts, &demands, &current, &is_serving);
         let mut operations = Vec::new();
+        let replicas: BTreeMap<&str, u32> = demands
+            .iter()
+            .map(|d| (d.service.as_str(), d.replicas))
+            .collect();
         for (service, hosts) in &wanted {
-            if current.get(service) != Some(hosts) {
+            let asked = replicas.get(service.as_str()).copied().unwrap_or(0);
+            if current.get(service) != Some(hosts) || view.wanted.get(service) != Some(&asked) {
                 let key = self.placement_key(service);
-                let value = self.seal_placement(&key, hosts);
+                let value = self.seal_placement(&key, hosts, asked);
                 operations.push(etcd_client::TxnOp::put(key, value, None));
             }
         }

@@ -282,6 +282,7 @@ impl Cluster {
         manifest: crate::manifest::Manifest,
         mode: DeployMode,
         grant: &crate::access::Grant,
+        if_match: Option<i64>,
     ) -> Result<bool, ClusterError> {
         self.check_trust(services, name, &manifest, grant)?;
         let record = services
@@ -295,7 +296,7 @@ impl Cluster {
                 auto_rollback,
             } => Change::Canary(record.clone(), weight, auto_rollback),
         };
-        let created = self.change(name, change).await?;
+        let created = self.change(name, if_match, change).await?;
         Ok(created)
     }
 
@@ -336,14 +337,32 @@ impl Cluster {
     }
 
     /// Change the desired state of `name` (rollback, canary, scale, replicas) in one
-    /// transaction; returns whether the service is new.
-    pub async fn change(&self, name: &str, change: Change) -> Result<bool, ClusterError> {
+    /// transaction, refused (409) if the service changed since `if_match` (a revision)
+    /// or while the change was computed; returns whether the service is new.
+    pub async fn change(
+        &self,
+        name: &str,
+        if_match: Option<i64>,
+        change: Change,
+    ) -> Result<bool, ClusterError> {
         crate::registry::validate_name(name).map_err(ServiceError::from)?;
         let _guard = self.changes.lock().await;
-        let view = self.fresh_view().await?;
-        let current = view.services.get(name);
-        let mut routes = view.routes();
-        routes.retain(|_, owner| owner != name);
+        let desired = self.desired().await?;
+        let current = desired.get(name);
+        if let Some(expected) = if_match
+            && current.map(|(_, revision)| *revision) != Some(expected)
+        {
+            return Err(ServiceError::Conflict {
+                service: name.to_owned(),
+                reason: crate::services::Conflict::ChangedMeanwhile,
+            }
+            .into());
+        }
+        let routes: BTreeMap<String, String> = desired
+            .iter()
+            .filter(|(other, _)| *other != name)
+            .map(|(other, (record, _))| (record.route(), other.clone()))
+            .collect();
         let record = records::apply(name, current.map(|(r, _)| r), change, &routes)?;
         let key = self.etcd.key(&format!("services/{name}"));
         let guard = match current {
@@ -381,8 +400,7 @@ impl Cluster {
     pub async fn remove(&self, name: &str) -> Result<(), ClusterError> {
         crate::registry::validate_name(name).map_err(ServiceError::from)?;
         let _guard = self.changes.lock().await;
-        let view = self.fresh_view().await?;
-        if !view.services.contains_key(name) {
+        if !self.desired().await?.contains_key(name) {
             return Err(ServiceError::NotFound(name.to_owned()).into());
         }
         let mut client = self.etcd.client();
@@ -406,30 +424,17 @@ impl Cluster {
         Ok(())
     }
 
-    /// The view after a fresh read of etcd (a change decides on current data), or
-    /// `Unavailable`.
-    async fn fresh_view(&self) -> Result<Arc<ClusterView>, ClusterError> {
-        // A cheap read proves etcd answers; the watch's view is at most as old as the
-        // last event, and the transaction's revision check catches the rest.
-        let mut client = self.etcd.client();
-        Etcd::bounded(
-            client.get(
-                self.etcd.key("services/"),
-                Some(
-                    etcd_client::GetOptions::new()
-                        .with_prefix()
-                        .with_keys_only(),
-                ),
-            ),
-        )
-        .await?;
-        let view = self.view();
-        if !view.loaded {
-            return Err(ClusterError::Unavailable(
-                "the cluster's records are not read yet".into(),
-            ));
-        }
-        Ok(view)
+    /// Every service's desired state and revision, read from etcd now (a change
+    /// decides on current data, not on the watch's view), or `Unavailable`.
+    async fn desired(&self) -> Result<BTreeMap<String, (ServiceRecord, i64)>, ClusterError> {
+        let (records, _) = self.etcd.list::<ServiceRecord>("services/").await?;
+        let prefix = self.etcd.key("services/");
+        Ok(records
+            .into_iter()
+            .filter_map(|(key, record, revision)| {
+                Some((key.strip_prefix(&prefix)?.to_owned(), (record, revision)))
+            })
+            .collect())
     }
 
     /// Store `record`'s component here and on one more up host (when there is one),
@@ -594,13 +599,27 @@ impl Cluster {
         self.etcd.key(&format!("placements/{service}"))
     }
 
-    fn seal_placement(&self, key: &str, hosts: &[String]) -> Vec<u8> {
+    fn seal_placement(&self, key: &str, hosts: &[String], wanted: u32) -> Vec<u8> {
         self.etcd.seal(
             key,
             &PlacementRecord {
                 hosts: hosts.to_vec(),
+                wanted,
             },
         )
+    }
+
+    /// Why `name` has fewer replicas placed than it asks for, if it has.
+    pub fn shortfall(&self, name: &str) -> Option<String> {
+        let view = self.view();
+        let wanted = *view.wanted.get(name)?;
+        let placed = view.placements.get(name).map_or(0, Vec::len) as u32;
+        (placed < wanted).then(|| {
+            format!(
+                "{placed} of {wanted} replicas placed: not enough hosts up with room and \
+                 matching labels"
+            )
+        })
     }
 }
 

@@ -11,7 +11,8 @@
 //!   leader only;
 //! - `artifacts/{digest}/{host}` → [`ArtifactRecord`]: that host stores the component;
 //! - `instances/{service}/{id}`: registry records ([`crate::registry::etcd`]);
-//! - `election`: the leader election.
+//! - `election/{tag}`: the leader election, `tag` derived from the cluster token, so
+//!   a host with another token never campaigns in this one.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -88,6 +89,10 @@ pub fn route_of(record: &VersionRecord) -> String {
 pub struct PlacementRecord {
     /// Host ids, sorted.
     pub hosts: Vec<String>,
+    /// The replicas the leader placed for (more than `hosts` when it found too few
+    /// hosts with room and matching labels).
+    #[serde(default)]
+    pub wanted: u32,
 }
 
 /// A host stores a component.

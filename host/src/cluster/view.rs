@@ -25,6 +25,8 @@ pub struct ClusterView {
     pub services: BTreeMap<String, (ServiceRecord, i64)>,
     /// Placements, by service.
     pub placements: BTreeMap<String, Vec<String>>,
+    /// The replicas each placement was made for.
+    pub wanted: BTreeMap<String, u32>,
     /// Digest → hosts that store it.
     pub artifacts: BTreeMap<String, BTreeSet<String>>,
     /// Election candidates: key → (create revision, host id); the lowest revision
@@ -189,6 +191,7 @@ fn apply(
             view.services.insert(name, (*record, mod_revision));
         }
         Entry::Placement(name, record) => {
+            view.wanted.insert(name.clone(), record.wanted);
             view.placements.insert(name, record.hosts);
         }
         Entry::Artifact(digest, host) => {
@@ -218,7 +221,7 @@ fn parse(etcd: &Etcd, key: &[u8], relative: &str, value: &[u8]) -> Result<Entry,
         // The election's keys hold the candidate's host id as etcd's election API
         // writes it (unsigned): shown to operators, never used to authorise a write,
         // which the leader fences on its own key instead.
-        "election" => {
+        "election" if rest.starts_with(&format!("{}/", etcd.cluster_key().tag())) => {
             Entry::Candidate(rest.to_owned(), String::from_utf8_lossy(value).into_owned())
         }
         _ => Entry::Other,
@@ -232,7 +235,10 @@ fn remove(view: &mut ClusterView, relative: &str) -> bool {
         "members" => view.members.remove(rest).is_some(),
         "drains" => view.drains.remove(rest).is_some(),
         "services" => view.services.remove(rest).is_some(),
-        "placements" => view.placements.remove(rest).is_some(),
+        "placements" => {
+            view.wanted.remove(rest);
+            view.placements.remove(rest).is_some()
+        }
         "artifacts" => {
             let (digest, host) = rest.split_once('/').unwrap_or((rest, ""));
             let removed = view

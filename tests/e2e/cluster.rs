@@ -1,0 +1,379 @@
+//! Several hosts as one cluster on a real etcd: placement of replicas on distinct
+//! hosts, every gateway serving every service, failover after `kill -9`, changes
+//! through any host, drains, etcd outages and hosts without the cluster token.
+
+use shoal_tests::cluster::{Cluster, EtcdServer, placements, runs_on, states};
+use shoal_tests::{Load, guest, temp_root, wait_for};
+use std::time::{Duration, Instant};
+
+const HELLO_TWO: &str = "version = \"1\"\nreplicas = 2\n";
+
+fn greeting(manifest_version: &str, greeting: &str, replicas: u32) -> String {
+    format!(
+        "version = \"{manifest_version}\"\nreplicas = {replicas}\n[config]\ngreeting = \"{greeting}\"\n"
+    )
+}
+
+/// The environment that points the CLI at an admin API.
+fn cli_env(admin: &str) -> [(&'static str, &str); 2] {
+    [
+        ("SHOAL_ADMIN_URL", admin),
+        ("SHOAL_ADMIN_TOKEN", shoal_tests::TOKEN),
+    ]
+}
+
+/// Requests `host` served of `service`, as its admin API counts them.
+fn served(host: &shoal_tests::Host, service: &str) -> u64 {
+    host.running(service).requests
+}
+
+/// Wait until every host of `cluster` sees `service` placed on `count` hosts that all
+/// run it; return their ids.
+fn wait_until_placed(cluster: &Cluster, service: &str, count: usize) -> Vec<String> {
+    let mut placed = Vec::new();
+    wait_for(
+        &format!("{service} placed on {count} hosts that run it"),
+        Duration::from_secs(30),
+        || {
+            placed = placements(&cluster.hosts[0], service);
+            placed.len() == count
+                && cluster
+                    .hosts
+                    .iter()
+                    .all(|host| placements(host, service) == placed)
+                && placed.iter().all(|id| runs_on(cluster.host(id), service))
+        },
+    );
+    placed
+}
+
+#[test]
+fn replicas_land_on_distinct_hosts_and_every_gateway_serves_them() {
+    let root = temp_root();
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let deployed = cluster.hosts[0].deploy_with_manifest("hello", &guest("hello"), HELLO_TWO);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let placed = wait_until_placed(&cluster, "hello", 2);
+    assert_ne!(placed[0], placed[1], "replicas on distinct hosts");
+    let third = cluster
+        .hosts
+        .iter()
+        .find(|host| {
+            !placed
+                .iter()
+                .any(|id| cluster.host(id).gateway == host.gateway)
+        })
+        .expect("a host without a replica");
+    assert!(!runs_on(third, "hello"), "the third host runs no replica");
+    assert_eq!(
+        third.admin("GET", "/v1/services/hello").json()["state"],
+        "elsewhere"
+    );
+    for _ in 0..1000 {
+        let reply = third.get("/hello/");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body, "Hello, world!\n");
+    }
+    // Both replicas took a share (the third gateway balances per request).
+    for id in &placed {
+        let count = served(cluster.host(id), "hello");
+        assert!(count >= 200, "{id} served only {count} of 1000");
+    }
+    // `shoal hosts` and `shoal ls` say the same.
+    let admin = &cluster.hosts[0].admin;
+    let (ok, out, err) = shoal_tests::shoal_cli(&["hosts"], &cli_env(admin));
+    assert!(ok, "{err}");
+    for id in ["h1", "h2", "h3"] {
+        assert!(out.contains(id), "{out}");
+    }
+    assert_eq!(out.matches(" up ").count(), 3, "{out}");
+    let (ok, out, err) = shoal_tests::shoal_cli(&["ls"], &cli_env(&third.admin));
+    assert!(ok, "{err}");
+    assert!(out.contains("elsewhere"), "{out}");
+    for id in &placed {
+        assert!(out.contains(&format!("{id} (up)")), "{out}");
+    }
+}
+
+#[test]
+fn a_killed_hosts_replica_is_replaced_within_the_lease_ttl_and_a_get_load_never_fails() {
+    let root = temp_root();
+    let mut cluster = Cluster::start(root.path(), 3, &[]);
+    let deployed = cluster.hosts[0].deploy_with_manifest("hello", &guest("hello"), HELLO_TWO);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let placed = wait_until_placed(&cluster, "hello", 2);
+    let victim: usize = placed[0][1..].parse::<usize>().expect("hN") - 1;
+    let survivor = (0..3)
+        .find(|i| *i != victim && !placed.contains(&format!("h{}", i + 1)))
+        .expect("the host without a replica");
+    let load = Load::start(
+        format!("{}/hello/", cluster.hosts[survivor].gateway),
+        4,
+        Duration::from_millis(2),
+        |status, body| (status == 200 && body == "Hello, world!\n").then_some("ok"),
+    );
+    load.wait_for_more("answers before the kill", "ok", Duration::from_secs(10));
+    let killed_at = Instant::now();
+    cluster.hosts[victim].crash();
+    let ttl = Duration::from_secs(cluster.spec.lease_ttl_s);
+    let survivor_host = &cluster.hosts[survivor];
+    wait_for(
+        "the replacement replica to serve on the host without one",
+        ttl + Duration::from_secs(5),
+        || runs_on(survivor_host, "hello"),
+    );
+    let replaced_after = killed_at.elapsed();
+    load.wait_for_more(
+        "answers after the replacement",
+        "ok",
+        Duration::from_secs(10),
+    );
+    let (counts, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "failed requests through a survivor: {failures:?}"
+    );
+    assert!(counts["ok"] > 0);
+    assert!(
+        replaced_after <= ttl + Duration::from_secs(5),
+        "replaced after {replaced_after:?}"
+    );
+    let mut now = placements(survivor_host, "hello");
+    now.sort();
+    assert!(!now.contains(&format!("h{}", victim + 1)), "{now:?}");
+    assert_eq!(now.len(), 2, "{now:?}");
+    let states = states(survivor_host);
+    assert!(
+        states.contains(&(format!("h{}", victim + 1), "down".to_owned())),
+        "{states:?}"
+    );
+}
+
+#[test]
+fn changes_through_any_host_apply_everywhere_and_a_stale_one_is_refused() {
+    let root = temp_root();
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let wasm = guest("hello");
+    let everywhere = |text: &str| {
+        wait_for(
+            &format!("every gateway to answer {text:?}"),
+            Duration::from_secs(30),
+            || {
+                cluster
+                    .hosts
+                    .iter()
+                    .all(|host| host.get("/hello/").body == format!("{text}, world!\n"))
+            },
+        )
+    };
+    let first = cluster.hosts[0].deploy_with_manifest("hello", &wasm, &greeting("1", "One", 3));
+    assert_eq!(first.status, 201, "{}", first.body);
+    everywhere("One");
+    let revision = first.json()["revision"].as_i64().expect("a revision");
+    let second = cluster.hosts[1].deploy_with_manifest("hello", &wasm, &greeting("2", "Two", 3));
+    assert_eq!(second.status, 200, "{}", second.body);
+    everywhere("Two");
+    // A deploy that read the service before the second one is refused, not applied.
+    let stale = cluster.hosts[2].deploy_with_headers(
+        "hello",
+        &wasm,
+        &greeting("3", "Three", 3),
+        &[("if-match", &revision.to_string())],
+    );
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    assert!(stale.body.contains("changed while"), "{}", stale.body);
+    everywhere("Two");
+    // Rollback through the third host applies everywhere.
+    let back = cluster.hosts[2].admin("POST", "/v1/services/hello/rollback");
+    assert_eq!(back.status, 200, "{}", back.body);
+    everywhere("One");
+    // A canary at 20 takes about a fifth of the cluster's traffic.
+    let canary = cluster.hosts[1].deploy_with_manifest_query(
+        "hello",
+        &wasm,
+        &greeting("4", "Four", 3),
+        "canary=20",
+    );
+    assert_eq!(canary.status, 200, "{}", canary.body);
+    wait_for("the canary on every host", Duration::from_secs(30), || {
+        cluster.hosts.iter().all(|host| {
+            host.running("hello")
+                .canary
+                .is_some_and(|canary| canary.version == "4")
+        })
+    });
+    let mut four = 0;
+    let total = 900;
+    for i in 0..total {
+        let body = cluster.hosts[i % 3].get("/hello/").body;
+        if body == "Four, world!\n" {
+            four += 1;
+        } else {
+            assert_eq!(body, "One, world!\n");
+        }
+    }
+    let share = f64::from(four) / total as f64;
+    assert!((0.12..=0.28).contains(&share), "canary share {share}");
+}
+
+#[test]
+fn draining_a_host_moves_its_replica_with_no_failed_request() {
+    let root = temp_root();
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let one = "version = \"1\"\n";
+    let deployed = cluster.hosts[0].deploy_with_manifest("hello", &guest("hello"), one);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let placed = wait_until_placed(&cluster, "hello", 1);
+    let drained = placed[0].clone();
+    let through = cluster
+        .hosts
+        .iter()
+        .find(|host| host.gateway != cluster.host(&drained).gateway)
+        .expect("another host");
+    let load = Load::start(
+        format!("{}/hello/", through.gateway),
+        4,
+        Duration::from_millis(2),
+        |status, body| (status == 200 && body == "Hello, world!\n").then_some("ok"),
+    );
+    load.wait_for_more("answers before the drain", "ok", Duration::from_secs(10));
+    let (ok, out, err) =
+        shoal_tests::shoal_cli(&["host", "drain", &drained], &cli_env(&through.admin));
+    assert!(ok, "{out}{err}");
+    wait_for(
+        "the drained host to run nothing",
+        Duration::from_secs(30),
+        || {
+            !runs_on(cluster.host(&drained), "hello")
+                && placements(through, "hello").len() == 1
+                && !placements(through, "hello").contains(&drained)
+        },
+    );
+    load.wait_for_more("answers after the drain", "ok", Duration::from_secs(10));
+    let (_, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "failed requests during the drain: {failures:?}"
+    );
+    assert!(
+        states(through).contains(&(drained.clone(), "draining".to_owned())),
+        "{:?}",
+        states(through)
+    );
+    // Undrained, it takes replicas again: scaled to three, every host runs one.
+    let back = through.admin("DELETE", &format!("/v1/hosts/{drained}/drain"));
+    assert_eq!(back.status, 204, "{}", back.body);
+    let scaled = through.admin_json("PUT", "/v1/services/hello/scale", r#"{"replicas": 3}"#);
+    assert_eq!(scaled.status, 200, "{}", scaled.body);
+    wait_until_placed(&cluster, "hello", 3);
+}
+
+#[test]
+fn with_etcd_down_traffic_flows_changes_are_refused_and_everything_returns() {
+    let mut etcd = EtcdServer::start();
+    let root = temp_root();
+    let cluster = Cluster::start_on(root.path(), etcd.url(), 3, &[]);
+    let deployed = cluster.hosts[0].deploy_with_manifest("hello", &guest("hello"), HELLO_TWO);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let placed = wait_until_placed(&cluster, "hello", 2);
+    etcd.stop();
+    let stopped_at = Instant::now();
+    // For 10 s without etcd, every gateway keeps serving, and changes say why not.
+    let mut refused = false;
+    while stopped_at.elapsed() < Duration::from_secs(10) {
+        for host in &cluster.hosts {
+            let reply = host.get("/hello/");
+            assert_eq!(reply.status, 200, "{}: {}", host.gateway, reply.body);
+        }
+        if !refused {
+            let change = cluster.hosts[1].deploy_with_manifest(
+                "hello",
+                &guest("hello"),
+                &greeting("2", "Two", 2),
+            );
+            assert_eq!(change.status, 503, "{}", change.body);
+            assert!(change.body.contains("etcd"), "{}", change.body);
+            refused = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    etcd.resume();
+    // Leases, host records and registrations come back without a restart.
+    cluster.wait_for_up(3);
+    wait_for(
+        "hello's replicas registered again",
+        Duration::from_secs(30),
+        || {
+            let reply = cluster.hosts[2].admin("GET", "/v1/discovery/hello");
+            reply.status == 200
+                && placed
+                    .iter()
+                    .all(|id| reply.body.contains(&format!("\"{id}/hello@1\"")))
+        },
+    );
+    let change =
+        cluster.hosts[1].deploy_with_manifest("hello", &guest("hello"), &greeting("2", "Two", 2));
+    assert_eq!(change.status, 200, "{}", change.body);
+    wait_for(
+        "the new version everywhere",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .hosts
+                .iter()
+                .all(|host| host.get("/hello/").body == "Two, world!\n")
+        },
+    );
+}
+
+#[test]
+fn a_host_with_another_cluster_token_is_never_admitted() {
+    let root = temp_root();
+    let cluster = Cluster::start(root.path(), 2, &[]);
+    let deployed = cluster.hosts[0].deploy_with_manifest("hello", &guest("hello"), HELLO_TWO);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    wait_until_placed(&cluster, "hello", 2);
+    // Same etcd, same prefix, another token.
+    let outsider_root = root.path().join("outsider");
+    std::fs::create_dir_all(&outsider_root).expect("dir");
+    let mut outsider_spec =
+        shoal_tests::cluster::ClusterSpec::new(&outsider_root, cluster.spec.etcd.clone());
+    outsider_spec.prefix = cluster.spec.prefix.clone();
+    let outsider = outsider_spec.start_host(&outsider_root, "h9", &[]);
+    // It is seen by nobody, and sees nothing it could serve or forward to.
+    for host in &cluster.hosts {
+        wait_for(
+            "the members' view to settle",
+            Duration::from_secs(10),
+            || states(host).len() == 2,
+        );
+    }
+    let scaled =
+        cluster.hosts[0].admin_json("PUT", "/v1/services/hello/scale", r#"{"replicas": 3}"#);
+    assert_eq!(scaled.status, 200, "{}", scaled.body);
+    wait_for("a third replica sought", Duration::from_secs(10), || {
+        cluster.hosts[0]
+            .running("hello")
+            .shortfall
+            .is_some_and(|why| why.starts_with("2 of 3 replicas placed"))
+    });
+    assert!(
+        placements(&cluster.hosts[0], "hello")
+            .iter()
+            .all(|id| id != "h9")
+    );
+    assert!(states(&cluster.hosts[1]).iter().all(|(id, _)| id != "h9"));
+    assert_eq!(outsider.get("/hello/").status, 404, "it knows no service");
+    assert!(
+        cluster.hosts[0]
+            .log()
+            .contains("not signed with this cluster's token"),
+        "the members ignore its records"
+    );
+    // A request between hosts with a credential not made with the token is refused.
+    let forged = cluster.hosts[0].get_with_headers(
+        "/",
+        &[("x-shoal-peer", "h9:00ff"), ("x-shoal-target", "hello")],
+    );
+    assert_eq!(forged.status, 403, "{}", forged.body);
+}
