@@ -717,15 +717,7 @@ pub async fn deploy(
     let status = match &state.cluster {
         Some(cluster) => {
             let created = cluster
-                .deploy(
-                    &state.services,
-                    &name,
-                    component,
-                    manifest,
-                    mode,
-                    &grant,
-                    if_match,
-                )
+                .deploy(&name, component, manifest, mode, &grant, if_match)
                 .await?;
             if created {
                 StatusCode::CREATED

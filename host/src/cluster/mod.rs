@@ -276,7 +276,6 @@ impl Cluster {
     /// desired state. Waits (bounded) until the hosts placed to run it serve it.
     pub async fn deploy(
         &self,
-        services: &Services,
         name: &str,
         component: Bytes,
         manifest: crate::manifest::Manifest,
@@ -284,7 +283,11 @@ impl Cluster {
         grant: &crate::access::Grant,
         if_match: Option<i64>,
     ) -> Result<bool, ClusterError> {
-        self.check_trust(services, name, &manifest, grant)?;
+        let services = self
+            .services
+            .upgrade()
+            .ok_or_else(|| ClusterError::Unavailable("the host is shutting down".into()))?;
+        self.check_trust(&services, name, &manifest, grant)?;
         let record = services
             .prepare(name, component.clone(), manifest, &mode)
             .await?;
