@@ -399,6 +399,35 @@ async fn peer_api(
     request_id: &RequestId,
 ) -> Response<Body> {
     use http_body_util::BodyExt as _;
+    if rest == "audit" && request.method() == http::Method::GET {
+        let limit = request
+            .uri()
+            .query()
+            .and_then(|query| query.strip_prefix("limit="))
+            .and_then(|limit| limit.parse::<usize>().ok())
+            .unwrap_or(1000)
+            .min(10_000);
+        return match cluster.local_audit(limit).await {
+            Ok(entries) => {
+                let body = serde_json::to_vec(&entries).unwrap_or_default();
+                let mut response = Response::new(
+                    http_body_util::Full::new(bytes::Bytes::from(body))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                );
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            Err(error) => refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the audit log: {error:#}\n"),
+                request_id,
+            ),
+        };
+    }
     let Some(digest) = rest.strip_prefix("artifacts/") else {
         return refuse(
             StatusCode::NOT_FOUND,

@@ -125,6 +125,18 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
             .await
             .context("joining the cluster")?;
         platform = platform.registry(joining.registry.clone());
+        if config.store.store_url.is_none() {
+            tracing::warn!(
+                "in a cluster without --store, each host keeps the data of the services it \
+                 runs to itself: a replica elsewhere, or a replacement, starts empty"
+            );
+        }
+        if config.bus.bus_url.is_none() {
+            tracing::warn!(
+                "in a cluster without --bus, events reach only subscribers on the host \
+                 that published them: share a NATS JetStream bus between the hosts"
+            );
+        }
         Some(joining)
     } else {
         None
@@ -141,7 +153,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         platform = platform.bus(Arc::new(nats));
     }
     let platform = platform
-        .host_id(host_id)
+        .host_id(host_id.clone())
         .telemetry(telemetry.clone())
         .secrets(secrets.clone())
         .bus_limit(config.bus.max_bus_mb * 1024 * 1024)
@@ -201,14 +213,16 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
                 .clone()
                 .unwrap_or(gateway.local_addr()?.to_string());
             joining.registry.set_advertise(advertise.clone());
-            services.join_cluster();
-            Some(crate::cluster::Cluster::start(
+            telemetry.metrics.set_host(&host_id);
+            let cluster = crate::cluster::Cluster::start(
                 joining,
                 &services,
                 advertise,
                 admin_listener.local_addr()?.to_string(),
                 config.admin.max_upload_bytes,
-            ))
+            );
+            services.join_cluster(cluster.clone());
+            Some(cluster)
         }
         None => None,
     };
@@ -218,18 +232,28 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         data_dir = %data_dir.root().display(),
         "shoal is listening; restoring services"
     );
+    let tokens = Arc::new(
+        crate::access::tokens::TokenStore::open(data_dir.root(), &token)
+            .context("opening the admin tokens")?,
+    );
+    let audit = Arc::new(
+        crate::access::audit::AuditLog::open(data_dir.root(), config.audit.clone())
+            .context("opening the audit log")?,
+    );
+    if let Some(cluster) = &cluster {
+        cluster.set_audit(audit.clone());
+        tokio::spawn(crate::cluster::shared::follow(
+            Arc::downgrade(cluster),
+            tokens.clone(),
+            secrets.clone(),
+        ));
+    }
     let admin = admin::router(AdminState::new(
         services.clone(),
         cluster.clone(),
         external.clone(),
-        Arc::new(
-            crate::access::tokens::TokenStore::open(data_dir.root(), &token)
-                .context("opening the admin tokens")?,
-        ),
-        Arc::new(
-            crate::access::audit::AuditLog::open(data_dir.root(), config.audit.clone())
-                .context("opening the audit log")?,
-        ),
+        tokens,
+        audit,
         settings.max_upload_bytes,
     ));
     Ok(Host {

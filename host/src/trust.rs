@@ -44,6 +44,8 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
 pub struct ClusterKey {
     records: ring::hmac::Key,
     peers: ring::hmac::Key,
+    /// Encrypts secrets' values in etcd.
+    secrets: [u8; 32],
 }
 
 impl std::fmt::Debug for ClusterKey {
@@ -71,9 +73,12 @@ impl ClusterKey {
             let tag = ring::hmac::sign(&root, purpose);
             ring::hmac::Key::new(ring::hmac::HMAC_SHA256, tag.as_ref())
         };
+        let mut secrets = [0u8; 32];
+        secrets.copy_from_slice(ring::hmac::sign(&root, b"shoal cluster secrets v1").as_ref());
         Ok(Self {
             records: derive(b"shoal cluster records v1"),
             peers: derive(b"shoal cluster peers v1"),
+            secrets,
         })
     }
 
@@ -112,6 +117,43 @@ impl ClusterKey {
     pub fn tag(&self) -> String {
         let tag = ring::hmac::sign(&self.peers, b"shoal cluster tag v1");
         hex::encode(&tag.as_ref()[..8])
+    }
+
+    /// `value` encrypted for etcd (AES-256-GCM, a random nonce, `name` bound as
+    /// associated data), hex.
+    pub fn encrypt_secret(&self, name: &str, value: &[u8]) -> Result<String> {
+        use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+        let key = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, &self.secrets).map_err(|_| anyhow::anyhow!("key"))?,
+        );
+        let nonce_bytes: [u8; 12] = rand::random();
+        let mut sealed = value.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce_bytes),
+            Aad::from(name.as_bytes()),
+            &mut sealed,
+        )
+        .map_err(|_| anyhow::anyhow!("encrypting secret `{name}`"))?;
+        let mut out = nonce_bytes.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(hex::encode(out))
+    }
+
+    /// The value [`ClusterKey::encrypt_secret`] made of `name`, if it opens.
+    pub fn decrypt_secret(&self, name: &str, sealed: &str) -> Option<Vec<u8>> {
+        use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+        let bytes = hex::decode(sealed).ok()?;
+        if bytes.len() < 12 {
+            return None;
+        }
+        let (nonce, ciphertext) = bytes.split_at(12);
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.secrets).ok()?);
+        let mut buffer = ciphertext.to_vec();
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let plain = key
+            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut buffer)
+            .ok()?;
+        Some(plain.to_vec())
     }
 
     /// The credential host `host_id` presents to its peers: `host_id:mac`.
@@ -154,6 +196,30 @@ mod tests {
         assert_eq!(key.verify_peer("host-1"), None);
         // A record MAC is not a peer credential.
         assert_eq!(key.verify_peer(&format!("host-1:{mac}")), None);
+    }
+
+    #[test]
+    fn secrets_open_only_with_the_same_token_and_name() {
+        let key = ClusterKey::new("a-long-enough-cluster-token").expect("key");
+        let other = ClusterKey::new("another-long-cluster-token").expect("key");
+        let sealed = key.encrypt_secret("db", b"hunter2").expect("sealed");
+        assert!(!sealed.contains(&hex::encode(b"hunter2")));
+        assert_eq!(
+            key.decrypt_secret("db", &sealed).as_deref(),
+            Some(&b"hunter2"[..])
+        );
+        assert_eq!(other.decrypt_secret("db", &sealed), None);
+        assert_eq!(
+            key.decrypt_secret("api", &sealed),
+            None,
+            "bound to its name"
+        );
+        assert_eq!(key.decrypt_secret("db", "00"), None);
+        assert_ne!(
+            sealed,
+            key.encrypt_secret("db", b"hunter2").expect("sealed"),
+            "fresh nonce"
+        );
     }
 
     #[test]

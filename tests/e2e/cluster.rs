@@ -79,6 +79,33 @@ fn replicas_land_on_distinct_hosts_and_every_gateway_serves_them() {
         let count = served(cluster.host(id), "hello");
         assert!(count >= 200, "{id} served only {count} of 1000");
     }
+    // Every host's series name it, and exactly one host says it leads.
+    let mut leaders = 0;
+    for (index, host) in cluster.hosts.iter().enumerate() {
+        let text = host.metrics_text();
+        let id = format!("h{}", index + 1);
+        assert!(
+            text.contains(&format!("shoal_cluster_hosts{{host=\"{id}\",state=\"up\"}} 3")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("shoal_cluster_placements{{host=\"{id}\"}} 2")),
+            "{text}"
+        );
+        if text.contains(&format!("shoal_cluster_leader{{host=\"{id}\"}} 1")) {
+            leaders += 1;
+        }
+    }
+    assert_eq!(leaders, 1, "one leader");
+    let served_here = cluster.host(&placed[0]).metrics_text();
+    assert!(
+        served_here
+            .lines()
+            .any(|line| line.starts_with("shoal_requests_total{")
+                && line.contains(&format!("host=\"{}\"", placed[0]))
+                && line.contains("service=\"hello\"")),
+        "{served_here}"
+    );
     // `shoal hosts` and `shoal ls` say the same.
     let admin = &cluster.hosts[0].admin;
     let (ok, out, err) = shoal_tests::shoal_cli(&["hosts"], &cli_env(admin));
@@ -376,4 +403,87 @@ fn a_host_with_another_cluster_token_is_never_admitted() {
         &[("x-shoal-peer", "h9:00ff"), ("x-shoal-target", "hello")],
     );
     assert_eq!(forged.status, 403, "{}", forged.body);
+}
+
+#[test]
+fn tokens_secrets_and_the_audit_log_are_the_whole_clusters() {
+    let root = temp_root();
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let (h1, h2, h3) = (&cluster.hosts[0], &cluster.hosts[1], &cluster.hosts[2]);
+    // A deploy token made through h1 works on h3.
+    let made = h1.admin_json(
+        "POST",
+        "/v1/tokens",
+        r#"{"name": "ci", "scope": "deploy", "services": ["secret-*"]}"#,
+    );
+    assert_eq!(made.status, 201, "{}", made.body);
+    let token = made.json()["token"].as_str().expect("a secret").to_owned();
+    let id = made.json()["id"].as_str().expect("an id").to_owned();
+    let whoami = |host: &shoal_tests::Host| {
+        host.admin_with_token("GET", "/v1/whoami", Some(&token))
+            .status
+    };
+    wait_for("the token on every host", Duration::from_secs(10), || {
+        cluster.hosts.iter().all(|host| whoami(host) == 200)
+    });
+    // A secret set through h2 is read by the service wherever it runs.
+    let set = h2.admin_json(
+        "PUT",
+        "/v1/secrets/db-password",
+        r#"{"value": "correct-horse-battery", "services": ["secret-*"]}"#,
+    );
+    assert_eq!(set.status, 200, "{}", set.body);
+    wait_for("the secret on every host", Duration::from_secs(10), || {
+        cluster.hosts.iter().all(|host| {
+            host.admin("GET", "/v1/secrets")
+                .body
+                .contains("db-password")
+        })
+    });
+    let manifest = "version = \"1\"\nreplicas = 3\nsecrets = [\"db-password\"]\n";
+    let deployed =
+        h3.deploy_multipart_with_token("secret-reader", &guest("secrets"), manifest, &token);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    wait_until_placed(&cluster, "secret-reader", 3);
+    for host in &cluster.hosts {
+        let reply =
+            host.get("/secret-reader/equals?name=db-password&candidate=correct-horse-battery");
+        assert_eq!(reply.body, "equal\n", "{}", host.gateway);
+        let listed = host.admin("GET", "/v1/secrets");
+        assert!(listed.body.contains("db-password"), "{}", listed.body);
+        assert!(!listed.body.contains("correct-horse"), "{}", listed.body);
+    }
+    // Revoked through h2: refused on every host.
+    assert_eq!(h2.admin("DELETE", &format!("/v1/tokens/{id}")).status, 204);
+    wait_for(
+        "the token refused everywhere",
+        Duration::from_secs(10),
+        || cluster.hosts.iter().all(|host| whoami(host) == 401),
+    );
+    // Removed through h1: gone everywhere.
+    assert_eq!(h1.admin("DELETE", "/v1/secrets/db-password").status, 204);
+    wait_for(
+        "the secret gone everywhere",
+        Duration::from_secs(10),
+        || {
+            cluster.hosts.iter().all(|host| {
+                host.get("/secret-reader/equals?name=db-password&candidate=x")
+                    .body
+                    == "not-found\n"
+            })
+        },
+    );
+    // Any host's audit log shows every host's entries, each naming its host.
+    let audit = h3.admin("GET", "/v1/audit?limit=1000").json();
+    let entries = audit["entries"].as_array().expect("entries");
+    let has = |host: &str, action: &str| {
+        entries
+            .iter()
+            .any(|e| e["host"] == host && e["action"] == action && e["outcome"] == "ok")
+    };
+    assert!(has("h1", "token.create"), "{audit}");
+    assert!(has("h2", "secret.put"), "{audit}");
+    assert!(has("h3", "deploy"), "{audit}");
+    assert!(has("h2", "token.revoke"), "{audit}");
+    assert!(audit.get("unreachable").is_none(), "{audit}");
 }

@@ -848,3 +848,93 @@ fn the_shop_moved_from_sqlite_to_postgresql_and_nats_answers_the_same() {
     });
     assert_eq!(shipped(&moved).len(), 4, "each order shipped once");
 }
+
+/// The host of `cluster` that runs `service` (its admin API reaches the service's
+/// private paths).
+fn runner<'a>(cluster: &'a shoal_tests::cluster::Cluster, service: &str) -> &'a Host {
+    let placed = shoal_tests::cluster::placements(&cluster.hosts[0], service);
+    let id = placed.first().expect("placed somewhere");
+    cluster.host(id)
+}
+
+#[test]
+fn the_shop_across_three_hosts_sells_exactly_the_stock_through_every_gateway() {
+    // Four services spread over three hosts, data in PostgreSQL, events on NATS;
+    // every gateway takes orders.
+    let store = Store::postgres_and_nats();
+    let root = temp_root();
+    let cluster = shoal_tests::cluster::Cluster::start(root.path(), 3, &store.with(SHOP_HOST));
+    deploy_shop(&cluster.hosts[0]);
+    shoal_tests::wait_for(
+        "the shop placed and running",
+        Duration::from_secs(60),
+        || {
+            SERVICES.iter().all(|service| {
+                let placed = shoal_tests::cluster::placements(&cluster.hosts[2], service);
+                placed.len() == 1
+                    && shoal_tests::cluster::runs_on(cluster.host(&placed[0]), service)
+            })
+        },
+    );
+    let spread: BTreeSet<String> = SERVICES
+        .iter()
+        .map(|service| shoal_tests::cluster::placements(&cluster.hosts[0], service)[0].clone())
+        .collect();
+    assert!(
+        spread.len() >= 2,
+        "the services spread over hosts: {spread:?}"
+    );
+    let inventory = runner(&cluster, "inventory");
+    assert_eq!(
+        send(
+            inventory,
+            "PUT",
+            "/inventory/stock/widget",
+            r#"{"available": 60}"#
+        )
+        .0,
+        200
+    );
+    let outcomes: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let storms: Vec<_> = cluster
+            .hosts
+            .iter()
+            .map(|host| scope.spawn(move || order_concurrently(host, 3, 30, "widget")))
+            .collect();
+        storms
+            .into_iter()
+            .flat_map(|storm| storm.join().expect("a gateway's storm"))
+            .collect()
+    });
+    let (placed, refused) = placed_and_refused(&outcomes);
+    assert_eq!(placed.len(), 60, "exactly the stock: {outcomes:?}");
+    assert_eq!(refused, 210, "{outcomes:?}");
+    // Every placed order is charged once, never refunded; none is invented.
+    let payment = runner(&cluster, "payment");
+    for id in &placed {
+        let (status, charge) = send(payment, "GET", &format!("/payment/charges/{id}"), "");
+        assert_eq!(status, 200, "{charge}");
+        assert_eq!(charge["refunded"], false, "{charge}");
+        for host in &cluster.hosts {
+            let (status, order) = send(host, "GET", &format!("/orders/{id}"), "");
+            assert_eq!(status, 200, "{order}");
+        }
+    }
+    wait_for(
+        "every reservation committed",
+        Duration::from_secs(60),
+        || stock(inventory, "widget") == (0, 0, 60),
+    );
+    let shipping = runner(&cluster, "shipping");
+    wait_for("every order shipped", Duration::from_secs(60), || {
+        shipped(shipping).len() >= 60
+    });
+    let shipped = shipped(shipping);
+    let unique: BTreeSet<String> = shipped.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        shipped.len(),
+        "an order shipped twice: {shipped:?}"
+    );
+    assert_eq!(unique, placed.into_iter().collect::<BTreeSet<_>>());
+}

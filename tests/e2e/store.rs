@@ -220,9 +220,17 @@ fn two_hosts_committing_to_one_service_on_postgresql_lose_no_update() {
                 let url = format!("{gateway}/kv/increment?key=n");
                 std::thread::spawn(move || {
                     let agent = agent();
-                    for _ in 0..25 {
+                    // A commit that lost to others 64 times in a row answers 409
+                    // (nothing written), and the client sends it again: what is
+                    // tested is that no acknowledged increment is lost.
+                    let mut done = 0;
+                    while done < 25 {
                         let status = agent.post(&url).send_empty().map(|r| r.status().as_u16());
-                        assert_eq!(status.ok(), Some(200));
+                        match status.ok() {
+                            Some(200) => done += 1,
+                            Some(409) => {}
+                            other => panic!("an increment answered {other:?}"),
+                        }
                     }
                 })
             })

@@ -128,6 +128,9 @@ pub struct AuditEntry {
     /// Its own hash: SHA-256 of `prev` and its JSON line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<String>,
+    /// In a cluster: the host whose log holds it (each host chains its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Answer of `GET /v1/audit/verify`: whether the hash chain of the kept entries is
@@ -155,4 +158,7 @@ pub struct AuditVerification {
 pub struct AuditLog {
     /// The entries.
     pub entries: Vec<AuditEntry>,
+    /// In a cluster: hosts whose entries could not be read now (down or cut off).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }

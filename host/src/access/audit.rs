@@ -431,6 +431,32 @@ pub struct Verification {
     pub problems: Vec<String>,
 }
 
+impl From<Entry> for shoal_api::access::AuditEntry {
+    fn from(entry: Entry) -> Self {
+        use shoal_api::access::Outcome as Api;
+        Self {
+            at: entry.at,
+            token_id: entry.token_id,
+            action: entry.action,
+            target: entry.target,
+            outcome: match entry.outcome {
+                Outcome::Started => Api::Started,
+                Outcome::Ok => Api::Ok,
+                Outcome::Refused => Api::Refused,
+                Outcome::Failed => Api::Failed,
+            },
+            status: entry.status,
+            digest: entry.digest,
+            reason: entry.reason,
+            refused_not_logged: entry.refused_not_logged,
+            anonymous_not_logged: entry.anonymous_not_logged,
+            prev: entry.prev,
+            hash: entry.hash,
+            host: None,
+        }
+    }
+}
+
 impl From<Verification> for shoal_api::access::AuditVerification {
     fn from(found: Verification) -> Self {
         Self {

@@ -37,12 +37,15 @@ pub struct TokenInfo {
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
+/// A token as kept: what is shown of it and the hash of its secret (what a cluster
+/// shares between its hosts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredToken {
+    /// What is shown of it.
     #[serde(flatten)]
-    info: TokenInfo,
+    pub info: TokenInfo,
     /// SHA-256 of the secret, hex.
-    hash: String,
+    pub hash: String,
 }
 
 /// Why a token could not be created or revoked: the client's fault.
@@ -65,7 +68,7 @@ pub struct TokenStore {
     operator_hash: [u8; 32],
     /// What authentication reads: swapped whole, so a change written to disk never
     /// holds up a request's authentication.
-    tokens: ArcSwap<Vec<Stored>>,
+    tokens: ArcSwap<Vec<StoredToken>>,
     /// Held by a change (create, revoke) while it writes the file.
     changes: Mutex<()>,
 }
@@ -117,6 +120,19 @@ impl TokenStore {
         scope: Scope,
         services: Vec<String>,
     ) -> Result<(TokenInfo, String), TokenError> {
+        let (token, secret) = Self::mint(name, scope, services)?;
+        let info = token.info.clone();
+        self.insert(token)?;
+        Ok((info, secret))
+    }
+
+    /// A new token and its secret, checked but not kept (a cluster writes it to etcd
+    /// first, then every host keeps it).
+    pub fn mint(
+        name: &str,
+        scope: Scope,
+        services: Vec<String>,
+    ) -> Result<(StoredToken, String), TokenError> {
         let name_ok = !name.is_empty()
             && name.len() <= 64
             && name
@@ -151,6 +167,12 @@ impl TokenStore {
             grant: Grant { scope, services },
             created_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
+        let hash = hex::encode(hash(&secret));
+        Ok((StoredToken { info, hash }, secret))
+    }
+
+    /// Keep `token` (made by [`TokenStore::mint`]).
+    pub fn insert(&self, token: StoredToken) -> Result<(), TokenError> {
         let _change = self.changes.lock();
         let tokens = self.tokens.load_full();
         if tokens.len() >= MAX_TOKENS {
@@ -159,13 +181,27 @@ impl TokenStore {
             )));
         }
         let mut next = Vec::clone(&tokens);
-        next.push(Stored {
-            info: info.clone(),
-            hash: hex::encode(hash(&secret)),
-        });
+        next.retain(|t| t.info.id != token.info.id);
+        next.push(token);
         self.persist(&next)?;
         self.tokens.store(std::sync::Arc::new(next));
-        Ok((info, secret))
+        Ok(())
+    }
+
+    /// Make the kept tokens exactly `tokens` (a cluster's, as etcd holds them);
+    /// returns whether anything changed.
+    pub fn replace_all(&self, mut tokens: Vec<StoredToken>) -> Result<bool, TokenError> {
+        tokens.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+        tokens.truncate(MAX_TOKENS);
+        let _change = self.changes.lock();
+        let mut current = Vec::clone(&self.tokens.load_full());
+        current.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+        if current == tokens {
+            return Ok(false);
+        }
+        self.persist(&tokens)?;
+        self.tokens.store(std::sync::Arc::new(tokens));
+        Ok(true)
     }
 
     /// Every token, without secrets.
@@ -187,7 +223,7 @@ impl TokenStore {
         Ok(())
     }
 
-    fn persist(&self, tokens: &[Stored]) -> Result<(), TokenError> {
+    fn persist(&self, tokens: &[StoredToken]) -> Result<(), TokenError> {
         let bytes =
             serde_json::to_vec_pretty(tokens).map_err(|error| TokenError::Storage(error.into()))?;
         crate::data_dir::write_durably(&self.path, &bytes).map_err(TokenError::Storage)

@@ -9,19 +9,13 @@ use shoal_api::access as api;
 use super::AdminState;
 use super::error::ApiError;
 use crate::access::Scope;
-use crate::access::audit::Outcome;
 use crate::access::tokens::{TokenError, TokenInfo};
 
 /// Audit entries one `GET /v1/audit` answers at most.
 const MAX_AUDIT_ENTRIES: usize = 10_000;
 
 fn token_error(error: TokenError) -> ApiError {
-    let status = match &error {
-        TokenError::Invalid(_) => StatusCode::BAD_REQUEST,
-        TokenError::NotFound(_) => StatusCode::NOT_FOUND,
-        TokenError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ApiError::new(status, error.to_string())
+    error.into()
 }
 
 /// The API's view of a token.
@@ -79,11 +73,16 @@ pub async fn create(
         api::Scope::Deploy => Scope::Deploy,
         api::Scope::Admin => Scope::Admin,
     };
-    let (info, secret) =
-        tokio::task::spawn_blocking(move || tokens.create(&new.name, scope, new.services))
+    let (info, secret) = match &state.cluster {
+        Some(cluster) => cluster
+            .create_token(&tokens, &new.name, scope, new.services)
+            .await
+            .map_err(ApiError::from)?,
+        None => tokio::task::spawn_blocking(move || tokens.create(&new.name, scope, new.services))
             .await
             .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
-            .map_err(token_error)?;
+            .map_err(token_error)?,
+    };
     Ok((
         StatusCode::CREATED,
         Json(api::CreatedToken {
@@ -122,10 +121,16 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tokens = state.tokens.clone();
-    tokio::task::spawn_blocking(move || tokens.revoke(&id))
-        .await
-        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
-        .map_err(token_error)?;
+    match &state.cluster {
+        Some(cluster) => cluster
+            .revoke_token(&tokens, &id)
+            .await
+            .map_err(ApiError::from)?,
+        None => tokio::task::spawn_blocking(move || tokens.revoke(&id))
+            .await
+            .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
+            .map_err(token_error)?,
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -142,6 +147,31 @@ pub async fn audit(
     Query(query): Query<api::AuditQuery>,
 ) -> Result<Json<api::AuditLog>, ApiError> {
     let limit = query.limit.unwrap_or(1000).min(MAX_AUDIT_ENTRIES);
+    let mut entries = local_audit(&state, limit).await?;
+    let mut unreachable = Vec::new();
+    if let Some(cluster) = &state.cluster {
+        for entry in &mut entries {
+            entry.host = Some(cluster.host_id().to_owned());
+        }
+        // Every other host's own log, read through its gateway, merged by time.
+        let (others, missing) = cluster.peer_audit(limit).await;
+        entries.extend(others);
+        unreachable = missing;
+        entries.sort_by(|a, b| a.at.cmp(&b.at));
+        let excess = entries.len().saturating_sub(limit);
+        entries.drain(..excess);
+    }
+    Ok(Json(api::AuditLog {
+        entries,
+        unreachable,
+    }))
+}
+
+/// This host's last `limit` audit entries, oldest first.
+pub(crate) async fn local_audit(
+    state: &AdminState,
+    limit: usize,
+) -> Result<Vec<api::AuditEntry>, ApiError> {
     let log = state.audit.clone();
     let entries = tokio::task::spawn_blocking(move || log.recent(limit))
         .await
@@ -152,29 +182,7 @@ pub async fn audit(
                 format!("reading the audit log: {error:#}"),
             )
         })?;
-    let entries = entries
-        .into_iter()
-        .map(|entry| api::AuditEntry {
-            at: entry.at,
-            token_id: entry.token_id,
-            action: entry.action,
-            target: entry.target,
-            outcome: match entry.outcome {
-                Outcome::Started => api::Outcome::Started,
-                Outcome::Ok => api::Outcome::Ok,
-                Outcome::Refused => api::Outcome::Refused,
-                Outcome::Failed => api::Outcome::Failed,
-            },
-            status: entry.status,
-            digest: entry.digest,
-            reason: entry.reason,
-            refused_not_logged: entry.refused_not_logged,
-            anonymous_not_logged: entry.anonymous_not_logged,
-            prev: entry.prev,
-            hash: entry.hash,
-        })
-        .collect();
-    Ok(Json(api::AuditLog { entries }))
+    Ok(entries.into_iter().map(api::AuditEntry::from).collect())
 }
 
 /// `GET /v1/audit/verify`: check the hash chain of the kept entries.

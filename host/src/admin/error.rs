@@ -84,6 +84,42 @@ impl From<crate::cluster::ClusterError> for ApiError {
     }
 }
 
+impl From<crate::access::tokens::TokenError> for ApiError {
+    fn from(error: crate::access::tokens::TokenError) -> Self {
+        use crate::access::tokens::TokenError;
+        let status = match &error {
+            TokenError::Invalid(_) => StatusCode::BAD_REQUEST,
+            TokenError::NotFound(_) => StatusCode::NOT_FOUND,
+            TokenError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+impl From<crate::secrets::SecretError> for ApiError {
+    fn from(error: crate::secrets::SecretError) -> Self {
+        use crate::secrets::SecretError;
+        let status = match &error {
+            SecretError::Invalid(_) => StatusCode::BAD_REQUEST,
+            SecretError::Operator(..) => StatusCode::CONFLICT,
+            SecretError::NotFound(_) => StatusCode::NOT_FOUND,
+            SecretError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+impl From<crate::cluster::shared::SharedError> for ApiError {
+    fn from(error: crate::cluster::shared::SharedError) -> Self {
+        use crate::cluster::shared::SharedError;
+        match error {
+            SharedError::Token(error) => error.into(),
+            SharedError::Secret(error) => error.into(),
+            SharedError::Cluster(error) => error.into(),
+        }
+    }
+}
+
 /// Answer for paths the admin API does not have.
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(

@@ -154,6 +154,35 @@ async fn metrics(
     if dropped > counted {
         metrics.log_lines_dropped.inc_by(dropped - counted);
     }
+    if let Some(cluster) = &state.cluster {
+        let view = cluster.view();
+        for state_name in ["up", "draining", "down"] {
+            let count = view
+                .members
+                .keys()
+                .filter(|id| {
+                    let state_of = if !view.hosts.contains_key(*id) {
+                        "down"
+                    } else if view.drains.contains_key(*id) {
+                        "draining"
+                    } else {
+                        "up"
+                    };
+                    state_of == state_name
+                })
+                .count();
+            metrics
+                .cluster_hosts
+                .with_label_values(&[state_name])
+                .set(count as i64);
+        }
+        metrics
+            .cluster_placements
+            .set(view.placements.values().map(Vec::len).sum::<usize>() as i64);
+        metrics
+            .cluster_leader
+            .set(i64::from(view.leader() == Some(cluster.host_id())));
+    }
     let budget = state.services.memory_budget();
     metrics.memory_reserved.set(budget.used() as i64);
     metrics.memory_budget.set(budget.limit() as i64);

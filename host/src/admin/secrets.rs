@@ -30,13 +30,7 @@ fn secret_view(info: SecretInfo) -> api::Secret {
 }
 
 fn secret_error(error: SecretError) -> ApiError {
-    let status = match &error {
-        SecretError::Invalid(_) => StatusCode::BAD_REQUEST,
-        SecretError::Operator(..) => StatusCode::CONFLICT,
-        SecretError::NotFound(_) => StatusCode::NOT_FOUND,
-        SecretError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ApiError::new(status, error.to_string())
+    error.into()
 }
 
 /// `PUT /v1/secrets/{name}`: set a secret. The body is JSON
@@ -107,10 +101,16 @@ pub async fn put(
         (value, services)
     };
     let secrets = state.services.platform().secrets.clone();
-    let info = tokio::task::spawn_blocking(move || secrets.put(&name, value, services))
-        .await
-        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
-        .map_err(secret_error)?;
+    let info = match &state.cluster {
+        Some(cluster) => cluster
+            .put_secret(&secrets, &name, value, services)
+            .await
+            .map_err(ApiError::from)?,
+        None => tokio::task::spawn_blocking(move || secrets.put(&name, value, services))
+            .await
+            .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
+            .map_err(secret_error)?,
+    };
     Ok(Json(secret_view(info)))
 }
 
@@ -150,9 +150,15 @@ pub async fn remove(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let secrets = state.services.platform().secrets.clone();
-    tokio::task::spawn_blocking(move || secrets.remove(&name))
-        .await
-        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
-        .map_err(secret_error)?;
+    match &state.cluster {
+        Some(cluster) => cluster
+            .remove_secret(&secrets, &name)
+            .await
+            .map_err(ApiError::from)?,
+        None => tokio::task::spawn_blocking(move || secrets.remove(&name))
+            .await
+            .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
+            .map_err(secret_error)?,
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -19,6 +19,7 @@ pub mod leader;
 pub mod peers;
 pub mod reconcile;
 pub mod records;
+pub mod shared;
 pub mod view;
 
 use anyhow::Context as _;
@@ -181,6 +182,8 @@ pub struct Cluster {
     changes: tokio::sync::Mutex<()>,
     /// Turns of the round robin over hosts forwarded to.
     turn: std::sync::atomic::AtomicUsize,
+    /// This host's audit log, which the other hosts read.
+    audit: std::sync::OnceLock<Arc<crate::access::audit::AuditLog>>,
 }
 
 /// Why a cluster change failed.
@@ -234,6 +237,7 @@ impl Cluster {
             services: Arc::downgrade(services),
             changes: tokio::sync::Mutex::new(()),
             turn: std::sync::atomic::AtomicUsize::new(0),
+            audit: std::sync::OnceLock::new(),
         });
         tokio::spawn(hold_membership(Arc::downgrade(&cluster)));
         tokio::spawn(leader::run(Arc::downgrade(&cluster)));
@@ -623,6 +627,35 @@ impl Cluster {
                  matching labels"
             )
         })
+    }
+}
+
+impl crate::services::ServiceDirectory for Cluster {
+    fn manifests(&self, service: &str) -> Vec<crate::manifest::Manifest> {
+        let view = self.view();
+        let Some((record, _)) = view.services.get(service) else {
+            return Vec::new();
+        };
+        std::iter::once(&record.state.current)
+            .chain(record.state.canary.as_ref().map(|canary| &canary.record))
+            .map(|version| version.manifest.clone())
+            .collect()
+    }
+
+    fn subscriptions(&self) -> Vec<(String, crate::manifest::Subscription)> {
+        self.view()
+            .services
+            .iter()
+            .flat_map(|(name, (record, _))| {
+                record
+                    .state
+                    .current
+                    .manifest
+                    .subscriptions
+                    .iter()
+                    .map(move |subscription| (name.clone(), subscription.clone()))
+            })
+            .collect()
     }
 }
 

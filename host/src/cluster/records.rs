@@ -10,6 +10,8 @@
 //! - `placements/{name}` → [`PlacementRecord`]: which hosts run it, written by the
 //!   leader only;
 //! - `artifacts/{digest}/{host}` → [`ArtifactRecord`]: that host stores the component;
+//! - `tokens/{id}` → a scoped admin token (the hash of its secret), and
+//!   `secrets/{name}` → a secret, its value encrypted ([`super::shared`]);
 //! - `instances/{service}/{id}`: registry records ([`crate::registry::etcd`]);
 //! - `election/{tag}`: the leader election, `tag` derived from the cluster token, so
 //!   a host with another token never campaigns in this one.

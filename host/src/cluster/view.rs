@@ -32,6 +32,10 @@ pub struct ClusterView {
     /// Election candidates: key → (create revision, host id); the lowest revision
     /// leads.
     pub candidates: BTreeMap<String, (i64, String)>,
+    /// Scoped admin tokens shared by every host, by id.
+    pub tokens: BTreeMap<String, crate::access::tokens::StoredToken>,
+    /// Secrets shared by every host, by name, with their revision.
+    pub secrets: BTreeMap<String, (super::shared::SecretRecord, i64)>,
     /// The store's revision this view reflects.
     pub revision: i64,
 }
@@ -83,6 +87,8 @@ enum Entry {
     Service(String, Box<ServiceRecord>),
     Placement(String, PlacementRecord),
     Artifact(String, String),
+    Token(String, Box<crate::access::tokens::StoredToken>),
+    Secret(String, super::shared::SecretRecord),
     Candidate(String, String),
     Other,
 }
@@ -197,6 +203,12 @@ fn apply(
         Entry::Artifact(digest, host) => {
             view.artifacts.entry(digest).or_default().insert(host);
         }
+        Entry::Token(id, token) => {
+            view.tokens.insert(id, *token);
+        }
+        Entry::Secret(name, record) => {
+            view.secrets.insert(name, (record, mod_revision));
+        }
         Entry::Candidate(key, host) => {
             view.candidates.insert(key, (create_revision, host));
         }
@@ -210,6 +222,8 @@ fn parse(etcd: &Etcd, key: &[u8], relative: &str, value: &[u8]) -> Result<Entry,
     Ok(match kind {
         "hosts" => Entry::Host(rest.to_owned(), etcd.open(key, value)?),
         "members" => Entry::Member(rest.to_owned(), etcd.open(key, value)?),
+        "tokens" => Entry::Token(rest.to_owned(), Box::new(etcd.open(key, value)?)),
+        "secrets" => Entry::Secret(rest.to_owned(), etcd.open(key, value)?),
         "drains" => Entry::Drain(rest.to_owned(), etcd.open(key, value)?),
         "services" => Entry::Service(rest.to_owned(), Box::new(etcd.open(key, value)?)),
         "placements" => Entry::Placement(rest.to_owned(), etcd.open(key, value)?),
@@ -233,6 +247,8 @@ fn remove(view: &mut ClusterView, relative: &str) -> bool {
     match kind {
         "hosts" => view.hosts.remove(rest).is_some(),
         "members" => view.members.remove(rest).is_some(),
+        "tokens" => view.tokens.remove(rest).is_some(),
+        "secrets" => view.secrets.remove(rest).is_some(),
         "drains" => view.drains.remove(rest).is_some(),
         "services" => view.services.remove(rest).is_some(),
         "placements" => {

@@ -272,6 +272,10 @@ pub trait EventBus: Send + Sync {
     /// The engine that keeps them (`sqlite`).
     fn engine(&self) -> &'static str;
 
+    /// In a cluster, claim deliveries only for `subscribers` (the services this host
+    /// runs; `None`: every one). A bus only this host reads ignores it.
+    fn deliver_only(&self, _subscribers: Option<std::collections::BTreeSet<String>>) {}
+
     /// Add deliveries (idempotent: an event already queued for a subscriber is kept
     /// as it is).
     fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<(), BusError>;

@@ -303,6 +303,9 @@ pub struct NatsBus {
     /// Bytes this host published since the last count, per publisher: added to it
     /// until the next, so the bound never sees less than the stream holds.
     published_since: parking_lot::Mutex<HashMap<String, u64>>,
+    /// In a cluster, the subscribers whose deliveries this host claims (the others'
+    /// are claimed by the hosts that run them).
+    local_subscribers: parking_lot::Mutex<Option<std::collections::BTreeSet<String>>>,
 }
 
 fn nats_error(what: &str) -> impl Fn(&dyn std::fmt::Display) -> BusError + '_ {
@@ -371,6 +374,7 @@ impl NatsBus {
             claims,
             measured: Default::default(),
             published_since: Default::default(),
+            local_subscribers: Default::default(),
         })
     }
 
@@ -674,12 +678,18 @@ impl NatsBus {
         let stream = self.stream().await?;
         self.list_consumers(&stream).await?;
         let now = Instant::now();
+        let local = self.local_subscribers.lock().clone();
         let candidates: Vec<(String, String, PullConsumer)> = {
             let mut consumers = self.consumers.lock();
             let mut ready: Vec<(String, String, PullConsumer)> = consumers
                 .by_name
                 .iter()
                 .filter(|(_, known)| known.idle_until.is_none_or(|until| until <= now))
+                .filter(|(_, known)| {
+                    local
+                        .as_ref()
+                        .is_none_or(|local| local.contains(&known.subscriber))
+                })
                 .map(|(name, known)| {
                     (
                         name.clone(),
@@ -814,6 +824,10 @@ impl NatsBus {
 }
 
 impl EventBus for NatsBus {
+    fn deliver_only(&self, subscribers: Option<std::collections::BTreeSet<String>>) {
+        *self.local_subscribers.lock() = subscribers;
+    }
+
     fn engine(&self) -> &'static str {
         "nats"
     }

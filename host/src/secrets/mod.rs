@@ -405,6 +405,30 @@ impl Secrets {
         }
     }
 
+    /// Whether `put(name, value, services)` would be accepted (a cluster checks
+    /// before it writes the secret to etcd).
+    pub fn check_put(
+        &self,
+        name: &str,
+        value: &str,
+        services: &[String],
+    ) -> Result<(), SecretError> {
+        validate_secret_name(name).map_err(SecretError::Invalid)?;
+        check_value(name, value).map_err(SecretError::Invalid)?;
+        if services.len() > MAX_PATTERNS {
+            return Err(SecretError::Invalid(format!(
+                "a secret carries at most {MAX_PATTERNS} service patterns"
+            )));
+        }
+        for pattern in services {
+            validate_pattern(pattern).map_err(SecretError::Invalid)?;
+        }
+        if let Some(source) = self.operator_source(name) {
+            return Err(SecretError::Operator(name.to_owned(), source));
+        }
+        Ok(())
+    }
+
     /// Set `name` through the API: kept durably before this returns.
     pub fn put(
         &self,
@@ -412,16 +436,7 @@ impl Secrets {
         value: String,
         services: Vec<String>,
     ) -> Result<SecretInfo, SecretError> {
-        validate_secret_name(name).map_err(SecretError::Invalid)?;
-        check_value(name, &value).map_err(SecretError::Invalid)?;
-        if services.len() > MAX_PATTERNS {
-            return Err(SecretError::Invalid(format!(
-                "a secret carries at most {MAX_PATTERNS} service patterns"
-            )));
-        }
-        for pattern in &services {
-            validate_pattern(pattern).map_err(SecretError::Invalid)?;
-        }
+        self.check_put(name, &value, &services)?;
         let _change = self.changes.lock();
         if let Some(source) = self.operator_source(name) {
             return Err(SecretError::Operator(name.to_owned(), source));

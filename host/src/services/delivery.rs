@@ -104,6 +104,17 @@ async fn deliver_loop(services: Weak<Services>, routed: Arc<tokio::sync::Notify>
         let Some(services) = services.upgrade() else {
             break;
         };
+        if services.directory.get().is_some() {
+            // In a cluster, this host delivers to the services it runs; the others'
+            // deliveries are claimed by the hosts that run them.
+            let local = services
+                .table
+                .services()
+                .iter()
+                .map(|service| service.name().to_owned())
+                .collect();
+            services.platform.bus.deliver_only(Some(local));
+        }
         let room = capacity.available_permits();
         let claimed = if room == 0 {
             Vec::new()
@@ -190,6 +201,10 @@ impl Services {
     /// A service that failed to restore keeps its subscriptions: its events wait (and
     /// become dead letters an operator can replay) instead of being skipped.
     pub fn subscriptions(&self) -> Vec<(String, Subscription)> {
+        if let Some(directory) = self.directory.get() {
+            // In a cluster, every host's subscribers receive the events published here.
+            return directory.subscriptions();
+        }
         let running = self.table.services().into_iter().map(|service| {
             let manifest = service.versions().stable.record.manifest.clone();
             (service.name().to_owned(), manifest)

@@ -221,6 +221,16 @@ pub struct FailedService {
     pub reason: String,
 }
 
+/// Every service of a cluster, wherever it runs: what a host needs to know of the
+/// services on other hosts to route their events.
+pub trait ServiceDirectory: Send + Sync {
+    /// The manifests of `service`'s live versions (stable and canary).
+    fn manifests(&self, service: &str) -> Vec<crate::manifest::Manifest>;
+    /// Every subscription of every service's stable version: (subscriber,
+    /// subscription).
+    fn subscriptions(&self) -> Vec<(String, crate::manifest::Subscription)>;
+}
+
 /// Deploys, removes and restores services; owns the live table.
 pub struct Services {
     loader: Arc<dyn Loader>,
@@ -232,6 +242,9 @@ pub struct Services {
     defaults: ServiceDefaults,
     /// Serialises changes so the table and the data directory never disagree.
     changes: tokio::sync::Mutex<()>,
+    /// In a cluster, every service of the cluster (for events to subscribers on other
+    /// hosts).
+    directory: std::sync::OnceLock<Arc<dyn ServiceDirectory>>,
     /// Set once everything persisted has been restored (`/readyz`).
     ready: std::sync::atomic::AtomicBool,
     /// Set when the host is a member of a cluster: it also stores components other
@@ -257,6 +270,7 @@ impl Services {
             failed: Default::default(),
             defaults,
             changes: tokio::sync::Mutex::new(()),
+            directory: std::sync::OnceLock::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
             cluster_member: std::sync::atomic::AtomicBool::new(false),
             me: me.clone(),
@@ -287,8 +301,10 @@ impl Services {
         self.ready.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The host is a member of a cluster (before [`Services::restore`]).
-    pub fn join_cluster(&self) {
+    /// The host is a member of a cluster whose services `directory` lists (before
+    /// [`Services::restore`]).
+    pub fn join_cluster(&self, directory: Arc<dyn ServiceDirectory>) {
+        let _ = self.directory.set(directory);
         self.cluster_member
             .store(true, std::sync::atomic::Ordering::Release);
     }

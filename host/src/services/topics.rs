@@ -71,8 +71,15 @@ impl Services {
     }
 
     /// Whether `subscriber` may receive events `publisher` publishes: some running
-    /// version of the publisher shares its events with it.
+    /// version of the publisher shares its events with it (in a cluster, wherever it
+    /// runs).
     pub(super) fn shares_events(&self, publisher: &str, subscriber: &str) -> bool {
+        if let Some(directory) = self.directory.get() {
+            return directory
+                .manifests(publisher)
+                .iter()
+                .any(|manifest| manifest.events.rules().shares_with(publisher, subscriber));
+        }
         self.table.versions(publisher).is_some_and(|versions| {
             versions
                 .manifests()

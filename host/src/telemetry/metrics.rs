@@ -87,6 +87,12 @@ pub struct Metrics {
     pub compile: HistogramVec,
     /// `shoal_deploys_total{outcome}`
     pub deploys: IntCounterVec,
+    /// `shoal_cluster_hosts{state}`: in a cluster, hosts up, draining and down.
+    pub cluster_hosts: IntGaugeVec,
+    /// `shoal_cluster_placements`: in a cluster, replicas placed on all hosts.
+    pub cluster_placements: IntGauge,
+    /// `shoal_cluster_leader`: 1 while this host places replicas for the cluster.
+    pub cluster_leader: IntGauge,
     /// CPU time in each service's guest code.
     pub guest_cpu: prometheus::CounterVec,
     /// Instances created per service.
@@ -96,6 +102,8 @@ pub struct Metrics {
     guests: Mutex<BTreeMap<(String, String), GuestFamily>>,
     /// Series of every guest family together.
     guest_series_total: std::sync::atomic::AtomicUsize,
+    /// In a cluster, the `host` label every series carries.
+    host: std::sync::OnceLock<String>,
 }
 
 /// Why a guest metric operation was refused.
@@ -314,6 +322,22 @@ impl Metrics {
             )?,
             guests: Mutex::new(BTreeMap::new()),
             guest_series_total: std::sync::atomic::AtomicUsize::new(0),
+            host: std::sync::OnceLock::new(),
+            cluster_hosts: IntGaugeVec::new(
+                Opts::new(
+                    "shoal_cluster_hosts",
+                    "In a cluster: its hosts, by state (up, draining, down).",
+                ),
+                &["state"],
+            )?,
+            cluster_placements: IntGauge::new(
+                "shoal_cluster_placements",
+                "In a cluster: replicas placed on its hosts, all services together.",
+            )?,
+            cluster_leader: IntGauge::new(
+                "shoal_cluster_leader",
+                "In a cluster: 1 while this host is the leader that places replicas.",
+            )?,
             registry,
         };
         for collector in [
@@ -338,6 +362,9 @@ impl Metrics {
             Box::new(metrics.instantiation.clone()),
             Box::new(metrics.compile.clone()),
             Box::new(metrics.deploys.clone()),
+            Box::new(metrics.cluster_hosts.clone()),
+            Box::new(metrics.cluster_placements.clone()),
+            Box::new(metrics.cluster_leader.clone()),
             Box::new(metrics.guest_cpu.clone()),
             Box::new(metrics.instances_created.clone()),
             Box::new(metrics.instance_memory_peak.clone()),
@@ -352,10 +379,34 @@ impl Metrics {
         self.enabled
     }
 
+    /// In a cluster: name this host in a `host` label on every series, so the hosts'
+    /// series stay apart when one Prometheus scrapes them all.
+    pub fn set_host(&self, host: &str) {
+        let _ = self.host.set(host.to_owned());
+    }
+
     /// Everything, in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut buffer = Vec::with_capacity(64 * 1024);
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        let mut families = self.registry.gather();
+        if let Some(host) = self.host.get() {
+            for family in &mut families {
+                for metric in family.mut_metric() {
+                    let mut labels = metric.take_label();
+                    if labels.iter().any(|label| label.name() == "host") {
+                        metric.set_label(labels);
+                        continue;
+                    }
+                    let mut pair = prometheus::proto::LabelPair::default();
+                    pair.set_name("host".to_owned());
+                    pair.set_value(host.clone());
+                    labels.push(pair);
+                    labels.sort_by(|a, b| a.name().cmp(b.name()));
+                    metric.set_label(labels);
+                }
+            }
+        }
+        let _ = TextEncoder::new().encode(&families, &mut buffer);
         // The encoder writes UTF-8; take the buffer as it is instead of copying it.
         String::from_utf8(buffer)
             .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
