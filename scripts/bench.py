@@ -1139,6 +1139,163 @@ def event_latency(args, rows):
                  "scripts/servers.sh; PostgreSQL 15, fsync on)"))
 
 
+def start_cluster(args, count, extra=()):
+    """`count` hosts of a new cluster on the run's etcd (scripts/servers.sh), all up."""
+    etcd = os.environ.get("SHOAL_TEST_ETCD_URL")
+    if not etcd:
+        raise RuntimeError("SHOAL_TEST_ETCD_URL is not set: run through scripts/bench.sh (it starts etcd)")
+    root = tempfile.mkdtemp(prefix="shoal-bench-cluster-")
+    token = os.path.join(root, "cluster-token")
+    with open(token, "w") as out:
+        out.write(os.urandom(32).hex())
+    prefix = f"/bench-{os.getpid()}-{int(time.time() * 1000)}"
+    hosts = []
+    for n in range(1, count + 1):
+        directory = os.path.join(root, f"h{n}")
+        os.makedirs(directory)
+        hosts.append(Host(args.shoal, ["--etcd", etcd, "--cluster-token-file", token, "--cluster-prefix", prefix,
+                                       "--host-id", f"h{n}", "--lease-ttl-s", "3", *extra], directory=directory))
+    wait_until(60, "every host up", lambda: sum(
+        h["state"] == "up" for h in json.loads(hosts[0].admin_call("GET", "/v1/cluster"))["hosts"]) == count)
+    return hosts, root
+
+
+def wait_until(seconds, what, condition, pause=0.005):
+    deadline = time.perf_counter() + seconds
+    while not condition():
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(pause)
+
+
+def placed_on(host, name):
+    """The host ids a service is placed on, as `host` sees it."""
+    try:
+        service = json.loads(host.admin_call("GET", f"/v1/services/{name}"))
+    except RuntimeError:
+        return []
+    return [p["host"] for p in service.get("placements", [])]
+
+
+def get_latencies(address, path, count):
+    """Sequential GETs on one keep-alive connection: each round trip in µs."""
+    conn = http.client.HTTPConnection(address, timeout=30)
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET {path}: {response.status}")
+        times.append((time.perf_counter() - started) * 1e6)
+    conn.close()
+    return times
+
+
+def orders_per_second_through(args, gateways):
+    """Orders placed per second by 16 clients spread over `gateways` for `args.seconds`."""
+    import concurrent.futures
+    body = b'{"sku": "widget", "quantity": 1}'
+    deadline = time.time() + args.seconds
+
+    def buyer(n):
+        placed = 0
+        gateway = gateways[n % len(gateways)]
+        while time.time() < deadline:
+            status, _ = http_call(gateway, "POST", "/orders/", body)
+            placed += status == 201
+        return placed
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        placed = sum(pool.map(buyer, range(16)))
+    return placed / (time.perf_counter() - started)
+
+
+def cluster(args, rows):
+    """Cluster: cross-host calls, failover, deploy propagation, the shop on three hosts against one."""
+    hello = open(os.path.join(args.guests, "hello.wasm"), "rb").read()
+    hosts, root = start_cluster(args, 3)
+    try:
+        by_id = {f"h{n + 1}": host for n, host in enumerate(hosts)}
+        hosts[0].deploy("hello", hello, 'version = "1"\n')
+        wait_until(60, "hello placed", lambda: len(placed_on(hosts[0], "hello")) == 1)
+        runner = by_id[placed_on(hosts[0], "hello")[0]]
+        other = next(host for host in hosts if host is not runner)
+        wait_until(60, "hello served through another host", lambda: http_call(other.gateway, "GET", "/hello/")[0] == 200)
+        count = 50 if args.quick else 2000
+        get_latencies(runner.gateway, "/hello/", args.warmup)
+        get_latencies(other.gateway, "/hello/", args.warmup)
+        here = get_latencies(runner.gateway, "/hello/", count)
+        hop = get_latencies(other.gateway, "/hello/", count)
+        p = lambda values, q: percentile(values, q)
+        rows.append(("cluster", "request on the host that runs the service", f"p50 {p(here, 0.5):.0f} µs, p99 {p(here, 0.99):.0f} µs",
+                     f"{count} sequential GETs on one keep-alive connection to that host's gateway (served in process)"))
+        rows.append(("cluster", "request through another host (one hop)", f"p50 {p(hop, 0.5):.0f} µs, p99 {p(hop, 0.99):.0f} µs",
+                     f"the same {count} GETs through a gateway that forwards to the host that runs it"))
+        rows.append(("cluster", "added by the hop (p50)", f"{p(hop, 0.5) - p(here, 0.5):.0f} µs",
+                     "same run; three hosts on one machine, loopback"))
+
+        # Deploy propagation: 2xx through one host → the first 200 of the new version through another.
+        manifest = 'version = "2"\n[config]\ngreeting = "Two"\n'
+        watcher = next(host for host in hosts if host is not hosts[0])
+        hosts[0].deploy("hello", hello, manifest)
+        answered = time.perf_counter()
+        wait_until(60, "the new version through another host",
+                   lambda: http_call(watcher.gateway, "GET", "/hello/")[1].startswith(b"Two"), pause=0.001)
+        propagation = (time.perf_counter() - answered) * 1000
+        rows.append(("cluster", "deploy propagation", f"{propagation:.0f} ms",
+                     "the deploy's 2xx through one host (it answers once the placed host serves it) → the first "
+                     "200 of the new version through another host's gateway"))
+
+        # Failover: kill -9 the host that runs it; time until discovery drops it and a replacement serves.
+        runner = by_id[placed_on(hosts[0], "hello")[0]]
+        survivor = next(host for host in hosts if host is not runner)
+        runner_id = placed_on(survivor, "hello")[0]
+        killed = time.perf_counter()
+        runner.proc.kill()
+        wait_until(60, "placements updated", lambda: runner_id not in placed_on(survivor, "hello"), pause=0.01)
+        updated = time.perf_counter() - killed
+        wait_until(60, "a replacement serving",
+                   lambda: http_call(survivor.gateway, "GET", "/hello/")[0] == 200
+                   and runner_id not in placed_on(survivor, "hello"), pause=0.01)
+        serving = time.perf_counter() - killed
+        rows.append(("cluster", "failover: kill -9 → placements updated", f"{updated:.1f} s",
+                     "lease TTL 3 s (--lease-ttl-s 3); the leader places the replica elsewhere when the host's lease expires"))
+        rows.append(("cluster", "failover: kill -9 → replacement serving", f"{serving:.1f} s",
+                     "the replacement fetched the component from a holder and answers 200 through a survivor"))
+        args.figures["failover"] = serving
+    finally:
+        for host in hosts:
+            host.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    # The shop on three hosts against one, both on PostgreSQL and NATS.
+    nats = os.environ.get("SHOAL_TEST_NATS_URL")
+    if not nats:
+        raise RuntimeError("SHOAL_TEST_NATS_URL is not set: run through scripts/bench.sh (it starts NATS)")
+    figures = {}
+    for label, count in (("one host", 1), ("three hosts", 3)):
+        extra = ["--max-instances", "512", "--store", fresh_postgres_database(), "--bus", nats,
+                 "--bus-namespace", f"bench{os.getpid()}{int(time.time() * 1000)}"]
+        hosts, root = start_cluster(args, count, extra)
+        try:
+            deploy_shop(args, hosts[0])
+            for name in ("inventory", "payment", "orders", "shipping"):
+                wait_until(60, f"{name} placed", lambda: len(placed_on(hosts[0], name)) == 1)
+            figures[label] = orders_per_second_through(args, [host.gateway for host in hosts])
+        finally:
+            for host in hosts:
+                host.stop()
+            shutil.rmtree(root, ignore_errors=True)
+        rows.append(("cluster", f"shop orders, {label}", f"{figures[label]:,.0f} orders/s",
+                     f"16 clients spread over every gateway for {args.seconds}s; PostgreSQL store, NATS bus; "
+                     "each service placed on one host"))
+    rows.append(("cluster", "shop, three hosts ÷ one", f"{figures['three hosts'] / figures['one host']:.2f}×",
+                 "same run, all hosts on this one machine and sharing its 2 cores (and one PostgreSQL, one NATS): "
+                 "what spreading the services does here, not what more machines would give"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shoal", required=True)
@@ -1160,7 +1317,7 @@ def main():
     rows = []
     args.figures = {}
     args.appendix = []
-    sections = (gateway_throughput, wasip3_concurrency, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop, store_backends, event_latency)
+    sections = (gateway_throughput, wasip3_concurrency, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop, store_backends, event_latency, cluster)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {section.__name__ for section in sections}
@@ -1217,6 +1374,7 @@ def main():
     target("10,000 idle services", "≤ 1 GiB RSS", "density_10000", "{:.0f} MiB", lambda v: v <= 1024)
     target("cold deploy of a big component (Python, JS) to first 200", "≤ 1 s", "cold_deploy", "{:.0f} ms", lambda v: v <= 1000)
     target("baseline code ÷ optimised code, time per request", "reported", "baseline_slowdown", "{:.2f}×", lambda v: True)
+    target("failover: kill -9 → replacement serving", "≤ lease TTL + 5 s (8 s)", "failover", "{:.1f} s", lambda v: v <= 8)
     lines += args.appendix
     # The record of levers tried (hand-kept, with the runs each figure came from).
     levers = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-levers.md")

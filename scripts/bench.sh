@@ -49,6 +49,7 @@ fi
 # The store backends' rows compare against a real PostgreSQL.
 start_postgres
 start_nats
+start_etcd
 
 out=BENCHMARKS.md
 [ -n "$quick" ] && out="$target_dir/bench-quick.md"

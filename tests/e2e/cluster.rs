@@ -85,7 +85,9 @@ fn replicas_land_on_distinct_hosts_and_every_gateway_serves_them() {
         let text = host.metrics_text();
         let id = format!("h{}", index + 1);
         assert!(
-            text.contains(&format!("shoal_cluster_hosts{{host=\"{id}\",state=\"up\"}} 3")),
+            text.contains(&format!(
+                "shoal_cluster_hosts{{host=\"{id}\",state=\"up\"}} 3"
+            )),
             "{text}"
         );
         assert!(

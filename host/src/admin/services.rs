@@ -510,7 +510,18 @@ pub async fn call(
     Path((name, path)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let service = state.services.existing(&name)?;
+    let local = match state.services.existing(&name) {
+        Ok(service) => Some(service),
+        Err(ServiceError::NotFound(_))
+            if state
+                .cluster
+                .as_ref()
+                .is_some_and(|cluster| cluster.view().services.contains_key(&name)) =>
+        {
+            None
+        }
+        Err(error) => return Err(error.into()),
+    };
     let (mut parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, state.max_upload_bytes)
         .await
@@ -533,6 +544,14 @@ pub async fn call(
         axum::http::HeaderValue::from_static(crate::protocol::OPERATOR),
     );
     let request_id = crate::protocol::RequestId::from_headers(&parts.headers);
+    let service = match (local, &state.cluster) {
+        (Some(service), _) => service,
+        // In a cluster, a service that runs on other hosts is called on one of them.
+        (None, Some(cluster)) => {
+            return call_elsewhere(cluster, &name, parts, body, &request_id).await;
+        }
+        (None, None) => return Err(ServiceError::NotFound(name).into()),
+    };
     let request = axum::http::Request::from_parts(parts, http_body_util::Full::new(body));
     let response = state
         .services
@@ -563,6 +582,45 @@ fn if_match(headers: &axum::http::HeaderMap) -> Result<Option<i64>, ApiError> {
                 "`If-Match` must be a service's `revision` (a number)",
             )
         })
+}
+
+/// An operator's call to `name`, which runs on other hosts of the cluster: sent to one
+/// of them as a request between hosts, its answer passed back as it is.
+async fn call_elsewhere(
+    cluster: &crate::cluster::Cluster,
+    name: &str,
+    mut parts: axum::http::request::Parts,
+    body: Bytes,
+    request_id: &crate::protocol::RequestId,
+) -> Result<Response, ApiError> {
+    use http_body_util::BodyExt as _;
+    let hosts = cluster.hosts_serving(name).await;
+    let Some(address) = hosts.first() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no host of the cluster serves `{name}` right now"),
+        ));
+    };
+    parts.uri = format!("http://{address}{}", parts.uri)
+        .parse()
+        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, format!("{error}")))?;
+    crate::protocol::set_request_id(&mut parts.headers, request_id);
+    if let Ok(value) = axum::http::HeaderValue::from_str(name) {
+        parts.headers.insert(crate::protocol::TARGET.clone(), value);
+    }
+    let request = axum::http::Request::from_parts(
+        parts,
+        http_body_util::Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    let response = cluster.peers().send(request).await.map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("calling `{name}` on {address}: {error}"),
+        )
+    })?;
+    Ok(response.map(axum::body::Body::new))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
