@@ -489,3 +489,96 @@ fn tokens_secrets_and_the_audit_log_are_the_whole_clusters() {
     assert!(has("h2", "token.revoke"), "{audit}");
     assert!(audit.get("unreachable").is_none(), "{audit}");
 }
+
+#[test]
+fn labels_place_services_and_one_trace_spans_a_call_between_hosts() {
+    let root = temp_root();
+    let receiver = shoal_tests::otlp::OtlpReceiver::start();
+    let spec =
+        shoal_tests::cluster::ClusterSpec::new(root.path(), shoal_tests::cluster::etcd_url());
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "shoal-cluster-under-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let front = spec.start_host_with_env(root.path(), "h1", &["--labels", "role=front"], &env);
+    let back =
+        spec.start_host_with_env(root.path(), "h2", &["--labels", "role=back,disk=ssd"], &env);
+    let cluster = Cluster {
+        spec,
+        hosts: vec![front, back],
+        root: root.path().to_path_buf(),
+    };
+    cluster.wait_for_up(2);
+    let on = |role: &str| {
+        format!("version = \"1\"\nplacement = {{ labels = {{ role = \"{role}\" }} }}\n")
+    };
+    assert_eq!(
+        cluster.hosts[0]
+            .deploy_with_manifest("a", &guest("caller"), &on("front"))
+            .status,
+        201
+    );
+    assert_eq!(
+        cluster.hosts[0]
+            .deploy_with_manifest("c", &guest("hello"), &on("back"))
+            .status,
+        201
+    );
+    wait_for(
+        "each service on its labelled host",
+        Duration::from_secs(30),
+        || {
+            placements(&cluster.hosts[0], "a") == ["h1"]
+                && placements(&cluster.hosts[0], "c") == ["h2"]
+                && runs_on(&cluster.hosts[0], "a")
+                && runs_on(&cluster.hosts[1], "c")
+        },
+    );
+    // A label no host carries: nowhere to go, and said so.
+    let nowhere = cluster.hosts[1].deploy_with_manifest("x", &guest("hello"), &on("none"));
+    assert!(matches!(nowhere.status, 200 | 201), "{}", nowhere.body);
+    wait_for("the shortfall named", Duration::from_secs(10), || {
+        cluster.hosts[1].admin("GET", "/v1/services/x").json()["shortfall"]
+            .as_str()
+            .is_some_and(|why| why.starts_with("0 of 1"))
+    });
+    // A calls C on the other host: one trace, C's server span a child of A's call.
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let client_span = "b7ad6b7169203331";
+    let reply = cluster.hosts[0].get_with_headers(
+        "/a/call?service=c&path=/echo",
+        &[("traceparent", &format!("00-{trace_id}-{client_span}-01"))],
+    );
+    assert!(reply.body.contains("outcome=ok"), "{}", reply.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans: Vec<_> = receiver
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id)
+            .collect();
+        let done = ["GET /a", "call c", "GET /c"]
+            .iter()
+            .all(|name| spans.iter().any(|s| s.name == *name));
+        if done || std::time::Instant::now() > deadline {
+            break spans;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let find = |name: &str| {
+        spans.iter().find(|s| s.name == name).unwrap_or_else(|| {
+            panic!(
+                "no span `{name}` in {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        })
+    };
+    let (a, call, c) = (find("GET /a"), find("call c"), find("GET /c"));
+    assert_eq!(a.parent_span_id, client_span);
+    assert_eq!(call.parent_span_id, a.span_id, "the call is A's");
+    assert_eq!(
+        c.parent_span_id, call.span_id,
+        "C, on the other host, continues A's call"
+    );
+}

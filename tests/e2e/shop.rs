@@ -946,3 +946,121 @@ fn the_shop_across_three_hosts_sells_exactly_the_stock_through_every_gateway() {
     );
     assert_eq!(unique, placed.into_iter().collect::<BTreeSet<_>>());
 }
+
+#[test]
+fn the_shop_across_three_hosts_loses_and_invents_nothing_when_a_host_is_killed() {
+    // Every service on two of the three hosts; buyers order through two gateways
+    // while the third host is killed in the middle of the storm.
+    let store = Store::postgres_and_nats();
+    let root = temp_root();
+    let mut cluster = shoal_tests::cluster::Cluster::start(root.path(), 3, &store.with(SHOP_HOST));
+    for name in SERVICES {
+        let mut manifest =
+            std::fs::read_to_string(repo_root().join(format!("guests/shop/{name}/shoal.toml")))
+                .expect("shop manifest");
+        for (shipped, short) in TEST_TIMEOUTS {
+            manifest = manifest.replace(shipped, short);
+        }
+        let manifest = format!("replicas = 2\n{manifest}");
+        let reply = cluster.hosts[0].deploy_with_manifest(name, &guest(name), &manifest);
+        assert!(matches!(reply.status, 200 | 201), "{name}: {}", reply.body);
+    }
+    shoal_tests::wait_for(
+        "the shop on two hosts each",
+        Duration::from_secs(60),
+        || {
+            SERVICES.iter().all(|service| {
+                let placed = shoal_tests::cluster::placements(&cluster.hosts[0], service);
+                placed.len() == 2
+                    && placed
+                        .iter()
+                        .all(|id| shoal_tests::cluster::runs_on(cluster.host(id), service))
+            })
+        },
+    );
+    let first = &cluster.hosts[0];
+    assert_eq!(
+        send(
+            first,
+            "PUT",
+            "/inventory/stock/widget",
+            r#"{"available": 100}"#
+        )
+        .0,
+        200
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let buyers: Vec<_> = (0..4)
+        .map(|n| {
+            let url = format!("{}/orders/", cluster.hosts[n % 2].gateway);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut acknowledged = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut response) = agent
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .send(r#"{"sku": "widget", "quantity": 1}"#)
+                    else {
+                        continue;
+                    };
+                    if response.status() == 201 {
+                        let body = response.body_mut().read_to_string().unwrap_or_default();
+                        let order: serde_json::Value = serde_json::from_str(&body).expect("json");
+                        acknowledged.push(order["id"].as_str().expect("id").to_owned());
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    wait_for("some orders", Duration::from_secs(30), || {
+        stock(first, "widget").0 <= 85
+    });
+    cluster.hosts[2].crash();
+    wait_for("orders after the kill", Duration::from_secs(60), || {
+        stock(&cluster.hosts[0], "widget").0 <= 60
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged: Vec<String> = buyers
+        .into_iter()
+        .flat_map(|b| b.join().expect("buyer"))
+        .collect();
+    let first = &cluster.hosts[0];
+    // Every acknowledged order exists, is charged once and never refunded, and ships
+    // exactly once; nothing ships that was not ordered.
+    for id in &acknowledged {
+        let (status, order) = send(first, "GET", &format!("/orders/{id}"), "");
+        assert_eq!(status, 200, "acknowledged order {id} is lost: {order}");
+        let (status, charge) = send(first, "GET", &format!("/payment/charges/{id}"), "");
+        assert_eq!(status, 200, "{charge}");
+        assert_eq!(charge["refunded"], false, "{charge}");
+    }
+    wait_for(
+        "every acknowledged order shipped",
+        Duration::from_secs(60),
+        || {
+            let shipped: BTreeSet<String> = shipped(first).into_iter().collect();
+            acknowledged.iter().all(|id| shipped.contains(id))
+        },
+    );
+    let shipped = shipped(first);
+    let unique: BTreeSet<&String> = shipped.iter().collect();
+    assert_eq!(unique.len(), shipped.len(), "an order shipped twice");
+    for id in &shipped {
+        assert_eq!(
+            send(first, "GET", &format!("/orders/{id}"), "").0,
+            200,
+            "shipped {id} without an order"
+        );
+    }
+    // Stock is conserved and the orders cut off by the kill are compensated: nothing
+    // stays reserved.
+    wait_for("no reservation stranded", Duration::from_secs(60), || {
+        stock(first, "widget").1 == 0
+    });
+    let (available, reserved, sold) = stock(first, "widget");
+    assert_eq!(available + reserved + sold, 100);
+    assert!(sold as usize >= acknowledged.len());
+}

@@ -153,12 +153,25 @@ impl ClusterSpec {
     /// Start host `id` of this cluster, its data and log under `root/id`, with `extra`
     /// arguments.
     pub fn start_host(&self, root: &Path, id: &str, extra: &[&str]) -> Host {
+        self.start_host_with_env(root, id, extra, &[])
+    }
+
+    /// [`ClusterSpec::start_host`] with extra environment variables.
+    pub fn start_host_with_env(
+        &self,
+        root: &Path,
+        id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Host {
         let dir = root.join(id);
         std::fs::create_dir_all(&dir).expect("host dir");
         let mut args: Vec<String> = self.args(id);
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Host::start(&dir, &args)
+        let mut env = env.to_vec();
+        env.push(("SHOAL_ADMIN_TOKEN", crate::TOKEN));
+        Host::start_with_env(&dir.join("data"), &dir.join("host.log"), &args, &env)
     }
 }
 

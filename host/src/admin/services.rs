@@ -594,33 +594,39 @@ async fn call_elsewhere(
     request_id: &crate::protocol::RequestId,
 ) -> Result<Response, ApiError> {
     use http_body_util::BodyExt as _;
-    let hosts = cluster.hosts_serving(name).await;
-    let Some(address) = hosts.first() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no host of the cluster serves `{name}` right now"),
-        ));
-    };
-    parts.uri = format!("http://{address}{}", parts.uri)
-        .parse()
-        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, format!("{error}")))?;
     crate::protocol::set_request_id(&mut parts.headers, request_id);
     if let Ok(value) = axum::http::HeaderValue::from_str(name) {
         parts.headers.insert(crate::protocol::TARGET.clone(), value);
     }
-    let request = axum::http::Request::from_parts(
-        parts,
-        http_body_util::Full::new(body)
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    let response = cluster.peers().send(request).await.map_err(|error| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("calling `{name}` on {address}: {error}"),
-        )
-    })?;
-    Ok(response.map(axum::body::Body::new))
+    let path = parts.uri.clone();
+    // A host that cannot be reached (one that died, still listed until its lease
+    // expires) never got the call: the next one is tried.
+    let mut last_error = format!("no host of the cluster serves `{name}` right now");
+    for address in cluster.hosts_serving(name).await {
+        let mut attempt = parts.clone();
+        attempt.uri = format!("http://{address}{path}")
+            .parse()
+            .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, format!("{error}")))?;
+        let request = axum::http::Request::from_parts(
+            attempt,
+            http_body_util::Full::new(body.clone())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        match cluster.peers().send(request).await {
+            Ok(response) => return Ok(response.map(axum::body::Body::new)),
+            Err(error) if error.is_connect() => {
+                last_error = format!("calling `{name}` on {address}: {error}");
+            }
+            Err(error) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("calling `{name}` on {address}: {error}"),
+                ));
+            }
+        }
+    }
+    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, last_error))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

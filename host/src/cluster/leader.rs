@@ -144,19 +144,23 @@ impl Cluster {
         let current: Placements = view.placements.clone();
         let (wanted, shortfalls) = placement::place(&hosts, &demands, &current, &is_serving);
         let mut operations = Vec::new();
-        let replicas: BTreeMap<&str, u32> = demands
-            .iter()
-            .map(|d| (d.service.as_str(), d.replicas))
-            .collect();
-        for (service, hosts) in &wanted {
-            let asked = replicas.get(service.as_str()).copied().unwrap_or(0);
-            if current.get(service) != Some(hosts) || view.wanted.get(service) != Some(&asked) {
+        // Every service gets a record, an empty one when no host can take it, so its
+        // shortfall shows; services that are gone lose theirs.
+        for demand in &demands {
+            let service = &demand.service;
+            let hosts = wanted.get(service).cloned().unwrap_or_default();
+            let unchanged = current.get(service) == Some(&hosts)
+                && view.wanted.get(service) == Some(&demand.replicas);
+            if !unchanged {
                 let key = self.placement_key(service);
-                let value = self.seal_placement(&key, hosts, asked);
+                let value = self.seal_placement(&key, &hosts, demand.replicas);
                 operations.push(etcd_client::TxnOp::put(key, value, None));
             }
         }
-        for service in current.keys().filter(|s| !wanted.contains_key(*s)) {
+        for service in current
+            .keys()
+            .filter(|s| !demands.iter().any(|d| d.service == **s))
+        {
             operations.push(etcd_client::TxnOp::delete(
                 self.placement_key(service),
                 None,

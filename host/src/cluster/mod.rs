@@ -518,14 +518,17 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + ROLLOUT_WAIT;
         let mut view = self.view.clone();
         loop {
-            let placed = view
-                .borrow()
-                .placements
-                .get(name)
-                .cloned()
-                .unwrap_or_default();
+            // Once the leader has placed it (on no host at all, when none can take
+            // it), the placed hosts are waited for.
+            let (placed, decided) = {
+                let view = view.borrow();
+                (
+                    view.placements.get(name).cloned().unwrap_or_default(),
+                    view.wanted.get(name) == Some(&record.replicas()),
+                )
+            };
             let instances = self.registry_instances(name).await;
-            let serving = !placed.is_empty()
+            let serving = decided
                 && placed.iter().all(|host| {
                     instances
                         .iter()
