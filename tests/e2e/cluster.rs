@@ -582,3 +582,85 @@ fn labels_place_services_and_one_trace_spans_a_call_between_hosts() {
         "C, on the other host, continues A's call"
     );
 }
+
+#[test]
+fn a_deploy_survives_the_loss_of_the_host_that_took_it() {
+    let root = temp_root();
+    let mut cluster = Cluster::start(root.path(), 3, &[]);
+    // On an empty cluster the one replica goes to h1 (least loaded, then by id): the
+    // host that takes the deploy runs it, and is killed right after its 2xx.
+    let deployed =
+        cluster.hosts[0].deploy_with_manifest("hello", &guest("hello"), "version = \"1\"\n");
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    assert_eq!(placements(&cluster.hosts[1], "hello"), ["h1"]);
+    cluster.hosts[0].crash();
+    // The replacement, then a second replica, get the component from the copy the
+    // deploy stored on another host before it answered.
+    wait_for("a replacement serving", Duration::from_secs(30), || {
+        cluster.hosts[1].get("/hello/").status == 200
+    });
+    let scaled =
+        cluster.hosts[1].admin_json("PUT", "/v1/services/hello/scale", r#"{"replicas": 2}"#);
+    assert_eq!(scaled.status, 200, "{}", scaled.body);
+    wait_for("both survivors running it", Duration::from_secs(30), || {
+        runs_on(&cluster.hosts[1], "hello") && runs_on(&cluster.hosts[2], "hello")
+    });
+    for host in &cluster.hosts[1..] {
+        assert_eq!(host.get("/hello/").body, "Hello, world!\n");
+    }
+}
+
+#[test]
+fn a_failing_canary_trips_on_one_host_and_is_rolled_back_on_every_host() {
+    let root = temp_root();
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let stable = "version = \"1\"\nreplicas = 3\n";
+    assert_eq!(
+        cluster.hosts[0]
+            .deploy_with_manifest("svc", &guest("faulty"), stable)
+            .status,
+        201
+    );
+    let canary = cluster.hosts[1].deploy_with_manifest_query(
+        "svc",
+        &guest("faulty"),
+        "version = \"bad\"\nreplicas = 3\n[config]\nrelease = \"bad\"\n",
+        "canary=50&max_error_rate=0.2&min_requests=5&window_ms=10000",
+    );
+    assert_eq!(canary.status, 200, "{}", canary.body);
+    wait_for("the canary on every host", Duration::from_secs(30), || {
+        cluster
+            .hosts
+            .iter()
+            .all(|host| host.running("svc").canary.is_some())
+    });
+    // Failures through one host only: its window trips, and the cluster drops the
+    // canary everywhere (a host dropping it alone would get it back from the
+    // cluster's desired state).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.hosts[2].running("svc").canary.is_some() {
+        let _ = cluster.hosts[2].get("/svc/trap");
+        assert!(
+            Instant::now() < deadline,
+            "the failing canary was never rolled back"
+        );
+    }
+    wait_for(
+        "no canary on any host, for good",
+        Duration::from_secs(30),
+        || {
+            cluster.hosts.iter().all(|host| {
+                let view = host.admin("GET", "/v1/services/svc").json();
+                view["canary"].is_null() && view["version"] == "1"
+            })
+        },
+    );
+    for host in &cluster.hosts {
+        assert_eq!(host.get("/svc/ok").body, "ok \n");
+    }
+    assert!(
+        cluster.hosts[2]
+            .log()
+            .contains("canary rolled back on every host")
+    );
+}

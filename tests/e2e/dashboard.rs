@@ -114,6 +114,81 @@ async fn until_share(client: &Client, low: u32, high: u32) -> u32 {
     }
 }
 
+/// A headless Chromium session through `driver`, with its profile in `profile`.
+async fn browser(driver: &Chromedriver, profile: &std::path::Path) -> Client {
+    let mut capabilities = fantoccini::wd::Capabilities::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1400,1100",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+#[test]
+fn in_a_cluster_the_dashboard_shows_the_hosts_and_where_each_replica_runs() {
+    let root = temp_root();
+    let cluster = shoal_tests::cluster::Cluster::start(root.path(), 2, &[]);
+    let reply = cluster.hosts[1].deploy_with_manifest(
+        "web",
+        &guest("hello"),
+        "version = \"1\"\nreplicas = 2\n",
+    );
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let driver = Chromedriver::start();
+    let profile = root.path().join("chromium-profile");
+    let artifact = std::env::var_os("SHOAL_ARTIFACTS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/artifacts"))
+        .join("dashboard-cluster.png");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = browser(&driver, &profile).await;
+        client
+            .goto(&format!("{}/", cluster.hosts[0].admin))
+            .await
+            .expect("open the dashboard");
+        type_into(&client, "#token", TOKEN).await;
+        click(&client, "#login").await;
+        for id in ["h1", "h2"] {
+            let row = format!("#hosts tr[data-host=\"{id}\"]");
+            until_text(&client, &row, "the host listed up", |t| {
+                t.contains(id) && t.contains("up") && t.contains("web")
+            })
+            .await;
+        }
+        until_text(
+            &client,
+            "#svc-web .hosts",
+            "where web's replicas run",
+            |t| t.contains("h1 (up)") && t.contains("h2 (up)"),
+        )
+        .await;
+        let leader = text(&client, "#hosts tbody").await;
+        assert_eq!(leader.matches("leader").count(), 1, "{leader}");
+        if let Some(dir) = artifact.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let png = client.screenshot().await.expect("screenshot");
+        std::fs::write(&artifact, png).expect("keep the screenshot");
+        client.close().await.expect("close");
+    });
+}
+
 #[test]
 fn the_dashboard_shows_live_numbers_and_follows_a_canary_weight() {
     let root = temp_root();
@@ -150,24 +225,7 @@ fn the_dashboard_shows_live_numbers_and_follows_a_canary_weight() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mut capabilities = fantoccini::wd::Capabilities::new();
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--window-size=1400,1100",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
-            }),
-        );
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&driver.url)
-            .await
-            .expect("a Chromium session");
+        let client = browser(&driver, &profile).await;
         client
             .goto(&format!("{}/", host.admin))
             .await
@@ -190,6 +248,15 @@ fn the_dashboard_shows_live_numbers_and_follows_a_canary_weight() {
         .await;
         let rate = |t: &str| t.parse::<f64>().unwrap_or(0.0);
         let first = until_text(&client, "#svc-web .rate", "a live rate", |t| rate(t) > 0.0).await;
+        // A host that serves alone shows no hosts table.
+        let hosts_shown = client
+            .find(Locator::Css("#cluster"))
+            .await
+            .expect("the hosts section")
+            .is_displayed()
+            .await
+            .expect("visibility");
+        assert!(!hosts_shown, "a single host shows no cluster");
         until_text(&client, "#status", "a later update", |t| {
             t.starts_with("updated")
         })

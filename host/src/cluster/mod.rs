@@ -633,7 +633,34 @@ impl Cluster {
     }
 }
 
+#[async_trait::async_trait]
 impl crate::services::ServiceDirectory for Cluster {
+    async fn roll_back_canary(
+        &self,
+        service: &str,
+        version: &str,
+        reason: &str,
+    ) -> Result<(), String> {
+        let desired = self.desired().await.map_err(|error| error.to_string())?;
+        let Some((record, revision)) = desired.get(service) else {
+            return Ok(());
+        };
+        if record
+            .state
+            .canary
+            .as_ref()
+            .map(|c| c.record.version.as_str())
+            != Some(version)
+        {
+            return Ok(()); // a newer canary, or none: nothing to undo
+        }
+        self.change(service, Some(*revision), Change::AbortCanary)
+            .await
+            .map_err(|error| error.to_string())?;
+        tracing::warn!(service, version, reason, "canary rolled back on every host");
+        Ok(())
+    }
+
     fn manifests(&self, service: &str) -> Vec<crate::manifest::Manifest> {
         let view = self.view();
         let Some((record, _)) = view.services.get(service) else {

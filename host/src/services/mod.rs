@@ -223,12 +223,21 @@ pub struct FailedService {
 
 /// Every service of a cluster, wherever it runs: what a host needs to know of the
 /// services on other hosts to route their events.
+#[async_trait::async_trait]
 pub trait ServiceDirectory: Send + Sync {
     /// The manifests of `service`'s live versions (stable and canary).
     fn manifests(&self, service: &str) -> Vec<crate::manifest::Manifest>;
     /// Every subscription of every service's stable version: (subscriber,
     /// subscription).
     fn subscriptions(&self) -> Vec<(String, crate::manifest::Subscription)>;
+    /// Drop `service`'s canary for every host, if it is still `version` (an
+    /// automatic rollback that tripped here; a newer canary is kept).
+    async fn roll_back_canary(
+        &self,
+        service: &str,
+        version: &str,
+        reason: &str,
+    ) -> Result<(), String>;
 }
 
 /// Deploys, removes and restores services; owns the live table.

@@ -196,6 +196,17 @@ impl Services {
                 "canary {} exceeded its error-rate threshold",
                 canary.record.version
             );
+            // In a cluster the rollback is the cluster's: every host drops the canary
+            // (dropping it here alone would be undone by the next reconciliation).
+            if let Some(directory) = services.directory.get() {
+                if let Err(error) = directory
+                    .roll_back_canary(&name, &canary.record.version, &reason)
+                    .await
+                {
+                    tracing::error!(service = %name, %error, "automatic canary rollback failed");
+                }
+                return;
+            }
             // Only the canary that tripped, never a newer one.
             if let Err(error) = services
                 .abort_canary_if(&name, &reason, Some(&canary))

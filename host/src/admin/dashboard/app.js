@@ -16,6 +16,7 @@ const state = {
   samples: new Map(), // service -> [{t, stats}]
   series: new Map(), // service -> [{t, rate, errors, p50, p95, p99}]
   selected: null,
+  cluster: null, // the latest GET /v1/cluster, when this host is in one
   logAbort: null,
   timer: null,
 };
@@ -202,11 +203,45 @@ async function poll() {
       state.series.set(service.name, series);
     }
   }
+  try {
+    state.cluster = await api("GET", "/v1/cluster");
+  } catch (error) {
+    state.cluster = null; // 404: this host serves alone
+  }
+  renderHosts();
   renderServices();
   renderFaults();
   renderBreakers(stats.breakers || []);
   renderDeploys();
   renderDetail();
+}
+
+function renderHosts() {
+  const cluster = state.cluster;
+  $("cluster").hidden = !cluster;
+  const body = $("hosts").tBodies[0];
+  body.replaceChildren();
+  if (!cluster) return;
+  for (const host of cluster.hosts) {
+    const row = el("tr");
+    row.dataset.host = host.id;
+    const labels = Object.entries(host.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+    row.append(
+      el("td", host.id),
+      el("td", host.address),
+      el("td", host.state, `state-${host.state}`),
+      el("td", cluster.leader === host.id ? "leader" : ""),
+      el("td", `${host.memory_used_mb} / ${host.memory_budget_mb} MiB`),
+      el("td", labels || "–"),
+      el("td", host.services.join(", ") || "–"),
+    );
+    body.append(row);
+  }
+}
+
+function placedOn(service) {
+  const placements = service.placements || [];
+  return placements.length ? placements.map((p) => `${p.host} (${p.state})`).join(", ") : "–";
 }
 
 function renderServices() {
@@ -245,6 +280,7 @@ function renderServices() {
       }
     }
     row.append(traffic);
+    row.append(el("td", placedOn(service), "hosts"));
     row.addEventListener("click", () => select(service.name));
     body.append(row);
   }
