@@ -259,13 +259,32 @@ fn draining_a_host_moves_its_replica_with_no_failed_request() {
         .iter()
         .find(|host| host.gateway != cluster.host(&drained).gateway)
         .expect("another host");
+    // A service on every host calls it too, with a method that is never retried once
+    // sent: a call that reaches a host the service just left must go elsewhere.
+    let caller = cluster.hosts[0].deploy_with_manifest(
+        "a",
+        &guest("caller"),
+        "version = \"1\"\nreplicas = 3\n",
+    );
+    assert_eq!(caller.status, 201, "{}", caller.body);
+    wait_until_placed(&cluster, "a", 3);
     let load = Load::start(
         format!("{}/hello/", through.gateway),
         4,
         Duration::from_millis(2),
         |status, body| (status == 200 && body == "Hello, world!\n").then_some("ok"),
     );
+    let calls = Load::start(
+        format!(
+            "{}/a/call?service=hello&path=/&method=POST",
+            through.gateway
+        ),
+        2,
+        Duration::from_millis(2),
+        |status, body| (status == 200 && body.starts_with("outcome=ok status=200")).then_some("ok"),
+    );
     load.wait_for_more("answers before the drain", "ok", Duration::from_secs(10));
+    calls.wait_for_more("calls before the drain", "ok", Duration::from_secs(10));
     let (ok, out, err) =
         shoal_tests::shoal_cli(&["host", "drain", &drained], &cli_env(&through.admin));
     assert!(ok, "{out}{err}");
@@ -279,6 +298,14 @@ fn draining_a_host_moves_its_replica_with_no_failed_request() {
         },
     );
     load.wait_for_more("answers after the drain", "ok", Duration::from_secs(10));
+    calls.wait_for_more("calls after the drain", "ok", Duration::from_secs(10));
+    let (_, call_failures) = calls.finish();
+    assert!(
+        call_failures.is_empty(),
+        "{} failed calls during the drain, first: {:?}",
+        call_failures.len(),
+        &call_failures[..call_failures.len().min(5)]
+    );
     let (_, failures) = load.finish();
     assert!(
         failures.is_empty(),

@@ -31,7 +31,9 @@ use crate::policy::balancer::{Balancer, Load};
 use crate::policy::breaker::{BreakerState, CircuitBreaker, Permit};
 use crate::policy::is_failure_status;
 use crate::policy::retry::{self, Attempt, Next, RetryBudget, is_idempotent_method};
-use crate::protocol::{self, Body, CALLER, DEADLINE_MS, PEER, REQUEST_ID, RequestId, TARGET};
+use crate::protocol::{
+    self, Body, CALLER, DEADLINE_MS, NOT_HERE, PEER, REQUEST_ID, RequestId, TARGET,
+};
 use crate::registry::{Endpoint, Instance, Registry, routable};
 use crate::telemetry::TraceScope;
 use opentelemetry::KeyValue;
@@ -568,7 +570,18 @@ impl Caller {
                         )))
                     })
             }
-            Endpoint::Http(_) | Endpoint::Peer(_) => self.remote.send(outgoing).await,
+            Endpoint::Http(_) => self.remote.send(outgoing).await,
+            Endpoint::Peer(authority) => {
+                let response = self.remote.send(outgoing).await?;
+                // The service moved off that host (a drain, a new placement) before
+                // discovery heard of it: the call was not served, and goes elsewhere.
+                if response.headers().contains_key(&NOT_HERE) {
+                    return Err(not_sent(CallError::Refused(format!(
+                        "`{target}` no longer runs on {authority}"
+                    ))));
+                }
+                Ok(response)
+            }
         }
     }
 
