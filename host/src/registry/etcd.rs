@@ -397,7 +397,9 @@ impl EtcdRegistry {
         self.remote.lock().values().cloned().collect()
     }
 
-    fn apply_remote(&self, key: &[u8], value: Option<&[u8]>) {
+    /// Apply one watched put (`Some`) or delete of an instance record to the cache, in
+    /// the order the watch gave them.
+    async fn apply_remote(&self, key: &[u8], value: Option<&[u8]>) {
         let Some(value) = value else {
             // A delete: the key names the instance.
             let key = String::from_utf8_lossy(key);
@@ -411,8 +413,7 @@ impl EtcdRegistry {
                 ids.iter().filter_map(|id| remote.remove(id)).collect()
             };
             for instance in removed {
-                let cache = self.cache.clone();
-                tokio::spawn(async move { cache.deregister(&instance.id).await });
+                let _ = self.cache.deregister(&instance.id).await;
             }
             return;
         };
@@ -422,8 +423,7 @@ impl EtcdRegistry {
                 self.remote
                     .lock()
                     .insert(instance.id.clone(), instance.clone());
-                let cache = self.cache.clone();
-                tokio::spawn(async move { cache.register(instance, REMOTE_TTL).await });
+                let _ = self.cache.register(instance, REMOTE_TTL).await;
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "ignoring an instance record"),
@@ -544,8 +544,10 @@ async fn follow_once(registry: &Arc<EtcdRegistry>) -> Result<(), EtcdError> {
         for event in answer.events() {
             let Some(kv) = event.kv() else { continue };
             match event.event_type() {
-                etcd_client::EventType::Put => registry.apply_remote(kv.key(), Some(kv.value())),
-                etcd_client::EventType::Delete => registry.apply_remote(kv.key(), None),
+                etcd_client::EventType::Put => {
+                    registry.apply_remote(kv.key(), Some(kv.value())).await
+                }
+                etcd_client::EventType::Delete => registry.apply_remote(kv.key(), None).await,
             }
         }
     }
