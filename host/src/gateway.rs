@@ -130,6 +130,38 @@ pub async fn serve(
     listener::serve(bound, service_for, shutdown, drain).await;
 }
 
+/// Serve the cluster port (mutual TLS: the listener completes a handshake only with a
+/// certificate of the cluster's CA): requests between hosts, nothing else.
+pub async fn serve_peers(
+    bound: listener::Bound,
+    services: Arc<Services>,
+    cluster: Arc<Cluster>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let service_for = move |_address: SocketAddr| {
+        let services = services.clone();
+        let cluster = cluster.clone();
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            let services = services.clone();
+            let cluster = cluster.clone();
+            async move {
+                let request_id = RequestId::from_headers(request.headers());
+                if !request.headers().contains_key(&PEER) {
+                    let message = "this port takes requests from the cluster's hosts only\n";
+                    return Ok::<_, Infallible>(refuse(
+                        StatusCode::FORBIDDEN,
+                        message.to_owned(),
+                        &request_id,
+                    ));
+                }
+                Ok(from_peer(&services, Some(&cluster), request, request_id, true).await)
+            }
+        })
+    };
+    listener::serve(bound, service_for, shutdown, drain).await;
+}
+
 /// The other end of a connection, as the gateway's header rules see it.
 #[derive(Debug)]
 pub struct Peer {
@@ -165,7 +197,7 @@ pub async fn route(
 ) -> Response<Body> {
     let request_id = RequestId::from_headers(request.headers());
     if request.headers().contains_key(&PEER) {
-        return from_peer(services, cluster, request, request_id).await;
+        return from_peer(services, cluster, request, request_id, false).await;
     }
     let path = request.uri().path();
     let local = services.table().resolve(path);
@@ -300,7 +332,11 @@ async fn to_peer(
     let mut body = Some(body.map_err(std::io::Error::other).boxed_unsync());
     let mut last_error = String::new();
     for address in &hosts {
-        let Ok(uri) = format!("http://{address}{}", parts.uri).parse::<Uri>() else {
+        let Ok(uri) = cluster
+            .peers()
+            .url(address, &parts.uri.to_string())
+            .parse::<Uri>()
+        else {
             continue;
         };
         let mut attempt = Request::new(match body.take() {
@@ -347,6 +383,7 @@ async fn from_peer(
     cluster: Option<&Cluster>,
     request: Request<Incoming>,
     request_id: RequestId,
+    on_cluster_port: bool,
 ) -> Response<Body> {
     let credential = request
         .headers()
@@ -357,6 +394,12 @@ async fn from_peer(
         let message = "this host is not a member of a cluster\n".to_owned();
         return refuse(StatusCode::FORBIDDEN, message, &request_id);
     };
+    if cluster.peers().mutual_tls() && !on_cluster_port {
+        let message =
+            "the hosts of this cluster speak to each other on their cluster port, over mutual TLS\n"
+                .to_owned();
+        return refuse(StatusCode::FORBIDDEN, message, &request_id);
+    }
     let Some(peer_id) = cluster.key().verify_peer(credential).map(str::to_owned) else {
         tracing::warn!("refused a request with an invalid cluster credential");
         let message = "the request's cluster credential is not valid for this cluster\n".to_owned();

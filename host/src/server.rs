@@ -44,6 +44,8 @@ pub struct Host {
     drain: Duration,
     /// The cluster this host is a member of.
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// With mutual TLS between hosts: the port they reach this one on.
+    cluster_listener: Option<listener::Bound>,
 }
 
 impl Host {
@@ -204,6 +206,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
     )
     .await?;
     caller.set_own_listeners(vec![gateway.local_addr()?, admin_listener.local_addr()?]);
+    let mut cluster_listener = None;
     let cluster = match joining {
         Some(joining) => {
             // Port 0 is known now: peers reach the gateway where it is bound.
@@ -212,15 +215,50 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
                 .advertise
                 .clone()
                 .unwrap_or(gateway.local_addr()?.to_string());
-            joining.registry.set_advertise(advertise.clone());
+            // With mutual TLS, the hosts reach each other on a port of their own that
+            // completes a handshake only with a certificate of the cluster's CA.
+            let peer_address = match (
+                &joining.peer_tls,
+                config.cluster.cluster_listen,
+                &config.cluster.cluster_tls_cert,
+                &config.cluster.cluster_tls_key,
+                &config.cluster.cluster_ca,
+            ) {
+                (Some(tls), Some(listen), Some(cert), Some(key), Some(ca)) => {
+                    let acceptor = crate::tls::CertFiles::open(cert, key)?
+                        .acceptor_for_peers(ca)
+                        .context("the cluster port's TLS")?;
+                    let bound = listener::Bound::bind(
+                        "cluster port",
+                        listen,
+                        config.connections.limits(config.gateway.max_connections),
+                        Some(acceptor),
+                    )
+                    .await?;
+                    let address = config
+                        .cluster
+                        .cluster_advertise
+                        .clone()
+                        .unwrap_or(bound.local_addr()?.to_string());
+                    println!("cluster port listening on https://{}", bound.local_addr()?);
+                    cluster_listener = Some(bound);
+                    caller.set_peer_tls(tls.clone());
+                    Some(address)
+                }
+                _ => None,
+            };
+            joining
+                .registry
+                .set_advertise(peer_address.clone().unwrap_or(advertise.clone()));
             telemetry.metrics.set_host(&host_id);
             let cluster = crate::cluster::Cluster::start(
                 joining,
                 &services,
                 advertise,
+                peer_address,
                 admin_listener.local_addr()?.to_string(),
                 config.admin.max_upload_bytes,
-            );
+            )?;
             services.join_cluster(cluster.clone());
             Some(cluster)
         }
@@ -266,6 +304,7 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         trusted: TrustedPeers::new(config.gateway.trusted_proxies.clone()),
         drain: config.connections.drain(),
         cluster,
+        cluster_listener,
     })
 }
 
@@ -312,10 +351,21 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
         trusted,
         drain,
         cluster,
+        cluster_listener,
     } = host;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let peers = match (cluster_listener, &cluster) {
+        (Some(bound), Some(cluster)) => Some(tokio::spawn(crate::gateway::serve_peers(
+            bound,
+            services.clone(),
+            cluster.clone(),
+            stopped(stop_rx.clone()),
+            drain,
+        ))),
+        _ => None,
     };
     let gateway = tokio::spawn(crate::gateway::serve(
         gateway,
@@ -340,6 +390,9 @@ pub async fn serve(host: Host, shutdown: impl Future<Output = Result<()>>) -> Re
     telemetry.guest_logs.close();
     let _ = stop_tx.send(true);
     let _ = gateway.await;
+    if let Some(peers) = peers {
+        let _ = peers.await;
+    }
     if let Err(error) = admin_server.await {
         tracing::warn!(%error, "admin API task failed");
     }

@@ -87,11 +87,34 @@ impl CertFiles {
 
     /// A TLS acceptor serving whatever pair is current, and a task that reloads it.
     pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor> {
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(default_provider()))
+        self.acceptor_verifying(None)
+    }
+
+    /// [`CertFiles::acceptor`] for a cluster's peer port: only clients with a
+    /// certificate signed by the CA in `ca_file` (PEM) complete the handshake.
+    pub fn acceptor_for_peers(self: &Arc<Self>, ca_file: &Path) -> Result<TlsAcceptor> {
+        let roots = crate::trust::roots(ca_file)?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(default_provider()),
+        )
+        .build()
+        .context("the cluster CA")?;
+        self.acceptor_verifying(Some(verifier))
+    }
+
+    fn acceptor_verifying(
+        self: &Arc<Self>,
+        clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> Result<TlsAcceptor> {
+        let builder = rustls::ServerConfig::builder_with_provider(Arc::new(default_provider()))
             .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+            .context("TLS protocol versions")?;
+        let mut config = match clients {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        }
+        .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let files = Arc::downgrade(self);
         tokio::spawn(async move {

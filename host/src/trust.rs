@@ -12,29 +12,63 @@ use std::sync::Arc;
 /// A TLS client configuration that verifies servers against `ca_file`'s certificates
 /// (PEM), or the public web's roots when there is none.
 pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
+    let roots = match ca_file {
+        Some(path) => roots(path)?,
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            roots
+        }
+    };
+    Ok(client_builder()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The certificates in `path` (PEM) as trust roots; at least one must load.
+pub fn roots(path: &Path) -> Result<rustls::RootCertStore> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let certs = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("{} is not PEM certificates", path.display()))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                bail!("{} holds no usable certificate", path.display());
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} is not PEM certificates", path.display()))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        bail!("{} holds no usable certificate", path.display());
     }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
-    .with_root_certificates(roots)
-    .with_no_client_auth())
+    Ok(roots)
+}
+
+/// The TLS client configuration of a cluster host talking to its peers: their
+/// certificates must chain to `ca_file`, and this host shows `cert_file`/`key_file`.
+pub fn peer_client_config(
+    ca_file: &Path,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert_file)
+        .with_context(|| format!("reading {}", cert_file.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} is not PEM certificates", cert_file.display()))?;
+    if chain.is_empty() {
+        bail!("{} holds no certificate", cert_file.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .with_context(|| format!("reading the private key {}", key_file.display()))?;
+    client_builder()?
+        .with_root_certificates(roots(ca_file)?)
+        .with_client_auth_cert(chain, key)
+        .context("the cluster certificate and key do not match")
+}
+
+fn client_builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")
 }
 
 /// The cluster token as a MAC key. Records are signed under one derived key and peer

@@ -691,3 +691,142 @@ fn a_failing_canary_trips_on_one_host_and_is_rolled_back_on_every_host() {
             .contains("canary rolled back on every host")
     );
 }
+
+/// A CA, and a certificate it signs for 127.0.0.1 usable by a server and a client,
+/// in `dir` as `name-ca.crt`, `name.crt`, `name.key`.
+fn cluster_certificate(dir: &std::path::Path, name: &str) -> [String; 3] {
+    let path = |suffix: &str| dir.join(format!("{name}{suffix}")).display().to_string();
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let curve = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (ca, ca_key, cert, key, csr, ext) = (
+        path("-ca.crt"),
+        path("-ca.key"),
+        path(".crt"),
+        path(".key"),
+        path(".csr"),
+        path(".ext"),
+    );
+    let subject = format!("/CN={name} cluster CA");
+    let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject];
+    args.extend(curve);
+    args.extend(["-keyout", &ca_key, "-out", &ca]);
+    openssl(&args);
+    let mut args = vec!["req", "-new", "-subj", "/CN=shoal host"];
+    args.extend(curve);
+    args.extend(["-keyout", &key, "-out", &csr]);
+    openssl(&args);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         extendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    [ca, cert, key]
+}
+
+/// `curl` to `url` with a client certificate (or none); its exit status and output.
+fn curl(url: &str, ca: &str, client: Option<(&str, &str)>) -> (i32, String) {
+    let mut command = std::process::Command::new("curl");
+    command.args(["-sS", "--max-time", "10", "--cacert", ca, url]);
+    if let Some((cert, key)) = client {
+        command.args(["--cert", cert, "--key", key]);
+    }
+    let output = command.output().expect("curl runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+#[test]
+fn with_mutual_tls_the_hosts_speak_only_to_certified_peers_on_their_cluster_port() {
+    let root = temp_root();
+    let [ca, cert, key] = cluster_certificate(root.path(), "cluster");
+    let [_, foreign_cert, foreign_key] = cluster_certificate(root.path(), "foreign");
+    let tls = [
+        "--cluster-tls-cert",
+        cert.as_str(),
+        "--cluster-tls-key",
+        key.as_str(),
+        "--cluster-ca",
+        ca.as_str(),
+        "--cluster-listen",
+        "127.0.0.1:0",
+    ];
+    let cluster = Cluster::start(root.path(), 2, &tls);
+    let port = |host: &shoal_tests::Host| {
+        host.startup_output
+            .iter()
+            .find_map(|line| line.strip_prefix("cluster port listening on "))
+            .expect("a cluster port")
+            .to_owned()
+    };
+    // Forwarding, component transfer and discovery all go over the cluster port.
+    let deployed =
+        cluster.hosts[0].deploy_with_manifest("hello", &guest("hello"), "version = \"1\"\n");
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    assert_eq!(placements(&cluster.hosts[1], "hello"), ["h1"]);
+    let through = cluster.hosts[1].get("/hello/");
+    assert_eq!(through.body, "Hello, world!\n", "{}", through.body);
+    let scaled =
+        cluster.hosts[1].admin_json("PUT", "/v1/services/hello/scale", r#"{"replicas": 2}"#);
+    assert_eq!(scaled.status, 200, "{}", scaled.body);
+    wait_for(
+        "the component fetched over mutual TLS",
+        Duration::from_secs(30),
+        || runs_on(&cluster.hosts[1], "hello"),
+    );
+    let discovered = cluster.hosts[1].admin("GET", "/v1/discovery/hello").body;
+    assert!(
+        discovered.contains(&port(&cluster.hosts[0])["https://".len()..]),
+        "{discovered}"
+    );
+    // The public gateway takes no request between hosts any more.
+    let forged = cluster.hosts[0].get_with_headers(
+        "/",
+        &[("x-shoal-peer", "h2:00"), ("x-shoal-target", "hello")],
+    );
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert!(forged.body.contains("cluster port"), "{}", forged.body);
+    // The cluster port completes a handshake only with the cluster CA's certificate.
+    let url = format!("{}/", port(&cluster.hosts[0]));
+    let (code, out) = curl(&url, &ca, None);
+    assert_ne!(code, 0, "no client certificate: {out}");
+    let (code, out) = curl(&url, &ca, Some((&foreign_cert, &foreign_key)));
+    assert_ne!(code, 0, "another CA's certificate: {out}");
+    let (code, out) = curl(&url, &ca, Some((&cert, &key)));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("from the cluster's hosts only"), "{out}");
+}

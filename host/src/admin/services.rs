@@ -604,7 +604,9 @@ async fn call_elsewhere(
     let mut last_error = format!("no host of the cluster serves `{name}` right now");
     for address in cluster.hosts_serving(name).await {
         let mut attempt = parts.clone();
-        attempt.uri = format!("http://{address}{path}")
+        attempt.uri = cluster
+            .peers()
+            .url(&address, &path.to_string())
             .parse()
             .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, format!("{error}")))?;
         let request = axum::http::Request::from_parts(

@@ -231,6 +231,12 @@ pub struct Caller {
     own_listeners: parking_lot::RwLock<Vec<std::net::SocketAddr>>,
     /// In a cluster, what this host presents to its peers (`x-shoal-peer`).
     peer_credential: OnceLock<HeaderValue>,
+    /// In a cluster whose hosts speak mutual TLS, the client to them.
+    peer_tls: OnceLock<
+        transport::RemoteClient<
+            hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        >,
+    >,
 }
 
 impl Caller {
@@ -244,7 +250,15 @@ impl Caller {
             targets: Mutex::new(HashMap::new()),
             own_listeners: Default::default(),
             peer_credential: OnceLock::new(),
+            peer_tls: OnceLock::new(),
         }
+    }
+
+    /// In a cluster whose hosts speak mutual TLS: reach peers with `config`.
+    pub fn set_peer_tls(&self, config: rustls::ClientConfig) {
+        let _ = self
+            .peer_tls
+            .set(transport::RemoteClient::mutual_tls(config));
     }
 
     /// In a cluster: the credential sent with every call to a peer host.
@@ -526,10 +540,21 @@ impl Caller {
         let not_sent = |error| TransportError { error, sent: false };
         let (uri, host) = match &instance.endpoint {
             Endpoint::Local => (request.path_and_query.parse::<Uri>(), target),
-            Endpoint::Http(authority) | Endpoint::Peer(authority) => (
+            Endpoint::Http(authority) => (
                 format!("http://{authority}{}", request.path_and_query).parse::<Uri>(),
                 authority.as_str(),
             ),
+            Endpoint::Peer(authority) => {
+                let scheme = if self.peer_tls.get().is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                (
+                    format!("{scheme}://{authority}{}", request.path_and_query).parse::<Uri>(),
+                    authority.as_str(),
+                )
+            }
         };
         let uri = uri.map_err(|_| {
             not_sent(CallError::InvalidRequest(format!(
@@ -572,7 +597,10 @@ impl Caller {
             }
             Endpoint::Http(_) => self.remote.send(outgoing).await,
             Endpoint::Peer(authority) => {
-                let response = self.remote.send(outgoing).await?;
+                let response = match self.peer_tls.get() {
+                    Some(client) => client.send(outgoing).await?,
+                    None => self.remote.send(outgoing).await?,
+                };
                 // The service moved off that host (a drain, a new placement) before
                 // discovery heard of it: the call was not served, and goes elsewhere.
                 if response.headers().contains_key(&NOT_HERE) {

@@ -28,10 +28,31 @@ pub trait LocalDispatch: Send + Sync {
     ) -> Option<Response<Body>>;
 }
 
-/// Pooled HTTP/1.1 client for remote instances.
+/// Pooled HTTP/1.1 client for remote instances (over mutual TLS for a cluster's
+/// peers when the hosts speak it: [`RemoteClient::mutual_tls`]).
 #[derive(Clone)]
-pub struct RemoteClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+pub struct RemoteClient<C = HttpConnector> {
+    client: Client<C, Full<Bytes>>,
+}
+
+impl RemoteClient<hyper_rustls::HttpsConnector<HttpConnector>> {
+    /// A client that speaks only TLS, showing the certificate `config` carries.
+    pub fn mutual_tls(config: rustls::ClientConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(Duration::from_secs(2)));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Self { client }
+    }
 }
 
 impl Default for RemoteClient {
@@ -47,7 +68,10 @@ impl Default for RemoteClient {
     }
 }
 
-impl RemoteClient {
+impl<C> RemoteClient<C>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     /// Send `request` (its URI already absolute) and classify transport failures.
     pub async fn send(
         &self,

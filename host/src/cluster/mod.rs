@@ -90,6 +90,28 @@ pub struct ClusterSettings {
     /// File holding the etcd user's password.
     #[arg(long, env = "SHOAL_ETCD_PASSWORD_FILE", requires = "etcd_user")]
     pub etcd_password_file: Option<PathBuf>,
+
+    /// PEM certificate this host shows the other hosts: with it, the hosts speak
+    /// mutual TLS to each other, on a port of their own (--cluster-listen).
+    #[arg(long, env = "SHOAL_CLUSTER_TLS_CERT",
+          requires_all = ["cluster_tls_key", "cluster_ca", "cluster_listen"])]
+    pub cluster_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --cluster-tls-cert.
+    #[arg(long, env = "SHOAL_CLUSTER_TLS_KEY", requires = "cluster_tls_cert")]
+    pub cluster_tls_key: Option<PathBuf>,
+
+    /// PEM certificates of the CA that signs every host's cluster certificate.
+    #[arg(long, env = "SHOAL_CLUSTER_CA", requires = "cluster_tls_cert")]
+    pub cluster_ca: Option<PathBuf>,
+
+    /// Address of the port the other hosts reach this one on, over mutual TLS.
+    #[arg(long, env = "SHOAL_CLUSTER_LISTEN", requires = "cluster_tls_cert")]
+    pub cluster_listen: Option<std::net::SocketAddr>,
+
+    /// That port as the other hosts reach it (default: --cluster-listen as bound).
+    #[arg(long, env = "SHOAL_CLUSTER_ADVERTISE", requires = "cluster_listen")]
+    pub cluster_advertise: Option<String>,
 }
 
 impl ClusterSettings {
@@ -118,6 +140,8 @@ pub struct Joining {
     pub registry: Arc<EtcdRegistry>,
     /// The credential this host presents to its peers.
     pub credential: http::HeaderValue,
+    /// With mutual TLS between hosts: this host's client configuration.
+    pub peer_tls: Option<rustls::ClientConfig>,
 }
 
 impl Joining {
@@ -154,6 +178,17 @@ impl Joining {
         };
         let credential = http::HeaderValue::from_str(&key.peer_credential(&host_id))
             .context("the host id must be printable ASCII")?;
+        let peer_tls = match (
+            &settings.cluster_ca,
+            &settings.cluster_tls_cert,
+            &settings.cluster_tls_key,
+        ) {
+            (Some(ca), Some(cert), Some(key)) => Some(
+                crate::trust::peer_client_config(ca, cert, key)
+                    .context("the cluster's TLS certificate")?,
+            ),
+            _ => None,
+        };
         let etcd = Etcd::connect(&options, key).await?;
         let lease = HostLease::start(etcd.clone(), settings.lease_ttl());
         let registry = EtcdRegistry::start(etcd.clone(), host_id.clone(), advertise, lease.clone());
@@ -164,6 +199,7 @@ impl Joining {
             lease,
             registry,
             credential,
+            peer_tls,
         })
     }
 }
@@ -213,9 +249,10 @@ impl Cluster {
         joining: Joining,
         services: &Arc<Services>,
         address: String,
+        peer_address: Option<String>,
         admin_address: String,
         max_component: usize,
-    ) -> Arc<Self> {
+    ) -> anyhow::Result<Arc<Self>> {
         let record = HostRecord {
             id: joining.host_id.clone(),
             address,
@@ -223,11 +260,13 @@ impl Cluster {
             labels: joining.labels.clone(),
             memory_budget_mb: (services.memory_budget().limit() / (1024 * 1024)) as u64,
             shoal_version: env!("CARGO_PKG_VERSION").to_owned(),
+            peer_address,
         };
+        let peers = peers::Peers::new(joining.credential.clone(), max_component, joining.peer_tls)?;
         let (view_tx, view) = watch::channel(Arc::new(ClusterView::default()));
         tokio::spawn(view::follow(joining.etcd.clone(), view_tx));
         let cluster = Arc::new(Self {
-            peers: peers::Peers::new(joining.credential.clone(), max_component),
+            peers,
             etcd: joining.etcd,
             host_id: joining.host_id,
             record,
@@ -242,7 +281,7 @@ impl Cluster {
         tokio::spawn(hold_membership(Arc::downgrade(&cluster)));
         tokio::spawn(leader::run(Arc::downgrade(&cluster)));
         tokio::spawn(reconcile::run(Arc::downgrade(&cluster)));
-        cluster
+        Ok(cluster)
     }
 
     /// This host's id.
@@ -469,7 +508,7 @@ impl Cluster {
             for host in &others {
                 match self
                     .peers
-                    .push(&host.address, &record.digest, component.clone())
+                    .push(host.peer_address(), &record.digest, component.clone())
                     .await
                 {
                     Ok(()) => {

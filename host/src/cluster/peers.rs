@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -22,27 +23,64 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
 /// A pooled client to the other hosts' gateways.
 #[derive(Clone)]
 pub struct Peers {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     credential: HeaderValue,
     /// Largest component accepted from a peer.
     max_component: usize,
+    /// `https` when the hosts speak mutual TLS to each other, else `http`.
+    scheme: &'static str,
 }
 
 impl Peers {
-    /// A client presenting `credential`, accepting components up to `max_component`.
-    pub fn new(credential: HeaderValue, max_component: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
+    /// A client presenting `credential`, accepting components up to `max_component`;
+    /// with `tls` (the cluster's CA and this host's certificate), over mutual TLS.
+    pub fn new(
+        credential: HeaderValue,
+        max_component: usize,
+        tls: Option<rustls::ClientConfig>,
+    ) -> anyhow::Result<Self> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(Duration::from_secs(2)));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let (connector, scheme) = match tls {
+            Some(config) => (
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(http),
+                "https",
+            ),
+            None => (
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(crate::trust::client_config(None)?)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http),
+                "http",
+            ),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .build(connector);
-        Self {
+        Ok(Self {
             client,
             credential,
             max_component,
-        }
+            scheme,
+        })
+    }
+
+    /// The URL of `path` on the peer at `address`.
+    pub fn url(&self, address: &str, path: &str) -> String {
+        format!("{}://{address}{path}", self.scheme)
+    }
+
+    /// Whether the hosts speak mutual TLS to each other.
+    pub fn mutual_tls(&self) -> bool {
+        self.scheme == "https"
     }
 
     /// Largest component accepted from a peer.
@@ -69,7 +107,7 @@ impl Peers {
 
     /// The component `digest` from the peer at `address`, checked against its digest.
     pub async fn fetch(&self, address: &str, digest: &str) -> anyhow::Result<Bytes> {
-        let uri = format!("http://{address}{PEER_PATH}artifacts/{digest}");
+        let uri = self.url(address, &format!("{PEER_PATH}artifacts/{digest}"));
         let request = Request::get(uri).body(empty())?;
         let transfer = async {
             let response = self.send(request).await?;
@@ -96,7 +134,7 @@ impl Peers {
     /// Store `bytes` (component `digest`) on the peer at `address`; it answers once
     /// they are on its disk.
     pub async fn push(&self, address: &str, digest: &str, bytes: Bytes) -> anyhow::Result<()> {
-        let uri = format!("http://{address}{PEER_PATH}artifacts/{digest}");
+        let uri = self.url(address, &format!("{PEER_PATH}artifacts/{digest}"));
         let request = Request::builder().method(Method::PUT).uri(uri).body(
             Full::new(bytes)
                 .map_err(|never| match never {})

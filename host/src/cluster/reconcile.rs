@@ -116,7 +116,7 @@ impl Cluster {
             .collect();
         let mut last_error = anyhow::anyhow!("no live host holds it");
         for holder in holders {
-            match self.peers.fetch(&holder.address, digest).await {
+            match self.peers.fetch(holder.peer_address(), digest).await {
                 Ok(bytes) => {
                     let size = bytes.len() as u64;
                     services

@@ -39,6 +39,17 @@ pub struct HostRecord {
     pub memory_budget_mb: u64,
     /// Shoal version it runs.
     pub shoal_version: String,
+    /// Where the other hosts reach it when they speak mutual TLS (its cluster port);
+    /// none: at `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<String>,
+}
+
+impl HostRecord {
+    /// Where the other hosts send it their requests.
+    pub fn peer_address(&self) -> &str {
+        self.peer_address.as_deref().unwrap_or(&self.address)
+    }
 }
 
 /// A draining host.

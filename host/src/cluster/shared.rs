@@ -77,10 +77,9 @@ impl Cluster {
                     let Some(host) = live else {
                         return (member.id.clone(), Err(anyhow::anyhow!("down")));
                     };
-                    let uri = format!(
-                        "http://{}{}audit?limit={limit}",
-                        host.address,
-                        super::peers::PEER_PATH
+                    let uri = self.peers.url(
+                        host.peer_address(),
+                        &format!("{}audit?limit={limit}", super::peers::PEER_PATH),
                     );
                     let read = async {
                         let request = http::Request::get(uri).body(
