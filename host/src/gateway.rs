@@ -471,6 +471,22 @@ async fn peer_api(
             ),
         };
     }
+    if let Some(service) = rest.strip_prefix("canary/") {
+        // This host's share of a canary's recent outcomes, for the leader's sum.
+        let Some((version, calls, failures)) = services.canary_window(service) else {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                format!("no canary of `{service}` here\n"),
+                request_id,
+            );
+        };
+        let body = serde_json::json!({ "version": version, "calls": calls, "failures": failures });
+        return Response::new(
+            http_body_util::Full::new(bytes::Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+    }
     let Some(digest) = rest.strip_prefix("artifacts/") else {
         return refuse(
             StatusCode::NOT_FOUND,

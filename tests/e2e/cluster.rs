@@ -830,3 +830,53 @@ fn with_mutual_tls_the_hosts_speak_only_to_certified_peers_on_their_cluster_port
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("from the cluster's hosts only"), "{out}");
 }
+
+#[test]
+fn a_canary_failing_a_little_on_every_host_is_judged_on_the_sum() {
+    let root = temp_root();
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let stable = "version = \"1\"\nreplicas = 3\n";
+    assert_eq!(
+        cluster.hosts[0]
+            .deploy_with_manifest("svc", &guest("faulty"), stable)
+            .status,
+        201
+    );
+    // Every request goes to the canary; its rule needs 6 requests in the window.
+    let canary = cluster.hosts[1].deploy_with_manifest_query(
+        "svc",
+        &guest("faulty"),
+        "version = \"bad\"\nreplicas = 3\n[config]\nrelease = \"bad\"\n",
+        "canary=100&max_error_rate=0.2&min_requests=6&window_ms=60000",
+    );
+    assert_eq!(canary.status, 200, "{}", canary.body);
+    wait_for("the canary on every host", Duration::from_secs(30), || {
+        cluster
+            .hosts
+            .iter()
+            .all(|host| host.running("svc").canary.is_some())
+    });
+    // Two failures on each host: no host sees the 6 its rule needs, the cluster does.
+    for host in &cluster.hosts {
+        for _ in 0..2 {
+            assert_eq!(host.get("/svc/trap").status, 500);
+        }
+    }
+    wait_for(
+        "the canary rolled back on every host",
+        Duration::from_secs(30),
+        || {
+            cluster.hosts.iter().all(|host| {
+                let view = host.admin("GET", "/v1/services/svc").json();
+                view["canary"].is_null() && view["version"] == "1"
+            })
+        },
+    );
+    assert!(
+        cluster
+            .hosts
+            .iter()
+            .any(|host| host.log().contains("over every host")),
+        "the leader judged the sum"
+    );
+}

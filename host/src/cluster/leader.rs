@@ -84,6 +84,7 @@ impl Cluster {
                     Ok(false) => return,
                     Err(error) => tracing::warn!(%error, "cannot write placements; will retry"),
                 }
+                self.judge_canaries(&snapshot).await;
             }
             tokio::select! {
                 _ = view.changed() => {}
@@ -91,6 +92,92 @@ impl Cluster {
                 _ = tokio::time::sleep(TICK) => {}
             }
         }
+    }
+
+    /// Roll back every canary whose automatic-rollback rule the outcomes of all the
+    /// hosts that run it, summed, break (each host also judges its own share alone).
+    async fn judge_canaries(&self, view: &ClusterView) {
+        use crate::services::ServiceDirectory as _;
+        let Some(services) = self.services.upgrade() else {
+            return;
+        };
+        for (name, (record, _)) in &view.services {
+            let Some(canary) = &record.state.canary else {
+                continue;
+            };
+            let Some(rule) = &canary.auto_rollback else {
+                continue;
+            };
+            let version = &canary.record.version;
+            let mut calls = 0u32;
+            let mut failures = 0u32;
+            for host in view.placements.get(name).into_iter().flatten() {
+                let window = if *host == self.host_id {
+                    services.canary_window(name)
+                } else {
+                    match view.hosts.get(host) {
+                        Some(peer) => self.peer_canary_window(peer.peer_address(), name).await,
+                        None => None,
+                    }
+                };
+                if let Some((seen, host_calls, host_failures)) = window
+                    && seen == *version
+                {
+                    calls = calls.saturating_add(host_calls);
+                    failures = failures.saturating_add(host_failures);
+                }
+            }
+            if crate::policy::error_rate::exceeds(
+                calls,
+                failures,
+                rule.max_error_rate,
+                rule.min_requests,
+            ) {
+                let reason = format!(
+                    "canary {version} failed {failures} of {calls} requests over every host, above its threshold"
+                );
+                if let Err(error) = self.roll_back_canary(name, version, &reason).await {
+                    tracing::warn!(service = %name, %error, "cannot roll the canary back; will retry");
+                }
+            }
+        }
+    }
+
+    /// A peer's share of `service`'s canary outcomes: (version, calls, failures).
+    async fn peer_canary_window(&self, address: &str, service: &str) -> Option<(String, u32, u32)> {
+        use http_body_util::BodyExt as _;
+        let uri = self.peers.url(
+            address,
+            &format!("{}canary/{service}", super::peers::PEER_PATH),
+        );
+        let request = http::Request::get(uri)
+            .body(
+                http_body_util::Empty::<bytes::Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .ok()?;
+        let read = async {
+            let response = self.peers.send(request).await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let body = http_body_util::Limited::new(response.into_body(), 4096)
+                .collect()
+                .await
+                .ok()?
+                .to_bytes();
+            let window: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            Some((
+                window["version"].as_str()?.to_owned(),
+                u32::try_from(window["calls"].as_u64()?).ok()?,
+                u32::try_from(window["failures"].as_u64()?).ok()?,
+            ))
+        };
+        tokio::time::timeout(Duration::from_secs(1), read)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Compute and write placements; `Ok(false)` when the fence says another leads.

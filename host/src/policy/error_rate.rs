@@ -61,8 +61,14 @@ impl ErrorWindow {
     /// `max_rate`.
     pub fn exceeds(&self, max_rate: f64, min_calls: u32, now: Instant) -> bool {
         let (calls, failures) = self.totals(now);
-        calls >= min_calls.max(1) && f64::from(failures) > max_rate * f64::from(calls)
+        exceeds(calls, failures, max_rate, min_calls)
     }
+}
+
+/// Whether `failures` of at least `min_calls` `calls` exceed the ratio `max_rate` (a
+/// window's own counts, or the counts of several hosts' windows summed).
+pub fn exceeds(calls: u32, failures: u32, max_rate: f64, min_calls: u32) -> bool {
+    calls >= min_calls.max(1) && f64::from(failures) > max_rate * f64::from(calls)
 }
 
 #[cfg(test)]

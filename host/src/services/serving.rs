@@ -168,6 +168,14 @@ impl Services {
         })
     }
 
+    /// The canary of `name` here: its version and its window's (calls, failures) now.
+    pub fn canary_window(&self, name: &str) -> Option<(String, u32, u32)> {
+        let versions = self.table.versions(name)?;
+        let canary = versions.canary.as_ref()?;
+        let (calls, failures) = canary.window.lock().totals(Instant::now());
+        Some((canary.deployment.record.version.clone(), calls, failures))
+    }
+
     /// Count one canary outcome; start an automatic rollback when its window trips.
     fn record_canary_outcome(&self, service: &LiveService, canary: &Canary, success: bool) {
         let now = Instant::now();
