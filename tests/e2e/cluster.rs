@@ -880,3 +880,50 @@ fn a_canary_failing_a_little_on_every_host_is_judged_on_the_sum() {
         "the leader judged the sum"
     );
 }
+
+#[test]
+fn hosts_log_in_to_an_etcd_with_authentication_and_a_wrong_password_stops_the_start() {
+    let etcd = EtcdServer::start();
+    etcd.enable_auth("etcd-root-password");
+    let root = temp_root();
+    let password = root.path().join("etcd-password");
+    std::fs::write(&password, "etcd-root-password\n").expect("password file");
+    let password = password.display().to_string();
+    let login = [
+        "--etcd-user",
+        "root",
+        "--etcd-password-file",
+        password.as_str(),
+    ];
+    let cluster = Cluster::start_on(root.path(), etcd.url(), 2, &login);
+    let deployed = cluster.hosts[0].deploy_with_manifest("hello", &guest("hello"), HELLO_TWO);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    wait_until_placed(&cluster, "hello", 2);
+    // Without the password, or with a wrong one, a host does not start, and says why.
+    let wrong = root.path().join("wrong-password");
+    std::fs::write(&wrong, "not-it").expect("password file");
+    let data = root.path().join("outsider-data");
+    let mut args: Vec<String> = cluster.spec.args("h3");
+    args.extend(
+        [
+            "--etcd-user",
+            "root",
+            "--etcd-password-file",
+            &wrong.display().to_string(),
+            "--data-dir",
+            &data.display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]
+        .map(str::to_owned),
+    );
+    let mut command = vec!["serve".to_owned()];
+    command.extend(args);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let (ok, out, err) = shoal_tests::shoal_cli(&command, &[("SHOAL_ADMIN_TOKEN", "t")]);
+    assert!(!ok, "started with a wrong etcd password: {out}");
+    assert!(err.contains("etcd"), "{err}");
+    assert_eq!(states(&cluster.hosts[0]).len(), 2);
+}

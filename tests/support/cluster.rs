@@ -53,6 +53,36 @@ impl EtcdServer {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// Turn authentication on, with a `root` user whose password is `password`
+    /// (through etcd's JSON gateway).
+    pub fn enable_auth(&self, password: &str) {
+        let agent = crate::agent();
+        for (path, body) in [
+            ("/v3/auth/role/add", serde_json::json!({ "name": "root" })),
+            (
+                "/v3/auth/user/add",
+                serde_json::json!({ "name": "root", "password": password }),
+            ),
+            (
+                "/v3/auth/user/grant",
+                serde_json::json!({ "user": "root", "role": "root" }),
+            ),
+            ("/v3/auth/enable", serde_json::json!({})),
+        ] {
+            let reply = agent
+                .post(format!("{}{path}", self.url()))
+                .header("content-type", "application/json")
+                .send(body.to_string())
+                .map(|mut response| {
+                    (
+                        response.status().as_u16(),
+                        response.body_mut().read_to_string().unwrap_or_default(),
+                    )
+                });
+            assert!(matches!(reply, Ok((200, _))), "etcd {path}: {reply:?}");
+        }
+    }
+
     /// Stop it (SIGKILL: as a crash or a network cut looks to its clients).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

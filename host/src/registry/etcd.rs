@@ -91,7 +91,10 @@ impl Etcd {
             .with_keep_alive(ping, ping)
             .with_keep_alive_while_idle(true);
         if let Some((user, password)) = &options.user {
-            connect = connect.with_user(user.clone(), password.clone());
+            // etcd's tokens expire (5 minutes by default): take a new one when it does.
+            connect = connect
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         let wants_tls = options.ca_file.is_some()
             || options.client_cert.is_some()
