@@ -155,7 +155,7 @@ pub async fn serve_peers(
                         &request_id,
                     ));
                 }
-                Ok(from_peer(&services, Some(&cluster), request, request_id, true).await)
+                Ok(from_peer(&services, &cluster, request, request_id, true).await)
             }
         })
     };
@@ -196,7 +196,11 @@ pub async fn route(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let request_id = RequestId::from_headers(request.headers());
-    if request.headers().contains_key(&PEER) {
+    // A host that serves alone has no peers: the header is a client's, and goes
+    // with the other internal headers.
+    if let Some(cluster) = cluster
+        && request.headers().contains_key(&PEER)
+    {
         return from_peer(services, cluster, request, request_id, false).await;
     }
     let path = request.uri().path();
@@ -380,7 +384,7 @@ async fn to_peer(
 /// for a service that runs here.
 async fn from_peer(
     services: &Services,
-    cluster: Option<&Cluster>,
+    cluster: &Cluster,
     request: Request<Incoming>,
     request_id: RequestId,
     on_cluster_port: bool,
@@ -390,10 +394,6 @@ async fn from_peer(
         .get(&PEER)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
-    let Some(cluster) = cluster else {
-        let message = "this host is not a member of a cluster\n".to_owned();
-        return refuse(StatusCode::FORBIDDEN, message, &request_id);
-    };
     if cluster.peers().mutual_tls() && !on_cluster_port {
         let message =
             "the hosts of this cluster speak to each other on their cluster port, over mutual TLS\n"

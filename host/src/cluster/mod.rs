@@ -358,9 +358,9 @@ impl Cluster {
     ) -> Result<(), ServiceError> {
         use crate::access::Action;
         let view = self.view();
-        let routes = view.routes();
+        let routes = &view.routes;
         let route = manifest.route.clone().unwrap_or_else(|| format!("/{name}"));
-        if let Some(owner) = records::nested_inside(&route, name, &routes)
+        if let Some(owner) = records::nested_inside(&route, name, routes)
             && !services.defaults().allow_nested_routes
             && grant
                 .permits(&Action::ChangeService(owner.clone()))

@@ -36,6 +36,9 @@ pub struct ClusterView {
     pub tokens: BTreeMap<String, crate::access::tokens::StoredToken>,
     /// Secrets shared by every host, by name, with their revision.
     pub secrets: BTreeMap<String, (super::shared::SecretRecord, i64)>,
+    /// Route → service, rebuilt whenever the services change (read on every
+    /// gateway request).
+    pub routes: BTreeMap<String, String>,
     /// The store's revision this view reflects.
     pub revision: i64,
 }
@@ -49,33 +52,34 @@ impl ClusterView {
             .map(|(_, host)| host.as_str())
     }
 
-    /// Every service's route → its name.
-    pub fn routes(&self) -> BTreeMap<String, String> {
-        self.services
+    /// Rebuild the route index from the services.
+    fn index_routes(&mut self) {
+        self.routes = self
+            .services
             .iter()
             .map(|(name, (record, _))| (record.route(), name.clone()))
-            .collect()
+            .collect();
     }
 
     /// The service whose route holds `path`, and the route's length (the longest
-    /// route that is `path` or a parent of it).
+    /// route that is `path` or a parent of it): a lookup per prefix of the path.
     pub fn resolve(&self, path: &str) -> Option<(String, usize)> {
-        self.services
-            .iter()
-            .filter_map(|(name, (record, _))| {
-                let route = record.route();
-                let inside = path == route
-                    || route == "/"
-                    || (path.starts_with(&route)
-                        && path.as_bytes().get(route.len()) == Some(&b'/'));
-                inside.then(|| (name.clone(), if route == "/" { 0 } else { route.len() }))
-            })
-            .max_by_key(|(_, length)| *length)
-    }
-
-    /// Whether `host` is up and not draining.
-    pub fn is_up(&self, host: &str) -> bool {
-        self.hosts.contains_key(host) && !self.drains.contains_key(host)
+        if self.routes.is_empty() {
+            return None;
+        }
+        let mut candidate = path.trim_end_matches('/');
+        loop {
+            if !candidate.is_empty()
+                && let Some(name) = self.routes.get(candidate)
+            {
+                return Some((name.clone(), candidate.len()));
+            }
+            match candidate.rfind('/') {
+                Some(index) => candidate = &candidate[..index],
+                None => break,
+            }
+        }
+        self.routes.get("/").map(|name| (name.clone(), 0))
     }
 }
 
@@ -127,6 +131,7 @@ async fn follow_once(
             Some((kv.value(), kv.mod_revision(), kv.create_revision())),
         );
     }
+    view.index_routes();
     sender.send_replace(Arc::new(view.clone()));
     let mut watch = etcd.watch("", view.revision + 1).await?;
     loop {
@@ -144,6 +149,7 @@ async fn follow_once(
             view.revision = view.revision.max(kv.mod_revision());
         }
         if changed {
+            view.index_routes();
             sender.send_replace(Arc::new(view.clone()));
         }
         if sender.is_closed() {
@@ -268,5 +274,34 @@ fn remove(view: &mut ClusterView, relative: &str) -> bool {
         }
         "election" => view.candidates.remove(rest).is_some(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(routes: &[(&str, &str)]) -> ClusterView {
+        ClusterView {
+            routes: routes
+                .iter()
+                .map(|(route, name)| ((*route).to_owned(), (*name).to_owned()))
+                .collect(),
+            ..ClusterView::default()
+        }
+    }
+
+    #[test]
+    fn the_longest_route_holding_the_path_wins() {
+        let view = routed(&[("/api", "api"), ("/api/orders", "orders"), ("/", "root")]);
+        let found = |path: &str| view.resolve(path);
+        assert_eq!(found("/api/orders/7"), Some(("orders".into(), 11)));
+        assert_eq!(found("/api/ordersx"), Some(("api".into(), 4)));
+        assert_eq!(found("/api"), Some(("api".into(), 4)));
+        assert_eq!(found("/apix"), Some(("root".into(), 0)));
+        assert_eq!(found("/"), Some(("root".into(), 0)));
+        let no_root = routed(&[("/api", "api")]);
+        assert_eq!(no_root.resolve("/other"), None);
+        assert_eq!(ClusterView::default().resolve("/api"), None);
     }
 }
