@@ -44,6 +44,13 @@ shoal_setup() {
     command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
     [ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
     apt_install "${missing[@]}"
+    # Real gRPC and HTTP/2 clients for the tests and the demo: grpcio (and its protoc
+    # for Python stubs), python-hyper's h2 for what curl cannot send.
+    if ! python3 -c 'import grpc, grpc_tools, h2; assert grpc.__version__ == "1.76.0"' 2>/dev/null; then
+        echo "== pip install grpcio grpcio-tools h2"
+        python3 -m pip install --quiet --disable-pip-version-check \
+            grpcio==1.76.0 grpcio-tools==1.76.0 h2==4.3.0
+    fi
 }
 
 # The component tooling of the other guest languages (scripts/polyglot.sh).

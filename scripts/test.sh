@@ -33,7 +33,7 @@ echo "== host unit tests"
 cargo test -p shoal -p shoal-api
 
 echo "== SDK tests"
-cargo test --manifest-path sdk/Cargo.toml --target-dir "$guests_target"
+cargo test --manifest-path sdk/Cargo.toml --all-features --target-dir "$guests_target"
 
 cargo build -p shoal
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::cluster::Cluster;
 use crate::cluster::peers::PEER_PATH;
 use crate::deadline::Deadline;
+use crate::grpc;
 use crate::listener;
 use crate::protocol::{
     self, Body, CALLER, DEADLINE_MS, FORWARDED_PREFIX, FORWARDING_HEADERS, INTERNAL_PREFIX,
@@ -201,8 +202,54 @@ pub async fn route(
     if let Some(cluster) = cluster
         && request.headers().contains_key(&PEER)
     {
-        return from_peer(services, cluster, request, request_id, false).await;
+        let grpc = grpc::is_grpc(request.headers());
+        let response = from_peer(services, cluster, request, request_id, false).await;
+        return if grpc {
+            grpc::for_client(response)
+        } else {
+            response
+        };
     }
+    if grpc::is_grpc(request.headers()) {
+        // A gRPC client reads its outcome from `grpc-status`: the host's own answers
+        // (no such method, overload, a guest's fault) are restated in its terms.
+        return grpc::for_client(route_grpc(services, cluster, peer, request, request_id).await);
+    }
+    route_http(services, cluster, peer, request, request_id).await
+}
+
+/// Route a gRPC call: `/package.Service/Method` goes, unchanged, to the service that
+/// declares `package.Service` (here, or one hop away); any other path is routed as
+/// HTTP (a service may take gRPC under its own route, prefix stripped).
+async fn route_grpc(
+    services: &Services,
+    cluster: Option<&Cluster>,
+    peer: &Peer,
+    request: Request<Incoming>,
+    request_id: RequestId,
+) -> Response<Body> {
+    let Some(name) = grpc::service_of(request.uri().path()) else {
+        return route_http(services, cluster, peer, request, request_id).await;
+    };
+    if let Some(service) = services.table().resolve_grpc(name) {
+        return serve_client(services, &service, request, 0, peer, request_id).await;
+    }
+    if let Some(cluster) = cluster
+        && let Some(owner) = cluster.view().resolve_grpc(name).map(str::to_owned)
+    {
+        return to_peer(cluster, peer, request, &owner, 0, request_id).await;
+    }
+    route_http(services, cluster, peer, request, request_id).await
+}
+
+/// Route an HTTP request by the longest route that holds its path.
+async fn route_http(
+    services: &Services,
+    cluster: Option<&Cluster>,
+    peer: &Peer,
+    request: Request<Incoming>,
+    request_id: RequestId,
+) -> Response<Body> {
     let path = request.uri().path();
     let local = services.table().resolve(path);
     // A service elsewhere in the cluster whose route holds the path more closely than
@@ -228,12 +275,25 @@ pub async fn route(
         let message = format!("no service is routed at `{path}`\n");
         return refuse(StatusCode::NOT_FOUND, message, &request_id);
     };
+    serve_client(services, &service, request, prefix_len, peer, request_id).await
+}
+
+/// Serve a client's request on `service` here, its route prefix (`prefix_len` bytes
+/// of the path) stripped.
+async fn serve_client(
+    services: &Services,
+    service: &Arc<crate::services::LiveService>,
+    request: Request<Incoming>,
+    prefix_len: usize,
+    peer: &Peer,
+    request_id: RequestId,
+) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     let deadline = match rewrite_for_service(&mut parts, prefix_len, peer) {
         Ok(deadline) => deadline,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message, &request_id),
     };
-    serve_here(services, &service, parts, body, request_id, deadline).await
+    serve_here(services, service, parts, body, request_id, deadline).await
 }
 
 /// Serve a request on `service` here. A client (no calling service: only the host, or
@@ -590,6 +650,11 @@ fn sanitize_headers(headers: &mut HeaderMap, peer: &Peer) -> Deadline {
     let mut deadline = Deadline::longest();
     if peer.trusted {
         deadline = deadline.within_header(headers.get(&DEADLINE_MS));
+    }
+    // A gRPC client states its deadline itself; a shorter one than the service's
+    // own limit ends the call (DEADLINE_EXCEEDED) when it passes.
+    if let Some(budget) = headers.get(&grpc::TIMEOUT).and_then(grpc::parse_timeout) {
+        deadline = deadline.within(budget);
     }
     // Shoal's internal headers (the caller, event ids, topics, ...) are never a
     // client's, whoever forwards them; forwarding headers only a trusted peer's.

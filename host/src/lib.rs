@@ -3,7 +3,8 @@
 //! The binary (`shoal`) is a thin edge over these modules, from the leaves up:
 //!
 //! - [`protocol`]: the HTTP vocabulary every layer shares (the request id among it);
-//!   [`deadline`]: the one type for a request's time budget.
+//!   [`deadline`]: the one type for a request's time budget; [`grpc`]: gRPC's status
+//!   codes, timeouts and host answers.
 //! - [`manifest`]: deploy manifests and the one table of their defaults;
 //!   [`data_dir`]: durable state in the data directory.
 //! - [`policy`]: load balancing, circuit breaking, retries, rates as pure code;
@@ -44,6 +45,7 @@ pub mod data_dir;
 pub mod deadline;
 pub mod events;
 pub mod gateway;
+pub mod grpc;
 pub mod listener;
 pub mod manifest;
 pub mod platform;

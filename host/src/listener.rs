@@ -1,22 +1,32 @@
-//! Accepting HTTP/1.1 connections with the defences both of the host's listeners
-//! (gateway and admin API) need against hostile or broken clients:
+//! Accepting HTTP/1.1 and HTTP/2 connections with the defences both of the host's
+//! listeners (gateway and admin API) need against hostile or broken clients:
 //!
+//! - both protocols on one port: HTTP/2 with prior knowledge (h2c, as gRPC clients
+//!   send it) is told from HTTP/1.1 by its connection preface, and over TLS the
+//!   client may pick `h2` by ALPN;
 //! - a cap on open connections: beyond it, new connections wait in the kernel's
 //!   backlog (or are refused by it) while the host keeps serving the ones it has, so
 //!   no client can use up the process's file descriptors;
 //! - a header-read timeout: a connection that does not send a whole request head in
 //!   time is closed (slowloris);
-//! - an idle timeout: a keep-alive connection with no request in flight and no
-//!   traffic for that long is closed;
+//! - an idle timeout: a keep-alive connection with no request in flight (a request
+//!   is in flight until its response body has been sent) for that long is closed,
+//!   whatever else its client sends (HTTP/2 `PING`s and half-sent headers included);
+//! - HTTP/2 caps: concurrent streams per connection, the size of a header list
+//!   (however many `CONTINUATION` frames carry it), streams a client resets before
+//!   the host takes them up ("rapid reset") and streams the host must reset for the
+//!   client's errors; beyond the last two the connection is closed with
+//!   `ENHANCE_YOUR_CALM`. `PING` and `SETTINGS` frames are answered one at a time:
+//!   a client that floods them without reading the answers stops being read;
 //! - graceful drain on shutdown;
 //! - TLS when the listener has certificates: the handshake, too, must finish within
 //!   the header-read timeout.
 
 use http::{Request, Response};
 use hyper::body::{Body as HttpBody, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::Service;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,8 +47,10 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Time a client has to send a whole request head.
     pub header_read_timeout: Duration,
-    /// Time a connection may sit with no request in flight and no traffic.
+    /// Time a connection may sit with no request in flight.
     pub idle_timeout: Duration,
+    /// HTTP/2 streams (requests) open at once on one connection.
+    pub max_concurrent_streams: u32,
 }
 
 /// The timeouts both listeners share, and how long a shutdown drains them: their part
@@ -49,9 +61,15 @@ pub struct ConnectionSettings {
     #[arg(long, env = "SHOAL_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
 
-    /// Time a keep-alive connection may sit idle (no request, no traffic), in ms.
+    /// Time a keep-alive connection may sit with no request in flight, in ms.
     #[arg(long, env = "SHOAL_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
+
+    /// HTTP/2 streams one connection may have open at once, on both listeners (a
+    /// gRPC client multiplexes its calls as streams of one connection).
+    #[arg(long, env = "SHOAL_MAX_CONCURRENT_STREAMS", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_concurrent_streams: u32,
 
     /// How long SIGTERM waits for in-flight requests before exiting, in seconds.
     #[arg(long, env = "SHOAL_DRAIN_SECS", default_value_t = 30)]
@@ -65,6 +83,7 @@ impl ConnectionSettings {
             max_connections,
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
+            max_concurrent_streams: self.max_concurrent_streams.max(1),
         }
     }
 
@@ -125,6 +144,18 @@ impl Bound {
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header fields accepted in one request.
 const MAX_HEADERS: usize = 128;
+/// Streams a client may open and reset before the host takes them up: more, and the
+/// connection is closed ("rapid reset", CVE-2023-44487).
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams the host may reset for a client's protocol errors before it closes the
+/// connection.
+const MAX_ERROR_RESETS: usize = 64;
+/// Bytes the host buffers to send on one HTTP/2 stream before it waits for the
+/// client to read.
+const MAX_SEND_BUFFER: usize = 256 * 1024;
+/// How often the host pings an HTTP/2 client that has requests in flight, and how
+/// long it waits for the answer before taking the connection for dead.
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// Serve connections from `bound` with `service_for(peer)` until `shutdown`
 /// resolves; then stop accepting and let open connections finish their requests for
@@ -140,7 +171,7 @@ pub async fn serve<F, S, B>(
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
-    B: HttpBody + Send + 'static,
+    B: HttpBody + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -225,20 +256,8 @@ pub async fn serve<F, S, B>(
                     }
                 }
             };
-            let mut builder = http1::Builder::new();
-            builder
-                .keep_alive(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .max_headers(MAX_HEADERS)
-                // Head, chunk sizes and body in one buffer, sent with one plain write:
-                // a small answer would otherwise be a writev of five tiny slices.
-                .writev(false);
-            let io = TokioIo::new(ActivityIo {
-                inner: stream,
-                activity: activity.clone(),
-            });
+            let builder = connection_builder(&limits);
+            let io = TokioIo::new(stream);
             let connection = watcher.watch(builder.serve_connection(io, service));
             let idle_timeout = limits.idle_timeout;
             tokio::select! {
@@ -273,11 +292,36 @@ pub async fn serve<F, S, B>(
     }
 }
 
-/// When a connection last moved bytes, and how many of its requests are in flight.
+/// How a connection speaks HTTP/1.1 and HTTP/2, with `limits`.
+fn connection_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        // Head, chunk sizes and body in one buffer, sent with one plain write: a
+        // small answer would otherwise be a writev of five tiny slices.
+        .writev(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_ERROR_RESETS)
+        .max_send_buf_size(MAX_SEND_BUFFER)
+        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_timeout(H2_KEEPALIVE);
+    builder
+}
+
+/// When a connection last had a request in flight, and how many it has now.
 struct Activity {
     opened: Instant,
-    /// Milliseconds from `opened` to the last traffic (an atomic: touched on every
-    /// read and write).
+    /// Milliseconds from `opened` to the last moment a request was in flight.
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
 }
@@ -298,8 +342,7 @@ impl Activity {
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// Resolves once the connection has had no request in flight and no traffic for
-    /// `idle`.
+    /// Resolves once the connection has had no request in flight for `idle`.
     async fn idle_for(&self, idle: Duration) {
         loop {
             let quiet_since =
@@ -314,23 +357,23 @@ impl Activity {
     }
 }
 
-/// Counts a connection's requests in flight (from head received until the response
-/// head is ready; the body's bytes count as traffic).
+/// Counts a connection's requests in flight: from head received until the response
+/// body has been sent (or dropped).
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
 }
 
-impl<S, R> Service<R> for Tracked<S>
+impl<S, R, B> Service<R> for Tracked<S>
 where
-    S: Service<R>,
+    S: Service<R, Response = Response<B>>,
     S::Future: Send + 'static,
-    S::Response: Send + 'static,
     S::Error: Send + 'static,
+    B: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn call(&self, request: R) -> Self::Future {
         let activity = self.activity.clone();
@@ -340,10 +383,38 @@ where
         let guard = InFlight(activity);
         let future = self.inner.call(request);
         Box::pin(async move {
-            let outcome = future.await;
-            guard.0.touch();
-            outcome
+            let response = future.await?;
+            Ok(response.map(|body| TrackedBody {
+                inner: body,
+                _in_flight: guard,
+            }))
         })
+    }
+}
+
+/// A response body that keeps its request counted in flight until it is done.
+pub struct TrackedBody<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -351,6 +422,7 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -416,65 +488,6 @@ impl AsyncWrite for Stream {
             Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
             Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
-    }
-}
-
-/// A connection's stream that records when it last moved bytes.
-struct ActivityIo {
-    inner: Stream,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for ActivityIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let outcome = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        outcome
-    }
-}
-
-impl AsyncWrite for ActivityIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let outcome = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(outcome, Poll::Ready(Ok(written)) if written > 0) {
-            self.activity.touch();
-        }
-        outcome
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let outcome = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(outcome, Poll::Ready(Ok(written)) if written > 0) {
-            self.activity.touch();
-        }
-        outcome
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -3,6 +3,9 @@
 //! ```toml
 //! version = "1.2.0"          # shown by `shoal ls`; defaults to the digest prefix
 //! route = "/api/hello"       # gateway path prefix; defaults to "/<name>"
+//! grpc = ["helloworld.Greeter"]  # gRPC services it serves: the gateway sends it
+//!                            #   `/helloworld.Greeter/<Method>` unchanged (no prefix
+//!                            #   stripped), beside everything under `route`
 //!
 //! secrets = ["db-password"]  # operator-provided secrets it reads (shoal:platform/secrets)
 //!
@@ -68,6 +71,10 @@ pub struct Manifest {
     /// Gateway path prefix that routes to this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// Fully qualified gRPC services (`package.Service`) it serves: their paths
+    /// reach it unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc: Vec<String>,
     /// Names of the operator's secrets the service reads.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
@@ -434,6 +441,19 @@ impl Manifest {
         if let Some(route) = &self.route {
             validate_route(route).map_err(|reason| field("route", reason))?;
         }
+        if self.grpc.len() > MAX_GRPC_SERVICES {
+            return Err(field(
+                "grpc",
+                &format!("names at most {MAX_GRPC_SERVICES} gRPC services"),
+            ));
+        }
+        for (index, name) in self.grpc.iter().enumerate() {
+            validate_grpc_service(name)
+                .map_err(|reason| field(&format!("grpc[{index}]"), reason))?;
+            if self.grpc[..index].contains(name) {
+                return Err(field(&format!("grpc[{index}]"), "is named twice"));
+            }
+        }
         if self
             .replicas
             .is_some_and(|replicas| !(1..=MAX_REPLICAS).contains(&replicas))
@@ -707,6 +727,29 @@ pub fn validate_secret_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// gRPC services one service may serve.
+const MAX_GRPC_SERVICES: usize = 32;
+
+/// A gRPC service is named `package.Service` (the package optional): identifiers
+/// joined by dots, as in a `.proto` file.
+fn validate_grpc_service(name: &str) -> Result<(), &'static str> {
+    let identifier = |part: &str| {
+        part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if name.is_empty() || name.len() > 200 || !name.split('.').all(identifier) {
+        return Err(
+            "must be a gRPC service name such as `helloworld.Greeter` (identifiers joined by `.`, at most 200 characters)",
+        );
+    }
+    Ok(())
+}
+
+/// The gateway route of gRPC service `name`: `/name`, matched but never stripped.
+pub fn grpc_route(name: &str) -> String {
+    format!("/{name}")
+}
+
 /// A route is `/` or `/segment[/segment...]` of URL-safe characters.
 fn validate_route(route: &str) -> Result<(), &'static str> {
     if route == "/" {
@@ -786,6 +829,22 @@ mod tests {
         assert!(error.to_string().contains("limits.memory_mb"), "{error}");
         let error = Manifest::parse("[limits]\ntimeout_ms = 0", 256).expect_err("zero");
         assert!(error.to_string().contains("limits.timeout_ms"), "{error}");
+    }
+
+    #[test]
+    fn grpc_service_names_are_checked() {
+        for good in ["helloworld.Greeter", "Greeter", "a.b_c.D9", "_x.Y"] {
+            assert!(validate_grpc_service(good).is_ok(), "{good}");
+        }
+        for bad in ["", "hello/world", ".Greeter", "a..b", "9a.B", "a.B.", "a b"] {
+            assert!(validate_grpc_service(bad).is_err(), "{bad}");
+        }
+        let twice = Manifest {
+            grpc: vec!["a.B".into(), "a.B".into()],
+            ..Manifest::default()
+        };
+        let error = twice.validate(256).expect_err("named twice");
+        assert!(error.to_string().contains("grpc[1]"), "{error}");
     }
 
     #[test]

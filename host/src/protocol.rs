@@ -175,9 +175,16 @@ pub fn with_request_id(mut response: Response<Body>, request_id: &RequestId) -> 
     response
 }
 
-/// A plain-text response.
+/// The text of an answer the host made itself (not a service), kept beside its body
+/// so an edge can restate it in another protocol's terms (a gRPC status).
+#[derive(Debug, Clone)]
+pub struct HostMessage(pub std::sync::Arc<str>);
+
+/// A plain-text response made by the host.
 pub fn text(status: StatusCode, message: String) -> Response<Body> {
+    let host_message = HostMessage(std::sync::Arc::from(message.trim_end()));
     let mut response = Response::new(full(Bytes::from(message)));
+    response.extensions_mut().insert(host_message);
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -115,7 +115,7 @@ impl CertFiles {
             None => builder.with_no_client_auth(),
         }
         .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let files = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

@@ -200,7 +200,7 @@ pub fn serve(
     response_out: ResponseOutparam,
     handler: impl FnOnce(Request) -> Response,
 ) {
-    let request = match read_request(request) {
+    let request = match read_request(request, usize::MAX) {
         Ok(request) => request,
         Err(reason) => {
             write_response(response_out, Response::text(400, format!("{reason}\n")));
@@ -210,7 +210,8 @@ pub fn serve(
     write_response(response_out, handler(request));
 }
 
-fn read_request(request: IncomingRequest) -> Result<Request, String> {
+/// Read `request` with its whole body; refused beyond `max_body` bytes.
+pub(crate) fn read_request(request: IncomingRequest, max_body: usize) -> Result<Request, String> {
     let method = method_name(&request.method());
     let authority = request.authority();
     let (path, query) = split_path_and_query(&request.path_with_query().unwrap_or_default());
@@ -224,7 +225,12 @@ fn read_request(request: IncomingRequest) -> Result<Request, String> {
     let mut bytes = Vec::new();
     loop {
         match stream.blocking_read(64 * 1024) {
-            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Ok(chunk) => {
+                if bytes.len().saturating_add(chunk.len()) > max_body {
+                    return Err(format!("the request body is larger than {max_body} bytes"));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
             Err(StreamError::Closed) => break,
             Err(StreamError::LastOperationFailed(error)) => {
                 return Err(format!(
@@ -245,7 +251,7 @@ fn read_request(request: IncomingRequest) -> Result<Request, String> {
     })
 }
 
-fn write_response(response_out: ResponseOutparam, response: Response) {
+pub(crate) fn write_response(response_out: ResponseOutparam, response: Response) {
     let headers = Fields::new();
     for (name, value) in &response.headers {
         // A header the host refuses (forbidden or malformed) is dropped rather than

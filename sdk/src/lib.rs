@@ -29,6 +29,8 @@ pub mod caller;
 pub mod config;
 pub mod discovery;
 pub mod events;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod log;

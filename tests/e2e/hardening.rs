@@ -1,6 +1,6 @@
 //! Hostile clients: half-open and idle connections, connection caps on both listeners.
 
-use shoal_tests::{Host, guest, temp_root, wait_for};
+use shoal_tests::{Host, guest, rss_mb, temp_root, wait_for};
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -493,18 +493,6 @@ fn a_stalled_log_reader_never_stalls_the_host() {
         value("shoal_guest_log_lines_dropped_total{service=\"chatty0\"}") > 0.0,
         "{metrics}"
     );
-}
-
-/// Resident memory of a process now, from `/proc/PID/status` (Linux), in MiB.
-fn rss_mb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse::<u64>().ok())
-        .expect("VmRSS")
-        / 1024
 }
 
 #[test]

@@ -325,3 +325,57 @@ fn serve_on_free_ports(data_dir: &Path) -> Command {
         .stdin(Stdio::null());
     command
 }
+
+#[test]
+fn http2_and_grpc_are_chosen_by_alpn_over_tls() {
+    let root = temp_root();
+    let (ca, cert, key) = certificate(root.path(), "h2", "shoal-h2");
+    let host = start(root.path(), &cert, &key);
+    let wasm = root.path().join("greeter.wasm");
+    std::fs::write(&wasm, guest("grpc_greeter")).expect("wasm");
+    let manifest = shoal_tests::repo_root().join("guests/grpc-greeter/shoal.toml");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (component, manifest) = (
+        format!("component=@{}", wasm.display()),
+        format!("manifest=@{}", manifest.display()),
+    );
+    let deployed = curl(
+        &ca,
+        &["-X", "PUT", "-H", &auth, "-F", &component, "-F", &manifest],
+        &format!("{}/v1/services/greeter", host.admin),
+    );
+    assert_eq!(deployed.map(|(status, _)| status), Some(201));
+
+    // curl offers h2 and http/1.1 by ALPN; the host picks h2, or what is offered.
+    let page = format!("{}/greeter/", host.gateway);
+    let version = |flag: &str| {
+        let output = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version}",
+            ])
+            .arg("--cacert")
+            .arg(&ca)
+            .args([flag, &page])
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(version("--http2"), "2");
+    assert_eq!(version("--http1.1"), "1.1");
+
+    // A gRPC client over TLS.
+    let target = host.gateway.trim_start_matches("https://").to_owned();
+    let ca_text = ca.to_string_lossy().into_owned();
+    let reply = shoal_tests::python_json(
+        "grpc/greeter.py",
+        &[&target, "SayHello", r#"{"name": "TLS"}"#, "--ca", &ca_text],
+    );
+    assert_eq!(reply["code"], "OK", "{reply}");
+    assert_eq!(reply["replies"][0], "Hello TLS", "{reply}");
+}

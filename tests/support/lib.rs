@@ -571,6 +571,37 @@ fn unsafe_kill(pid: i32, signal: i32) -> i32 {
     unsafe { libc::kill(pid, signal) }
 }
 
+/// Resident memory of a process now, from `/proc/PID/status` (Linux), in MiB.
+pub fn rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .expect("VmRSS")
+        / 1024
+}
+
+/// Run a Python helper of the tests (`tests/DIR/NAME.py`) with `args`; its last
+/// line of output is JSON.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let path = repo_root().join("tests").join(script);
+    let output = std::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} {args:?} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|error| panic!("{script} printed {stdout}: {error}"))
+}
+
 /// Poll `condition` until it holds; fail the test naming `what` after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + timeout;

@@ -8,6 +8,8 @@
 //! - `GET /file?path=P`: tries to read the file.
 //! - `GET /tcp?addr=IP:PORT`: tries to open a TCP connection.
 //! - `GET /dns?name=N`: tries to resolve a name.
+//! - `POST /trailers`: reads the body and its trailers; answers the body's size and
+//!   sends each trailer `name` back as the response trailer `echo-name`.
 
 wit_bindgen::generate!({
     inline: "
@@ -24,7 +26,7 @@ wit_bindgen::generate!({
 use wasi::config::store as config;
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 struct Probe;
@@ -86,6 +88,9 @@ impl Guest for Probe {
         let (path, query) = path_and_query
             .split_once('?')
             .unwrap_or((path_and_query.as_str(), ""));
+        if path == "/trailers" {
+            return echo_trailers(request, response_out);
+        }
         let (status, text) = route(path, query);
         let headers = Fields::new();
         let _ = headers.append("content-type", b"text/plain");
@@ -102,6 +107,35 @@ impl Guest for Probe {
         }
         let _ = OutgoingBody::finish(body, None);
     }
+}
+
+/// Read the request's body to its end, then its trailers; answer the size, with each
+/// trailer sent back renamed `echo-<name>`.
+fn echo_trailers(request: IncomingRequest, response_out: ResponseOutparam) {
+    let Ok(body) = request.consume() else { return };
+    let mut size = 0usize;
+    if let Ok(stream) = body.stream() {
+        while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+            size += chunk.len();
+        }
+    }
+    let future = IncomingBody::finish(body);
+    future.subscribe().block();
+    let received = match future.get() {
+        Some(Ok(Ok(Some(trailers)))) => trailers.entries(),
+        _ => Vec::new(),
+    };
+    let response = OutgoingResponse::new(Fields::new());
+    let Ok(out) = response.body() else { return };
+    ResponseOutparam::set(response_out, Ok(response));
+    if let Ok(stream) = out.write() {
+        let _ = stream.blocking_write_and_flush(format!("{size} bytes\n").as_bytes());
+    }
+    let trailers = Fields::new();
+    for (name, value) in received {
+        let _ = trailers.append(&format!("echo-{name}"), &value);
+    }
+    let _ = OutgoingBody::finish(out, Some(trailers));
 }
 
 wasip2::http::proxy::export!(Probe);

@@ -360,13 +360,19 @@ impl Cluster {
         let view = self.view();
         let routes = &view.routes;
         let route = manifest.route.clone().unwrap_or_else(|| format!("/{name}"));
-        if let Some(owner) = records::nested_inside(&route, name, routes)
-            && !services.defaults().allow_nested_routes
-            && grant
-                .permits(&Action::ChangeService(owner.clone()))
-                .is_err()
-        {
-            return Err(ServiceError::RouteNested { route, owner });
+        let grpc_routes = manifest
+            .grpc
+            .iter()
+            .map(|service| crate::manifest::grpc_route(service));
+        for route in std::iter::once(route).chain(grpc_routes) {
+            if let Some(owner) = records::nested_inside(&route, name, routes)
+                && !services.defaults().allow_nested_routes
+                && grant
+                    .permits(&Action::ChangeService(owner.clone()))
+                    .is_err()
+            {
+                return Err(ServiceError::RouteNested { route, owner });
+            }
         }
         let others: Vec<(String, crate::events::topics::TopicRules)> = view
             .services
@@ -407,7 +413,12 @@ impl Cluster {
         let routes: BTreeMap<String, String> = desired
             .iter()
             .filter(|(other, _)| *other != name)
-            .map(|(other, (record, _))| (record.route(), other.clone()))
+            .flat_map(|(other, (record, _))| {
+                record
+                    .routes()
+                    .into_iter()
+                    .map(|route| (route, other.clone()))
+            })
             .collect();
         let record = records::apply(name, current.map(|(r, _)| r), change, &routes)?;
         let key = self.etcd.key(&format!("services/{name}"));

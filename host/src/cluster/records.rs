@@ -86,6 +86,29 @@ impl ServiceRecord {
     pub fn route(&self) -> String {
         route_of(&self.state.current)
     }
+
+    /// The gRPC services it serves.
+    pub fn grpc(&self) -> &[String] {
+        &self.state.current.manifest.grpc
+    }
+
+    /// Every path prefix it owns: its route, and one per gRPC service.
+    pub fn routes(&self) -> Vec<String> {
+        routes_of(&self.state.current)
+    }
+}
+
+/// Every path prefix a version owns: its route, and one per gRPC service.
+pub fn routes_of(record: &VersionRecord) -> Vec<String> {
+    std::iter::once(route_of(record))
+        .chain(
+            record
+                .manifest
+                .grpc
+                .iter()
+                .map(|service| crate::manifest::grpc_route(service)),
+        )
+        .collect()
 }
 
 /// The route a version serves.
@@ -155,12 +178,13 @@ pub fn apply(
     };
     let record = match change {
         Change::Deploy(version) => {
-            let route = route_of(&version);
-            if let Some(owner) = routes.get(&route).filter(|owner| *owner != name) {
-                return Err(ServiceError::RouteConflict {
-                    route,
-                    owner: owner.clone(),
-                });
+            for route in routes_of(&version) {
+                if let Some(owner) = routes.get(&route).filter(|owner| *owner != name) {
+                    return Err(ServiceError::RouteConflict {
+                        route,
+                        owner: owner.clone(),
+                    });
+                }
             }
             match current {
                 Some(current) => {
@@ -184,7 +208,7 @@ pub fn apply(
             let Some(current) = current else {
                 return Err(conflict(Conflict::NothingToShareWith));
             };
-            let (stable, asked) = (current.route(), route_of(&version));
+            let (stable, asked) = (current.routes().join(", "), routes_of(&version).join(", "));
             if stable != asked {
                 return Err(conflict(Conflict::CanaryRoute { stable, asked }));
             }

@@ -39,6 +39,8 @@ pub struct ClusterView {
     /// Route → service, rebuilt whenever the services change (read on every
     /// gateway request).
     pub routes: BTreeMap<String, String>,
+    /// gRPC service → the service that serves it, rebuilt with `routes`.
+    pub grpc: BTreeMap<String, String>,
     /// The store's revision this view reflects.
     pub revision: i64,
 }
@@ -59,6 +61,21 @@ impl ClusterView {
             .iter()
             .map(|(name, (record, _))| (record.route(), name.clone()))
             .collect();
+        self.grpc = self
+            .services
+            .iter()
+            .flat_map(|(name, (record, _))| {
+                record
+                    .grpc()
+                    .iter()
+                    .map(|service| (service.clone(), name.clone()))
+            })
+            .collect();
+    }
+
+    /// The service that serves gRPC service `name`.
+    pub fn resolve_grpc(&self, name: &str) -> Option<&str> {
+        self.grpc.get(name).map(String::as_str)
     }
 
     /// The service whose route holds `path`, and the route's length (the longest

@@ -114,20 +114,24 @@ impl Services {
         let Change::To { versions, blob } = change else {
             return Ok(output);
         };
-        self.table.check_route(versions.route(), name)?;
+        self.table
+            .check_route(versions.route(), versions.grpc(), name)?;
         if let ChangeKind::Deploy(grant) = kind {
             // A deploy must not take another service's traffic by nesting its route
             // inside that service's, unless its deployer may change that service.
-            if let Some(owner) = self.table.nested_inside(versions.route(), name)
-                && !self.defaults.allow_nested_routes
-                && grant
-                    .permits(&Action::ChangeService(owner.clone()))
-                    .is_err()
-            {
-                return Err(ServiceError::RouteNested {
-                    route: versions.route().to_owned(),
-                    owner,
-                });
+            let grpc_routes = versions
+                .grpc()
+                .iter()
+                .map(|service| crate::manifest::grpc_route(service));
+            for route in std::iter::once(versions.route().to_owned()).chain(grpc_routes) {
+                if let Some(owner) = self.table.nested_inside(&route, name)
+                    && !self.defaults.allow_nested_routes
+                    && grant
+                        .permits(&Action::ChangeService(owner.clone()))
+                        .is_err()
+                {
+                    return Err(ServiceError::RouteNested { route, owner });
+                }
             }
             // Nor publish to another service's topics, or receive topics not shared.
             self.check_topics(&versions, grant)?;
@@ -569,7 +573,7 @@ impl Services {
                 }
             };
             // Two records claiming one route: the first restored keeps it.
-            if let Err(error) = self.table.check_route(stable.route(), &name) {
+            if let Err(error) = self.table.check_route(stable.route(), stable.grpc(), &name) {
                 self.mark_failed(&name, state, format!("cannot restore: {error}"));
                 continue;
             }
@@ -867,12 +871,21 @@ fn with_canary(
     let Some(versions) = &current.versions else {
         return Err(conflict(name, Conflict::NothingToShareWith));
     };
-    if deployment.route() != versions.route() {
+    if deployment.route() != versions.route() || deployment.grpc() != versions.grpc() {
+        let routes = |route: &str, grpc: &[String]| {
+            std::iter::once(route.to_owned())
+                .chain(
+                    grpc.iter()
+                        .map(|service| crate::manifest::grpc_route(service)),
+                )
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         return Err(conflict(
             name,
             Conflict::CanaryRoute {
-                stable: versions.route().to_owned(),
-                asked: deployment.route().to_owned(),
+                stable: routes(versions.route(), versions.grpc()),
+                asked: routes(deployment.route(), deployment.grpc()),
             },
         ));
     }

@@ -40,6 +40,11 @@ impl Deployment {
         &self.spec.route
     }
 
+    /// The gRPC services it serves (`package.Service`), whose paths reach it unchanged.
+    pub fn grpc(&self) -> &[String] {
+        &self.record.manifest.grpc
+    }
+
     /// A request's time limit.
     pub fn timeout(&self) -> Duration {
         self.spec.timeout()
@@ -165,6 +170,11 @@ impl Versions {
         self.stable.route()
     }
 
+    /// The gRPC services it serves.
+    pub fn grpc(&self) -> &[String] {
+        self.stable.grpc()
+    }
+
     /// The manifests of the versions that run: the stable one, then the canary's.
     pub fn manifests(&self) -> impl Iterator<Item = &crate::manifest::Manifest> {
         std::iter::once(&self.stable.record.manifest).chain(
@@ -267,6 +277,8 @@ impl LiveService {
 struct Inner {
     by_name: BTreeMap<String, Arc<LiveService>>,
     by_route: Routes,
+    /// gRPC service name → the service that serves it.
+    by_grpc: Routes,
 }
 
 /// Route → owning service, one owner per route. Pure, so ownership is unit-tested.
@@ -301,6 +313,17 @@ impl Routes {
             self.0.remove(route);
         }
     }
+
+    /// Give every one of `names` to `name` (the caller checked that no other service
+    /// owns one) and release those of `old` it no longer names.
+    fn reassign(&mut self, name: &str, names: &[String], old: &[String]) {
+        for gone in old.iter().filter(|gone| !names.contains(gone)) {
+            self.release(name, gone);
+        }
+        for wanted in names {
+            self.0.insert(wanted.clone(), name.to_owned());
+        }
+    }
 }
 
 /// Name- and route-indexed set of services. Lock hold times are a map lookup or
@@ -331,16 +354,30 @@ impl ServiceTable {
         self.inner.read().by_route.get(route).cloned()
     }
 
-    /// Whether `name` may take `route`: free, or already its own. The one route check
-    /// of every change and of restore.
-    pub fn check_route(&self, route: &str, name: &str) -> Result<(), ServiceError> {
-        match self.route_owner(route) {
-            Some(owner) if owner != name => Err(ServiceError::RouteConflict {
+    /// Whether `name` may take `route` and the gRPC services `grpc`: free, or already
+    /// its own. The one route check of every change and of restore.
+    pub fn check_route(
+        &self,
+        route: &str,
+        grpc: &[String],
+        name: &str,
+    ) -> Result<(), ServiceError> {
+        if let Some(owner) = self.route_owner(route).filter(|owner| owner != name) {
+            return Err(ServiceError::RouteConflict {
                 route: route.to_owned(),
                 owner,
-            }),
-            _ => Ok(()),
+            });
         }
+        let inner = self.inner.read();
+        for service in grpc {
+            if let Some(owner) = inner.by_grpc.get(service).filter(|owner| *owner != name) {
+                return Err(ServiceError::RouteConflict {
+                    route: crate::manifest::grpc_route(service),
+                    owner: owner.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The service whose traffic `route` would take a share of: the owner of the
@@ -379,9 +416,21 @@ impl ServiceTable {
         let mut inner = self.inner.write();
         let name = versions.name().to_owned();
         let existing = inner.by_name.get(&name).cloned();
-        let old_route = existing
-            .as_ref()
-            .map(|service| service.versions().route().to_owned());
+        let old = existing.as_ref().map(|service| service.versions());
+        let old_route = old.as_ref().map(|old| old.route().to_owned());
+        let old_grpc = old.as_ref().map_or(&[][..], |old| old.grpc());
+        if let Some((service, owner)) = versions.grpc().iter().find_map(|service| {
+            inner
+                .by_grpc
+                .get(service)
+                .filter(|owner| **owner != name)
+                .map(|owner| (service.clone(), owner.clone()))
+        }) {
+            return Err(ServiceError::RouteConflict {
+                route: crate::manifest::grpc_route(&service),
+                owner,
+            });
+        }
         inner
             .by_route
             .claim(&name, versions.route(), old_route.as_deref())
@@ -389,6 +438,7 @@ impl ServiceTable {
                 route: versions.route().to_owned(),
                 owner,
             })?;
+        inner.by_grpc.reassign(&name, versions.grpc(), old_grpc);
         let versions = Arc::new(versions);
         Ok(match existing {
             Some(service) => {
@@ -410,8 +460,20 @@ impl ServiceTable {
         let mut inner = self.inner.write();
         let removed = inner.by_name.remove(name)?;
         removed.removed.store(true, Ordering::Release);
-        inner.by_route.release(name, removed.versions().route());
+        let versions = removed.versions();
+        inner.by_route.release(name, versions.route());
+        for service in versions.grpc() {
+            inner.by_grpc.release(name, service);
+        }
         Some(removed)
+    }
+
+    /// The service that serves gRPC service `name` (the first segment of a gRPC
+    /// path).
+    pub fn resolve_grpc(&self, name: &str) -> Option<Arc<LiveService>> {
+        let inner = self.inner.read();
+        let owner = inner.by_grpc.get(name)?;
+        inner.by_name.get(owner).cloned()
     }
 
     /// The service whose route is the longest prefix of `path` on a segment boundary,

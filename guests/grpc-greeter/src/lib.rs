@@ -1,0 +1,89 @@
+//! `helloworld.Greeter` as a Shoal service: a unary method and a server-streaming one,
+//! each a plain function; the SDK frames messages and sends the status trailers.
+//!
+//! A name of `panic` makes a method panic, to show what a client sees when a service
+//! faults: `INTERNAL`, with the request id, and the host and its neighbours unharmed.
+
+use shoal_sdk::grpc::{Context, Server, ServerStream, Status};
+
+mod helloworld {
+    include!(concat!(env!("OUT_DIR"), "/helloworld.rs"));
+}
+
+use helloworld::{HelloReply, HelloRequest};
+
+/// Longest a caller may ask a method to wait before a greeting.
+const MAX_DELAY_MS: u32 = 10_000;
+/// Most greetings one stream sends.
+const MAX_COUNT: u32 = 100;
+
+fn greeting(name: &str) -> Result<String, Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("name must not be empty"));
+    }
+    if name == "panic" {
+        panic!("asked to panic");
+    }
+    let greeting = shoal_sdk::config::get("greeting").unwrap_or_else(|| "Hello".to_owned());
+    Ok(format!("{greeting} {name}"))
+}
+
+fn wait(delay_ms: u32) -> Result<(), Status> {
+    if delay_ms > MAX_DELAY_MS {
+        return Err(Status::invalid_argument(format!(
+            "delay_ms must be at most {MAX_DELAY_MS}"
+        )));
+    }
+    if delay_ms > 0 {
+        shoal_sdk::bindings::wasi::clocks::monotonic_clock::subscribe_duration(
+            u64::from(delay_ms) * 1_000_000,
+        )
+        .block();
+    }
+    Ok(())
+}
+
+fn say_hello(_: &Context, request: HelloRequest) -> Result<HelloReply, Status> {
+    wait(request.delay_ms)?;
+    Ok(HelloReply {
+        message: greeting(&request.name)?,
+    })
+}
+
+fn say_hello_stream(
+    _: &Context,
+    request: HelloRequest,
+    replies: &mut ServerStream<'_, HelloReply>,
+) -> Result<(), Status> {
+    let greeting = greeting(&request.name)?;
+    let count = match request.count {
+        0 => 3,
+        count if count > MAX_COUNT => {
+            return Err(Status::invalid_argument(format!(
+                "count must be at most {MAX_COUNT}"
+            )));
+        }
+        count => count,
+    };
+    for index in 1..=count {
+        wait(request.delay_ms)?;
+        replies.send(&HelloReply {
+            message: format!("{greeting} ({index} of {count})"),
+        })?;
+    }
+    Ok(())
+}
+
+fn server() -> Server {
+    Server::new()
+        .unary("/helloworld.Greeter/SayHello", say_hello)
+        .server_streaming("/helloworld.Greeter/SayHelloStream", say_hello_stream)
+        .http(|_| {
+            shoal_sdk::http::Response::text(
+                200,
+                "helloworld.Greeter speaks gRPC: call /helloworld.Greeter/SayHello\n",
+            )
+        })
+}
+
+shoal_sdk::grpc_service!(server);

@@ -1,0 +1,414 @@
+//! The gRPC vocabulary every layer shares: status codes, the `grpc-timeout` header,
+//! how an HTTP answer maps to a status (the gRPC spec's table), which failures may be
+//! retried, and the "trailers-only" answer the host gives a gRPC client when it, not
+//! the service, answers. Pure code: no I/O.
+//!
+//! A gRPC call is an HTTP/2 `POST /package.Service/Method` with `content-type:
+//! application/grpc[+proto|+json…]`; its outcome is the `grpc-status` trailer (or
+//! header, when the answer has no body), not the HTTP status, which is 200 for every
+//! call a server took.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use std::time::Duration;
+
+use crate::protocol::{self, Body};
+
+/// A gRPC status code (the `grpc-status` value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Code {
+    /// Success.
+    Ok = 0,
+    /// The caller cancelled the call.
+    Cancelled = 1,
+    /// An error with no better code.
+    Unknown = 2,
+    /// The request is wrong, whatever the server's state.
+    InvalidArgument = 3,
+    /// The deadline passed before the call completed.
+    DeadlineExceeded = 4,
+    /// What the request names does not exist.
+    NotFound = 5,
+    /// What the request would create exists.
+    AlreadyExists = 6,
+    /// The caller may not do this.
+    PermissionDenied = 7,
+    /// A quota or limit was reached.
+    ResourceExhausted = 8,
+    /// The system is not in a state to do this.
+    FailedPrecondition = 9,
+    /// Aborted, typically by a concurrent change.
+    Aborted = 10,
+    /// Past a valid range.
+    OutOfRange = 11,
+    /// No such method here.
+    Unimplemented = 12,
+    /// The server broke an invariant (a fault).
+    Internal = 13,
+    /// The server did not take the call; it may be sent again.
+    Unavailable = 14,
+    /// Unrecoverable loss or corruption of data.
+    DataLoss = 15,
+    /// The caller's credentials are missing or invalid.
+    Unauthenticated = 16,
+}
+
+impl Code {
+    const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// The code of a `grpc-status` value; an unknown number is `UNKNOWN`, as the
+    /// spec says.
+    pub fn from_value(value: &[u8]) -> Code {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .and_then(|number| Self::ALL.get(number).copied())
+            .unwrap_or(Code::Unknown)
+    }
+
+    /// Its number, as sent in `grpc-status`.
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// Its name in OpenTelemetry's and the spec's spelling (`UNAVAILABLE`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "CANCELLED",
+            Code::Unknown => "UNKNOWN",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::OutOfRange => "OUT_OF_RANGE",
+            Code::Unimplemented => "UNIMPLEMENTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::DataLoss => "DATA_LOSS",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+
+    /// Whether a server that answers with it has failed (counted against the service
+    /// by metrics, breakers and canaries), as opposed to refusing a client's request.
+    /// OpenTelemetry's RPC conventions mark these codes as server errors.
+    pub fn is_server_failure(self) -> bool {
+        matches!(
+            self,
+            Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::Unimplemented
+                | Code::Internal
+                | Code::Unavailable
+                | Code::DataLoss
+        )
+    }
+
+    /// Whether a call that failed with it may be sent again: `UNAVAILABLE` means the
+    /// server did not act on it; any other only for a method its caller declared
+    /// idempotent, and only for codes that are about the server, not the request.
+    pub fn is_retryable(self, idempotent: bool) -> bool {
+        match self {
+            Code::Unavailable => true,
+            Code::Internal
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted => idempotent,
+            _ => false,
+        }
+    }
+
+    /// The code of an answer the host made with an HTTP status. It follows the
+    /// spec's "HTTP to gRPC status code mapping", with what the host's statuses mean:
+    /// 500 and 502 are a service's fault (`INTERNAL`: it may have acted), 503 a
+    /// request that never ran (`UNAVAILABLE`: safe to retry), 504 a deadline passed.
+    pub fn from_http(status: StatusCode) -> Code {
+        match status.as_u16() {
+            200..=299 => Code::Ok,
+            400 | 500 | 502 => Code::Internal,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::Unimplemented,
+            408 | 504 => Code::DeadlineExceeded,
+            413 => Code::ResourceExhausted,
+            429 | 503 => Code::Unavailable,
+            _ => Code::Unknown,
+        }
+    }
+}
+
+/// `grpc-status`.
+pub const STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+/// `grpc-message`.
+pub const MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+/// `grpc-timeout`.
+pub const TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
+/// Whether a request or response is gRPC (`content-type: application/grpc…`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC service of a path `/package.Service/Method`, when it has that shape.
+pub fn service_of(path: &str) -> Option<&str> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some(service)
+}
+
+/// The (service, method) of a gRPC path, for metrics and spans.
+pub fn method_of(path: &str) -> Option<(&str, &str)> {
+    let service = service_of(path)?;
+    Some((service, &path[service.len() + 2..]))
+}
+
+/// The status in `headers` (a trailer block, or the headers of a trailers-only
+/// answer), if they carry one.
+pub fn status_in(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get(&STATUS)
+        .map(|value| Code::from_value(value.as_bytes()))
+}
+
+/// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// `budget` as a `grpc-timeout` value, in the finest unit whose amount fits the
+/// header's eight digits (rounded up, so a callee never sees more time than is left).
+pub fn timeout_value(budget: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let nanos = budget.as_nanos();
+    let units: [(u128, &str); 6] = [
+        (1, "n"),
+        (1_000, "u"),
+        (1_000_000, "m"),
+        (1_000_000_000, "S"),
+        (60_000_000_000, "M"),
+        (3_600_000_000_000, "H"),
+    ];
+    let (amount, unit) = units
+        .iter()
+        .map(|(per, unit)| (nanos.div_ceil(*per), *unit))
+        .find(|(amount, _)| *amount <= MAX)
+        .unwrap_or((MAX, "H"));
+    HeaderValue::from_str(&format!("{amount}{unit}")).unwrap_or(HeaderValue::from_static("1n"))
+}
+
+/// `message` percent-encoded for `grpc-message` (the spec keeps printable ASCII but
+/// `%` as it is).
+pub fn encode_message(message: &str) -> HeaderValue {
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.trim_end().bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::from_str(&encoded).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// A "trailers-only" answer: HTTP 200 with the status in the headers and no body,
+/// as a gRPC server answers a call it refuses or fails before any message.
+pub fn trailers_only(code: Code, message: &str) -> Response<Body> {
+    let mut response = Response::new(protocol::full(Bytes::new()));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(STATUS, HeaderValue::from(u16::from(code.number())));
+    if !message.is_empty() {
+        headers.insert(MESSAGE, encode_message(message));
+    }
+    response
+}
+
+/// An answer to a gRPC client, in the form its client expects:
+///
+/// - the host's own answer (an error it made, not the service) becomes
+///   trailers-only: the HTTP status a gRPC code, the text the message, its other
+///   headers (`x-request-id`, `retry-after`) kept;
+/// - a service's answer with `grpc-status` in its head is trailers-only too, which
+///   must end the stream with that head: whatever body the service streams after it
+///   is dropped.
+pub fn for_client(response: Response<Body>) -> Response<Body> {
+    let Some(protocol::HostMessage(message)) = response.extensions().get().cloned() else {
+        if response.headers().contains_key(&STATUS) {
+            return response.map(|_| protocol::full(Bytes::new()));
+        }
+        return response;
+    };
+    let code = Code::from_http(response.status());
+    let (parts, _) = response.into_parts();
+    let mut answer = trailers_only(code, &message);
+    for (name, value) in &parts.headers {
+        if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+            answer.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_unknown_numbers_are_unknown() {
+        for code in Code::ALL {
+            assert_eq!(Code::from_value(code.number().to_string().as_bytes()), code);
+        }
+        assert_eq!(Code::from_value(b"17"), Code::Unknown);
+        assert_eq!(Code::from_value(b"x"), Code::Unknown);
+        assert_eq!(Code::Unavailable.name(), "UNAVAILABLE");
+    }
+
+    #[test]
+    fn timeouts_parse_by_unit_and_refuse_malformed_values() {
+        let parse = |text: &'static str| parse_timeout(&HeaderValue::from_static(text));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "100", "123456789m", "1s", "-1m", "1.5S", " 1m"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_budget_is_sent_in_the_finest_unit_that_fits_and_rounded_up() {
+        assert_eq!(timeout_value(Duration::from_nanos(1500)), "1500n");
+        assert_eq!(timeout_value(Duration::from_millis(250)), "250000u");
+        assert_eq!(timeout_value(Duration::from_secs(3)), "3000000u");
+        assert_eq!(timeout_value(Duration::from_secs(200)), "200000m");
+        assert_eq!(timeout_value(Duration::from_secs(400_000)), "400000S");
+        let sent = timeout_value(Duration::from_nanos(100_000_001));
+        assert_eq!(sent, "100001u");
+        let back = parse_timeout(&sent).expect("parses");
+        assert!(back >= Duration::from_nanos(100_000_001));
+    }
+
+    #[test]
+    fn http_statuses_map_as_the_spec_says_and_504_is_a_deadline() {
+        assert_eq!(Code::from_http(StatusCode::NOT_FOUND), Code::Unimplemented);
+        assert_eq!(
+            Code::from_http(StatusCode::SERVICE_UNAVAILABLE),
+            Code::Unavailable
+        );
+        assert_eq!(
+            Code::from_http(StatusCode::GATEWAY_TIMEOUT),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            Code::from_http(StatusCode::INTERNAL_SERVER_ERROR),
+            Code::Internal
+        );
+        assert_eq!(Code::from_http(StatusCode::IM_A_TEAPOT), Code::Unknown);
+        assert_eq!(
+            Code::from_http(StatusCode::FORBIDDEN),
+            Code::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn only_unavailable_is_retried_unless_the_method_is_idempotent() {
+        assert!(Code::Unavailable.is_retryable(false));
+        assert!(!Code::Internal.is_retryable(false));
+        assert!(Code::Internal.is_retryable(true));
+        assert!(!Code::InvalidArgument.is_retryable(true));
+        assert!(!Code::NotFound.is_retryable(true));
+    }
+
+    #[test]
+    fn paths_name_service_and_method() {
+        assert_eq!(
+            method_of("/helloworld.Greeter/SayHello"),
+            Some(("helloworld.Greeter", "SayHello"))
+        );
+        assert_eq!(service_of("/helloworld.Greeter"), None);
+        assert_eq!(service_of("/a/b/c"), None);
+        assert_eq!(service_of("//x"), None);
+    }
+
+    #[test]
+    fn messages_are_percent_encoded() {
+        assert_eq!(encode_message("50% off\n"), "50%25 off");
+        assert_eq!(encode_message("café"), "caf%C3%A9");
+    }
+
+    #[test]
+    fn a_host_answer_becomes_trailers_only_and_a_service_answer_is_kept() {
+        let refused = protocol::with_request_id(
+            protocol::text(StatusCode::NOT_FOUND, "no service\n".to_owned()),
+            &protocol::RequestId::parse("req-1").expect("id"),
+        );
+        let answer = for_client(refused);
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(status_in(answer.headers()), Some(Code::Unimplemented));
+        assert_eq!(answer.headers()[&MESSAGE], "no service");
+        assert_eq!(answer.headers()["x-request-id"], "req-1");
+        assert!(is_grpc(answer.headers()));
+        let from_service = Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(protocol::full(Bytes::new()))
+            .expect("response");
+        assert_eq!(for_client(from_service).status(), StatusCode::NOT_FOUND);
+        let streamed = Response::builder()
+            .header("grpc-status", "5")
+            .body(
+                http_body_util::StreamBody::new(futures::stream::pending::<
+                    Result<hyper::body::Frame<Bytes>, std::io::Error>,
+                >())
+                .boxed_unsync(),
+            )
+            .expect("response");
+        use http_body_util::BodyExt as _;
+        use hyper::body::Body as _;
+        assert!(for_client(streamed).body().is_end_stream());
+    }
+}

@@ -1,0 +1,186 @@
+//! gRPC services in Wasm: the greeter (`guests/grpc-greeter`) called through the
+//! gateway by a real gRPC client (Python `grpcio`), its deadline taken from
+//! `grpc-timeout`, the host's own answers given as gRPC statuses, and gRPC service
+//! names owned by one service.
+
+use shoal_tests::{Host, guest, python_json, repo_root, temp_root};
+use std::process::Command;
+
+fn greeter_manifest() -> String {
+    std::fs::read_to_string(repo_root().join("guests/grpc-greeter/shoal.toml")).expect("manifest")
+}
+
+fn deploy_greeter(host: &Host) {
+    let reply = host.deploy_with_manifest("greeter", &guest("grpc_greeter"), &greeter_manifest());
+    assert_eq!(reply.status, 201, "{}", reply.body);
+}
+
+fn target(host: &Host) -> String {
+    host.gateway.trim_start_matches("http://").to_owned()
+}
+
+/// Call the greeter with grpcio.
+fn call(host: &Host, method: &str, request: &str, extra: &[&str]) -> serde_json::Value {
+    let target = target(host);
+    let mut args = vec![target.as_str(), method, request];
+    args.extend(extra);
+    python_json("grpc/greeter.py", &args)
+}
+
+/// A gRPC request sent with curl (which, unlike a gRPC library, does not enforce a
+/// deadline itself): the response's headers and trailers, lower-cased.
+fn curl_grpc(host: &Host, path: &str, message: &[u8], headers: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let body = dir.path().join("request.bin");
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    std::fs::write(&body, framed).expect("write request");
+    let head = dir.path().join("head.txt");
+    let mut command = Command::new("curl");
+    command.args(["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-D"]);
+    command.arg(&head);
+    command.args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    command
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()));
+    command.arg(format!("{}{path}", host.gateway));
+    let status = command.status().expect("run curl");
+    assert!(status.success(), "curl failed");
+    std::fs::read_to_string(head).expect("head").to_lowercase()
+}
+
+#[test]
+fn a_grpc_client_calls_the_greeter_through_the_gateway() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    deploy_greeter(&host);
+
+    let unary = call(&host, "SayHello", r#"{"name": "Ada"}"#, &[]);
+    assert_eq!(unary["code"], "OK", "{unary}");
+    assert_eq!(unary["replies"][0], "Hello Ada", "{unary}");
+
+    let streamed = call(
+        &host,
+        "SayHelloStream",
+        r#"{"name": "Ada", "count": 5}"#,
+        &[],
+    );
+    assert_eq!(streamed["code"], "OK", "{streamed}");
+    let replies: Vec<&str> = streamed["replies"]
+        .as_array()
+        .expect("replies")
+        .iter()
+        .filter_map(|reply| reply.as_str())
+        .collect();
+    assert_eq!(replies.len(), 5, "{streamed}");
+    assert_eq!(replies[4], "Hello Ada (5 of 5)");
+
+    // The same service answers plain HTTP under its own route.
+    let page = host.get("/greeter/");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("speaks gRPC"), "{}", page.body);
+
+    let unknown = call(&host, "SayGoodbye", r#"{"name": "Ada"}"#, &[]);
+    assert_eq!(unknown["code"], "UNIMPLEMENTED", "{unknown}");
+    let invalid = call(&host, "SayHello", r#"{"name": ""}"#, &[]);
+    assert_eq!(invalid["code"], "INVALID_ARGUMENT", "{invalid}");
+    assert_eq!(invalid["details"], "name must not be empty", "{invalid}");
+
+    // A guest that traps ends its own call: INTERNAL, naming the request id the host
+    // logged; the next call is served.
+    let trapped = call(&host, "SayHello", r#"{"name": "panic"}"#, &[]);
+    assert_eq!(trapped["code"], "INTERNAL", "{trapped}");
+    let request_id = trapped["trailing_metadata"]["x-request-id"]
+        .as_str()
+        .or(trapped["initial_metadata"]["x-request-id"].as_str())
+        .expect("x-request-id")
+        .to_owned();
+    let details = trapped["details"].as_str().expect("details");
+    assert!(details.contains(&request_id), "{trapped}");
+    assert!(details.contains("trapped"), "{trapped}");
+    assert!(host.log().contains(&request_id));
+    assert_eq!(
+        call(&host, "SayHello", r#"{"name": "Bo"}"#, &[])["code"],
+        "OK"
+    );
+}
+
+#[test]
+fn grpc_timeout_is_the_calls_deadline() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    deploy_greeter(&host);
+
+    // grpcio's own deadline: the client gives up, and so does the host.
+    let late = call(
+        &host,
+        "SayHello",
+        r#"{"name": "Ada", "delay_ms": 3000}"#,
+        &["--timeout", "0.3"],
+    );
+    assert_eq!(late["code"], "DEADLINE_EXCEEDED", "{late}");
+
+    // A client that states `grpc-timeout` but does not enforce it: the host ends the
+    // call when it passes and says so. HelloRequest { name: "x", delay_ms: 3000 }.
+    let message = [0x0a, 0x01, b'x', 0x18, 0xb8, 0x17];
+    let head = curl_grpc(
+        &host,
+        "/helloworld.Greeter/SayHello",
+        &message,
+        &["grpc-timeout: 300m"],
+    );
+    assert!(head.contains("grpc-status: 4"), "{head}");
+    assert!(head.contains("time limit"), "{head}");
+    // Without it, the same call completes after its delay.
+    let head = curl_grpc(&host, "/helloworld.Greeter/SayHello", &message, &[]);
+    assert!(head.contains("grpc-status: 0"), "{head}");
+}
+
+#[test]
+fn the_hosts_own_answers_reach_grpc_clients_as_grpc_statuses() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    deploy_greeter(&host);
+    // No service serves `nowhere.Svc`: UNIMPLEMENTED, with the request id.
+    let head = curl_grpc(&host, "/nowhere.Svc/Call", &[], &[]);
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("content-type: application/grpc"), "{head}");
+    assert!(head.contains("grpc-status: 12"), "{head}");
+    assert!(
+        head.contains("grpc-message: no service is routed at"),
+        "{head}"
+    );
+    assert!(head.contains("x-request-id: "), "{head}");
+}
+
+#[test]
+fn a_grpc_service_name_belongs_to_one_service() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    deploy_greeter(&host);
+    let manifest = "version = \"2\"\ngrpc = [\"helloworld.Greeter\"]\n";
+    let taken = host.deploy_with_manifest("impostor", &guest("grpc_greeter"), manifest);
+    assert_eq!(taken.status, 409, "{}", taken.body);
+    assert!(taken.body.contains("/helloworld.Greeter"), "{}", taken.body);
+    assert!(taken.body.contains("greeter"), "{}", taken.body);
+    let bad =
+        host.deploy_with_manifest("bad", &guest("grpc_greeter"), "grpc = [\"hello/world\"]\n");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("grpc[0]"), "{}", bad.body);
+    // The owner still serves; once it is removed, the name is free.
+    assert_eq!(
+        call(&host, "SayHello", r#"{"name": "Ada"}"#, &[])["code"],
+        "OK"
+    );
+    assert_eq!(host.admin("DELETE", "/v1/services/greeter").status, 204);
+    let now = host.deploy_with_manifest("impostor", &guest("grpc_greeter"), manifest);
+    assert_eq!(now.status, 201, "{}", now.body);
+    assert_eq!(
+        call(&host, "SayHello", r#"{"name": "Ada"}"#, &[])["code"],
+        "OK"
+    );
+}
