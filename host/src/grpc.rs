@@ -292,6 +292,37 @@ pub fn for_client(response: Response<Body>) -> Response<Body> {
     answer
 }
 
+/// The status of a gRPC answer when it is known before any message: in its head
+/// (trailers-only), or in trailers that come before any data. The answer is given
+/// back whole (what was read goes back in front of its body), with the status as a
+/// [`Code`] extension when one was found. A call that answers messages first is
+/// judged by its transport alone.
+pub async fn peek_status(response: Response<Body>) -> Response<Body> {
+    use http_body_util::BodyExt as _;
+    if let Some(code) = status_in(response.headers()) {
+        let mut response = response;
+        response.extensions_mut().insert(code);
+        return response;
+    }
+    let (mut parts, mut body) = response.into_parts();
+    let first = body.frame().await;
+    let code = match &first {
+        // Ended without a status: the spec reads that as a failure.
+        None => Some(Code::Unknown),
+        Some(Ok(frame)) => frame
+            .trailers_ref()
+            .map(|trailers| status_in(trailers).unwrap_or(Code::Unknown)),
+        Some(Err(_)) => None,
+    };
+    if let Some(code) = code {
+        parts.extensions.insert(code);
+    }
+    let front = futures::stream::iter(first);
+    let rest = http_body_util::BodyStream::new(body);
+    let body = http_body_util::StreamBody::new(futures::StreamExt::chain(front, rest));
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

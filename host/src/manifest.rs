@@ -32,6 +32,8 @@
 //! max_attempts = 3
 //! load_balancing = "round-robin" # or "power-of-two-choices" (default)
 //! breaker = { consecutive_failures = 5, cool_down_ms = 5000 }
+//! idempotent = ["/inventory.Stock/Get"]  # paths safe to retry after a failure (any
+//!                            #   method; a trailing `*` makes a prefix)
 //!
 //! [inbound]
 //! allowed_callers = ["orders", "shop-*"]  # services that may call this one (default: any)
@@ -295,6 +297,23 @@ pub struct TargetPolicy {
     /// Retry budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_budget: Option<RetryBudgetPolicy>,
+    /// Paths whose calls are safe to repeat whatever their method (a gRPC method,
+    /// `/package.Service/Method`, or a prefix ending in `*`): they are retried after
+    /// a server failure, not only when the target never took them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idempotent: Vec<String>,
+}
+
+impl TargetPolicy {
+    /// Whether the manifest declares calls to `path` idempotent.
+    pub fn declares_idempotent(&self, path: &str) -> bool {
+        self.idempotent
+            .iter()
+            .any(|declared| match declared.strip_suffix('*') {
+                Some(prefix) => path.starts_with(prefix),
+                None => path == declared,
+            })
+    }
 }
 
 /// Circuit breaker thresholds of a target.

@@ -472,6 +472,156 @@ pub fn serve(request: IncomingRequest, response_out: ResponseOutparam, server: S
     }
 }
 
+/// Calls the gRPC methods of another service, or of an external service the
+/// operator registered, through the host's caller: discovery, load balancing per
+/// call, the target's breaker, retries of `UNAVAILABLE` (and of the other server
+/// codes for methods the manifest's `[outbound.targets.NAME] idempotent` lists),
+/// and the remaining deadline sent as `grpc-timeout`.
+#[derive(Debug, Clone)]
+pub struct Client {
+    service: String,
+    timeout: Option<Duration>,
+}
+
+impl Client {
+    /// A client of `service` (its registered name).
+    pub fn new(service: &str) -> Self {
+        Self {
+            service: service.to_owned(),
+            timeout: None,
+        }
+    }
+
+    /// Give each call at most `timeout` (the caller's own deadline applies too).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Call the unary method `path` (`/package.Service/Method`) with `request`.
+    pub fn unary<Req: Message, Reply: Message + Default>(
+        &self,
+        path: &str,
+        request: &Req,
+    ) -> Result<Reply, Status> {
+        use crate::bindings::wasi::http::outgoing_handler;
+        use crate::bindings::wasi::http::types::{
+            ErrorCode, IncomingBody, Method, OutgoingRequest, RequestOptions, Scheme,
+        };
+        let headers = Fields::new();
+        let _ = headers.append("content-type", b"application/grpc");
+        let _ = headers.append("te", b"trailers");
+        let outgoing = OutgoingRequest::new(headers);
+        let _ = outgoing.set_method(&Method::Post);
+        let _ = outgoing.set_scheme(Some(&Scheme::Http));
+        let _ = outgoing.set_authority(Some(&self.service));
+        outgoing
+            .set_path_with_query(Some(path))
+            .map_err(|()| Status::invalid_argument(format!("`{path}` is not a method path")))?;
+        let body = outgoing
+            .body()
+            .map_err(|()| Status::internal("no request body"))?;
+        if let Ok(stream) = body.write() {
+            write_all(&stream, &frame(request))?;
+        }
+        OutgoingBody::finish(body, None)
+            .map_err(|_| Status::internal("cannot finish the request"))?;
+        let options = RequestOptions::new();
+        if let Some(timeout) = self.timeout {
+            let _ = options.set_first_byte_timeout(Some(timeout.as_nanos() as u64));
+        }
+        let transport = |error: ErrorCode| match error {
+            ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout => {
+                Status::new(Code::DeadlineExceeded, "the call's deadline passed")
+            }
+            ErrorCode::HttpRequestDenied => Status::new(
+                Code::PermissionDenied,
+                format!("calls to `{}` are not allowed", self.service),
+            ),
+            other => Status::unavailable(format!(
+                "`{}` could not be reached: {other:?}",
+                self.service
+            )),
+        };
+        let pending = outgoing_handler::handle(outgoing, Some(options)).map_err(transport)?;
+        pending.subscribe().block();
+        let response = match pending.get() {
+            Some(Ok(Ok(response))) => response,
+            Some(Ok(Err(error))) => return Err(transport(error)),
+            _ => return Err(Status::internal("no response")),
+        };
+        let status = response.status();
+        if status != 200 {
+            return Err(Status::new(
+                Code::Unknown,
+                format!("`{}` answered HTTP {status}", self.service),
+            ));
+        }
+        let head = response.headers().entries();
+        let body = response
+            .consume()
+            .map_err(|()| Status::internal("no response body"))?;
+        let mut bytes = Vec::new();
+        if let Ok(stream) = body.stream() {
+            while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+                if bytes.len() + chunk.len() > MAX_MESSAGE_BYTES + 5 {
+                    return Err(Status::new(
+                        Code::ResourceExhausted,
+                        "the reply is too large",
+                    ));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+        let trailers = IncomingBody::finish(body);
+        trailers.subscribe().block();
+        let mut fields = head;
+        if let Some(Ok(Ok(Some(trailers)))) = trailers.get() {
+            fields.extend(trailers.entries());
+        }
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(name))
+                .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+        };
+        let code = match field("grpc-status") {
+            Some(number) => Code::from_number(number.trim().parse().unwrap_or(2)),
+            None => return Err(Status::new(Code::Unknown, "the reply has no grpc-status")),
+        };
+        if code != Code::Ok {
+            return Err(Status::new(
+                code,
+                decode_message(&field("grpc-message").unwrap_or_default()),
+            ));
+        }
+        decode(single_message(&bytes)?)
+    }
+}
+
+/// A `grpc-message` as sent (percent-encoded) made text again.
+fn decode_message(encoded: &str) -> String {
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = bytes
+            .get(index + 1..index + 3)
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match (bytes[index], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                index += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Export `server` (a `fn() -> grpc::Server`) as the service's
 /// `wasi:http/incoming-handler`.
 #[macro_export]
@@ -542,6 +692,8 @@ mod tests {
         assert_eq!(parse_timeout("2s"), None);
         assert_eq!(parse_timeout(""), None);
         assert_eq!(encode_message("100% sure\n"), "100%25 sure%0A");
+        assert_eq!(decode_message("100%25 sure%0A"), "100% sure\n");
+        assert_eq!(decode_message("50%"), "50%");
         assert_eq!(Code::from_number(14), Code::Unavailable);
         assert_eq!(Code::from_number(99), Code::Unknown);
     }

@@ -184,3 +184,118 @@ fn a_grpc_service_name_belongs_to_one_service() {
         "OK"
     );
 }
+
+/// The external gRPC server of `tests/grpc/server.py`, killed when dropped.
+struct GrpcServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GrpcServer {
+    fn start() -> GrpcServer {
+        use std::io::BufRead as _;
+        let mut child = Command::new("python3")
+            .arg(repo_root().join("tests/grpc/server.py"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the gRPC server");
+        let stdout = child.stdout.take().expect("stdout");
+        let line = std::io::BufReader::new(stdout)
+            .lines()
+            .next()
+            .expect("a line")
+            .expect("readable");
+        let port = line
+            .strip_prefix("listening ")
+            .and_then(|port| port.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        GrpcServer { child, port }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_guest_calls_an_external_grpc_server_through_the_caller() {
+    let server = GrpcServer::start();
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let address = format!("127.0.0.1:{}", server.port);
+    for name in ["ext", "ext-idem", "ext-breaker"] {
+        let reply = host.admin_json(
+            "PUT",
+            &format!("/v1/external/{name}"),
+            &format!(r#"{{"endpoints": ["{address}"]}}"#),
+        );
+        assert!(reply.status == 201 || reply.status == 200, "{}", reply.body);
+    }
+    let manifest = r#"
+[outbound.targets.ext]
+max_attempts = 3
+[outbound.targets.ext-idem]
+max_attempts = 3
+idempotent = ["/helloworld.Greeter/*"]
+[outbound.targets.ext-breaker]
+max_attempts = 1
+breaker = { consecutive_failures = 3, cool_down_ms = 60000 }
+"#;
+    let deployed = host.deploy_with_manifest("caller", &guest("caller"), manifest);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let hello = |service: &str, name: &str, extra: &str| {
+        let reply = host.get(&format!(
+            "/caller/grpc-hello?service={service}&name={name}{extra}"
+        ));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body.trim().to_owned()
+    };
+    let count = |name: &str| hello("ext", &format!("count:{name}"), "");
+
+    assert_eq!(hello("ext", "Ada", ""), "code=Ok message=Hello Ada");
+    // UNAVAILABLE: the server did not act on it, so even a POST is sent again.
+    assert_eq!(
+        hello("ext", "unavailable-2:a", ""),
+        "code=Ok message=Hello after 3 attempts"
+    );
+    // INVALID_ARGUMENT is the request's fault: never retried.
+    assert_eq!(
+        hello("ext", "invalid:b", ""),
+        "code=InvalidArgument message=bad name"
+    );
+    assert_eq!(count("invalid:b"), "code=Ok message=1");
+    // INTERNAL is retried only for methods the manifest calls idempotent.
+    assert_eq!(
+        hello("ext", "internal:c", ""),
+        "code=Internal message=broken"
+    );
+    assert_eq!(count("internal:c"), "code=Ok message=1");
+    assert_eq!(
+        hello("ext-idem", "internal:d", ""),
+        "code=Internal message=broken"
+    );
+    assert_eq!(count("internal:d"), "code=Ok message=3");
+
+    // The caller's deadline travels as grpc-timeout: the server sees at most it.
+    let seen = hello("ext", "deadline", "&timeout_ms=2000");
+    let ms: u64 = seen
+        .strip_prefix("code=Ok message=")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("{seen}"));
+    assert!(ms > 0 && ms <= 2000, "{seen}");
+
+    // A 200 with grpc-status 13 is a failure to the breaker: three open it, and the
+    // fourth call never reaches the server.
+    for _ in 0..3 {
+        assert_eq!(
+            hello("ext-breaker", "internal:e", ""),
+            "code=Internal message=broken"
+        );
+    }
+    let refused = hello("ext-breaker", "internal:e", "");
+    assert!(refused.starts_with("code=Unavailable"), "{refused}");
+    assert_eq!(count("internal:e"), "code=Ok message=3");
+}

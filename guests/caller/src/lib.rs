@@ -11,6 +11,8 @@
 //! - `GET /metric?kind=counter|gauge|histogram&name=N[&label=k:v][&value=V]` records
 //!   one of the service's own metrics and answers `ok` or `error <kind>: <detail>`.
 //! - `GET /trace` answers the current trace id and span id.
+//! - `GET /grpc-hello?service=S&name=N[&timeout_ms=T]` calls `helloworld.Greeter/SayHello`
+//!   of S over gRPC and answers `code=OK message=...` or `code=NAME message=...`.
 //!
 //! `/call` also takes `span=NAME`: the call is then made inside a guest span of that
 //! name (with an attribute and an event), so it shows up as that span's child.
@@ -25,6 +27,7 @@ use shoal_sdk::http::{Request, Response};
 fn handle(req: Request) -> Response {
     match req.path() {
         "/call" => call(&req),
+        "/grpc-hello" => grpc_hello(&req),
         "/discover" => match discovery::discover(&req.query_param("service").unwrap_or_default()) {
             Ok(instances) => Response::text(200, render(&instances)),
             Err(error) => Response::text(400, format!("{error:?}\n")),
@@ -208,3 +211,34 @@ fn check() -> Health {
 
 shoal_sdk::http_service!(handle);
 shoal_sdk::health_check!(check);
+
+/// `helloworld.HelloRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloRequest {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+/// `helloworld.HelloReply`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloReply {
+    #[prost(string, tag = "1")]
+    message: String,
+}
+
+fn grpc_hello(req: &Request) -> Response {
+    let mut client = shoal_sdk::grpc::Client::new(&req.query_param("service").unwrap_or_default());
+    if let Some(ms) = req.query_param("timeout_ms").and_then(|ms| ms.parse().ok()) {
+        client = client.timeout(std::time::Duration::from_millis(ms));
+    }
+    let request = HelloRequest {
+        name: req.query_param("name").unwrap_or_default(),
+    };
+    match client.unary::<_, HelloReply>("/helloworld.Greeter/SayHello", &request) {
+        Ok(reply) => Response::text(200, format!("code=Ok message={}\n", reply.message)),
+        Err(status) => Response::text(
+            200,
+            format!("code={:?} message={}\n", status.code(), status.message()),
+        ),
+    }
+}

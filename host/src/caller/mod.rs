@@ -29,7 +29,6 @@ use transport::{LocalDispatch, RemoteClient, TransportError};
 use crate::deadline::{self, Deadline};
 use crate::policy::balancer::{Balancer, Load};
 use crate::policy::breaker::{BreakerState, CircuitBreaker, Permit};
-use crate::policy::is_failure_status;
 use crate::policy::retry::{self, Attempt, Next, RetryBudget, is_idempotent_method};
 use crate::protocol::{
     self, Body, CALLER, DEADLINE_MS, NOT_HERE, PEER, REQUEST_ID, RequestId, TARGET,
@@ -409,14 +408,20 @@ impl Caller {
                         KeyValue::new("http.request.method", request.method.to_string()),
                         KeyValue::new("url.path", request.path_and_query.clone()),
                         KeyValue::new("shoal.request_id", cx.request_id.to_string()),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(crate::telemetry::traces::rpc_attributes(
+                        &request.headers,
+                        &request.path_and_query,
+                    ))
+                    .collect(),
                 )
             });
         let result = self
             .call_within(cx, target, request, options, Some(discovered), &span)
             .await;
         let outcome = match &result {
-            Ok(response) if is_failure_status(response.status().as_u16()) => "server-error",
+            Ok(response) if !retry::attempt_succeeded(attempt_of(response)) => "server-error",
             Ok(_) => "ok",
             Err(error) => error.kind(),
         };
@@ -442,6 +447,12 @@ impl Caller {
                 "http.response.status_code",
                 i64::from(response.status().as_u16()),
             ));
+            if let Some(code) = response.extensions().get::<crate::grpc::Code>() {
+                span_ref.set_attribute(KeyValue::new(
+                    "rpc.grpc.status_code",
+                    i64::from(code.number()),
+                ));
+            }
         }
         if outcome != "ok" {
             span_ref.set_status(opentelemetry::trace::Status::error(outcome));
@@ -495,9 +506,15 @@ impl Caller {
             // The caller's own time is up: nothing is sent, no breaker is touched.
             return Err(CallError::Timeout);
         }
-        let idempotent = options
-            .idempotent
-            .unwrap_or_else(|| is_idempotent_method(request.method.as_str()));
+        let path = request.path_and_query.split('?').next().unwrap_or_default();
+        let idempotent = options.idempotent.unwrap_or_else(|| {
+            is_idempotent_method(request.method.as_str())
+                || cx
+                    .outbound
+                    .targets
+                    .get(target)
+                    .is_some_and(|declared| declared.declares_idempotent(path))
+        });
         let state = self.target(&cx.caller, target, policy);
         let started = Instant::now();
         state.budget.lock().on_request(started);
@@ -519,7 +536,7 @@ impl Caller {
         let (result, sent) = plan.run(self, discovered).await;
         if sent {
             admission.record(
-                matches!(&result, Ok(response) if !is_failure_status(response.status().as_u16())),
+                matches!(&result, Ok(response) if retry::attempt_succeeded(attempt_of(response))),
             );
         }
         // Otherwise nothing reached the target: dropping the admission releases it.
@@ -579,8 +596,29 @@ impl Caller {
                 headers.insert(TARGET.clone(), value);
             }
         }
+        let grpc = crate::grpc::is_grpc(&headers);
         let outgoing =
             protocol::buffered_request(request.method.clone(), uri, headers, request.body.clone());
+        let response = self
+            .send_to(target, instance, outgoing, request_id, deadline)
+            .await?;
+        // A gRPC call's outcome is its status, which may come before any message.
+        if grpc && response.status() == http::StatusCode::OK {
+            return Ok(crate::grpc::peek_status(response).await);
+        }
+        Ok(response)
+    }
+
+    /// Send `outgoing` to `instance` of `target`: in process, or over the network.
+    async fn send_to(
+        &self,
+        target: &str,
+        instance: &Instance,
+        outgoing: http::Request<http_body_util::Full<Bytes>>,
+        request_id: RequestId,
+        deadline: Deadline,
+    ) -> Result<Response<Body>, TransportError> {
+        let not_sent = |error| TransportError { error, sent: false };
         match &instance.endpoint {
             Endpoint::Local => {
                 let local = self.local.get().and_then(Weak::upgrade).ok_or_else(|| {
@@ -640,6 +678,16 @@ impl Caller {
             .unwrap_or_else(|| cx.request_id.clone());
         protocol::set_request_id(&mut headers, &request_id);
         headers.insert(DEADLINE_MS.clone(), deadline.header_value());
+        if crate::grpc::is_grpc(&headers) {
+            // gRPC servers insist on `te: trailers` (a hop-by-hop header, stripped
+            // above with the guest's others).
+            headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+            // Any gRPC server, in Shoal or not, reads its deadline here.
+            headers.insert(
+                crate::grpc::TIMEOUT,
+                crate::grpc::timeout_value(deadline.remaining()),
+            );
+        }
         if let Ok(value) = HeaderValue::from_str(&cx.caller) {
             headers.insert(CALLER.clone(), value);
         }
@@ -750,7 +798,7 @@ impl AttemptPlan<'_> {
             tried.push(instance.id.clone());
             let outcome = self.send_once(caller, instance, &instance_state).await;
             let attempt = match &outcome {
-                Ok(response) => Attempt::Answered(response.status().as_u16()),
+                Ok(response) => attempt_of(response),
                 Err(failure) => Attempt::Failed { sent: failure.sent },
             };
             admission.record(retry::attempt_succeeded(attempt));
@@ -779,6 +827,15 @@ impl AttemptPlan<'_> {
             previous = Some(outcome);
             tokio::time::sleep(backoff).await;
         }
+    }
+}
+
+/// What an answer says about its attempt: its HTTP status, or, for a gRPC call whose
+/// status came before any message, that status.
+fn attempt_of(response: &Response<Body>) -> Attempt {
+    match response.extensions().get::<crate::grpc::Code>() {
+        Some(code) if response.status() == http::StatusCode::OK => Attempt::Grpc(*code),
+        _ => Attempt::Answered(response.status().as_u16()),
     }
 }
 

@@ -1,5 +1,6 @@
 //! How one attempt reaches an instance: in process for services on this host, over
-//! pooled keep-alive HTTP connections for remote endpoints.
+//! pooled keep-alive HTTP/1.1 connections for remote endpoints, and over HTTP/2 (one
+//! connection multiplexing the calls) for gRPC.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -33,6 +34,27 @@ pub trait LocalDispatch: Send + Sync {
 #[derive(Clone)]
 pub struct RemoteClient<C = HttpConnector> {
     client: Client<C, Full<Bytes>>,
+    /// HTTP/2 only, for gRPC: calls to one endpoint are streams of one connection.
+    multiplexed: Client<C, Full<Bytes>>,
+}
+
+/// The two clients over `connector`: pooled HTTP/1.1 keep-alive connections, and
+/// HTTP/2 (prior knowledge, or `h2` by ALPN over TLS) for gRPC.
+fn clients<C>(connector: C) -> (Client<C, Full<Bytes>>, Client<C, Full<Bytes>>)
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64);
+    let client = builder.build(connector.clone());
+    builder
+        .http2_only(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .http2_keep_alive_timeout(Duration::from_secs(20));
+    (client, builder.build(connector))
 }
 
 impl RemoteClient<hyper_rustls::HttpsConnector<HttpConnector>> {
@@ -46,12 +68,13 @@ impl RemoteClient<hyper_rustls::HttpsConnector<HttpConnector>> {
             .with_tls_config(config)
             .https_only()
             .enable_http1()
+            .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(connector);
-        Self { client }
+        let (client, multiplexed) = clients(connector);
+        Self {
+            client,
+            multiplexed,
+        }
     }
 }
 
@@ -60,11 +83,11 @@ impl Default for RemoteClient {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(connector);
-        Self { client }
+        let (client, multiplexed) = clients(connector);
+        Self {
+            client,
+            multiplexed,
+        }
     }
 }
 
@@ -77,7 +100,12 @@ where
         &self,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Body>, TransportError> {
-        match self.client.request(request).await {
+        let client = if crate::grpc::is_grpc(request.headers()) {
+            &self.multiplexed
+        } else {
+            &self.client
+        };
+        match client.request(request).await {
             Ok(response) => {
                 Ok(response.map(|body| body.map_err(std::io::Error::other).boxed_unsync()))
             }

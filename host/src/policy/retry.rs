@@ -58,6 +58,8 @@ pub fn is_retryable_status(status: u16) -> bool {
 pub enum Attempt {
     /// The target answered with this status.
     Answered(u16),
+    /// A gRPC target answered (HTTP 200) with this status before any message.
+    Grpc(crate::grpc::Code),
     /// No answer; `sent` says whether any of the request may have reached the target.
     Failed {
         /// Whether the request may have been (partly) sent.
@@ -76,7 +78,11 @@ pub enum Next {
 
 /// Whether an attempt counts as a success for the target's breakers.
 pub fn attempt_succeeded(attempt: Attempt) -> bool {
-    matches!(attempt, Attempt::Answered(status) if !super::is_failure_status(status))
+    match attempt {
+        Attempt::Answered(status) => !super::is_failure_status(status),
+        Attempt::Grpc(code) => !code.is_server_failure(),
+        Attempt::Failed { .. } => false,
+    }
 }
 
 /// The retry decision after attempt number `number` (1 for the first), pure apart
@@ -97,6 +103,9 @@ pub fn next_step(
 ) -> Next {
     let retryable = match attempt {
         Attempt::Answered(status) => idempotent && is_retryable_status(status),
+        // UNAVAILABLE says the server did not act on the call: retried whatever the
+        // method; other server codes only for idempotent methods.
+        Attempt::Grpc(code) => code.is_retryable(idempotent),
         Attempt::Failed { sent } => idempotent || !sent,
     };
     if !retryable || number >= policy.max_attempts || now >= deadline || !budget.try_retry(now) {
@@ -238,6 +247,19 @@ mod tests {
             step(Attempt::Failed { sent: true }, true),
             Next::RetryAfter(_)
         ));
+        use crate::grpc::Code;
+        assert!(matches!(
+            step(Attempt::Grpc(Code::Unavailable), false),
+            Next::RetryAfter(_)
+        ));
+        assert_eq!(step(Attempt::Grpc(Code::InvalidArgument), true), Next::Stop);
+        assert_eq!(step(Attempt::Grpc(Code::Internal), false), Next::Stop);
+        assert!(matches!(
+            step(Attempt::Grpc(Code::Internal), true),
+            Next::RetryAfter(_)
+        ));
+        assert!(attempt_succeeded(Attempt::Grpc(Code::NotFound)));
+        assert!(!attempt_succeeded(Attempt::Grpc(Code::Unavailable)));
     }
 
     #[test]

@@ -318,6 +318,20 @@ fn non_recording_child(parent: &Context) -> Context {
     parent.with_remote_span_context(SpanContext::new(trace_id, span_id, flags, false, state))
 }
 
+/// OpenTelemetry's RPC attributes of a gRPC request (`rpc.system`, `rpc.service`,
+/// `rpc.method`); none for any other request.
+pub fn rpc_attributes(headers: &HeaderMap, path: &str) -> Vec<KeyValue> {
+    let path = path.split('?').next().unwrap_or_default();
+    match crate::grpc::method_of(path) {
+        Some((service, method)) if crate::grpc::is_grpc(headers) => vec![
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", service.to_owned()),
+            KeyValue::new("rpc.method", method.to_owned()),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 /// Whether spans are being exported (callers skip building attributes otherwise).
 pub fn is_recording(cx: &Context) -> bool {
     cx.span().is_recording()
