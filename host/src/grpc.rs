@@ -323,6 +323,84 @@ pub async fn peek_status(response: Response<Body>) -> Response<Body> {
     Response::from_parts(parts, body.boxed_unsync())
 }
 
+/// Calls `report` with a gRPC response's status once it is known for good: from its
+/// head or [`Code`] extension at once, else from its trailers; a body that ends
+/// without one reports `UNKNOWN`, one dropped before its end `CANCELLED`.
+pub fn watch_status(
+    response: Response<Body>,
+    report: impl FnOnce(Code) + Send + 'static,
+) -> Response<Body> {
+    use http_body_util::BodyExt as _;
+    let known = status_in(response.headers()).or_else(|| response.extensions().get().copied());
+    if let Some(code) = known {
+        report(code);
+        return response;
+    }
+    response.map(|body| {
+        StatusWatch {
+            body,
+            code: None,
+            ended: false,
+            report: Some(Box::new(report)),
+        }
+        .boxed_unsync()
+    })
+}
+
+/// The body [`watch_status`] wraps.
+struct StatusWatch {
+    body: Body,
+    code: Option<Code>,
+    ended: bool,
+    report: Option<Box<dyn FnOnce(Code) + Send>>,
+}
+
+impl hyper::body::Body for StatusWatch {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    self.code = Some(status_in(trailers).unwrap_or(Code::Unknown));
+                }
+            }
+            std::task::Poll::Ready(None) => self.ended = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for StatusWatch {
+    fn drop(&mut self) {
+        use hyper::body::Body as _;
+        let code = self
+            .code
+            .unwrap_or(if self.ended || self.body.is_end_stream() {
+                Code::Unknown
+            } else {
+                Code::Cancelled
+            });
+        if let Some(report) = self.report.take() {
+            report(code);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,60 @@ use shoal_tests::{Host, Load, TOKEN, guest, repo_root, temp_root, wait_for};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// gRPC calls to the greeter over h2c (curl) until dropped, every other one
+/// failing with `UNAVAILABLE` in its trailers.
+struct GrpcLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GrpcLoad {
+    fn start(gateway: &str) -> GrpcLoad {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut files = Vec::new();
+        for name in ["Ada", "unavailable"] {
+            // A length-prefixed HelloRequest { name }.
+            let mut framed = vec![0, 0, 0, 0, name.len() as u8 + 2, 0x0a, name.len() as u8];
+            framed.extend_from_slice(name.as_bytes());
+            let file = dir.path().join(format!("{name}.bin"));
+            std::fs::write(&file, framed).expect("write a request");
+            files.push(file);
+        }
+        let url = format!("{gateway}/helloworld.Greeter/SayHello");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let _dir = dir;
+            for file in files.iter().cycle() {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let _ = Command::new("curl")
+                    .args(["-s", "--http2-prior-knowledge", "-o", "/dev/null"])
+                    .args(["-H", "content-type: application/grpc"])
+                    .arg("--data-binary")
+                    .arg(format!("@{}", file.display()))
+                    .arg(&url)
+                    .status();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        GrpcLoad {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for GrpcLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A chromedriver on a free port, stopped on drop.
 struct Chromedriver {
     child: Child,
@@ -206,6 +260,11 @@ fn the_dashboard_shows_live_numbers_and_follows_a_canary_weight() {
     );
     assert_eq!(read.status, 201, "{}", read.body);
     let read_token = read.json()["token"].as_str().expect("token").to_owned();
+    let greeter = std::fs::read_to_string(repo_root().join("guests/grpc-greeter/shoal.toml"))
+        .expect("greeter manifest");
+    let reply = host.deploy_with_manifest("greeter", &guest("grpc_greeter"), &greeter);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let _grpc = GrpcLoad::start(&host.gateway);
     // Some traffic for the charts: every answer counts, none is a failure here.
     let _load = Load::start(
         format!("{}/web/", host.gateway),
@@ -270,6 +329,12 @@ fn the_dashboard_shows_live_numbers_and_follows_a_canary_weight() {
         assert!(rate(&later) > 0.0);
         let requests_after = host.admin("GET", "/v1/services/web").json()["requests"].as_u64();
         assert!(requests_after > requests_before, "load is running");
+
+        // gRPC calls by status class: the failures are HTTP 200s with a status.
+        until_text(&client, "#svc-greeter .grpc", "gRPC status classes", |t| {
+            t.contains("ok ") && t.contains("server ")
+        })
+        .await;
 
         // Select the service; its canary takes about 10 %, then about 50 %.
         click(&client, "#svc-web").await;

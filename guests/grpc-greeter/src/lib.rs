@@ -3,6 +3,8 @@
 //!
 //! A name of `panic` makes a method panic, to show what a client sees when a service
 //! faults: `INTERNAL`, with the request id, and the host and its neighbours unharmed.
+//! A name of `unavailable` fails the call with `UNAVAILABLE` in its trailers (an
+//! HTTP 200): a failure the host counts from the status, not the HTTP code.
 
 use shoal_sdk::grpc::{Context, Server, ServerStream, Status};
 
@@ -23,6 +25,9 @@ fn greeting(name: &str) -> Result<String, Status> {
     }
     if name == "panic" {
         panic!("asked to panic");
+    }
+    if name == "unavailable" {
+        return Err(Status::unavailable("asked to be unavailable"));
     }
     let greeting = shoal_sdk::config::get("greeting").unwrap_or_else(|| "Hello".to_owned());
     Ok(format!("{greeting} {name}"))

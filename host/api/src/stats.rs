@@ -25,6 +25,13 @@ pub struct RequestStats {
     pub by_version: BTreeMap<String, u64>,
     /// Cumulative latency histogram: `[upper bound in seconds, requests at most that]`.
     pub buckets: Vec<(f64, u64)>,
+    /// gRPC calls by status class: `ok`, `client_error` (the caller's mistake, such
+    /// as `INVALID_ARGUMENT` or `NOT_FOUND`) and `server_error` (`INTERNAL`,
+    /// `UNAVAILABLE`, `UNKNOWN`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `DATA_LOSS`).
+    /// A call that failed with a status in its trailers was an HTTP 200, so these are
+    /// not in `failures`.
+    #[serde(default)]
+    pub grpc: BTreeMap<String, u64>,
 }
 
 /// A circuit breaker: one calling service towards one target.

@@ -122,6 +122,7 @@ pub async fn stats(State(state): State<AdminState>) -> Json<shoal_api::stats::St
                 failures: stats.failures,
                 by_version: stats.by_version,
                 buckets: stats.buckets,
+                grpc: stats.grpc,
             };
             (service, stats)
         })

@@ -35,6 +35,7 @@ use crate::protocol::{
 };
 use crate::registry::{Endpoint, Instance, Registry, routable};
 use crate::telemetry::TraceScope;
+use crate::telemetry::metrics::OTHER_LABEL;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 
@@ -397,6 +398,13 @@ impl Caller {
             self.record(cx, target, started, failure.kind());
             return Err(failure);
         }
+        let rpc = crate::grpc::is_grpc(&request.headers)
+            .then(|| {
+                let path = request.path_and_query.split('?').next().unwrap_or_default();
+                crate::grpc::method_of(path)
+                    .map(|(service, method)| (service.to_owned(), method.to_owned()))
+            })
+            .flatten();
         let span = telemetry
             .tracing
             .start_with(SpanKind::Client, &cx.trace.current(), || {
@@ -410,10 +418,14 @@ impl Caller {
                         KeyValue::new("shoal.request_id", cx.request_id.to_string()),
                     ]
                     .into_iter()
-                    .chain(crate::telemetry::traces::rpc_attributes(
-                        &request.headers,
-                        &request.path_and_query,
-                    ))
+                    .chain(
+                        rpc.as_ref()
+                            .map(|(service, method)| {
+                                crate::telemetry::traces::rpc_attributes(service, method)
+                            })
+                            .into_iter()
+                            .flatten(),
+                    )
                     .collect(),
                 )
             });
@@ -458,7 +470,46 @@ impl Caller {
             span_ref.set_status(opentelemetry::trace::Status::error(outcome));
         }
         span_ref.end();
-        result
+        match (result, rpc) {
+            (Ok(response), Some(rpc)) if telemetry.metrics.enabled() => {
+                Ok(self.record_rpc(cx, target, started, rpc, response))
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// Count a gRPC call under its method and status, once the status is known (it
+    /// may be in trailers the guest has yet to read).
+    fn record_rpc(
+        &self,
+        cx: &CallContext,
+        target: &str,
+        started: Instant,
+        (service, method): (String, String),
+        response: Response<Body>,
+    ) -> Response<Body> {
+        let telemetry = self.telemetry.clone();
+        let caller = cx.caller.to_string();
+        let target = target.to_owned();
+        crate::grpc::watch_status(response, move |code| {
+            let metrics = &telemetry.metrics;
+            let name = format!("{service}/{method}");
+            let admitted = metrics.rpc_client_methods.label(
+                &caller,
+                &name,
+                code != crate::grpc::Code::Unimplemented,
+            ) == name;
+            let (service, method) = if admitted {
+                (service.as_str(), method.as_str())
+            } else {
+                (OTHER_LABEL, OTHER_LABEL)
+            };
+            let number = code.number().to_string();
+            metrics
+                .rpc_client_duration
+                .with_label_values(&[&*caller, &*target, "grpc", service, method, &*number])
+                .observe(started.elapsed().as_secs_f64());
+        })
     }
 
     /// Count one call and its duration under `target` (or [`UNREGISTERED`]).

@@ -151,18 +151,17 @@ impl Services {
                 failure_response(deployment, &record.span, &request_id, &failure)
             }
         };
-        record.status = response.status().as_u16();
+        record.answered(&response);
         if let Some(canary) = canary {
-            let success =
-                !is_failure_status(record.status) || record.failure.is_some_and(|f| !f.guest_fault);
-            self.record_canary_outcome(service, canary, success);
+            // Counted when the record ends: a gRPC call's outcome is in its trailers.
+            record.canary = Some((canary.clone(), self.me.clone()));
         }
         // The slot is held, and the request measured, until the body has been streamed.
         protocol::with_request_id(response, &request_id).map(|body| {
             SlotBody {
                 body,
                 _slot: slot,
-                _record: record,
+                record,
             }
             .boxed_unsync()
         })
@@ -177,7 +176,7 @@ impl Services {
     }
 
     /// Count one canary outcome; start an automatic rollback when its window trips.
-    fn record_canary_outcome(&self, service: &LiveService, canary: &Canary, success: bool) {
+    fn record_canary_outcome(&self, service: &str, canary: &Canary, success: bool) {
         let now = Instant::now();
         let tripped = {
             let mut window = canary.window.lock();
@@ -188,10 +187,7 @@ impl Services {
                 .is_some_and(|rule| window.exceeds(rule.max_error_rate, rule.min_requests, now))
         };
         if tripped && !canary.tripped.swap(true, Ordering::SeqCst) {
-            self.roll_back_canary_in_background(
-                service.name().to_owned(),
-                canary.deployment.clone(),
-            );
+            self.roll_back_canary_in_background(service.to_owned(), canary.deployment.clone());
         }
     }
 
@@ -418,7 +414,7 @@ fn failure_response(
 struct SlotBody {
     body: Body,
     _slot: Arc<Slot>,
-    _record: RequestRecord,
+    record: RequestRecord,
 }
 
 /// Metrics and the server span of one request, recorded when it is dropped (after
@@ -433,6 +429,32 @@ struct RequestRecord {
     failure: Option<Failure>,
     started: Instant,
     span: opentelemetry::Context,
+    /// A gRPC call to a service the manifest declares.
+    rpc: Option<RpcCall>,
+    /// The canary that served it, counted when the record ends.
+    canary: Option<(Arc<Canary>, std::sync::Weak<Services>)>,
+}
+
+/// What a record keeps of a gRPC call: its names and, once known, its status.
+struct RpcCall {
+    service: String,
+    method: String,
+    /// From the response's head (trailers-only) or its trailers.
+    code: Option<crate::grpc::Code>,
+    /// Whether the response body was read to its end.
+    ended: bool,
+}
+
+impl RpcCall {
+    /// The call's status: as sent, or `UNKNOWN` for a body that ended without one
+    /// (the spec's reading), or `CANCELLED` when the client went away first.
+    fn code(&self) -> crate::grpc::Code {
+        self.code.unwrap_or(if self.ended {
+            crate::grpc::Code::Unknown
+        } else {
+            crate::grpc::Code::Cancelled
+        })
+    }
 }
 
 impl RequestRecord {
@@ -441,6 +463,48 @@ impl RequestRecord {
     fn failed(&mut self, failure: Failure) {
         self.live.faults.count(failure.kind);
         self.failure = Some(failure);
+    }
+
+    /// The response's head is known: its status, and a gRPC call's status when it is
+    /// there (a trailers-only answer) or implied (the host's own answers, or a
+    /// service's HTTP error).
+    fn answered(&mut self, response: &Response<Body>) {
+        self.status = response.status().as_u16();
+        if let Some(rpc) = &mut self.rpc {
+            rpc.code = crate::grpc::status_in(response.headers()).or_else(|| {
+                (self.failure.is_some() || !response.status().is_success())
+                    .then(|| crate::grpc::Code::from_http(response.status()))
+            });
+        }
+    }
+
+    /// A frame of the response body went by: a gRPC call's trailers carry its status.
+    fn saw_frame(&mut self, frame: &hyper::body::Frame<Bytes>) {
+        if let Some(rpc) = &mut self.rpc
+            && rpc.code.is_none()
+            && let Some(trailers) = frame.trailers_ref()
+        {
+            rpc.code = crate::grpc::status_in(trailers);
+        }
+    }
+
+    /// The response body was read to its end.
+    fn ended(&mut self) {
+        if let Some(rpc) = &mut self.rpc {
+            rpc.ended = true;
+        }
+    }
+
+    /// Whether the request counts as a failure of its version, for the canary: a 5xx
+    /// or a gRPC server-failure code, unless the host was to blame.
+    fn failed_the_service(&self) -> bool {
+        if self.failure.is_some_and(|failure| !failure.guest_fault) {
+            return false;
+        }
+        match &self.rpc {
+            Some(rpc) => rpc.code().is_server_failure(),
+            None => is_failure_status(self.status),
+        }
     }
 
     /// The version that serves the request (chosen once it is admitted).
@@ -467,19 +531,29 @@ impl RequestRecord {
         let method = method_label(request.method());
         let version = deployment.record.version.clone();
         let parent = telemetry.tracing.extract(request.headers());
+        let rpc = rpc_call(deployment, request);
         let span = telemetry.tracing.start_with(SpanKind::Server, &parent, || {
             let route = deployment.route().to_owned();
-            (
-                format!("{method} {route}"),
-                vec![
-                    KeyValue::new("http.request.method", method),
-                    KeyValue::new("http.route", route),
-                    KeyValue::new("url.path", request.uri().path().to_owned()),
-                    KeyValue::new("shoal.service", service.name().to_owned()),
-                    KeyValue::new("shoal.request_id", request_id.to_string()),
-                    KeyValue::new("shoal.version", version.clone()),
-                ],
-            )
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", method),
+                KeyValue::new("url.path", request.uri().path().to_owned()),
+                KeyValue::new("shoal.service", service.name().to_owned()),
+                KeyValue::new("shoal.request_id", request_id.to_string()),
+                KeyValue::new("shoal.version", version.clone()),
+            ];
+            let name = match &rpc {
+                // OpenTelemetry's RPC conventions name the span `service/method`.
+                Some(rpc) => {
+                    attributes.extend(crate::telemetry::traces::rpc_attributes(
+                        &rpc.service,
+                        &rpc.method,
+                    ));
+                    format!("{}/{}", rpc.service, rpc.method)
+                }
+                None => format!("{method} {route}"),
+            };
+            attributes.push(KeyValue::new("http.route", route));
+            (name, attributes)
         });
         Self {
             platform: platform.clone(),
@@ -492,8 +566,31 @@ impl RequestRecord {
             failure: None,
             started: Instant::now(),
             span,
+            rpc,
+            canary: None,
         }
     }
+}
+
+/// The gRPC call `request` is, if it is one to a gRPC service `deployment` declares
+/// (only those are named in metrics: a client cannot invent new series).
+fn rpc_call<B>(deployment: &Deployment, request: &Request<B>) -> Option<RpcCall> {
+    if !crate::grpc::is_grpc(request.headers()) {
+        return None;
+    }
+    let (service, method) = crate::grpc::method_of(request.uri().path())?;
+    deployment
+        .record
+        .manifest
+        .grpc
+        .iter()
+        .any(|declared| declared == service)
+        .then(|| RpcCall {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            code: None,
+            ended: false,
+        })
 }
 
 /// The method as a bounded metric label: any other token a client sends is `OTHER`.
@@ -529,6 +626,33 @@ impl Drop for RequestRecord {
                     .with_label_values(&[&*self.service, failure.kind])
                     .inc();
             }
+            if let Some(rpc) = &self.rpc {
+                let code = rpc.code();
+                // A method becomes a label once the service has answered it with
+                // anything but UNIMPLEMENTED: made-up names stay `_OTHER`.
+                let method = metrics.rpc_methods.label(
+                    &self.service,
+                    &rpc.method,
+                    code != crate::grpc::Code::Unimplemented,
+                );
+                let number = code.number().to_string();
+                metrics
+                    .rpc_server_duration
+                    .with_label_values(&[
+                        &*self.service,
+                        &*self.version,
+                        "grpc",
+                        &*rpc.service,
+                        method,
+                        &*number,
+                    ])
+                    .observe(self.started.elapsed().as_secs_f64());
+            }
+        }
+        if let Some((canary, services)) = self.canary.take()
+            && let Some(services) = services.upgrade()
+        {
+            services.record_canary_outcome(&self.service, &canary, !self.failed_the_service());
         }
         let span = self.span.span();
         span.set_attribute(KeyValue::new(
@@ -537,6 +661,16 @@ impl Drop for RequestRecord {
         ));
         if let Some(failure) = self.failure {
             span.set_attribute(KeyValue::new("error.type", failure.kind));
+        }
+        if let Some(rpc) = &self.rpc {
+            let code = rpc.code();
+            span.set_attribute(KeyValue::new(
+                "rpc.grpc.status_code",
+                i64::from(code.number()),
+            ));
+            if code.is_server_failure() && !is_failure_status(self.status) {
+                span.set_status(opentelemetry::trace::Status::error(code.name()));
+            }
         }
         if is_failure_status(self.status) {
             span.set_status(opentelemetry::trace::Status::error(
@@ -555,7 +689,13 @@ impl hyper::body::Body for SlotBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => self.record.saw_frame(frame),
+            Poll::Ready(None) => self.record.ended(),
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

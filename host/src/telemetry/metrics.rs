@@ -8,7 +8,7 @@ use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use thiserror::Error;
 
 /// Metrics a service may define.
@@ -56,6 +56,17 @@ pub struct Metrics {
     pub call_duration: HistogramVec,
     /// `shoal_circuit_breaker_state{caller,target}`: 0 closed, 1 half-open, 2 open.
     pub breaker_state: IntGaugeVec,
+    /// `shoal_rpc_server_duration_seconds{service,version,rpc_system,rpc_service,
+    /// rpc_method,rpc_grpc_status_code}`: gRPC calls a service served (OpenTelemetry's
+    /// `rpc.server.duration`); its `_count` counts calls per status code.
+    pub rpc_server_duration: HistogramVec,
+    /// `shoal_rpc_client_duration_seconds{caller,target,rpc_system,rpc_service,
+    /// rpc_method,rpc_grpc_status_code}`: gRPC calls made through the caller.
+    pub rpc_client_duration: HistogramVec,
+    /// The gRPC method names admitted as label values, per serving service.
+    pub rpc_methods: LabelBudget,
+    /// The gRPC `service/method` names admitted as label values, per caller.
+    pub rpc_client_methods: LabelBudget,
     /// `shoal_in_flight_requests{service}`
     pub in_flight: IntGaugeVec,
     /// `shoal_store_commits_total{service, outcome}`: store writes and transactions.
@@ -193,6 +204,36 @@ impl Metrics {
                 ),
                 &["caller", "target", "outcome"],
             )?,
+            rpc_server_duration: HistogramVec::new(
+                histogram(
+                    "shoal_rpc_server_duration_seconds",
+                    "gRPC calls served: time to the end of the response, by method and status code.",
+                ),
+                &[
+                    "service",
+                    "version",
+                    "rpc_system",
+                    "rpc_service",
+                    "rpc_method",
+                    "rpc_grpc_status_code",
+                ],
+            )?,
+            rpc_client_duration: HistogramVec::new(
+                histogram(
+                    "shoal_rpc_client_duration_seconds",
+                    "gRPC calls made through the caller, all attempts included, by method and status code.",
+                ),
+                &[
+                    "caller",
+                    "target",
+                    "rpc_system",
+                    "rpc_service",
+                    "rpc_method",
+                    "rpc_grpc_status_code",
+                ],
+            )?,
+            rpc_methods: LabelBudget::new(MAX_RPC_METHODS),
+            rpc_client_methods: LabelBudget::new(MAX_RPC_METHODS),
             call_duration: HistogramVec::new(
                 histogram(
                     "shoal_outbound_call_duration_seconds",
@@ -346,6 +387,8 @@ impl Metrics {
             Box::new(metrics.errors.clone()),
             Box::new(metrics.calls.clone()),
             Box::new(metrics.call_duration.clone()),
+            Box::new(metrics.rpc_server_duration.clone()),
+            Box::new(metrics.rpc_client_duration.clone()),
             Box::new(metrics.breaker_state.clone()),
             Box::new(metrics.in_flight.clone()),
             Box::new(metrics.queued.clone()),
@@ -578,6 +621,12 @@ impl Metrics {
         remove_series(&self.calls, |l| is(l, "caller") || is(l, "target"));
         remove_series(&self.call_duration, |l| is(l, "caller") || is(l, "target"));
         remove_series(&self.breaker_state, |l| is(l, "caller") || is(l, "target"));
+        remove_series(&self.rpc_server_duration, |l| is(l, "service"));
+        remove_series(&self.rpc_client_duration, |l| {
+            is(l, "caller") || is(l, "target")
+        });
+        self.rpc_methods.forget(service);
+        self.rpc_client_methods.forget(service);
         self.forget_guest(service);
     }
 
@@ -591,6 +640,7 @@ impl Metrics {
         };
         remove_series(&self.requests, matches);
         remove_series(&self.request_duration, matches);
+        remove_series(&self.rpc_server_duration, matches);
     }
 
     /// Requests, failures, requests by version and the latency histogram of each
@@ -618,6 +668,15 @@ impl Metrics {
                 for (sum, bucket) in service.buckets.iter_mut().zip(buckets) {
                     sum.1 += bucket.cumulative_count();
                 }
+            }
+        }
+        for family in self.rpc_server_duration.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| label_value(metric, name);
+                let code = crate::grpc::Code::from_value(label("rpc_grpc_status_code").as_bytes());
+                let count = metric.get_histogram().get_sample_count();
+                let service = stats.entry(label("service")).or_default();
+                *service.grpc.entry(grpc_class(code).to_owned()).or_default() += count;
             }
         }
         stats
@@ -672,6 +731,9 @@ pub struct RequestStats {
     pub by_version: BTreeMap<String, u64>,
     /// Cumulative latency histogram: (upper bound in seconds, requests at most that).
     pub buckets: Vec<(f64, u64)>,
+    /// gRPC calls by status class (`ok`, `client_error`, `server_error`): a call
+    /// that failed with a status in its trailers was an HTTP 200.
+    pub grpc: BTreeMap<String, u64>,
 }
 
 /// Remove every series of `vec` whose labels `doomed` picks.
@@ -772,6 +834,68 @@ fn validate_labels(labels: &[(String, String)]) -> Result<(), GuestMetricError> 
     Ok(())
 }
 
+/// Most gRPC `service/method` names kept as label values per owner; the rest are
+/// counted under [`OTHER_LABEL`].
+pub const MAX_RPC_METHODS: usize = 64;
+
+/// The label value of a name not admitted (OpenTelemetry's word for it).
+pub const OTHER_LABEL: &str = "_OTHER";
+
+/// Names that clients or guests choose (gRPC methods), admitted as label values up to
+/// a cap per owner so that nobody can grow the number of series without bound.
+pub struct LabelBudget {
+    cap: usize,
+    admitted: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl LabelBudget {
+    /// A budget of `cap` values per owner.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            admitted: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `value` if it is, or may now be, one of `owner`'s labels; otherwise
+    /// [`OTHER_LABEL`]. Only `admit` true lets a new value in.
+    pub fn label<'a>(&self, owner: &str, value: &'a str, admit: bool) -> &'a str {
+        let mut admitted = self.admitted.lock();
+        if let Some(values) = admitted.get_mut(owner) {
+            if values.contains(value) {
+                return value;
+            }
+            if admit && values.len() < self.cap {
+                values.insert(value.to_owned());
+                return value;
+            }
+            return OTHER_LABEL;
+        }
+        if admit && self.cap > 0 {
+            admitted.insert(owner.to_owned(), HashSet::from([value.to_owned()]));
+            return value;
+        }
+        OTHER_LABEL
+    }
+
+    /// Forget `owner`'s values (the service was removed).
+    pub fn forget(&self, owner: &str) {
+        self.admitted.lock().remove(owner);
+    }
+}
+
+/// `ok`, `client_error` or `server_error` for a gRPC status code, as the dashboard
+/// groups them (server errors as OpenTelemetry's RPC conventions count them).
+pub fn grpc_class(code: crate::grpc::Code) -> &'static str {
+    if code == crate::grpc::Code::Ok {
+        "ok"
+    } else if code.is_server_failure() {
+        "server_error"
+    } else {
+        "client_error"
+    }
+}
+
 /// `2xx`, `4xx`, ... for a status code.
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -786,6 +910,32 @@ pub fn status_class(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_label_budget_admits_only_what_it_is_told_and_up_to_its_cap() {
+        let budget = LabelBudget::new(2);
+        assert_eq!(budget.label("svc", "Made1", false), OTHER_LABEL);
+        assert_eq!(budget.label("svc", "SayHello", true), "SayHello");
+        // Once admitted, a name stays a label whatever its later outcome.
+        assert_eq!(budget.label("svc", "SayHello", false), "SayHello");
+        assert_eq!(budget.label("svc", "Other", true), "Other");
+        assert_eq!(budget.label("svc", "Third", true), OTHER_LABEL);
+        // Each owner has its own budget, and forgetting it starts it over.
+        assert_eq!(budget.label("other", "Third", true), "Third");
+        budget.forget("svc");
+        assert_eq!(budget.label("svc", "Third", true), "Third");
+    }
+
+    #[test]
+    fn grpc_classes_follow_the_rpc_conventions() {
+        use crate::grpc::Code;
+        assert_eq!(grpc_class(Code::Ok), "ok");
+        assert_eq!(grpc_class(Code::InvalidArgument), "client_error");
+        assert_eq!(grpc_class(Code::NotFound), "client_error");
+        assert_eq!(grpc_class(Code::Cancelled), "client_error");
+        assert_eq!(grpc_class(Code::Unavailable), "server_error");
+        assert_eq!(grpc_class(Code::Internal), "server_error");
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -318,18 +318,13 @@ fn non_recording_child(parent: &Context) -> Context {
     parent.with_remote_span_context(SpanContext::new(trace_id, span_id, flags, false, state))
 }
 
-/// OpenTelemetry's RPC attributes of a gRPC request (`rpc.system`, `rpc.service`,
-/// `rpc.method`); none for any other request.
-pub fn rpc_attributes(headers: &HeaderMap, path: &str) -> Vec<KeyValue> {
-    let path = path.split('?').next().unwrap_or_default();
-    match crate::grpc::method_of(path) {
-        Some((service, method)) if crate::grpc::is_grpc(headers) => vec![
-            KeyValue::new("rpc.system", "grpc"),
-            KeyValue::new("rpc.service", service.to_owned()),
-            KeyValue::new("rpc.method", method.to_owned()),
-        ],
-        _ => Vec::new(),
-    }
+/// OpenTelemetry's RPC attributes of a gRPC call of `method` of `service`.
+pub fn rpc_attributes(service: &str, method: &str) -> [KeyValue; 3] {
+    [
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", service.to_owned()),
+        KeyValue::new("rpc.method", method.to_owned()),
+    ]
 }
 
 /// Whether spans are being exported (callers skip building attributes otherwise).

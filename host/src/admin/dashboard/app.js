@@ -153,6 +153,11 @@ function windowOf(name) {
   for (const [version, count] of Object.entries(b.by_version || {})) {
     byVersion[version] = count - ((a.by_version || {})[version] || 0);
   }
+  // gRPC calls by status class; a failed call is an HTTP 200 with its status in trailers.
+  const grpc = {};
+  for (const [cls, count] of Object.entries(b.grpc || {})) {
+    grpc[cls] = Math.max(0, count - ((a.grpc || {})[cls] || 0));
+  }
   return {
     seconds,
     requests,
@@ -162,7 +167,16 @@ function windowOf(name) {
     p95: percentile(buckets, 0.95),
     p99: percentile(buckets, 0.99),
     byVersion,
+    grpc,
   };
+}
+
+// "ok 120 · client 3 · server 1" calls in the window, or "–" for a service without gRPC.
+function grpcClasses(w) {
+  if (!w) return ["–", "grpc"];
+  const names = [["ok", "ok"], ["client_error", "client"], ["server_error", "server"]];
+  const parts = names.filter(([cls]) => w.grpc[cls]).map(([cls, label]) => `${label} ${w.grpc[cls]}`);
+  return [parts.length ? parts.join(" · ") : "–", `grpc${w.grpc.server_error ? " bad" : ""}`];
 }
 
 const fixed = (n, digits = 1) => (n === null || n === undefined ? "–" : Number(n).toFixed(digits));
@@ -263,6 +277,7 @@ function renderServices() {
       [w ? ms(w.p50) : "–", "p50 num"],
       [w ? ms(w.p95) : "–", "p95 num"],
       [w ? ms(w.p99) : "–", "p99 num"],
+      grpcClasses(w),
       [service.usage ? `${fixed(service.usage.cpu_seconds, 2)} s` : "–", "cpu num"],
       [faults, `faults num${faults ? " warn" : ""}`],
       [service.load ? `${service.load.in_flight} / ${service.load.queued}` : "–", "load num"],
