@@ -368,6 +368,13 @@ async fn to_peer(
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message, &request_id),
     };
     protocol::strip_hop_by_hop(&mut parts.headers);
+    if grpc::is_grpc(&parts.headers) {
+        // The hop is HTTP/2, where `te: trailers` is the one `te` allowed, and gRPC
+        // servers may ask for it.
+        parts
+            .headers
+            .insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     protocol::set_request_id(&mut parts.headers, &request_id);
     parts
         .headers

@@ -3,7 +3,7 @@
 //! through any host, drains, etcd outages and hosts without the cluster token.
 
 use shoal_tests::cluster::{Cluster, EtcdServer, placements, runs_on, states};
-use shoal_tests::{Load, guest, temp_root, wait_for};
+use shoal_tests::{Load, guest, python_json, repo_root, temp_root, wait_for};
 use std::time::{Duration, Instant};
 
 const HELLO_TWO: &str = "version = \"1\"\nreplicas = 2\n";
@@ -121,6 +121,53 @@ fn replicas_land_on_distinct_hosts_and_every_gateway_serves_them() {
     assert!(out.contains("elsewhere"), "{out}");
     for id in &placed {
         assert!(out.contains(&format!("{id} (up)")), "{out}");
+    }
+}
+
+/// Call the greeter with grpcio through `host`'s gateway.
+fn greet(host: &shoal_tests::Host, method: &str, request: &str) -> serde_json::Value {
+    let target = host.gateway.trim_start_matches("http://");
+    python_json("grpc/greeter.py", &[target, method, request])
+}
+
+#[test]
+fn grpc_calls_cross_hosts_with_their_streams_and_trailers() {
+    let root = temp_root();
+    let cluster = Cluster::start(root.path(), 3, &[]);
+    let manifest = std::fs::read_to_string(repo_root().join("guests/grpc-greeter/shoal.toml"))
+        .expect("manifest");
+    let deployed =
+        cluster.hosts[0].deploy_with_manifest("greeter", &guest("grpc_greeter"), &manifest);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    let placed = wait_until_placed(&cluster, "greeter", 1);
+    // Every other host's gateway routes the gRPC service one hop to it.
+    for host in cluster
+        .hosts
+        .iter()
+        .filter(|host| host.gateway != cluster.host(&placed[0]).gateway)
+    {
+        wait_for(
+            "the greeter in the route index",
+            Duration::from_secs(30),
+            || greet(host, "SayHello", r#"{"name": "Ada"}"#)["code"] == "OK",
+        );
+        let unary = greet(host, "SayHello", r#"{"name": "Ada"}"#);
+        assert_eq!(unary["replies"][0], "Hello Ada", "{unary}");
+        let streamed = greet(host, "SayHelloStream", r#"{"name": "Ada", "count": 4}"#);
+        assert_eq!(streamed["code"], "OK", "{streamed}");
+        assert_eq!(
+            streamed["replies"].as_array().map(Vec::len),
+            Some(4),
+            "{streamed}"
+        );
+        // Statuses sent in trailers after the head cross the hop intact.
+        let refused = greet(host, "SayHello", r#"{"name": ""}"#);
+        assert_eq!(refused["code"], "INVALID_ARGUMENT", "{refused}");
+        assert_eq!(refused["details"], "name must not be empty", "{refused}");
+        let unavailable = greet(host, "SayHello", r#"{"name": "unavailable"}"#);
+        assert_eq!(unavailable["code"], "UNAVAILABLE", "{unavailable}");
+        let unknown = greet(host, "Nope", "{}");
+        assert_eq!(unknown["code"], "UNIMPLEMENTED", "{unknown}");
     }
 }
 
@@ -813,6 +860,23 @@ fn with_mutual_tls_the_hosts_speak_only_to_certified_peers_on_their_cluster_port
         discovered.contains(&port(&cluster.hosts[0])["https://".len()..]),
         "{discovered}"
     );
+    // gRPC crosses the cluster port too: HTTP/2 chosen by ALPN under mutual TLS.
+    let manifest = std::fs::read_to_string(repo_root().join("guests/grpc-greeter/shoal.toml"))
+        .expect("manifest");
+    let deployed =
+        cluster.hosts[0].deploy_with_manifest("greeter", &guest("grpc_greeter"), &manifest);
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    wait_until_placed(&cluster, "greeter", 1);
+    for host in &cluster.hosts {
+        wait_for(
+            "gRPC through every gateway",
+            Duration::from_secs(30),
+            || {
+                let streamed = greet(host, "SayHelloStream", r#"{"name": "Ada", "count": 2}"#);
+                streamed["code"] == "OK" && streamed["replies"].as_array().map(Vec::len) == Some(2)
+            },
+        );
+    }
     // The public gateway takes no request between hosts any more.
     let forged = cluster.hosts[0].get_with_headers(
         "/",

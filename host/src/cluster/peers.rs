@@ -24,6 +24,9 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct Peers {
     client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// HTTP/2 only (h2c, or `h2` by ALPN over mutual TLS), for gRPC: its trailers
+    /// carry the call's status, and one connection multiplexes every call.
+    multiplexed: Client<HttpsConnector<HttpConnector>, Body>,
     credential: HeaderValue,
     /// Largest component accepted from a peer.
     max_component: usize,
@@ -43,30 +46,38 @@ impl Peers {
         http.set_connect_timeout(Some(Duration::from_secs(2)));
         http.set_nodelay(true);
         http.enforce_http(false);
-        let (connector, scheme) = match tls {
-            Some(config) => (
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(config)
-                    .https_only()
-                    .enable_http1()
-                    .wrap_connector(http),
-                "https",
-            ),
-            None => (
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(crate::trust::client_config(None)?)
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http),
-                "http",
-            ),
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let tls = match tls {
+            Some(config) => config,
+            None => crate::trust::client_config(None)?,
+        };
+        let connector = |http2: bool| {
+            let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls.clone());
+            let builder = if scheme == "https" {
+                builder.https_only()
+            } else {
+                builder.https_or_http()
+            };
+            if http2 {
+                builder.enable_http2().wrap_connector(http.clone())
+            } else {
+                builder.enable_http1().wrap_connector(http.clone())
+            }
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
-            .build(connector);
+            .build(connector(false));
+        let multiplexed = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .http2_keep_alive_timeout(Duration::from_secs(20))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector(true));
         Ok(Self {
             client,
+            multiplexed,
             credential,
             max_component,
             scheme,
@@ -101,7 +112,12 @@ impl Peers {
         request
             .headers_mut()
             .insert(PEER.clone(), self.credential.clone());
-        let response = self.client.request(request).await?;
+        let client = if crate::grpc::is_grpc(request.headers()) {
+            &self.multiplexed
+        } else {
+            &self.client
+        };
+        let response = client.request(request).await?;
         Ok(response.map(|body| body.map_err(std::io::Error::other).boxed_unsync()))
     }
 
