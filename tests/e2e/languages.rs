@@ -26,12 +26,9 @@ fn steps(page: &str) -> String {
     script
 }
 
-/// Run `page`'s steps in a fresh directory against a new host; check the service it
-/// deploys answers, logs and counts.
-fn run_page(page: &str) {
-    let root = temp_root();
-    let host = Host::start(root.path(), &[]);
-    let work = root.path().join("work");
+/// Run `page`'s steps in a fresh directory against `host`: their stdout and stderr.
+fn run_steps(root: &std::path::Path, host: &Host, page: &str) -> (String, String) {
+    let work = root.join("work");
     std::fs::create_dir_all(&work).expect("work dir");
     let bin_dir = shoal_bin()
         .parent()
@@ -66,6 +63,16 @@ fn run_page(page: &str) {
         "{page}'s steps failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
+    (stdout.into_owned(), stderr.into_owned())
+}
+
+/// Run `page`'s steps in a fresh directory against a new host; check the service it
+/// deploys answers, logs and counts.
+fn run_page(page: &str) {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let work = root.path().join("work");
+    let (stdout, stderr) = run_steps(root.path(), &host, page);
     assert!(
         stdout.trim_end().ends_with("Hello from greeter!"),
         "{page}: the service's answer ends the steps:\n{stdout}\n{stderr}"
@@ -116,4 +123,68 @@ fn the_javascript_page_runs_as_written() {
 #[test]
 fn the_c_page_runs_as_written() {
     run_page("c.md");
+}
+
+#[test]
+fn the_grpc_page_runs_as_written() {
+    let root = temp_root();
+    let host = Host::start(root.path(), &[]);
+    let (stdout, stderr) = run_steps(root.path(), &host, "grpc.md");
+    assert!(
+        stdout.ends_with("Hello you (1)\nHello you (2)\nHello you\n"),
+        "the stream, then the unary answer, end the steps:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(host.running("greeter").requests, 2);
+    // A contract of one's own: a function per method, each answering an empty reply.
+    let work = root.path().join("work");
+    let made = Command::new(shoal_bin())
+        .args(["new", "--lang", "rust", "--grpc", "greeter2", "--proto"])
+        .arg(repo_root().join("guests/grpc-greeter/proto/helloworld.proto"))
+        .env("SHOAL_SDK_DIR", repo_root().join("sdk"))
+        .current_dir(&work)
+        .output()
+        .expect("shoal new");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let source = std::fs::read_to_string(work.join("greeter2/src/lib.rs")).expect("lib.rs");
+    assert!(
+        source.contains(".unary(\"/helloworld.Greeter/SayHello\", say_hello)"),
+        "{source}"
+    );
+    assert!(
+        source.contains(
+            ".server_streaming(\"/helloworld.Greeter/SayHelloStream\", say_hello_stream)"
+        ),
+        "{source}"
+    );
+    let manifest = std::fs::read_to_string(work.join("greeter2/shoal.toml")).expect("manifest");
+    assert!(
+        manifest.contains("grpc = [\"helloworld.Greeter\"]"),
+        "{manifest}"
+    );
+    // A .proto protoc refuses is refused with protoc's words.
+    std::fs::write(work.join("broken.proto"), "syntax = \"proto3\";\nservice {").expect("write");
+    let refused = Command::new(shoal_bin())
+        .args([
+            "new",
+            "--lang",
+            "rust",
+            "--grpc",
+            "broken",
+            "--proto",
+            "broken.proto",
+        ])
+        .current_dir(&work)
+        .output()
+        .expect("shoal new");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("protoc cannot read broken.proto"),
+        "{stderr}"
+    );
+    assert!(!work.join("broken").exists(), "nothing written");
 }

@@ -5,6 +5,7 @@ mod build;
 mod client;
 mod people;
 mod scaffold;
+mod scaffold_grpc;
 mod wit_files;
 
 use anyhow::{Context as _, Result};
@@ -46,6 +47,12 @@ enum Command {
         /// checkout).
         #[arg(long, env = "SHOAL_SDK_DIR")]
         sdk: Option<PathBuf>,
+        /// A gRPC service (Rust): a `Greeter` of its own, or the services of `--proto`.
+        #[arg(long)]
+        grpc: bool,
+        /// The `.proto` whose services it implements: a function per method.
+        #[arg(long, requires = "grpc")]
+        proto: Option<PathBuf>,
     },
     /// Deploy a component (or a service directory, built first) to a running host.
     Deploy {
@@ -499,7 +506,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             lang,
             dir,
             sdk,
+            grpc,
+            proto,
         } => {
+            if grpc && lang != scaffold::Lang::Rust {
+                anyhow::bail!(
+                    "--grpc scaffolds a Rust service (the SDK's gRPC server); a {lang:?} \
+                     service can serve gRPC through its own toolchain's libraries"
+                );
+            }
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             let sdk = sdk
                 .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk")));
@@ -511,7 +526,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 );
             }
             let sdk = std::fs::canonicalize(&sdk).unwrap_or(sdk);
-            scaffold::create(lang, &name, &dir, &sdk)?;
+            if grpc {
+                scaffold_grpc::create(&name, &dir, &sdk, proto.as_deref())?;
+            } else {
+                scaffold::create(lang, &name, &dir, &sdk)?;
+            }
             println!(
                 "created {} ({lang:?}); build it with `shoal build {}`, deploy it with \
                  `shoal deploy {}`",

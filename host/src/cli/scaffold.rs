@@ -82,14 +82,7 @@ impl Lang {
 /// Write a new service `name` of `lang` into `dir` (which must not exist or be
 /// empty). `sdk` is the Shoal SDK a Rust service depends on.
 pub fn create(lang: Lang, name: &str, dir: &Path, sdk: &Path) -> Result<()> {
-    crate::registry::validate_name(name)
-        .map_err(|error| anyhow::anyhow!("`{name}` cannot name a service: {error}"))?;
-    if dir.exists() && dir.read_dir()?.next().is_some() {
-        bail!(
-            "{} exists and is not empty; pick another name or --dir",
-            dir.display()
-        );
-    }
+    check_new(name, dir)?;
     let fill = |template: &str| {
         template
             .replace("{{name}}", name)
@@ -129,6 +122,24 @@ pub fn create(lang: Lang, name: &str, dir: &Path, sdk: &Path) -> Result<()> {
                 .to_vec(),
         ));
     }
+    write_files(dir, files)
+}
+
+/// Whether `name` can name a new service written into `dir` (absent or empty).
+pub(super) fn check_new(name: &str, dir: &Path) -> Result<()> {
+    crate::registry::validate_name(name)
+        .map_err(|error| anyhow::anyhow!("`{name}` cannot name a service: {error}"))?;
+    if dir.exists() && dir.read_dir()?.next().is_some() {
+        bail!(
+            "{} exists and is not empty; pick another name or --dir",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Write `files` (paths relative to `dir`), creating folders as needed.
+pub(super) fn write_files(dir: &Path, files: Vec<(PathBuf, Vec<u8>)>) -> Result<()> {
     for (path, bytes) in files {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
