@@ -279,6 +279,26 @@ fn failed_and_hanging_payments_release_their_reservations() {
         send(&host, "PUT", "/payment/mode", r#"{"mode": "maybe"}"#).0,
         400
     );
+    // Orders called payment over gRPC: declined charges were FAILED_PRECONDITION,
+    // and every failed order's refund went the same way.
+    let metrics = host.metrics_text();
+    let calls = |method: &str, code: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with("shoal_rpc_client_duration_seconds_count{")
+                    && line.contains("caller=\"orders\"")
+                    && line.contains("target=\"payment\"")
+                    && line.contains(&format!("rpc_method=\"{method}\""))
+                    && line.contains(&format!("rpc_grpc_status_code=\"{code}\""))
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(calls("Charge", "9"), 5, "{metrics}");
+    assert_eq!(calls("Charge", "0"), 4, "{metrics}");
+    assert!(calls("Refund", "0") >= 7, "{metrics}");
 }
 
 #[test]
@@ -532,12 +552,19 @@ fn a_payment_that_arrives_after_its_refund_is_refused() {
 fn the_shop_with_inventory_in_javascript_and_payment_in_python_keeps_its_promises() {
     let root = temp_root();
     let host = Host::start(root.path(), SHOP_HOST);
-    // The same HTTP contract in other languages: orders (Rust) calls them unchanged.
-    deploy_shop_from(&host, |name| match name {
-        "inventory" => guest("inventory_js"),
-        "payment" => guest("payment_py"),
-        other => guest(other),
-    });
+    // The same HTTP contract in other languages: orders (Rust) calls them unchanged,
+    // payment over its HTTP contract (the Python payment offers no gRPC).
+    let mut settings = TEST_TIMEOUTS.to_vec();
+    settings.push(("payment_protocol = \"grpc\"", "payment_protocol = \"http\""));
+    deploy_shop_with(
+        &host,
+        |name| match name {
+            "inventory" => guest("inventory_js"),
+            "payment" => guest("payment_py"),
+            other => guest(other),
+        },
+        &settings,
+    );
     assert_eq!(
         send(
             &host,
@@ -667,6 +694,28 @@ fn clients_cannot_refund_set_stock_or_switch_payment_only_order() {
             .expect("an answer");
         assert_eq!(status, 403, "{method} {path}");
     }
+    // Payment's gRPC methods are as private: PERMISSION_DENIED, and no refund made.
+    // RefundRequest { order: "o-1" }, length-prefixed.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let message = dir.path().join("refund.bin");
+    std::fs::write(&message, [0, 0, 0, 0, 5, 0x0a, 3, b'o', b'-', b'1']).expect("write");
+    let head = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+        ])
+        .args(["-H", "content-type: application/grpc", "--data-binary"])
+        .arg(format!("@{}", message.display()))
+        .arg(format!("{}/shop.payment.v1.Payment/Refund", host.gateway))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
+    assert!(head.contains("grpc-status: 7"), "{head}");
+    assert_eq!(send(&host, "GET", "/payment/charges/o-1", "").0, 404);
     assert_eq!(
         send(&host, "GET", "/inventory/stock/lamp", "").0,
         404,

@@ -6,7 +6,9 @@
 //!    store transaction;
 //! 1. reserve the stock at `inventory` (idempotent by order id, so the caller may
 //!    retry it);
-//! 2. charge at `payment` (no retry; the manifest gives it a short deadline);
+//! 2. charge at `payment` over gRPC (`shop.payment.v1.Payment/Charge`; over HTTP
+//!    when the config's `payment_protocol` is `http`, for a payment that offers only
+//!    the HTTP contract); no retry, and the manifest gives it a short deadline;
 //! 3. mark the order `placed` and publish `order.created` in one store transaction,
 //!    only if it is still `pending` (the event is delivered after the commit, never
 //!    without it); `inventory` commits the reservation when the event arrives.
@@ -29,6 +31,7 @@
 use serde::{Deserialize, Serialize};
 use shoal_sdk::caller::{Call, CallError};
 use shoal_sdk::events::Event;
+use shoal_sdk::grpc::{Client, Code};
 use shoal_sdk::http::{Request, Response};
 use shoal_sdk::store::{self, StoreError, Transaction};
 use std::time::Duration;
@@ -57,6 +60,75 @@ struct OrderTimeout {
     id: String,
 }
 
+mod proto {
+    include!(concat!(env!("OUT_DIR"), "/shop.payment.v1.rs"));
+}
+
+/// Whether payment is called over gRPC (the default) or its HTTP contract.
+fn payment_over_grpc() -> bool {
+    shoal_sdk::config::get("payment_protocol").as_deref() != Some("http")
+}
+
+/// Why a charge was not made: its answer, or that it did not come in time.
+struct NotCharged {
+    reason: String,
+    timed_out: bool,
+}
+
+/// Charge `amount` for order `id` at `payment`.
+fn charge_payment(id: &str, amount: u64) -> Result<(), NotCharged> {
+    if payment_over_grpc() {
+        let request = proto::ChargeRequest {
+            order: id.to_owned(),
+            amount,
+        };
+        return Client::new("payment")
+            .unary::<_, proto::ChargeReply>("/shop.payment.v1.Payment/Charge", &request)
+            .map(|_| ())
+            .map_err(|status| NotCharged {
+                timed_out: status.code() == Code::DeadlineExceeded,
+                reason: format!("{:?}: {}", status.code(), status.message()),
+            });
+    }
+    let charge = serde_json::json!({ "order": id, "amount": amount });
+    match Call::new("payment", "POST", "/charges")
+        .body(charge.to_string())
+        .header("content-type", "application/json")
+        .send()
+    {
+        Ok(response) if response.status() == 201 => Ok(()),
+        Ok(response) => Err(NotCharged {
+            reason: response.status().to_string(),
+            timed_out: false,
+        }),
+        Err(failure) => Err(NotCharged {
+            timed_out: matches!(failure, CallError::Timeout),
+            reason: failure.kind().to_owned(),
+        }),
+    }
+}
+
+/// Refund order `id` at `payment` (idempotent): why not, if it was not done.
+fn refund_payment(id: &str) -> Result<(), String> {
+    if payment_over_grpc() {
+        let request = proto::RefundRequest {
+            order: id.to_owned(),
+        };
+        return Client::new("payment")
+            .unary::<_, proto::RefundReply>("/shop.payment.v1.Payment/Refund", &request)
+            .map(|_| ())
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()));
+    }
+    match Call::new("payment", "POST", &format!("/charges/{id}/refund"))
+        .idempotent(true)
+        .send()
+    {
+        Ok(response) if response.status() == 200 => Ok(()),
+        Ok(response) => Err(response.status().to_string()),
+        Err(failure) => Err(failure.kind().to_owned()),
+    }
+}
+
 fn error(status: u16, message: &str) -> Response {
     Response::json(status, serde_json::json!({ "error": message }).to_string())
 }
@@ -77,18 +149,17 @@ fn new_id() -> String {
 /// Give the reservation back and refund the charge (compensation), each retried by
 /// the caller (both are idempotent). Whether both are done.
 fn compensate(id: &str) -> bool {
-    let steps = [
-        ("inventory", format!("/reservations/{id}/release")),
-        ("payment", format!("/charges/{id}/refund")),
-    ];
+    let released = match Call::new("inventory", "POST", &format!("/reservations/{id}/release"))
+        .idempotent(true)
+        .send()
+    {
+        Ok(response) if response.status() == 200 => Ok(()),
+        Ok(response) => Err(response.status().to_string()),
+        Err(failure) => Err(failure.kind().to_owned()),
+    };
     let mut done = true;
-    for (service, path) in steps {
-        let answered = Call::new(service, "POST", &path).idempotent(true).send();
-        if !matches!(&answered, Ok(response) if response.status() == 200) {
-            let reason = match &answered {
-                Ok(response) => response.status().to_string(),
-                Err(failure) => failure.kind().to_owned(),
-            };
+    for (service, outcome) in [("inventory", released), ("payment", refund_payment(id))] {
+        if let Err(reason) = outcome {
             shoal_sdk::log::error(
                 "compensation failed",
                 &[("order", id), ("service", service), ("error", &reason)],
@@ -217,14 +288,14 @@ fn place(body: &[u8]) -> Response {
     }
 
     // 2. Charge.
-    let charge = serde_json::json!({ "order": id, "amount": quantity * UNIT_PRICE });
-    let charged = Call::new("payment", "POST", "/charges")
-        .body(charge.to_string())
-        .header("content-type", "application/json")
-        .send();
-    if !matches!(&charged, Ok(response) if response.status() == 201) {
-        if let Err(CallError::Timeout) = &charged {
+    if let Err(failure) = charge_payment(&id, quantity * UNIT_PRICE) {
+        if failure.timed_out {
             shoal_sdk::log::warn("payment did not answer in time", &[("order", &id)]);
+        } else {
+            shoal_sdk::log::info(
+                "payment refused",
+                &[("order", &id), ("reason", &failure.reason)],
+            );
         }
         return fail(&id, error(402, "payment failed"), true);
     }
