@@ -177,6 +177,190 @@ def a_to_b(args, rows):
         host.stop()
 
 
+def h2load(url, seconds, clients, streams, h1=False, body=None, headers=()):
+    """h2load against `url` for `seconds`: (requests/s, requests done, failed or errored)."""
+    command = ["h2load", "-c", str(clients), "-m", str(streams), "-t", "1",
+               "-D", str(seconds), "--warm-up-time", "1"]
+    if h1:
+        command.append("--h1")
+    if body:
+        command += ["-d", body]
+    for header in headers:
+        command += ["-H", header]
+    out = subprocess.run(command + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    rate = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    if not rate or not done:
+        raise RuntimeError("h2load printed no result:\n" + out)
+    bad = int(done.group(3)) + int(done.group(4)) + (int(done.group(1)) - int(done.group(2)))
+    return float(rate.group(1)), int(done.group(1)), bad
+
+
+def hello_request(name):
+    """A length-prefixed `HelloRequest { name }`, as a gRPC client sends it."""
+    message = bytes([0x0a, len(name)]) + name.encode()
+    return bytes([0]) + len(message).to_bytes(4, "big") + message
+
+
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
+GRPC_CODES = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+              "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+              "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"]
+
+
+def grpc(args, rows):
+    """gRPC: unary calls through the gateway over HTTP/2 against HTTP/1.1 on the same guest, A→B over gRPC, and tonic as the ceiling."""
+    read = lambda name: open(os.path.join(args.guests, name + ".wasm"), "rb").read()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    manifest = open(os.path.join(repo, "guests/grpc-greeter/shoal.toml")).read()
+    manifest = manifest.replace("[limits]\n", "[limits]\ninstance_reuse = 128\n")
+    body = os.path.join(tempfile.mkdtemp(prefix="shoal-bench-grpc-"), "hello.bin")
+    with open(body, "wb") as f:
+        f.write(hello_request("Ada"))
+    servers = []
+    host = Host(args.shoal)
+    try:
+        host.deploy("greeter", read("grpc_greeter"), manifest)
+        gateway = f"http://{host.gateway}"
+        workloads = {
+            "shoal, gRPC unary, 1 connection × 64 streams": (
+                f"{gateway}/helloworld.Greeter/SayHello", dict(clients=1, streams=64, body=body, headers=GRPC_HEADERS)),
+            "shoal, gRPC unary, 8 connections × 8 streams": (
+                f"{gateway}/helloworld.Greeter/SayHello", dict(clients=8, streams=8, body=body, headers=GRPC_HEADERS)),
+            "shoal, HTTP/1.1 GET, 64 connections": (
+                f"{gateway}/greeter/hello?name=Ada", dict(clients=64, streams=1, h1=True)),
+            "shoal, HTTP/2 GET (h2c), 1 connection × 64 streams": (
+                f"{gateway}/greeter/hello?name=Ada", dict(clients=1, streams=64)),
+        }
+        tonic = os.environ.get("SHOAL_BENCH_TONIC")
+        if tonic and os.path.exists(tonic):
+            port = free_port()
+            servers.append(subprocess.Popen([tonic, f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL))
+            wait_until(30, "the tonic greeter", lambda: port_open(port), pause=0.05)
+            workloads["tonic (native), gRPC unary, 1 connection × 64 streams"] = (
+                f"http://127.0.0.1:{port}/helloworld.Greeter/SayHello",
+                dict(clients=1, streams=64, body=body, headers=GRPC_HEADERS))
+        else:
+            rows.append(("grpc", "tonic (native) hello world", "not measured",
+                         "scripts/bench.sh builds tests/grpc/tonic-greeter and sets SHOAL_BENCH_TONIC"))
+        for url, options in workloads.values():
+            h2load(url, 1, **options)  # warm-up
+        results = {name: [] for name in workloads}
+        for _ in range(args.rounds):
+            for name, (url, options) in workloads.items():
+                results[name].append(h2load(url, args.seconds, **options))
+        # Every gRPC call Shoal answered was an OK status, not only an HTTP 200.
+        metrics = http.client.HTTPConnection(host.admin, timeout=30)
+        metrics.request("GET", "/metrics")
+        text = metrics.getresponse().read().decode()
+        statuses = {}
+        for code, count in re.findall(
+                r'^shoal_rpc_server_duration_seconds_count\{[^}]*rpc_grpc_status_code="(\d+)"[^}]*\} (\S+)$', text, re.M):
+            name = GRPC_CODES[int(code)] if int(code) < len(GRPC_CODES) else code
+            statuses[name] = statuses.get(name, 0) + float(count)
+        seen = ", ".join(f"{count:,.0f} {name}" for name, count in sorted(statuses.items(), key=lambda kv: -kv[1]))
+        rate = {}
+        for name, runs in results.items():
+            rate[name] = statistics.median(r[0] for r in runs)
+            failed = sum(r[2] for r in runs)
+            spread = f"{min(r[0] for r in runs):,.0f}–{max(r[0] for r in runs):,.0f}"
+            how = f"h2load -t1 -D{args.seconds}s, rounds {spread} req/s, {failed} failed"
+            if "gRPC" in name and name.startswith("shoal"):
+                how += f"; statuses of all gRPC rows together: {seen} (host metrics)"
+                if "CANCELLED" in statuses:
+                    how += "; CANCELLED are the streams h2load resets when its time is up"
+            rows.append(("grpc", name, f"{rate[name]:,.0f} calls/s" if "gRPC" in name else f"{rate[name]:,.0f} req/s", how))
+        grpc_one = rate["shoal, gRPC unary, 1 connection × 64 streams"]
+        rows.append(("grpc", "gRPC over one connection ÷ HTTP/1.1 over 64",
+                     f"{grpc_one / rate['shoal, HTTP/1.1 GET, 64 connections']:.2f}×",
+                     "same guest logic (SayHello vs GET /hello), same run, instance_reuse = 128"))
+        args.figures["grpc_vs_h1"] = grpc_one / rate["shoal, HTTP/1.1 GET, 64 connections"]
+        tonic_name = "tonic (native), gRPC unary, 1 connection × 64 streams"
+        if tonic_name in rate:
+            args.figures["grpc_vs_tonic"] = grpc_one / rate[tonic_name]
+            rows.append(("grpc", "shoal ÷ tonic, gRPC unary", f"{grpc_one / rate[tonic_name]:.2f}×",
+                         "the same load on both, same run; tonic is the native ceiling"))
+        rows.append(("grpc", "wasmtime serve", "no HTTP/2",
+                     "wasmtime serve 48 answers HTTP/1.1 only: an h2c request gets no answer, so it has no gRPC row"))
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(10)
+        host.stop()
+    grpc_a_to_b(args, rows)
+
+
+def grpc_a_to_b(args, rows):
+    """What the call path adds to a gRPC call A→B on one host, beside an HTTP call to the same B."""
+    read = lambda name: open(os.path.join(args.guests, name + ".wasm"), "rb").read()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    host = Host(args.shoal)
+    try:
+        host.deploy("a", read("caller"))
+        host.deploy("greeter", read("grpc_greeter"),
+                    open(os.path.join(repo, "guests/grpc-greeter/shoal.toml")).read())
+        conn = http.client.HTTPConnection(host.gateway, timeout=30)
+
+        def grpc_call():
+            conn.request("GET", "/a/grpc-hello?service=greeter&name=Ada")
+            response = conn.getresponse()
+            body = response.read().decode()
+            if not body.startswith("code=Ok message=Hello Ada"):
+                raise RuntimeError("gRPC call failed: " + body[:300])
+            return int(response.getheader("x-elapsed-us"))
+
+        def http_call():
+            conn.request("GET", "/a/call?service=greeter&path=/hello%3Fname%3DAda")
+            body = conn.getresponse().read().decode()
+            match = re.match(r"outcome=ok status=200 elapsed_us=(\d+)", body)
+            if not match:
+                raise RuntimeError("HTTP call failed: " + body[:300])
+            return int(match.group(1))
+
+        calls = {"gRPC": grpc_call, "HTTP": http_call}
+        timed = {name: [] for name in calls}
+        for call in calls.values():
+            for _ in range(args.warmup):
+                call()
+        for _ in range(args.rounds):
+            for name, call in calls.items():
+                timed[name] += [call() for _ in range(args.calls)]
+        metrics = http.client.HTTPConnection(host.admin, timeout=30)
+        metrics.request("GET", "/metrics")
+        text = metrics.getresponse().read().decode()
+
+        def own(method):
+            total = sum(float(m) for m in re.findall(
+                rf'^shoal_request_duration_seconds_sum\{{[^}}]*method="{method}"[^}}]*service="greeter"[^}}]*\}} (\S+)$', text, re.M))
+            count = sum(float(m) for m in re.findall(
+                rf'^shoal_request_duration_seconds_count\{{[^}}]*method="{method}"[^}}]*service="greeter"[^}}]*\}} (\S+)$', text, re.M))
+            return total / count * 1e6 if count else None
+
+        for name, method in (("gRPC", "POST"), ("HTTP", "GET")):
+            mean = statistics.mean(timed[name])
+            b = own(method)
+            if b is None:
+                continue
+            if name == "gRPC":
+                args.figures["grpc_added"] = mean - b
+            rows.append(("grpc", f"A→B {name} call, added to B's own time",
+                         f"{mean - b:.0f} µs (A→B {mean:.0f} µs, B itself {b:.0f} µs, means; p50 {percentile(timed[name], 0.5)} µs)",
+                         f"{args.rounds}×{args.calls} sequential calls alternated with the other protocol, timed inside A; "
+                         "B is the greeter (SayHello over gRPC, GET /hello over HTTP), its own time from the host's histogram"))
+    finally:
+        host.stop()
+
+
+def port_open(port):
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def instantiation(args, rows):
     """Per-request instantiation (fresh store + instantiate): pooling allocator vs. on-demand."""
     hello = os.path.join(args.guests, "hello.wasm")
@@ -1317,7 +1501,7 @@ def main():
     rows = []
     args.figures = {}
     args.appendix = []
-    sections = (gateway_throughput, wasip3_concurrency, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, density, restore, shop, store_backends, event_latency, cluster)
+    sections = (gateway_throughput, wasip3_concurrency, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, grpc, density, restore, shop, store_backends, event_latency, cluster)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {section.__name__ for section in sections}
@@ -1370,6 +1554,9 @@ def main():
     target("p99 at half load, shoal ÷ wasmtime serve", "≤ 1.0×", "p99", "{:.2f}×", lambda v: v <= 1.0)
     target("p99 at half load, both reusing 128", "≤ 1.0×", "p99_reuse", "{:.2f}×", lambda v: v <= 1.0)
     target("in-process A→B added latency (means, same calls)", "≤ 50 µs", "added", "{:.0f} µs", lambda v: v <= 50)
+    target("in-process A→B gRPC call added latency (means)", "reported", "grpc_added", "{:.0f} µs", lambda v: True)
+    target("gRPC unary over one connection ÷ HTTP/1.1 over 64", "reported", "grpc_vs_h1", "{:.2f}×", lambda v: True)
+    target("gRPC unary, shoal ÷ tonic (native ceiling)", "reported", "grpc_vs_tonic", "{:.2f}×", lambda v: True)
     target("cached redeploy to first 200 (Rust)", "≤ 50 ms", "cached_deploy", "{:.1f} ms", lambda v: v <= 50)
     target("10,000 idle services", "≤ 1 GiB RSS", "density_10000", "{:.0f} MiB", lambda v: v <= 1024)
     target("cold deploy of a big component (Python, JS) to first 200", "≤ 1 s", "cold_deploy", "{:.0f} ms", lambda v: v <= 1000)

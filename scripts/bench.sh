@@ -46,6 +46,12 @@ else
     cargo build -p shoal
 fi
 
+# The gRPC rows' native ceiling: helloworld.Greeter in tonic (a package of its own).
+if [ -z "$quick" ]; then
+    cargo build --release --manifest-path tests/grpc/tonic-greeter/Cargo.toml --target-dir "$target_dir"
+    export SHOAL_BENCH_TONIC="$target_dir/release/tonic-greeter"
+fi
+
 # The store backends' rows compare against a real PostgreSQL.
 start_postgres
 start_nats

@@ -34,6 +34,8 @@ shoal_setup() {
     local missing=()
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    # h2load drives the gRPC and HTTP/2 rows of the benchmark (and its smoke run).
+    command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
     command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
     # openssl makes the TLS tests' certificates.
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)

@@ -695,10 +695,8 @@ fn clients_cannot_refund_set_stock_or_switch_payment_only_order() {
         assert_eq!(status, 403, "{method} {path}");
     }
     // Payment's gRPC methods are as private: PERMISSION_DENIED, and no refund made.
-    // RefundRequest { order: "o-1" }, length-prefixed.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let message = dir.path().join("refund.bin");
-    std::fs::write(&message, [0, 0, 0, 0, 5, 0x0a, 3, b'o', b'-', b'1']).expect("write");
+    // (Sent without a body: curl reports an answer that comes before its upload ends
+    // as a failed stream.)
     let head = std::process::Command::new("curl")
         .args([
             "-s",
@@ -707,12 +705,14 @@ fn clients_cannot_refund_set_stock_or_switch_payment_only_order() {
             "/dev/null",
             "-D",
             "-",
+            "-X",
+            "POST",
         ])
-        .args(["-H", "content-type: application/grpc", "--data-binary"])
-        .arg(format!("@{}", message.display()))
+        .args(["-H", "content-type: application/grpc"])
         .arg(format!("{}/shop.payment.v1.Payment/Refund", host.gateway))
         .output()
         .expect("curl");
+    assert!(head.status.success(), "{head:?}");
     let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
     assert!(head.contains("grpc-status: 7"), "{head}");
     assert_eq!(send(&host, "GET", "/payment/charges/o-1", "").0, 404);

@@ -12,7 +12,8 @@
 //!   one of the service's own metrics and answers `ok` or `error <kind>: <detail>`.
 //! - `GET /trace` answers the current trace id and span id.
 //! - `GET /grpc-hello?service=S&name=N[&timeout_ms=T]` calls `helloworld.Greeter/SayHello`
-//!   of S over gRPC and answers `code=OK message=...` or `code=NAME message=...`.
+//!   of S over gRPC and answers `code=OK message=...` or `code=NAME message=...`,
+//!   with the call's time in `x-elapsed-us`.
 //!
 //! `/call` also takes `span=NAME`: the call is then made inside a guest span of that
 //! name (with an attribute and an event), so it shows up as that span's child.
@@ -234,11 +235,15 @@ fn grpc_hello(req: &Request) -> Response {
     let request = HelloRequest {
         name: req.query_param("name").unwrap_or_default(),
     };
-    match client.unary::<_, HelloReply>("/helloworld.Greeter/SayHello", &request) {
+    let started = std::time::Instant::now();
+    let outcome = client.unary::<_, HelloReply>("/helloworld.Greeter/SayHello", &request);
+    let elapsed_us = started.elapsed().as_micros().to_string();
+    match outcome {
         Ok(reply) => Response::text(200, format!("code=Ok message={}\n", reply.message)),
         Err(status) => Response::text(
             200,
             format!("code={:?} message={}\n", status.code(), status.message()),
         ),
     }
+    .with_header("x-elapsed-us", &elapsed_us)
 }

@@ -79,16 +79,27 @@ fn say_hello_stream(
     Ok(())
 }
 
+/// The same greeting over plain HTTP, `GET /hello?name=N` (as text), for clients that
+/// do not speak gRPC; anything else names the gRPC methods.
+fn http_hello(request: shoal_sdk::http::Request) -> shoal_sdk::http::Response {
+    use shoal_sdk::http::Response;
+    if request.path() != "/hello" {
+        return Response::text(
+            200,
+            "helloworld.Greeter speaks gRPC: call /helloworld.Greeter/SayHello\n",
+        );
+    }
+    match greeting(&request.query_param("name").unwrap_or_default()) {
+        Ok(message) => Response::text(200, format!("{message}\n")),
+        Err(status) => Response::text(400, format!("{}\n", status.message())),
+    }
+}
+
 fn server() -> Server {
     Server::new()
         .unary("/helloworld.Greeter/SayHello", say_hello)
         .server_streaming("/helloworld.Greeter/SayHelloStream", say_hello_stream)
-        .http(|_| {
-            shoal_sdk::http::Response::text(
-                200,
-                "helloworld.Greeter speaks gRPC: call /helloworld.Greeter/SayHello\n",
-            )
-        })
+        .http(http_hello)
 }
 
 shoal_sdk::grpc_service!(server);
