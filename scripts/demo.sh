@@ -115,6 +115,14 @@ printf '$ curl -H "Authorization: Bearer …" %s/v1/events\n' "$admin"
 curl -sS -H "Authorization: Bearer $token" "$admin/v1/events"
 echo
 
+step "a gRPC service: helloworld.Greeter, called by a real gRPC client (grpcio) over h2c"
+show "$shoal" deploy "$guests_dir/grpc_greeter.wasm" --name greeter --manifest guests/grpc-greeter/shoal.toml
+show python3 tests/grpc/greeter.py "${gateway#http://}" SayHello '{"name": "demo"}'
+show python3 tests/grpc/greeter.py "${gateway#http://}" SayHelloStream '{"name": "demo", "count": 3}'
+echo "An unknown method and a bad argument are gRPC statuses, not HTTP errors:"
+show python3 tests/grpc/greeter.py "${gateway#http://}" SayGoodbye '{"name": "demo"}'
+show python3 tests/grpc/greeter.py "${gateway#http://}" SayHello '{"name": ""}'
+
 step "guests in JavaScript, Python and C on the same platform: JavaScript calls Python calls Rust"
 show "$shoal" deploy "$guests_dir/python_greeter.wasm" --name python-greeter --manifest guests/python-greeter/shoal.toml
 show "$shoal" deploy "$guests_dir/js_greeter.wasm" --name js-greeter --manifest guests/js-greeter/shoal.toml
