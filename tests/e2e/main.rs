@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod dashboard;
 mod deploy;
+mod dev;
 mod durability;
 mod events;
 mod grpc;

@@ -565,6 +565,11 @@ impl Drop for Host {
     }
 }
 
+/// Send `signal` to the process `pid` (a child of this test); whether it was sent.
+pub fn signal_process(pid: u32, signal: i32) -> bool {
+    i32::try_from(pid).is_ok_and(|pid| unsafe_kill(pid, signal) == 0)
+}
+
 #[allow(unsafe_code)]
 fn unsafe_kill(pid: i32, signal: i32) -> i32 {
     // SAFETY: plain syscall wrapper with no memory arguments.

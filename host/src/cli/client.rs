@@ -301,6 +301,21 @@ fn print_log_line(line: &logs::LogLine) {
 /// Print a service's recent log lines, and with `follow`, every new one until the
 /// service is removed or the host stops.
 pub async fn logs(client: &AdminClient, name: &str, options: &LogOptions) -> Result<()> {
+    read_logs(client, name, options, &mut |line| {
+        print_log_line(line);
+        std::io::Write::flush(&mut std::io::stdout()).ok();
+    })
+    .await
+}
+
+/// A service's recent log lines, and with `follow`, every new one until the service
+/// is removed or the host stops, each handed to `on_line`.
+pub(super) async fn read_logs(
+    client: &AdminClient,
+    name: &str,
+    options: &LogOptions,
+    on_line: &mut (dyn FnMut(&logs::LogLine) + Send),
+) -> Result<()> {
     let mut query = format!("tail={}", options.tail);
     if options.follow {
         query.push_str("&follow=1");
@@ -319,7 +334,7 @@ pub async fn logs(client: &AdminClient, name: &str, options: &LogOptions) -> Res
     let path = format!("/v1/services/{name}/logs?{query}");
     if !options.follow {
         let lines: logs::LogLines = client.call(Method::GET, &path, None::<&()>).await?;
-        lines.lines.iter().for_each(print_log_line);
+        lines.lines.iter().for_each(on_line);
         return Ok(());
     }
     let response = client.response(Method::GET, &path, None, empty()).await?;
@@ -357,10 +372,9 @@ pub async fn logs(client: &AdminClient, name: &str, options: &LogOptions) -> Res
                     _ => {
                         let line: logs::LogLine = serde_json::from_str(data.trim())
                             .context("a log line this CLI does not know")?;
-                        print_log_line(&line);
+                        on_line(&line);
                     }
                 }
-                std::io::Write::flush(&mut std::io::stdout()).ok();
             } else if line.is_empty() {
                 event.clear();
             }
@@ -477,6 +491,37 @@ pub async fn deploy(
         service.route,
     );
     Ok(())
+}
+
+/// Deploy `component` as `name` with `manifest` (TOML), quietly: the service as the
+/// host answers. For `shoal dev`, which prints its own progress.
+pub(super) async fn deploy_quietly(
+    client: &AdminClient,
+    name: &str,
+    component: &[u8],
+    manifest: Option<&str>,
+) -> Result<api::Service> {
+    let (content_type, payload) = match manifest {
+        Some(text) => {
+            let boundary = format!("shoal-{:032x}", rand::random::<u128>());
+            (
+                format!("multipart/form-data; boundary={boundary}"),
+                multipart(&boundary, component, text),
+            )
+        }
+        None => ("application/wasm".to_owned(), component.to_vec()),
+    };
+    let body = Full::new(Bytes::from(payload)).boxed();
+    let (_, bytes) = client
+        .send(
+            Method::PUT,
+            &format!("/v1/services/{name}"),
+            Some(&content_type),
+            body,
+        )
+        .await?;
+    serde_json::from_slice(&bytes)
+        .context("the admin API's answer to the deploy is not what this CLI knows")
 }
 
 /// Print the services of a host as a table.

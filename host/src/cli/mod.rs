@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod client;
+mod dev;
 mod people;
 mod scaffold;
 mod scaffold_grpc;
@@ -53,6 +54,30 @@ enum Command {
         /// The `.proto` whose services it implements: a function per method.
         #[arg(long, requires = "grpc")]
         proto: Option<PathBuf>,
+    },
+    /// Develop services: build and deploy each directory (default `.`) on a host of
+    /// its own, then rebuild and redeploy a service when its sources change, with
+    /// every service's log lines; Ctrl-C stops it all.
+    Dev {
+        /// Service directories.
+        dirs: Vec<PathBuf>,
+        /// Use the running host at this admin API instead of starting one.
+        #[arg(long = "admin")]
+        admin_url: Option<String>,
+        /// Its admin token.
+        #[arg(
+            long,
+            env = "SHOAL_ADMIN_TOKEN",
+            hide_env_values = true,
+            requires = "admin_url"
+        )]
+        token: Option<String>,
+        /// PEM certificates to trust for an `https://` admin API.
+        #[arg(long, requires = "admin_url")]
+        ca_file: Option<PathBuf>,
+        /// That host's gateway, to print each service's URL.
+        #[arg(long, requires = "admin_url")]
+        gateway: Option<String>,
     },
     /// Deploy a component (or a service directory, built first) to a running host.
     Deploy {
@@ -539,6 +564,26 @@ pub async fn run(cli: Cli) -> Result<()> {
                 dir.display()
             );
             Ok(())
+        }
+        Command::Dev {
+            dirs,
+            admin_url,
+            token,
+            ca_file,
+            gateway,
+        } => {
+            let admin = admin_url.map(|url| AdminArgs {
+                url,
+                token,
+                data_dir: None,
+                ca_file,
+            });
+            dev::run(dev::DevOptions {
+                dirs,
+                admin,
+                gateway,
+            })
+            .await
         }
         Command::Deploy {
             path,
