@@ -21,6 +21,7 @@ echo "== formatting"
 cargo fmt --all --check
 (cd guests && cargo fmt --all --check)
 cargo fmt --manifest-path sdk/Cargo.toml --check
+cargo fmt --manifest-path sdk/grpc-wire/Cargo.toml --check
 
 echo "== layering (no import cycles, no upward imports)"
 python3 scripts/layers.py
@@ -28,12 +29,14 @@ python3 scripts/layers.py
 echo "== lints"
 cargo clippy --all-targets -- -D warnings
 (cd guests && cargo clippy --release --target wasm32-wasip2 -- -D warnings)
+cargo clippy --manifest-path sdk/grpc-wire/Cargo.toml --all-targets --target-dir "$guests_target" -- -D warnings
 
 echo "== host unit tests"
 cargo test -p shoal -p shoal-api
 
 echo "== SDK tests"
 cargo test --manifest-path sdk/Cargo.toml --all-features --target-dir "$guests_target"
+cargo test --manifest-path sdk/grpc-wire/Cargo.toml --target-dir "$guests_target"
 
 cargo build -p shoal
 

@@ -14,153 +14,8 @@ use std::time::Duration;
 
 use crate::protocol::{self, Body};
 
-/// A gRPC status code (the `grpc-status` value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Code {
-    /// Success.
-    Ok = 0,
-    /// The caller cancelled the call.
-    Cancelled = 1,
-    /// An error with no better code.
-    Unknown = 2,
-    /// The request is wrong, whatever the server's state.
-    InvalidArgument = 3,
-    /// The deadline passed before the call completed.
-    DeadlineExceeded = 4,
-    /// What the request names does not exist.
-    NotFound = 5,
-    /// What the request would create exists.
-    AlreadyExists = 6,
-    /// The caller may not do this.
-    PermissionDenied = 7,
-    /// A quota or limit was reached.
-    ResourceExhausted = 8,
-    /// The system is not in a state to do this.
-    FailedPrecondition = 9,
-    /// Aborted, typically by a concurrent change.
-    Aborted = 10,
-    /// Past a valid range.
-    OutOfRange = 11,
-    /// No such method here.
-    Unimplemented = 12,
-    /// The server broke an invariant (a fault).
-    Internal = 13,
-    /// The server did not take the call; it may be sent again.
-    Unavailable = 14,
-    /// Unrecoverable loss or corruption of data.
-    DataLoss = 15,
-    /// The caller's credentials are missing or invalid.
-    Unauthenticated = 16,
-}
-
-impl Code {
-    const ALL: [Code; 17] = [
-        Code::Ok,
-        Code::Cancelled,
-        Code::Unknown,
-        Code::InvalidArgument,
-        Code::DeadlineExceeded,
-        Code::NotFound,
-        Code::AlreadyExists,
-        Code::PermissionDenied,
-        Code::ResourceExhausted,
-        Code::FailedPrecondition,
-        Code::Aborted,
-        Code::OutOfRange,
-        Code::Unimplemented,
-        Code::Internal,
-        Code::Unavailable,
-        Code::DataLoss,
-        Code::Unauthenticated,
-    ];
-
-    /// The code of a `grpc-status` value; an unknown number is `UNKNOWN`, as the
-    /// spec says.
-    pub fn from_value(value: &[u8]) -> Code {
-        std::str::from_utf8(value)
-            .ok()
-            .and_then(|text| text.trim().parse::<usize>().ok())
-            .and_then(|number| Self::ALL.get(number).copied())
-            .unwrap_or(Code::Unknown)
-    }
-
-    /// Its number, as sent in `grpc-status`.
-    pub fn number(self) -> u8 {
-        self as u8
-    }
-
-    /// Its name in OpenTelemetry's and the spec's spelling (`UNAVAILABLE`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Code::Ok => "OK",
-            Code::Cancelled => "CANCELLED",
-            Code::Unknown => "UNKNOWN",
-            Code::InvalidArgument => "INVALID_ARGUMENT",
-            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-            Code::NotFound => "NOT_FOUND",
-            Code::AlreadyExists => "ALREADY_EXISTS",
-            Code::PermissionDenied => "PERMISSION_DENIED",
-            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-            Code::FailedPrecondition => "FAILED_PRECONDITION",
-            Code::Aborted => "ABORTED",
-            Code::OutOfRange => "OUT_OF_RANGE",
-            Code::Unimplemented => "UNIMPLEMENTED",
-            Code::Internal => "INTERNAL",
-            Code::Unavailable => "UNAVAILABLE",
-            Code::DataLoss => "DATA_LOSS",
-            Code::Unauthenticated => "UNAUTHENTICATED",
-        }
-    }
-
-    /// Whether a server that answers with it has failed (counted against the service
-    /// by metrics, breakers and canaries), as opposed to refusing a client's request.
-    /// OpenTelemetry's RPC conventions mark these codes as server errors.
-    pub fn is_server_failure(self) -> bool {
-        matches!(
-            self,
-            Code::Unknown
-                | Code::DeadlineExceeded
-                | Code::Unimplemented
-                | Code::Internal
-                | Code::Unavailable
-                | Code::DataLoss
-        )
-    }
-
-    /// Whether a call that failed with it may be sent again: `UNAVAILABLE` means the
-    /// server did not act on it; any other only for a method its caller declared
-    /// idempotent, and only for codes that are about the server, not the request.
-    pub fn is_retryable(self, idempotent: bool) -> bool {
-        match self {
-            Code::Unavailable => true,
-            Code::Internal
-            | Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Aborted => idempotent,
-            _ => false,
-        }
-    }
-
-    /// The code of an answer the host made with an HTTP status. It follows the
-    /// spec's "HTTP to gRPC status code mapping", with what the host's statuses mean:
-    /// 500 and 502 are a service's fault (`INTERNAL`: it may have acted), 503 a
-    /// request that never ran (`UNAVAILABLE`: safe to retry), 504 a deadline passed.
-    pub fn from_http(status: StatusCode) -> Code {
-        match status.as_u16() {
-            200..=299 => Code::Ok,
-            400 | 500 | 502 => Code::Internal,
-            401 => Code::Unauthenticated,
-            403 => Code::PermissionDenied,
-            404 => Code::Unimplemented,
-            408 | 504 => Code::DeadlineExceeded,
-            413 => Code::ResourceExhausted,
-            429 | 503 => Code::Unavailable,
-            _ => Code::Unknown,
-        }
-    }
-}
+/// The status codes, shared with the guest SDK.
+pub use shoal_grpc_wire::Code;
 
 /// `grpc-status`.
 pub const STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
@@ -198,56 +53,26 @@ pub fn status_in(headers: &HeaderMap) -> Option<Code> {
 
 /// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
 pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
-    let text = value.to_str().ok()?;
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.checked_mul(3600)?),
-        "M" => Duration::from_secs(amount.checked_mul(60)?),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
+    shoal_grpc_wire::parse_timeout(value.to_str().ok()?)
 }
 
 /// `budget` as a `grpc-timeout` value, in the finest unit whose amount fits the
-/// header's eight digits (rounded up, so a callee never sees more time than is left).
+/// header's eight digits (rounded up).
 pub fn timeout_value(budget: Duration) -> HeaderValue {
-    const MAX: u128 = 99_999_999;
-    let nanos = budget.as_nanos();
-    let units: [(u128, &str); 6] = [
-        (1, "n"),
-        (1_000, "u"),
-        (1_000_000, "m"),
-        (1_000_000_000, "S"),
-        (60_000_000_000, "M"),
-        (3_600_000_000_000, "H"),
-    ];
-    let (amount, unit) = units
-        .iter()
-        .map(|(per, unit)| (nanos.div_ceil(*per), *unit))
-        .find(|(amount, _)| *amount <= MAX)
-        .unwrap_or((MAX, "H"));
-    HeaderValue::from_str(&format!("{amount}{unit}")).unwrap_or(HeaderValue::from_static("1n"))
+    HeaderValue::from_str(&shoal_grpc_wire::timeout_value(budget))
+        .unwrap_or(HeaderValue::from_static("1n"))
 }
 
-/// `message` percent-encoded for `grpc-message` (the spec keeps printable ASCII but
-/// `%` as it is).
+/// `message` (its trailing line break dropped) percent-encoded for `grpc-message`.
 pub fn encode_message(message: &str) -> HeaderValue {
-    let mut encoded = String::with_capacity(message.len());
-    for byte in message.trim_end().bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    HeaderValue::from_str(&encoded).unwrap_or(HeaderValue::from_static(""))
+    HeaderValue::from_str(&shoal_grpc_wire::encode_message(message.trim_end()))
+        .unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The code of an answer the host made with `status` (see
+/// [`Code::from_http_status`]).
+pub fn code_of_status(status: StatusCode) -> Code {
+    Code::from_http_status(status.as_u16())
 }
 
 /// A "trailers-only" answer: HTTP 200 with the status in the headers and no body,
@@ -281,7 +106,7 @@ pub fn for_client(response: Response<Body>) -> Response<Body> {
         }
         return response;
     };
-    let code = Code::from_http(response.status());
+    let code = code_of_status(response.status());
     let (parts, _) = response.into_parts();
     let mut answer = trailers_only(code, &message);
     for (name, value) in &parts.headers {
@@ -406,16 +231,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_round_trip_and_unknown_numbers_are_unknown() {
-        for code in Code::ALL {
-            assert_eq!(Code::from_value(code.number().to_string().as_bytes()), code);
-        }
-        assert_eq!(Code::from_value(b"17"), Code::Unknown);
-        assert_eq!(Code::from_value(b"x"), Code::Unknown);
-        assert_eq!(Code::Unavailable.name(), "UNAVAILABLE");
-    }
-
-    #[test]
     fn timeouts_parse_by_unit_and_refuse_malformed_values() {
         let parse = |text: &'static str| parse_timeout(&HeaderValue::from_static(text));
         assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
@@ -444,33 +259,24 @@ mod tests {
 
     #[test]
     fn http_statuses_map_as_the_spec_says_and_504_is_a_deadline() {
-        assert_eq!(Code::from_http(StatusCode::NOT_FOUND), Code::Unimplemented);
+        assert_eq!(code_of_status(StatusCode::NOT_FOUND), Code::Unimplemented);
         assert_eq!(
-            Code::from_http(StatusCode::SERVICE_UNAVAILABLE),
+            code_of_status(StatusCode::SERVICE_UNAVAILABLE),
             Code::Unavailable
         );
         assert_eq!(
-            Code::from_http(StatusCode::GATEWAY_TIMEOUT),
+            code_of_status(StatusCode::GATEWAY_TIMEOUT),
             Code::DeadlineExceeded
         );
         assert_eq!(
-            Code::from_http(StatusCode::INTERNAL_SERVER_ERROR),
+            code_of_status(StatusCode::INTERNAL_SERVER_ERROR),
             Code::Internal
         );
-        assert_eq!(Code::from_http(StatusCode::IM_A_TEAPOT), Code::Unknown);
+        assert_eq!(code_of_status(StatusCode::IM_A_TEAPOT), Code::Unknown);
         assert_eq!(
-            Code::from_http(StatusCode::FORBIDDEN),
+            code_of_status(StatusCode::FORBIDDEN),
             Code::PermissionDenied
         );
-    }
-
-    #[test]
-    fn only_unavailable_is_retried_unless_the_method_is_idempotent() {
-        assert!(Code::Unavailable.is_retryable(false));
-        assert!(!Code::Internal.is_retryable(false));
-        assert!(Code::Internal.is_retryable(true));
-        assert!(!Code::InvalidArgument.is_retryable(true));
-        assert!(!Code::NotFound.is_retryable(true));
     }
 
     #[test]

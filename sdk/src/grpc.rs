@@ -34,6 +34,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use prost::Message;
+use shoal_grpc_wire::{decode_message, encode_message, parse_timeout};
 
 use crate::bindings::wasi::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
@@ -43,74 +44,8 @@ use crate::bindings::wasi::io::streams::OutputStream;
 /// Largest request message accepted (gRPC's usual default), in bytes.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// A gRPC status code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    /// Success.
-    Ok = 0,
-    /// The caller cancelled the call.
-    Cancelled = 1,
-    /// An error with no better code.
-    Unknown = 2,
-    /// The request is wrong, whatever the server's state.
-    InvalidArgument = 3,
-    /// The deadline passed before the call completed.
-    DeadlineExceeded = 4,
-    /// What the request names does not exist.
-    NotFound = 5,
-    /// What the request would create exists.
-    AlreadyExists = 6,
-    /// The caller may not do this.
-    PermissionDenied = 7,
-    /// A quota or limit was reached.
-    ResourceExhausted = 8,
-    /// The system is not in a state to do this.
-    FailedPrecondition = 9,
-    /// Aborted, typically by a concurrent change.
-    Aborted = 10,
-    /// Past a valid range.
-    OutOfRange = 11,
-    /// No such method.
-    Unimplemented = 12,
-    /// The server broke an invariant.
-    Internal = 13,
-    /// The server did not take the call; the caller may send it again.
-    Unavailable = 14,
-    /// Unrecoverable loss or corruption of data.
-    DataLoss = 15,
-    /// The caller's credentials are missing or invalid.
-    Unauthenticated = 16,
-}
-
-impl Code {
-    const ALL: [Code; 17] = [
-        Code::Ok,
-        Code::Cancelled,
-        Code::Unknown,
-        Code::InvalidArgument,
-        Code::DeadlineExceeded,
-        Code::NotFound,
-        Code::AlreadyExists,
-        Code::PermissionDenied,
-        Code::ResourceExhausted,
-        Code::FailedPrecondition,
-        Code::Aborted,
-        Code::OutOfRange,
-        Code::Unimplemented,
-        Code::Internal,
-        Code::Unavailable,
-        Code::DataLoss,
-        Code::Unauthenticated,
-    ];
-
-    /// The code of a `grpc-status` number; an unknown number is `Unknown`.
-    pub fn from_number(number: u32) -> Code {
-        Self::ALL
-            .get(number as usize)
-            .copied()
-            .unwrap_or(Code::Unknown)
-    }
-}
+/// The status codes (shared with the host, so both read them alike).
+pub use shoal_grpc_wire::Code;
 
 /// How a call failed: a code and a message for the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,39 +250,8 @@ fn single_message(body: &[u8]) -> Result<&[u8], Status> {
     Ok(rest)
 }
 
-/// A `grpc-timeout` value: digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
-fn parse_timeout(text: &str) -> Option<Duration> {
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
-/// `message` percent-encoded for `grpc-message`.
-fn encode_message(message: &str) -> String {
-    let mut encoded = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
-}
-
 fn status_fields(fields: &Fields, status: &Status) {
-    let _ = fields.append("grpc-status", (status.code as u8).to_string().as_bytes());
+    let _ = fields.append("grpc-status", status.code.number().to_string().as_bytes());
     if !status.message.is_empty() {
         let _ = fields.append("grpc-message", encode_message(&status.message).as_bytes());
     }
@@ -586,7 +490,7 @@ impl Client {
                 .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
         };
         let code = match field("grpc-status") {
-            Some(number) => Code::from_number(number.trim().parse().unwrap_or(2)),
+            Some(number) => Code::from_value(number.as_bytes()),
             None => return Err(Status::new(Code::Unknown, "the reply has no grpc-status")),
         };
         if code != Code::Ok {
@@ -597,29 +501,6 @@ impl Client {
         }
         decode(single_message(&bytes)?)
     }
-}
-
-/// A `grpc-message` as sent (percent-encoded) made text again.
-fn decode_message(encoded: &str) -> String {
-    let bytes = encoded.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let hex = bytes
-            .get(index + 1..index + 3)
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
-        match (bytes[index], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                index += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Export `server` (a `fn() -> grpc::Server`) as the service's
@@ -683,18 +564,5 @@ mod tests {
             single_message(&[0, 0, 0, 0, 0]).expect("empty"),
             &[] as &[u8]
         );
-    }
-
-    #[test]
-    fn timeouts_and_messages_follow_the_wire_format() {
-        assert_eq!(parse_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_timeout("2s"), None);
-        assert_eq!(parse_timeout(""), None);
-        assert_eq!(encode_message("100% sure\n"), "100%25 sure%0A");
-        assert_eq!(decode_message("100%25 sure%0A"), "100% sure\n");
-        assert_eq!(decode_message("50%"), "50%");
-        assert_eq!(Code::from_number(14), Code::Unavailable);
-        assert_eq!(Code::from_number(99), Code::Unknown);
     }
 }

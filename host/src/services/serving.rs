@@ -473,7 +473,7 @@ impl RequestRecord {
         if let Some(rpc) = &mut self.rpc {
             rpc.code = crate::grpc::status_in(response.headers()).or_else(|| {
                 (self.failure.is_some() || !response.status().is_success())
-                    .then(|| crate::grpc::Code::from_http(response.status()))
+                    .then(|| crate::grpc::code_of_status(response.status()))
             });
         }
     }
