@@ -60,6 +60,10 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub telemetry: TelemetrySettings,
 
+    /// How many recorded requests each service keeps.
+    #[command(flatten)]
+    pub recordings: crate::recording::RecordingSettings,
+
     /// Joining a cluster.
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterSettings,

@@ -51,6 +51,7 @@ pub mod manifest;
 pub mod platform;
 pub mod policy;
 pub mod protocol;
+pub mod recording;
 pub mod registry;
 pub mod runtime;
 pub mod secrets;

@@ -110,6 +110,47 @@ pub struct Manifest {
     /// In a cluster: which hosts may run it.
     #[serde(default, skip_serializing_if = "Placement::is_any")]
     pub placement: Placement,
+    /// Debugging aids: which requests are recorded.
+    #[serde(default, skip_serializing_if = "DebugSection::is_default")]
+    pub debug: DebugSection,
+}
+
+/// The `[debug]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebugSection {
+    /// Which requests are recorded: `"off"` (the default), `"failed"`, or a ratio
+    /// of all requests in (0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordSetting>,
+}
+
+/// `record = "failed"` or `record = 0.1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RecordSetting {
+    /// `off` or `failed`.
+    Word(String),
+    /// A sampling ratio.
+    Ratio(f64),
+}
+
+impl DebugSection {
+    fn is_default(&self) -> bool {
+        self.record.is_none()
+    }
+
+    /// The recording mode it names.
+    pub fn record_mode(&self) -> Result<crate::recording::Mode, String> {
+        match &self.record {
+            None => Ok(crate::recording::Mode::Off),
+            Some(RecordSetting::Word(word)) if word != "off" && word != "failed" => Err(format!(
+                "`{word}` is not a recording mode: `off`, `failed`, or a ratio in (0, 1]"
+            )),
+            Some(RecordSetting::Word(word)) => crate::recording::Mode::parse(word),
+            Some(RecordSetting::Ratio(ratio)) => crate::recording::Mode::ratio(*ratio),
+        }
+    }
 }
 
 /// Most replicas of one service a cluster runs.
@@ -446,6 +487,9 @@ impl Manifest {
 
     /// Check every field's value.
     pub fn validate(&self, max_memory_mb: u32) -> Result<(), ManifestError> {
+        self.debug
+            .record_mode()
+            .map_err(|reason| field("debug.record", &reason))?;
         if let Some(version) = &self.version {
             let valid_chars = version
                 .chars()

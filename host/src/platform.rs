@@ -39,6 +39,8 @@ pub struct Platform {
     pub inbox_retention: Duration,
     /// The operator's secrets, and the redactor that masks them.
     pub secrets: Arc<crate::secrets::Secrets>,
+    /// Requests kept for debugging, a ring per service.
+    pub recordings: Arc<crate::recording::Recordings>,
 }
 
 /// Services whose outboxes got events, so delivery reads only those (not every
@@ -107,6 +109,7 @@ impl Platform {
             registry: None,
             bus_limit: crate::events::BusSettings::default().max_bus_mb * 1024 * 1024,
             inbox_retention: crate::events::BusSettings::default().inbox_retention,
+            recordings: (100, 16 * 1024 * 1024),
         }
     }
 
@@ -131,9 +134,17 @@ pub struct PlatformBuilder {
     registry: Option<Arc<dyn Registry>>,
     bus_limit: u64,
     inbox_retention: Duration,
+    recordings: (usize, u64),
 }
 
 impl PlatformBuilder {
+    /// How many recordings, and bytes of them, each service keeps (default 100 and
+    /// 16 MiB).
+    pub fn recordings(mut self, count: usize, bytes: u64) -> Self {
+        self.recordings = (count, bytes);
+        self
+    }
+
     /// Keep services' stores in `stores` instead of SQLite files in the data
     /// directory.
     pub fn stores(mut self, stores: Arc<dyn crate::store::StoreBackend>) -> Self {
@@ -228,6 +239,11 @@ impl PlatformBuilder {
             bus_bound: crate::events::BusBound::new(self.bus_limit),
             inbox_retention: self.inbox_retention,
             secrets,
+            recordings: crate::recording::Recordings::new(
+                self.data_dir.join("recordings"),
+                self.recordings.0,
+                self.recordings.1,
+            ),
         }))
     }
 }

@@ -160,6 +160,10 @@ pub async fn build(config: ServeConfig) -> Result<Host> {
         .secrets(secrets.clone())
         .bus_limit(config.bus.max_bus_mb * 1024 * 1024)
         .inbox_retention(config.bus.inbox_retention)
+        .recordings(
+            usize::try_from(config.recordings.max_recordings).unwrap_or(usize::MAX),
+            config.recordings.max_recordings_mb * 1024 * 1024,
+        )
         .build()?;
     let registry = platform.registry.clone();
     let caller = platform.caller.clone();

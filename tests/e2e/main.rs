@@ -22,6 +22,7 @@ mod languages;
 mod lifecycle;
 mod operations;
 mod polyglot;
+mod recordings;
 mod secrets;
 mod shop;
 mod store;

@@ -16,6 +16,7 @@ pub mod events;
 pub mod external;
 pub mod host;
 pub mod logs;
+pub mod recordings;
 pub mod secrets;
 pub mod services;
 pub mod stats;

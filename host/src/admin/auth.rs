@@ -87,6 +87,11 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Classified 
         ("GET" | "HEAD", ["services", name, "data"]) => change("data.export", name, service(name)),
         ("PUT", ["services", name, "data"]) => change("data.import", name, service(name)),
         ("DELETE", ["services", name, "data"]) => change("data.purge", name, service(name)),
+        // Recordings hold what clients sent: read only by who may change the service.
+        ("GET" | "HEAD", ["services", name, "recordings", ..]) => {
+            change("recordings.read", name, service(name))
+        }
+        ("PUT", ["services", name, "recording"]) => change("recording.set", name, service(name)),
         ("GET" | "HEAD", ["audit"] | ["audit", "verify"] | ["tokens"] | ["secrets"]) => {
             read(Action::Administer)
         }

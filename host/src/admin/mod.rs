@@ -55,6 +55,7 @@ mod events;
 mod external;
 mod logs;
 mod openapi;
+mod recordings;
 mod secrets;
 mod services;
 #[cfg(test)]
@@ -277,6 +278,9 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/services/{name}/call/{*path}", any(services::call))
         .route("/services/{name}/logs", get(logs::logs))
+        .route("/services/{name}/recordings", get(recordings::list))
+        .route("/services/{name}/recordings/{id}", get(recordings::show))
+        .route("/services/{name}/recording", put(recordings::set_mode))
         .route("/services/{name}/rollback", post(services::rollback))
         .route(
             "/services/{name}/canary",

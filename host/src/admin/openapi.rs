@@ -7,7 +7,9 @@ use axum::Json;
 use utoipa::OpenApi as _;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 
-use super::{access, cluster, dashboard, data, events, external, logs, secrets, services};
+use super::{
+    access, cluster, dashboard, data, events, external, logs, recordings, secrets, services,
+};
 
 /// The admin API: every `/v1` endpoint, with the shared types ([`shoal_api`]).
 #[derive(utoipa::OpenApi)]
@@ -48,6 +50,9 @@ use super::{access, cluster, dashboard, data, events, external, logs, secrets, s
         data::purge,
         dashboard::stats,
         logs::logs,
+        recordings::list,
+        recordings::show,
+        recordings::set_mode,
         secrets::put,
         secrets::list,
         secrets::remove,
@@ -114,6 +119,9 @@ mod tests {
             "/v1/services/{name}/data",
             "/v1/stats",
             "/v1/services/{name}/logs",
+            "/v1/services/{name}/recordings",
+            "/v1/services/{name}/recordings/{id}",
+            "/v1/services/{name}/recording",
             "/v1/secrets/{name}",
         ] {
             assert!(paths.contains_key(path), "{path} is missing");

@@ -524,6 +524,70 @@ pub(super) async fn deploy_quietly(
         .context("the admin API's answer to the deploy is not what this CLI knows")
 }
 
+/// Print `name`'s recordings as a table, or one (`id`) whole as JSON.
+pub async fn recordings(client: &AdminClient, name: &str, id: Option<&str>) -> Result<()> {
+    use shoal_api::recordings as rec;
+    if let Some(id) = id {
+        let recording: rec::Recording = client
+            .call(
+                Method::GET,
+                &format!("/v1/services/{name}/recordings/{id}"),
+                None::<&()>,
+            )
+            .await?;
+        println!("{}", serde_json::to_string_pretty(&recording)?);
+        return Ok(());
+    }
+    let listing: rec::Listing = client
+        .call(
+            Method::GET,
+            &format!("/v1/services/{name}/recordings"),
+            None::<&()>,
+        )
+        .await?;
+    println!(
+        "{name} records: {} ({} kept, {} dropped to stay within bounds)",
+        listing.record,
+        listing.recordings.len(),
+        listing.dropped
+    );
+    if listing.recordings.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "{:<26} {:<24} {:<10} {:>6} {:<10} REQUEST",
+        "ID", "AT", "VERSION", "STATUS", "FAULT"
+    );
+    for summary in &listing.recordings {
+        println!(
+            "{:<26} {:<24} {:<10} {:>6} {:<10} {} {} ({})",
+            summary.id,
+            summary.at,
+            summary.version,
+            summary.status,
+            summary.fault.as_deref().unwrap_or("-"),
+            summary.method,
+            summary.path,
+            summary.request_id
+        );
+    }
+    Ok(())
+}
+
+/// Set which of `name`'s requests are recorded (`None`: as its manifest says).
+pub async fn record(client: &AdminClient, name: &str, record: Option<String>) -> Result<()> {
+    use shoal_api::recordings as rec;
+    let now: rec::RecordingMode = client
+        .call(
+            Method::PUT,
+            &format!("/v1/services/{name}/recording"),
+            Some(&rec::RecordingMode { record }),
+        )
+        .await?;
+    println!("{name} records: {}", now.record.as_deref().unwrap_or("off"));
+    Ok(())
+}
+
 /// Print the services of a host as a table.
 pub async fn list(client: &AdminClient) -> Result<()> {
     let list = client.services().await?;

@@ -79,6 +79,34 @@ enum Command {
         #[arg(long, requires = "admin_url")]
         gateway: Option<String>,
     },
+    /// List a service's recorded requests, or show one (`ID`) as JSON.
+    Recordings {
+        /// The service.
+        name: String,
+        /// A recording's id: print it whole.
+        id: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Set which of a service's requests are recorded, live.
+    Record {
+        /// The service.
+        name: String,
+        /// Those that fail (5xx, a fault, a gRPC server-failure status).
+        #[arg(long, conflicts_with_all = ["ratio", "off", "manifest"])]
+        failed: bool,
+        /// That share of all requests, in (0, 1].
+        #[arg(long, conflicts_with_all = ["off", "manifest"])]
+        ratio: Option<f64>,
+        /// None.
+        #[arg(long, conflicts_with = "manifest")]
+        off: bool,
+        /// As its manifest's `[debug] record` says.
+        #[arg(long)]
+        manifest: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Deploy a component (or a service directory, built first) to a running host.
     Deploy {
         /// A `.wasm` component, or a service directory to build.
@@ -470,6 +498,8 @@ impl Command {
             | Command::Ls { admin }
             | Command::Events { admin, .. }
             | Command::Logs { admin, .. }
+            | Command::Recordings { admin, .. }
+            | Command::Record { admin, .. }
             | Command::Audit {
                 action: None,
                 admin,
@@ -564,6 +594,24 @@ pub async fn run(cli: Cli) -> Result<()> {
                 dir.display()
             );
             Ok(())
+        }
+        Command::Recordings { name, id, .. } => {
+            client::recordings(admin()?, &name, id.as_deref()).await
+        }
+        Command::Record {
+            name,
+            failed,
+            ratio,
+            off,
+            ..
+        } => {
+            let record = match (failed, ratio, off) {
+                (true, _, _) => Some("failed".to_owned()),
+                (_, Some(ratio), _) => Some(ratio.to_string()),
+                (_, _, true) => Some("off".to_owned()),
+                _ => None,
+            };
+            client::record(admin()?, &name, record).await
         }
         Command::Dev {
             dirs,

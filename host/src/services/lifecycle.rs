@@ -373,6 +373,9 @@ impl Services {
             retire(&versions, None);
             self.platform.telemetry.metrics.forget_service(name);
             self.platform.telemetry.guest_logs.forget(name);
+            let recordings = self.platform.recordings.clone();
+            let owned = name.to_owned();
+            tokio::task::spawn_blocking(move || recordings.forget(&owned));
             for deployment in versions.deployments() {
                 let _ = self
                     .platform

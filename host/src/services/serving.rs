@@ -103,6 +103,19 @@ impl Services {
             &request,
             &request_id,
         );
+        // Recording: the request's body is copied as the guest reads it.
+        let mode = service.recording_mode(&versions.stable);
+        let request = match mode {
+            crate::recording::Mode::Off => request.map(|body| TeeBody { body, copy: None }),
+            mode => {
+                let copy = Arc::new(parking_lot::Mutex::new(Captured::default()));
+                record.capture = Some(Capture::start(mode, &request, &request_id, copy.clone()));
+                request.map(|body| TeeBody {
+                    body,
+                    copy: Some(copy),
+                })
+            }
+        };
         let wait_deadline = deadline.within(versions.longest_timeout());
         drop(versions);
         let slot =
@@ -433,6 +446,102 @@ struct RequestRecord {
     rpc: Option<RpcCall>,
     /// The canary that served it, counted when the record ends.
     canary: Option<(Arc<Canary>, std::sync::Weak<Services>)>,
+    /// What is kept of it for a recording, when its service records.
+    capture: Option<Capture>,
+}
+
+/// Bytes of a body copied for a recording, up to [`crate::recording::MAX_BODY_BYTES`].
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+impl Captured {
+    fn add(&mut self, data: &[u8]) {
+        let room = crate::recording::MAX_BODY_BYTES.saturating_sub(self.bytes.len());
+        if data.len() > room {
+            self.truncated = true;
+        }
+        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
+    }
+}
+
+/// A request being recorded: its head, its body as the guest read it, and the
+/// response as it went out.
+struct Capture {
+    mode: crate::recording::Mode,
+    request_id: String,
+    arrived: std::time::SystemTime,
+    method: String,
+    path: String,
+    request_headers: http::HeaderMap,
+    request_body: Arc<parking_lot::Mutex<Captured>>,
+    response_headers: http::HeaderMap,
+    response_body: Captured,
+}
+
+impl Capture {
+    fn start<B>(
+        mode: crate::recording::Mode,
+        request: &Request<B>,
+        request_id: &RequestId,
+        request_body: Arc<parking_lot::Mutex<Captured>>,
+    ) -> Self {
+        Self {
+            mode,
+            request_id: request_id.to_string(),
+            arrived: std::time::SystemTime::now(),
+            method: request.method().to_string(),
+            path: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), ToString::to_string),
+            request_headers: request.headers().clone(),
+            request_body,
+            response_headers: http::HeaderMap::new(),
+            response_body: Captured::default(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that copies what the guest reads of it, when it is recorded.
+    struct TeeBody<B> {
+        #[pin]
+        body: B,
+        copy: Option<Arc<parking_lot::Mutex<Captured>>>,
+    }
+}
+
+impl<B> hyper::body::Body for TeeBody<B>
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let (Some(copy), Poll::Ready(Some(Ok(frame)))) = (&*this.copy, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            copy.lock().add(data);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// What a record keeps of a gRPC call: its names and, once known, its status.
@@ -470,6 +579,9 @@ impl RequestRecord {
     /// service's HTTP error).
     fn answered(&mut self, response: &Response<Body>) {
         self.status = response.status().as_u16();
+        if let Some(capture) = &mut self.capture {
+            capture.response_headers = response.headers().clone();
+        }
         if let Some(rpc) = &mut self.rpc {
             rpc.code = crate::grpc::status_in(response.headers()).or_else(|| {
                 (self.failure.is_some() || !response.status().is_success())
@@ -480,6 +592,11 @@ impl RequestRecord {
 
     /// A frame of the response body went by: a gRPC call's trailers carry its status.
     fn saw_frame(&mut self, frame: &hyper::body::Frame<Bytes>) {
+        if let Some(capture) = &mut self.capture
+            && let Some(data) = frame.data_ref()
+        {
+            capture.response_body.add(data);
+        }
         if let Some(rpc) = &mut self.rpc
             && rpc.code.is_none()
             && let Some(trailers) = frame.trailers_ref()
@@ -568,7 +685,60 @@ impl RequestRecord {
             span,
             rpc,
             canary: None,
+            capture: None,
         }
+    }
+
+    /// Keep a recording of the request when its service's mode picks it.
+    fn keep_recording(&mut self) {
+        let Some(capture) = self.capture.take() else {
+            return;
+        };
+        let grpc_status = self.rpc.as_ref().map(|rpc| rpc.code());
+        let failed = self.status >= 500
+            || self.failure.is_some()
+            || grpc_status.is_some_and(|code| code.is_server_failure());
+        if !capture.mode.keeps(failed, rand::random::<f64>()) {
+            return;
+        }
+        let redactor = crate::policy::redact::Redactor::process();
+        let request_body = capture.request_body.lock();
+        let message = |method: String, path: String, status, headers, captured: &Captured| {
+            crate::recording::Message {
+                method,
+                path,
+                status,
+                headers: crate::recording::headers_of(headers, &redactor),
+                body: crate::recording::body_of(&captured.bytes, &redactor),
+                truncated: captured.truncated,
+            }
+        };
+        let recording = crate::recording::Recording {
+            id: crate::recording::new_id(),
+            service: self.service.clone(),
+            version: self.version.clone(),
+            request_id: capture.request_id.clone(),
+            at: humantime::format_rfc3339_millis(capture.arrived).to_string(),
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            request: message(
+                capture.method.clone(),
+                capture.path.clone(),
+                0,
+                &capture.request_headers,
+                &request_body,
+            ),
+            response: message(
+                String::new(),
+                String::new(),
+                self.status,
+                &capture.response_headers,
+                &capture.response_body,
+            ),
+            fault: self.failure.map(|failure| failure.kind.to_owned()),
+            grpc_status: grpc_status.map(|code| code.number()),
+        };
+        drop(request_body);
+        self.platform.recordings.submit(recording);
     }
 }
 
@@ -611,6 +781,7 @@ fn method_label(method: &http::Method) -> &'static str {
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
+        self.keep_recording();
         let metrics = &self.platform.telemetry.metrics;
         if metrics.enabled() {
             let class = status_class(self.status);

@@ -244,6 +244,8 @@ pub struct LiveService {
     pub faults: FaultCounters,
     versions: ArcSwap<Versions>,
     removed: AtomicBool,
+    /// Which requests are recorded, when set live (else the manifest says).
+    recording: parking_lot::RwLock<Option<crate::recording::Mode>>,
 }
 
 impl LiveService {
@@ -254,7 +256,27 @@ impl LiveService {
             faults: FaultCounters::default(),
             versions: ArcSwap::new(versions),
             removed: AtomicBool::new(false),
+            recording: parking_lot::RwLock::new(None),
         }
+    }
+
+    /// Which of its requests are recorded: as set live, else as `stable`'s manifest
+    /// says.
+    pub fn recording_mode(&self, stable: &Deployment) -> crate::recording::Mode {
+        match *self.recording.read() {
+            Some(mode) => mode,
+            None => stable
+                .record
+                .manifest
+                .debug
+                .record_mode()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Set which requests are recorded from now on (`None`: as the manifest says).
+    pub fn set_recording_mode(&self, mode: Option<crate::recording::Mode>) {
+        *self.recording.write() = mode;
     }
 
     /// The service name.
