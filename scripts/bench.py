@@ -957,6 +957,39 @@ def telemetry_cost(args, rows):
             host.stop()
 
 
+def recording_cost(args, rows):
+    """Gateway throughput with request recording off, on for failures only, and on for every request."""
+    host = Host(args.shoal, ["--max-recordings", "1000"])
+    try:
+        hello = open(os.path.join(args.guests, "hello.wasm"), "rb").read()
+        roomy = "[limits]\nmemory_mb = 16\nmax_concurrency = 1000\nqueue = 10000\ninstance_reuse = 128\n"
+        modes = {"off": "off", "failed (none fail)": "failed", "every request": "1.0"}
+        for index, record in enumerate(modes.values()):
+            value = record if record.replace(".", "").isdigit() else f'"{record}"'
+            host.deploy(f"rec{index}", hello, roomy + f"[debug]\nrecord = {value}\n")
+        urls = {name: f"http://{host.gateway}/rec{index}/" for index, name in enumerate(modes)}
+        for url in urls.values():
+            wrk(url, 16, 1)  # warm-up
+        results = {name: [] for name in urls}
+        for _ in range(args.rounds):
+            for name, url in urls.items():  # alternated in every round
+                results[name].append(wrk(url, 32, args.seconds))
+        rate = {name: statistics.median(r[0] for r in runs) for name, runs in results.items()}
+        for name in urls:
+            spread = f"{min(r[0] for r in results[name]):,.0f}–{max(r[0] for r in results[name]):,.0f}"
+            rows.append(("recording", f"hello, recording {name}", f"{rate[name]:,.0f} req/s",
+                         f"wrk -t1 -c32 -d{args.seconds}s, instance_reuse = 128, rounds {spread}"))
+        args.figures["recording_failed"] = rate["failed (none fail)"] / rate["off"]
+        args.figures["recording_all"] = rate["every request"] / rate["off"]
+        rows.append(("recording", "failed-only ÷ off (throughput)", f"{args.figures['recording_failed']:.2f}×",
+                     "same run; the request is copied as the guest reads it, an answer that did not fail is dropped at its head"))
+        rows.append(("recording", "every request ÷ off (throughput)", f"{args.figures['recording_all']:.2f}×",
+                     "same run; each kept request is a file write off the serving path (at most 64 pending, "
+                     "the rest dropped and counted)"))
+    finally:
+        host.stop()
+
+
 def rss_kib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -1501,7 +1534,7 @@ def main():
     rows = []
     args.figures = {}
     args.appendix = []
-    sections = (gateway_throughput, wasip3_concurrency, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, a_to_b, grpc, density, restore, shop, store_backends, event_latency, cluster)
+    sections = (gateway_throughput, wasip3_concurrency, latency_at_half_load, core_scaling, profile, instantiation, deploy_latency, fault_storm, telemetry_cost, recording_cost, a_to_b, grpc, density, restore, shop, store_backends, event_latency, cluster)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {section.__name__ for section in sections}
@@ -1554,6 +1587,8 @@ def main():
     target("p99 at half load, shoal ÷ wasmtime serve", "≤ 1.0×", "p99", "{:.2f}×", lambda v: v <= 1.0)
     target("p99 at half load, both reusing 128", "≤ 1.0×", "p99_reuse", "{:.2f}×", lambda v: v <= 1.0)
     target("in-process A→B added latency (means, same calls)", "≤ 50 µs", "added", "{:.0f} µs", lambda v: v <= 50)
+    target("recording failed requests, when none fail ÷ off", "≥ 0.95×", "recording_failed", "{:.2f}×", lambda v: v >= 0.95)
+    target("recording every request ÷ off", "reported", "recording_all", "{:.2f}×", lambda v: True)
     target("in-process A→B gRPC call added latency (means)", "reported", "grpc_added", "{:.0f} µs", lambda v: True)
     target("gRPC unary over one connection ÷ HTTP/1.1 over 64", "reported", "grpc_vs_h1", "{:.2f}×", lambda v: True)
     target("gRPC unary, shoal ÷ tonic (native ceiling)", "reported", "grpc_vs_tonic", "{:.2f}×", lambda v: True)

@@ -580,7 +580,14 @@ impl RequestRecord {
     fn answered(&mut self, response: &Response<Body>) {
         self.status = response.status().as_u16();
         if let Some(capture) = &mut self.capture {
-            capture.response_headers = response.headers().clone();
+            // Recording failures only, an answer that did not fail (and whose outcome
+            // no trailer can still change) is not kept: stop copying it now.
+            let settled_ok = self.status < 500 && self.failure.is_none() && self.rpc.is_none();
+            if capture.mode == crate::recording::Mode::Failed && settled_ok {
+                self.capture = None;
+            } else {
+                capture.response_headers = response.headers().clone();
+            }
         }
         if let Some(rpc) = &mut self.rpc {
             rpc.code = crate::grpc::status_in(response.headers()).or_else(|| {
