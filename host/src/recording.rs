@@ -15,13 +15,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Recordings being written at once; beyond it, new ones are dropped (and counted).
 const MAX_PENDING_WRITES: usize = 64;
-/// Header values never written down.
-const MASKED_HEADERS: &[&str] = &[
-    "authorization",
-    "cookie",
-    "proxy-authorization",
-    "set-cookie",
+/// Words that mark a header as carrying a credential: its value is never written.
+const CREDENTIAL_WORDS: &[&str] = &[
+    "auth", "cookie", "token", "key", "secret", "session", "password",
 ];
+
+/// Whether the header `name` (lower case) carries a credential.
+fn is_credential_header(name: &str) -> bool {
+    CREDENTIAL_WORDS.iter().any(|word| name.contains(word))
+}
 
 /// How much each service's recordings may hold (`shoal serve` flags).
 #[derive(Debug, Clone, clap::Args)]
@@ -113,7 +115,7 @@ pub fn headers_of(
     headers
         .iter()
         .map(|(name, value)| {
-            let value = if MASKED_HEADERS.contains(&name.as_str()) {
+            let value = if is_credential_header(name.as_str()) {
                 crate::policy::redact::MASK.to_owned()
             } else {
                 String::from_utf8_lossy(&redactor.redact_bytes(value.as_bytes())).into_owned()
@@ -168,7 +170,13 @@ impl Recordings {
 
     /// Keep `recording`, written in the background; dropped (and counted) when too
     /// many writes are pending, so a storm of failures cannot queue without bound.
-    pub fn submit(self: &Arc<Self>, recording: Recording) {
+    /// `wanted` is asked again, under the ring's lock, just before the write: a
+    /// recording of a service removed meanwhile is not written.
+    pub fn submit(
+        self: &Arc<Self>,
+        recording: Recording,
+        wanted: impl Fn() -> bool + Send + 'static,
+    ) {
         if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_WRITES {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             self.dropped_writes.fetch_add(1, Ordering::Relaxed);
@@ -176,7 +184,7 @@ impl Recordings {
         }
         let this = self.clone();
         let write = move || {
-            if let Err(error) = this.push(&recording) {
+            if let Err(error) = this.push_if(&recording, wanted) {
                 tracing::warn!(service = %recording.service, %error, "cannot keep a recording");
             }
             this.pending.fetch_sub(1, Ordering::AcqRel);
@@ -195,13 +203,25 @@ impl Recordings {
 
     /// Write `recording` into its service's ring and trim the ring to its bounds.
     pub fn push(&self, recording: &Recording) -> std::io::Result<()> {
+        self.push_if(recording, || true)
+    }
+
+    /// [`Recordings::push`], if `wanted` still says so under the ring's lock.
+    fn push_if(&self, recording: &Recording, wanted: impl Fn() -> bool) -> std::io::Result<()> {
         let _guard = self.lock.lock();
+        if !wanted() {
+            return Ok(());
+        }
         let dir = self.dir(&recording.service);
         std::fs::create_dir_all(&dir)?;
         let bytes = serde_json::to_vec(recording).map_err(std::io::Error::other)?;
         let temporary = dir.join(format!(".{}.json.tmp", recording.id));
-        std::fs::write(&temporary, &bytes)?;
-        std::fs::rename(&temporary, dir.join(format!("{}.json", recording.id)))?;
+        let written = std::fs::write(&temporary, &bytes)
+            .and_then(|()| std::fs::rename(&temporary, dir.join(format!("{}.json", recording.id))));
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
         self.trim(&dir)
     }
 
@@ -382,6 +402,16 @@ mod tests {
                 .map(|r| r.request.body),
             Some(Body::Text("body 4".to_owned()))
         );
+        // A recording of a service removed meanwhile is not written.
+        ring.push_if(&recording("gone", "late"), || false)
+            .expect("push");
+        assert!(
+            ring.list("gone", Mode::Off)
+                .expect("list")
+                .recordings
+                .is_empty()
+        );
+        assert!(!root.path().join("gone").exists());
         // Ids that are not the ring's own name no file.
         assert!(ring.get("svc", "../../etc/passwd").expect("get").is_none());
         assert!(
@@ -412,9 +442,11 @@ mod tests {
         redactor.set_values(["s3cr3t-value-1"]);
         let mut headers = http::HeaderMap::new();
         headers.insert("authorization", "Bearer abc".parse().expect("value"));
+        headers.insert("x-api-key", "k-123".parse().expect("value"));
         headers.insert("x-note", "has s3cr3t-value-1 in it".parse().expect("value"));
         let recorded = headers_of(&headers, &redactor);
         assert!(recorded.contains(&("authorization".into(), crate::policy::redact::MASK.into())));
+        assert!(recorded.contains(&("x-api-key".into(), crate::policy::redact::MASK.into())));
         assert!(recorded.iter().all(|(_, value)| !value.contains("s3cr3t")));
         assert_eq!(
             body_of(b"token=s3cr3t-value-1", &redactor),

@@ -19,7 +19,17 @@ use super::client::{self, AdminClient, LogOptions};
 /// How long a burst of file changes may go on before the rebuild starts.
 const SETTLE: Duration = Duration::from_millis(300);
 /// Path components whose files are build products or tools' state, never sources.
-const IGNORED: &[&str] = &["target", "node_modules", ".git", "__pycache__", "wit_world"];
+const IGNORED: &[&str] = &[
+    "target",
+    "node_modules",
+    ".git",
+    "__pycache__",
+    "wit_world",
+    "build",
+    "dist",
+];
+/// How long a host of its own may take to listen.
+const HOST_START: Duration = Duration::from_secs(60);
 
 /// What `shoal dev` was asked to do.
 pub struct DevOptions {
@@ -42,6 +52,7 @@ struct DevService {
 
 /// Run the loop until Ctrl-C.
 pub async fn run(options: DevOptions) -> Result<()> {
+    let stop = stop_signal()?;
     let services = plan(&options.dirs)?;
     let printer = Printer::new();
     let (host, client, gateway) = match &options.admin {
@@ -69,24 +80,44 @@ pub async fn run(options: DevOptions) -> Result<()> {
     };
     let client = Arc::new(client);
     let printer = Arc::new(printer);
+    tokio::pin!(stop);
+    // Whatever happens from here (Ctrl-C during the first builds, a watcher that
+    // cannot start), the host this started is stopped and its data removed.
+    let developed = tokio::select! {
+        _ = &mut stop => Ok(()),
+        result = develop(&services, &client, gateway.as_deref(), &printer) => result,
+    };
+    printer.note("stopping");
+    if let Some(host) = host {
+        host.stop().await;
+        printer.note("host stopped, its data removed");
+    } else {
+        printer.note("the services stay deployed on the host at --admin");
+    }
+    developed
+}
+
+/// Build and deploy every service, then rebuild and redeploy each one whose sources
+/// change, until the watcher stops.
+async fn develop(
+    services: &[DevService],
+    client: &Arc<AdminClient>,
+    gateway: Option<&str>,
+    printer: &Arc<Printer>,
+) -> Result<()> {
     let mut followed = BTreeSet::new();
-    for service in &services {
-        if build_and_deploy(&client, service, gateway.as_deref(), &printer).await {
-            follow_logs(&client, service, &printer, &mut followed);
+    for service in services {
+        if build_and_deploy(client, service, gateway, printer).await {
+            follow_logs(client, service, printer, &mut followed);
         }
     }
     printer.note("watching for changes; Ctrl-C stops");
     let (changes, mut changed) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-    let _watcher = watch(&services, changes)?;
-    let stop = stop_signal();
-    tokio::pin!(stop);
+    let _watcher = watch(services, changes)?;
+    let mut contents = Contents::default();
     loop {
-        let first = tokio::select! {
-            _ = &mut stop => break,
-            path = changed.recv() => match path {
-                Some(path) => path,
-                None => bail!("the file watcher stopped"),
-            },
+        let Some(first) = changed.recv().await else {
+            bail!("the file watcher stopped");
         };
         // Let the burst settle (an editor's save is several events), then rebuild each
         // service whose sources changed, once.
@@ -102,22 +133,38 @@ pub async fn run(options: DevOptions) -> Result<()> {
                 },
             }
         }
-        for service in &services {
+        // A file written again with the same bytes (a build regenerating its own
+        // sources, a lock file rewritten) is not a change.
+        paths.retain(|path| contents.changed(path));
+        for service in services {
             if paths.iter().any(|path| is_source_of(service, path))
-                && build_and_deploy(&client, service, gateway.as_deref(), &printer).await
+                && build_and_deploy(client, service, gateway, printer).await
             {
-                follow_logs(&client, service, &printer, &mut followed);
+                follow_logs(client, service, printer, &mut followed);
             }
         }
     }
-    printer.note("stopping");
-    if let Some(host) = host {
-        host.stop().await;
-        printer.note("host stopped, its data removed");
-    } else {
-        printer.note("the services stay deployed on the host at --admin");
+}
+
+/// The last bytes seen of each changed file, as a hash.
+#[derive(Default)]
+struct Contents {
+    seen: std::collections::HashMap<PathBuf, u64>,
+}
+
+impl Contents {
+    /// Whether `path` holds other bytes than when it was last seen (a file seen for
+    /// the first time, or gone, has changed).
+    fn changed(&mut self, path: &Path) -> bool {
+        use std::hash::{Hash as _, Hasher as _};
+        let Ok(bytes) = std::fs::read(path) else {
+            return self.seen.remove(path).is_some() || !path.exists();
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        let hash = hasher.finish();
+        self.seen.insert(path.to_path_buf(), hash) != Some(hash)
     }
-    Ok(())
 }
 
 /// The services of `dirs`: names from their directories, build outputs from their
@@ -289,20 +336,18 @@ fn watch(
     Ok(watcher)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called,
+/// not when it is first awaited, so a Ctrl-C during the first builds is caught too.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("handling Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+    })
 }
 
 /// A host `shoal dev` runs for itself: this binary's `serve`, on free local ports,
@@ -338,20 +383,29 @@ impl EmbeddedHost {
             .stdout(std::process::Stdio::piped())
             .stderr(log);
         end_with_parent(&mut command);
+        command.kill_on_drop(true);
         let mut child = command.spawn().context("starting `shoal serve`")?;
         let stdout = child.stdout.take().context("the host's output")?;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let (mut admin, mut gateway) = (None, None);
-        while admin.is_none() || gateway.is_none() {
-            let Some(line) = lines.next_line().await? else {
-                let log = std::fs::read_to_string(root.path().join("host.log")).unwrap_or_default();
-                bail!("the host stopped before it listened:\n{log}");
-            };
-            if let Some(url) = line.strip_prefix("admin API listening on ") {
-                admin = Some(url.trim().to_owned());
-            } else if let Some(url) = line.strip_prefix("gateway listening on ") {
-                gateway = Some(url.trim().to_owned());
+        let listening = async {
+            while admin.is_none() || gateway.is_none() {
+                let Some(line) = lines.next_line().await? else {
+                    let log =
+                        std::fs::read_to_string(root.path().join("host.log")).unwrap_or_default();
+                    bail!("the host stopped before it listened:\n{log}");
+                };
+                if let Some(url) = line.strip_prefix("admin API listening on ") {
+                    admin = Some(url.trim().to_owned());
+                } else if let Some(url) = line.strip_prefix("gateway listening on ") {
+                    gateway = Some(url.trim().to_owned());
+                }
             }
+            Ok(())
+        };
+        match tokio::time::timeout(HOST_START, listening).await {
+            Ok(result) => result?,
+            Err(_) => bail!("the host did not listen within {} s", HOST_START.as_secs()),
         }
         // Keep reading, so the host never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -523,6 +577,24 @@ mod tests {
             &js,
             Path::new("/w/js/node_modules/a/index.js")
         ));
+    }
+
+    #[test]
+    fn a_file_written_again_with_the_same_bytes_is_no_change() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let file = root.path().join("build/service.c");
+        std::fs::create_dir_all(file.parent().expect("dir")).expect("dir");
+        let mut contents = Contents::default();
+        std::fs::write(&file, "int x;").expect("write");
+        assert!(contents.changed(&file), "first seen");
+        std::fs::write(&file, "int x;").expect("write");
+        assert!(!contents.changed(&file), "same bytes");
+        std::fs::write(&file, "int y;").expect("write");
+        assert!(contents.changed(&file), "new bytes");
+        std::fs::remove_file(&file).expect("remove");
+        assert!(contents.changed(&file), "gone");
+        let c = service("/w/c", None);
+        assert!(!is_source_of(&c, Path::new("/w/c/build/service.o")));
     }
 
     #[test]

@@ -368,14 +368,17 @@ impl Services {
             .map_err(storage_error)?
             .map_err(ServiceError::Storage)?;
         self.failed.lock().remove(name);
-        if let Some(removed) = self.table.remove(name) {
+        let removed = self.table.remove(name);
+        // Its recordings go too (also those of a service that failed to restore): a
+        // later service of the same name must not read its clients' requests.
+        let recordings = self.platform.recordings.clone();
+        let owned = name.to_owned();
+        let _ = tokio::task::spawn_blocking(move || recordings.forget(&owned)).await;
+        if let Some(removed) = removed {
             let versions = removed.versions();
             retire(&versions, None);
             self.platform.telemetry.metrics.forget_service(name);
             self.platform.telemetry.guest_logs.forget(name);
-            let recordings = self.platform.recordings.clone();
-            let owned = name.to_owned();
-            tokio::task::spawn_blocking(move || recordings.forget(&owned));
             for deployment in versions.deployments() {
                 let _ = self
                     .platform

@@ -701,6 +701,11 @@ impl RequestRecord {
         let Some(capture) = self.capture.take() else {
             return;
         };
+        // The host's own refusals (overload, a removed service) are not the service's
+        // failures: recording them would let an overload push real faults out.
+        if self.failure.is_some_and(|failure| !failure.guest_fault) {
+            return;
+        }
         let grpc_status = self.rpc.as_ref().map(|rpc| rpc.code());
         let failed = self.status >= 500
             || self.failure.is_some()
@@ -729,7 +734,7 @@ impl RequestRecord {
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             request: message(
                 capture.method.clone(),
-                capture.path.clone(),
+                redactor.redact(&capture.path).into_owned(),
                 0,
                 &capture.request_headers,
                 &request_body,
@@ -745,7 +750,10 @@ impl RequestRecord {
             grpc_status: grpc_status.map(|code| code.number()),
         };
         drop(request_body);
-        self.platform.recordings.submit(recording);
+        let live = self.live.clone();
+        self.platform
+            .recordings
+            .submit(recording, move || !live.is_removed());
     }
 }
 
