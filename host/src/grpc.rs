@@ -148,6 +148,17 @@ pub async fn peek_status(response: Response<Body>) -> Response<Body> {
     Response::from_parts(parts, body.boxed_unsync())
 }
 
+/// A gRPC call's status when its answer is over: the one it sent, else `UNKNOWN`
+/// for a body that ended without one (the spec's reading), else `CANCELLED` for
+/// one dropped before its end (the client went away).
+pub fn final_status(sent: Option<Code>, ended: bool) -> Code {
+    sent.unwrap_or(if ended {
+        Code::Unknown
+    } else {
+        Code::Cancelled
+    })
+}
+
 /// Calls `report` with a gRPC response's status once it is known for good: from its
 /// head or [`Code`] extension at once, else from its trailers; a body that ends
 /// without one reports `UNKNOWN`, one dropped before its end `CANCELLED`.
@@ -213,13 +224,7 @@ impl hyper::body::Body for StatusWatch {
 impl Drop for StatusWatch {
     fn drop(&mut self) {
         use hyper::body::Body as _;
-        let code = self
-            .code
-            .unwrap_or(if self.ended || self.body.is_end_stream() {
-                Code::Unknown
-            } else {
-                Code::Cancelled
-            });
+        let code = final_status(self.code, self.ended || self.body.is_end_stream());
         if let Some(report) = self.report.take() {
             report(code);
         }

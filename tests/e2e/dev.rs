@@ -30,7 +30,7 @@ impl Dev {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        share_build_dir(&mut command);
+        shoal_tests::share_guests_target(&mut command);
         let mut child = command.spawn().expect("start shoal dev");
         let output = Arc::new(Mutex::new(String::new()));
         for stream in [
@@ -110,16 +110,6 @@ impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Rust builds share the guests' target directory (their dependencies are built).
-fn share_build_dir(command: &mut Command) {
-    if let Some(guests) = std::env::var_os("SHOAL_GUESTS_DIR") {
-        let guests = std::path::PathBuf::from(guests);
-        if let Some(target) = guests.parent().and_then(|p| p.parent()) {
-            command.env("CARGO_TARGET_DIR", target);
-        }
     }
 }
 

@@ -48,13 +48,7 @@ fn run_steps(root: &std::path::Path, host: &Host, page: &str) -> (String, String
         .env("SHOAL_ADMIN_TOKEN", TOKEN)
         .env("SHOAL_GATEWAY", &host.gateway)
         .env("SHOAL_SDK_DIR", repo_root().join("sdk"));
-    // Rust builds share the guests' target directory (their dependencies are built).
-    if let Some(guests) = std::env::var_os("SHOAL_GUESTS_DIR") {
-        let guests = std::path::PathBuf::from(guests);
-        if let Some(target) = guests.parent().and_then(|p| p.parent()) {
-            command.env("CARGO_TARGET_DIR", target);
-        }
-    }
+    shoal_tests::share_guests_target(&mut command);
     let output = command.output().expect("bash");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -565,6 +565,17 @@ impl Drop for Host {
     }
 }
 
+/// Let a Rust build that `command` runs share the guests' target directory (their
+/// dependencies are built there already), when the tests know it.
+pub fn share_guests_target(command: &mut std::process::Command) {
+    if let Some(guests) = std::env::var_os("SHOAL_GUESTS_DIR") {
+        let guests = PathBuf::from(guests);
+        if let Some(target) = guests.parent().and_then(|p| p.parent()) {
+            command.env("CARGO_TARGET_DIR", target);
+        }
+    }
+}
+
 /// Send `signal` to the process `pid` (a child of this test); whether it was sent.
 pub fn signal_process(pid: u32, signal: i32) -> bool {
     i32::try_from(pid).is_ok_and(|pid| unsafe_kill(pid, signal) == 0)

@@ -348,12 +348,16 @@ mod tests {
         assert_eq!(c("GET", "/services", None).audited, None);
         assert_eq!(c("GET", "/audit", None).action, Action::Administer);
         // A service's data is read and written only by who may change the service.
-        for (method, audited) in [
-            ("GET", "data.export"),
-            ("PUT", "data.import"),
-            ("DELETE", "data.purge"),
+        // So are its recordings (what its clients sent) and which requests it records.
+        for (method, path, audited) in [
+            ("GET", "/services/a/data", "data.export"),
+            ("PUT", "/services/a/data", "data.import"),
+            ("DELETE", "/services/a/data", "data.purge"),
+            ("GET", "/services/a/recordings", "recordings.read"),
+            ("GET", "/services/a/recordings/0000-1", "recordings.read"),
+            ("PUT", "/services/a/recording", "recording.set"),
         ] {
-            let data = c(method, "/services/a/data", None);
+            let data = c(method, path, None);
             assert_eq!(
                 (data.action, data.audited),
                 (Action::ChangeService("a".into()), Some(audited))

@@ -558,11 +558,7 @@ impl RpcCall {
     /// The call's status: as sent, or `UNKNOWN` for a body that ended without one
     /// (the spec's reading), or `CANCELLED` when the client went away first.
     fn code(&self) -> crate::grpc::Code {
-        self.code.unwrap_or(if self.ended {
-            crate::grpc::Code::Unknown
-        } else {
-            crate::grpc::Code::Cancelled
-        })
+        crate::grpc::final_status(self.code, self.ended)
     }
 }
 
