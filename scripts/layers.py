@@ -174,7 +174,7 @@ def sccs(edges):
 # Layers, lowest first. A file may import its own layer or lower ones, never higher.
 LAYERS = [
     ("leaves", ["protocol.rs", "grpc.rs", "deadline.rs", "serving_threads.rs", "policy/", "events/", "manifest.rs",
-                "data_dir.rs", "telemetry/", "trust.rs", "recording.rs"]),
+                "data_dir.rs", "telemetry/", "trust.rs", "recording/"]),
     ("backends", ["registry/", "store/", "access/", "secrets/"]),
     ("caller", ["caller/"]),
     ("platform", ["platform.rs"]),

@@ -1113,3 +1113,244 @@ fn the_shop_across_three_hosts_loses_and_invents_nothing_when_a_host_is_killed()
     assert_eq!(available + reserved + sold, 100);
     assert!(sold as usize >= acknowledged.len());
 }
+
+/// The data of `service` as the admin API exports it (its keys, values and outbox).
+fn data_of(host: &Host, service: &str) -> String {
+    let reply = host.admin("GET", &format!("/v1/services/{service}/data"));
+    assert_eq!(reply.status, 200, "{service}: {}", reply.body);
+    reply.body
+}
+
+/// Everything the shop holds: what a replay must leave as it is.
+fn shop_state(host: &Host) -> Vec<String> {
+    let mut state: Vec<String> = SERVICES.iter().map(|name| data_of(host, name)).collect();
+    state.push(format!("{:?}", stock(host, "widget")));
+    state.push(format!("{:?}", shipped(host)));
+    state
+}
+
+#[test]
+fn a_failed_order_is_recorded_and_replayed_against_a_fix_without_side_effects() {
+    let root = temp_root();
+    let host = Host::start(root.path(), SHOP_HOST);
+    // No order timeout fires during the test: nothing changes the shop but the order.
+    let timeouts = [
+        ("timeout_ms = 10000", "timeout_ms = 5000"),
+        (
+            "order_timeout_ms = \"20000\"",
+            "order_timeout_ms = \"600000\"",
+        ),
+    ];
+    deploy_shop_with(&host, guest, &timeouts);
+    let manifest = |version: &str| {
+        std::fs::read_to_string(repo_root().join("guests/shop/orders/shoal.toml"))
+            .expect("orders' manifest")
+            .replace("version = \"1.0.0\"", &format!("version = \"{version}\""))
+            .replace(
+                "order_timeout_ms = \"20000\"",
+                "order_timeout_ms = \"600000\"",
+            )
+            + "\n[debug]\nrecord = \"failed\"\n"
+    };
+    // A bug ships: a placed order's answer panics.
+    let broken = host.deploy_with_manifest("orders", &guest("orders_broken"), &manifest("1.0.1"));
+    assert!(matches!(broken.status, 200 | 201), "{}", broken.body);
+    let set = send(
+        &host,
+        "PUT",
+        "/inventory/stock/widget",
+        r#"{"available": 5}"#,
+    );
+    assert_eq!(set.0, 200, "{:?}", set.1);
+    let (status, answer) = order(&host, "widget", 2);
+    assert_eq!(status, 500, "{answer}");
+
+    // The recording: the request, the fault, and what the code received, in order.
+    let mut listing = serde_json::Value::Null;
+    wait_for(
+        "the failed order's recording",
+        Duration::from_secs(10),
+        || {
+            listing = host.admin("GET", "/v1/services/orders/recordings").json();
+            listing["recordings"]
+                .as_array()
+                .is_some_and(|kept| !kept.is_empty())
+        },
+    );
+    let id = listing["recordings"][0]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    let recording = host
+        .admin("GET", &format!("/v1/services/orders/recordings/{id}"))
+        .json();
+    assert_eq!(recording["version"], "1.0.1");
+    let fault = recording["fault"].as_str().expect("a fault");
+    assert!(fault.contains("index out of bounds"), "{fault}");
+    let calls = recording["received"]["calls"].as_array().expect("calls");
+    let call = |import: &str, key: &str| {
+        calls
+            .iter()
+            .find(|call| {
+                call["import"] == import && call["key"].as_str().is_some_and(|k| k.starts_with(key))
+            })
+            .unwrap_or_else(|| panic!("no {import} {key} in {calls:?}"))
+    };
+    // The caller's response from inventory, the gRPC charge's answer and its status,
+    // and the store reads of the order.
+    let reserved = call("caller.call", "inventory POST /reservations");
+    assert_eq!(reserved["result"]["Ok"]["status"], 201, "{reserved}");
+    let charged = call("http.send", "POST payment/shop.payment.v1.Payment/Charge");
+    assert_eq!(charged["result"]["status"], 200, "{charged}");
+    assert!(charged.to_string().contains("grpc-status"), "{charged}");
+    let read = call("store.transaction.get", "order/o-");
+    assert!(
+        read["result"]["Ok"]["$text"]
+            .as_str()
+            .is_some_and(|order| order.contains("pending")),
+        "{read}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|call| call["import"] == "store.transaction.commit")
+    );
+    assert!(
+        !recording["received"]["random"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "the order id's random bytes"
+    );
+
+    // The order was placed before the answer panicked: let its event settle.
+    wait_for("the order to ship", Duration::from_secs(20), || {
+        shipped(&host).len() == 1 && stock(&host, "widget") == (3, 0, 2)
+    });
+    let before = shop_state(&host);
+
+    // The fix, deployed; the recorded request replayed against it: 201, nothing written.
+    let fixed = host.deploy_with_manifest("orders", &guest("orders"), &manifest("1.0.2"));
+    assert!(matches!(fixed.status, 200 | 201), "{}", fixed.body);
+    let env = [
+        ("SHOAL_ADMIN_URL", host.admin.as_str()),
+        ("SHOAL_ADMIN_TOKEN", shoal_tests::TOKEN),
+    ];
+    let (ok, out, err) = shoal_tests::shoal_cli(&["replay", "orders", &id, "--to", "1.0.2"], &env);
+    assert!(ok, "{err}");
+    assert!(out.contains("against 1.0.2"), "{out}");
+    assert!(
+        out.lines()
+            .any(|line| line.split_whitespace().eq(["status", "500", "201"])),
+        "{out}"
+    );
+    assert!(out.contains("\"status\":\"placed\""), "{out}");
+    assert!(
+        out.contains("every call the code made was in the recording"),
+        "{out}"
+    );
+    let replay = host.admin(
+        "POST",
+        &format!("/v1/services/orders/recordings/{id}/replay?version=1.0.2"),
+    );
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    let replay = replay.json();
+    assert_eq!(replay["replayed"]["status"], 201, "{replay}");
+    assert_eq!(
+        replay["replayed"]["fault"],
+        serde_json::Value::Null,
+        "{replay}"
+    );
+    assert_eq!(replay["divergence"], serde_json::Value::Null, "{replay}");
+    assert_eq!(replay["unused_calls"], 0, "{replay}");
+    let placed: serde_json::Value =
+        serde_json::from_str(replay["replayed"]["body"]["text"].as_str().expect("text"))
+            .expect("json");
+    assert_eq!(placed["total"], "25.00", "{placed}");
+    assert_eq!(
+        placed["id"],
+        answer_id(&recording),
+        "the same order id, from the recorded random bytes"
+    );
+
+    // Against the recorded version (found from the id alone): the same fault.
+    let (ok, out, err) = shoal_tests::shoal_cli(&["replay", &id], &env);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("reproduced: the recorded version answers as it did"),
+        "{out}"
+    );
+    let again = host
+        .admin(
+            "POST",
+            &format!("/v1/services/orders/recordings/{id}/replay"),
+        )
+        .json();
+    assert_eq!(again["same_version"], true, "{again}");
+    assert_eq!(again["replayed"]["fault"], recording["fault"], "{again}");
+
+    // A build that makes a call the recording lacks: where it diverged.
+    let extra = root.path().join("orders_extra_call.wasm");
+    std::fs::write(&extra, guest("orders_extra_call")).expect("write the component");
+    let (ok, out, err) = shoal_tests::shoal_cli(
+        &[
+            "replay",
+            "orders",
+            &id,
+            "--component",
+            extra.to_str().expect("path"),
+        ],
+        &env,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("the code asked for `caller.call inventory GET /stock/widget`; the recording has `caller.call inventory POST /reservations"),
+        "{out}"
+    );
+
+    // Nothing any replay did reached the store, the outbox, inventory, payment or
+    // shipping.
+    assert_eq!(shop_state(&host), before);
+    // Replays are the service's debuggers' business.
+    let created = host.admin_json(
+        "POST",
+        "/v1/tokens",
+        r#"{"name": "viewer", "scope": "read"}"#,
+    );
+    let read = created.json()["token"].as_str().expect("token").to_owned();
+    let path = format!("/v1/services/orders/recordings/{id}/replay");
+    assert_eq!(
+        host.admin_with_token("POST", &path, Some(&read)).status,
+        403
+    );
+    // Bad input: no such recording, no such version, a component that is not one.
+    assert_eq!(
+        host.admin(
+            "POST",
+            "/v1/services/orders/recordings/0000000000000000-00000000/replay"
+        )
+        .status,
+        404
+    );
+    assert_eq!(
+        host.admin("POST", &format!("{path}?version=9.9.9")).status,
+        404
+    );
+    let junk = host.admin_body("POST", &path, "application/wasm", b"not a component");
+    assert_eq!(junk.status, 400, "{}", junk.body);
+}
+
+/// The id of the order the recorded request placed (its store key, as recorded).
+fn answer_id(recording: &serde_json::Value) -> String {
+    recording["received"]["calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|call| {
+            call["key"]
+                .as_str()
+                .and_then(|key| key.strip_prefix("order/"))
+                .map(str::to_owned)
+        })
+        .expect("the order's key")
+}

@@ -27,6 +27,95 @@ pub struct Recording {
     pub fault: Option<String>,
     /// The gRPC status, for a gRPC call.
     pub grpc_status: Option<u8>,
+    /// What the guest received from outside while it served the request.
+    #[serde(default)]
+    pub received: Received,
+}
+
+/// Every value a guest received from outside while it served one request, in the
+/// order it asked: what a replay answers its imports with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Received {
+    /// Import calls whose results came from outside the guest (store, caller,
+    /// discovery, events, config, secrets as a placeholder, outgoing `wasi:http`).
+    pub calls: Vec<ImportCall>,
+    /// Wall-clock readings, nanoseconds since the Unix epoch, in order.
+    pub wall_clock: Vec<u64>,
+    /// Monotonic-clock readings, nanoseconds, in order.
+    pub monotonic_clock: Vec<u64>,
+    /// The random bytes the guest drew, in order, base64.
+    pub random: String,
+    /// Whether the guest received more than a recording keeps; what came after the
+    /// limit is missing (a replay reports it as a divergence where it runs out).
+    pub truncated: bool,
+}
+
+/// One import call and the value the guest got back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImportCall {
+    /// Its number among the request's calls, from 1.
+    pub n: u32,
+    /// The import, `interface.function` (`store.get`, `caller.call`, `http.send`).
+    pub import: String,
+    /// What it was about: a key, a service and path, a topic.
+    pub key: String,
+    /// What the guest got back, as JSON (bytes are `{"$text": …}` or
+    /// `{"$base64": …}`; secret values are masked).
+    #[schema(value_type = Object)]
+    pub result: serde_json::Value,
+}
+
+/// `POST /v1/services/{name}/recordings/{id}/replay`: a recorded request run again in
+/// a sandbox whose imports are answered from the recording, beside what it got then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Replay {
+    /// The recording replayed.
+    pub recording: String,
+    /// What ran: a version of the service, or an uploaded component (by digest).
+    pub ran: String,
+    /// Whether `ran` is the version that served the recorded request.
+    pub same_version: bool,
+    /// What the recorded request got.
+    pub recorded: Outcome,
+    /// What the replay answered.
+    pub replayed: Outcome,
+    /// Where the code asked for something the recording does not have.
+    pub divergence: Option<Divergence>,
+    /// Recorded calls the replay never asked for.
+    pub unused_calls: u32,
+    /// Clock readings past those recorded (answered with the last recorded reading).
+    pub extra_clock_reads: u32,
+    /// Random bytes drawn past those recorded (answered by a generator seeded with
+    /// the recording's id).
+    pub extra_random_bytes: u64,
+    /// The log lines the replay wrote (they went nowhere else).
+    pub logs: Vec<String>,
+}
+
+/// A response, or the fault that ended it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Outcome {
+    /// The status.
+    pub status: u16,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body, up to 64 KiB.
+    pub body: Body,
+    /// Whether the body went on past what was kept.
+    pub truncated: bool,
+    /// The fault, if the request failed on the guest's or the host's side.
+    pub fault: Option<String>,
+}
+
+/// Where a replay left the recording.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Divergence {
+    /// The number of the call that diverged, from 1.
+    pub call: u32,
+    /// What the code asked for: `import key`.
+    pub asked: String,
+    /// What the recording has at that place (`None`: the recording had no more calls).
+    pub recorded: Option<String>,
 }
 
 /// A request or response as recorded.

@@ -92,6 +92,9 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Classified 
             change("recordings.read", name, service(name))
         }
         ("PUT", ["services", name, "recording"]) => change("recording.set", name, service(name)),
+        ("POST", ["services", name, "recordings", _, "replay"]) => {
+            change("recording.replay", name, service(name))
+        }
         ("GET" | "HEAD", ["audit"] | ["audit", "verify"] | ["tokens"] | ["secrets"]) => {
             read(Action::Administer)
         }
@@ -355,6 +358,11 @@ mod tests {
             ("DELETE", "/services/a/data", "data.purge"),
             ("GET", "/services/a/recordings", "recordings.read"),
             ("GET", "/services/a/recordings/0000-1", "recordings.read"),
+            (
+                "POST",
+                "/services/a/recordings/0000-1/replay",
+                "recording.replay",
+            ),
             ("PUT", "/services/a/recording", "recording.set"),
         ] {
             let data = c(method, path, None);

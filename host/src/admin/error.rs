@@ -72,6 +72,25 @@ impl From<ServiceError> for ApiError {
     }
 }
 
+impl From<crate::services::replay::ReplayError> for ApiError {
+    fn from(error: crate::services::replay::ReplayError) -> Self {
+        use crate::services::replay::ReplayError;
+        let status = match &error {
+            ReplayError::NoService(_)
+            | ReplayError::NoRecording { .. }
+            | ReplayError::NoVersion { .. } => StatusCode::NOT_FOUND,
+            ReplayError::Load(LoadError::Internal(_)) | ReplayError::Storage(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ReplayError::Load(_) => StatusCode::BAD_REQUEST,
+        };
+        if status.is_server_error() {
+            tracing::error!(%error, "a replay failed on the host's side");
+        }
+        ApiError::new(status, error.to_string())
+    }
+}
+
 impl From<crate::cluster::ClusterError> for ApiError {
     fn from(error: crate::cluster::ClusterError) -> Self {
         match error {

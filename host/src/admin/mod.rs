@@ -280,6 +280,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/services/{name}/logs", get(logs::logs))
         .route("/services/{name}/recordings", get(recordings::list))
         .route("/services/{name}/recordings/{id}", get(recordings::show))
+        .route(
+            "/services/{name}/recordings/{id}/replay",
+            post(recordings::replay),
+        )
         .route("/services/{name}/recording", put(recordings::set_mode))
         .route("/services/{name}/rollback", post(services::rollback))
         .route(

@@ -52,6 +52,7 @@ use super::{
         logs::logs,
         recordings::list,
         recordings::show,
+        recordings::replay,
         recordings::set_mode,
         secrets::put,
         secrets::list,

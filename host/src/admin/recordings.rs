@@ -13,6 +13,7 @@ use super::AdminState;
 use super::error::ApiError;
 use crate::recording::Mode;
 use crate::services::LiveService;
+use crate::services::replay::ReplayTarget;
 
 fn service(state: &AdminState, name: &str) -> Result<Arc<LiveService>, ApiError> {
     state.services.table().get(name).ok_or_else(|| {
@@ -94,6 +95,57 @@ pub async fn show(
             format!("`{name}` keeps no recording `{id}` (the oldest are dropped)"),
         )
     })
+}
+
+/// `POST /v1/services/{name}/recordings/{id}/replay`: which code to replay against.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayQuery {
+    /// A version of the service kept on this host (default: the recorded one). With a
+    /// component in the body, the body is what runs.
+    pub version: Option<String>,
+}
+
+/// Replay a recorded request in a sandbox, against the recorded version, another
+/// version, or a component in the body (`application/wasm`).
+#[utoipa::path(
+    post,
+    path = "/v1/services/{name}/recordings/{id}/replay",
+    tag = "services",
+    params(
+        ("name" = String, Path, description = "The service"),
+        ("id" = String, Path, description = "The recording"),
+        ReplayQuery,
+    ),
+    request_body(content = Vec<u8>, content_type = "application/wasm",
+                 description = "A component to replay against (optional)"),
+    responses(
+        (status = 200, description = "The replay beside the recording", body = api::Replay),
+        (status = 400, description = "The component cannot be replayed", body = ErrorBody),
+        (status = 403, description = "The token may not change this service", body = ErrorBody),
+        (status = 404, description = "No such service, recording or version", body = ErrorBody),
+    )
+)]
+pub async fn replay(
+    State(state): State<AdminState>,
+    Path((name, id)): Path<(String, String)>,
+    query: Result<axum::extract::Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
+    component: axum::body::Bytes,
+) -> Result<Json<api::Replay>, ApiError> {
+    let axum::extract::Query(query) =
+        query.map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error.body_text()))?;
+    let target = match (component.is_empty(), query.version) {
+        (false, Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "replay against a version or an uploaded component, not both",
+            ));
+        }
+        (false, None) => ReplayTarget::Component(component),
+        (true, Some(version)) => ReplayTarget::Version(version),
+        (true, None) => ReplayTarget::Recorded,
+    };
+    Ok(Json(state.services.replay(&name, &id, target).await?))
 }
 
 /// Set which requests are recorded, live.

@@ -11,6 +11,9 @@ use std::sync::Arc;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::{CallContext, CallError, CallOptions, Caller, OutboundRequest};
+use crate::recording::MAX_BODY_BYTES;
+use crate::recording::journal::{BodyCopy, Journal};
+use serde::{Deserialize, Serialize};
 
 /// Largest request body a guest may send through the caller (it is buffered so that
 /// it can be retried).
@@ -24,12 +27,178 @@ type SendFuture =
 pub struct OutboundHooks {
     caller: Arc<Caller>,
     context: CallContext,
+    /// The request's journal: a recorded request keeps each response, a replay is
+    /// answered from them and sends nothing.
+    journal: Option<Arc<Journal>>,
 }
 
 impl OutboundHooks {
-    /// Hooks that call on behalf of `context`.
-    pub fn new(caller: Arc<Caller>, context: CallContext) -> Self {
-        Self { caller, context }
+    /// Hooks that call on behalf of `context`, through `journal` if there is one.
+    pub fn new(caller: Arc<Caller>, context: CallContext, journal: Option<Arc<Journal>>) -> Self {
+        Self {
+            caller,
+            context,
+            journal,
+        }
+    }
+}
+
+/// An outgoing response's head, as a recording keeps it (the journal adds the body).
+#[derive(Serialize)]
+struct SentHead {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// An outgoing request's outcome, as a replay reads it back.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Sent {
+    Response {
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        #[serde(default)]
+        body: Vec<u8>,
+        #[serde(default)]
+        trailers: Vec<(String, Vec<u8>)>,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// What the journal says an outgoing request is about: `METHOD authority/path`.
+fn about(request: &http::Request<WasiBody>) -> String {
+    let uri = request.uri();
+    format!(
+        "{} {}{}",
+        request.method(),
+        uri.authority().map_or("", |authority| authority.as_str()),
+        uri.path_and_query().map_or("/", |path| path.as_str())
+    )
+}
+
+/// The recorded answer to an outgoing request, in a replay.
+fn replayed(journal: &Journal, key: &str) -> Result<http::Response<WasiBody>, HttpError> {
+    let sent = journal
+        .replayed::<Sent>("http.send", key)
+        .map_err(|diverged| HttpError::InternalError(Some(format!("{diverged}"))))?;
+    match sent {
+        Sent::Response {
+            status,
+            headers,
+            body,
+            trailers,
+        } => {
+            let trailers = (!trailers.is_empty()).then(|| header_map(trailers));
+            let body = http_body_util::Full::new(bytes::Bytes::from(body))
+                .map_err(|never| match never {})
+                .with_trailers(async move { trailers.map(Ok) })
+                .boxed_unsync();
+            let mut response = http::Response::new(body);
+            *response.status_mut() =
+                http::StatusCode::from_u16(status).map_err(|_| HttpError::HttpProtocolError)?;
+            *response.headers_mut() = header_map(headers);
+            Ok(response)
+        }
+        Sent::Failed { error } => Err(HttpError::InternalError(Some(error))),
+    }
+}
+
+/// Recorded header fields as a map (fields that are no longer valid are left out).
+fn header_map(fields: Vec<(String, Vec<u8>)>) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in fields {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_bytes(&value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
+/// `route`, through the journal: kept when recording, answered when replaying.
+async fn journaled(
+    caller: Arc<Caller>,
+    context: CallContext,
+    journal: Arc<Journal>,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
+    let key = about(&request);
+    if journal.is_replaying() {
+        let response = replayed(&journal, &key)?;
+        let io: IoFuture = Box::new(async { Ok(()) });
+        return Ok((response, io));
+    }
+    match route(caller, context, request, options).await {
+        Ok((response, io)) => {
+            let head = SentHead {
+                status: response.status().as_u16(),
+                headers: response
+                    .headers()
+                    .iter()
+                    .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+                    .collect(),
+            };
+            let copy = journal.record_response("http.send", key, &head, MAX_BODY_BYTES);
+            let response = match copy {
+                Some(copy) => response.map(|body| CopiedBody { body, copy }.boxed_unsync()),
+                None => response,
+            };
+            Ok((response, io))
+        }
+        Err(error) => {
+            journal.record(
+                "http.send",
+                key,
+                &serde_json::json!({ "error": format!("{error:?}") }),
+            );
+            Err(error)
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An outgoing response's body that keeps a copy of what the guest reads.
+    struct CopiedBody {
+        #[pin]
+        body: WasiBody,
+        copy: Arc<parking_lot::Mutex<BodyCopy>>,
+    }
+}
+
+impl hyper::body::Body for CopiedBody {
+    type Data = bytes::Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, HttpError>>> {
+        let this = self.project();
+        let frame = this.body.poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &frame {
+            if let Some(data) = frame.data_ref() {
+                this.copy.lock().add(data, MAX_BODY_BYTES);
+            } else if let Some(trailers) = frame.trailers_ref() {
+                this.copy.lock().trailers = trailers
+                    .iter()
+                    .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+                    .collect();
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -42,7 +211,12 @@ impl WasiHttpHooks for OutboundHooks {
     ) -> SendFuture {
         let caller = self.caller.clone();
         let context = self.context.clone();
-        Box::new(async move { route(caller, context, request, options).await })
+        match self.journal.clone() {
+            None => Box::new(async move { route(caller, context, request, options).await }),
+            Some(journal) => {
+                Box::new(async move { journaled(caller, context, journal, request, options).await })
+            }
+        }
     }
 }
 

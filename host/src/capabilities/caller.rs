@@ -12,6 +12,7 @@ use crate::bindings::caller::{self, CallError, CallOptions, Host, Request, Respo
 use crate::caller::outbound::MAX_BUFFERED_BODY;
 use crate::caller::{CallContext, Caller, OutboundRequest};
 use crate::policy::is_failure_status;
+use crate::recording::journal::{self, Journal};
 use crate::registry::validate_name;
 
 /// What a call sees: the host's caller, and who is calling for which request.
@@ -20,6 +21,8 @@ pub struct CallerView<'a> {
     pub caller: &'a Caller,
     /// The calling service, request id, deadline and spans.
     pub context: CallContext,
+    /// The request's journal, when it is recorded or replayed.
+    pub journal: Option<&'a Journal>,
 }
 
 struct HasCaller;
@@ -36,6 +39,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
         CallerView {
             caller: &ctx.platform.caller,
             context: ctx.call_context(),
+            journal: ctx.journal(),
         }
     })
 }
@@ -153,9 +157,15 @@ impl Host for CallerView<'_> {
         options: CallOptions,
     ) -> wasmtime::Result<Result<Response, CallError>> {
         let caller = self.context.caller.clone();
-        traced_fallible("caller.call", &caller, async {
-            Ok(self.call_checked(service, request, options).await)
-        })
+        let about = journal::about(self.journal, || {
+            format!("{service} {} {}", request.method, request.path_with_query)
+        });
+        let live = async { Ok(self.call_checked(service, request, options).await) };
+        traced_fallible(
+            "caller.call",
+            &caller,
+            journal::call(self.journal, "caller.call", about, live),
+        )
         .await
     }
 }

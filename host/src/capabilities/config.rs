@@ -8,6 +8,7 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 
 use super::{PlatformView, traced};
 use crate::bindings::config::{self, Host};
+use crate::recording::journal::{self, Journal};
 
 /// A service's `[config]` table, kept in the form each interface reads.
 #[derive(Default)]
@@ -39,6 +40,8 @@ pub struct ConfigView<'a> {
     pub config: &'a BTreeMap<String, String>,
     /// The service, for the call's span.
     pub service: &'a str,
+    /// The request's journal, when it is recorded or replayed.
+    pub journal: Option<&'a Journal>,
 }
 
 struct HasConfig;
@@ -55,6 +58,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
         ConfigView {
             config: ctx.service.config.values(),
             service: &ctx.service.name,
+            journal: ctx.journal(),
         }
     })?;
     wasmtime_wasi_config::add_to_linker(linker, |state: &mut T| {
@@ -64,21 +68,32 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
 
 impl Host for ConfigView<'_> {
     async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        traced("config.get", self.service, async {
-            Ok(self.config.get(&key).cloned())
-        })
+        let about = journal::about(self.journal, || key.clone());
+        let config = self.config;
+        traced(
+            "config.get",
+            self.service,
+            journal::call(self.journal, "config.get", about, async move {
+                Ok(config.get(&key).cloned())
+            }),
+        )
         .await
     }
 
     async fn get_all(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
-        traced("config.get-all", self.service, async {
-            // A BTreeMap iterates in key order, which is what the interface promises.
-            Ok(self
-                .config
-                .iter()
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect())
-        })
+        let about = journal::about(self.journal, String::new);
+        let config = self.config;
+        traced(
+            "config.get-all",
+            self.service,
+            journal::call(self.journal, "config.get-all", about, async move {
+                // A BTreeMap iterates in key order, which is what the interface promises.
+                Ok(config
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect())
+            }),
+        )
         .await
     }
 }

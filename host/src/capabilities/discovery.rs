@@ -8,6 +8,7 @@ use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use super::registry::health_to_wit;
 use super::{HostFault, InstanceLimit, MAX_WATCHES, PlatformView, traced, traced_fallible};
 use crate::bindings::discovery::{self, DiscoveryError, Host, HostWatcher, Instance};
+use crate::recording::journal::{self, Journal};
 use crate::registry::{self, InstanceWatch, Registry, validate_name};
 
 /// A guest's live view of one service's instances.
@@ -17,12 +18,15 @@ pub struct Watcher {
     pending: bool,
     /// The registry dropped the watch; nothing will change any more.
     closed: bool,
+    /// A replay's watcher: what it reads comes from the recording, so it is always
+    /// ready.
+    replayed: bool,
 }
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for Watcher {
     async fn ready(&mut self) {
-        if self.pending || self.closed {
+        if self.pending || self.closed || self.replayed {
             return;
         }
         match self.receiver.changed().await {
@@ -42,6 +46,8 @@ pub struct DiscoveryView<'a> {
     pub table: &'a mut ResourceTable,
     /// The calling service, for the call's span.
     pub service: &'a str,
+    /// The request's journal, when it is recorded or replayed.
+    pub journal: Option<&'a Journal>,
 }
 
 struct HasDiscovery;
@@ -60,6 +66,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
             registry: &view.ctx.platform.registry,
             table: view.table,
             service: &view.ctx.service.name,
+            journal: view.ctx.journal.as_deref(),
         }
     })
 }
@@ -84,7 +91,8 @@ impl Host for DiscoveryView<'_> {
         service: String,
     ) -> wasmtime::Result<Result<Vec<Instance>, DiscoveryError>> {
         let registry = self.registry;
-        traced_fallible("discovery.discover", self.service, async {
+        let about = journal::about(self.journal, || service.clone());
+        let live = async move {
             if let Err(error) = check_name(&service) {
                 return Ok(Err(error));
             }
@@ -92,7 +100,12 @@ impl Host for DiscoveryView<'_> {
                 Ok(instances) => Ok(registry::routable(&instances).iter().map(to_wit).collect()),
                 Err(error) => Err(DiscoveryError::BackendUnavailable(error.to_string())),
             })
-        })
+        };
+        traced_fallible(
+            "discovery.discover",
+            self.service,
+            journal::call(self.journal, "discovery.discover", about, live),
+        )
         .await
     }
 
@@ -103,10 +116,8 @@ impl Host for DiscoveryView<'_> {
         let registry = self.registry;
         let table = &mut *self.table;
         let open_watches = self.open_watches;
+        let journal = self.journal;
         traced_fallible("discovery.watch", self.service, async {
-            if let Err(error) = check_name(&service) {
-                return Ok(Err(error));
-            }
             if open_watches.load(Ordering::Relaxed) >= MAX_WATCHES {
                 return Err(wasmtime::Error::new(InstanceLimit {
                     call: "discovery.watch",
@@ -114,16 +125,34 @@ impl Host for DiscoveryView<'_> {
                     limit: MAX_WATCHES,
                 }));
             }
-            let receiver = match registry.watch(&service).await {
-                Ok(receiver) => receiver,
-                Err(error) => {
-                    return Ok(Err(DiscoveryError::BackendUnavailable(error.to_string())));
+            // Whether a watch could be opened is what the guest learns from outside;
+            // a replay opens none (what its watcher reads comes from the recording).
+            let mut receiver = None;
+            let about = journal::about(journal, || service.clone());
+            let opened = journal::call(journal, "discovery.watch", about, async {
+                if let Err(error) = check_name(&service) {
+                    return Ok(Err(error));
                 }
-            };
+                Ok(match registry.watch(&service).await {
+                    Ok(watch) => {
+                        receiver = Some(watch);
+                        Ok(())
+                    }
+                    Err(error) => Err(DiscoveryError::BackendUnavailable(error.to_string())),
+                })
+            })
+            .await?;
+            if let Err(error) = opened {
+                return Ok(Err(error));
+            }
+            let replayed = receiver.is_none();
+            let receiver =
+                receiver.unwrap_or_else(|| tokio::sync::watch::channel(Arc::default()).1);
             let watcher = Watcher {
                 receiver,
                 pending: true,
                 closed: false,
+                replayed,
             };
             let resource = table
                 .push(watcher)
@@ -148,7 +177,8 @@ impl HostWatcher for DiscoveryView<'_> {
         watcher: Resource<Watcher>,
     ) -> wasmtime::Result<Option<Vec<Instance>>> {
         let table = &mut *self.table;
-        traced("discovery.watcher.next", self.service, async {
+        let about = journal::about(self.journal, String::new);
+        let live = async move {
             let watcher = table
                 .get_mut(&watcher)
                 .map_err(|error| HostFault::table("discovery.watcher.next", error))?;
@@ -158,7 +188,12 @@ impl HostWatcher for DiscoveryView<'_> {
             watcher.pending = false;
             let current = watcher.receiver.borrow_and_update().clone();
             Ok(Some(current.iter().map(to_wit).collect()))
-        })
+        };
+        traced(
+            "discovery.watcher.next",
+            self.service,
+            journal::call(self.journal, "discovery.watcher.next", about, live),
+        )
         .await
     }
 

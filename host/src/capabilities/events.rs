@@ -10,6 +10,7 @@ use crate::bindings::events::{self, Host, PublishError};
 use crate::bindings::store::StoreError as WitStoreError;
 use crate::events::{MAX_PAYLOAD_BYTES, validate_topic};
 use crate::platform::Platform;
+use crate::recording::journal::{self, Journal};
 use crate::store::{OutboxEvent, ServiceStore, StoreError, Transaction};
 use crate::telemetry::TraceScope;
 
@@ -30,6 +31,8 @@ pub struct EventsView<'a> {
     pub topics: &'a crate::events::topics::TopicRules,
     /// When the request must be done: no store call waits past it.
     pub deadline: crate::deadline::Deadline,
+    /// The request's journal, when it is recorded or replayed.
+    pub journal: Option<&'a Journal>,
 }
 
 struct HasEvents;
@@ -51,6 +54,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
             service: &view.ctx.service.name,
             topics: &view.ctx.service.topics,
             deadline: view.ctx.deadline,
+            journal: view.ctx.journal.as_deref(),
         }
     })
 }
@@ -128,7 +132,8 @@ impl EventsView<'_> {
             crate::store::bounded::Bounded::wrap(self.store.clone(), self.deadline.instant());
         let platform = self.platform;
         let service = self.service;
-        traced_fallible(call, service, async move {
+        let about = journal::about(self.journal, || event.topic.clone());
+        let live = async move {
             let id = event.id.clone();
             let stored = blocking_store(&store, call, move |store| {
                 let mut tx = Transaction::default();
@@ -140,7 +145,12 @@ impl EventsView<'_> {
                 platform.published.mark(service);
             }
             Ok(stored.map(|()| id).map_err(publish_error))
-        })
+        };
+        traced_fallible(
+            call,
+            service,
+            journal::call(self.journal, call, about, live),
+        )
         .await
     }
 
@@ -158,7 +168,8 @@ impl EventsView<'_> {
             Err(error) => return Ok(Err(error)),
         };
         let table = &mut *self.table;
-        traced_fallible(call, self.service, async move {
+        let about = journal::about(self.journal, || event.topic.clone());
+        let live = async move {
             let entry = table
                 .get_mut(&tx)
                 .map_err(|error| HostFault::table(call, error))?;
@@ -166,7 +177,12 @@ impl EventsView<'_> {
             // Delivered once the transaction commits: the commit wakes the bus.
             let published = entry.tx.publish(event).and_then(|()| entry.hold());
             Ok(published.map(|()| id).map_err(publish_error))
-        })
+        };
+        traced_fallible(
+            call,
+            self.service,
+            journal::call(self.journal, call, about, live),
+        )
         .await
     }
 }
@@ -229,13 +245,19 @@ impl Host for EventsView<'_> {
         id: String,
     ) -> wasmtime::Result<Result<(), WitStoreError>> {
         let table = &mut *self.table;
-        traced_fallible("events.mark-handled", self.service, async move {
+        let about = journal::about(self.journal, || id.clone());
+        let live = async move {
             let entry = table
                 .get_mut(&tx)
                 .map_err(|error| HostFault::table("events.mark-handled", error))?;
             let marked = entry.tx.mark_handled(&id).and_then(|()| entry.hold());
             Ok(marked.map_err(store_error_to_wit))
-        })
+        };
+        traced_fallible(
+            "events.mark-handled",
+            self.service,
+            journal::call(self.journal, "events.mark-handled", about, live),
+        )
         .await
     }
 }

@@ -134,7 +134,7 @@ impl store::HostBucket for StoreView<'_> {
         _: Resource<KvBucket>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        self.run("keyvalue.get", |store, call| async move {
+        self.run_live("keyvalue.get", |store, call| async move {
             blocking(&store, call, move |store| {
                 check_key(&key)?;
                 Ok(store.get(&key)?.map(|found| found.value))
@@ -167,7 +167,7 @@ impl store::HostBucket for StoreView<'_> {
         _: Resource<KvBucket>,
         key: String,
     ) -> wasmtime::Result<Result<bool, store::Error>> {
-        self.run("keyvalue.exists", |store, call| async move {
+        self.run_live("keyvalue.exists", |store, call| async move {
             blocking(&store, call, move |store| {
                 check_key(&key)?;
                 Ok(store.get(&key)?.is_some())
@@ -182,7 +182,7 @@ impl store::HostBucket for StoreView<'_> {
         _: Resource<KvBucket>,
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
-        self.run("keyvalue.list-keys", |store, call| async move {
+        self.run_live("keyvalue.list-keys", |store, call| async move {
             blocking(&store, call, move |store| {
                 let keys = store.keys_after(cursor.as_deref(), PAGE_KEYS)?;
                 // A full page may have more after it; the last key is where the next
@@ -213,7 +213,7 @@ impl atomics::Host for StoreView<'_> {
         delta: i64,
     ) -> wasmtime::Result<Result<i64, store::Error>> {
         let outcome = self
-            .run("keyvalue.increment", |store, call| async move {
+            .run_live("keyvalue.increment", |store, call| async move {
                 blocking_store(&store, call, move |store| increment(store, &key, delta)).await
             })
             .await;
@@ -232,7 +232,7 @@ impl atomics::Host for StoreView<'_> {
             .delete(cas)
             .map_err(|error| HostFault::table(call, error))?;
         let swapped = self
-            .run(call, |store, call| async move {
+            .run_live(call, |store, call| async move {
                 blocking_store(&store, call, move |store| {
                     tx.put(&key, Some(value))?;
                     match tx.commit(store) {
@@ -273,7 +273,7 @@ impl atomics::HostCas for StoreView<'_> {
     ) -> wasmtime::Result<Result<Resource<KvCas>, store::Error>> {
         let call = "keyvalue.cas.new";
         let read = self
-            .run(call, |store, call| async move {
+            .run_live(call, |store, call| async move {
                 blocking(&store, call, move |store| begin_cas(store, key)).await
             })
             .await?;
@@ -311,7 +311,7 @@ impl batch::Host for StoreView<'_> {
         _: Resource<KvBucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
-        self.run("keyvalue.get-many", |store, call| async move {
+        self.run_live("keyvalue.get-many", |store, call| async move {
             blocking(&store, call, move |store| {
                 check_batch(keys.len())?;
                 for key in &keys {
@@ -371,7 +371,7 @@ impl StoreView<'_> {
         writes: Vec<(String, Option<Vec<u8>>)>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let outcome = self
-            .run(call, |store, call| async move {
+            .run_live(call, |store, call| async move {
                 blocking_store(&store, call, move |store| {
                     check_batch(writes.len())?;
                     let mut tx = Transaction::default();

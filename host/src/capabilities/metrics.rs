@@ -17,6 +17,8 @@ pub struct MetricsView<'a> {
     pub service: &'a str,
     /// Masks secret values in label values.
     pub redactor: &'a Redactor,
+    /// A replay's metrics are not recorded.
+    pub replaying: bool,
 }
 
 struct HasMetrics;
@@ -34,6 +36,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
             metrics: &ctx.platform.telemetry.metrics,
             service: &ctx.service.name,
             redactor: ctx.platform.secrets.redactor(),
+            replaying: ctx.replaying(),
         }
     })
 }
@@ -56,6 +59,9 @@ impl MetricsView<'_> {
         labels: &[(String, String)],
         value: f64,
     ) -> wasmtime::Result<Result<(), MetricError>> {
+        if self.replaying {
+            return Ok(Ok(()));
+        }
         traced_fallible(call, self.service, async {
             // A label value is text the guest chose: it may hold a secret.
             let labels: Vec<(String, String)> = labels

@@ -39,6 +39,7 @@ use crate::manifest::Outbound;
 use crate::platform::Platform;
 use crate::policy::rate::LogBudget;
 use crate::protocol::RequestId;
+use crate::recording::journal::Journal;
 use crate::registry::HealthSignals;
 use crate::telemetry::TraceScope;
 
@@ -96,9 +97,25 @@ pub struct PlatformCtx {
     pub open_watches: std::sync::atomic::AtomicUsize,
     /// Store transactions the guest holds open, and the memory they hold.
     pub transactions: Arc<store::TransactionAccount>,
+    /// What the request receives from outside, when it is recorded; or the
+    /// recording that answers its calls, when it is a replay.
+    pub journal: Option<Arc<Journal>>,
 }
 
 impl PlatformCtx {
+    /// The request's journal, if it is recorded or replayed.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_deref()
+    }
+
+    /// Whether this is a replay: calls are answered from a recording, and nothing
+    /// the guest does may leave the sandbox.
+    pub fn replaying(&self) -> bool {
+        self.journal
+            .as_ref()
+            .is_some_and(|journal| journal.is_replaying())
+    }
+
     /// Who is calling when this request makes an outbound call.
     pub fn call_context(&self) -> CallContext {
         CallContext {

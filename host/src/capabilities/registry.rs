@@ -5,6 +5,7 @@ use wasmtime::component::{HasData, Linker};
 
 use super::{PlatformView, ServiceContext, traced};
 use crate::bindings::registry::{self, Health, Host, Identity};
+use crate::recording::journal::{self, Journal};
 use crate::registry::{Health as RegistryHealth, Registry};
 
 /// What a registry call sees: the instance's service, host and registry backend.
@@ -17,6 +18,8 @@ pub struct RegistryView<'a> {
     pub registry: &'a Arc<dyn Registry>,
     /// The request being served (for the log line of a health report).
     pub request_id: &'a str,
+    /// The request's journal, when it is recorded or replayed.
+    pub journal: Option<&'a Journal>,
 }
 
 struct HasRegistry;
@@ -35,6 +38,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
             host_id: &ctx.platform.host_id,
             registry: &ctx.platform.registry,
             request_id: &ctx.request_id,
+            journal: ctx.journal(),
         }
     })
 }
@@ -59,14 +63,20 @@ pub fn health_to_wit(health: RegistryHealth) -> Health {
 
 impl Host for RegistryView<'_> {
     async fn get_identity(&mut self) -> wasmtime::Result<Identity> {
-        traced("registry.get-identity", &self.service.name, async {
-            Ok(Identity {
-                service: self.service.name.to_string(),
-                version: self.service.version.to_string(),
-                instance_id: self.service.instance_id.clone(),
-                host_id: self.host_id.to_owned(),
-            })
-        })
+        let about = journal::about(self.journal, String::new);
+        let identity = Identity {
+            service: self.service.name.to_string(),
+            version: self.service.version.to_string(),
+            instance_id: self.service.instance_id.clone(),
+            host_id: self.host_id.to_owned(),
+        };
+        traced(
+            "registry.get-identity",
+            &self.service.name,
+            journal::call(self.journal, "registry.get-identity", about, async {
+                Ok(identity)
+            }),
+        )
         .await
     }
 
@@ -76,6 +86,10 @@ impl Host for RegistryView<'_> {
         reason: Option<String>,
     ) -> wasmtime::Result<()> {
         let service = self.service;
+        if self.journal.is_some_and(Journal::is_replaying) {
+            // A replay's health is nobody's business.
+            return Ok(());
+        }
         traced("registry.report-health", &service.name, async {
             let health = health_from_wit(status);
             ::tracing::info!(

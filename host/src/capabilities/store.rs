@@ -12,6 +12,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use super::{HostFault, InstanceLimit, PlatformView, traced, traced_fallible};
 use crate::bindings::store::{self, Host, HostTransaction, StoreError as WitError};
 use crate::policy::budget::MemoryBudget;
+use crate::recording::journal::{self, Journal};
 use crate::store::{ServiceStore, StoreError, Transaction, check_key, check_value};
 use crate::telemetry::{TraceScope, Tracing};
 
@@ -98,6 +99,8 @@ pub struct StoreView<'a> {
     pub transactions: &'a Arc<TransactionAccount>,
     /// When the request must be done: no store call waits past it.
     pub deadline: crate::deadline::Deadline,
+    /// The request's journal, when it is recorded or replayed.
+    pub journal: Option<&'a Journal>,
 }
 
 /// The view of one instance's store data (the linker's accessor).
@@ -113,6 +116,7 @@ pub(super) fn store_view<T: PlatformView>(state: &mut T) -> StoreView<'_> {
         trace: &view.ctx.trace,
         transactions: &view.ctx.transactions,
         deadline: view.ctx.deadline,
+        journal: view.ctx.journal.as_deref(),
     }
 }
 
@@ -182,6 +186,16 @@ pub(super) fn commit_label<T>(outcome: &wasmtime::Result<Result<T, StoreError>>)
     }
 }
 
+/// [`commit_label`] of an outcome in its WIT form.
+fn wit_commit_label<T>(outcome: &wasmtime::Result<Result<T, WitError>>) -> &'static str {
+    match outcome {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(WitError::Conflict)) => "conflict",
+        Ok(Err(WitError::QuotaExceeded)) => "quota",
+        Ok(Err(_)) | Err(_) => "error",
+    }
+}
+
 /// Where a store call's spans go.
 #[derive(Clone, Copy)]
 struct Observed<'a> {
@@ -239,7 +253,8 @@ fn write_one(
 
 impl Host for StoreView<'_> {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, WitError>> {
-        self.run("store.get", |store, call| async move {
+        let about = journal::about(self.journal, || key.clone());
+        self.run("store.get", about, |store, call| async move {
             blocking(&store, call, move |store| {
                 check_key(&key)?;
                 Ok(store.get(&key)?.map(|found| found.value))
@@ -250,15 +265,19 @@ impl Host for StoreView<'_> {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), WitError>> {
-        self.write("store.set", move |store| {
+        let about = journal::about(self.journal, || key.clone());
+        self.write("store.set", about, move |store| {
             write_one(store, &key, Some(value))
         })
         .await
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), WitError>> {
-        self.write("store.delete", move |store| write_one(store, &key, None))
-            .await
+        let about = journal::about(self.journal, || key.clone());
+        self.write("store.delete", about, move |store| {
+            write_one(store, &key, None)
+        })
+        .await
     }
 
     async fn compare_and_swap(
@@ -267,7 +286,8 @@ impl Host for StoreView<'_> {
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        self.write("store.compare-and-swap", move |store| {
+        let about = journal::about(self.journal, || key.clone());
+        self.write("store.compare-and-swap", about, move |store| {
             check_value(&value)?;
             let mut tx = Transaction::default();
             if tx.get(store, &key)? != expected {
@@ -284,7 +304,8 @@ impl Host for StoreView<'_> {
         prefix: String,
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<String>, WitError>> {
-        self.run("store.list-keys", |store, call| async move {
+        let about = journal::about(self.journal, || prefix.clone());
+        self.run("store.list-keys", about, |store, call| async move {
             blocking(&store, call, move |store| {
                 let limit = limit.min(crate::store::MAX_LIST);
                 Ok(store
@@ -315,7 +336,25 @@ impl<'a> StoreView<'a> {
     }
 
     /// Run one call that needs only the store (not the resource table), observed.
-    pub(super) async fn run<T, E: std::fmt::Debug, F>(
+    /// `about` says what the call is about, for the request's journal.
+    pub(super) async fn run<T, E, F>(
+        &mut self,
+        call: &'static str,
+        about: Option<String>,
+        body: impl FnOnce(Arc<dyn ServiceStore>, &'static str) -> F,
+    ) -> wasmtime::Result<Result<T, E>>
+    where
+        F: Future<Output = wasmtime::Result<Result<T, E>>>,
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        E: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let live = self.observed().run(call, body(self.bounded_store(), call));
+        journal::call(self.journal, call, about, live).await
+    }
+
+    /// [`StoreView::run`] outside the journal, for calls whose results hold live
+    /// handles (a replay's store refuses them).
+    pub(super) async fn run_live<T, E: std::fmt::Debug, F>(
         &mut self,
         call: &'static str,
         body: impl FnOnce(Arc<dyn ServiceStore>, &'static str) -> F,
@@ -328,9 +367,14 @@ impl<'a> StoreView<'a> {
             .await
     }
 
+    /// Whether this request is a replay (nothing it does may leave it).
+    pub(super) fn replaying(&self) -> bool {
+        self.journal.is_some_and(Journal::is_replaying)
+    }
+
     /// Count a write or commit under `label` (see [`commit_label`]).
     pub(super) fn count(&self, label: &'static str) {
-        if self.metrics.enabled() {
+        if self.metrics.enabled() && !self.replaying() {
             self.metrics
                 .store_commits
                 .with_label_values(&[self.service, label])
@@ -342,53 +386,57 @@ impl<'a> StoreView<'a> {
     async fn write(
         &mut self,
         call: &'static str,
+        about: Option<String>,
         work: impl FnOnce(&dyn ServiceStore) -> Result<(), StoreError> + Send + 'static,
     ) -> wasmtime::Result<Result<(), WitError>> {
         let outcome = self
-            .run(call, |store, call| async move {
-                blocking_store(&store, call, work).await
+            .run(call, about, |store, call| async move {
+                Ok(to_wit(blocking_store(&store, call, work).await?))
             })
             .await;
-        self.count(commit_label(&outcome));
-        outcome.map(to_wit)
+        self.count(wit_commit_label(&outcome));
+        outcome
     }
 
     /// Take the transaction out of the table, run `work` on it on the blocking pool,
     /// and put it back.
-    async fn with_transaction<R: Send + 'static>(
+    async fn with_transaction<R>(
         &mut self,
         call: &'static str,
+        about: Option<String>,
         handle: &Resource<StoreTransaction>,
         work: impl FnOnce(&mut Transaction, &dyn ServiceStore) -> Result<R, StoreError> + Send + 'static,
-    ) -> wasmtime::Result<Result<R, StoreError>> {
+    ) -> wasmtime::Result<Result<R, WitError>>
+    where
+        R: Send + serde::Serialize + serde::de::DeserializeOwned + 'static,
+    {
         let observed = self.observed();
         let store = self.bounded_store();
         let table = &mut *self.table;
-        observed
-            .run(call, async move {
-                let entry = table
-                    .get_mut(handle)
-                    .map_err(|error| HostFault::table(call, error))?;
-                let mut tx = std::mem::take(&mut entry.tx);
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let result = work(&mut tx, &*store);
-                    (tx, result)
-                })
-                .await;
-                let (tx, result) = outcome.map_err(|error| {
-                    wasmtime::Error::new(HostFault {
-                        call,
-                        reason: format!("the store task failed: {error}"),
-                    })
-                })?;
-                let entry = table
-                    .get_mut(handle)
-                    .map_err(|error| HostFault::table(call, error))?;
-                entry.tx = tx;
-                let held = entry.hold();
-                Ok(held.and(result))
+        let live = observed.run(call, async move {
+            let entry = table
+                .get_mut(handle)
+                .map_err(|error| HostFault::table(call, error))?;
+            let mut tx = std::mem::take(&mut entry.tx);
+            let outcome = tokio::task::spawn_blocking(move || {
+                let result = work(&mut tx, &*store);
+                (tx, result)
             })
-            .await
+            .await;
+            let (tx, result) = outcome.map_err(|error| {
+                wasmtime::Error::new(HostFault {
+                    call,
+                    reason: format!("the store task failed: {error}"),
+                })
+            })?;
+            let entry = table
+                .get_mut(handle)
+                .map_err(|error| HostFault::table(call, error))?;
+            entry.tx = tx;
+            let held = entry.hold();
+            Ok(to_wit(held.and(result)))
+        });
+        journal::call(self.journal, call, about, live).await
     }
 }
 
@@ -426,11 +474,11 @@ impl HostTransaction for StoreView<'_> {
         handle: Resource<StoreTransaction>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, WitError>> {
-        self.with_transaction("store.transaction.get", &handle, move |tx, store| {
+        let about = journal::about(self.journal, || key.clone());
+        self.with_transaction("store.transaction.get", about, &handle, move |tx, store| {
             tx.get(store, &key)
         })
         .await
-        .map(to_wit)
     }
 
     async fn set(
@@ -439,11 +487,11 @@ impl HostTransaction for StoreView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        self.with_transaction("store.transaction.set", &handle, move |tx, _| {
+        let about = journal::about(self.journal, || key.clone());
+        self.with_transaction("store.transaction.set", about, &handle, move |tx, _| {
             tx.put(&key, Some(value))
         })
         .await
-        .map(to_wit)
     }
 
     async fn delete(
@@ -451,11 +499,11 @@ impl HostTransaction for StoreView<'_> {
         handle: Resource<StoreTransaction>,
         key: String,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        self.with_transaction("store.transaction.delete", &handle, move |tx, _| {
+        let about = journal::about(self.journal, || key.clone());
+        self.with_transaction("store.transaction.delete", about, &handle, move |tx, _| {
             tx.put(&key, None)
         })
         .await
-        .map(to_wit)
     }
 
     async fn list_keys(
@@ -464,27 +512,31 @@ impl HostTransaction for StoreView<'_> {
         prefix: String,
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<String>, WitError>> {
-        self.with_transaction("store.transaction.list-keys", &handle, move |tx, store| {
-            tx.list(store, &prefix, limit)
-        })
+        let about = journal::about(self.journal, || prefix.clone());
+        self.with_transaction(
+            "store.transaction.list-keys",
+            about,
+            &handle,
+            move |tx, store| tx.list(store, &prefix, limit),
+        )
         .await
-        .map(to_wit)
     }
 
     async fn commit(
         &mut self,
         handle: Resource<StoreTransaction>,
     ) -> wasmtime::Result<Result<(), WitError>> {
+        let about = journal::about(self.journal, String::new);
         let committed = self
-            .with_transaction("store.transaction.commit", &handle, |tx, store| {
+            .with_transaction("store.transaction.commit", about, &handle, |tx, store| {
                 tx.commit(store)
             })
             .await;
-        if matches!(committed, Ok(Ok(()))) {
+        if matches!(committed, Ok(Ok(()))) && !self.replaying() {
             self.published.mark(self.service);
         }
-        self.count(commit_label(&committed));
-        committed.map(to_wit)
+        self.count(wit_commit_label(&committed));
+        committed
     }
 
     async fn drop(&mut self, handle: Resource<StoreTransaction>) -> wasmtime::Result<()> {

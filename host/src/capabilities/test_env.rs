@@ -85,6 +85,7 @@ impl TestEnv {
                 transactions: super::store::TransactionAccount::new(
                     crate::policy::budget::MemoryBudget::new(TEST_BUDGET),
                 ),
+                journal: None,
             },
             table: ResourceTable::new(),
             registry,
@@ -111,6 +112,7 @@ impl TestEnv {
             trace: &self.ctx.trace,
             transactions: &self.ctx.transactions,
             deadline: self.ctx.deadline,
+            journal: self.ctx.journal(),
         }
     }
 
@@ -118,6 +120,7 @@ impl TestEnv {
         ConfigView {
             config: self.ctx.service.config.values(),
             service: &self.ctx.service.name,
+            journal: self.ctx.journal(),
         }
     }
 
@@ -127,6 +130,7 @@ impl TestEnv {
             host_id: &self.ctx.platform.host_id,
             registry: &self.ctx.platform.registry,
             request_id: &self.ctx.request_id,
+            journal: self.ctx.journal(),
         }
     }
 
@@ -136,6 +140,7 @@ impl TestEnv {
             registry: &self.ctx.platform.registry,
             table: &mut self.table,
             service: &self.ctx.service.name,
+            journal: self.ctx.journal.as_deref(),
         }
     }
 
@@ -145,6 +150,7 @@ impl TestEnv {
             service: &self.ctx.service.name,
             scope: &self.ctx.trace,
             table: &mut self.table,
+            journal: self.ctx.journal.as_deref(),
         }
     }
 
@@ -153,6 +159,7 @@ impl TestEnv {
             metrics: &self.ctx.platform.telemetry.metrics,
             service: &self.ctx.service.name,
             redactor: self.ctx.platform.secrets.redactor(),
+            replaying: self.ctx.replaying(),
         }
     }
 
@@ -161,6 +168,7 @@ impl TestEnv {
             secrets: &self.ctx.platform.secrets,
             service: &self.ctx.service.name,
             declared: &self.ctx.service.secrets,
+            journal: self.ctx.journal(),
         }
     }
 
@@ -168,6 +176,7 @@ impl TestEnv {
         CallerView {
             caller: &self.ctx.platform.caller,
             context: self.ctx.call_context(),
+            journal: self.ctx.journal(),
         }
     }
 
@@ -797,4 +806,64 @@ async fn get_many_reads_one_snapshot_without_conflicts_under_concurrent_writes()
         writer.join().expect("writer") > 10,
         "the writer ran meanwhile"
     );
+}
+
+#[tokio::test]
+async fn a_replay_is_answered_from_its_recording_and_writes_nothing() {
+    use crate::recording::journal::Journal;
+    use bindings::store::{Host, HostTransaction};
+    async fn set(store: &mut super::store::StoreView<'_>, key: &str, value: &[u8]) {
+        Host::set(store, key.into(), value.to_vec())
+            .await
+            .expect("set")
+            .expect("ok");
+    }
+    async fn get(store: &mut super::store::StoreView<'_>, key: &str) -> Option<Vec<u8>> {
+        Host::get(store, key.into())
+            .await
+            .expect("get")
+            .expect("ok")
+    }
+    let mut env = TestEnv::plain();
+    // Recorded: a write and a read, through the store.
+    let recording = Journal::recording();
+    env.ctx.journal = Some(recording.clone());
+    let mut store = env.store();
+    set(&mut store, "k", b"v1").await;
+    assert_eq!(get(&mut store, "k").await, Some(b"v1".to_vec()));
+    let received = recording.received(&str::to_owned);
+    let imports: Vec<_> = received
+        .calls
+        .iter()
+        .map(|call| call.import.as_str())
+        .collect();
+    assert_eq!(imports, ["store.set", "store.get"]);
+
+    // The store changes; a replay still reads what was recorded, and its writes
+    // (single and in a transaction) reach nothing.
+    env.ctx.journal = None;
+    set(&mut env.store(), "k", b"v2").await;
+    env.ctx.journal = Some(Journal::replaying(received, "seed"));
+    let mut store = env.store();
+    set(&mut store, "k", b"v1").await;
+    assert_eq!(get(&mut store, "k").await, Some(b"v1".to_vec()));
+    // A call the recording lacks traps, naming it.
+    let tx = HostTransaction::new(&mut store)
+        .await
+        .expect("a transaction");
+    let diverged = HostTransaction::set(&mut store, tx, "other".into(), b"x".to_vec())
+        .await
+        .expect_err("not in the recording");
+    assert!(
+        diverged.to_string().contains("store.transaction.set other"),
+        "{diverged}"
+    );
+    env.ctx.journal = None;
+    let mut store = env.store();
+    assert_eq!(
+        get(&mut store, "k").await,
+        Some(b"v2".to_vec()),
+        "the replay wrote nothing"
+    );
+    assert_eq!(get(&mut store, "other").await, None);
 }

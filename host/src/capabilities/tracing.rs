@@ -7,6 +7,7 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use super::{HostFault, InstanceLimit, MAX_OPEN_SPANS, PlatformView, bounded_text, traced_sync};
 use crate::bindings::tracing::{self, Host, HostSpan, Status as WitStatus};
+use crate::recording::journal::{self, Journal};
 use crate::telemetry::{TraceScope, Tracing, traces};
 
 /// Longest span name, attribute key or value the host keeps.
@@ -40,6 +41,8 @@ pub struct TracingView<'a> {
     pub scope: &'a TraceScope,
     /// Holds the guest's spans.
     pub table: &'a mut ResourceTable,
+    /// The request's journal, when it is recorded or replayed.
+    pub journal: Option<&'a Journal>,
 }
 
 struct HasTracing;
@@ -58,6 +61,7 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
             service: &view.ctx.service.name,
             scope: &view.ctx.trace,
             table: view.table,
+            journal: view.ctx.journal.as_deref(),
         }
     })
 }
@@ -125,15 +129,17 @@ impl Host for TracingView<'_> {
     }
 
     async fn trace_id(&mut self) -> wasmtime::Result<String> {
-        traced_sync("tracing.trace-id", self.service, || {
-            Ok(traces::trace_id(&self.scope.current()).unwrap_or_else(|| "0".repeat(32)))
-        })
+        let live = traces::trace_id(&self.scope.current()).unwrap_or_else(|| "0".repeat(32));
+        let about = journal::about(self.journal, String::new);
+        let id = journal::call(self.journal, "tracing.trace-id", about, async { Ok(live) }).await;
+        traced_sync("tracing.trace-id", self.service, || id)
     }
 
     async fn span_id(&mut self) -> wasmtime::Result<String> {
-        traced_sync("tracing.span-id", self.service, || {
-            Ok(traces::span_id(&self.scope.current()).unwrap_or_else(|| "0".repeat(16)))
-        })
+        let live = traces::span_id(&self.scope.current()).unwrap_or_else(|| "0".repeat(16));
+        let about = journal::about(self.journal, String::new);
+        let id = journal::call(self.journal, "tracing.span-id", about, async { Ok(live) }).await;
+        traced_sync("tracing.span-id", self.service, || id)
     }
 }
 

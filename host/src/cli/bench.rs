@@ -97,6 +97,7 @@ pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> 
         deadline: Deadline::after(Duration::from_secs(3600)),
         trace: opentelemetry::Context::new(),
         held_until_done: None,
+        journal: None,
     };
     let run = || async {
         if handle {

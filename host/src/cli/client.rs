@@ -133,7 +133,10 @@ impl AdminClient {
         content_type: Option<&str>,
         body: Body,
     ) -> Result<(StatusCode, Bytes)> {
-        let response = self.response(method, path, content_type, body).await?;
+        let content_type = content_type.map(|value| (header::CONTENT_TYPE.as_str(), value));
+        let response = self
+            .response(method, path, content_type.as_slice(), body)
+            .await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         if !status.is_success() {
@@ -142,12 +145,12 @@ impl AdminClient {
         Ok((status, bytes))
     }
 
-    /// Send a request and return the answer with its body unread.
+    /// Send a request with `headers` and return the answer with its body unread.
     async fn response(
         &self,
         method: Method,
         path: &str,
-        content_type: Option<&str>,
+        headers: &[(&str, &str)],
         body: Body,
     ) -> Result<http::Response<hyper::body::Incoming>> {
         let url = format!("{}{path}", self.base);
@@ -155,8 +158,8 @@ impl AdminClient {
             .method(method)
             .uri(&url)
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
-        if let Some(content_type) = content_type {
-            request = request.header(header::CONTENT_TYPE, content_type);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request
             .body(body)
@@ -337,7 +340,7 @@ pub(super) async fn read_logs(
         lines.lines.iter().for_each(on_line);
         return Ok(());
     }
-    let response = client.response(Method::GET, &path, None, empty()).await?;
+    let response = client.response(Method::GET, &path, &[], empty()).await?;
     let status = response.status();
     let mut body = response.into_body();
     if !status.is_success() {
@@ -524,17 +527,26 @@ pub(super) async fn deploy_quietly(
         .context("the admin API's answer to the deploy is not what this CLI knows")
 }
 
+/// `name`'s recording `id`, whole.
+async fn fetch_recording(
+    client: &AdminClient,
+    name: &str,
+    id: &str,
+) -> Result<shoal_api::recordings::Recording> {
+    client
+        .call(
+            Method::GET,
+            &format!("/v1/services/{name}/recordings/{id}"),
+            None::<&()>,
+        )
+        .await
+}
+
 /// Print `name`'s recordings as a table, or one (`id`) whole as JSON.
 pub async fn recordings(client: &AdminClient, name: &str, id: Option<&str>) -> Result<()> {
     use shoal_api::recordings as rec;
     if let Some(id) = id {
-        let recording: rec::Recording = client
-            .call(
-                Method::GET,
-                &format!("/v1/services/{name}/recordings/{id}"),
-                None::<&()>,
-            )
-            .await?;
+        let recording = fetch_recording(client, name, id).await?;
         println!("{}", serde_json::to_string_pretty(&recording)?);
         return Ok(());
     }
@@ -571,6 +583,252 @@ pub async fn recordings(client: &AdminClient, name: &str, id: Option<&str>) -> R
             summary.request_id
         );
     }
+    Ok(())
+}
+
+/// What `shoal replay` runs a recording against.
+pub enum ReplayTarget {
+    /// The recorded version.
+    Recorded,
+    /// Another version of the service.
+    Version(String),
+    /// A component's bytes.
+    Component(Vec<u8>),
+    /// The service itself, for real.
+    Live,
+}
+
+/// The service that keeps recording `id` (the first whose listing has it).
+pub async fn service_of_recording(client: &AdminClient, id: &str) -> Result<String> {
+    use shoal_api::recordings as rec;
+    for service in client.services().await?.services {
+        let name = service.name().to_owned();
+        let path = format!("/v1/services/{name}/recordings");
+        // Services this token may not read recordings of are skipped.
+        if let Ok(listing) = client
+            .call::<rec::Listing>(Method::GET, &path, None::<&()>)
+            .await
+            && listing.recordings.iter().any(|summary| summary.id == id)
+        {
+            return Ok(name);
+        }
+    }
+    bail!("no service whose recordings this token may read keeps a recording `{id}`")
+}
+
+/// Replay `name`'s recording `id` against `target`, and print it beside the recording.
+pub async fn replay(
+    client: &AdminClient,
+    name: &str,
+    id: &str,
+    target: ReplayTarget,
+) -> Result<()> {
+    use shoal_api::recordings as rec;
+    let path = format!("/v1/services/{name}/recordings/{id}/replay");
+    let (path, body) = match target {
+        ReplayTarget::Recorded => (path, None),
+        ReplayTarget::Version(version) => {
+            (format!("{path}?version={}", query_value(&version)), None)
+        }
+        ReplayTarget::Component(bytes) => (path, Some(bytes)),
+        ReplayTarget::Live => return replay_live(client, name, id).await,
+    };
+    let (content_type, body) = match body {
+        Some(bytes) => (
+            Some("application/wasm"),
+            Full::new(Bytes::from(bytes)).boxed(),
+        ),
+        None => (None, empty()),
+    };
+    let (_, bytes) = client.send(Method::POST, &path, content_type, body).await?;
+    let replay: rec::Replay = serde_json::from_slice(&bytes)
+        .context("the admin API's answer to the replay is not what this CLI knows")?;
+    print!("{}", replay_report(name, &replay));
+    Ok(())
+}
+
+/// `text` made safe for a query string value.
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// A replay as a person reads it: both outcomes, the body's diff, where it diverged.
+pub fn replay_report(name: &str, replay: &shoal_api::recordings::Replay) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let (recorded, replayed) = (&replay.recorded, &replay.replayed);
+    let _ = writeln!(
+        out,
+        "replay of {} ({name}) against {}{}",
+        replay.recording,
+        replay.ran,
+        if replay.same_version {
+            " (the recorded version)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(out, "{:<10} {:<20} REPLAYED", "", "RECORDED");
+    let _ = writeln!(
+        out,
+        "{:<10} {:<20} {}",
+        "status", recorded.status, replayed.status
+    );
+    let fault = |fault: &Option<String>| fault.clone().unwrap_or_else(|| "none".to_owned());
+    let _ = writeln!(out, "fault, recorded: {}", fault(&recorded.fault));
+    let _ = writeln!(out, "fault, replayed: {}", fault(&replayed.fault));
+    let headers = |outcome: &shoal_api::recordings::Outcome| {
+        let mut lines: Vec<String> = outcome
+            .headers
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "date" | "x-request-id" | "traceparent"))
+            .map(|(name, value)| format!("{name}: {value}\n"))
+            .collect();
+        lines.sort();
+        lines.concat()
+    };
+    let header_diff = text_diff(&headers(recorded), &headers(replayed));
+    if !header_diff.is_empty() {
+        let _ = writeln!(out, "headers:\n{header_diff}");
+    }
+    let body = |outcome: &shoal_api::recordings::Outcome| match &outcome.body {
+        shoal_api::recordings::Body::Text(text) => text.clone(),
+        shoal_api::recordings::Body::Base64(text) => format!("(base64) {text}"),
+    };
+    let body_diff = text_diff(&body(recorded), &body(replayed));
+    if body_diff.is_empty() {
+        let _ = writeln!(out, "body: the same ({} bytes)", body(replayed).len());
+    } else {
+        let _ = writeln!(out, "body:\n{body_diff}");
+    }
+    match &replay.divergence {
+        Some(divergence) => {
+            let _ = writeln!(
+                out,
+                "diverged at call {}: the code asked for `{}`; the recording has {}",
+                divergence.call,
+                divergence.asked,
+                divergence
+                    .recorded
+                    .as_deref()
+                    .map_or("no more calls".to_owned(), |recorded| format!(
+                        "`{recorded}`"
+                    ))
+            );
+        }
+        None => {
+            let _ = writeln!(out, "every call the code made was in the recording");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "recorded calls left unasked: {}; clock readings past the recording: {}; random bytes past it: {}",
+        replay.unused_calls, replay.extra_clock_reads, replay.extra_random_bytes
+    );
+    if replay.same_version {
+        let reproduced = recorded.status == replayed.status && recorded.fault == replayed.fault;
+        let _ = writeln!(
+            out,
+            "{}",
+            if reproduced {
+                "reproduced: the recorded version answers as it did"
+            } else {
+                "NOT reproduced: the recorded version answers otherwise (the recording misses something it read)"
+            }
+        );
+    }
+    if !replay.logs.is_empty() {
+        let _ = writeln!(out, "logs of the replay:");
+        for line in &replay.logs {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+/// A line diff of `before` and `after` (`-` and `+` lines; empty when equal).
+fn text_diff(before: &str, after: &str) -> String {
+    if before == after {
+        return String::new();
+    }
+    let diff = similar::TextDiff::from_lines(before, after);
+    let mut out = String::new();
+    for change in diff.iter_all_changes() {
+        let sign = match change.tag() {
+            similar::ChangeTag::Delete => "-",
+            similar::ChangeTag::Insert => "+",
+            similar::ChangeTag::Equal => " ",
+        };
+        out.push_str(sign);
+        out.push(' ');
+        out.push_str(change.value());
+        if change.missing_newline() {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Methods `--live` re-sends: meant to be idempotent.
+const IDEMPOTENT: &[&str] = &["GET", "HEAD", "PUT", "DELETE", "OPTIONS"];
+
+/// Send recording `id` of `name` again, for real, through the admin API's call route.
+async fn replay_live(client: &AdminClient, name: &str, id: &str) -> Result<()> {
+    let recording = fetch_recording(client, name, id).await?;
+    let request = &recording.request;
+    if !IDEMPOTENT.contains(&request.method.as_str()) {
+        bail!(
+            "a {} request is not idempotent: --live re-sends only {} requests (replay it in \
+             the sandbox instead)",
+            request.method,
+            IDEMPOTENT.join(", ")
+        );
+    }
+    if request.truncated {
+        bail!(
+            "the recorded body was cut at the recording's limit: it cannot be sent again as it was"
+        );
+    }
+    let body = Bytes::from(
+        crate::recording::bytes_of(&request.body).context("the recorded body is not base64")?,
+    );
+    // Headers the host sets or masked, and the body's framing, are not sent again.
+    let headers: Vec<(&str, &str)> = request
+        .headers
+        .iter()
+        .filter(|(name, value)| {
+            value != crate::policy::redact::MASK
+                && !matches!(
+                    name.as_str(),
+                    "host"
+                        | "content-length"
+                        | "transfer-encoding"
+                        | "connection"
+                        | "authorization"
+                )
+                && !name.starts_with("x-shoal-")
+        })
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let method = Method::from_bytes(request.method.as_bytes()).context("the recorded method")?;
+    let path = format!("/v1/services/{name}/call{}", request.path);
+    let response = client
+        .response(method, &path, &headers, Full::new(body).boxed())
+        .await?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    println!(
+        "sent {} {} again, for real: {status} (recorded: {})",
+        request.method, request.path, recording.response.status
+    );
+    println!("{}", String::from_utf8_lossy(&bytes));
     Ok(())
 }
 

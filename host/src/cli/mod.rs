@@ -88,6 +88,28 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Replay a recorded request in a sandbox (every import answered from the
+    /// recording: nothing is written, called or published) and show the answer
+    /// beside the recorded one.
+    Replay {
+        /// `ID`, or `NAME ID`: the recording (and its service, found from the id
+        /// when not given).
+        #[arg(num_args = 1..=2, value_names = ["NAME", "ID"], required = true)]
+        which: Vec<String>,
+        /// Against this version of the service (default: the recorded one, which
+        /// must reproduce the recorded outcome).
+        #[arg(long, conflicts_with_all = ["component", "live"])]
+        to: Option<String>,
+        /// Against this component, with the recorded version's manifest.
+        #[arg(long, conflicts_with = "live")]
+        component: Option<PathBuf>,
+        /// Send the recorded request again, for real (GET, HEAD, PUT, DELETE and
+        /// OPTIONS only: they are meant to be idempotent).
+        #[arg(long)]
+        live: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Set which of a service's requests are recorded, live.
     Record {
         /// The service.
@@ -500,6 +522,7 @@ impl Command {
             | Command::Logs { admin, .. }
             | Command::Recordings { admin, .. }
             | Command::Record { admin, .. }
+            | Command::Replay { admin, .. }
             | Command::Audit {
                 action: None,
                 admin,
@@ -597,6 +620,30 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Recordings { name, id, .. } => {
             client::recordings(admin()?, &name, id.as_deref()).await
+        }
+        Command::Replay {
+            which,
+            to,
+            component,
+            live,
+            ..
+        } => {
+            let client = admin()?;
+            let (name, id) = match which.as_slice() {
+                [name, id] => (name.clone(), id.clone()),
+                [id] => (client::service_of_recording(client, id).await?, id.clone()),
+                _ => anyhow::bail!("give a recording's id, or a service and a recording's id"),
+            };
+            let target = match (to, component, live) {
+                (_, _, true) => client::ReplayTarget::Live,
+                (Some(version), _, _) => client::ReplayTarget::Version(version),
+                (_, Some(path), _) => client::ReplayTarget::Component(
+                    std::fs::read(&path)
+                        .with_context(|| format!("reading the component {}", path.display()))?,
+                ),
+                _ => client::ReplayTarget::Recorded,
+            };
+            client::replay(client, &name, &id, target).await
         }
         Command::Record {
             name,

@@ -292,6 +292,15 @@ impl Runtime {
         })
     }
 
+    /// `bytes` compiled (or loaded from the cache) for the replay engine, linked.
+    /// CPU-heavy: call from a blocking thread.
+    pub(crate) fn load_for_replay(&self, bytes: &[u8], digest: &str) -> Result<Loaded, LoadError> {
+        check_format(bytes)?;
+        let replay = &self.replay;
+        let (component, _) = self.compile_cached(replay, &replay.engine, bytes, digest)?;
+        link(&replay.engine, &replay.linker, &component)
+    }
+
     /// Load the cached code of `digest` into `target`, or compile it with `compiler`
     /// (`target`'s engine or one whose code is compatible with it), cache it and load it.
     fn compile_cached(

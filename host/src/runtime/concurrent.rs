@@ -303,6 +303,7 @@ impl Instances {
             transactions: crate::capabilities::store::TransactionAccount::new(
                 self.limits.budget.clone(),
             ),
+            journal: None,
         })
     }
 

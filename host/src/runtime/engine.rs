@@ -85,6 +85,9 @@ pub struct Runtime {
     /// WASIp3 code, optimised: several requests in one instance, which needs
     /// concurrency support.
     pub(crate) concurrent: CodeEngine,
+    /// Replays of recorded requests: optimised code with determinism enforced (NaN
+    /// canonicalisation, deterministic relaxed SIMD), no instance pool.
+    pub(crate) replay: CodeEngine,
     /// Baseline compiler (Winch) for WASIp2 code: code in a fraction of the time,
     /// which runs slower; serves big components until their optimised code is ready.
     pub(crate) baseline: Option<Baseline>,
@@ -155,8 +158,13 @@ impl Runtime {
                     .map_err(anyhow::Error::from)?;
             }
         }
+        let mut replay = engine_config(options, Strategy::Cranelift, false);
+        replay.concurrency_support(false);
+        replay.cranelift_nan_canonicalization(true);
+        replay.relaxed_simd_deterministic(true);
         let engine = new_engine(&config)?;
         let concurrent = new_engine(&concurrent)?;
+        let replay = new_engine(&replay)?;
         let background = new_engine(&background)?;
         let baseline = match options.baseline_above_bytes {
             Some(above_bytes) => {
@@ -176,15 +184,21 @@ impl Runtime {
 
         let sequential = CodeEngine::new(engine, Wasi::P2, &options.cache_dir)?;
         let concurrent = CodeEngine::new(concurrent, Wasi::P3, &options.cache_dir)?;
+        let replay = CodeEngine::new(replay, Wasi::Replay, &options.cache_dir)?;
         // Directories of earlier engines (another wasmtime, other settings, or the one
-        // engine of a host before the split) are not these two: removed.
+        // engine of a host before the split) are not these: removed.
         remove_stale_caches(
             &options.cache_dir,
-            &[&sequential.cache_dir, &concurrent.cache_dir],
+            &[
+                &sequential.cache_dir,
+                &concurrent.cache_dir,
+                &replay.cache_dir,
+            ],
         );
         Ok(Self {
             sequential,
             concurrent,
+            replay,
             baseline,
             background,
             pending_baseline: Arc::default(),
@@ -207,6 +221,7 @@ impl CodeEngine {
         let kind = match wasi {
             Wasi::P2 => "p2",
             Wasi::P3 => "p3",
+            Wasi::Replay => "replay",
         };
         let cache_dir = cache_root.join(format!("{kind}-{}", engine_fingerprint(&engine)));
         std::fs::create_dir_all(&cache_dir)
@@ -279,6 +294,8 @@ enum Wasi {
     P2,
     /// WASIp3 and WASIp2 (a WASIp3 component may still import 0.2 interfaces).
     P3,
+    /// WASIp2, for the replay engine (its code goes to a cache directory of its own).
+    Replay,
 }
 
 /// Every host function a component may import: WASI and `wasi:http` (0.2, and 0.3
@@ -341,6 +358,7 @@ impl Runtime {
     pub fn collect_cache(&self, keep: &std::collections::HashSet<String>) -> usize {
         collect_files(&self.sequential.cache_dir, "cwasm", keep)
             + collect_files(&self.concurrent.cache_dir, "cwasm", keep)
+            + collect_files(&self.replay.cache_dir, "cwasm", keep)
     }
 }
 

@@ -54,6 +54,8 @@ pub struct RequestScope {
     /// was sent), then dropped: the service's concurrency slot, so a guest that runs
     /// on after its answer still counts against its limit.
     pub held_until_done: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// What the request receives, when it is recorded.
+    pub journal: Option<Arc<crate::recording::journal::Journal>>,
 }
 
 /// What the admin API shows of a deployment's code.
@@ -132,6 +134,17 @@ pub trait Loader: Send + Sync {
 
     /// The linear memory all instances together may hold.
     fn memory_budget(&self) -> &Arc<MemoryBudget>;
+
+    /// Run `request` once more on a fresh instance of `component`, compiled for
+    /// replays, every import answered from `run`'s journal (see
+    /// [`Runtime::replay`]).
+    async fn replay(
+        &self,
+        component: Bytes,
+        digest: &str,
+        run: super::replay::ReplayRun,
+        request: http::Request<http_body_util::Full<Bytes>>,
+    ) -> Result<Result<http::Response<super::invoke::GuestBody>, GuestFailure>, LoadError>;
 
     /// Forget compiled code no digest in `keep` refers to; returns how many files.
     fn collect_garbage(&self, keep: &HashSet<String>) -> usize;
@@ -215,6 +228,16 @@ impl Loader for Runtime {
 
     fn memory_budget(&self) -> &Arc<MemoryBudget> {
         &self.memory_budget
+    }
+
+    async fn replay(
+        &self,
+        component: Bytes,
+        digest: &str,
+        run: super::replay::ReplayRun,
+        request: http::Request<http_body_util::Full<Bytes>>,
+    ) -> Result<Result<http::Response<super::invoke::GuestBody>, GuestFailure>, LoadError> {
+        Runtime::replay(self, component, digest, run, request).await
     }
 
     fn collect_garbage(&self, keep: &HashSet<String>) -> usize {
@@ -333,6 +356,7 @@ impl DeploymentCode {
             deadline: scope.deadline,
             trace: scope.trace,
             held_until_done: scope.held_until_done,
+            journal: scope.journal,
         }
     }
 

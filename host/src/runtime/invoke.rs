@@ -104,6 +104,9 @@ pub struct Invocation {
     /// was sent), then dropped: the service's concurrency slot, so a guest that runs
     /// on after its answer still counts against its limit.
     pub held_until_done: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// What the request receives, when it is recorded; the recording that answers
+    /// its calls, when it is a replay.
+    pub journal: Option<Arc<crate::recording::journal::Journal>>,
 }
 
 impl Invocation {
@@ -116,6 +119,7 @@ impl Invocation {
             trace: TraceScope::new(self.trace.clone()),
             open_watches: Default::default(),
             transactions: TransactionAccount::new(self.limits.budget.clone()),
+            journal: self.journal.clone(),
         }
     }
 }

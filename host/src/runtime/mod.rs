@@ -12,6 +12,10 @@
 //! - [`invoke`] runs one HTTP request through a fresh (or reused) instance.
 //! - [`concurrent`] serves WASIp3 components: one instance, several requests at once;
 //!   [`read_ahead`] lets a WASIp3 response head wait a moment for its body.
+//! - [`journaled`] puts an instance's clocks and random numbers through its
+//!   request's journal (recorded requests, replays).
+//! - [`replay`] runs a recorded request again on an engine that enforces
+//!   determinism, its imports answered from the recording.
 //! - [`reuse`] keeps idle instances of services that opt in to reuse.
 //! - [`limits`] bounds each instance and all of them together (memory budget).
 //! - [`settings`] is the runtime's part of the `shoal serve` flags.
@@ -24,8 +28,10 @@ pub mod executor;
 pub mod failure;
 pub mod function_cache;
 pub mod invoke;
+pub mod journaled;
 pub mod limits;
 pub mod read_ahead;
+pub mod replay;
 pub mod reuse;
 pub mod settings;
 pub mod state;

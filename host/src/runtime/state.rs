@@ -7,6 +7,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::journaled::{self, JournalSlot};
 use super::limits::{GuestLimiter, MemoryBudget};
 use super::reuse::IdlePools;
 use crate::caller::outbound::OutboundHooks;
@@ -48,6 +49,8 @@ pub struct GuestState {
     pub(crate) limits: GuestLimiter,
     /// The requests of a WASIp3 instance, by the guest task that serves each.
     pub(crate) requests: Option<super::concurrent::RequestsByTask>,
+    /// The journal its clocks and random numbers go through (the current request's).
+    journal: JournalSlot,
 }
 
 impl GuestState {
@@ -67,14 +70,24 @@ impl GuestState {
             stdout: output_of(Source::Stdout),
             stderr: output_of(Source::Stderr),
         };
+        let journal = JournalSlot::default();
+        journal.set(request.journal.clone());
         let wasi = WasiCtx::builder()
             .allow_ip_name_lookup(false)
             .stdout(output.stdout.handle())
             .stderr(output.stderr.handle())
+            .wall_clock(journaled::WallClock::new(journal.clone()))
+            .monotonic_clock(journaled::MonotonicClock::new(journal.clone()))
+            .secure_random(journaled::Random::new(journal.clone()))
+            .insecure_random(journaled::Random::new(journal.clone()))
             .build();
         let store_limits =
             GuestLimiter::new(limits.memory_bytes, limits.table_elements, limits.budget);
-        let hooks = OutboundHooks::new(request.platform.caller.clone(), request.call_context());
+        let hooks = OutboundHooks::new(
+            request.platform.caller.clone(),
+            request.call_context(),
+            request.journal.clone(),
+        );
         Self {
             request,
             output,
@@ -84,6 +97,7 @@ impl GuestState {
             hooks,
             limits: store_limits,
             requests: None,
+            journal,
         }
     }
 
@@ -91,7 +105,12 @@ impl GuestState {
     pub(crate) fn prepare(&mut self, next: Arc<PlatformCtx>) {
         self.output.stdout.next_request(next.request_id.clone());
         self.output.stderr.next_request(next.request_id.clone());
-        self.hooks = OutboundHooks::new(next.platform.caller.clone(), next.call_context());
+        self.hooks = OutboundHooks::new(
+            next.platform.caller.clone(),
+            next.call_context(),
+            next.journal.clone(),
+        );
+        self.journal.set(next.journal.clone());
         self.request = next;
     }
 }

@@ -18,6 +18,7 @@ pub mod data;
 pub mod delivery;
 mod lifecycle;
 pub mod limiter;
+pub mod replay;
 mod serving;
 pub mod spec;
 pub mod state;

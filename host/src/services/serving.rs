@@ -152,11 +152,18 @@ impl Services {
             deadline,
             trace: record.span.clone(),
             held_until_done: Some(slot.clone()),
+            journal: record
+                .capture
+                .as_ref()
+                .map(|capture| capture.journal.clone()),
         };
         let response = run(deployment, scope, request).await;
         let response = match response {
             Ok(response) => response,
             Err(failure) => {
+                if let Some(capture) = &mut record.capture {
+                    capture.fault = Some(failure.to_string());
+                }
                 record.failed(Failure {
                     kind: failure.kind(),
                     guest_fault: failure.is_guest_fault(),
@@ -310,6 +317,7 @@ impl Services {
                     deadline: Deadline::after(Duration::from_millis(schedule.timeout_ms)),
                     trace: opentelemetry::Context::new(),
                     held_until_done: None,
+                    journal: None,
                 };
                 // The code may have been swapped for optimised code since the last check.
                 let Some(check) = deployment.executor.check_health(scope) else {
@@ -479,6 +487,10 @@ struct Capture {
     request_body: Arc<parking_lot::Mutex<Captured>>,
     response_headers: http::HeaderMap,
     response_body: Captured,
+    /// What the guest receives from outside while it serves the request.
+    journal: Arc<crate::recording::journal::Journal>,
+    /// The fault in full, when the request failed.
+    fault: Option<String>,
 }
 
 impl Capture {
@@ -501,6 +513,8 @@ impl Capture {
             request_body,
             response_headers: http::HeaderMap::new(),
             response_body: Captured::default(),
+            journal: crate::recording::journal::Journal::recording(),
+            fault: None,
         }
     }
 }
@@ -742,8 +756,15 @@ impl RequestRecord {
                 &capture.response_headers,
                 &capture.response_body,
             ),
-            fault: self.failure.map(|failure| failure.kind.to_owned()),
+            fault: capture
+                .fault
+                .as_deref()
+                .map(|fault| redactor.redact(fault).into_owned())
+                .or_else(|| self.failure.map(|failure| failure.kind.to_owned())),
             grpc_status: grpc_status.map(|code| code.number()),
+            received: capture
+                .journal
+                .received(&|text| redactor.redact(text).into_owned()),
         };
         drop(request_body);
         let live = self.live.clone();

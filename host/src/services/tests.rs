@@ -102,6 +102,18 @@ impl Loader for ScriptedLoader {
         &self.budget
     }
 
+    async fn replay(
+        &self,
+        _component: Bytes,
+        _digest: &str,
+        _run: crate::runtime::replay::ReplayRun,
+        _request: Request<http_body_util::Full<Bytes>>,
+    ) -> Result<Result<Response<crate::runtime::invoke::GuestBody>, GuestFailure>, LoadError> {
+        Err(LoadError::Invalid(
+            "scripted components are not replayed".into(),
+        ))
+    }
+
     fn collect_garbage(&self, _keep: &HashSet<String>) -> usize {
         0
     }

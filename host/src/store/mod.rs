@@ -12,6 +12,7 @@
 
 pub mod bounded;
 pub mod postgres;
+pub mod sealed;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

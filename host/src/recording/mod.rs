@@ -6,7 +6,9 @@
 //! carry credentials and the operator's secret values are masked before anything is
 //! written.
 
-pub use shoal_api::recordings::{Body, Listing, Message, Recording, Summary};
+pub mod journal;
+
+pub use shoal_api::recordings::{Body, Listing, Message, Received, Recording, Summary};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -104,6 +106,17 @@ pub fn body_of(bytes: &[u8], redactor: &crate::policy::redact::Redactor) -> Body
             use base64::Engine as _;
             Body::Base64(base64::engine::general_purpose::STANDARD.encode(&masked))
         }
+    }
+}
+
+/// A recorded body's bytes (`None`: base64 that does not decode).
+pub fn bytes_of(body: &Body) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    match body {
+        Body::Text(text) => Some(text.clone().into_bytes()),
+        Body::Base64(text) => base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .ok(),
     }
 }
 
@@ -361,6 +374,7 @@ mod tests {
             response: message(500),
             fault: Some("trap".to_owned()),
             grpc_status: None,
+            received: Default::default(),
         }
     }
 
