@@ -145,6 +145,28 @@ show "$shoal" top --iterations 1
 show "$shoal" logs hello --tail 3
 echo "The dashboard: open $admin/ and log in with the token in $data_dir/admin-token."
 
+step "a failed request recorded, then replayed against a fix in a sandbox (nothing written, called or published)"
+orders_manifest() {  # orders' manifest as version $1, and what follows
+    sed -e "s/^version = \"1.0.0\"/version = \"$1\"/" guests/shop/orders/shoal.toml
+    printf '%b' "${2:-}"
+}
+orders_manifest 1.0.1 '\n[debug]\nrecord = "failed"\n' >"$data_dir.orders.toml"
+echo "A bug ships: orders 1.0.1 panics after placing an order. Its failed requests are recorded."
+show "$shoal" deploy "$guests_dir/orders_broken.wasm" --name orders --manifest "$data_dir.orders.toml"
+operator -X PUT --data '{"available": 5}' "$admin/v1/services/inventory/call/stock/gadget"; echo
+show curl -sS -w '  HTTP %{http_code}\n' -X POST --data '{"sku": "gadget", "quantity": 2}' "$gateway/orders/"
+for _ in $(seq 1 100); do
+    "$shoal" recordings orders | grep -q ' 500 ' && break
+    sleep 0.1
+done
+show "$shoal" recordings orders
+recording=$("$shoal" recordings orders | awk '$4 == 500 {print $1; exit}')
+echo "The fix, deployed as 1.0.2; the recorded request replayed against it, then against 1.0.1:"
+orders_manifest 1.0.2 >"$data_dir.orders.toml"
+show "$shoal" deploy "$guests_dir/orders.wasm" --name orders --manifest "$data_dir.orders.toml"
+show "$shoal" replay "$recording" --to 1.0.2
+show "$shoal" replay "$recording"
+
 step "restarting the host: deploys are persisted"
 stop_host
 start_host

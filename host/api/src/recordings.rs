@@ -48,6 +48,10 @@ pub struct Received {
     /// Whether the guest received more than a recording keeps; what came after the
     /// limit is missing (a replay reports it as a divergence where it runs out).
     pub truncated: bool,
+    /// The `wasi:random/insecure-seed` of the instance that served it (hex), which a
+    /// replay's instance is given (hash maps' order may depend on it).
+    #[serde(default)]
+    pub insecure_seed: Option<String>,
 }
 
 /// One import call and the value the guest got back.
@@ -90,6 +94,9 @@ pub struct Replay {
     pub extra_random_bytes: u64,
     /// The log lines the replay wrote (they went nowhere else).
     pub logs: Vec<String>,
+    /// What else to know: values the recording had cut, state it could not hold.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// A response, or the fault that ended it.

@@ -101,7 +101,23 @@ fn replayed(journal: &Journal, key: &str) -> Result<http::Response<WasiBody>, Ht
             *response.headers_mut() = header_map(headers);
             Ok(response)
         }
-        Sent::Failed { error } => Err(HttpError::InternalError(Some(error))),
+        Sent::Failed { error } => Err(error_code(&error)),
+    }
+}
+
+/// A recorded failure's error code, as the guest got it (by its name; one with data
+/// of its own comes back as an internal error naming it).
+fn error_code(recorded: &str) -> HttpError {
+    match recorded {
+        "DestinationNotFound" => HttpError::DestinationNotFound,
+        "DestinationUnavailable" => HttpError::DestinationUnavailable,
+        "ConnectionTimeout" => HttpError::ConnectionTimeout,
+        "ConnectionRefused" => HttpError::ConnectionRefused,
+        "HttpRequestDenied" => HttpError::HttpRequestDenied,
+        "HttpRequestUriInvalid" => HttpError::HttpRequestUriInvalid,
+        "HttpResponseIncomplete" => HttpError::HttpResponseIncomplete,
+        "HttpProtocolError" => HttpError::HttpProtocolError,
+        other => HttpError::InternalError(Some(other.to_owned())),
     }
 }
 
@@ -119,46 +135,64 @@ fn header_map(fields: Vec<(String, Vec<u8>)>) -> http::HeaderMap {
     map
 }
 
-/// `route`, through the journal: kept when recording, answered when replaying.
-async fn journaled(
+/// `route`, through the journal: kept when recording, answered when replaying. Its
+/// place among the request's calls is taken now, when the guest sends (the response
+/// is awaited in a task of its own, while the guest may make other calls).
+fn journaled(
     caller: Arc<Caller>,
     context: CallContext,
     journal: Arc<Journal>,
     request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
-) -> Result<(http::Response<WasiBody>, IoFuture), HttpError> {
+) -> SendFuture {
     let key = about(&request);
     if journal.is_replaying() {
-        let response = replayed(&journal, &key)?;
-        let io: IoFuture = Box::new(async { Ok(()) });
-        return Ok((response, io));
+        let response = replayed(&journal, &key);
+        // Nothing is sent; what the guest writes of the body goes nowhere.
+        let mut body = request.into_body();
+        tokio::spawn(async move { while body.frame().await.is_some() {} });
+        return Box::new(async move {
+            let io: IoFuture = Box::new(async { Ok(()) });
+            Ok((response?, io))
+        });
     }
-    match route(caller, context, request, options).await {
-        Ok((response, io)) => {
-            let head = SentHead {
-                status: response.status().as_u16(),
-                headers: response
-                    .headers()
-                    .iter()
-                    .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-                    .collect(),
-            };
-            let copy = journal.record_response("http.send", key, &head, MAX_BODY_BYTES);
-            let response = match copy {
-                Some(copy) => response.map(|body| CopiedBody { body, copy }.boxed_unsync()),
-                None => response,
-            };
-            Ok((response, io))
+    let slot = journal.reserve("http.send", key);
+    Box::new(async move {
+        let sent = route(caller, context, request, options).await;
+        let Some(slot) = slot else {
+            return sent;
+        };
+        match sent {
+            Ok((response, io)) => {
+                let head = SentHead {
+                    status: response.status().as_u16(),
+                    headers: recorded_fields(response.headers()),
+                };
+                let copy = journal.fill_response(slot, &head, MAX_BODY_BYTES);
+                let response = response.map(|body| CopiedBody { body, copy }.boxed_unsync());
+                Ok((response, io))
+            }
+            Err(error) => {
+                journal.fill(slot, &serde_json::json!({ "error": format!("{error:?}") }));
+                Err(error)
+            }
         }
-        Err(error) => {
-            journal.record(
-                "http.send",
-                key,
-                &serde_json::json!({ "error": format!("{error:?}") }),
-            );
-            Err(error)
-        }
-    }
+    })
+}
+
+/// Header fields as a recording keeps them: credentials masked.
+fn recorded_fields(fields: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    fields
+        .iter()
+        .map(|(name, value)| {
+            let value = if crate::recording::is_credential_header(name.as_str()) {
+                crate::policy::redact::MASK.as_bytes().to_vec()
+            } else {
+                value.as_bytes().to_vec()
+            };
+            (name.to_string(), value)
+        })
+        .collect()
 }
 
 pin_project_lite::pin_project! {
@@ -184,10 +218,7 @@ impl hyper::body::Body for CopiedBody {
             if let Some(data) = frame.data_ref() {
                 this.copy.lock().add(data, MAX_BODY_BYTES);
             } else if let Some(trailers) = frame.trailers_ref() {
-                this.copy.lock().trailers = trailers
-                    .iter()
-                    .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-                    .collect();
+                this.copy.lock().trailers = recorded_fields(trailers);
             }
         }
         frame
@@ -213,9 +244,7 @@ impl WasiHttpHooks for OutboundHooks {
         let context = self.context.clone();
         match self.journal.clone() {
             None => Box::new(async move { route(caller, context, request, options).await }),
-            Some(journal) => {
-                Box::new(async move { journaled(caller, context, journal, request, options).await })
-            }
+            Some(journal) => journaled(caller, context, journal, request, options),
         }
     }
 }

@@ -59,6 +59,18 @@ pub(super) fn add_to_linker<T: PlatformView + 'static>(
     })
 }
 
+/// A refusal when the host's event bus holds its limit: the state of the host, so
+/// checked where a recording keeps it (and a replay answers it).
+fn bus_full(platform: &Platform) -> Option<PublishError> {
+    let bound = &platform.bus_bound;
+    bound.is_full().then(|| {
+        PublishError::BusFull(format!(
+            "the host's event bus holds its limit of {} MiB of events",
+            bound.limit() / (1024 * 1024)
+        ))
+    })
+}
+
 impl EventsView<'_> {
     /// A new event of `topic`, checked, carrying the current trace context.
     fn event(
@@ -68,13 +80,6 @@ impl EventsView<'_> {
         delay_ms: u64,
     ) -> Result<OutboxEvent, PublishError> {
         validate_topic(&topic).map_err(|error| PublishError::InvalidTopic(error.to_string()))?;
-        let bound = &self.platform.bus_bound;
-        if bound.is_full() {
-            return Err(PublishError::BusFull(format!(
-                "the host's event bus holds its limit of {} MiB of events",
-                bound.limit() / (1024 * 1024)
-            )));
-        }
         if !self.topics.may_publish(&topic) {
             return Err(PublishError::NotDeclared(format!(
                 "`{}` does not declare topic `{topic}` under `[events] publishes` in its manifest",
@@ -134,6 +139,9 @@ impl EventsView<'_> {
         let service = self.service;
         let about = journal::about(self.journal, || event.topic.clone());
         let live = async move {
+            if let Some(full) = bus_full(platform) {
+                return Ok(Err(full));
+            }
             let id = event.id.clone();
             let stored = blocking_store(&store, call, move |store| {
                 let mut tx = Transaction::default();
@@ -169,7 +177,11 @@ impl EventsView<'_> {
         };
         let table = &mut *self.table;
         let about = journal::about(self.journal, || event.topic.clone());
+        let platform = self.platform;
         let live = async move {
+            if let Some(full) = bus_full(platform) {
+                return Ok(Err(full));
+            }
             let entry = table
                 .get_mut(&tx)
                 .map_err(|error| HostFault::table(call, error))?;

@@ -81,7 +81,7 @@ pub fn emit(
         .lock()
         .allow(message.len() + rendered.len(), Instant::now());
     if !allowed {
-        if metrics.enabled() {
+        if metrics.enabled() && !service.replay {
             metrics
                 .guest_log_dropped
                 .with_label_values(&[&*service.name])
@@ -102,6 +102,10 @@ pub fn emit(
         message: message.clone(),
         fields: rendered.clone(),
     });
+    if service.replay {
+        // A replay's lines are its own (its report shows them), not the service's.
+        return;
+    }
     macro_rules! event {
         ($level:expr) => {
             ::tracing::event!(

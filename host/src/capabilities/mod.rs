@@ -69,6 +69,9 @@ pub struct ServiceContext {
     pub meter: crate::telemetry::metering::ServiceMeter,
     /// Its recent log lines (shared by its versions).
     pub logs: Arc<crate::telemetry::guest_logs::ServiceLogs>,
+    /// A replay's context: what it does is seen by nobody but the replay (no host
+    /// log lines, no metrics of the real service).
+    pub replay: bool,
 }
 
 impl std::fmt::Debug for ServiceContext {
@@ -257,6 +260,14 @@ pub(crate) async fn traced_fallible<T, E: std::fmt::Debug>(
 }
 
 fn blame_host(span: &::tracing::Span, call: &str, service: &str, error: &wasmtime::Error) {
+    if error
+        .downcast_ref::<crate::recording::journal::Diverged>()
+        .is_some()
+    {
+        span.record("fault", "replay");
+        ::tracing::debug!(parent: span, call, service, %error, "a replay left its recording");
+        return;
+    }
     if error.downcast_ref::<InstanceLimit>().is_some() {
         span.record("fault", "guest");
         ::tracing::debug!(parent: span, call, service, %error, "the guest went past an instance limit");

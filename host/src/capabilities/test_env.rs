@@ -73,6 +73,7 @@ impl TestEnv {
             store,
             meter: Default::default(),
             logs: Default::default(),
+            replay: false,
         });
         Self {
             ctx: PlatformCtx {
@@ -831,7 +832,7 @@ async fn a_replay_is_answered_from_its_recording_and_writes_nothing() {
     let mut store = env.store();
     set(&mut store, "k", b"v1").await;
     assert_eq!(get(&mut store, "k").await, Some(b"v1".to_vec()));
-    let received = recording.received(&str::to_owned);
+    let received = recording.received(&crate::policy::redact::Redactor::default());
     let imports: Vec<_> = received
         .calls
         .iter()
@@ -843,7 +844,7 @@ async fn a_replay_is_answered_from_its_recording_and_writes_nothing() {
     // (single and in a transaction) reach nothing.
     env.ctx.journal = None;
     set(&mut env.store(), "k", b"v2").await;
-    env.ctx.journal = Some(Journal::replaying(received, "seed"));
+    env.ctx.journal = Some(Journal::replaying(received, "seed", Arc::default()));
     let mut store = env.store();
     set(&mut store, "k", b"v1").await;
     assert_eq!(get(&mut store, "k").await, Some(b"v1".to_vec()));

@@ -82,6 +82,7 @@ pub async fn instantiate(component: &Path, iterations: u32, mode: BenchMode) -> 
         store,
         meter: Default::default(),
         logs: Default::default(),
+        replay: false,
     });
     let limits = InstanceLimits {
         memory_bytes: 128 * 1024 * 1024,

@@ -567,17 +567,20 @@ pub async fn recordings(client: &AdminClient, name: &str, id: Option<&str>) -> R
         return Ok(());
     }
     println!(
-        "{:<26} {:<24} {:<10} {:>6} {:<10} REQUEST",
+        "{:<26} {:<24} {:<10} {:>6} {:<20} REQUEST",
         "ID", "AT", "VERSION", "STATUS", "FAULT"
     );
     for summary in &listing.recordings {
         println!(
-            "{:<26} {:<24} {:<10} {:>6} {:<10} {} {} ({})",
+            "{:<26} {:<24} {:<10} {:>6} {:<20} {} {} ({})",
             summary.id,
             summary.at,
             summary.version,
             summary.status,
-            summary.fault.as_deref().unwrap_or("-"),
+            summary
+                .fault
+                .as_deref()
+                .map_or("-", |fault| fault.split(':').next().unwrap_or(fault)),
             summary.method,
             summary.path,
             summary.request_id
@@ -694,7 +697,13 @@ pub fn replay_report(name: &str, replay: &shoal_api::recordings::Replay) -> Stri
         lines.sort();
         lines.concat()
     };
-    let header_diff = text_diff(&headers(recorded), &headers(replayed));
+    // Two failures are the host's answers, which differ only by request id.
+    let both_failed = recorded.fault.is_some() && replayed.fault.is_some();
+    let header_diff = if both_failed {
+        String::new()
+    } else {
+        text_diff(&headers(recorded), &headers(replayed))
+    };
     if !header_diff.is_empty() {
         let _ = writeln!(out, "headers:\n{header_diff}");
     }
@@ -703,7 +712,9 @@ pub fn replay_report(name: &str, replay: &shoal_api::recordings::Replay) -> Stri
         shoal_api::recordings::Body::Base64(text) => format!("(base64) {text}"),
     };
     let body_diff = text_diff(&body(recorded), &body(replayed));
-    if body_diff.is_empty() {
+    if both_failed {
+        let _ = writeln!(out, "body: the host's answer to the fault");
+    } else if body_diff.is_empty() {
         let _ = writeln!(out, "body: the same ({} bytes)", body(replayed).len());
     } else {
         let _ = writeln!(out, "body:\n{body_diff}");
@@ -744,6 +755,9 @@ pub fn replay_report(name: &str, replay: &shoal_api::recordings::Replay) -> Stri
             }
         );
     }
+    for note in &replay.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
     if !replay.logs.is_empty() {
         let _ = writeln!(out, "logs of the replay:");
         for line in &replay.logs {
@@ -776,8 +790,10 @@ fn text_diff(before: &str, after: &str) -> String {
     out
 }
 
-/// Methods `--live` re-sends: meant to be idempotent.
-const IDEMPOTENT: &[&str] = &["GET", "HEAD", "PUT", "DELETE", "OPTIONS"];
+/// Methods `--live` re-sends: safe ones, which change nothing. (A recorded `PUT` or
+/// `DELETE` is idempotent, but sending it again would write what the recording
+/// holds, masks included, over what is there now.)
+const IDEMPOTENT: &[&str] = &["GET", "HEAD", "OPTIONS"];
 
 /// Send recording `id` of `name` again, for real, through the admin API's call route.
 async fn replay_live(client: &AdminClient, name: &str, id: &str) -> Result<()> {
@@ -789,6 +805,15 @@ async fn replay_live(client: &AdminClient, name: &str, id: &str) -> Result<()> {
              the sandbox instead)",
             request.method,
             IDEMPOTENT.join(", ")
+        );
+    }
+    let masked = request.path.contains(crate::policy::redact::MASK)
+        || crate::recording::bytes_of(&request.body).is_some_and(|body| {
+            String::from_utf8_lossy(&body).contains(crate::policy::redact::MASK)
+        });
+    if masked {
+        bail!(
+            "the recorded request has masked values (a secret was in it): it cannot be sent again as it was"
         );
     }
     if request.truncated {

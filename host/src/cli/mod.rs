@@ -103,8 +103,8 @@ enum Command {
         /// Against this component, with the recorded version's manifest.
         #[arg(long, conflicts_with = "live")]
         component: Option<PathBuf>,
-        /// Send the recorded request again, for real (GET, HEAD, PUT, DELETE and
-        /// OPTIONS only: they are meant to be idempotent).
+        /// Send the recorded request again, for real (GET, HEAD and OPTIONS only:
+        /// they change nothing).
         #[arg(long)]
         live: bool,
         #[command(flatten)]

@@ -18,6 +18,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use thiserror::Error;
 
+use crate::policy::redact::Redactor;
+
+/// The place of a call among a request's calls, whose result comes later.
+#[derive(Debug, Clone, Copy)]
+pub struct Slot(usize);
+
 /// Most bytes of values one recording keeps: its calls' results, clock readings and
 /// random bytes together. Past it, nothing more is kept and the recording is marked
 /// truncated.
@@ -33,6 +39,7 @@ enum State {
 
 #[derive(Default)]
 struct Recorder {
+    insecure_seed: Option<u128>,
     calls: Vec<Entry>,
     wall_clock: Vec<u64>,
     monotonic_clock: Vec<u64>,
@@ -50,6 +57,8 @@ struct Entry {
 /// A kept result: a value, or a response whose body was still arriving when the
 /// guest got its head (read into the shared copy as the guest reads it).
 enum Kept {
+    /// A call whose result has not come yet (an outgoing request still on its way).
+    Pending,
     Value(Value),
     Response {
         head: Value,
@@ -81,6 +90,9 @@ impl BodyCopy {
 
 /// A recording played back.
 struct Player {
+    insecure_seed: Option<u128>,
+    redactor: Arc<Redactor>,
+    notes: Vec<String>,
     calls: VecDeque<ImportCall>,
     asked: u32,
     wall_clock: VecDeque<u64>,
@@ -118,6 +130,8 @@ pub struct Playback {
     pub extra_clock_reads: u32,
     /// Random bytes past the recorded ones.
     pub extra_random_bytes: u64,
+    /// What else a reader of the replay should know (values the recording cut).
+    pub notes: Vec<String>,
 }
 
 impl Journal {
@@ -129,7 +143,7 @@ impl Journal {
     /// A journal that answers from `received`; `seed` seeds the random bytes drawn
     /// past the recorded ones (the recording's id: the same replay twice draws the
     /// same).
-    pub fn replaying(received: Received, seed: &str) -> Arc<Journal> {
+    pub fn replaying(received: Received, seed: &str, redactor: Arc<Redactor>) -> Arc<Journal> {
         use rand::SeedableRng as _;
         use std::hash::{DefaultHasher, Hash as _, Hasher as _};
         let mut hasher = DefaultHasher::new();
@@ -138,6 +152,12 @@ impl Journal {
             .decode(received.random.as_bytes())
             .unwrap_or_default();
         let player = Player {
+            insecure_seed: received
+                .insecure_seed
+                .as_deref()
+                .and_then(|hex| u128::from_str_radix(hex, 16).ok()),
+            redactor,
+            notes: Vec::new(),
             calls: received.calls.into(),
             asked: 0,
             last_wall: received.wall_clock.first().copied().unwrap_or(0),
@@ -166,6 +186,9 @@ impl Journal {
         let State::Recording(recorder) = &mut *state else {
             return;
         };
+        if recorder.truncated {
+            return;
+        }
         let value = serde_json::to_value(result).unwrap_or(Value::Null);
         let size = approximate_size(&value) + key.len() + import.len();
         if recorder.take(size) {
@@ -177,33 +200,87 @@ impl Journal {
         }
     }
 
-    /// Keep a response whose body the guest has yet to read: `head` now, the body as
-    /// it is read into the returned copy (at most `limit` bytes are kept).
-    pub fn record_response<T: Serialize>(
-        &self,
-        import: &'static str,
-        key: String,
-        head: &T,
-        limit: usize,
-    ) -> Option<Arc<Mutex<BodyCopy>>> {
+    /// Take the next place among the calls for `import` about `key`, whose result
+    /// comes later ([`Journal::fill`], [`Journal::fill_response`]); `None` once the
+    /// recording is full.
+    pub fn reserve(&self, import: &'static str, key: String) -> Option<Slot> {
         let mut state = self.0.lock();
         let State::Recording(recorder) = &mut *state else {
             return None;
         };
-        let head = serde_json::to_value(head).unwrap_or(Value::Null);
-        if !recorder.take(approximate_size(&head) + key.len() + limit) {
+        if !recorder.take(key.len() + import.len()) {
             return None;
         }
-        let body = Arc::new(Mutex::new(BodyCopy::default()));
         recorder.calls.push(Entry {
             import,
             key,
-            result: Kept::Response {
-                head,
-                body: body.clone(),
-            },
+            result: Kept::Pending,
         });
-        Some(body)
+        Some(Slot(recorder.calls.len() - 1))
+    }
+
+    /// The result of the call at `slot`.
+    pub fn fill<T: Serialize>(&self, slot: Slot, result: &T) {
+        let value = serde_json::to_value(result).unwrap_or(Value::Null);
+        self.fill_with(slot, approximate_size(&value), Kept::Value(value));
+    }
+
+    /// A response at `slot` whose body the guest has yet to read: its `head` now,
+    /// the body as it is read into the returned copy (kept up to `limit` bytes).
+    pub fn fill_response<T: Serialize>(
+        &self,
+        slot: Slot,
+        head: &T,
+        limit: usize,
+    ) -> Arc<Mutex<BodyCopy>> {
+        let head = serde_json::to_value(head).unwrap_or(Value::Null);
+        let size = approximate_size(&head) + limit;
+        let body = Arc::new(Mutex::new(BodyCopy::default()));
+        let kept = Kept::Response {
+            head,
+            body: body.clone(),
+        };
+        self.fill_with(slot, size, kept);
+        body
+    }
+
+    fn fill_with(&self, slot: Slot, size: usize, kept: Kept) {
+        let mut state = self.0.lock();
+        let State::Recording(recorder) = &mut *state else {
+            return;
+        };
+        // Over the limit, the call stays without its result (the replay says so).
+        if recorder.take_more(size)
+            && let Some(entry) = recorder.calls.get_mut(slot.0)
+        {
+            entry.result = kept;
+        }
+    }
+
+    /// Forget what was recorded and record nothing more (the recording was kept, or
+    /// is not wanted).
+    pub fn discard(&self) {
+        if let State::Recording(recorder) = &mut *self.0.lock() {
+            *recorder = Recorder {
+                truncated: true,
+                ..Recorder::default()
+            };
+        }
+    }
+
+    /// The `wasi:random/insecure-seed` of the instance serving the request.
+    pub fn set_insecure_seed(&self, seed: u128) {
+        if let State::Recording(recorder) = &mut *self.0.lock() {
+            recorder.insecure_seed = Some(seed);
+        }
+    }
+
+    /// The recorded instance's `wasi:random/insecure-seed`, for a replay's instance.
+    pub fn insecure_seed(&self) -> Option<u128> {
+        match &*self.0.lock() {
+            State::Replaying(player) => player.insecure_seed,
+            State::Recording(_) => None,
+        }
     }
 
     /// The recorded result of the next call, which must be `import` about `key`;
@@ -217,6 +294,8 @@ impl Journal {
             return Err(wasmtime::Error::new(Diverged(divergence.clone())));
         }
         player.asked += 1;
+        // Keys were masked when recorded: compared, and reported, masked.
+        let key = player.redactor.redact(key).into_owned();
         let asked = format!("{import} {key}");
         let next = player.calls.front();
         let matches = next.is_some_and(|call| call.import == import && call.key == key);
@@ -227,7 +306,14 @@ impl Journal {
             _ => None,
         };
         if let Some(value) = decoded {
-            player.calls.pop_front();
+            if let Some(call) = player.calls.pop_front()
+                && call.result.get("truncated") == Some(&Value::Bool(true))
+            {
+                player.notes.push(format!(
+                    "the body of `{} {}` was cut at the recording's limit: the code read it cut",
+                    call.import, call.key
+                ));
+            }
             return Ok(value);
         }
         let recorded = next.map(|call| {
@@ -330,7 +416,7 @@ impl Journal {
 
     /// What was received, for a recording: bytes as text or base64, every string
     /// passed through `mask` (which hides secret values).
-    pub fn received(&self, mask: &dyn Fn(&str) -> String) -> Received {
+    pub fn received(&self, redactor: &Redactor) -> Received {
         let state = self.0.lock();
         let State::Recording(recorder) = &*state else {
             return Received::default();
@@ -341,6 +427,9 @@ impl Journal {
             .enumerate()
             .map(|(index, entry)| {
                 let result = match &entry.result {
+                    Kept::Pending => {
+                        serde_json::json!({ "error": "no result came while the request ran" })
+                    }
                     Kept::Value(value) => value.clone(),
                     Kept::Response { head, body } => {
                         let body = body.lock();
@@ -350,8 +439,8 @@ impl Journal {
                 ImportCall {
                     n: u32::try_from(index + 1).unwrap_or(u32::MAX),
                     import: entry.import.to_owned(),
-                    key: mask(&entry.key),
-                    result: tag_bytes(result, mask),
+                    key: redactor.redact(&entry.key).into_owned(),
+                    result: tag_bytes(result, redactor),
                 }
             })
             .collect();
@@ -361,6 +450,7 @@ impl Journal {
             monotonic_clock: recorder.monotonic_clock.clone(),
             random: base64::engine::general_purpose::STANDARD.encode(&recorder.random),
             truncated: recorder.truncated,
+            insecure_seed: recorder.insecure_seed.map(|seed| format!("{seed:032x}")),
         }
     }
 
@@ -375,6 +465,7 @@ impl Journal {
             unused_calls: u32::try_from(player.calls.len()).unwrap_or(u32::MAX),
             extra_clock_reads: player.extra_clock_reads,
             extra_random_bytes: player.extra_random_bytes,
+            notes: player.notes.clone(),
         }
     }
 }
@@ -383,7 +474,16 @@ impl Recorder {
     /// Whether `bytes` more fit in the recording; once one does not, nothing more is
     /// kept (a later, smaller value would leave a hole in the order).
     fn take(&mut self, bytes: usize) -> bool {
-        if self.truncated || self.bytes + bytes > MAX_RECEIVED_BYTES {
+        if self.truncated {
+            return false;
+        }
+        self.take_more(bytes)
+    }
+
+    /// [`Recorder::take`] for the result of a call already in the recording (its
+    /// place is kept even when later calls were cut).
+    fn take_more(&mut self, bytes: usize) -> bool {
+        if self.bytes + bytes > MAX_RECEIVED_BYTES {
             self.truncated = true;
             return false;
         }
@@ -457,18 +557,19 @@ const TEXT: &str = "$text";
 const BASE64: &str = "$base64";
 
 /// `value` with each byte list (an array of integers 0–255: in Shoal's WIT every
-/// integer list is `list<u8>`) as `{"$text": …}` or `{"$base64": …}`, and every string
-/// passed through `mask`.
-pub fn tag_bytes(value: Value, mask: &dyn Fn(&str) -> String) -> Value {
+/// integer list is `list<u8>`) as `{"$text": …}` or `{"$base64": …}`, secret values
+/// masked in every string and byte list.
+pub fn tag_bytes(value: Value, redactor: &Redactor) -> Value {
     match value {
-        Value::String(text) => Value::String(mask(&text)),
+        Value::String(text) => Value::String(redactor.redact_owned(text)),
         Value::Array(items) if is_byte_list(&items) => {
             let bytes: Vec<u8> = items
                 .iter()
                 .filter_map(|item| item.as_u64().and_then(|n| u8::try_from(n).ok()))
                 .collect();
+            let bytes = redactor.redact_bytes(&bytes).into_owned();
             match String::from_utf8(bytes) {
-                Ok(text) => single(TEXT, Value::String(mask(&text))),
+                Ok(text) => single(TEXT, Value::String(text)),
                 Err(error) => single(
                     BASE64,
                     Value::String(
@@ -480,13 +581,13 @@ pub fn tag_bytes(value: Value, mask: &dyn Fn(&str) -> String) -> Value {
         Value::Array(items) => Value::Array(
             items
                 .into_iter()
-                .map(|item| tag_bytes(item, mask))
+                .map(|item| tag_bytes(item, redactor))
                 .collect(),
         ),
         Value::Object(fields) => Value::Object(
             fields
                 .into_iter()
-                .map(|(name, value)| (name, tag_bytes(value, mask)))
+                .map(|(name, value)| (name, tag_bytes(value, redactor)))
                 .collect(),
         ),
         other => other,
@@ -540,12 +641,12 @@ fn single(name: &str, value: Value) -> Value {
 mod tests {
     use super::*;
 
-    fn no_mask(text: &str) -> String {
-        text.to_owned()
+    fn no_mask() -> Redactor {
+        Redactor::default()
     }
 
     fn replay_of(journal: &Journal) -> Arc<Journal> {
-        Journal::replaying(journal.received(&no_mask), "seed")
+        Journal::replaying(journal.received(&no_mask()), "seed", Arc::default())
     }
 
     #[test]
@@ -558,7 +659,7 @@ mod tests {
             "items/2".into(),
             &Ok::<_, String>(Some(vec![0xff, 0])),
         );
-        let received = journal.received(&no_mask);
+        let received = journal.received(&no_mask());
         assert_eq!(received.calls.len(), 2);
         assert_eq!(
             received.calls[0].result,
@@ -656,9 +757,11 @@ mod tests {
         journal.record(
             "caller.call",
             "x".into(),
-            &Ok::<Vec<u8>, String>(b"key=hunter2".to_vec()),
+            &Ok::<Vec<u8>, String>(b"key=hunter2-value".to_vec()),
         );
-        let masked = journal.received(&|text: &str| text.replace("hunter2", "[redacted]"));
+        let redactor = Redactor::default();
+        redactor.set_values(["hunter2-value"]);
+        let masked = journal.received(&redactor);
         assert_eq!(
             masked.calls[0].result,
             serde_json::json!({"Ok": {"$text": "key=[redacted]"}})
@@ -667,11 +770,11 @@ mod tests {
         for index in 0..8 {
             journal.record("store.get", format!("k{index}"), &big);
         }
-        let received = journal.received(&no_mask);
+        let received = journal.received(&no_mask());
         assert!(received.truncated);
         assert!(received.calls.len() < 9);
         // A replay that runs past a truncated recording says so.
-        let replay = Journal::replaying(received.clone(), "s");
+        let replay = Journal::replaying(received.clone(), "s", Arc::default());
         for call in &received.calls {
             let _: Value = replay.replayed(&call.import, &call.key).expect("recorded");
         }
@@ -682,21 +785,31 @@ mod tests {
     }
 
     #[test]
-    fn a_response_body_read_later_is_kept_with_its_head() {
+    fn a_response_body_read_later_is_kept_in_the_place_of_its_request() {
         let journal = Journal::recording();
-        let copy = journal
-            .record_response(
-                "http.send",
-                "GET example.com/".into(),
-                &serde_json::json!({"status": 200}),
-                4,
-            )
-            .expect("kept");
+        let slot = journal
+            .reserve("http.send", "GET example.com/".into())
+            .expect("a place");
+        // A call made while the response was on its way comes after it.
+        journal.record("config.get", "k".into(), &Some("v"));
+        let copy = journal.fill_response(slot, &serde_json::json!({"status": 200}), 4);
         copy.lock().add(b"hello", 4);
-        let received = journal.received(&no_mask);
+        let received = journal.received(&no_mask());
+        assert_eq!(received.calls[0].import, "http.send");
         assert_eq!(
             received.calls[0].result,
             serde_json::json!({"status": 200, "body": {"$text": "hell"}, "truncated": true})
         );
+        assert_eq!(received.calls[1].import, "config.get");
+        // A replay reading the cut body says so.
+        let replay = replay_of(&journal);
+        let _: Value = replay
+            .replayed("http.send", "GET example.com/")
+            .expect("sent");
+        assert_eq!(replay.playback().notes.len(), 1);
+        // A request whose answer never came is recorded as such.
+        let unanswered = Journal::recording();
+        unanswered.reserve("http.send", "GET x/".into());
+        assert!(unanswered.received(&no_mask()).calls[0].result["error"].is_string());
     }
 }

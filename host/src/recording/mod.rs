@@ -23,7 +23,7 @@ const CREDENTIAL_WORDS: &[&str] = &[
 ];
 
 /// Whether the header `name` (lower case) carries a credential.
-fn is_credential_header(name: &str) -> bool {
+pub fn is_credential_header(name: &str) -> bool {
     CREDENTIAL_WORDS.iter().any(|word| name.contains(word))
 }
 

@@ -296,6 +296,9 @@ impl Runtime {
     /// CPU-heavy: call from a blocking thread.
     pub(crate) fn load_for_replay(&self, bytes: &[u8], digest: &str) -> Result<Loaded, LoadError> {
         check_format(bytes)?;
+        if uses_wasip3(bytes) {
+            return Err(LoadError::NotAService(NO_WASIP3_REPLAY.into()));
+        }
         let replay = &self.replay;
         let (component, _) = self.compile_cached(replay, &replay.engine, bytes, digest)?;
         link(&replay.engine, &replay.linker, &component)
@@ -347,6 +350,10 @@ impl Runtime {
         Ok((component, Some(elapsed)))
     }
 }
+
+/// Why a WASIp3 component is not replayed.
+pub(crate) const NO_WASIP3_REPLAY: &str =
+    "a WASIp3 component (several requests in one instance) cannot be replayed yet";
 
 fn cache_path(target: &super::engine::CodeEngine, digest: &str) -> PathBuf {
     target.cache_dir.join(format!("{digest}.cwasm"))

@@ -323,7 +323,7 @@ async fn instantiate(
     if proxy.is_ok() {
         invocation.service.meter.instance_created();
     }
-    if telemetry.metrics.enabled() {
+    if telemetry.metrics.enabled() && !invocation.service.replay {
         telemetry
             .metrics
             .instantiation

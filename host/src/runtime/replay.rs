@@ -32,8 +32,8 @@ pub struct ReplayRun {
     pub platform: Arc<Platform>,
     /// The replay's request id.
     pub request_id: RequestId,
-    /// When it must be done.
-    pub deadline: Deadline,
+    /// How long it may run, from when its code is ready.
+    pub timeout: std::time::Duration,
     /// The recording, replaying.
     pub journal: Arc<Journal>,
 }
@@ -63,7 +63,7 @@ impl Runtime {
         };
         let Handler::Sequential(pre) = &loaded.handler else {
             return Err(LoadError::NotAService(
-                "a WASIp3 component (several requests per instance) cannot be replayed yet".into(),
+                super::compile::NO_WASIP3_REPLAY.into(),
             ));
         };
         let invocation = Invocation {
@@ -76,7 +76,7 @@ impl Runtime {
             },
             platform: run.platform,
             request_id: run.request_id,
-            deadline: run.deadline,
+            deadline: Deadline::after(run.timeout),
             trace: opentelemetry::Context::new(),
             held_until_done: None,
             journal: Some(run.journal),

@@ -51,6 +51,8 @@ pub struct GuestState {
     pub(crate) requests: Option<super::concurrent::RequestsByTask>,
     /// The journal its clocks and random numbers go through (the current request's).
     journal: JournalSlot,
+    /// Its `wasi:random/insecure-seed`, told to each recorded request's journal.
+    insecure_seed: u128,
 }
 
 impl GuestState {
@@ -72,6 +74,15 @@ impl GuestState {
         };
         let journal = JournalSlot::default();
         journal.set(request.journal.clone());
+        // A replay's instance gets the seed of the instance it replays.
+        let insecure_seed = request
+            .journal
+            .as_ref()
+            .and_then(|journal| journal.insecure_seed())
+            .unwrap_or_else(rand::random);
+        if let Some(journal) = &request.journal {
+            journal.set_insecure_seed(insecure_seed);
+        }
         let wasi = WasiCtx::builder()
             .allow_ip_name_lookup(false)
             .stdout(output.stdout.handle())
@@ -80,6 +91,7 @@ impl GuestState {
             .monotonic_clock(journaled::MonotonicClock::new(journal.clone()))
             .secure_random(journaled::Random::new(journal.clone()))
             .insecure_random(journaled::Random::new(journal.clone()))
+            .insecure_random_seed(insecure_seed)
             .build();
         let store_limits =
             GuestLimiter::new(limits.memory_bytes, limits.table_elements, limits.budget);
@@ -98,6 +110,7 @@ impl GuestState {
             limits: store_limits,
             requests: None,
             journal,
+            insecure_seed,
         }
     }
 
@@ -111,6 +124,9 @@ impl GuestState {
             next.journal.clone(),
         );
         self.journal.set(next.journal.clone());
+        if let Some(journal) = &next.journal {
+            journal.set_insecure_seed(self.insecure_seed);
+        }
         self.request = next;
     }
 }

@@ -792,6 +792,7 @@ fn service_context(
             &record.name,
         ),
         logs: platform.telemetry.guest_logs.service(&record.name),
+        replay: false,
     }))
 }
 

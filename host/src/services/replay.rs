@@ -137,15 +137,16 @@ impl Services {
         let spec = DeploymentSpec::resolve(&record, &self.defaults);
         let logs = Arc::new(ServiceLogs::default());
         let context = replay_context(&record, id, logs.clone());
-        let journal = Journal::replaying(recording.received.clone(), &recording.id);
+        let redactor = crate::policy::redact::Redactor::process();
+        let journal =
+            Journal::replaying(recording.received.clone(), &recording.id, redactor.clone());
         let request_id = RequestId::parse(&format!("replay-{id}")).unwrap_or_default();
-        let deadline = Deadline::after(spec.execution.timeout);
         let run = ReplayRun {
             service: context,
             memory_bytes: spec.execution.memory_bytes,
             platform: self.platform.clone(),
             request_id,
-            deadline,
+            timeout: spec.execution.timeout,
             journal: journal.clone(),
         };
         let request = request_of(&recording);
@@ -153,11 +154,11 @@ impl Services {
             .loader
             .replay(component, &record.digest, run, request)
             .await?;
-        let redactor = crate::policy::redact::Redactor::process();
         let replayed = match outcome {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
                 let kept = Arc::new(Mutex::new(crate::recording::journal::BodyCopy::default()));
+                let deadline = Deadline::after(spec.execution.timeout);
                 let fault = read_body(body, kept.clone(), deadline).await;
                 let kept = kept.lock();
                 Outcome {
@@ -176,7 +177,20 @@ impl Services {
                 fault: Some(redactor.redact(&failure.to_string()).into_owned()),
             },
         };
-        let playback = journal.playback();
+        let mut playback = journal.playback();
+        if recording.request.truncated {
+            playback.notes.push(
+                "the request's body was cut at the recording's limit (64 KiB): it was replayed cut"
+                    .into(),
+            );
+        }
+        if recording.received.insecure_seed.is_none() {
+            playback.notes.push(
+                "the recording has no insecure seed (recorded by an older host): hash maps \
+                 may iterate in another order"
+                    .into(),
+            );
+        }
         let lines = logs
             .recent(usize::MAX, |_| true)
             .iter()
@@ -205,6 +219,7 @@ impl Services {
             extra_clock_reads: playback.extra_clock_reads,
             extra_random_bytes: playback.extra_random_bytes,
             logs: lines,
+            notes: playback.notes,
         })
     }
 }
@@ -225,6 +240,7 @@ fn replay_context(record: &VersionRecord, id: &str, logs: Arc<ServiceLogs>) -> A
         store: Arc::new(crate::store::sealed::Sealed),
         meter: Default::default(),
         logs,
+        replay: true,
     })
 }
 

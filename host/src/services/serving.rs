@@ -519,6 +519,14 @@ impl Capture {
     }
 }
 
+impl Drop for Capture {
+    fn drop(&mut self) {
+        // What the request received is not needed any more (kept, or not wanted): an
+        // idle instance or a guest still running must not hold it.
+        self.journal.discard();
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A request body that copies what the guest reads of it, when it is recorded.
     struct TeeBody<B> {
@@ -762,9 +770,7 @@ impl RequestRecord {
                 .map(|fault| redactor.redact(fault).into_owned())
                 .or_else(|| self.failure.map(|failure| failure.kind.to_owned())),
             grpc_status: grpc_status.map(|code| code.number()),
-            received: capture
-                .journal
-                .received(&|text| redactor.redact(text).into_owned()),
+            received: capture.journal.received(&redactor),
         };
         drop(request_body);
         let live = self.live.clone();
