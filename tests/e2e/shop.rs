@@ -1126,6 +1126,10 @@ fn shop_state(host: &Host) -> Vec<String> {
     let mut state: Vec<String> = SERVICES.iter().map(|name| data_of(host, name)).collect();
     state.push(format!("{:?}", stock(host, "widget")));
     state.push(format!("{:?}", shipped(host)));
+    // Deliveries waiting on the bus (each order's order.timeout) and dead letters.
+    let events = host.admin("GET", "/v1/events");
+    assert_eq!(events.status, 200, "{}", events.body);
+    state.push(events.body);
     state
 }
 

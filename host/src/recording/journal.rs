@@ -16,6 +16,7 @@ use serde_json::Value;
 use shoal_api::recordings::{Divergence, ImportCall, Received};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use thiserror::Error;
 
 use crate::policy::redact::Redactor;
@@ -28,6 +29,13 @@ pub struct Slot(usize);
 /// random bytes together. Past it, nothing more is kept and the recording is marked
 /// truncated.
 pub const MAX_RECEIVED_BYTES: usize = 1024 * 1024;
+/// Most bytes all requests being recorded hold at once, host-wide: with many requests
+/// in flight (every one of a service that records its failures is journaled until its
+/// answer shows it did not fail), the rest are recorded truncated.
+pub const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bytes all recording journals hold now.
+static HELD_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// A request's journal: recording what it receives, or answering from a recording.
 pub struct Journal(Mutex<State>);
@@ -37,8 +45,10 @@ enum State {
     Replaying(Box<Player>),
 }
 
-#[derive(Default)]
 struct Recorder {
+    /// What all journals that share its bound hold, and that bound.
+    held: &'static AtomicUsize,
+    held_limit: usize,
     insecure_seed: Option<u128>,
     calls: Vec<Entry>,
     wall_clock: Vec<u64>,
@@ -137,7 +147,15 @@ pub struct Playback {
 impl Journal {
     /// A journal that keeps what the request receives.
     pub fn recording() -> Arc<Journal> {
-        Arc::new(Journal(Mutex::new(State::Recording(Recorder::default()))))
+        Self::recording_within(&HELD_BYTES, MAX_HELD_BYTES)
+    }
+
+    /// A recording journal that, with all others sharing `held`, holds at most `limit`
+    /// bytes.
+    fn recording_within(held: &'static AtomicUsize, limit: usize) -> Arc<Journal> {
+        Arc::new(Journal(Mutex::new(State::Recording(Recorder::new(
+            held, limit,
+        )))))
     }
 
     /// A journal that answers from `received`; `seed` seeds the random bytes drawn
@@ -261,10 +279,9 @@ impl Journal {
     /// is not wanted).
     pub fn discard(&self) {
         if let State::Recording(recorder) = &mut *self.0.lock() {
-            *recorder = Recorder {
-                truncated: true,
-                ..Recorder::default()
-            };
+            let mut emptied = Recorder::new(recorder.held, recorder.held_limit);
+            emptied.truncated = true;
+            *recorder = emptied;
         }
     }
 
@@ -471,6 +488,20 @@ impl Journal {
 }
 
 impl Recorder {
+    fn new(held: &'static AtomicUsize, held_limit: usize) -> Self {
+        Self {
+            held,
+            held_limit,
+            insecure_seed: None,
+            calls: Vec::new(),
+            wall_clock: Vec::new(),
+            monotonic_clock: Vec::new(),
+            random: Vec::new(),
+            bytes: 0,
+            truncated: false,
+        }
+    }
+
     /// Whether `bytes` more fit in the recording; once one does not, nothing more is
     /// kept (a later, smaller value would leave a hole in the order).
     fn take(&mut self, bytes: usize) -> bool {
@@ -483,12 +514,26 @@ impl Recorder {
     /// [`Recorder::take`] for the result of a call already in the recording (its
     /// place is kept even when later calls were cut).
     fn take_more(&mut self, bytes: usize) -> bool {
-        if self.bytes + bytes > MAX_RECEIVED_BYTES {
+        let limit = self.held_limit;
+        let within_host = || {
+            self.held
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                    (held + bytes <= limit).then_some(held + bytes)
+                })
+                .is_ok()
+        };
+        if self.bytes + bytes > MAX_RECEIVED_BYTES || !within_host() {
             self.truncated = true;
             return false;
         }
         self.bytes += bytes;
         true
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -749,6 +794,32 @@ mod tests {
         let mut twice = [0u8; 6];
         again.random(&mut twice, |_| ());
         assert_eq!(twice, replayed);
+    }
+
+    #[test]
+    fn all_journals_together_are_bounded_and_give_back_what_they_held() {
+        // A bound of its own, so that other tests' journals take none of it.
+        let held: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+        let big = "x".repeat(1000);
+        let kept = |journal: &Journal| !journal.received(&no_mask()).calls.is_empty();
+        let full: Vec<Arc<Journal>> = (0..12)
+            .map(|_| {
+                let journal = Journal::recording_within(held, 10_000);
+                journal.record("store.get", "k".into(), &big);
+                journal
+            })
+            .collect();
+        assert!(kept(&full[0]));
+        assert!(!kept(full.last().expect("one")), "past the host-wide bound");
+        assert!(full.last().expect("one").received(&no_mask()).truncated);
+        drop(full);
+        assert_eq!(held.load(Ordering::Acquire), 0);
+        let after = Journal::recording_within(held, 10_000);
+        after.record("store.get", "k".into(), &big);
+        assert!(kept(&after), "what ended journals held was given back");
+        after.discard();
+        after.record("store.get", "k".into(), &big);
+        assert!(!kept(&after), "nothing after a discard");
     }
 
     #[test]

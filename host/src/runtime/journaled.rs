@@ -3,7 +3,7 @@
 //! An instance serves one request after another (reuse), so the journal is looked
 //! up at each reading, in a slot the instance's state points at the current request.
 
-use parking_lot::Mutex;
+use arc_swap::ArcSwapOption;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
@@ -11,17 +11,19 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
 use crate::recording::journal::Journal;
 
 /// The journal of the request an instance serves now, if it is recorded or replayed.
+/// Read at every clock reading and random draw: lock-free, and free of reference
+/// counting when the request is not recorded.
 #[derive(Clone, Default)]
-pub struct JournalSlot(Arc<Mutex<Option<Arc<Journal>>>>);
+pub struct JournalSlot(Arc<ArcSwapOption<Journal>>);
 
 impl JournalSlot {
     /// Point the slot at `journal` (the next request's).
     pub fn set(&self, journal: Option<Arc<Journal>>) {
-        *self.0.lock() = journal;
+        self.0.store(journal);
     }
 
     fn current(&self) -> Option<Arc<Journal>> {
-        self.0.lock().clone()
+        self.0.load_full()
     }
 }
 

@@ -5,10 +5,13 @@
 //! capabilities, `wasi:http`, clocks and random numbers all answer from it, and
 //! nothing the guest does leaves the sandbox.
 //!
-//! wasmtime 48's own record/replay (its `rr` feature) records at the boundary of core
-//! wasm and the host, for a whole store; Shoal's host calls already are one choke
-//! point per import, which knows what each value means (a store key, a service and
-//! path), so a replay can say where new code diverges and run other code at all.
+//! wasmtime 48's `rr` feature is the base of wasmtime's own
+//! record and replay, not yet a working one: `Config::rr` checks that determinism is
+//! enforced (the same two settings this engine sets) and puts a checksum of the
+//! module in compiled code, and nothing in wasmtime 48 records or replays a call with
+//! it. Shoal's host calls are one choke point per import already, which knows what
+//! each value means (a store key, a service and path), so a replay can say where new
+//! code diverges, and run other code than was recorded.
 
 use bytes::Bytes;
 use std::sync::Arc;
