@@ -123,7 +123,11 @@ impl GuestState {
             next.call_context(),
             next.journal.clone(),
         );
-        self.journal.set(next.journal.clone());
+        // The slot holds the last request's journal; storing into it costs more than
+        // comparing, so a service that records nothing never stores.
+        if self.request.journal.is_some() || next.journal.is_some() {
+            self.journal.set(next.journal.clone());
+        }
         if let Some(journal) = &next.journal {
             journal.set_insecure_seed(self.insecure_seed);
         }
