@@ -35,7 +35,7 @@ WASMTIME_SERVE_BEST = ["-O", "pooling-allocator=y,pooling-memory-keep-resident=6
 class Host:
     """A `shoal serve` process on free ports with its own data directory."""
 
-    def __init__(self, shoal, extra=(), directory=None, env=None):
+    def __init__(self, shoal, extra=(), directory=None, env=None, startup_seconds=120):
         self.owned = directory is None
         self.dir = directory or tempfile.mkdtemp(prefix="shoal-bench-")
         self.started = time.perf_counter()
@@ -47,7 +47,7 @@ class Host:
             stdout=subprocess.PIPE, stderr=open(os.path.join(self.dir, "host.log"), "ab"),
             env=env, text=True)
         self.gateway = self.admin = None
-        deadline = time.time() + 120
+        deadline = time.time() + startup_seconds
         while self.gateway is None or self.admin is None:
             line = self.proc.stdout.readline()
             if not line or time.time() > deadline:

@@ -123,9 +123,11 @@ pub async fn serve(
             let services = services.clone();
             let cluster = cluster.clone();
             let peer = peer.clone();
-            async move {
+            // Boxed where it is made: a request's future holds every layer below it
+            // (several KiB), and each move of it unboxed is a copy of all of them.
+            Box::pin(async move {
                 Ok::<_, Infallible>(route(&services, cluster.as_deref(), &peer, request).await)
-            }
+            })
         })
     };
     listener::serve(bound, service_for, shutdown, drain).await;

@@ -761,6 +761,7 @@ impl Services {
             context,
             executor,
             health_task: Mutex::new(None),
+            request_series: Default::default(),
         })
     }
 }

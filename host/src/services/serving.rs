@@ -142,7 +142,7 @@ impl Services {
         let versions = service.versions();
         let draw = (rand::random::<u32>() % 100) as u8;
         let (deployment, canary) = versions.pick(draw);
-        record.set_version(&deployment.record.version);
+        record.set_deployment(deployment);
         let deadline = deadline.min(Deadline::at(arrival + deployment.timeout()));
         // The slot is released when both the guest has finished and the response body
         // has been streamed, whichever comes last.
@@ -456,6 +456,8 @@ struct RequestRecord {
     canary: Option<(Arc<Canary>, std::sync::Weak<Services>)>,
     /// What is kept of it for a recording, when its service records.
     capture: Option<Capture>,
+    /// The deployment that served it, once one was chosen (its metrics are resolved).
+    deployment: Option<Arc<Deployment>>,
 }
 
 /// Bytes of a body copied for a recording, up to [`crate::recording::MAX_BODY_BYTES`].
@@ -649,14 +651,16 @@ impl RequestRecord {
         }
     }
 
-    /// The version that serves the request (chosen once it is admitted).
-    fn set_version(&mut self, version: &str) {
-        if self.version != version {
-            self.version = version.to_owned();
+    /// The deployment that serves the request (chosen once it is admitted).
+    fn set_deployment(&mut self, deployment: &Arc<Deployment>) {
+        let version = &deployment.record.version;
+        if &self.version != version {
+            self.version = version.clone();
             self.span
                 .span()
                 .set_attribute(KeyValue::new("shoal.version", self.version.clone()));
         }
+        self.deployment = Some(deployment.clone());
     }
 
     /// Start measuring a request to `deployment` of `service`, under a server span
@@ -711,6 +715,7 @@ impl RequestRecord {
             rpc,
             canary: None,
             capture: None,
+            deployment: None,
         }
     }
 
@@ -824,11 +829,17 @@ impl Drop for RequestRecord {
         if metrics.enabled() {
             let class = status_class(self.status);
             let labels = [&*self.service, &*self.version, self.method, class];
-            metrics.requests.with_label_values(&labels).inc();
-            metrics
-                .request_duration
-                .with_label_values(&labels)
-                .observe(self.started.elapsed().as_secs_f64());
+            let seconds = self.started.elapsed().as_secs_f64();
+            match &self.deployment {
+                Some(deployment) => deployment.request_series.observe(metrics, labels, seconds),
+                None => {
+                    metrics.requests.with_label_values(&labels).inc();
+                    metrics
+                        .request_duration
+                        .with_label_values(&labels)
+                        .observe(seconds);
+                }
+            }
             if let Some(failure) = self.failure {
                 metrics
                     .errors

@@ -32,6 +32,8 @@ pub struct Deployment {
     pub executor: Arc<dyn Executor>,
     /// The periodic health check of this version, when the code exports one.
     pub(crate) health_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Its request metrics, resolved once per method and status class.
+    pub(crate) request_series: crate::telemetry::metrics::RequestSeries,
 }
 
 impl Deployment {

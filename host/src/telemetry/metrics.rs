@@ -896,6 +896,61 @@ pub fn grpc_class(code: crate::grpc::Code) -> &'static str {
     }
 }
 
+/// The method labels a request can have (see the gateway's method label).
+const METHOD_LABELS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+/// The status classes [`status_class`] names.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One deployment's request counter and duration histogram for each method and
+/// status class, each resolved on its first request: after that, a request's end
+/// costs its two updates, not two label lookups under the metric family's lock.
+pub struct RequestSeries {
+    cells: [std::sync::OnceLock<(IntCounter, prometheus::Histogram)>;
+        METHOD_LABELS.len() * STATUS_CLASSES.len()],
+}
+
+impl Default for RequestSeries {
+    fn default() -> Self {
+        Self {
+            cells: [const { std::sync::OnceLock::new() };
+                METHOD_LABELS.len() * STATUS_CLASSES.len()],
+        }
+    }
+}
+
+impl RequestSeries {
+    /// Count a request of `service`'s `version` with `method` that ended in `class`
+    /// after `seconds`.
+    pub fn observe(&self, metrics: &Metrics, labels: [&str; 4], seconds: f64) {
+        let [_, _, method, class] = labels;
+        let cell = METHOD_LABELS
+            .iter()
+            .position(|known| *known == method)
+            .zip(STATUS_CLASSES.iter().position(|known| *known == class))
+            .map(|(m, c)| &self.cells[m * STATUS_CLASSES.len() + c]);
+        let resolve = || {
+            (
+                metrics.requests.with_label_values(&labels),
+                metrics.request_duration.with_label_values(&labels),
+            )
+        };
+        match cell {
+            Some(cell) => {
+                let (requests, duration) = cell.get_or_init(resolve);
+                requests.inc();
+                duration.observe(seconds);
+            }
+            None => {
+                let (requests, duration) = resolve();
+                requests.inc();
+                duration.observe(seconds);
+            }
+        }
+    }
+}
+
 /// `2xx`, `4xx`, ... for a status code.
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -1153,6 +1208,31 @@ mod tests {
         metrics.forget_guest("s");
         assert_eq!(metrics.guest_series("s"), 0);
         assert!(!metrics.render().contains("shoal_guest_s:hits"));
+    }
+
+    #[test]
+    fn request_series_count_the_same_series_as_label_lookups() {
+        let metrics = Metrics::new(true).expect("metrics");
+        let series = RequestSeries::default();
+        for _ in 0..3 {
+            series.observe(&metrics, ["svc", "1", "GET", "2xx"], 0.001);
+        }
+        series.observe(&metrics, ["svc", "1", "POST", "5xx"], 0.002);
+        // A label outside the known sets is looked up each time, and still counted.
+        series.observe(&metrics, ["svc", "1", "BREW", "2xx"], 0.003);
+        let count = |method: &str, class: &str| {
+            metrics
+                .requests
+                .with_label_values(&["svc", "1", method, class])
+                .get()
+        };
+        assert_eq!(count("GET", "2xx"), 3);
+        assert_eq!(count("POST", "5xx"), 1);
+        assert_eq!(count("BREW", "2xx"), 1);
+        let histogram = metrics
+            .request_duration
+            .with_label_values(&["svc", "1", "GET", "2xx"]);
+        assert_eq!(histogram.get_sample_count(), 3);
     }
 
     #[test]
