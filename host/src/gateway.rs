@@ -205,7 +205,9 @@ pub async fn route(
         && request.headers().contains_key(&PEER)
     {
         let grpc = grpc::is_grpc(request.headers());
-        let response = from_peer(services, cluster, request, request_id, false).await;
+        // The cold branches (a host of the cluster, another host) are boxed: unboxed,
+        // each request's future would be as large as theirs, and moved whole.
+        let response = Box::pin(from_peer(services, cluster, request, request_id, false)).await;
         return if grpc {
             grpc::for_client(response)
         } else {
@@ -239,7 +241,7 @@ async fn route_grpc(
     if let Some(cluster) = cluster
         && let Some(owner) = cluster.view().resolve_grpc(name).map(str::to_owned)
     {
-        return to_peer(cluster, peer, request, &owner, 0, request_id).await;
+        return Box::pin(to_peer(cluster, peer, request, &owner, 0, request_id)).await;
     }
     route_http(services, cluster, peer, request, request_id).await
 }
@@ -262,7 +264,10 @@ async fn route_http(
             .as_ref()
             .is_none_or(|(service, len)| service.name() != name && *len < prefix_len)
     {
-        return to_peer(cluster, peer, request, &name, prefix_len, request_id).await;
+        return Box::pin(to_peer(
+            cluster, peer, request, &name, prefix_len, request_id,
+        ))
+        .await;
     }
     let Some((service, prefix_len)) = local else {
         if !services.is_ready() {
