@@ -118,6 +118,13 @@ struct Player {
     extra_random_bytes: u64,
 }
 
+/// Which clock a reading is of.
+#[derive(Clone, Copy)]
+enum Clock {
+    Wall,
+    Monotonic,
+}
+
 /// A replay asked for something the recording does not have where it asked: the
 /// call traps with this error.
 #[derive(Debug, Error, Clone)]
@@ -359,49 +366,44 @@ impl Journal {
     /// A wall-clock reading (nanoseconds since the epoch): `live` when recording (and
     /// kept), the next recorded one when replaying.
     pub fn wall_clock(&self, live: impl FnOnce() -> u64) -> u64 {
-        let mut state = self.0.lock();
-        match &mut *state {
-            State::Recording(recorder) => {
-                let now = live();
-                if recorder.take(8) {
-                    recorder.wall_clock.push(now);
-                }
-                now
-            }
-            State::Replaying(player) => match player.wall_clock.pop_front() {
-                Some(now) => {
-                    player.last_wall = now;
-                    now
-                }
-                None => {
-                    player.extra_clock_reads += 1;
-                    player.last_wall
-                }
-            },
-        }
+        self.clock(Clock::Wall, live)
     }
 
     /// A monotonic-clock reading, as [`Journal::wall_clock`].
     pub fn monotonic_clock(&self, live: impl FnOnce() -> u64) -> u64 {
+        self.clock(Clock::Monotonic, live)
+    }
+
+    fn clock(&self, clock: Clock, live: impl FnOnce() -> u64) -> u64 {
         let mut state = self.0.lock();
         match &mut *state {
             State::Recording(recorder) => {
                 let now = live();
                 if recorder.take(8) {
-                    recorder.monotonic_clock.push(now);
+                    match clock {
+                        Clock::Wall => recorder.wall_clock.push(now),
+                        Clock::Monotonic => recorder.monotonic_clock.push(now),
+                    }
                 }
                 now
             }
-            State::Replaying(player) => match player.monotonic_clock.pop_front() {
-                Some(now) => {
-                    player.last_monotonic = now;
-                    now
+            State::Replaying(player) => {
+                let player = &mut **player;
+                let (recorded, last) = match clock {
+                    Clock::Wall => (&mut player.wall_clock, &mut player.last_wall),
+                    Clock::Monotonic => (&mut player.monotonic_clock, &mut player.last_monotonic),
+                };
+                match recorded.pop_front() {
+                    Some(now) => {
+                        *last = now;
+                        now
+                    }
+                    None => {
+                        player.extra_clock_reads += 1;
+                        *last
+                    }
                 }
-                None => {
-                    player.extra_clock_reads += 1;
-                    player.last_monotonic
-                }
-            },
+            }
         }
     }
 

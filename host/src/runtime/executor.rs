@@ -165,18 +165,10 @@ impl Loader for Runtime {
         platform: &Arc<Platform>,
     ) -> Result<(Arc<dyn Executor>, Arc<ServiceContext>), LoadError> {
         let compiled = {
-            // At most one compile per core at once; the rest wait here.
-            let _permit = self
-                .compiles
-                .acquire()
-                .await
-                .map_err(|error| LoadError::Internal(error.into()))?;
-            let runtime = self.clone();
             let component = component.clone();
             let digest = digest.to_owned();
-            tokio::task::spawn_blocking(move || runtime.load(&component, &digest))
-                .await
-                .map_err(|error| LoadError::Internal(error.into()))??
+            self.compile(move |runtime| runtime.load(&component, &digest))
+                .await?
         };
         let concurrent_code = matches!(compiled.code.handler, Handler::Concurrent(_));
         if !concurrent_code && spec.asks_concurrency {
@@ -246,6 +238,23 @@ impl Loader for Runtime {
 }
 
 impl Runtime {
+    /// Run `work` (a compile) on the blocking pool, at most one compile per core at
+    /// once: the rest wait here.
+    pub(crate) async fn compile<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Runtime) -> Result<T, LoadError> + Send + 'static,
+    ) -> Result<T, LoadError> {
+        let _permit = self
+            .compiles
+            .acquire()
+            .await
+            .map_err(|error| LoadError::Internal(error.into()))?;
+        let runtime = self.clone();
+        tokio::task::spawn_blocking(move || work(&runtime))
+            .await
+            .map_err(|error| LoadError::Internal(error.into()))?
+    }
+
     /// Compile `component` with the optimising compiler (one background compile at a
     /// time, at low priority) and swap it in for `code`'s baseline code. Requests
     /// already running finish on the code they started on; idle reusable instances of

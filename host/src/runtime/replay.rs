@@ -52,18 +52,10 @@ impl Runtime {
         run: ReplayRun,
         request: http::Request<http_body_util::Full<Bytes>>,
     ) -> Result<Result<http::Response<GuestBody>, GuestFailure>, LoadError> {
-        let loaded = {
-            let _permit = self
-                .compiles
-                .acquire()
-                .await
-                .map_err(|error| LoadError::Internal(error.into()))?;
-            let runtime = self.clone();
-            let digest = digest.to_owned();
-            tokio::task::spawn_blocking(move || runtime.load_for_replay(&component, &digest))
-                .await
-                .map_err(|error| LoadError::Internal(error.into()))??
-        };
+        let digest = digest.to_owned();
+        let loaded = self
+            .compile(move |runtime| runtime.load_for_replay(&component, &digest))
+            .await?;
         let Handler::Sequential(pre) = &loaded.handler else {
             return Err(LoadError::NotAService(
                 super::compile::NO_WASIP3_REPLAY.into(),
